@@ -1,0 +1,65 @@
+//! One error type for the whole library; its `Display` is the text C callers get from `bji_last_error()`.
+
+use std::io;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A caller's mistake: NULL or empty argument, unknown flag bit, bad address.
+    #[error("invalid argument: {0}")]
+    InvalidArg(String),
+    /// libvirt's VIR_ERR_OVERFLOW text for a bandwidth that does not fit `unsigned long`.
+    #[error("bandwidth {0} cannot be represented in result")]
+    Overflow(u64),
+    #[error("cannot connect to QMP at {address}: {source}")]
+    Connect { address: String, source: io::Error },
+    #[error("QMP I/O error while {context}: {source}")]
+    Io {
+        context: &'static str,
+        source: io::Error,
+    },
+    #[error("timed out after {ms} ms waiting for {what}")]
+    Timeout { what: &'static str, ms: u128 },
+    #[error("QMP connection closed by QEMU{0}")]
+    Eof(&'static str),
+    #[error("QMP protocol error: {0}")]
+    Protocol(String),
+    #[error("QMP message larger than the {0} byte limit")]
+    TooLarge(usize),
+    /// QEMU answered the command with an `error` object.
+    #[error("QEMU error {class}: {desc}")]
+    Qmp { class: String, desc: String },
+    #[error("'{device}' matches more than one block job: '{first}' and '{second}'")]
+    Ambiguous {
+        device: String,
+        first: String,
+        second: String,
+    },
+    #[error(
+        "refusing to send '{0}': blockjobinfo only sends qmp_capabilities and query-* commands"
+    )]
+    Forbidden(String),
+}
+
+impl Error {
+    /// The peer went away: worth one reconnect on a connection that worked before.
+    pub fn is_disconnect(&self) -> bool {
+        match self {
+            Error::Eof(_) => true,
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::NotConnected
+            ),
+            _ => false,
+        }
+    }
+
+    /// The connection is still in step after this error (QEMU answered, just not with success).
+    pub fn keeps_connection(&self) -> bool {
+        matches!(self, Error::Qmp { .. })
+    }
+}

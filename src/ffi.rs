@@ -1,0 +1,228 @@
+//! The C API: argument checks, the panic boundary and the thread-local last error, around the safe core.
+//! No logic lives here.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_uint, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use crate::abi::virDomainBlockJobInfo;
+use crate::error::{Error, Result};
+use crate::source::QmpSource;
+use crate::translate;
+
+/// An open QMP source. Opaque to C.
+#[allow(non_camel_case_types)]
+pub struct bji_source {
+    inner: QmpSource,
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(msg: &str) {
+    // An interior NUL cannot come from our own messages, but a device name could carry one through.
+    let c = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
+    let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = c);
+}
+
+fn clear_last_error() {
+    let _ = LAST_ERROR.try_with(|e| {
+        let mut e = e.borrow_mut();
+        if !e.as_bytes().is_empty() {
+            *e = CString::default();
+        }
+    });
+}
+
+/// Every export runs its body through this: the last error is reset, a panic is caught and turned into an
+/// error (never unwinding into C), and an `Err` becomes the function's failure value plus `bji_last_error()`.
+macro_rules! export {
+    ($fail:expr, $body:expr) => {{
+        clear_last_error();
+        match catch_unwind(AssertUnwindSafe(|| -> Result<_> { $body })) {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                set_last_error(&e.to_string());
+                $fail
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown".into());
+                set_last_error(&format!("internal error: panic in blockjobinfo: {what}"));
+                $fail
+            }
+        }
+    }};
+}
+
+/// A required C string argument.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string that outlives the call.
+unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
+    if p.is_null() {
+        return Err(Error::InvalidArg(format!("{what} must not be NULL")));
+    }
+    // SAFETY: non-NULL and NUL-terminated by the caller's contract.
+    let s = unsafe { CStr::from_ptr(p) };
+    s.to_str()
+        .map_err(|_| Error::InvalidArg(format!("{what} is not valid UTF-8")))
+}
+
+/// Zeroes `info` first (as libvirt does, even when the call then fails), checks the common arguments, and
+/// writes the answer: 0 for no job, 1 for filled.
+///
+/// # Safety
+/// `info` is NULL or points to writable memory for one `virDomainBlockJobInfo`.
+unsafe fn answer(
+    info: *mut virDomainBlockJobInfo,
+    device: *const c_char,
+    flags: c_uint,
+    function: &str,
+    get: impl FnOnce(&str) -> Result<Option<virDomainBlockJobInfo>>,
+) -> Result<c_int> {
+    if !info.is_null() {
+        // SAFETY: non-NULL and writable by the caller's contract.
+        unsafe { info.write(virDomainBlockJobInfo::default()) };
+    }
+    // SAFETY: forwarded contract.
+    let device = unsafe { c_str(device, "device") }?;
+    if info.is_null() {
+        return Err(Error::InvalidArg("info must not be NULL".into()));
+    }
+    translate::check_flags(flags, function)?;
+    match get(device)? {
+        None => Ok(0),
+        Some(v) => {
+            // SAFETY: checked non-NULL above; writable by contract.
+            unsafe { info.write(v) };
+            Ok(1)
+        }
+    }
+}
+
+/// Opens a QMP monitor: `"/path"`, `"unix:/path"` or `"tcp:host:port"`. Connects and negotiates now.
+/// `flags` must be 0. Returns NULL on failure (see `bji_last_error()`).
+///
+/// # Safety
+/// `address` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bji_open_qmp(address: *const c_char, flags: c_uint) -> *mut bji_source {
+    export!(std::ptr::null_mut(), {
+        // SAFETY: forwarded contract.
+        let address = unsafe { c_str(address, "address") }?;
+        if flags != 0 {
+            return Err(Error::InvalidArg(format!(
+                "unsupported flags (0x{flags:x}) in function bji_open_qmp"
+            )));
+        }
+        let inner = QmpSource::open(address)?;
+        Ok(Box::into_raw(Box::new(bji_source { inner })))
+    })
+}
+
+/// Closes a source and frees it. NULL is fine.
+///
+/// # Safety
+/// `src` is NULL or a pointer from `bji_open_qmp` not yet closed, and no other thread is using it.
+#[no_mangle]
+pub unsafe extern "C" fn bji_close(src: *mut bji_source) {
+    export!((), {
+        if !src.is_null() {
+            // SAFETY: came from Box::into_raw in bji_open_qmp and is closed once, by contract.
+            drop(unsafe { Box::from_raw(src) });
+        }
+        Ok(())
+    })
+}
+
+/// `virDomainGetBlockJobInfo` for a QMP source: -1 on error, 0 when `device` has no job (info zeroed),
+/// 1 when `info` was filled. `device` is the job id, or a libvirt disk target/alias in libvirt's job names.
+///
+/// # Safety
+/// `src` is NULL or an open source; `device` NULL or NUL-terminated; `info` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bji_get_block_job_info(
+    src: *mut bji_source,
+    device: *const c_char,
+    info: *mut virDomainBlockJobInfo,
+    flags: c_uint,
+) -> c_int {
+    export!(-1, {
+        // SAFETY: forwarded contract.
+        unsafe {
+            answer(info, device, flags, "bji_get_block_job_info", |device| {
+                // SAFETY: NULL or an open source, by contract; shared use from threads is fine (&).
+                let src = src
+                    .as_ref()
+                    .ok_or_else(|| Error::InvalidArg("source must not be NULL".into()))?;
+                src.inner.block_job_info(device, flags)
+            })
+        }
+    })
+}
+
+/// The same answer from the text of a `query-block-jobs` reply (`{"return": [...]}` or just the array).
+///
+/// # Safety
+/// `query_block_jobs_reply` and `device` NULL or NUL-terminated; `info` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bji_translate_reply(
+    query_block_jobs_reply: *const c_char,
+    device: *const c_char,
+    info: *mut virDomainBlockJobInfo,
+    flags: c_uint,
+) -> c_int {
+    export!(-1, {
+        // SAFETY: forwarded contract.
+        unsafe {
+            answer(info, device, flags, "bji_translate_reply", |device| {
+                let text = c_str(query_block_jobs_reply, "reply")?;
+                crate::translate_reply(text, device, flags)
+            })
+        }
+    })
+}
+
+/// Opt in to the grace timer for QEMU older than 2.2 (no `ready` field): a 0/0 job reads 0/1 until it has been
+/// seen for `grace_ms`, then 1/1. A negative value restores libvirt's 0/0. Returns 0, or -1 for a NULL source.
+///
+/// # Safety
+/// `src` is NULL or an open source.
+#[no_mangle]
+pub unsafe extern "C" fn bji_set_no_ready_grace(src: *mut bji_source, grace_ms: c_int) -> c_int {
+    export!(-1, {
+        // SAFETY: NULL or an open source, by contract.
+        let src = unsafe { src.as_ref() }
+            .ok_or_else(|| Error::InvalidArg("source must not be NULL".into()))?;
+        let grace = u64::try_from(grace_ms).ok().map(Duration::from_millis);
+        src.inner.set_no_ready_grace(grace);
+        Ok(0)
+    })
+}
+
+/// The message of the last failed call on this thread, or "" when it succeeded. Valid until the next
+/// `bji_*` call on this thread.
+#[no_mangle]
+pub extern "C" fn bji_last_error() -> *const c_char {
+    // The CString's buffer stays put until the next bji_* call on this thread replaces it.
+    LAST_ERROR
+        .try_with(|e| e.borrow().as_ptr())
+        .unwrap_or(c"".as_ptr())
+}
+
+/// The library's version, e.g. "0.1.0".
+#[no_mangle]
+pub extern "C" fn bji_version() -> *const c_char {
+    static VERSION: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => panic!("version has no interior NUL"),
+        };
+    VERSION.as_ptr()
+}

@@ -1,0 +1,229 @@
+//! QEMU's `query-block-jobs` reply: parsing it strictly where libvirt is strict, tolerantly where QEMU grows,
+//! and picking the one job a caller means by a device name.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::qmp::MAX_MESSAGE;
+use crate::translate::RawJob;
+
+/// libvirt requires these five fields; `ready`, `status` and `error` are optional and anything else is ignored
+/// (newer QEMU adds fields and enum values).
+#[derive(Deserialize)]
+struct WireJob {
+    #[serde(rename = "type")]
+    job_type: String,
+    device: String,
+    len: u64,
+    offset: u64,
+    speed: u64,
+    #[serde(default)]
+    ready: Option<bool>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Parses the value of a `query-block-jobs` `return`.
+pub fn parse_jobs(value: &Value) -> Result<Vec<RawJob>> {
+    let list = value
+        .as_array()
+        .ok_or_else(|| Error::Protocol("query-block-jobs did not return an array".into()))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let w = WireJob::deserialize(entry).map_err(|e| {
+                Error::Protocol(format!("malformed query-block-jobs entry {i}: {e}"))
+            })?;
+            Ok(RawJob {
+                job_type: w.job_type,
+                device: w.device,
+                len: w.len,
+                offset: w.offset,
+                speed: w.speed,
+                ready: w.ready,
+                status: w.status,
+                error: w.error,
+            })
+        })
+        .collect()
+}
+
+/// Parses the text of a reply, whole (`{"return": [...]}`) or just the array.
+pub fn parse_reply_text(text: &str) -> Result<Vec<RawJob>> {
+    if text.len() > MAX_MESSAGE {
+        return Err(Error::TooLarge(MAX_MESSAGE));
+    }
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Error::InvalidArg(format!("reply is not valid JSON: {e}")))?;
+    match value {
+        Value::Array(_) => parse_jobs(&value),
+        Value::Object(mut obj) => {
+            if let Some(ret) = obj.remove("return") {
+                return parse_jobs(&ret);
+            }
+            if let Some(err) = obj.get("error") {
+                let text = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                return Err(Error::Qmp {
+                    class: text("class"),
+                    desc: text("desc"),
+                });
+            }
+            Err(Error::InvalidArg(
+                "reply has neither 'return' nor 'error'".into(),
+            ))
+        }
+        _ => Err(Error::InvalidArg(
+            "reply must be a query-block-jobs reply object or its array".into(),
+        )),
+    }
+}
+
+/// libvirt's job ids for a disk: `<kind>-<target>-<node>` with blockdev (`copy-vda-libvirt-1-format`) and
+/// `drive-<alias>` before it.
+fn is_libvirt_job_of(job_id: &str, disk: &str) -> bool {
+    if let Some(alias) = job_id.strip_prefix("drive-") {
+        if alias == disk {
+            return true;
+        }
+    }
+    ["copy-", "commit-", "pull-", "backup-", "create-"]
+        .iter()
+        .any(|kind| {
+            job_id
+                .strip_prefix(kind)
+                .and_then(|rest| rest.strip_prefix(disk))
+                .is_some_and(|rest| rest.starts_with('-'))
+        })
+}
+
+/// The job `device` means: its QMP job id, or failing that a libvirt disk target or alias. Two candidates at
+/// the same level is an error, not a guess.
+pub fn select<'a>(jobs: &'a [RawJob], device: &str) -> Result<Option<&'a RawJob>> {
+    let exact = jobs.iter().filter(|j| j.device == device);
+    let by_name = jobs.iter().filter(|j| is_libvirt_job_of(&j.device, device));
+    for mut candidates in [exact.collect::<Vec<_>>(), by_name.collect()] {
+        match candidates.len() {
+            0 => continue,
+            1 => return Ok(candidates.pop()),
+            _ => {
+                return Err(Error::Ambiguous {
+                    device: device.to_string(),
+                    first: candidates[0].device.clone(),
+                    second: candidates[1].device.clone(),
+                })
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(device: &str) -> Value {
+        json!({"type": "mirror", "device": device, "len": 10, "offset": 5, "speed": 0, "ready": false,
+               "busy": true, "paused": false, "io-status": "ok", "status": "running", "auto-finalize": true,
+               "auto-dismiss": true, "actively-synced": false, "future-field": {"x": 1}})
+    }
+
+    fn ids(jobs: &[RawJob], device: &str) -> Result<Option<String>> {
+        select(jobs, device).map(|j| j.map(|j| j.device.clone()))
+    }
+
+    #[test]
+    fn parses_tolerantly() {
+        let mut e = entry("j");
+        e["status"] = json!("a-status-from-qemu-42");
+        let jobs = parse_jobs(&json!([e])).unwrap();
+        assert_eq!(jobs[0].status.as_deref(), Some("a-status-from-qemu-42"));
+        assert_eq!(
+            (jobs[0].offset, jobs[0].len, jobs[0].ready),
+            (5, 10, Some(false))
+        );
+        let mut old = entry("j");
+        old.as_object_mut().unwrap().remove("ready");
+        assert_eq!(parse_jobs(&json!([old])).unwrap()[0].ready, None);
+    }
+
+    #[test]
+    fn rejects_what_libvirt_rejects() {
+        for field in ["type", "device", "len", "offset", "speed"] {
+            let mut e = entry("j");
+            e.as_object_mut().unwrap().remove(field);
+            let err = parse_jobs(&json!([e])).unwrap_err().to_string();
+            assert!(err.contains(&format!("missing field `{field}`")), "{err}");
+        }
+        for (field, bad) in [
+            ("len", json!(-1)),
+            ("offset", json!("5")),
+            ("speed", json!(1.5)),
+            ("ready", json!(1)),
+        ] {
+            let mut e = entry("j");
+            e[field] = bad;
+            assert!(parse_jobs(&json!([e])).is_err(), "{field}");
+        }
+        assert!(parse_jobs(&json!({"a": 1})).is_err());
+        let mut big = entry("j");
+        big["len"] = json!(18446744073709551616u128.to_string().parse::<f64>().unwrap());
+        assert!(parse_jobs(&json!([big])).is_err());
+    }
+
+    #[test]
+    fn reply_text_forms() {
+        let whole = json!({"return": [entry("a")], "id": "x"}).to_string();
+        let bare = json!([entry("a")]).to_string();
+        assert_eq!(
+            parse_reply_text(&whole).unwrap(),
+            parse_reply_text(&bare).unwrap()
+        );
+        let err = parse_reply_text(r#"{"error": {"class": "GenericError", "desc": "boom"}}"#)
+            .unwrap_err();
+        assert_eq!(err.to_string(), "QEMU error GenericError: boom");
+        for bad in ["", "nope", "42", r#"{"id": 1}"#, "[1]"] {
+            assert!(parse_reply_text(bad).is_err(), "{bad}");
+        }
+        let huge = " ".repeat(MAX_MESSAGE + 1);
+        assert!(matches!(parse_reply_text(&huge), Err(Error::TooLarge(_))));
+    }
+
+    #[test]
+    fn selection() {
+        let jobs = parse_jobs(&json!([
+            entry("copy-vda-libvirt-1-format"),
+            entry("drive-virtio-disk1"),
+            entry("mirror0"),
+            entry("commit-vdb-libvirt-3-format"),
+            entry("pull-vdb-libvirt-4-format"),
+        ]))
+        .unwrap();
+        assert_eq!(ids(&jobs, "mirror0").unwrap().as_deref(), Some("mirror0"));
+        assert_eq!(
+            ids(&jobs, "vda").unwrap().as_deref(),
+            Some("copy-vda-libvirt-1-format")
+        );
+        assert_eq!(
+            ids(&jobs, "copy-vda-libvirt-1-format").unwrap().as_deref(),
+            Some("copy-vda-libvirt-1-format")
+        );
+        assert_eq!(
+            ids(&jobs, "virtio-disk1").unwrap().as_deref(),
+            Some("drive-virtio-disk1")
+        );
+        assert_eq!(ids(&jobs, "vd").unwrap(), None);
+        assert_eq!(ids(&jobs, "vdc").unwrap(), None);
+        assert_eq!(ids(&jobs, "libvirt").unwrap(), None);
+        let err = ids(&jobs, "vdb").unwrap_err().to_string();
+        assert!(err.contains("more than one block job"), "{err}");
+        let dup = parse_jobs(&json!([entry("j"), entry("j")])).unwrap();
+        assert!(select(&dup, "j").is_err());
+        // An exact id beats a libvirt-name match.
+        let both = parse_jobs(&json!([entry("vda"), entry("copy-vda-libvirt-1-format")])).unwrap();
+        assert_eq!(ids(&both, "vda").unwrap().as_deref(), Some("vda"));
+    }
+}

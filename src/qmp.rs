@@ -1,0 +1,558 @@
+//! A small, read-only QMP client: connect, negotiate, send `query-*` commands, match replies by id, keep events.
+//!
+//! QEMU may pretty-print (one object over many lines) and may interleave events with replies, so the input is
+//! treated as a stream of JSON objects, not lines. Every read has a deadline and every message a size limit.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+
+/// libvirt refuses monitor replies over 10 MiB; so do we.
+pub const MAX_MESSAGE: usize = 10 * 1024 * 1024;
+/// Events kept for waiters; older ones are dropped first.
+const MAX_KEPT_EVENTS: usize = 1024;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Where QEMU's monitor listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl Address {
+    /// `/path`, `unix:/path` or `tcp:host:port`.
+    pub fn parse(text: &str) -> Result<Address> {
+        let bad = |why: &str| Error::InvalidArg(format!("QMP address '{text}': {why}"));
+        if let Some(hostport) = text.strip_prefix("tcp:") {
+            match hostport.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                    Ok(Address::Tcp(hostport.to_string()))
+                }
+                _ => Err(bad("expected tcp:HOST:PORT")),
+            }
+        } else {
+            let path = text.strip_prefix("unix:").unwrap_or(text);
+            if path.is_empty() {
+                return Err(bad("empty socket path"));
+            }
+            Ok(Address::Unix(PathBuf::from(path)))
+        }
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+            Address::Tcp(hp) => write!(f, "tcp:{hp}"),
+        }
+    }
+}
+
+/// Time and size bounds of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connecting plus QEMU's greeting plus capability negotiation.
+    pub connect_timeout: Duration,
+    /// One command's reply.
+    pub reply_timeout: Duration,
+    pub max_message: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connect_timeout: Duration::from_secs(5),
+            reply_timeout: Duration::from_secs(10),
+            max_message: MAX_MESSAGE,
+        }
+    }
+}
+
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s
+                .set_read_timeout(Some(t))
+                .and(s.set_write_timeout(Some(t))),
+            Stream::Tcp(s) => s
+                .set_read_timeout(Some(t))
+                .and(s.set_write_timeout(Some(t))),
+        }
+    }
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.write_all(buf),
+            Stream::Tcp(s) => s.write_all(buf),
+        }
+    }
+}
+
+/// Finds where each top-level JSON object ends, in linear time, so a 10 MiB reply is parsed once and a
+/// stream that never closes its object is cut off at the limit. serde_json does the actual parsing.
+#[derive(Default)]
+struct Framer {
+    pos: usize,
+    depth: usize,
+    start: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Framer {
+    /// Scans new bytes; returns the end (exclusive) of the first complete object, if any.
+    fn scan(&mut self, buf: &[u8]) -> Result<Option<(usize, usize)>> {
+        while self.pos < buf.len() {
+            let i = self.pos;
+            let b = buf[i];
+            self.pos += 1;
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' if self.depth > 0 => self.in_string = true,
+                b'{' => {
+                    if self.depth == 0 {
+                        self.start = i;
+                    }
+                    self.depth += 1;
+                }
+                b'[' if self.depth > 0 => self.depth += 1,
+                b'}' | b']' if self.depth > 0 => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        return Ok(Some((self.start, i + 1)));
+                    }
+                }
+                b' ' | b'\t' | b'\r' | b'\n' => {}
+                _ if self.depth > 0 => {}
+                _ => {
+                    let end = buf.len().min(i + 32);
+                    return Err(Error::Protocol(format!(
+                        "unexpected data from QEMU: {:?}",
+                        String::from_utf8_lossy(&buf[i..end])
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Bytes of the message being assembled (or of stray whitespace) held so far.
+    fn pending(&self, buf: &[u8]) -> usize {
+        if self.depth > 0 {
+            buf.len() - self.start
+        } else {
+            0
+        }
+    }
+}
+
+/// QEMU's version from the greeting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QemuVersion {
+    pub major: u64,
+    pub minor: u64,
+    pub micro: u64,
+}
+
+impl std::fmt::Display for QemuVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.micro)
+    }
+}
+
+/// One negotiated QMP connection. Not shared: callers wrap it in a lock.
+pub struct Connection {
+    stream: Stream,
+    buf: Vec<u8>,
+    framer: Framer,
+    next_id: u64,
+    limits: Limits,
+    version: QemuVersion,
+    events: VecDeque<Value>,
+    /// The process that opened it: a forked child must not speak on its parent's socket.
+    pid: u32,
+}
+
+/// Only these ever leave the library: it observes QEMU, it never drives it.
+pub fn is_read_only_command(name: &str) -> bool {
+    name == "qmp_capabilities" || name.starts_with("query-")
+}
+
+impl Connection {
+    /// Connects, reads the greeting and negotiates capabilities, all within `limits.connect_timeout`.
+    pub fn open(address: &Address, limits: Limits) -> Result<Connection> {
+        let deadline = Instant::now() + limits.connect_timeout;
+        let connect_err = |source| Error::Connect {
+            address: address.to_string(),
+            source,
+        };
+        let stream = match address {
+            Address::Unix(path) => Stream::Unix(UnixStream::connect(path).map_err(connect_err)?),
+            Address::Tcp(hostport) => {
+                let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+                let mut found = None;
+                for sa in hostport.to_socket_addrs().map_err(connect_err)? {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match TcpStream::connect_timeout(&sa, left.max(Duration::from_millis(1))) {
+                        Ok(s) => {
+                            found = Some(s);
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                let s = found.ok_or_else(|| connect_err(last))?;
+                // Replies are small and latency is what a poller pays for.
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }
+        };
+        let mut conn = Connection {
+            stream,
+            buf: Vec::with_capacity(READ_CHUNK),
+            framer: Framer::default(),
+            next_id: 1,
+            limits,
+            version: QemuVersion::default(),
+            events: VecDeque::new(),
+            pid: std::process::id(),
+        };
+        let greeting = conn.read_message(deadline, "the QMP greeting")?;
+        conn.version = parse_greeting(&greeting)?;
+        conn.execute_until("qmp_capabilities", None, deadline)?;
+        log::debug!("QMP connected to {address}, QEMU {}", conn.version);
+        Ok(conn)
+    }
+
+    pub fn version(&self) -> QemuVersion {
+        self.version
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Events received so far and not yet taken, oldest first.
+    pub fn take_events(&mut self) -> Vec<Value> {
+        self.events.drain(..).collect()
+    }
+
+    /// Runs one read-only command and returns its `return` value.
+    pub fn execute(&mut self, name: &str, arguments: Option<Value>) -> Result<Value> {
+        let deadline = Instant::now() + self.limits.reply_timeout;
+        self.execute_until(name, arguments, deadline)
+    }
+
+    fn execute_until(
+        &mut self,
+        name: &str,
+        arguments: Option<Value>,
+        deadline: Instant,
+    ) -> Result<Value> {
+        if !is_read_only_command(name) {
+            return Err(Error::Forbidden(name.to_string()));
+        }
+        let id = format!("bji-{}", self.next_id);
+        self.next_id += 1;
+        let mut cmd = json!({ "execute": name, "id": id });
+        if let Some(args) = arguments {
+            cmd["arguments"] = args;
+        }
+        let mut line = serde_json::to_vec(&cmd).expect("a json! value serialises");
+        line.push(b'\n');
+        self.stream
+            .set_timeouts(remaining(
+                deadline,
+                self.limits.reply_timeout,
+                "a QMP reply",
+            )?)
+            .map_err(|source| Error::Io {
+                context: "setting socket timeouts",
+                source,
+            })?;
+        self.stream
+            .write_all(&line)
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
+                    what: "QEMU to accept a command",
+                    ms: self.limits.reply_timeout.as_millis(),
+                },
+                _ => Error::Io {
+                    context: "sending a command",
+                    source,
+                },
+            })?;
+        loop {
+            let msg = self.read_message(deadline, "a QMP reply")?;
+            let Value::Object(obj) = msg else {
+                unreachable!("read_message only returns objects")
+            };
+            if obj.contains_key("event") {
+                self.keep_event(Value::Object(obj));
+                continue;
+            }
+            let reply_id = obj.get("id");
+            if reply_id != Some(&Value::String(id.clone())) {
+                return Err(Error::Protocol(format!(
+                    "reply to '{name}' carries id {} instead of \"{id}\"",
+                    reply_id.map_or("none".to_string(), Value::to_string)
+                )));
+            }
+            return reply_value(obj);
+        }
+    }
+
+    fn keep_event(&mut self, event: Value) {
+        if self.events.len() == MAX_KEPT_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
+    /// Reads until one whole JSON object is in the buffer and returns it.
+    pub fn read_message(&mut self, deadline: Instant, what: &'static str) -> Result<Value> {
+        loop {
+            if let Some((start, end)) = self.framer.scan(&self.buf)? {
+                let parsed = serde_json::from_slice::<Value>(&self.buf[start..end]);
+                self.buf.drain(..end);
+                self.framer = Framer::default();
+                return match parsed {
+                    Ok(v @ Value::Object(_)) => Ok(v),
+                    Ok(_) => Err(Error::Protocol(
+                        "a QMP message that is not an object".into(),
+                    )),
+                    Err(e) => Err(Error::Protocol(format!("malformed JSON from QEMU: {e}"))),
+                };
+            }
+            if self.framer.pending(&self.buf) > self.limits.max_message {
+                return Err(Error::TooLarge(self.limits.max_message));
+            }
+            if self.framer.depth == 0 {
+                // Only whitespace is held between objects: forget it.
+                self.buf.clear();
+                self.framer = Framer::default();
+            }
+            self.stream
+                .set_timeouts(remaining(deadline, self.limits.reply_timeout, what)?)
+                .map_err(|source| Error::Io {
+                    context: "setting socket timeouts",
+                    source,
+                })?;
+            let old = self.buf.len();
+            self.buf.resize(old + READ_CHUNK, 0);
+            let got = self.stream.read(&mut self.buf[old..]);
+            match got {
+                Ok(0) => {
+                    self.buf.truncate(old);
+                    return Err(Error::Eof(if old == 0 {
+                        ""
+                    } else {
+                        " in the middle of a message"
+                    }));
+                }
+                Ok(n) => self.buf.truncate(old + n),
+                Err(e) => {
+                    self.buf.truncate(old);
+                    match e.kind() {
+                        io::ErrorKind::Interrupted => {}
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                            return Err(Error::Timeout {
+                                what,
+                                ms: self.limits.reply_timeout.as_millis(),
+                            })
+                        }
+                        _ => {
+                            return Err(Error::Io {
+                                context: "reading from QEMU",
+                                source: e,
+                            })
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn remaining(deadline: Instant, limit: Duration, what: &'static str) -> Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(Error::Timeout {
+            what,
+            ms: limit.as_millis(),
+        });
+    }
+    Ok(left)
+}
+
+fn parse_greeting(msg: &Value) -> Result<QemuVersion> {
+    let qemu = msg
+        .get("QMP")
+        .and_then(|q| q.get("version"))
+        .and_then(|v| v.get("qemu"))
+        .ok_or_else(|| {
+            Error::Protocol(format!("expected the QMP greeting, got {}", preview(msg)))
+        })?;
+    let num = |k: &str| qemu.get(k).and_then(Value::as_u64).unwrap_or(0);
+    Ok(QemuVersion {
+        major: num("major"),
+        minor: num("minor"),
+        micro: num("micro"),
+    })
+}
+
+fn reply_value(mut obj: Map<String, Value>) -> Result<Value> {
+    if let Some(v) = obj.remove("return") {
+        return Ok(v);
+    }
+    if let Some(err) = obj.get("error") {
+        let text = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        return Err(Error::Qmp {
+            class: text("class"),
+            desc: text("desc"),
+        });
+    }
+    Err(Error::Protocol(format!(
+        "reply with neither 'return' nor 'error': {}",
+        preview(&Value::Object(obj))
+    )))
+}
+
+/// A short rendering of a message for an error text.
+fn preview(v: &Value) -> String {
+    let mut s = v.to_string();
+    if s.len() > 120 {
+        let mut cut = 120;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(input: &[u8]) -> Result<Vec<Value>> {
+        let mut f = Framer::default();
+        let mut out = vec![];
+        let mut buf = input.to_vec();
+        while let Some((s, e)) = f.scan(&buf)? {
+            out.push(serde_json::from_slice(&buf[s..e]).unwrap());
+            buf.drain(..e);
+            f = Framer::default();
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn framer_splits_objects_lines_and_pretty() {
+        let got =
+            frames(b"{\"a\": 1}\r\n{\n  \"b\": [\n {\"c\": \"}{\\\"\"}\n ]\n}\n{\"x\"").unwrap();
+        assert_eq!(got, vec![json!({"a": 1}), json!({"b": [{"c": "}{\""}]})]);
+    }
+
+    #[test]
+    fn framer_rejects_top_level_garbage() {
+        let err = frames(b"  hello {}").unwrap_err();
+        assert!(
+            err.to_string().contains("unexpected data from QEMU"),
+            "{err}"
+        );
+        assert!(frames(b"[1]").is_err());
+        assert!(frames(b"\"s\"").is_err());
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            Address::parse("/run/q.sock").unwrap(),
+            Address::Unix("/run/q.sock".into())
+        );
+        assert_eq!(
+            Address::parse("unix:/q").unwrap(),
+            Address::Unix("/q".into())
+        );
+        assert_eq!(
+            Address::parse("tcp:localhost:4444").unwrap(),
+            Address::Tcp("localhost:4444".into())
+        );
+        assert_eq!(
+            Address::parse("tcp:[::1]:4444").unwrap(),
+            Address::Tcp("[::1]:4444".into())
+        );
+        for bad in [
+            "",
+            "unix:",
+            "tcp:",
+            "tcp:host",
+            "tcp::1",
+            "tcp:h:99999",
+            "tcp:h:x",
+        ] {
+            assert!(Address::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_read_only_commands() {
+        assert!(is_read_only_command("qmp_capabilities"));
+        assert!(is_read_only_command("query-block-jobs"));
+        for c in [
+            "block-job-cancel",
+            "quit",
+            "blockdev-mirror",
+            "human-monitor-command",
+            "queryx",
+        ] {
+            assert!(!is_read_only_command(c), "{c}");
+        }
+    }
+
+    #[test]
+    fn replies() {
+        assert_eq!(
+            reply_value(json!({"return": [1]}).as_object().unwrap().clone()).unwrap(),
+            json!([1])
+        );
+        let e = reply_value(
+            json!({"error": {"class": "GenericError", "desc": "no"}})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        assert_eq!(e.unwrap_err().to_string(), "QEMU error GenericError: no");
+        assert!(reply_value(json!({"id": 1}).as_object().unwrap().clone()).is_err());
+    }
+}
