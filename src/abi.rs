@@ -52,5 +52,4 @@ const _: () = assert!(offset_of!(virDomainBlockJobInfo, end) == 2 * LONG + 8);
 const _: () = assert!(size_of::<virDomainBlockJobInfo>() == 2 * LONG + 16);
 const _: () = assert!(align_of::<virDomainBlockJobInfo>() == align_of::<c_ulonglong>());
 #[cfg(target_pointer_width = "64")]
-const _: () =
-    assert!(size_of::<virDomainBlockJobInfo>() == 32 && align_of::<virDomainBlockJobInfo>() == 8);
+const _: () = assert!(size_of::<virDomainBlockJobInfo>() == 32 && align_of::<virDomainBlockJobInfo>() == 8);

@@ -15,10 +15,7 @@ pub enum Error {
     #[error("cannot connect to QMP at {address}: {source}")]
     Connect { address: String, source: io::Error },
     #[error("QMP I/O error while {context}: {source}")]
-    Io {
-        context: &'static str,
-        source: io::Error,
-    },
+    Io { context: &'static str, source: io::Error },
     #[error("timed out after {ms} ms waiting for {what}")]
     Timeout { what: &'static str, ms: u128 },
     #[error("QMP connection closed by QEMU{0}")]
@@ -36,9 +33,7 @@ pub enum Error {
         first: String,
         second: String,
     },
-    #[error(
-        "refusing to send '{0}': blockjobinfo only sends qmp_capabilities and query-* commands"
-    )]
+    #[error("refusing to send '{0}': blockjobinfo only sends qmp_capabilities and query-* commands")]
     Forbidden(String),
 }
 

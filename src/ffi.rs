@@ -198,8 +198,7 @@ pub unsafe extern "C" fn bji_translate_reply(
 pub unsafe extern "C" fn bji_set_no_ready_grace(src: *mut bji_source, grace_ms: c_int) -> c_int {
     export!(-1, {
         // SAFETY: NULL or an open source, by contract.
-        let src = unsafe { src.as_ref() }
-            .ok_or_else(|| Error::InvalidArg("source must not be NULL".into()))?;
+        let src = unsafe { src.as_ref() }.ok_or_else(|| Error::InvalidArg("source must not be NULL".into()))?;
         let grace = u64::try_from(grace_ms).ok().map(Duration::from_millis);
         src.inner.set_no_ready_grace(grace);
         Ok(0)
@@ -211,18 +210,15 @@ pub unsafe extern "C" fn bji_set_no_ready_grace(src: *mut bji_source, grace_ms: 
 #[no_mangle]
 pub extern "C" fn bji_last_error() -> *const c_char {
     // The CString's buffer stays put until the next bji_* call on this thread replaces it.
-    LAST_ERROR
-        .try_with(|e| e.borrow().as_ptr())
-        .unwrap_or(c"".as_ptr())
+    LAST_ERROR.try_with(|e| e.borrow().as_ptr()).unwrap_or(c"".as_ptr())
 }
 
 /// The library's version, e.g. "0.1.0".
 #[no_mangle]
 pub extern "C" fn bji_version() -> *const c_char {
-    static VERSION: &CStr =
-        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
-            Ok(v) => v,
-            Err(_) => panic!("version has no interior NUL"),
-        };
+    static VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        Ok(v) => v,
+        Err(_) => panic!("version has no interior NUL"),
+    };
     VERSION.as_ptr()
 }

@@ -34,9 +34,8 @@ pub fn parse_jobs(value: &Value) -> Result<Vec<RawJob>> {
     list.iter()
         .enumerate()
         .map(|(i, entry)| {
-            let w = WireJob::deserialize(entry).map_err(|e| {
-                Error::Protocol(format!("malformed query-block-jobs entry {i}: {e}"))
-            })?;
+            let w = WireJob::deserialize(entry)
+                .map_err(|e| Error::Protocol(format!("malformed query-block-jobs entry {i}: {e}")))?;
             Ok(RawJob {
                 job_type: w.job_type,
                 device: w.device,
@@ -56,8 +55,8 @@ pub fn parse_reply_text(text: &str) -> Result<Vec<RawJob>> {
     if text.len() > MAX_MESSAGE {
         return Err(Error::TooLarge(MAX_MESSAGE));
     }
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| Error::InvalidArg(format!("reply is not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| Error::InvalidArg(format!("reply is not valid JSON: {e}")))?;
     match value {
         Value::Array(_) => parse_jobs(&value),
         Value::Object(mut obj) => {
@@ -71,9 +70,7 @@ pub fn parse_reply_text(text: &str) -> Result<Vec<RawJob>> {
                     desc: text("desc"),
                 });
             }
-            Err(Error::InvalidArg(
-                "reply has neither 'return' nor 'error'".into(),
-            ))
+            Err(Error::InvalidArg("reply has neither 'return' nor 'error'".into()))
         }
         _ => Err(Error::InvalidArg(
             "reply must be a query-block-jobs reply object or its array".into(),
@@ -89,14 +86,12 @@ fn is_libvirt_job_of(job_id: &str, disk: &str) -> bool {
             return true;
         }
     }
-    ["copy-", "commit-", "pull-", "backup-", "create-"]
-        .iter()
-        .any(|kind| {
-            job_id
-                .strip_prefix(kind)
-                .and_then(|rest| rest.strip_prefix(disk))
-                .is_some_and(|rest| rest.starts_with('-'))
-        })
+    ["copy-", "commit-", "pull-", "backup-", "create-"].iter().any(|kind| {
+        job_id
+            .strip_prefix(kind)
+            .and_then(|rest| rest.strip_prefix(disk))
+            .is_some_and(|rest| rest.starts_with('-'))
+    })
 }
 
 /// The job `device` means: its QMP job id, or failing that a libvirt disk target or alias. Two candidates at
@@ -141,10 +136,7 @@ mod tests {
         e["status"] = json!("a-status-from-qemu-42");
         let jobs = parse_jobs(&json!([e])).unwrap();
         assert_eq!(jobs[0].status.as_deref(), Some("a-status-from-qemu-42"));
-        assert_eq!(
-            (jobs[0].offset, jobs[0].len, jobs[0].ready),
-            (5, 10, Some(false))
-        );
+        assert_eq!((jobs[0].offset, jobs[0].len, jobs[0].ready), (5, 10, Some(false)));
         let mut old = entry("j");
         old.as_object_mut().unwrap().remove("ready");
         assert_eq!(parse_jobs(&json!([old])).unwrap()[0].ready, None);
@@ -178,12 +170,8 @@ mod tests {
     fn reply_text_forms() {
         let whole = json!({"return": [entry("a")], "id": "x"}).to_string();
         let bare = json!([entry("a")]).to_string();
-        assert_eq!(
-            parse_reply_text(&whole).unwrap(),
-            parse_reply_text(&bare).unwrap()
-        );
-        let err = parse_reply_text(r#"{"error": {"class": "GenericError", "desc": "boom"}}"#)
-            .unwrap_err();
+        assert_eq!(parse_reply_text(&whole).unwrap(), parse_reply_text(&bare).unwrap());
+        let err = parse_reply_text(r#"{"error": {"class": "GenericError", "desc": "boom"}}"#).unwrap_err();
         assert_eq!(err.to_string(), "QEMU error GenericError: boom");
         for bad in ["", "nope", "42", r#"{"id": 1}"#, "[1]"] {
             assert!(parse_reply_text(bad).is_err(), "{bad}");
@@ -203,10 +191,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(ids(&jobs, "mirror0").unwrap().as_deref(), Some("mirror0"));
-        assert_eq!(
-            ids(&jobs, "vda").unwrap().as_deref(),
-            Some("copy-vda-libvirt-1-format")
-        );
+        assert_eq!(ids(&jobs, "vda").unwrap().as_deref(), Some("copy-vda-libvirt-1-format"));
         assert_eq!(
             ids(&jobs, "copy-vda-libvirt-1-format").unwrap().as_deref(),
             Some("copy-vda-libvirt-1-format")

@@ -21,21 +21,10 @@ pub use source::{JobReport, QmpSource};
 pub use translate::{translate, NoReadyPolicy, Observation, RawJob};
 
 /// The answer for `device` from the text of a `query-block-jobs` reply, with libvirt's rules.
-pub fn translate_reply(
-    reply: &str,
-    device: &str,
-    flags: std::ffi::c_uint,
-) -> Result<Option<virDomainBlockJobInfo>> {
+pub fn translate_reply(reply: &str, device: &str, flags: std::ffi::c_uint) -> Result<Option<virDomainBlockJobInfo>> {
     translate::check_flags(flags, "bji_translate_reply")?;
     let jobs = parse_reply_text(reply)?;
     select(&jobs, device)?
-        .map(|job| {
-            translate(
-                Observation::Listed(job),
-                None,
-                flags,
-                NoReadyPolicy::Libvirt,
-            )
-        })
+        .map(|job| translate(Observation::Listed(job), None, flags, NoReadyPolicy::Libvirt))
         .transpose()
 }

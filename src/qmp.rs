@@ -85,12 +85,8 @@ enum Stream {
 impl Stream {
     fn set_timeouts(&self, t: Duration) -> io::Result<()> {
         match self {
-            Stream::Unix(s) => s
-                .set_read_timeout(Some(t))
-                .and(s.set_write_timeout(Some(t))),
-            Stream::Tcp(s) => s
-                .set_read_timeout(Some(t))
-                .and(s.set_write_timeout(Some(t))),
+            Stream::Unix(s) => s.set_read_timeout(Some(t)).and(s.set_write_timeout(Some(t))),
+            Stream::Tcp(s) => s.set_read_timeout(Some(t)).and(s.set_write_timeout(Some(t))),
         }
     }
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -271,12 +267,7 @@ impl Connection {
         self.execute_until(name, arguments, deadline)
     }
 
-    fn execute_until(
-        &mut self,
-        name: &str,
-        arguments: Option<Value>,
-        deadline: Instant,
-    ) -> Result<Value> {
+    fn execute_until(&mut self, name: &str, arguments: Option<Value>, deadline: Instant) -> Result<Value> {
         if !is_read_only_command(name) {
             return Err(Error::Forbidden(name.to_string()));
         }
@@ -289,27 +280,21 @@ impl Connection {
         let mut line = serde_json::to_vec(&cmd).expect("a json! value serialises");
         line.push(b'\n');
         self.stream
-            .set_timeouts(remaining(
-                deadline,
-                self.limits.reply_timeout,
-                "a QMP reply",
-            )?)
+            .set_timeouts(remaining(deadline, self.limits.reply_timeout, "a QMP reply")?)
             .map_err(|source| Error::Io {
                 context: "setting socket timeouts",
                 source,
             })?;
-        self.stream
-            .write_all(&line)
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
-                    what: "QEMU to accept a command",
-                    ms: self.limits.reply_timeout.as_millis(),
-                },
-                _ => Error::Io {
-                    context: "sending a command",
-                    source,
-                },
-            })?;
+        self.stream.write_all(&line).map_err(|source| match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
+                what: "QEMU to accept a command",
+                ms: self.limits.reply_timeout.as_millis(),
+            },
+            _ => Error::Io {
+                context: "sending a command",
+                source,
+            },
+        })?;
         loop {
             let msg = self.read_message(deadline, "a QMP reply")?;
             let Value::Object(obj) = msg else {
@@ -346,9 +331,7 @@ impl Connection {
                 self.framer = Framer::default();
                 return match parsed {
                     Ok(v @ Value::Object(_)) => Ok(v),
-                    Ok(_) => Err(Error::Protocol(
-                        "a QMP message that is not an object".into(),
-                    )),
+                    Ok(_) => Err(Error::Protocol("a QMP message that is not an object".into())),
                     Err(e) => Err(Error::Protocol(format!("malformed JSON from QEMU: {e}"))),
                 };
             }
@@ -372,11 +355,7 @@ impl Connection {
             match got {
                 Ok(0) => {
                     self.buf.truncate(old);
-                    return Err(Error::Eof(if old == 0 {
-                        ""
-                    } else {
-                        " in the middle of a message"
-                    }));
+                    return Err(Error::Eof(if old == 0 { "" } else { " in the middle of a message" }));
                 }
                 Ok(n) => self.buf.truncate(old + n),
                 Err(e) => {
@@ -418,9 +397,7 @@ fn parse_greeting(msg: &Value) -> Result<QemuVersion> {
         .get("QMP")
         .and_then(|q| q.get("version"))
         .and_then(|v| v.get("qemu"))
-        .ok_or_else(|| {
-            Error::Protocol(format!("expected the QMP greeting, got {}", preview(msg)))
-        })?;
+        .ok_or_else(|| Error::Protocol(format!("expected the QMP greeting, got {}", preview(msg))))?;
     let num = |k: &str| qemu.get(k).and_then(Value::as_u64).unwrap_or(0);
     Ok(QemuVersion {
         major: num("major"),
@@ -478,18 +455,14 @@ mod tests {
 
     #[test]
     fn framer_splits_objects_lines_and_pretty() {
-        let got =
-            frames(b"{\"a\": 1}\r\n{\n  \"b\": [\n {\"c\": \"}{\\\"\"}\n ]\n}\n{\"x\"").unwrap();
+        let got = frames(b"{\"a\": 1}\r\n{\n  \"b\": [\n {\"c\": \"}{\\\"\"}\n ]\n}\n{\"x\"").unwrap();
         assert_eq!(got, vec![json!({"a": 1}), json!({"b": [{"c": "}{\""}]})]);
     }
 
     #[test]
     fn framer_rejects_top_level_garbage() {
         let err = frames(b"  hello {}").unwrap_err();
-        assert!(
-            err.to_string().contains("unexpected data from QEMU"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("unexpected data from QEMU"), "{err}");
         assert!(frames(b"[1]").is_err());
         assert!(frames(b"\"s\"").is_err());
     }
@@ -500,10 +473,7 @@ mod tests {
             Address::parse("/run/q.sock").unwrap(),
             Address::Unix("/run/q.sock".into())
         );
-        assert_eq!(
-            Address::parse("unix:/q").unwrap(),
-            Address::Unix("/q".into())
-        );
+        assert_eq!(Address::parse("unix:/q").unwrap(), Address::Unix("/q".into()));
         assert_eq!(
             Address::parse("tcp:localhost:4444").unwrap(),
             Address::Tcp("localhost:4444".into())
@@ -512,15 +482,7 @@ mod tests {
             Address::parse("tcp:[::1]:4444").unwrap(),
             Address::Tcp("[::1]:4444".into())
         );
-        for bad in [
-            "",
-            "unix:",
-            "tcp:",
-            "tcp:host",
-            "tcp::1",
-            "tcp:h:99999",
-            "tcp:h:x",
-        ] {
+        for bad in ["", "unix:", "tcp:", "tcp:host", "tcp::1", "tcp:h:99999", "tcp:h:x"] {
             assert!(Address::parse(bad).is_err(), "{bad}");
         }
     }

@@ -68,9 +68,7 @@ impl QmpSource {
     /// Opt in to Eric Blake's timer for QEMU older than 2.2 (no `ready`): a 0/0 job reads 0/1 until it has
     /// been seen for `min`, then 1/1. `None` (the default) reports 0/0 as libvirt does.
     pub fn set_no_ready_grace(&self, min: Option<Duration>) {
-        let ms = min.map_or(NO_GRACE, |d| {
-            u64::try_from(d.as_millis()).unwrap_or(NO_GRACE - 1)
-        });
+        let ms = min.map_or(NO_GRACE, |d| u64::try_from(d.as_millis()).unwrap_or(NO_GRACE - 1));
         self.grace_ms.store(ms, Ordering::Relaxed);
     }
 
@@ -88,11 +86,7 @@ impl QmpSource {
     }
 
     /// `virDomainGetBlockJobInfo`'s answer for `device`: `None` when there is no such job.
-    pub fn block_job_info(
-        &self,
-        device: &str,
-        flags: c_uint,
-    ) -> Result<Option<virDomainBlockJobInfo>> {
+    pub fn block_job_info(&self, device: &str, flags: c_uint) -> Result<Option<virDomainBlockJobInfo>> {
         Ok(self.job_report(device, flags)?.map(|r| r.info))
     }
 
@@ -238,8 +232,6 @@ impl QmpSource {
 
 impl std::fmt::Debug for QmpSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QmpSource")
-            .field("address", &self.address)
-            .finish()
+        f.debug_struct("QmpSource").field("address", &self.address).finish()
     }
 }

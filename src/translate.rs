@@ -250,10 +250,7 @@ mod tests {
             assert_eq!(bandwidth(u64::MAX, BYTES).unwrap(), u64::MAX as c_ulong);
         } else {
             let err = bandwidth(u64::from(u32::MAX) + 1, BYTES).unwrap_err();
-            assert_eq!(
-                err.to_string(),
-                "bandwidth 4294967296 cannot be represented in result"
-            );
+            assert_eq!(err.to_string(), "bandwidth 4294967296 cannot be represented in result");
         }
         assert_eq!(
             Error::Overflow(1 << 40).to_string(),

@@ -1,0 +1,261 @@
+//! The C side: the header against libvirt's real one, the strict C test program and the examples, built with
+//! -Wall -Wextra -Werror and run against a real qemu-storage-daemon.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::SystemTime;
+
+use blockjobinfo::virDomainBlockJobInfo;
+use common::*;
+use serde_json::json;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+const STRICT: &[&str] = &["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wpedantic"];
+
+/// Compiles `sources` into `out` (or only checks them when `out` is None).
+fn cc(out: Option<&Path>, sources: &[&str], extra: &[&str]) -> Result<(), String> {
+    let mut cmd = Command::new("cc");
+    cmd.args(STRICT).arg("-I").arg(root().join("include"));
+    for s in sources {
+        cmd.arg(root().join(s));
+    }
+    cmd.args(extra);
+    match out {
+        Some(out) => {
+            let lib = cdylib_dir();
+            cmd.arg("-o")
+                .arg(out)
+                .arg("-L")
+                .arg(&lib)
+                .arg(format!("-Wl,-rpath,{}", lib.display()));
+            cmd.args(["-lblockjobinfo", "-pthread"]);
+        }
+        None => {
+            cmd.arg("-fsyntax-only");
+        }
+    }
+    let o = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?}\n{}", String::from_utf8_lossy(&o.stderr)))
+    }
+}
+
+/// The cdylib C programs link to. `cargo test` does not rebuild it, so refuse a stale one.
+fn cdylib_dir() -> PathBuf {
+    let dir = lib_dir();
+    let so = dir.join("libblockjobinfo.so");
+    let built = std::fs::metadata(&so).and_then(|m| m.modified()).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run `cargo build` first (`make test` does)",
+            so.display()
+        )
+    });
+    let newest_source = std::fs::read_dir(root().join("src"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok()?.modified().ok())
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    assert!(
+        built >= newest_source,
+        "{} is older than src/: run `cargo build` first (`make test` does)",
+        so.display()
+    );
+    // The soname is libblockjobinfo.so.0 (build.rs); `make build` links it too.
+    let versioned = dir.join("libblockjobinfo.so.0");
+    if !versioned.exists() {
+        let _ = std::os::unix::fs::symlink("libblockjobinfo.so", &versioned);
+    }
+    dir
+}
+
+fn output(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+fn parse_layout(text: &str) -> Vec<(String, usize)> {
+    text.split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn layout_matches_libvirts_header_natively() {
+    use std::mem::{align_of, offset_of, size_of};
+    type I = virDomainBlockJobInfo;
+    let rust = vec![
+        ("size".to_string(), size_of::<I>()),
+        ("align".to_string(), align_of::<I>()),
+        ("type".to_string(), offset_of!(I, type_)),
+        ("bandwidth".to_string(), offset_of!(I, bandwidth)),
+        ("cur".to_string(), offset_of!(I, cur)),
+        ("end".to_string(), offset_of!(I, end)),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (name, defs) in [
+        ("libvirt", "-DBJI_EXPECT_LIBVIRT"),
+        ("standalone", "-DBJI_NO_LIBVIRT_H"),
+    ] {
+        let exe = dir.path().join(name);
+        cc(Some(&exe), &["tests/c/abi_layout.c"], &[defs]).unwrap();
+        let out = output(&mut Command::new(&exe));
+        assert!(out.status.success());
+        let c = parse_layout(&String::from_utf8(out.stdout).unwrap());
+        assert_eq!(c, rust, "{name} C layout vs the Rust struct");
+    }
+}
+
+/// i686: no Rust target is installable here, so the C compiler computes the 32-bit layout from libvirt's real
+/// header and from ours; the Rust asserts in src/abi.rs use the same per-data-model formula.
+#[test]
+fn layout_matches_libvirts_header_on_i686() {
+    let probe = Command::new("cc")
+        .args(["-m32", "-x", "c", "-", "-o", "/dev/null"])
+        .stdin(Stdio::piped())
+        .spawn();
+    let works = probe
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(b"#include <stdio.h>\nint main(void){return 0;}\n")?;
+            c.wait()
+        })
+        .is_ok_and(|s| s.success());
+    assert!(
+        works,
+        "gcc -m32 does not work: install Debian's gcc-multilib (make deps does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for (name, defs) in [
+        ("libvirt32", "-DBJI_EXPECT_LIBVIRT"),
+        ("standalone32", "-DBJI_NO_LIBVIRT_H"),
+    ] {
+        let exe = dir.path().join(name);
+        let mut cmd = Command::new("cc");
+        cmd.args(STRICT).args(["-m32", defs, "-I"]).arg(root().join("include"));
+        cmd.arg(root().join("tests/c/abi_layout.c")).arg("-o").arg(&exe);
+        let o = output(&mut cmd);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = output(&mut Command::new(&exe));
+        let c = parse_layout(&String::from_utf8(out.stdout).unwrap());
+        let want: Vec<(String, usize)> = [
+            ("size", 24),
+            ("align", 4),
+            ("type", 0),
+            ("bandwidth", 4),
+            ("cur", 8),
+            ("end", 16),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+        assert_eq!(c, want, "{name}");
+    }
+}
+
+#[test]
+fn header_coexists_with_libvirts_in_either_order() {
+    cc(None, &["tests/c/include_order.c"], &["-DLIBVIRT_FIRST"]).unwrap();
+    cc(None, &["tests/c/include_order.c"], &[]).unwrap();
+    // Alone, with no libvirt header at all.
+    cc(None, &["tests/c/abi_layout.c"], &["-DBJI_NO_LIBVIRT_H"]).unwrap();
+    // And from C++.
+    let o = output(
+        Command::new("c++")
+            .args(["-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-x", "c++", "-I"])
+            .arg(root().join("include"))
+            .arg(root().join("include/blockjobinfo.h")),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Starts a daemon with a throttled mirror under libvirt's job id for disk vda.
+fn daemon_with_copy_job() -> Qsd {
+    let mut qsd = Qsd::start();
+    qsd.ctl.ok(
+        "blockdev-mirror",
+        json!({"job-id": "copy-vda-libvirt-1-format", "device": "top", "target": "dst", "sync": "full",
+               "speed": 2 * MIB, "buf-size": MIB}),
+    );
+    qsd
+}
+
+#[test]
+fn c_test_program_passes_against_real_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("test_api");
+    cc(Some(&exe), &["tests/c/test_api.c"], &[]).unwrap();
+    let qsd = daemon_with_copy_job();
+    let out = output(Command::new(&exe).arg(qsd.lib_socket()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn examples_print_like_virsh() {
+    let dir = tempfile::tempdir().unwrap();
+    let blockjob = dir.path().join("blockjob");
+    let translate = dir.path().join("translate");
+    cc(Some(&blockjob), &["c-examples/blockjob.c"], &[]).unwrap();
+    cc(Some(&translate), &["c-examples/translate.c"], &[]).unwrap();
+    let qsd = daemon_with_copy_job();
+
+    let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vda", "--raw"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines[0], " type=Block Copy");
+    assert_eq!(lines[1], " bandwidth=2");
+    let num = |l: &str, k: &str| l.strip_prefix(k).unwrap().parse::<u64>().unwrap();
+    let (cur, end) = (num(lines[2], " cur="), num(lines[3], " end="));
+    assert!(cur < end && end == IMAGE, "{text}");
+
+    let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vda", "--raw", "--bytes"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(" bandwidth=2097152\n"));
+
+    let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vda"]));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("Block Copy: ["), "{text}");
+    assert!(text.contains("%]\n    Bandwidth limit: 2 MiB/s\n"), "{text}");
+
+    let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vdb"]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "No current block job for vdb\n");
+
+    let out = output(Command::new(&blockjob).args(["/nonexistent.sock", "vda"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: cannot connect to QMP at unix:/nonexistent.sock"));
+    assert_eq!(output(Command::new(&blockjob).arg("x")).status.code(), Some(2));
+
+    let mut child = Command::new(&translate)
+        .arg("vda")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let reply = r#"{"return": [{"type": "mirror", "device": "copy-vda-libvirt-1-format", "len": 10, "offset": 10, "speed": 0, "ready": false}]}"#;
+        child.stdin.take().unwrap().write_all(reply.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "type=2 bandwidth=0 cur=9 end=10\n"
+    );
+}

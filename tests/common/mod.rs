@@ -1,0 +1,301 @@
+//! Test fixtures: a real qemu-storage-daemon on temporary qcow2 images, a control connection that drives jobs
+//! (the library itself never may), and a recording proxy that shows what the library sends.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const MIB: u64 = 1024 * 1024;
+/// Size of every image.
+pub const IMAGE: u64 = 8 * MIB;
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// base <- mid <- top, each with data of its own, plus an empty `dst` of the same size.
+pub fn make_images(dir: &Path) {
+    let img = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", &img("base.qcow2"), &IMAGE.to_string()]));
+    run(Command::new("qemu-io").args(["-c", "write -P 0x11 0 6M", &img("base.qcow2")]));
+    for (name, backing, pattern) in [
+        ("mid.qcow2", "base.qcow2", "write -P 0x22 2M 4M"),
+        ("top.qcow2", "mid.qcow2", "write -P 0x33 4M 4M"),
+    ] {
+        run(Command::new("qemu-img").args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            &img(backing),
+            &img(name),
+        ]));
+        run(Command::new("qemu-io").args(["-c", pattern, &img(name)]));
+    }
+    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", &img("dst.qcow2"), &IMAGE.to_string()]));
+}
+
+/// A running qemu-storage-daemon with nodes `base`, `mid`, `top` (a chain) and `dst`, a control monitor and a
+/// monitor for the library (pretty-printed, to exercise the stream parser on real output).
+pub struct Qsd {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub ctl: Control,
+}
+
+impl Qsd {
+    pub fn start() -> Qsd {
+        let dir = tempfile::Builder::new().prefix("bji-").tempdir().unwrap();
+        make_images(dir.path());
+        let mut qsd = Qsd {
+            dir,
+            child: None,
+            ctl: Control::dummy(),
+        };
+        qsd.spawn();
+        qsd
+    }
+
+    pub fn lib_socket(&self) -> String {
+        self.dir.path().join("lib.sock").to_str().unwrap().to_string()
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+
+    /// (Re)starts the daemon on the same sockets and images.
+    pub fn spawn(&mut self) {
+        let dir = self.dir.path().to_path_buf();
+        let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+        for s in ["ctl.sock", "lib.sock"] {
+            let _ = std::fs::remove_file(p(s));
+        }
+        let mut args: Vec<String> = vec![
+            "--chardev".into(),
+            format!("socket,id=ctl,path={},server=on,wait=off", p("ctl.sock")),
+            "--monitor".into(),
+            "chardev=ctl".into(),
+            "--chardev".into(),
+            format!("socket,id=lib,path={},server=on,wait=off", p("lib.sock")),
+            "--monitor".into(),
+            "chardev=lib,pretty=on".into(),
+        ];
+        for (node, backing) in [
+            ("base", None),
+            ("mid", Some("base")),
+            ("top", Some("mid")),
+            ("dst", None),
+        ] {
+            args.push("--blockdev".into());
+            args.push(format!(
+                "driver=file,node-name={node}-file,filename={}",
+                p(&format!("{node}.qcow2"))
+            ));
+            args.push("--blockdev".into());
+            let backing = backing.map_or(String::new(), |b| format!(",backing={b}"));
+            args.push(format!("driver=qcow2,node-name={node},file={node}-file{backing}"));
+        }
+        let child = Command::new("qemu-storage-daemon")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("qemu-storage-daemon (Debian: qemu-system-common) must be installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(Path::new(&p("ctl.sock")).exists() && Path::new(&p("lib.sock")).exists()) {
+            assert!(
+                Instant::now() < deadline,
+                "qemu-storage-daemon did not create its sockets"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.ctl = Control::connect(&p("ctl.sock"));
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Qsd {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A test may have stopped it.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+        }
+        self.kill();
+    }
+}
+
+/// The test's own QMP connection, which drives jobs. Line-based: the control monitor is not pretty-printed.
+pub struct Control {
+    reader: Option<BufReader<UnixStream>>,
+    pub events: Vec<Value>,
+}
+
+impl Control {
+    fn dummy() -> Control {
+        Control {
+            reader: None,
+            events: vec![],
+        }
+    }
+
+    pub fn connect(path: &str) -> Control {
+        let s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut c = Control {
+            reader: Some(BufReader::new(s)),
+            events: vec![],
+        };
+        let greeting = c.read();
+        assert!(greeting.get("QMP").is_some(), "{greeting}");
+        c.ok("qmp_capabilities", json!({}));
+        c
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.reader.as_mut().unwrap().read_line(&mut line).unwrap();
+        assert!(n > 0, "control connection closed");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    pub fn cmd(&mut self, name: &str, args: Value) -> Value {
+        let msg = json!({"execute": name, "arguments": args});
+        let r = self.reader.as_mut().unwrap();
+        writeln!(r.get_mut(), "{msg}").unwrap();
+        loop {
+            let v = self.read();
+            if v.get("event").is_some() {
+                self.events.push(v);
+                continue;
+            }
+            return v;
+        }
+    }
+
+    pub fn ok(&mut self, name: &str, args: Value) -> Value {
+        let v = self.cmd(name, args.clone());
+        assert!(v.get("return").is_some(), "{name} {args}: {v}");
+        v["return"].clone()
+    }
+
+    pub fn jobs(&mut self) -> Vec<Value> {
+        self.ok("query-block-jobs", json!({})).as_array().unwrap().clone()
+    }
+
+    /// Waits (bounded) for an event; returns it.
+    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
+                return self.events.remove(i);
+            }
+            assert!(Instant::now() < deadline, "no {name} event within {timeout:?}");
+            let v = self.read();
+            if v.get("event").is_some() {
+                self.events.push(v);
+            }
+        }
+    }
+
+    pub fn wait_gone(&mut self, job: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.jobs().iter().any(|j| j["device"] == job) {
+            assert!(Instant::now() < deadline, "job {job} still listed after {timeout:?}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A Unix-socket proxy in front of the library's monitor that records every byte the library sends.
+pub struct Recorder {
+    pub path: String,
+    sent: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Recorder {
+    pub fn start(dir: &Path, upstream: &str) -> Recorder {
+        let path = dir.join("rec.sock").to_str().unwrap().to_string();
+        let listener = UnixListener::bind(&path).unwrap();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let upstream = upstream.to_string();
+        let rec = sent.clone();
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let server = UnixStream::connect(&upstream).unwrap();
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut c, mut s) = (client, server);
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Both);
+                });
+                let rec = rec.clone();
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match c.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                rec.lock().unwrap().extend_from_slice(&buf[..n]);
+                                if s.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Recorder { path, sent }
+    }
+
+    /// The `execute` names of every command sent so far.
+    pub fn commands(&self) -> Vec<String> {
+        let bytes = self.sent.lock().unwrap().clone();
+        serde_json::Deserializer::from_slice(&bytes)
+            .into_iter::<Value>()
+            .map(|v| {
+                v.expect("the library sends valid JSON")["execute"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+}
+
+/// Where cargo put the cdylib, for C programs.
+pub fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
