@@ -304,3 +304,44 @@ fn greeting_version_and_many_threads_share_one_source() {
     });
     cancel_and_check_gone(&mut qsd, &src, "m");
 }
+
+#[test]
+fn tcp_and_unix_prefixed_addresses() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new("qemu-storage-daemon")
+        .args([
+            "--chardev",
+            &format!("socket,id=t,host=127.0.0.1,port={port},server=on,wait=off"),
+            "--monitor",
+            "chardev=t",
+            "--blockdev",
+            "driver=null-co,node-name=n0,size=1048576",
+        ])
+        .spawn()
+        .unwrap();
+    let addr = format!("tcp:127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let src = loop {
+        match QmpSource::open(&addr) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    assert_eq!(src.qemu_version().unwrap().major, 7);
+    assert!(src.all_reports(0).unwrap().is_empty());
+    assert_eq!(src.address().to_string(), addr);
+    drop(src);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let qsd = Qsd::start();
+    let src = QmpSource::open(&format!("unix:{}", qsd.lib_socket())).unwrap();
+    assert!(src.all_reports(0).unwrap().is_empty());
+}

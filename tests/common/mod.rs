@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod fake;
+
 pub const MIB: u64 = 1024 * 1024;
 /// Size of every image.
 pub const IMAGE: u64 = 8 * MIB;

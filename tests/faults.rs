@@ -1,0 +1,291 @@
+//! What a broken or hostile QMP peer can do, and that each failure is clean, bounded in time, and followed by a
+//! working call once the peer behaves. Uses the fake server only for faults real QEMU cannot produce.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use blockjobinfo::*;
+use common::fake::{job, FakeConn, FakeQmp};
+use serde_json::{json, Value};
+
+fn fast() -> Limits {
+    Limits {
+        connect_timeout: Duration::from_millis(500),
+        reply_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    }
+}
+
+fn healthy() -> Value {
+    json!([job("m", 5, 10, Some(false))])
+}
+
+/// The first `bad` connections get `fault` on their first query; later ones are healthy.
+fn faulty_then_healthy(bad: usize, fault: impl Fn(&mut FakeConn, &Value) + Send + Sync + 'static) -> FakeQmp {
+    FakeQmp::start(move |n, c| {
+        if !c.handshake() {
+            return;
+        }
+        if n < bad {
+            if let Some(cmd) = c.command() {
+                fault(c, &cmd);
+            }
+            // Keep the socket open until the client leaves, so only the fault itself can end the call.
+            while c.command().is_some() {}
+            return;
+        }
+        c.serve(&healthy());
+    })
+}
+
+/// Opens, makes one failing call, checks its error and that it came back within its timeout, then checks the
+/// next call works, and that only read-only commands were ever sent.
+fn fails_then_recovers(fake: &FakeQmp, want: impl Fn(&Error) -> bool) {
+    let src = QmpSource::open_with(&fake.path, fast()).unwrap();
+    let t = Instant::now();
+    let err = src.block_job_info("m", 0).unwrap_err();
+    assert!(want(&err), "unexpected error: {err:?} ({err})");
+    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    assert!(!err.to_string().is_empty());
+    let info = src
+        .block_job_info("m", 0)
+        .expect("next call on a healthy server")
+        .unwrap();
+    assert_eq!((info.cur, info.end), (5, 10));
+    for c in fake.commands() {
+        assert!(c == "qmp_capabilities" || c.starts_with("query-"), "sent {c}");
+    }
+}
+
+#[test]
+fn garbage_bytes() {
+    let fake = faulty_then_healthy(1, |c, _| {
+        c.send(b"this is not json\r\n");
+    });
+    fails_then_recovers(
+        &fake,
+        |e| matches!(e, Error::Protocol(m) if m.contains("unexpected data from QEMU")),
+    );
+}
+
+#[test]
+fn reply_cut_off_then_eof() {
+    // Twice, because the library reconnects once after an EOF on a connection that had worked.
+    let fake = faulty_then_healthy(2, |c, cmd| {
+        c.send(format!("{{\"return\": [{{\"type\": \"mirror\", \"id\": {}", cmd["id"]).as_bytes());
+        c.writer_shutdown();
+    });
+    fails_then_recovers(&fake, |e| matches!(e, Error::Eof(m) if m.contains("middle")));
+}
+
+#[test]
+fn reply_larger_than_the_limit() {
+    let fake = faulty_then_healthy(1, |c, _| {
+        let mut big = b"{\"return\": [".to_vec();
+        big.extend(std::iter::repeat_n(b' ', 11 * 1024 * 1024));
+        c.send(&big);
+    });
+    fails_then_recovers(&fake, |e| matches!(e, Error::TooLarge(n) if *n == 10 * 1024 * 1024));
+}
+
+#[test]
+fn stalled_reply_times_out() {
+    let fake = faulty_then_healthy(1, |c, _| {
+        c.send(b"{\"return\": ");
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    fails_then_recovers(&fake, |e| matches!(e, Error::Timeout { .. }));
+}
+
+#[test]
+fn many_events_before_the_reply() {
+    let fake = FakeQmp::start(|_, c| {
+        c.handshake();
+        while let Some(cmd) = c.command() {
+            let mut burst = Vec::new();
+            for i in 0..100_000 {
+                burst.extend_from_slice(
+                    format!("{{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {{\"id\": \"m\", \"status\": \"running\"}}, \"timestamp\": {{\"seconds\": {i}, \"microseconds\": 0}}}}\r\n").as_bytes(),
+                );
+            }
+            c.send(&burst);
+            c.reply(&cmd, healthy());
+        }
+    });
+    let src = QmpSource::open(&fake.path).unwrap();
+    for _ in 0..2 {
+        let info = src.block_job_info("m", 0).unwrap().unwrap();
+        assert_eq!((info.cur, info.end), (5, 10));
+    }
+}
+
+#[test]
+fn reply_with_the_wrong_id() {
+    let fake = faulty_then_healthy(1, |c, _| {
+        c.send(b"{\"return\": [], \"id\": \"someone-else\"}\r\n");
+    });
+    fails_then_recovers(&fake, |e| matches!(e, Error::Protocol(m) if m.contains("instead of")));
+}
+
+#[test]
+fn error_reply_keeps_the_connection() {
+    let fake = FakeQmp::start(|_, c| {
+        c.handshake();
+        let cmd = c.command().unwrap();
+        c.send(
+            format!(
+                "{{\"error\": {{\"class\": \"GenericError\", \"desc\": \"no can do\"}}, \"id\": {}}}\r\n",
+                cmd["id"]
+            )
+            .as_bytes(),
+        );
+        c.serve(&healthy());
+    });
+    let src = QmpSource::open(&fake.path).unwrap();
+    let err = src.block_job_info("m", 0).unwrap_err();
+    assert_eq!(err.to_string(), "QEMU error GenericError: no can do");
+    assert!(src.block_job_info("m", 0).unwrap().is_some());
+    assert_eq!(fake.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+fn bad_entry(mutate: impl Fn(&mut Value) + Send + Sync + 'static) -> FakeQmp {
+    faulty_then_healthy(1, move |c, cmd| {
+        let mut j = job("m", 5, 10, Some(false));
+        mutate(&mut j);
+        c.reply(cmd, json!([j]));
+    })
+}
+
+#[test]
+fn missing_wrongly_typed_negative_and_overflowing_fields() {
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value) + Send + Sync>)> = vec![
+        (
+            "missing field `len`",
+            Box::new(|j| drop(j.as_object_mut().unwrap().remove("len"))),
+        ),
+        (
+            "missing field `device`",
+            Box::new(|j| drop(j.as_object_mut().unwrap().remove("device"))),
+        ),
+        ("invalid type", Box::new(|j| j["offset"] = json!("5"))),
+        ("invalid value: integer `-1`", Box::new(|j| j["len"] = json!(-1))),
+        (
+            "invalid type: floating point",
+            Box::new(|j| j["speed"] = json!(18446744073709551616.0)),
+        ),
+        ("invalid type", Box::new(|j| j["ready"] = json!("yes"))),
+    ];
+    for (want, mutate) in cases {
+        let fake = bad_entry(mutate);
+        fails_then_recovers(&fake, |e| matches!(e, Error::Protocol(m) if m.contains(want)));
+    }
+}
+
+#[test]
+fn duplicate_job_entries_are_ambiguous() {
+    let fake = faulty_then_healthy(1, |c, cmd| {
+        c.reply(cmd, json!([job("m", 1, 10, None), job("m", 2, 10, None)]));
+    });
+    let src = QmpSource::open_with(&fake.path, fast()).unwrap();
+    let err = src.block_job_info("m", 0).unwrap_err();
+    assert!(matches!(err, Error::Ambiguous { .. }), "{err}");
+}
+
+#[test]
+fn non_utf8_bytes() {
+    let fake = faulty_then_healthy(1, |c, cmd| {
+        let mut r = format!("{{\"return\": [], \"id\": {}, \"x\": \"", cmd["id"]).into_bytes();
+        r.extend_from_slice(&[0xff, 0xfe]);
+        r.extend_from_slice(b"\"}\r\n");
+        c.send(&r);
+    });
+    fails_then_recovers(
+        &fake,
+        |e| matches!(e, Error::Protocol(m) if m.contains("malformed JSON")),
+    );
+}
+
+#[test]
+fn qemu_older_than_2_2_without_ready() {
+    let fake = FakeQmp::start(|_, c| {
+        c.greet_with(2, 1);
+        let caps = c.command().unwrap();
+        c.reply(&caps, json!({}));
+        c.serve(&json!([job("s", 0, 0, None), job("t", 7, 7, None)]));
+    });
+    let src = QmpSource::open(&fake.path).unwrap();
+    assert_eq!(src.qemu_version().unwrap().to_string(), "2.1.0");
+    let s = src.block_job_info("s", 0).unwrap().unwrap();
+    assert_eq!((s.cur, s.end), (0, 0), "libvirt's answer by default");
+    let t = src.block_job_info("t", 0).unwrap().unwrap();
+    assert_eq!((t.cur, t.end), (7, 7), "no ready field: a/a stays a/a");
+
+    src.set_no_ready_grace(Some(Duration::from_millis(200)));
+    let first = src.block_job_info("s", 0).unwrap().unwrap();
+    assert_eq!((first.cur, first.end), (0, 1), "just seen: not done yet");
+    std::thread::sleep(Duration::from_millis(250));
+    let later = src.block_job_info("s", 0).unwrap().unwrap();
+    assert_eq!((later.cur, later.end), (1, 1), "seen for longer than the grace time");
+    src.set_no_ready_grace(None);
+    let back = src.block_job_info("s", 0).unwrap().unwrap();
+    assert_eq!((back.cur, back.end), (0, 0));
+}
+
+#[test]
+fn socket_closed_between_calls_reconnects() {
+    let fake = FakeQmp::start(|n, c| {
+        c.handshake();
+        if n == 0 {
+            let cmd = c.command().unwrap();
+            c.reply(&cmd, healthy());
+            return; // closes
+        }
+        c.serve(&healthy());
+    });
+    let src = QmpSource::open(&fake.path).unwrap();
+    assert!(src.block_job_info("m", 0).unwrap().is_some());
+    assert!(
+        src.block_job_info("m", 0).unwrap().is_some(),
+        "reconnected once, transparently"
+    );
+    assert_eq!(fake.commands().iter().filter(|c| *c == "qmp_capabilities").count(), 2);
+}
+
+#[test]
+fn no_greeting_and_wrong_greeting() {
+    let silent = FakeQmp::start(|_, _| std::thread::sleep(Duration::from_secs(3)));
+    let t = Instant::now();
+    let err = QmpSource::open_with(&silent.path, fast()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                what: "the QMP greeting",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2));
+
+    let wrong = FakeQmp::start(|_, c| {
+        c.send(b"{\"hello\": 1}\r\n");
+    });
+    let err = QmpSource::open_with(&wrong.path, fast()).unwrap_err();
+    assert!(err.to_string().contains("expected the QMP greeting"), "{err}");
+
+    let refused = FakeQmp::start(|_, c| {
+        c.greet_with(7, 2);
+        let cmd = c.command().unwrap();
+        c.send(
+            format!(
+                "{{\"error\": {{\"class\": \"CommandNotFound\", \"desc\": \"nope\"}}, \"id\": {}}}\r\n",
+                cmd["id"]
+            )
+            .as_bytes(),
+        );
+    });
+    let err = QmpSource::open_with(&refused.path, fast()).unwrap_err();
+    assert_eq!(err.to_string(), "QEMU error CommandNotFound: nope");
+}
