@@ -159,7 +159,8 @@ fn bad_entry(mutate: impl Fn(&mut Value) + Send + Sync + 'static) -> FakeQmp {
 
 #[test]
 fn missing_wrongly_typed_negative_and_overflowing_fields() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value) + Send + Sync>)> = vec![
+    type Mutation = Box<dyn Fn(&mut Value) + Send + Sync>;
+    let cases: Vec<(&str, Mutation)> = vec![
         (
             "missing field `len`",
             Box::new(|j| drop(j.as_object_mut().unwrap().remove("len"))),
