@@ -33,6 +33,12 @@ pub enum Error {
         first: String,
         second: String,
     },
+    /// A call into libvirt failed, or libvirt is not in the process.
+    #[error("libvirt: {0}")]
+    Libvirt(String),
+    /// The environment asks for something that cannot work.
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("refusing to send '{0}': blockjobinfo only sends qmp_capabilities and query-* commands")]
     Forbidden(String),
 }

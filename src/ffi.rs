@@ -40,6 +40,7 @@ fn clear_last_error() {
 /// error (never unwinding into C), and an `Err` becomes the function's failure value plus `bji_last_error()`.
 macro_rules! export {
     ($fail:expr, $body:expr) => {{
+        crate::logging::init();
         clear_last_error();
         match catch_unwind(AssertUnwindSafe(|| -> Result<_> { $body })) {
             Ok(Ok(v)) => v,
@@ -221,4 +222,36 @@ pub extern "C" fn bji_version() -> *const c_char {
         Err(_) => panic!("version has no interior NUL"),
     };
     VERSION.as_ptr()
+}
+
+/// The drop-in replacement for libvirt's `virDomainGetBlockJobInfo` (LD_PRELOAD, or linked before -lvirt).
+/// Same signature and contract; the answer follows blockjobinfo's rules from the source `BLOCKJOBINFO_SOURCE`
+/// names, and libvirt itself answers (and reports errors) for everything else.
+///
+/// # Safety
+/// As libvirt's: `dom` a domain handle, `disk` NULL or NUL-terminated, `info` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn virDomainGetBlockJobInfo(
+    dom: *mut std::ffi::c_void,
+    disk: *const c_char,
+    info: *mut virDomainBlockJobInfo,
+    flags: c_uint,
+) -> c_int {
+    crate::logging::init();
+    if !info.is_null() {
+        // SAFETY: non-NULL and writable by the caller's contract. libvirt zeroes it first too.
+        unsafe { info.write(virDomainBlockJobInfo::default()) };
+    }
+    // SAFETY: forwarded contract.
+    catch_unwind(AssertUnwindSafe(|| unsafe {
+        crate::libvirt::get_block_job_info(dom, disk, info, flags)
+    }))
+    .unwrap_or_else(|_| {
+        log::error!("internal error in the virDomainGetBlockJobInfo interposer; asking libvirt directly");
+        match crate::libvirt::api::Libvirt::get() {
+            // SAFETY: forwarded contract.
+            Ok(lv) => unsafe { lv.real_get_block_job_info(dom, disk, info, flags) },
+            Err(_) => -1,
+        }
+    })
 }

@@ -9,6 +9,8 @@ pub mod abi;
 pub mod error;
 pub mod ffi;
 pub mod jobs;
+pub mod libvirt;
+pub mod logging;
 pub mod qmp;
 pub mod source;
 pub mod translate;

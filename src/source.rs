@@ -31,14 +31,30 @@ pub struct QmpSource {
     first_seen: Mutex<HashMap<String, Instant>>,
     /// The process whose threads use the locks; differs from ours in a forked child.
     owner_pid: AtomicU32,
+    /// Milliseconds since `born` at the end of the last call, for closing idle connections.
+    last_used_ms: AtomicU64,
+    born: Instant,
 }
 
 const NO_GRACE: u64 = u64::MAX;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves nothing half-written that matters: the connection is dropped on
     // any error anyway.
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Locks a mutex that is only ever held for a moment, without waiting long: in a forked child, a lock a
+/// parent thread held at fork() is never released, and the caller then does without.
+pub(crate) fn lock_briefly<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    for _ in 0..1000 {
+        match m.try_lock() {
+            Ok(g) => return Some(g),
+            Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => std::thread::yield_now(),
+        }
+    }
+    None
 }
 
 impl QmpSource {
@@ -49,16 +65,37 @@ impl QmpSource {
 
     /// Connects now, so that a wrong address fails here and not at the first query.
     pub fn open_with(address: &str, limits: Limits) -> Result<QmpSource> {
-        let address = Address::parse(address)?;
-        let conn = Connection::open(&address, limits)?;
+        let src = QmpSource::lazy(address, limits)?;
+        *lock(&src.conn) = Some(Connection::open(&src.address, limits)?);
+        Ok(src)
+    }
+
+    /// A source that connects at its first call (and again after `close_if_idle`).
+    pub fn lazy(address: &str, limits: Limits) -> Result<QmpSource> {
         Ok(QmpSource {
-            address,
+            address: Address::parse(address)?,
             limits,
             grace_ms: AtomicU64::new(NO_GRACE),
-            conn: Mutex::new(Some(conn)),
+            conn: Mutex::new(None),
             first_seen: Mutex::new(HashMap::new()),
             owner_pid: AtomicU32::new(std::process::id()),
+            last_used_ms: AtomicU64::new(0),
+            born: Instant::now(),
         })
+    }
+
+    /// Lets go of the connection if no call used it for `idle`: a QMP monitor serves one client at a time, so
+    /// a long-lived process must not keep it from others. Returns whether a connection is still held.
+    pub fn close_if_idle(&self, idle: Duration) -> bool {
+        let Ok(mut slot) = self.conn.try_lock() else {
+            return true; // in use right now
+        };
+        let last = Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed));
+        if slot.is_some() && self.born.elapsed().saturating_sub(last) >= idle {
+            log::debug!("{}: closing the QMP connection, idle for {idle:?}", self.address);
+            *slot = None;
+        }
+        slot.is_some()
     }
 
     pub fn address(&self) -> &Address {
@@ -151,18 +188,7 @@ impl QmpSource {
         let now = Instant::now();
         // Held only for this bookkeeping, never across I/O; never waited for long, so a lock a parent thread held
         // at fork() cannot hang a child. Missing it means "just seen", the safe answer (0/1, not 1/1).
-        let mut first_seen = None;
-        for _ in 0..1000 {
-            match self.first_seen.try_lock() {
-                Ok(g) => first_seen = Some(g),
-                Err(TryLockError::Poisoned(p)) => first_seen = Some(p.into_inner()),
-                Err(TryLockError::WouldBlock) => std::thread::yield_now(),
-            }
-            if first_seen.is_some() {
-                break;
-            }
-        }
-        let Some(mut first_seen) = first_seen else {
+        let Some(mut first_seen) = lock_briefly(&self.first_seen) else {
             return HashMap::new();
         };
         first_seen.retain(|id, _| jobs.iter().any(|j| &j.device == id));
@@ -194,6 +220,8 @@ impl QmpSource {
             None => slot.insert(Connection::open(&self.address, self.limits)?),
         };
         let first = f(conn);
+        self.last_used_ms
+            .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
         let retry = match &first {
             Err(e) if !e.keeps_connection() => {
                 *slot = None;

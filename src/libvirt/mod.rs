@@ -1,0 +1,380 @@
+//! The drop-in `virDomainGetBlockJobInfo`: where its raw numbers come from, chosen by `BLOCKJOBINFO_SOURCE`.
+//!
+//! - `qmp`: a QMP socket of the domain's own (`BLOCKJOBINFO_QMP_SOCKET`, a template with `{name}` or `{uuid}`);
+//! - `passthrough`: `query-block-jobs` through libvirt-qemu (taints the domain "custom-monitor");
+//! - `native`: libvirt's own answer plus the domain XML's `<mirror ready=...>`, by the same rules;
+//! - `auto` (default): `qmp` when a socket is configured and answers, else `native`;
+//! - `libvirt`: libvirt's own function, untouched.
+//!
+//! Whatever fails falls back to `native`, and `native` to libvirt's own answer: never worse than libvirt.
+
+pub mod api;
+pub mod xml;
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_uint, CStr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::abi::virDomainBlockJobInfo;
+use crate::error::{Error, Result};
+use crate::jobs;
+use crate::qmp::Limits;
+use crate::source::{lock_briefly, QmpSource};
+use crate::translate::{self, NoReadyPolicy, Observation};
+use api::{DomainPtr, Libvirt};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Auto,
+    Qmp,
+    Passthrough,
+    Native,
+    Libvirt,
+}
+
+impl SourceKind {
+    /// `BLOCKJOBINFO_SOURCE`, read at every call so a long-lived process can be switched.
+    pub fn from_env() -> SourceKind {
+        match std::env::var("BLOCKJOBINFO_SOURCE").unwrap_or_default().as_str() {
+            "" | "auto" => SourceKind::Auto,
+            "qmp" => SourceKind::Qmp,
+            "passthrough" => SourceKind::Passthrough,
+            "native" => SourceKind::Native,
+            "libvirt" => SourceKind::Libvirt,
+            other => {
+                log::warn!(
+                    "BLOCKJOBINFO_SOURCE={other:?} is not one of auto, qmp, passthrough, native, libvirt: using auto"
+                );
+                SourceKind::Auto
+            }
+        }
+    }
+}
+
+/// The interposed `virDomainGetBlockJobInfo`. `info` has been zeroed by the caller when non-NULL.
+///
+/// # Safety
+/// The arguments are those a libvirt caller passes: `dom` a domain handle, `disk` NULL or NUL-terminated,
+/// `info` NULL or writable.
+pub unsafe fn get_block_job_info(
+    dom: DomainPtr,
+    disk: *const c_char,
+    info: *mut virDomainBlockJobInfo,
+    flags: c_uint,
+) -> c_int {
+    let lv = match Libvirt::get() {
+        Ok(lv) => lv,
+        Err(e) => {
+            log::error!("virDomainGetBlockJobInfo called, but {e}");
+            return -1;
+        }
+    };
+    // Whatever libvirt would reject, libvirt rejects: its own checks, its own error.
+    let disk_name = (!disk.is_null())
+        // SAFETY: non-NULL and NUL-terminated by the caller's contract.
+        .then(|| unsafe { CStr::from_ptr(disk) }.to_str().ok())
+        .flatten();
+    let (Some(disk_name), false, false) = (disk_name, dom.is_null(), info.is_null()) else {
+        // SAFETY: forwarded contract.
+        return unsafe { lv.real_get_block_job_info(dom, disk, info, flags) };
+    };
+    if flags & !translate::KNOWN_FLAGS != 0 {
+        // SAFETY: forwarded contract.
+        return unsafe { lv.real_get_block_job_info(dom, disk, info, flags) };
+    }
+    let kind = SourceKind::from_env();
+    let from = match kind {
+        // SAFETY: forwarded contract.
+        SourceKind::Libvirt => return unsafe { lv.real_get_block_job_info(dom, disk, info, flags) },
+        // SAFETY: forwarded contract.
+        SourceKind::Native => return unsafe { native(lv, dom, disk, disk_name, info, flags) },
+        SourceKind::Passthrough => Raw::Passthrough,
+        SourceKind::Qmp => Raw::Qmp,
+        SourceKind::Auto if qmp_template().is_some() => Raw::Qmp,
+        // SAFETY: forwarded contract.
+        SourceKind::Auto => return unsafe { native(lv, dom, disk, disk_name, info, flags) },
+    };
+    // SAFETY: forwarded contract.
+    match unsafe { raw_answer(lv, dom, disk_name, flags, from) } {
+        Ok(Some(answer)) => {
+            lv.reset_last_error();
+            // SAFETY: checked non-NULL above; writable by contract.
+            unsafe { info.write(answer) };
+            1
+        }
+        Ok(None) => {
+            log::debug!("{from:?}: QEMU lists no job for disk {disk_name}; asking libvirt");
+            // SAFETY: forwarded contract.
+            unsafe { native(lv, dom, disk, disk_name, info, flags) }
+        }
+        Err(e) => {
+            let level = if kind == SourceKind::Auto {
+                log::Level::Info
+            } else {
+                log::Level::Warn
+            };
+            log::log!(
+                level,
+                "{from:?} source failed for disk {disk_name}: {e}; falling back to native"
+            );
+            // SAFETY: forwarded contract.
+            unsafe { native(lv, dom, disk, disk_name, info, flags) }
+        }
+    }
+}
+
+/// libvirt's answer, then the same rules applied with the XML's `ready`, which fixes libvirts that report
+/// `0/0` or `a/a` for a mirror that is not ready.
+///
+/// # Safety
+/// As [`get_block_job_info`], with `info` non-NULL.
+unsafe fn native(
+    lv: &Libvirt,
+    dom: DomainPtr,
+    disk: *const c_char,
+    disk_name: &str,
+    info: *mut virDomainBlockJobInfo,
+    flags: c_uint,
+) -> c_int {
+    // SAFETY: forwarded contract.
+    let rc = unsafe { lv.real_get_block_job_info(dom, disk, info, flags) };
+    if rc != 1 {
+        return rc;
+    }
+    // SAFETY: rc == 1 means libvirt filled the non-NULL info.
+    let mut answer = unsafe { info.read() };
+    if answer.end > 0 && answer.cur < answer.end {
+        log::debug!(
+            "native: disk {disk_name}: libvirt cur={} end={} (unchanged)",
+            answer.cur,
+            answer.end
+        );
+        return 1;
+    }
+    // Only "done" or "0/0" need the XML's word on readiness.
+    // SAFETY: valid handle (libvirt just accepted it).
+    let mirror = match unsafe { lv.xml(dom) }.and_then(|x| xml::disks(&x)) {
+        Ok(disks) => xml::find(&disks, disk_name).and_then(|d| d.mirror.clone()),
+        Err(e) => {
+            log::warn!("native: cannot read the domain XML ({e}); keeping libvirt's answer");
+            return 1;
+        }
+    };
+    let ready = mirror.as_ref().is_some_and(xml::Mirror::is_ready);
+    let (cur, end) = (answer.cur, answer.end);
+    if cur == 0 && end == 0 {
+        // A job exists (rc 1) but QEMU gave no progress: not started, or a no-op job that is ready.
+        (answer.cur, answer.end) = if ready { (1, 1) } else { (0, 1) };
+    } else if cur >= end && mirror.is_some() && !ready {
+        (answer.cur, answer.end) = (end - 1, end);
+    }
+    log::debug!(
+        "native: disk {disk_name}: libvirt cur={cur} end={end}, XML mirror {:?} -> cur={} end={}",
+        mirror.as_ref().map(|m| (&m.job, &m.ready)),
+        answer.cur,
+        answer.end
+    );
+    // SAFETY: non-NULL and writable by contract.
+    unsafe { info.write(answer) };
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Raw {
+    Qmp,
+    Passthrough,
+}
+
+const QUERY_BLOCK_JOBS: &str = r#"{"execute":"query-block-jobs"}"#;
+
+/// Who a domain is right now: a restarted domain gets a new id, so cached facts are keyed by both.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DomainKey {
+    uuid: String,
+    id: u32,
+}
+
+/// Disks (target, alias, source) per running domain: stable for the domain's life but for hotplug, which a
+/// lookup miss catches by reading the XML again. Mirror state is never cached.
+static DISKS: Mutex<Option<HashMap<DomainKey, Vec<xml::Disk>>>> = Mutex::new(None);
+const MAX_CACHED_DOMAINS: usize = 256;
+
+/// The answer from QEMU's raw numbers, or `None` when QEMU lists no job for the disk, or one that has
+/// finished in QEMU but not yet in libvirt: libvirt's own answer is then the right one (no job, or a job QEMU
+/// does not list yet, 0/1).
+///
+/// # Safety
+/// `dom` is a valid domain handle.
+unsafe fn raw_answer(
+    lv: &Libvirt,
+    dom: DomainPtr,
+    disk_name: &str,
+    flags: c_uint,
+    from: Raw,
+) -> Result<Option<virDomainBlockJobInfo>> {
+    // SAFETY (all calls on `dom` below): valid handle by contract.
+    let Some(id) = (unsafe { lv.id(dom) }) else {
+        return Ok(None); // not running: libvirt says so in its own words
+    };
+    let key = DomainKey {
+        uuid: unsafe { lv.uuid(dom) }?,
+        id,
+    };
+    let Some(disk) = (unsafe { resolve_disk(lv, dom, &key, disk_name) })? else {
+        return Ok(None); // not a disk of this domain: libvirt's error
+    };
+    let jobs = match from {
+        Raw::Qmp => {
+            let template = qmp_template().ok_or_else(|| Error::Config("BLOCKJOBINFO_QMP_SOCKET is not set".into()))?;
+            let path = socket_path(&template, &unsafe { lv.name(dom) }?, &key.uuid)?;
+            pooled(&path)?.query_jobs()?
+        }
+        Raw::Passthrough => jobs::parse_reply_text(&unsafe { lv.qemu_monitor_command(dom, QUERY_BLOCK_JOBS) }?)?,
+    };
+    let job = match jobs::select(&jobs, &disk.target)? {
+        Some(j) => Some(j),
+        None => match &disk.alias {
+            Some(alias) => jobs::select(&jobs, alias)?,
+            None => None,
+        },
+    };
+    let Some(job) = job else { return Ok(None) };
+    if matches!(
+        job.status.as_deref(),
+        Some("waiting" | "pending" | "aborting" | "concluded" | "null")
+    ) {
+        return Ok(None);
+    }
+    // QEMU says "commit" for an active commit too: libvirt's record, the XML's mirror, tells them apart.
+    let type_override = if job.job_type == "commit" {
+        let disks = xml::disks(&unsafe { lv.xml(dom) }?)?;
+        xml::find(&disks, &disk.target)
+            .and_then(|d| d.mirror.as_ref())
+            .and_then(xml::Mirror::job_type)
+    } else {
+        None
+    };
+    let info = translate::translate(Observation::Listed(job), type_override, flags, NoReadyPolicy::Libvirt)?;
+    log::debug!(
+        "{from:?}: disk {disk_name}: QEMU job {} type={} offset={} len={} ready={:?} speed={} -> type={} cur={} end={} bandwidth={}",
+        job.device, job.job_type, job.offset, job.len, job.ready, job.speed, info.type_, info.cur, info.end, info.bandwidth
+    );
+    Ok(Some(info))
+}
+
+/// # Safety
+/// `dom` is a valid domain handle.
+unsafe fn resolve_disk(lv: &Libvirt, dom: DomainPtr, key: &DomainKey, name: &str) -> Result<Option<xml::Disk>> {
+    if let Some(cache) = lock_briefly(&DISKS) {
+        if let Some(d) = cache
+            .as_ref()
+            .and_then(|c| c.get(key))
+            .and_then(|disks| xml::find(disks, name))
+        {
+            return Ok(Some(d.clone()));
+        }
+    }
+    // SAFETY: valid handle by contract.
+    let mut disks = xml::disks(&unsafe { lv.xml(dom) }?)?;
+    for d in &mut disks {
+        d.mirror = None;
+    }
+    let found = xml::find(&disks, name).cloned();
+    if let Some(mut cache) = lock_briefly(&DISKS) {
+        let cache = cache.get_or_insert_with(HashMap::new);
+        if cache.len() >= MAX_CACHED_DOMAINS {
+            cache.clear();
+        }
+        cache.insert(key.clone(), disks);
+    }
+    Ok(found)
+}
+
+/// `BLOCKJOBINFO_QMP_SOCKET`, when set and not empty.
+fn qmp_template() -> Option<String> {
+    std::env::var("BLOCKJOBINFO_QMP_SOCKET").ok().filter(|t| !t.is_empty())
+}
+
+/// The template with the domain filled in. It must name the domain: one path for every domain would read
+/// one domain's jobs as another's.
+fn socket_path(template: &str, name: &str, uuid: &str) -> Result<String> {
+    if !template.contains("{name}") && !template.contains("{uuid}") {
+        return Err(Error::Config(format!(
+            "BLOCKJOBINFO_QMP_SOCKET={template:?} must contain {{name}} or {{uuid}}"
+        )));
+    }
+    Ok(template.replace("{name}", name).replace("{uuid}", uuid))
+}
+
+/// A monitor serves one client at a time: give it back after this long without a call.
+fn idle_timeout() -> Duration {
+    let ms = std::env::var("BLOCKJOBINFO_QMP_IDLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000u64);
+    Duration::from_millis(ms.max(10))
+}
+
+/// Shorter than the library's defaults: a socket that does not answer quickly is abandoned for `native`.
+const INTERPOSER_LIMITS: Limits = Limits {
+    connect_timeout: Duration::from_secs(1),
+    reply_timeout: Duration::from_secs(5),
+    max_message: crate::qmp::MAX_MESSAGE,
+};
+
+static POOL: Mutex<Option<HashMap<String, Arc<QmpSource>>>> = Mutex::new(None);
+/// The process whose idle-closing thread runs (0: none); a forked child has none of its parent's threads.
+static REAPER_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn pooled(path: &str) -> Result<Arc<QmpSource>> {
+    let mut pool = lock_briefly(&POOL).ok_or_else(|| Error::Config("QMP connection pool busy".into()))?;
+    let pool = pool.get_or_insert_with(HashMap::new);
+    let src = match pool.get(path) {
+        Some(s) => s.clone(),
+        None => {
+            let s = Arc::new(QmpSource::lazy(path, INTERPOSER_LIMITS)?);
+            pool.insert(path.to_string(), s.clone());
+            s
+        }
+    };
+    start_reaper();
+    Ok(src)
+}
+
+fn start_reaper() {
+    let pid = std::process::id();
+    if REAPER_PID.swap(pid, Ordering::AcqRel) == pid {
+        return;
+    }
+    let idle = idle_timeout();
+    let spawned = std::thread::Builder::new()
+        .name("bji-qmp-idle".into())
+        .spawn(move || loop {
+            std::thread::sleep((idle / 2).max(Duration::from_millis(20)));
+            let mut pool = crate::source::lock(&POOL);
+            let Some(map) = pool.as_mut() else { continue };
+            map.retain(|_, src| Arc::strong_count(src) > 1 || src.close_if_idle(idle));
+            if map.is_empty() {
+                // Decided under the pool lock, so a caller adding a source afterwards starts a new thread.
+                REAPER_PID.store(0, Ordering::Release);
+                return;
+            }
+        });
+    if spawned.is_err() {
+        REAPER_PID.store(0, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_templates() {
+        assert_eq!(socket_path("/run/{name}.qmp", "vm1", "u-1").unwrap(), "/run/vm1.qmp");
+        assert_eq!(socket_path("/run/{uuid}/{name}", "vm1", "u-1").unwrap(), "/run/u-1/vm1");
+        assert!(socket_path("/run/one.qmp", "vm1", "u-1").is_err());
+    }
+}

@@ -1,0 +1,53 @@
+//! `BLOCKJOBINFO_LOG=error|warn|info|debug`: the library's log lines on stderr, off by default. Kept tiny on
+//! purpose: this runs inside other people's processes (virsh, python), so it must not pull in a logging stack.
+
+use std::io::Write;
+use std::sync::OnceLock;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+struct StderrLog;
+
+impl Log for StderrLog {
+    fn enabled(&self, m: &Metadata<'_>) -> bool {
+        m.target().starts_with("blockjobinfo")
+    }
+
+    fn log(&self, r: &Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let level = match r.level() {
+                Level::Error => "error",
+                Level::Warn => "warning",
+                Level::Info => "info",
+                Level::Debug | Level::Trace => "debug",
+            };
+            // One write per line, so lines from threads do not interleave.
+            let line = format!("blockjobinfo[{}]: {level}: {}\n", std::process::id(), r.args());
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Reads `BLOCKJOBINFO_LOG` once. Does nothing if the host program installed a `log` logger of its own.
+pub fn init() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let level = match std::env::var("BLOCKJOBINFO_LOG")
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "error" => LevelFilter::Error,
+            "warn" | "warning" => LevelFilter::Warn,
+            "info" => LevelFilter::Info,
+            "debug" | "trace" => LevelFilter::Debug,
+            _ => return,
+        };
+        static LOGGER: StderrLog = StderrLog;
+        if log::set_logger(&LOGGER).is_ok() {
+            log::set_max_level(level);
+        }
+    });
+}
