@@ -211,7 +211,7 @@ impl Connection {
             source,
         };
         let stream = match address {
-            Address::Unix(path) => Stream::Unix(UnixStream::connect(path).map_err(connect_err)?),
+            Address::Unix(path) => Stream::Unix(connect_unix(path, deadline).map_err(connect_err)?),
             Address::Tcp(hostport) => {
                 let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
                 let mut found = None;
@@ -377,6 +377,34 @@ impl Connection {
                     }
                 }
             }
+        }
+    }
+}
+
+/// `connect()` on a Unix socket blocks, with no timeout, while the listener's backlog is full, and QEMU's
+/// monitor keeps a backlog of one while it serves another client. So connect without blocking and retry
+/// until the deadline.
+fn connect_unix(path: &std::path::Path, deadline: Instant) -> io::Result<UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let addr = SockAddr::unix(path)?;
+    loop {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        match socket.connect(&addr) {
+            Ok(()) => {
+                socket.set_nonblocking(false)?;
+                return Ok(UnixStream::from(std::os::fd::OwnedFd::from(socket)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the socket's backlog stayed full",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(e),
         }
     }
 }

@@ -1,0 +1,480 @@
+//! The drop-in `virDomainGetBlockJobInfo` on the real stack: a session libvirtd, TCG domains, throttled jobs
+//! started with virsh, and virsh, python-libvirt and a C client, with and without the library.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::virt::{self, as_user, virsh, virsh_ok, Domain, Preload};
+use common::Recorder;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Gone,
+    Running,
+    Window,
+    Ready,
+}
+
+fn phase(cur: u64, end: u64, present: bool) -> Phase {
+    match (present, cur, end) {
+        (false, _, _) => Phase::Gone,
+        (_, c, e) if e > 0 && c == e => Phase::Ready,
+        (_, c, e) if e > 0 && c + 1 == e => Phase::Window,
+        _ => Phase::Running,
+    }
+}
+
+/// virsh's `--raw` output as (type, bandwidth, cur, end); None when there is no job.
+fn parse_raw(text: &str) -> Option<(String, u64, u64, u64)> {
+    let mut kv = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (k, v) = line
+            .trim()
+            .split_once('=')
+            .unwrap_or_else(|| panic!("unexpected virsh line {line:?}"));
+        kv.insert(k.to_string(), v.to_string());
+    }
+    if kv.is_empty() {
+        return None;
+    }
+    let n = |k: &str| kv[k].parse::<u64>().unwrap();
+    Some((kv["type"].clone(), n("bandwidth"), n("cur"), n("end")))
+}
+
+/// The python sampler, started in the background. It writes its samples to a file: the test reads them once
+/// the job is through (a pipe nobody reads would stall it).
+fn start_python_sampler(dom: &Domain, until: &str, sources: &[&str]) -> Child {
+    let mut c = as_user("env");
+    c.args(virt::preload_env(Preload::Source("libvirt")));
+    // virsh polls the same monitor meanwhile: hold it only for each call.
+    c.arg("BLOCKJOBINFO_QMP_IDLE_MS=0");
+    c.args([
+        "/usr/bin/python3",
+        virt::tests_dir().join("py/sample.py").to_str().unwrap(),
+    ]);
+    c.args([
+        dom.name.as_str(),
+        "vda",
+        until,
+        "90",
+        &sources.join(","),
+        &dom.path("samples.jsonl"),
+    ]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// Checks every python sample in which libvirt answered the same before and after: each source must give
+/// exactly libvirt's answer. Returns the phases (flags 0) such samples covered.
+fn check_python_samples(dom: &Domain, child: Child, sources: &[&str], want_type: i64) -> BTreeMap<Phase, usize> {
+    let out = child.wait_with_output().unwrap();
+    let text = std::fs::read_to_string(dom.path("samples.jsonl")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "sampler failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        text
+    );
+    let mut phases = BTreeMap::new();
+    let mut compared = 0;
+    let mut transitions = String::new();
+    let mut last = Value::Null;
+    let mut last_t = 0.0;
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let (before, after) = (&v["before"], &v["after"]);
+        let t = v["t"].as_f64().unwrap_or(0.0);
+        if last_t > 0.0 && t - last_t > 0.5 {
+            transitions.push_str(&format!("(a {:.1} s gap before the next sample)\n{line}\n", t - last_t));
+        }
+        last_t = t;
+        if v["flags"] == 0 && (before["cur"] != last["before"]["cur"] || after["cur"] != last["after"]["cur"]) {
+            transitions.push_str(&format!("{line}\n"));
+            last = v.clone();
+        }
+        for s in sources {
+            let ours = &v["ours"][s];
+            if let Some(o) = ours.as_object().filter(|o| !o.is_empty()) {
+                assert!(o["cur"].as_u64() <= o["end"].as_u64(), "{s}: cur > end in {line}");
+                assert_eq!(o["type"].as_i64(), Some(want_type), "{s}: {line}");
+            }
+        }
+        if before != after {
+            continue; // the job moved between the calls
+        }
+        compared += 1;
+        for s in sources {
+            assert_eq!(&v["ours"][s], before, "source {s} disagrees with libvirt: {line}");
+        }
+        let present = before.as_object().is_some_and(|o| !o.is_empty());
+        let (cur, end) = (before["cur"].as_u64().unwrap_or(0), before["end"].as_u64().unwrap_or(0));
+        *phases.entry(phase(cur, end, present)).or_insert(0) += 1;
+    }
+    assert!(compared > 0, "no comparable sample:\n{text}");
+    eprintln!("python sampler: {compared} comparable samples; changes:\n{transitions}");
+    phases
+}
+
+/// virsh unpreloaded, then preloaded with each source, then unpreloaded again; when the two unpreloaded
+/// answers agree, every preloaded one must equal them. Alternates `--raw` and `--raw --bytes`. Runs until
+/// `done` says so about the phases seen.
+fn virsh_triplets(
+    dom: &Domain,
+    sources: &[&'static str],
+    done: impl Fn(&BTreeMap<Phase, usize>) -> bool,
+) -> BTreeMap<Phase, usize> {
+    let mut phases = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut bytes = false;
+    while !done(&phases) {
+        assert!(Instant::now() < deadline, "phases seen by virsh: {phases:?}");
+        let mut args = vec!["blockjob", dom.name.as_str(), "vda", "--raw"];
+        if bytes {
+            args.push("--bytes");
+        }
+        let a = virsh_ok(Preload::No, &args);
+        let ours: Vec<(&str, String)> = sources
+            .iter()
+            .map(|s| (*s, virsh_ok(Preload::Source(s), &args)))
+            .collect();
+        let c = virsh_ok(Preload::No, &args);
+        if a == c {
+            for (s, o) in &ours {
+                assert_eq!(
+                    o, &a,
+                    "virsh {args:?} preloaded with source {s} disagrees with libvirt's own"
+                );
+            }
+            if !bytes {
+                let p = match parse_raw(&a) {
+                    None => Phase::Gone,
+                    Some((_, _, cur, end)) => phase(cur, end, true),
+                };
+                *phases.entry(p).or_insert(0) += 1;
+            }
+        }
+        bytes = !bytes;
+    }
+    phases
+}
+
+/// A shallow copy at 512 KiB/s in 2 MiB steps: each step, and the offset == len window after the last one,
+/// lasts 4 s, so even a loaded machine running virsh triplets sees every phase several times.
+fn start_copy(dom: &Domain) {
+    let dest = dom.new_copy_target("copy.qcow2");
+    virsh_ok(
+        Preload::No,
+        &[
+            "blockcopy",
+            &dom.name,
+            "vda",
+            &dest,
+            "--shallow",
+            "--reuse-external",
+            "--bandwidth",
+            "524288",
+            "--bytes",
+            "--buf-size",
+            "2097152",
+            "--transient-job",
+        ],
+    );
+}
+
+/// Runs the python sampler and the virsh triplets side by side on the job just started.
+fn compare_through_the_job(dom: &Domain, sources: &[&'static str], want_type: i64, want: &[Phase], until: &str) {
+    let sampler = start_python_sampler(dom, until, sources);
+    let want_v = want.to_vec();
+    let seen_virsh = virsh_triplets(dom, sources, |p| {
+        want_v.iter().all(|k| p.contains_key(k))
+            && (until != "ready" || p.get(&Phase::Ready).copied().unwrap_or(0) >= 2)
+    });
+    let seen_python = check_python_samples(dom, sampler, sources, want_type);
+    for k in want {
+        assert!(
+            seen_python.contains_key(k),
+            "python never compared in phase {k:?}: {seen_python:?}"
+        );
+    }
+    eprintln!(
+        "{}: compared phases: python {seen_python:?}, virsh {seen_virsh:?}",
+        dom.name
+    );
+}
+
+#[test]
+fn copy_job_agrees_with_libvirt_in_every_phase_for_qmp_and_native() {
+    let dom = Domain::create("bjt-copy", 6);
+    // Record what the library says on the domain's own monitor: only capabilities and queries.
+    let rec = Recorder::start_at(&dom.qmp_socket(), &dom.real_qmp_socket());
+    start_copy(&dom);
+    compare_through_the_job(
+        &dom,
+        &["qmp", "native", "auto"],
+        2,
+        &[Phase::Running, Phase::Window, Phase::Ready],
+        "ready",
+    );
+
+    // The mirroring phase is steady: the domain is the same before and after many preloaded calls.
+    let xml_before = dom.xml();
+    for s in ["qmp", "native", "auto"] {
+        for _ in 0..3 {
+            let raw = dom.job_raw(Preload::Source(s));
+            let (t, bw, cur, end) = parse_raw(&raw).unwrap();
+            assert_eq!((t.as_str(), bw, cur), ("Block Copy", 1, end));
+        }
+    }
+    assert_eq!(dom.xml(), xml_before, "a preloaded call changed the domain");
+    let cmds = rec.commands();
+    assert!(
+        cmds.iter().any(|c| c == "query-block-jobs"),
+        "the qmp source was used: {cmds:?}"
+    );
+    for c in &cmds {
+        assert!(
+            c == "qmp_capabilities" || c.starts_with("query-"),
+            "the library sent {c}"
+        );
+    }
+
+    // A C client linked before libvirt gets the same answers.
+    let exe = build_linkfirst(&dom);
+    let lines = run_linkfirst(&exe, &dom, &["libvirt", "native", "qmp"]);
+    assert_eq!(lines["native"], lines["libvirt"]);
+    assert_eq!(lines["qmp"], lines["libvirt"]);
+    assert!(
+        lines["libvirt"][0].starts_with("rc=1 type=2 bandwidth=1 cur="),
+        "{lines:?}"
+    );
+
+    virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
+    dom.wait_no_job(Duration::from_secs(30));
+    let log = dom.log();
+    assert!(!log.is_empty(), "the domain log is readable");
+    assert!(!log.contains("custom-monitor"), "qmp/native must not taint:\n{log}");
+}
+
+#[test]
+fn passthrough_agrees_with_libvirt_and_taints_the_domain() {
+    let dom = Domain::create("bjt-pass", 6);
+    start_copy(&dom);
+    assert!(!dom.log().contains("custom-monitor"));
+    compare_through_the_job(
+        &dom,
+        &["passthrough"],
+        2,
+        &[Phase::Running, Phase::Window, Phase::Ready],
+        "ready",
+    );
+    virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
+    dom.wait_no_job(Duration::from_secs(30));
+    assert!(
+        dom.log().contains("tainted: custom-monitor"),
+        "passthrough marks the domain:\n{}",
+        dom.log()
+    );
+}
+
+#[test]
+fn active_commit_is_reported_as_active_commit() {
+    let dom = Domain::create("bjt-acommit", 4);
+    virsh_ok(
+        Preload::No,
+        // libvirt's active commit copies this little data in one burst and is ready at once: its phase is the
+        // mirroring one, which must read cur == end through every source.
+        &[
+            "blockcommit",
+            &dom.name,
+            "vda",
+            "--active",
+            "--bandwidth",
+            "524288",
+            "--bytes",
+        ],
+    );
+    compare_through_the_job(&dom, &["qmp", "native", "passthrough"], 4, &[Phase::Ready], "ready");
+    let raw = dom.job_raw(Preload::Source("qmp"));
+    assert!(raw.contains(" type=Active Block Commit\n"), "{raw}");
+    virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
+    dom.wait_no_job(Duration::from_secs(30));
+}
+
+#[test]
+fn pull_runs_then_is_gone() {
+    let dom = Domain::create("bjt-pull", 2);
+    virsh_ok(Preload::No, &["blockpull", &dom.name, "vda", "--bandwidth", "1"]);
+    compare_through_the_job(&dom, &["qmp", "native"], 1, &[Phase::Running, Phase::Gone], "gone");
+}
+
+#[test]
+fn nova_live_snapshot_aborts_only_when_ready_and_the_copy_is_equal() {
+    let dom = Domain::create("bjt-nova", 2);
+    for (source, rounds) in [("qmp", "2"), ("native", "2")] {
+        let mut c = as_user("env");
+        c.args(virt::preload_env(Preload::Source(source)));
+        c.args([
+            "/usr/bin/python3",
+            virt::tests_dir().join("py/nova_snapshot.py").to_str().unwrap(),
+        ]);
+        c.args([
+            dom.name.as_str(),
+            "vda",
+            &dom.path("base.qcow2"),
+            &dom.path("snap.qcow2"),
+            rounds,
+        ]);
+        let out = c.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{source}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rounds_done: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rounds_done.len(), rounds.parse::<usize>().unwrap(), "{text}");
+        for r in &rounds_done {
+            assert_eq!(r["ready_at_abort"], true, "{source}: {r}");
+            assert_eq!(r["compare"], 0, "{source}: {r}");
+            assert!(
+                r["polls"].as_u64().unwrap() > 1,
+                "the job was polled while copying: {r}"
+            );
+        }
+        eprintln!("nova flow with {source}: {text}");
+    }
+}
+
+fn errors_json(p: Preload, running: &Domain, inactive: &Domain) -> Value {
+    let mut c = as_user("env");
+    c.args(virt::preload_env(p));
+    c.args([
+        "/usr/bin/python3",
+        virt::tests_dir().join("py/errors.py").to_str().unwrap(),
+    ]);
+    c.args([running.name.as_str(), inactive.name.as_str()]);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn errors_and_empty_answers_are_libvirts_own() {
+    let running = Domain::create("bjt-err", 1);
+    let inactive = Domain::define_inactive("bjt-off");
+    let libvirt = errors_json(Preload::No, &running, &inactive);
+    assert_eq!(libvirt["no_job"]["ok"], serde_json::json!({}), "{libvirt}");
+    assert_eq!(
+        libvirt["unknown_disk"]["message"],
+        "invalid argument: disk 'vdz' not found in domain"
+    );
+    assert!(
+        libvirt["not_running"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not running"),
+        "{libvirt}"
+    );
+    assert!(
+        libvirt["bad_flags"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unsupported flags (0x10)"),
+        "{libvirt}"
+    );
+    for s in ["auto", "qmp", "native", "passthrough"] {
+        assert_eq!(
+            errors_json(Preload::Source(s), &running, &inactive),
+            libvirt,
+            "source {s}"
+        );
+    }
+
+    // The C client, linked before libvirt, with no job: 0 and libvirt's error for an unknown disk.
+    let exe = build_linkfirst(&running);
+    let lines = run_linkfirst(&exe, &running, &["libvirt", "native", "qmp", "passthrough"]);
+    for s in ["native", "qmp", "passthrough"] {
+        assert_eq!(lines[s], lines["libvirt"], "{s}");
+    }
+    assert_eq!(lines["libvirt"][0], "rc=0 type=0 bandwidth=0 cur=0 end=0");
+    assert_eq!(
+        lines["libvirt"][1],
+        "rc=-1 code=8 message=invalid argument: disk 'vdz' not found in domain"
+    );
+}
+
+#[test]
+fn preloading_changes_nothing_else_in_virsh() {
+    let dom = Domain::create("bjt-other", 1);
+    let cmds: Vec<Vec<&str>> = vec![
+        vec!["domblklist", &dom.name],
+        vec!["domstate", &dom.name],
+        vec!["domuuid", &dom.name],
+        vec!["dumpxml", &dom.name],
+        vec!["domblkinfo", &dom.name, "vda"],
+        vec!["blockjob", &dom.name, "vda"],
+        vec!["blockjob", &dom.name, "vda", "--raw"],
+        vec!["blockjob", &dom.name, "vdz"],
+        vec!["qemu-monitor-command", "--help"],
+    ];
+    for args in &cmds {
+        let plain = virsh(Preload::No, args);
+        for s in ["auto", "qmp"] {
+            let pre = virsh(Preload::Source(s), args);
+            assert_eq!(pre.status.code(), plain.status.code(), "virsh {args:?}");
+            assert_eq!(pre.stdout, plain.stdout, "virsh {args:?}");
+            assert_eq!(pre.stderr, plain.stderr, "virsh {args:?}");
+        }
+    }
+    assert!(!dom.log().contains("custom-monitor"));
+}
+
+/// tests/c/linkfirst.c linked with -lblockjobinfo before -lvirt, placed where the test user can run it.
+fn build_linkfirst(dom: &Domain) -> String {
+    let exe = dom.path("linkfirst");
+    let lib = common::lib_dir();
+    let _ = std::os::unix::fs::symlink("libblockjobinfo.so", lib.join("libblockjobinfo.so.0"));
+    let out = Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-D_POSIX_C_SOURCE=200809L"])
+        .arg(virt::tests_dir().join("c/linkfirst.c"))
+        .args(["-o", &exe, "-L"])
+        .arg(&lib)
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .args(["-Wl,--no-as-needed", "-lblockjobinfo", "-lvirt"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let needed = Command::new("readelf").args(["-d", &exe]).output().unwrap();
+    let needed = String::from_utf8_lossy(&needed.stdout);
+    let ours = needed.find("libblockjobinfo.so.0").expect("links blockjobinfo");
+    let theirs = needed.find("libvirt.so.0").expect("links libvirt");
+    assert!(ours < theirs, "blockjobinfo must come first:\n{needed}");
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    exe
+}
+
+/// Runs the link-first client; returns its lines per source, without the source name.
+fn run_linkfirst(exe: &str, dom: &Domain, sources: &[&str]) -> BTreeMap<String, Vec<String>> {
+    let mut c = as_user("env");
+    c.args([
+        format!("BLOCKJOBINFO_QMP_SOCKET={}", virt::qmp_template()),
+        "BLOCKJOBINFO_LOG=debug".into(),
+    ]);
+    c.args([exe, dom.name.as_str(), "vda"]).args(sources);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Proof that the call went through blockjobinfo: its debug log.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("blockjobinfo["),
+        "not interposed"
+    );
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let (s, rest) = line.split_once(' ').unwrap();
+        map.entry(s.to_string()).or_default().push(rest.to_string());
+    }
+    map
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/python3
+"""Samples dom.blockJobInfo() through python-libvirt with blockjobinfo preloaded.
+
+    sample.py DOMAIN DISK UNTIL SECONDS SOURCES OUTPUT
+
+Each sample asks libvirt itself (BLOCKJOBINFO_SOURCE=libvirt), then every source in SOURCES (comma-separated),
+then libvirt again, with flags 0 and VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES, and prints one JSON line. The
+source is switched through the environment between calls, so all answers come from one process within
+milliseconds. Samples go to the file OUTPUT. UNTIL is "ready" (stop after a few samples in the mirroring phase) or "gone" (stop when there
+is no job).
+"""
+import json
+import os
+import sys
+import time
+
+import libvirt
+
+name, disk, until, seconds, sources = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5].split(",")
+out = open(sys.argv[6], "w")
+libvirt.registerErrorHandler(lambda *_: None, None)  # errors are for the caller, not stderr
+dom = libvirt.open("qemu:///session").lookupByName(name)
+
+
+def ask(source, flags):
+    os.environ["BLOCKJOBINFO_SOURCE"] = source
+    return dom.blockJobInfo(disk, flags)
+
+
+deadline = time.time() + seconds
+ready_samples = 0
+while time.time() < deadline:
+    for flags in (0, libvirt.VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES):
+        before = ask("libvirt", flags)
+        ours = {s: ask(s, flags) for s in sources}
+        after = ask("libvirt", flags)
+        print(json.dumps({"t": round(time.time(), 3), "flags": flags, "before": before, "after": after, "ours": ours}),
+              file=out, flush=True)
+    if before and before["end"] > 0 and before["cur"] == before["end"]:
+        ready_samples += 1
+    if (until == "ready" and ready_samples >= 5) or (until == "gone" and not before and not after):
+        sys.exit(0)
+    time.sleep(0.02)
+print(json.dumps({"timeout": True}), file=out, flush=True)
+sys.exit(1)
