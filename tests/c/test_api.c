@@ -218,6 +218,19 @@ static void test_fork(void)
         fprintf(stderr, "child status %d\n", status);
 }
 
+/* The library exports virDomainGetBlockJobInfo for interposing. In a process without libvirt (this one is
+ * not linked to it) the export must fail cleanly, not crash. */
+static void test_export_without_libvirt(void)
+{
+#ifdef LIBVIRT_DOMAIN_H
+    virDomainBlockJobInfo info;
+    poison(&info);
+    CHECK(virDomainGetBlockJobInfo(NULL, "vda", &info, 0) == -1);
+    CHECK(is_zero(&info));
+    CHECK(virDomainGetBlockJobInfo(NULL, NULL, NULL, 0) == -1);
+#endif
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -238,6 +251,7 @@ int main(int argc, char **argv)
         bji_close(src);
     }
     test_fork();
+    test_export_without_libvirt();
 
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
