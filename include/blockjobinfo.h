@@ -41,6 +41,41 @@ typedef virDomainBlockJobInfo *virDomainBlockJobInfoPtr;
 #endif
 
 
+/**
+ * `bji_wait`'s `until`: QEMU says the job is ready (mirroring phase).
+ */
+#define BJI_WAIT_READY 1
+
+/**
+ * `bji_wait`'s `until`: the job has left QEMU's list.
+ */
+#define BJI_WAIT_GONE 2
+
+/**
+ * `bji_wait` returns: what was waited for happened.
+ */
+#define BJI_WAIT_REACHED 0
+
+/**
+ * `bji_wait` returns: the job failed; `bji_last_error()` has QEMU's error text.
+ */
+#define BJI_WAIT_FAILED 1
+
+/**
+ * `bji_wait` returns: the job was cancelled.
+ */
+#define BJI_WAIT_CANCELLED 2
+
+/**
+ * `bji_wait` returns: waiting for ready, the job ended (or did not exist) without becoming ready.
+ */
+#define BJI_WAIT_GONE_BEFORE_READY 3
+
+/**
+ * `bji_wait` returns: the timeout passed first.
+ */
+#define BJI_WAIT_TIMEOUT 4
+
 
 
 /**
@@ -62,10 +97,11 @@ extern "C" {
 bji_source *bji_open_qmp(const char *address, unsigned int flags);
 
 /**
- * Closes a source and frees it. NULL is fine.
+ * Closes a source and frees it. NULL is fine. A call blocked on the source in another thread (`bji_wait`)
+ * returns -1 at once ("the source was closed"); `bji_close` returns once it has.
  *
  * # Safety
- * `src` is NULL or a pointer from `bji_open_qmp` not yet closed, and no other thread is using it.
+ * `src` is NULL or a pointer from `bji_open_qmp` not yet closed; no thread starts a call on it after this.
  */
 void bji_close(bji_source *src);
 
@@ -101,6 +137,23 @@ int bji_translate_reply(const char *query_block_jobs_reply,
  */
 int bji_set_no_ready_grace(bji_source *src,
                            int grace_ms);
+
+/**
+ * Waits for `device`'s job: until it is ready (`BJI_WAIT_READY`) or has left QEMU's list (`BJI_WAIT_GONE`),
+ * woken by QEMU's events, not by polling. `timeout_ms` < 0 waits forever. Returns `BJI_WAIT_REACHED`,
+ * `BJI_WAIT_FAILED` (QEMU's error text in `bji_last_error()`), `BJI_WAIT_CANCELLED`,
+ * `BJI_WAIT_GONE_BEFORE_READY` or `BJI_WAIT_TIMEOUT`; -1 on error (bad arguments, QEMU unreachable, the source
+ * closed by `bji_close` from another thread). `info` (may be NULL) gets the job's last known state, all
+ * zero once it is gone.
+ *
+ * # Safety
+ * `src` NULL or an open source; `device` NULL or NUL-terminated; `info` NULL or writable.
+ */
+int bji_wait(bji_source *src,
+             const char *device,
+             unsigned int until,
+             int timeout_ms,
+             virDomainBlockJobInfo *info);
 
 /**
  * The message of the last failed call on this thread, or "" when it succeeded. Valid until the next

@@ -33,6 +33,9 @@ pub enum Error {
         first: String,
         second: String,
     },
+    /// The source was closed (or interrupted) while the call was waiting.
+    #[error("the source was closed")]
+    Interrupted,
     /// A call into libvirt failed, or libvirt is not in the process.
     #[error("libvirt: {0}")]
     Libvirt(String),

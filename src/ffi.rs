@@ -10,11 +10,48 @@ use crate::abi::virDomainBlockJobInfo;
 use crate::error::{Error, Result};
 use crate::source::QmpSource;
 use crate::translate;
+use crate::wait::{Outcome, Until};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// An open QMP source. Opaque to C.
 #[allow(non_camel_case_types)]
 pub struct bji_source {
     inner: QmpSource,
+    /// Calls in progress: `bji_close` wakes them and waits for them to leave before freeing.
+    active: AtomicUsize,
+}
+
+/// `bji_wait`'s `until`: QEMU says the job is ready (mirroring phase).
+pub const BJI_WAIT_READY: c_uint = 1;
+/// `bji_wait`'s `until`: the job has left QEMU's list.
+pub const BJI_WAIT_GONE: c_uint = 2;
+/// `bji_wait` returns: what was waited for happened.
+pub const BJI_WAIT_REACHED: c_int = 0;
+/// `bji_wait` returns: the job failed; `bji_last_error()` has QEMU's error text.
+pub const BJI_WAIT_FAILED: c_int = 1;
+/// `bji_wait` returns: the job was cancelled.
+pub const BJI_WAIT_CANCELLED: c_int = 2;
+/// `bji_wait` returns: waiting for ready, the job ended (or did not exist) without becoming ready.
+pub const BJI_WAIT_GONE_BEFORE_READY: c_int = 3;
+/// `bji_wait` returns: the timeout passed first.
+pub const BJI_WAIT_TIMEOUT: c_int = 4;
+
+/// Marks a call in progress on a source for as long as it lives.
+struct Entered<'a>(&'a bji_source);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// # Safety
+/// `src` is NULL or an open source.
+unsafe fn enter<'a>(src: *mut bji_source) -> Result<Entered<'a>> {
+    // SAFETY: NULL or an open source, by contract; only shared access.
+    let src = unsafe { src.as_ref() }.ok_or_else(|| Error::InvalidArg("source must not be NULL".into()))?;
+    src.active.fetch_add(1, Ordering::AcqRel);
+    Ok(Entered(src))
 }
 
 thread_local! {
@@ -123,19 +160,29 @@ pub unsafe extern "C" fn bji_open_qmp(address: *const c_char, flags: c_uint) -> 
             )));
         }
         let inner = QmpSource::open(address)?;
-        Ok(Box::into_raw(Box::new(bji_source { inner })))
+        Ok(Box::into_raw(Box::new(bji_source {
+            inner,
+            active: AtomicUsize::new(0),
+        })))
     })
 }
 
-/// Closes a source and frees it. NULL is fine.
+/// Closes a source and frees it. NULL is fine. A call blocked on the source in another thread (`bji_wait`)
+/// returns -1 at once ("the source was closed"); `bji_close` returns once it has.
 ///
 /// # Safety
-/// `src` is NULL or a pointer from `bji_open_qmp` not yet closed, and no other thread is using it.
+/// `src` is NULL or a pointer from `bji_open_qmp` not yet closed; no thread starts a call on it after this.
 #[no_mangle]
 pub unsafe extern "C" fn bji_close(src: *mut bji_source) {
     export!((), {
-        if !src.is_null() {
-            // SAFETY: came from Box::into_raw in bji_open_qmp and is closed once, by contract.
+        // SAFETY: NULL or an open source, by contract.
+        if let Some(s) = unsafe { src.as_ref() } {
+            s.inner.close();
+            // Calls in progress were woken by close(); each ends within its own timeouts at worst.
+            while s.active.load(Ordering::Acquire) > 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // SAFETY: came from Box::into_raw in bji_open_qmp, is closed once, and no call uses it any more.
             drop(unsafe { Box::from_raw(src) });
         }
         Ok(())
@@ -158,11 +205,8 @@ pub unsafe extern "C" fn bji_get_block_job_info(
         // SAFETY: forwarded contract.
         unsafe {
             answer(info, device, flags, "bji_get_block_job_info", |device| {
-                // SAFETY: NULL or an open source, by contract; shared use from threads is fine (&).
-                let src = src
-                    .as_ref()
-                    .ok_or_else(|| Error::InvalidArg("source must not be NULL".into()))?;
-                src.inner.block_job_info(device, flags)
+                let entered = enter(src)?;
+                entered.0.inner.block_job_info(device, flags)
             })
         }
     })
@@ -198,11 +242,68 @@ pub unsafe extern "C" fn bji_translate_reply(
 #[no_mangle]
 pub unsafe extern "C" fn bji_set_no_ready_grace(src: *mut bji_source, grace_ms: c_int) -> c_int {
     export!(-1, {
-        // SAFETY: NULL or an open source, by contract.
-        let src = unsafe { src.as_ref() }.ok_or_else(|| Error::InvalidArg("source must not be NULL".into()))?;
+        // SAFETY: forwarded contract.
+        let entered = unsafe { enter(src) }?;
         let grace = u64::try_from(grace_ms).ok().map(Duration::from_millis);
-        src.inner.set_no_ready_grace(grace);
+        entered.0.inner.set_no_ready_grace(grace);
         Ok(0)
+    })
+}
+
+/// Waits for `device`'s job: until it is ready (`BJI_WAIT_READY`) or has left QEMU's list (`BJI_WAIT_GONE`),
+/// woken by QEMU's events, not by polling. `timeout_ms` < 0 waits forever. Returns `BJI_WAIT_REACHED`,
+/// `BJI_WAIT_FAILED` (QEMU's error text in `bji_last_error()`), `BJI_WAIT_CANCELLED`,
+/// `BJI_WAIT_GONE_BEFORE_READY` or `BJI_WAIT_TIMEOUT`; -1 on error (bad arguments, QEMU unreachable, the source
+/// closed by `bji_close` from another thread). `info` (may be NULL) gets the job's last known state, all
+/// zero once it is gone.
+///
+/// # Safety
+/// `src` NULL or an open source; `device` NULL or NUL-terminated; `info` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bji_wait(
+    src: *mut bji_source,
+    device: *const c_char,
+    until: c_uint,
+    timeout_ms: c_int,
+    info: *mut virDomainBlockJobInfo,
+) -> c_int {
+    export!(-1, {
+        if !info.is_null() {
+            // SAFETY: non-NULL and writable by contract.
+            unsafe { info.write(virDomainBlockJobInfo::default()) };
+        }
+        // SAFETY: forwarded contract.
+        let device = unsafe { c_str(device, "device") }?;
+        let until = match until {
+            BJI_WAIT_READY => Until::Ready,
+            BJI_WAIT_GONE => Until::Gone,
+            other => {
+                return Err(Error::InvalidArg(format!(
+                    "until must be BJI_WAIT_READY or BJI_WAIT_GONE, not {other}"
+                )))
+            }
+        };
+        let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+        // SAFETY: forwarded contract.
+        let entered = unsafe { enter(src) }?;
+        let waited = entered.0.inner.wait(device, until, timeout)?;
+        let still_listed = !matches!(waited.outcome, Outcome::Reached if until == Until::Gone);
+        if let (false, Some(last)) = (info.is_null(), waited.last.as_ref().filter(|_| still_listed)) {
+            // SAFETY: non-NULL and writable by contract.
+            unsafe { info.write(last.info) };
+        }
+        let (code, message) = match waited.outcome {
+            Outcome::Reached => (BJI_WAIT_REACHED, String::new()),
+            Outcome::Failed(e) => (BJI_WAIT_FAILED, e),
+            Outcome::Cancelled => (BJI_WAIT_CANCELLED, format!("block job '{device}' was cancelled")),
+            Outcome::GoneBeforeReady => (
+                BJI_WAIT_GONE_BEFORE_READY,
+                format!("block job '{device}' ended or does not exist, and was never ready"),
+            ),
+            Outcome::TimedOut => (BJI_WAIT_TIMEOUT, format!("timed out waiting for block job '{device}'")),
+        };
+        set_last_error(&message);
+        Ok(code)
     })
 }
 

@@ -14,6 +14,7 @@ pub mod logging;
 pub mod qmp;
 pub mod source;
 pub mod translate;
+pub mod wait;
 
 pub use abi::*;
 pub use error::{Error, Result};
@@ -21,6 +22,7 @@ pub use jobs::{parse_jobs, parse_reply_text, select};
 pub use qmp::{Address, Limits, QemuVersion};
 pub use source::{JobReport, QmpSource};
 pub use translate::{translate, NoReadyPolicy, Observation, RawJob};
+pub use wait::{Outcome, Until, Waited};
 
 /// The answer for `device` from the text of a `query-block-jobs` reply, with libvirt's rules.
 pub fn translate_reply(reply: &str, device: &str, flags: std::ffi::c_uint) -> Result<Option<virDomainBlockJobInfo>> {

@@ -82,7 +82,26 @@ enum Stream {
     Tcp(TcpStream),
 }
 
+/// A second handle on a connection's socket, to wake a thread blocked on it from another thread.
+pub struct Interrupter(Stream);
+
+impl Interrupter {
+    pub fn interrupt(&self) {
+        let _ = match &self.0 {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
+
 impl Stream {
+    fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+
     fn set_timeouts(&self, t: Duration) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_read_timeout(Some(t)).and(s.set_write_timeout(Some(t))),
@@ -259,6 +278,27 @@ impl Connection {
     /// Events received so far and not yet taken, oldest first.
     pub fn take_events(&mut self) -> Vec<Value> {
         self.events.drain(..).collect()
+    }
+
+    /// A handle that can shut this connection's socket down from another thread.
+    pub fn interrupter(&self) -> Option<Interrupter> {
+        self.stream.try_clone().ok().map(Interrupter)
+    }
+
+    /// The next event: one kept while waiting for a reply, else the next to arrive before `deadline`. No
+    /// command is outstanding here, so anything but an event is a protocol error.
+    pub fn next_event(&mut self, deadline: Instant) -> Result<Value> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(e);
+        }
+        let msg = self.read_message(deadline, "a QMP event")?;
+        if msg.get("event").is_some() {
+            return Ok(msg);
+        }
+        Err(Error::Protocol(format!(
+            "unexpected message while waiting for events: {}",
+            preview(&msg)
+        )))
     }
 
     /// Runs one read-only command and returns its `return` value.

@@ -2,14 +2,15 @@
 
 use std::collections::HashMap;
 use std::ffi::c_uint;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::abi::virDomainBlockJobInfo;
+use crate::error::Error;
 use crate::error::Result;
 use crate::jobs;
-use crate::qmp::{Address, Connection, Limits, QemuVersion};
+use crate::qmp::{Address, Connection, Interrupter, Limits, QemuVersion};
 use crate::translate::{self, NoReadyPolicy, Observation, RawJob};
 
 /// A job as QEMU reported it and as libvirt would report it, from one reply.
@@ -34,6 +35,9 @@ pub struct QmpSource {
     /// Milliseconds since `born` at the end of the last call, for closing idle connections.
     last_used_ms: AtomicU64,
     born: Instant,
+    /// Set by `close`; wakes and fails any call in progress and every later one.
+    closed: AtomicBool,
+    interrupter: Mutex<Option<Interrupter>>,
 }
 
 const NO_GRACE: u64 = u64::MAX;
@@ -66,7 +70,9 @@ impl QmpSource {
     /// Connects now, so that a wrong address fails here and not at the first query.
     pub fn open_with(address: &str, limits: Limits) -> Result<QmpSource> {
         let src = QmpSource::lazy(address, limits)?;
-        *lock(&src.conn) = Some(Connection::open(&src.address, limits)?);
+        let mut conn = Connection::open(&src.address, limits)?;
+        src.opened(&mut conn);
+        *lock(&src.conn) = Some(conn);
         Ok(src)
     }
 
@@ -81,6 +87,8 @@ impl QmpSource {
             owner_pid: AtomicU32::new(std::process::id()),
             last_used_ms: AtomicU64::new(0),
             born: Instant::now(),
+            closed: AtomicBool::new(false),
+            interrupter: Mutex::new(None),
         })
     }
 
@@ -201,7 +209,10 @@ impl QmpSource {
     }
 
     /// Runs `f` on the connection, opening it if needed and reconnecting once if QEMU went away.
-    fn with_connection<T>(&self, f: impl Fn(&mut Connection) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_connection<T>(&self, mut f: impl FnMut(&mut Connection) -> Result<T>) -> Result<T> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Interrupted);
+        }
         let pid = std::process::id();
         let Some(mut slot) = self.fork_safe_lock(&self.conn) else {
             let mut conn = Connection::open(&self.address, self.limits)?;
@@ -217,15 +228,15 @@ impl QmpSource {
         let reused = slot.is_some();
         let conn = match slot.as_mut() {
             Some(c) => c,
-            None => slot.insert(Connection::open(&self.address, self.limits)?),
+            None => self.opened(slot.insert(Connection::open(&self.address, self.limits)?)),
         };
-        let first = f(conn);
+        let first = f(conn).map_err(|e| self.closed_error(e));
         self.last_used_ms
             .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
         let retry = match &first {
             Err(e) if !e.keeps_connection() => {
                 *slot = None;
-                reused && e.is_disconnect()
+                reused && e.is_disconnect() && !self.closed.load(Ordering::Acquire)
             }
             _ => false,
         };
@@ -237,11 +248,44 @@ impl QmpSource {
             self.address,
             first.err().map(|e| e.to_string()).unwrap_or_default()
         );
-        let result = f(slot.insert(Connection::open(&self.address, self.limits)?));
+        let conn = self.opened(slot.insert(Connection::open(&self.address, self.limits)?));
+        let result = f(conn).map_err(|e| self.closed_error(e));
         if matches!(&result, Err(e) if !e.keeps_connection()) {
             *slot = None;
         }
         result
+    }
+
+    /// Closes the source: a call blocked on it (a wait) returns `Error::Interrupted` at once, and so does
+    /// every later call. Safe from any thread.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(i) = lock_briefly(&self.interrupter).and_then(|mut g| g.take()) {
+            i.interrupt();
+        }
+    }
+
+    /// Remembers how to wake a thread blocked on a newly opened connection.
+    fn opened<'c>(&self, conn: &'c mut Connection) -> &'c mut Connection {
+        if let Some(mut g) = lock_briefly(&self.interrupter) {
+            *g = conn.interrupter();
+        }
+        if self.closed.load(Ordering::Acquire) {
+            // Closed while we were connecting: do not leave a blocking call unwakeable.
+            if let Some(i) = conn.interrupter() {
+                i.interrupt();
+            }
+        }
+        conn
+    }
+
+    /// An error caused by `close` reads as such.
+    fn closed_error(&self, e: Error) -> Error {
+        if self.closed.load(Ordering::Acquire) {
+            Error::Interrupted
+        } else {
+            e
+        }
     }
 
     /// Locks `m`, except in a forked child whose parent may have held it at fork(): that thread does not exist

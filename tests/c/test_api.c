@@ -177,6 +177,55 @@ static void test_threads(bji_source *src)
     }
 }
 
+struct waiter {
+    bji_source *src;
+    int rc;
+    char error[256];
+};
+
+static void *wait_forever(void *arg)
+{
+    struct waiter *w = arg;
+    virDomainBlockJobInfo info;
+    w->rc = bji_wait(w->src, "vda", BJI_WAIT_GONE, -1, &info);
+    snprintf(w->error, sizeof(w->error), "%s", bji_last_error());
+    return NULL;
+}
+
+/* Waits on the throttled mirror until it is ready, then shows that a timeout and closing the source from
+ * another thread both end a wait. Closes `src`. */
+static void test_wait(bji_source *src)
+{
+    virDomainBlockJobInfo info;
+    CHECK(bji_wait(src, NULL, BJI_WAIT_READY, 10, &info) == -1);
+    CHECK(ERROR_HAS("device must not be NULL"));
+    CHECK(bji_wait(src, "vda", 7, 10, &info) == -1);
+    CHECK(ERROR_HAS("until must be BJI_WAIT_READY or BJI_WAIT_GONE, not 7"));
+    CHECK(bji_wait(NULL, "vda", BJI_WAIT_READY, 10, &info) == -1);
+    CHECK(bji_wait(src, "vdz", BJI_WAIT_GONE, 10, NULL) == BJI_WAIT_REACHED);
+    CHECK(bji_wait(src, "vdz", BJI_WAIT_READY, 10, NULL) == BJI_WAIT_GONE_BEFORE_READY);
+
+    poison(&info);
+    CHECK(bji_wait(src, "vda", BJI_WAIT_READY, 60000, &info) == BJI_WAIT_REACHED);
+    CHECK(bji_last_error()[0] == '\0');
+    CHECK(info.type == VIR_DOMAIN_BLOCK_JOB_TYPE_COPY && info.end > 0 && info.cur == info.end);
+
+    /* A ready mirror stays until someone ends it. */
+    poison(&info);
+    CHECK(bji_wait(src, "vda", BJI_WAIT_GONE, 200, &info) == BJI_WAIT_TIMEOUT);
+    CHECK(ERROR_HAS("timed out"));
+    CHECK(info.cur == info.end && info.end > 0);
+
+    struct waiter w = {src, 99, ""};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, wait_forever, &w) == 0);
+    usleep(300 * 1000);
+    bji_close(src); /* wakes the waiter and returns once it has left */
+    CHECK(pthread_join(t, NULL) == 0);
+    CHECK(w.rc == -1);
+    CHECK(strstr(w.error, "the source was closed") != NULL);
+}
+
 /* A forked child must not speak on its parent's connection. The monitor serves one client at a time, so
  * while the parent holds it the child cannot get its own and must fail cleanly; once the parent lets go, the
  * child's next call gets a connection of its own. */
@@ -248,7 +297,7 @@ int main(int argc, char **argv)
         test_get(src);
         test_grace(src);
         test_threads(src);
-        bji_close(src);
+        test_wait(src);
     }
     test_fork();
     test_export_without_libvirt();

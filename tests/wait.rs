@@ -1,0 +1,199 @@
+//! Event-driven waiting, against real qemu-storage-daemon (and the fake server for one race real QEMU cannot
+//! be made to produce on demand).
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use blockjobinfo::*;
+use common::fake::{job, FakeQmp};
+use common::*;
+use serde_json::{json, Value};
+
+const SPEED: u64 = 2 * MIB;
+
+fn slow_mirror(qsd: &mut Qsd, id: &str, speed: u64) {
+    qsd.ctl.ok(
+        "blockdev-mirror",
+        json!({"job-id": id, "device": "top", "target": "dst", "sync": "full", "speed": speed, "buf-size": MIB}),
+    );
+}
+
+/// QEMU's event timestamp as seconds since the epoch.
+fn event_time(ev: &Value) -> f64 {
+    ev["timestamp"]["seconds"].as_f64().unwrap() + ev["timestamp"]["microseconds"].as_f64().unwrap() / 1e6
+}
+
+#[test]
+fn ready_is_reported_right_after_qemu_says_so_without_polling() {
+    let mut qsd = Qsd::start();
+    let rec = Recorder::start(qsd.dir.path(), &qsd.lib_socket());
+    let src = QmpSource::open(&rec.path).unwrap();
+    slow_mirror(&mut qsd, "m", SPEED);
+    let before = rec.commands().len();
+    let waited = src.wait("m", Until::Ready, Some(Duration::from_secs(60))).unwrap();
+    let returned = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    assert_eq!(waited.outcome, Outcome::Reached);
+    let last = waited.last.unwrap();
+    assert_eq!(last.raw.ready, Some(true));
+    assert_eq!((last.info.cur, last.info.end), (IMAGE, IMAGE));
+    // The deciding event is QEMU's, and the wait returned a small fraction of a second after QEMU sent it.
+    let ev = waited.event.expect("decided by an event");
+    assert!(
+        ["BLOCK_JOB_READY", "JOB_STATUS_CHANGE"].contains(&ev["event"].as_str().unwrap()),
+        "{ev}"
+    );
+    let ready = qsd.ctl.wait_event("BLOCK_JOB_READY", Duration::from_secs(5));
+    let lag = returned - event_time(&ready);
+    assert!((0.0..0.25).contains(&lag), "returned {lag:.3} s after BLOCK_JOB_READY");
+    // Woken by events, not polling: a ~4 s wait sent a handful of queries, not one per tick.
+    let queries = rec.commands().len() - before;
+    assert!(queries <= 4, "{queries} queries during the wait: {:?}", rec.commands());
+    // Already ready: the state is checked first, so an event that came before the call is not missed.
+    let t = Instant::now();
+    assert_eq!(
+        src.wait("m", Until::Ready, Some(Duration::from_secs(5)))
+            .unwrap()
+            .outcome,
+        Outcome::Reached
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn cancelled_by_another_client() {
+    let mut qsd = Qsd::start();
+    let src = QmpSource::open(&qsd.lib_socket()).unwrap();
+    slow_mirror(&mut qsd, "m", MIB / 4);
+    let waited = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            qsd.ctl.ok("block-job-cancel", json!({"device": "m"}));
+        });
+        src.wait("m", Until::Ready, Some(Duration::from_secs(30))).unwrap()
+    });
+    assert_eq!(waited.outcome, Outcome::Cancelled);
+    assert_eq!(waited.event.unwrap()["event"], "BLOCK_JOB_CANCELLED");
+}
+
+#[test]
+fn a_failed_job_reports_qemus_error_text() {
+    let mut qsd = Qsd::start();
+    let src = QmpSource::open(&qsd.lib_socket()).unwrap();
+    // The target fails every write with ENOSPC, as a full disk would.
+    qsd.ctl.ok(
+        "blockdev-add",
+        json!({"driver": "blkdebug", "node-name": "full", "image": "dst",
+               "inject-error": [{"event": "pwritev", "errno": 28}]}),
+    );
+    // Throttled, the job notices its failed writes only when its rate-limit pause ends: lifting the limit once
+    // the wait has begun makes it fail then, by event.
+    qsd.ctl.ok(
+        "blockdev-mirror",
+        json!({"job-id": "m", "device": "top", "target": "full", "sync": "full", "speed": 64 * 1024}),
+    );
+    let waited = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            qsd.ctl.ok("block-job-set-speed", json!({"device": "m", "speed": 0}));
+        });
+        src.wait("m", Until::Ready, Some(Duration::from_secs(30))).unwrap()
+    });
+    assert_eq!(waited.outcome, Outcome::Failed("No space left on device".into()));
+    assert_eq!(waited.event.unwrap()["event"], "BLOCK_JOB_COMPLETED");
+}
+
+#[test]
+fn a_stream_that_completes_is_gone() {
+    let mut qsd = Qsd::start();
+    let src = QmpSource::open(&qsd.lib_socket()).unwrap();
+    qsd.ctl.ok(
+        "block-stream",
+        json!({"job-id": "s", "device": "top", "speed": 4 * MIB}),
+    );
+    let mut seen = vec![];
+    let waited = src
+        .wait_with_progress(
+            "s",
+            Until::Gone,
+            Some(Duration::from_secs(60)),
+            Some(Duration::from_millis(200)),
+            |r| seen.push(r.info),
+        )
+        .unwrap();
+    assert_eq!(waited.outcome, Outcome::Reached);
+    assert!(seen.len() >= 2, "progress was reported while waiting: {seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].cur <= w[1].cur), "{seen:?}");
+    assert_eq!(src.block_job_info("s", 0).unwrap(), None);
+    // A stream never becomes ready: waiting for that says it ended first.
+    assert_eq!(
+        src.wait("s", Until::Ready, Some(Duration::from_secs(1)))
+            .unwrap()
+            .outcome,
+        Outcome::GoneBeforeReady
+    );
+}
+
+#[test]
+fn timeout_and_close_from_another_thread() {
+    let mut qsd = Qsd::start();
+    let src = std::sync::Arc::new(QmpSource::open(&qsd.lib_socket()).unwrap());
+    slow_mirror(&mut qsd, "m", 64 * 1024);
+    let t = Instant::now();
+    let waited = src.wait("m", Until::Ready, Some(Duration::from_millis(300))).unwrap();
+    assert_eq!(waited.outcome, Outcome::TimedOut);
+    assert!(
+        t.elapsed() >= Duration::from_millis(300) && t.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(waited.last.unwrap().info.cur < IMAGE);
+
+    let waiter = {
+        let src = src.clone();
+        std::thread::spawn(move || src.wait("m", Until::Gone, None))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    src.close();
+    let result = waiter.join().unwrap();
+    assert!(matches!(result, Err(Error::Interrupted)), "{result:?}");
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(matches!(src.all_reports(0), Err(Error::Interrupted)));
+}
+
+/// QEMU announces readiness while the wait's first query is in flight: the event must not be lost.
+#[test]
+fn an_event_during_the_first_query_is_not_missed() {
+    let fake = FakeQmp::start(|_, c| {
+        c.handshake();
+        let first = c.command().unwrap();
+        c.send(b"{\"event\": \"BLOCK_JOB_READY\", \"data\": {\"device\": \"m\", \"len\": 10, \"offset\": 10, \"speed\": 0, \"type\": \"mirror\"}, \"timestamp\": {\"seconds\": 1, \"microseconds\": 0}}\r\n");
+        // The reply was computed just before the job became ready.
+        c.reply(&first, json!([job("m", 10, 10, Some(false))]));
+        c.serve(&json!([job("m", 10, 10, Some(true))]));
+    });
+    let src = QmpSource::open(&fake.path).unwrap();
+    let t = Instant::now();
+    let waited = src.wait("m", Until::Ready, Some(Duration::from_secs(4))).unwrap();
+    assert_eq!(waited.outcome, Outcome::Reached);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+}
+
+#[test]
+fn no_such_job() {
+    let qsd = Qsd::start();
+    let src = QmpSource::open(&qsd.lib_socket()).unwrap();
+    assert_eq!(
+        src.wait("x", Until::Gone, Some(Duration::from_secs(1)))
+            .unwrap()
+            .outcome,
+        Outcome::Reached
+    );
+    assert_eq!(
+        src.wait("x", Until::Ready, Some(Duration::from_secs(1)))
+            .unwrap()
+            .outcome,
+        Outcome::GoneBeforeReady
+    );
+}
