@@ -76,6 +76,27 @@ pub fn job_type(qemu_type: &str) -> c_int {
     }
 }
 
+/// virsh's label for a job type (`virsh blockjob`).
+pub fn type_label(type_: c_int) -> &'static str {
+    match type_ {
+        abi::VIR_DOMAIN_BLOCK_JOB_TYPE_PULL => "Block Pull",
+        abi::VIR_DOMAIN_BLOCK_JOB_TYPE_COPY => "Block Copy",
+        abi::VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT => "Block Commit",
+        abi::VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT => "Active Block Commit",
+        abi::VIR_DOMAIN_BLOCK_JOB_TYPE_BACKUP => "Backup",
+        _ => "Unknown job",
+    }
+}
+
+/// virsh's progress percentage: truncated, and never 100 until `cur == end`.
+pub fn percent(cur: u64, end: u64) -> u32 {
+    if cur >= end {
+        return 100;
+    }
+    let remaining = (end - cur) as f64;
+    ((100.0 - remaining * 100.0 / end as f64) as u32).min(99)
+}
+
 /// QEMU's `speed` (bytes/s) as libvirt reports it: MiB/s rounded up, or bytes/s with the flag.
 pub fn bandwidth(speed: u64, flags: c_uint) -> Result<c_ulong> {
     let value = if flags & abi::VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES != 0 {
@@ -256,6 +277,20 @@ mod tests {
             Error::Overflow(1 << 40).to_string(),
             "bandwidth 1099511627776 cannot be represented in result"
         );
+    }
+
+    #[test]
+    fn labels_and_percentages_as_virsh_prints_them() {
+        assert_eq!(type_label(VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT), "Active Block Commit");
+        assert_eq!(type_label(42), "Unknown job");
+        assert_eq!(percent(0, 0), 100);
+        assert_eq!(percent(0, 1), 0);
+        assert_eq!(percent(1, 3), 33);
+        assert_eq!(percent(2, 3), 66);
+        assert_eq!(percent(9, 10), 90);
+        assert_eq!(percent(999, 1000), 99);
+        assert_eq!(percent(u64::MAX - 1, u64::MAX), 99);
+        assert_eq!(percent(10, 10), 100);
     }
 
     #[test]
