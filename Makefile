@@ -1,8 +1,13 @@
 # blockjobinfo. `make test` and `make demo` install missing Debian packages first (as root).
 CARGO ?= cargo
 LIBDIR := target/debug
+PREFIX ?= /usr/local
+DESTDIR ?=
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+# Where `make test` stages an install to test it.
+STAGE := $(CURDIR)/target/stage
 
-.PHONY: all deps build lint test demo header clean
+.PHONY: all deps build release lint test demo header install clean
 
 all: build
 
@@ -19,7 +24,8 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 test: deps build lint
-	$(CARGO) test
+	$(MAKE) install DESTDIR=$(STAGE) PREFIX=/usr
+	BJI_STAGE=$(STAGE) $(CARGO) test
 
 demo: deps build
 	$(CARGO) run --quiet --example demo
@@ -27,6 +33,21 @@ demo: deps build
 # Regenerates include/blockjobinfo.h from the sources (tests/header.rs fails while it is stale).
 header:
 	BJI_BLESS=1 $(CARGO) test --test header
+
+release:
+	$(CARGO) build --release
+
+# The library with a versioned soname (libblockjobinfo.so.0) and its development link, the header, a
+# pkg-config file and the tool.
+install: release
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin
+	install -m 755 target/release/libblockjobinfo.so $(DESTDIR)$(PREFIX)/lib/libblockjobinfo.so.$(VERSION)
+	ln -sf libblockjobinfo.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libblockjobinfo.so.0
+	ln -sf libblockjobinfo.so.0 $(DESTDIR)$(PREFIX)/lib/libblockjobinfo.so
+	install -m 644 include/blockjobinfo.h $(DESTDIR)$(PREFIX)/include/blockjobinfo.h
+	install -m 755 target/release/blockjobinfo $(DESTDIR)$(PREFIX)/bin/blockjobinfo
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' blockjobinfo.pc.in \
+		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/blockjobinfo.pc
 
 clean:
 	$(CARGO) clean

@@ -19,7 +19,10 @@ fn tool() -> PathBuf {
 
 fn run(args: &[&str]) {
     println!("\n$ blockjobinfo {}", args.join(" "));
-    let status = Command::new(tool()).args(args).status().expect("the blockjobinfo tool (make build)");
+    let status = Command::new(tool())
+        .args(args)
+        .status()
+        .expect("the blockjobinfo tool (make build)");
     assert!(status.success(), "blockjobinfo {args:?}: {status}");
 }
 
@@ -41,7 +44,8 @@ fn main() {
     run(&["info", "--qmp", &sock, "vda", "--raw"]);
     run(&["info", "--qmp", &sock, "vda", "--json"]);
 
-    qsd.ctl.ok("block-job-cancel", json!({"device": "copy-vda-libvirt-1-format"}));
+    qsd.ctl
+        .ok("block-job-cancel", json!({"device": "copy-vda-libvirt-1-format"}));
     qsd.ctl.wait_gone("copy-vda-libvirt-1-format", Duration::from_secs(30));
     qsd.kill();
     println!("\ncancelled the job (a point-in-time copy) and stopped qemu-storage-daemon");

@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
@@ -82,42 +83,37 @@ enum Stream {
     Tcp(TcpStream),
 }
 
-/// A second handle on a connection's socket, to wake a thread blocked on it from another thread.
-pub struct Interrupter(Stream);
+/// Wakes a thread blocked on a connection from another thread. It does not keep the socket open: once the
+/// connection is dropped, the socket closes (QEMU sees its client leave) and interrupting does nothing.
+pub struct Interrupter(Weak<Stream>);
 
 impl Interrupter {
     pub fn interrupt(&self) {
-        let _ = match &self.0 {
-            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
-            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+        let _ = match self.0.upgrade().as_deref() {
+            Some(Stream::Unix(s)) => s.shutdown(std::net::Shutdown::Both),
+            Some(Stream::Tcp(s)) => s.shutdown(std::net::Shutdown::Both),
+            None => Ok(()),
         };
     }
 }
 
 impl Stream {
-    fn try_clone(&self) -> io::Result<Stream> {
-        Ok(match self {
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-        })
-    }
-
     fn set_timeouts(&self, t: Duration) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_read_timeout(Some(t)).and(s.set_write_timeout(Some(t))),
             Stream::Tcp(s) => s.set_read_timeout(Some(t)).and(s.set_write_timeout(Some(t))),
         }
     }
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Unix(s) => s.read(buf),
-            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => (&*s).read(buf),
+            Stream::Tcp(s) => (&*s).read(buf),
         }
     }
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn write_all(&self, buf: &[u8]) -> io::Result<()> {
         match self {
-            Stream::Unix(s) => s.write_all(buf),
-            Stream::Tcp(s) => s.write_all(buf),
+            Stream::Unix(s) => (&*s).write_all(buf),
+            Stream::Tcp(s) => (&*s).write_all(buf),
         }
     }
 }
@@ -205,7 +201,7 @@ impl std::fmt::Display for QemuVersion {
 
 /// One negotiated QMP connection. Not shared: callers wrap it in a lock.
 pub struct Connection {
-    stream: Stream,
+    stream: Arc<Stream>,
     buf: Vec<u8>,
     framer: Framer,
     next_id: u64,
@@ -251,7 +247,7 @@ impl Connection {
             }
         };
         let mut conn = Connection {
-            stream,
+            stream: Arc::new(stream),
             buf: Vec::with_capacity(READ_CHUNK),
             framer: Framer::default(),
             next_id: 1,
@@ -260,9 +256,9 @@ impl Connection {
             events: VecDeque::new(),
             pid: std::process::id(),
         };
-        let greeting = conn.read_message(deadline, "the QMP greeting")?;
+        let greeting = conn.read_message(deadline, limits.connect_timeout, "the QMP greeting")?;
         conn.version = parse_greeting(&greeting)?;
-        conn.execute_until("qmp_capabilities", None, deadline)?;
+        conn.execute_until("qmp_capabilities", None, deadline, limits.connect_timeout)?;
         log::debug!("QMP connected to {address}, QEMU {}", conn.version);
         Ok(conn)
     }
@@ -282,7 +278,7 @@ impl Connection {
 
     /// A handle that can shut this connection's socket down from another thread.
     pub fn interrupter(&self) -> Option<Interrupter> {
-        self.stream.try_clone().ok().map(Interrupter)
+        Some(Interrupter(Arc::downgrade(&self.stream)))
     }
 
     /// The next event: one kept while waiting for a reply, else the next to arrive before `deadline`. No
@@ -291,7 +287,8 @@ impl Connection {
         if let Some(e) = self.events.pop_front() {
             return Ok(e);
         }
-        let msg = self.read_message(deadline, "a QMP event")?;
+        let limit = deadline.saturating_duration_since(Instant::now());
+        let msg = self.read_message(deadline, limit, "a QMP event")?;
         if msg.get("event").is_some() {
             return Ok(msg);
         }
@@ -304,10 +301,17 @@ impl Connection {
     /// Runs one read-only command and returns its `return` value.
     pub fn execute(&mut self, name: &str, arguments: Option<Value>) -> Result<Value> {
         let deadline = Instant::now() + self.limits.reply_timeout;
-        self.execute_until(name, arguments, deadline)
+        self.execute_until(name, arguments, deadline, self.limits.reply_timeout)
     }
 
-    fn execute_until(&mut self, name: &str, arguments: Option<Value>, deadline: Instant) -> Result<Value> {
+    /// `limit` is the time allowed in all, for the error message.
+    fn execute_until(
+        &mut self,
+        name: &str,
+        arguments: Option<Value>,
+        deadline: Instant,
+        limit: Duration,
+    ) -> Result<Value> {
         if !is_read_only_command(name) {
             return Err(Error::Forbidden(name.to_string()));
         }
@@ -320,7 +324,7 @@ impl Connection {
         let mut line = serde_json::to_vec(&cmd).expect("a json! value serialises");
         line.push(b'\n');
         self.stream
-            .set_timeouts(remaining(deadline, self.limits.reply_timeout, "a QMP reply")?)
+            .set_timeouts(remaining(deadline, limit, "a QMP reply")?)
             .map_err(|source| Error::Io {
                 context: "setting socket timeouts",
                 source,
@@ -328,7 +332,7 @@ impl Connection {
         self.stream.write_all(&line).map_err(|source| match source.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
                 what: "QEMU to accept a command",
-                ms: self.limits.reply_timeout.as_millis(),
+                ms: limit.as_millis(),
             },
             _ => Error::Io {
                 context: "sending a command",
@@ -336,7 +340,7 @@ impl Connection {
             },
         })?;
         loop {
-            let msg = self.read_message(deadline, "a QMP reply")?;
+            let msg = self.read_message(deadline, limit, "a QMP reply")?;
             let Value::Object(obj) = msg else {
                 unreachable!("read_message only returns objects")
             };
@@ -363,7 +367,7 @@ impl Connection {
     }
 
     /// Reads until one whole JSON object is in the buffer and returns it.
-    pub fn read_message(&mut self, deadline: Instant, what: &'static str) -> Result<Value> {
+    pub fn read_message(&mut self, deadline: Instant, limit: Duration, what: &'static str) -> Result<Value> {
         loop {
             if let Some((start, end)) = self.framer.scan(&self.buf)? {
                 let parsed = serde_json::from_slice::<Value>(&self.buf[start..end]);
@@ -384,7 +388,7 @@ impl Connection {
                 self.framer = Framer::default();
             }
             self.stream
-                .set_timeouts(remaining(deadline, self.limits.reply_timeout, what)?)
+                .set_timeouts(remaining(deadline, limit, what)?)
                 .map_err(|source| Error::Io {
                     context: "setting socket timeouts",
                     source,
@@ -405,7 +409,7 @@ impl Connection {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
                             return Err(Error::Timeout {
                                 what,
-                                ms: self.limits.reply_timeout.as_millis(),
+                                ms: limit.as_millis(),
                             })
                         }
                         _ => {

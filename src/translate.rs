@@ -281,7 +281,10 @@ mod tests {
 
     #[test]
     fn labels_and_percentages_as_virsh_prints_them() {
-        assert_eq!(type_label(VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT), "Active Block Commit");
+        assert_eq!(
+            type_label(VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT),
+            "Active Block Commit"
+        );
         assert_eq!(type_label(42), "Unknown job");
         assert_eq!(percent(0, 0), 100);
         assert_eq!(percent(0, 1), 0);

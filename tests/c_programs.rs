@@ -57,11 +57,7 @@ fn cdylib_dir() -> PathBuf {
             so.display()
         )
     });
-    let newest_source = std::fs::read_dir(root().join("src"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.metadata().ok()?.modified().ok())
-        .max()
-        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let newest_source = newest_library_source(&root().join("src"));
     assert!(
         built >= newest_source,
         "{} is older than src/: run `cargo build` first (`make test` does)",
@@ -73,6 +69,26 @@ fn cdylib_dir() -> PathBuf {
         let _ = std::os::unix::fs::symlink("libblockjobinfo.so", &versioned);
     }
     dir
+}
+
+/// The newest modification time of the library's sources (the tool's, in src/bin, do not go into it).
+fn newest_library_source(dir: &Path) -> SystemTime {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name() != "bin")
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                newest_library_source(&path)
+            } else {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH)
+            }
+        })
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 fn output(cmd: &mut Command) -> Output {

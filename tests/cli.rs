@@ -12,7 +12,11 @@ use common::*;
 use serde_json::json;
 
 fn tool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blockjobinfo")).args(args).stdin(Stdio::null()).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_blockjobinfo"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 fn text(b: &[u8]) -> String {
@@ -36,9 +40,15 @@ fn info_output_byte_for_byte_on_a_ready_mirror() {
     let sock = qsd.lib_socket();
     let out = tool(&["info", "--qmp", &sock, "vda", "--raw"]);
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(text(&out.stdout), " type=Block Copy\n bandwidth=2\n cur=8388608\n end=8388608\n");
+    assert_eq!(
+        text(&out.stdout),
+        " type=Block Copy\n bandwidth=2\n cur=8388608\n end=8388608\n"
+    );
     let out = tool(&["info", "--qmp", &sock, "vda", "--raw", "--bytes"]);
-    assert_eq!(text(&out.stdout), " type=Block Copy\n bandwidth=2097152\n cur=8388608\n end=8388608\n");
+    assert_eq!(
+        text(&out.stdout),
+        " type=Block Copy\n bandwidth=2097152\n cur=8388608\n end=8388608\n"
+    );
     let out = tool(&["info", "--qmp", &format!("unix:{sock}"), "vda", "--json"]);
     assert_eq!(
         text(&out.stdout),
@@ -52,14 +62,20 @@ fn info_output_byte_for_byte_on_a_ready_mirror() {
     let out = tool(&["info", "--qmp", &sock, "vda"]);
     assert_eq!(text(&out.stdout), "Block Copy: [100 %]    Bandwidth limit: 2 MiB/s\n");
     let out = tool(&["info", "--qmp", &sock]);
-    assert_eq!(text(&out.stdout), "copy-vda-libvirt-1-format: Block Copy: [100 %]    Bandwidth limit: 2 MiB/s\n");
+    assert_eq!(
+        text(&out.stdout),
+        "copy-vda-libvirt-1-format: Block Copy: [100 %]    Bandwidth limit: 2 MiB/s\n"
+    );
     let out = tool(&["info", "--qmp", &sock, "--raw"]);
     assert_eq!(
         text(&out.stdout),
         " device=copy-vda-libvirt-1-format\n type=Block Copy\n bandwidth=2\n cur=8388608\n end=8388608\n"
     );
     let out = tool(&["info", "--qmp", &sock, "vdz"]);
-    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "No current block job for vdz\n".to_string()));
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), "No current block job for vdz\n".to_string())
+    );
     let out = tool(&["info", "--qmp", &sock, "vdz", "--json"]);
     assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), String::new()));
 }
@@ -86,10 +102,16 @@ fn info_output_on_a_paused_running_job_matches_qemus_numbers() {
     let (offset, len) = (job["offset"].as_u64().unwrap(), job["len"].as_u64().unwrap());
     assert!(offset < len, "{job}");
     let out = tool(&["info", "--qmp", &qsd.lib_socket(), "m", "--raw"]);
-    assert_eq!(text(&out.stdout), format!(" type=Block Copy\n bandwidth=1\n cur={offset}\n end={len}\n"));
+    assert_eq!(
+        text(&out.stdout),
+        format!(" type=Block Copy\n bandwidth=1\n cur={offset}\n end={len}\n")
+    );
     let out = tool(&["info", "--qmp", &qsd.lib_socket(), "m"]);
     let pct = (100.0 - (len - offset) as f64 * 100.0 / len as f64) as u32;
-    assert_eq!(text(&out.stdout), format!("Block Copy: [{pct:3} %]    Bandwidth limit: 1 MiB/s\n"));
+    assert_eq!(
+        text(&out.stdout),
+        format!("Block Copy: [{pct:3} %]    Bandwidth limit: 1 MiB/s\n")
+    );
 }
 
 #[test]
@@ -110,7 +132,10 @@ fn usage_and_connection_errors() {
     assert_eq!(out.status.code(), Some(6));
     let err = text(&out.stderr);
     assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(err.starts_with("blockjobinfo: error: cannot connect to QMP at unix:/nonexistent/qmp.sock"), "{err}");
+    assert!(
+        err.starts_with("blockjobinfo: error: cannot connect to QMP at unix:/nonexistent/qmp.sock"),
+        "{err}"
+    );
     let out = tool(&["wait", "--qmp", "/nonexistent/qmp.sock", "m", "--gone"]);
     assert_eq!(out.status.code(), Some(6));
 }
@@ -120,7 +145,10 @@ fn wait_exit_codes() {
     // Reached (0) and gone-before-ready (4): a stream runs to completion.
     let mut qsd = Qsd::start();
     let sock = qsd.lib_socket();
-    qsd.ctl.ok("block-stream", json!({"job-id": "s", "device": "top", "speed": 4 * MIB}));
+    qsd.ctl.ok(
+        "block-stream",
+        json!({"job-id": "s", "device": "top", "speed": 4 * MIB}),
+    );
     let out = tool(&["wait", "--qmp", &sock, "s", "--gone", "--timeout", "60"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "", "quiet without --verbose");
@@ -137,7 +165,10 @@ fn wait_exit_codes() {
     let out = tool(&["wait", "--qmp", &sock, "m", "--ready", "--timeout", "0.3"]);
     assert_eq!(out.status.code(), Some(5));
     assert!(t.elapsed() < Duration::from_secs(5));
-    assert_eq!(text(&out.stderr), "blockjobinfo: timed out after 0.3 s waiting for block job 'm'\n");
+    assert_eq!(
+        text(&out.stderr),
+        "blockjobinfo: timed out after 0.3 s waiting for block job 'm'\n"
+    );
 
     // Cancelled (3): another client cancels while the tool waits.
     let child = Command::new(env!("CARGO_BIN_EXE_blockjobinfo"))
@@ -157,7 +188,10 @@ fn wait_exit_codes() {
         "blockdev-add",
         json!({"driver": "blkdebug", "node-name": "full", "image": "dst", "inject-error": [{"event": "pwritev", "errno": 28}]}),
     );
-    qsd.ctl.ok("blockdev-mirror", json!({"job-id": "f", "device": "top", "target": "full", "sync": "full", "speed": 64 * 1024}));
+    qsd.ctl.ok(
+        "blockdev-mirror",
+        json!({"job-id": "f", "device": "top", "target": "full", "sync": "full", "speed": 64 * 1024}),
+    );
     let child = Command::new(env!("CARGO_BIN_EXE_blockjobinfo"))
         .args(["wait", "--qmp", &sock, "f", "--ready", "--timeout", "60"])
         .stderr(Stdio::piped())
@@ -167,7 +201,10 @@ fn wait_exit_codes() {
     qsd.ctl.ok("block-job-set-speed", json!({"device": "f", "speed": 0}));
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(text(&out.stderr), "blockjobinfo: Block Copy 'f' failed: No space left on device\n");
+    assert_eq!(
+        text(&out.stderr),
+        "blockjobinfo: Block Copy 'f' failed: No space left on device\n"
+    );
 }
 
 #[test]
@@ -177,7 +214,16 @@ fn verbose_progress_on_a_pipe_is_virsh_lines() {
         "blockdev-mirror",
         json!({"job-id": "m", "device": "top", "target": "dst", "sync": "full", "speed": 4 * MIB, "buf-size": MIB}),
     );
-    let out = tool(&["wait", "--qmp", &qsd.lib_socket(), "m", "--ready", "--verbose", "--timeout", "60"]);
+    let out = tool(&[
+        "wait",
+        "--qmp",
+        &qsd.lib_socket(),
+        "m",
+        "--ready",
+        "--verbose",
+        "--timeout",
+        "60",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "Now in mirroring phase\n");
     let lines: Vec<String> = text(&out.stderr).lines().map(str::to_string).collect();
@@ -185,13 +231,19 @@ fn verbose_progress_on_a_pipe_is_virsh_lines() {
     let pcts: Vec<u32> = lines
         .iter()
         .map(|l| {
-            let p = l.strip_prefix("Block Copy: [").and_then(|r| r.strip_suffix(" %]")).unwrap_or_else(|| panic!("{l:?}"));
+            let p = l
+                .strip_prefix("Block Copy: [")
+                .and_then(|r| r.strip_suffix(" %]"))
+                .unwrap_or_else(|| panic!("{l:?}"));
             p.trim().parse().unwrap()
         })
         .collect();
     assert!(pcts.windows(2).all(|w| w[0] < w[1]), "{pcts:?}");
     assert_eq!(pcts.last(), Some(&100));
-    assert!(pcts[..pcts.len() - 1].iter().all(|p| *p < 100), "100 % only once ready: {pcts:?}");
+    assert!(
+        pcts[..pcts.len() - 1].iter().all(|p| *p < 100),
+        "100 % only once ready: {pcts:?}"
+    );
 }
 
 #[test]
@@ -202,16 +254,30 @@ fn verbose_progress_on_a_terminal_is_a_bar() {
         json!({"job-id": "m", "device": "top", "target": "dst", "sync": "full", "speed": 4 * MIB, "buf-size": MIB}),
     );
     let (mut master, mut slave) = (-1, -1);
-    let mut ws = libc::winsize { ws_row: 24, ws_col: 120, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: 24,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: openpty writes two descriptors; the window size is read only.
     assert_eq!(
-        unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &mut ws) },
+        unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &ws) },
         0
     );
     // SAFETY: fresh descriptors from openpty, owned here.
     let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
     let mut child = Command::new(env!("CARGO_BIN_EXE_blockjobinfo"))
-        .args(["wait", "--qmp", &qsd.lib_socket(), "m", "--ready", "--verbose", "--timeout", "60"])
+        .args([
+            "wait",
+            "--qmp",
+            &qsd.lib_socket(),
+            "m",
+            "--ready",
+            "--verbose",
+            "--timeout",
+            "60",
+        ])
         .env("TERM", "xterm")
         .stdin(Stdio::null())
         .stdout(slave.try_clone().unwrap())
@@ -236,6 +302,9 @@ fn verbose_progress_on_a_terminal_is_a_bar() {
     assert!(status.success(), "{screen}");
     assert!(screen.contains("Block Copy m ["), "{screen:?}");
     assert!(screen.contains("ETA"), "{screen:?}");
-    assert!(screen.contains("MiB/8 MiB") || screen.contains("MiB/8.00 MiB"), "{screen:?}");
+    assert!(
+        screen.contains("MiB/8 MiB") || screen.contains("MiB/8.00 MiB"),
+        "{screen:?}"
+    );
     assert!(screen.contains("Now in mirroring phase"), "{screen:?}");
 }

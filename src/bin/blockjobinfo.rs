@@ -119,7 +119,7 @@ struct JsonLibvirt {
     #[serde(rename = "type")]
     type_: i32,
     type_label: &'static str,
-    bandwidth: u64,
+    bandwidth: std::ffi::c_ulong,
     cur: u64,
     end: u64,
     /// `cur == end > 0`: done, or in the mirroring phase.
@@ -140,7 +140,7 @@ fn json_line(r: &JobReport) -> String {
         libvirt: JsonLibvirt {
             type_: r.info.type_,
             type_label: type_label(r.info.type_),
-            bandwidth: u64::from(r.info.bandwidth),
+            bandwidth: r.info.bandwidth,
             cur: r.info.cur,
             end: r.info.end,
             done_or_mirroring: r.info.end > 0 && r.info.cur == r.info.end,
@@ -160,7 +160,11 @@ fn raw_lines(r: &JobReport) -> String {
 }
 
 fn human_line(r: &JobReport) -> String {
-    format!("{}: [{:3} %]", type_label(r.info.type_), percent(r.info.cur, r.info.end))
+    format!(
+        "{}: [{:3} %]",
+        type_label(r.info.type_),
+        percent(r.info.cur, r.info.end)
+    )
 }
 
 /// An error as an exit status and one line.
@@ -184,7 +188,11 @@ fn info(monitor: &Monitor, device: Option<&str>, raw: bool, json: bool, bytes: b
         Ok(s) => s,
         Err(code) => return code,
     };
-    let flags = if bytes { VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES } else { 0 };
+    let flags = if bytes {
+        VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES
+    } else {
+        0
+    };
     let reports = match device {
         Some(d) => src.job_report(d, flags).map(|r| r.into_iter().collect::<Vec<_>>()),
         None => src.all_reports(flags),
@@ -325,8 +333,21 @@ fn wait(monitor: &Monitor, device: &str, until: Until, timeout: Option<Duration>
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Info { monitor, device, raw, json, bytes } => info(monitor, device.as_deref(), *raw, *json, *bytes),
-        Command::Wait { monitor, device, ready, gone: _, timeout, verbose } => {
+        Command::Info {
+            monitor,
+            device,
+            raw,
+            json,
+            bytes,
+        } => info(monitor, device.as_deref(), *raw, *json, *bytes),
+        Command::Wait {
+            monitor,
+            device,
+            ready,
+            gone: _,
+            timeout,
+            verbose,
+        } => {
             let until = if *ready { Until::Ready } else { Until::Gone };
             wait(monitor, device, until, *timeout, *verbose)
         }
