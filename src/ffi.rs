@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::abi::virDomainBlockJobInfo;
 use crate::error::{Error, Result};
+use crate::libvirt::api::Libvirt;
 use crate::source::QmpSource;
 use crate::translate;
 use crate::wait::{Outcome, Until};
@@ -343,16 +344,34 @@ pub unsafe extern "C" fn virDomainGetBlockJobInfo(
         // SAFETY: non-NULL and writable by the caller's contract. libvirt zeroes it first too.
         unsafe { info.write(virDomainBlockJobInfo::default()) };
     }
-    // SAFETY: forwarded contract.
-    catch_unwind(AssertUnwindSafe(|| unsafe {
-        crate::libvirt::get_block_job_info(dom, disk, info, flags)
-    }))
-    .unwrap_or_else(|_| {
-        log::error!("internal error in the virDomainGetBlockJobInfo interposer; asking libvirt directly");
-        match crate::libvirt::api::Libvirt::get() {
-            // SAFETY: forwarded contract.
-            Ok(lv) => unsafe { lv.real_get_block_job_info(dom, disk, info, flags) },
-            Err(_) => -1,
+    let lv = match Libvirt::get() {
+        Ok(lv) => lv,
+        Err(e) => {
+            log::error!("virDomainGetBlockJobInfo called, but {e}");
+            return -1;
         }
-    })
+    };
+    // Whatever libvirt would reject, libvirt rejects: its own checks, its own errors.
+    if dom.is_null() || disk.is_null() || info.is_null() || flags & !translate::KNOWN_FLAGS != 0 {
+        // SAFETY: forwarded contract.
+        return unsafe { lv.real_get_block_job_info(dom, disk, info, flags) };
+    }
+    // SAFETY: non-NULL and NUL-terminated by the caller's contract.
+    let disk_name = unsafe { CStr::from_ptr(disk) };
+    // SAFETY: the caller's domain handle, valid during its call.
+    let domain = unsafe { lv.domain(dom) };
+    match catch_unwind(AssertUnwindSafe(|| {
+        crate::libvirt::get_block_job_info(&domain, lv, disk_name, flags)
+    })) {
+        Ok((rc, answer)) => {
+            // SAFETY: checked non-NULL above; writable by contract.
+            unsafe { info.write(answer) };
+            rc
+        }
+        Err(_) => {
+            log::error!("internal error in the virDomainGetBlockJobInfo interposer; asking libvirt directly");
+            // SAFETY: forwarded contract.
+            unsafe { lv.real_get_block_job_info(dom, disk, info, flags) }
+        }
+    }
 }

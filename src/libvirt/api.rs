@@ -106,7 +106,8 @@ impl Libvirt {
         Ok(l)
     }
 
-    /// libvirt's own `virDomainGetBlockJobInfo`, arguments passed through untouched.
+    /// libvirt's own `virDomainGetBlockJobInfo`, arguments passed through untouched (for whatever libvirt
+    /// must check and reject itself).
     ///
     /// # Safety
     /// The arguments are whatever our caller gave us; libvirt checks them as it always does.
@@ -121,76 +122,12 @@ impl Libvirt {
         unsafe { (self.get_block_job_info)(dom, disk, info, flags) }
     }
 
-    /// # Safety
-    /// `dom` is a valid domain handle.
-    pub unsafe fn name(&self, dom: DomainPtr) -> Result<String> {
-        // SAFETY: valid handle; the name belongs to the domain object and outlives this call.
-        let p = unsafe { (self.get_name)(dom) };
-        if p.is_null() {
-            return Err(Error::Libvirt(self.last_error()));
-        }
-        // SAFETY: non-NULL, NUL-terminated.
-        Ok(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
-    }
-
-    /// # Safety
-    /// `dom` is a valid domain handle.
-    pub unsafe fn uuid(&self, dom: DomainPtr) -> Result<String> {
-        let mut buf = [0 as c_char; 80]; // VIR_UUID_STRING_BUFLEN is 37
-                                         // SAFETY: valid handle; buf is larger than libvirt writes.
-        if unsafe { (self.get_uuid_string)(dom, buf.as_mut_ptr()) } < 0 {
-            return Err(Error::Libvirt(self.last_error()));
-        }
-        // SAFETY: libvirt wrote a NUL-terminated string into buf.
-        Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
-    }
-
-    /// The running domain's id; `None` when it is not running.
+    /// Wraps a domain handle a libvirt caller passed in.
     ///
     /// # Safety
-    /// `dom` is a valid domain handle.
-    pub unsafe fn id(&self, dom: DomainPtr) -> Option<u32> {
-        // SAFETY: valid handle.
-        let id = unsafe { (self.get_id)(dom) };
-        (id != c_uint::MAX).then_some(id)
-    }
-
-    /// The live domain XML (flags 0: works on read-only connections).
-    ///
-    /// # Safety
-    /// `dom` is a valid domain handle.
-    pub unsafe fn xml(&self, dom: DomainPtr) -> Result<String> {
-        // SAFETY: valid handle.
-        let p = unsafe { (self.get_xml_desc)(dom, 0) };
-        // SAFETY: libvirt returns a malloc'd string the caller frees.
-        unsafe { take_string(p) }.ok_or_else(|| Error::Libvirt(self.last_error()))
-    }
-
-    /// `virDomainQemuMonitorCommand` with a QMP command (libvirt-qemu; marks the domain "custom-monitor").
-    ///
-    /// # Safety
-    /// `dom` is a valid domain handle.
-    pub unsafe fn qemu_monitor_command(&self, dom: DomainPtr, cmd: &str) -> Result<String> {
-        let f = self.qemu_monitor_command.get_or_init(|| {
-            // SAFETY: loading libvirt-qemu, whose only dependency (libvirt) is already loaded.
-            let h = unsafe { libc::dlopen(c"libvirt-qemu.so.0".as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
-            if h.is_null() {
-                log::warn!("cannot load libvirt-qemu.so.0: {}", dl_error());
-                return None;
-            }
-            // SAFETY: the type matches libvirt-qemu.h.
-            unsafe { symbol(h, c"virDomainQemuMonitorCommand") }.ok()
-        });
-        let f =
-            f.ok_or_else(|| Error::Libvirt("libvirt-qemu.so.0 (virDomainQemuMonitorCommand) unavailable".into()))?;
-        let cmd = CString::new(cmd).map_err(|_| Error::InvalidArg("NUL in command".into()))?;
-        let mut out: *mut c_char = std::ptr::null_mut();
-        // SAFETY: valid handle, NUL-terminated command, out-pointer to a local.
-        if unsafe { f(dom, cmd.as_ptr(), &mut out, 0) } < 0 {
-            return Err(Error::Libvirt(self.last_error()));
-        }
-        // SAFETY: on success libvirt stores a malloc'd string the caller frees.
-        unsafe { take_string(out) }.ok_or_else(|| Error::Libvirt("empty monitor reply".into()))
+    /// `dom` is a valid `virDomainPtr` for as long as the returned value is used (the caller's call).
+    pub unsafe fn domain(&self, dom: DomainPtr) -> Domain<'_> {
+        Domain { lv: self, ptr: dom }
     }
 
     pub fn reset_last_error(&self) {
@@ -207,6 +144,83 @@ impl Libvirt {
         }
         // SAFETY: non-NULL, NUL-terminated.
         unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+/// A domain handle from a libvirt caller, for the length of its call. Built only by [`Libvirt::domain`],
+/// whose caller vouches for the handle, so its methods are safe.
+#[derive(Clone, Copy)]
+pub struct Domain<'a> {
+    lv: &'a Libvirt,
+    ptr: DomainPtr,
+}
+
+impl Domain<'_> {
+    pub fn name(&self) -> Result<String> {
+        // SAFETY: a valid handle (Libvirt::domain's contract); the name belongs to the domain object.
+        let p = unsafe { (self.lv.get_name)(self.ptr) };
+        if p.is_null() {
+            return Err(Error::Libvirt(self.lv.last_error()));
+        }
+        // SAFETY: non-NULL, NUL-terminated.
+        Ok(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+
+    pub fn uuid(&self) -> Result<String> {
+        let mut buf = [0 as c_char; 80]; // VIR_UUID_STRING_BUFLEN is 37
+                                         // SAFETY: a valid handle; buf is larger than libvirt writes.
+        if unsafe { (self.lv.get_uuid_string)(self.ptr, buf.as_mut_ptr()) } < 0 {
+            return Err(Error::Libvirt(self.lv.last_error()));
+        }
+        // SAFETY: libvirt wrote a NUL-terminated string into buf.
+        Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+    }
+
+    /// The running domain's id; `None` when it is not running.
+    pub fn id(&self) -> Option<u32> {
+        // SAFETY: a valid handle.
+        let id = unsafe { (self.lv.get_id)(self.ptr) };
+        (id != c_uint::MAX).then_some(id)
+    }
+
+    /// The live domain XML (flags 0: works on read-only connections).
+    pub fn xml(&self) -> Result<String> {
+        // SAFETY: a valid handle.
+        let p = unsafe { (self.lv.get_xml_desc)(self.ptr, 0) };
+        // SAFETY: libvirt returns NULL or a malloc'd string the caller frees.
+        unsafe { take_string(p) }.ok_or_else(|| Error::Libvirt(self.lv.last_error()))
+    }
+
+    /// libvirt's own answer for `disk`: its return code and what it wrote.
+    pub fn real_block_job_info(&self, disk: &CStr, flags: c_uint) -> (c_int, virDomainBlockJobInfo) {
+        let mut info = virDomainBlockJobInfo::default();
+        // SAFETY: a valid handle, a NUL-terminated disk name and a local struct to write.
+        let rc = unsafe { (self.lv.get_block_job_info)(self.ptr, disk.as_ptr(), &mut info, flags) };
+        (rc, info)
+    }
+
+    /// `virDomainQemuMonitorCommand` with a QMP command (libvirt-qemu; marks the domain "custom-monitor").
+    pub fn qemu_monitor_command(&self, cmd: &str) -> Result<String> {
+        let f = self.lv.qemu_monitor_command.get_or_init(|| {
+            // SAFETY: loading libvirt-qemu, whose only dependency (libvirt) is already loaded.
+            let h = unsafe { libc::dlopen(c"libvirt-qemu.so.0".as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
+            if h.is_null() {
+                log::warn!("cannot load libvirt-qemu.so.0: {}", dl_error());
+                return None;
+            }
+            // SAFETY: the type matches libvirt-qemu.h.
+            unsafe { symbol(h, c"virDomainQemuMonitorCommand") }.ok()
+        });
+        let f =
+            f.ok_or_else(|| Error::Libvirt("libvirt-qemu.so.0 (virDomainQemuMonitorCommand) unavailable".into()))?;
+        let cmd = CString::new(cmd).map_err(|_| Error::InvalidArg("NUL in command".into()))?;
+        let mut out: *mut c_char = std::ptr::null_mut();
+        // SAFETY: a valid handle, a NUL-terminated command, an out-pointer to a local.
+        if unsafe { f(self.ptr, cmd.as_ptr(), &mut out, 0) } < 0 {
+            return Err(Error::Libvirt(self.lv.last_error()));
+        }
+        // SAFETY: on success libvirt stores a malloc'd string the caller frees.
+        unsafe { take_string(out) }.ok_or_else(|| Error::Libvirt("empty monitor reply".into()))
     }
 }
 

@@ -12,7 +12,7 @@ pub mod api;
 pub mod xml;
 
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_uint, CStr};
+use std::ffi::{c_int, c_uint, CStr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +23,7 @@ use crate::jobs;
 use crate::qmp::Limits;
 use crate::source::{lock_briefly, QmpSource};
 use crate::translate::{self, NoReadyPolicy, Observation};
-use api::{DomainPtr, Libvirt};
+use api::{Domain, Libvirt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
@@ -53,61 +53,35 @@ impl SourceKind {
     }
 }
 
-/// The interposed `virDomainGetBlockJobInfo`. `info` has been zeroed by the caller when non-NULL.
-///
-/// # Safety
-/// The arguments are those a libvirt caller passes: `dom` a domain handle, `disk` NULL or NUL-terminated,
-/// `info` NULL or writable.
-pub unsafe fn get_block_job_info(
-    dom: DomainPtr,
-    disk: *const c_char,
-    info: *mut virDomainBlockJobInfo,
+/// The interposed `virDomainGetBlockJobInfo`, once the C layer has let libvirt reject whatever it would
+/// (NULL arguments, unknown flags): the return code and the struct to report.
+pub fn get_block_job_info(
+    dom: &Domain<'_>,
+    lv: &Libvirt,
+    disk: &CStr,
     flags: c_uint,
-) -> c_int {
-    let lv = match Libvirt::get() {
-        Ok(lv) => lv,
-        Err(e) => {
-            log::error!("virDomainGetBlockJobInfo called, but {e}");
-            return -1;
-        }
+) -> (c_int, virDomainBlockJobInfo) {
+    let Ok(disk_name) = disk.to_str() else {
+        return dom.real_block_job_info(disk, flags);
     };
-    // Whatever libvirt would reject, libvirt rejects: its own checks, its own error.
-    let disk_name = (!disk.is_null())
-        // SAFETY: non-NULL and NUL-terminated by the caller's contract.
-        .then(|| unsafe { CStr::from_ptr(disk) }.to_str().ok())
-        .flatten();
-    let (Some(disk_name), false, false) = (disk_name, dom.is_null(), info.is_null()) else {
-        // SAFETY: forwarded contract.
-        return unsafe { lv.real_get_block_job_info(dom, disk, info, flags) };
-    };
-    if flags & !translate::KNOWN_FLAGS != 0 {
-        // SAFETY: forwarded contract.
-        return unsafe { lv.real_get_block_job_info(dom, disk, info, flags) };
-    }
     let kind = SourceKind::from_env();
     let from = match kind {
-        // SAFETY: forwarded contract.
-        SourceKind::Libvirt => return unsafe { lv.real_get_block_job_info(dom, disk, info, flags) },
-        // SAFETY: forwarded contract.
-        SourceKind::Native => return unsafe { native(lv, dom, disk, disk_name, info, flags) },
+        SourceKind::Libvirt => return dom.real_block_job_info(disk, flags),
+        SourceKind::Native => return native(dom, disk, disk_name, flags),
         SourceKind::Passthrough => Raw::Passthrough,
         SourceKind::Qmp => Raw::Qmp,
         SourceKind::Auto if qmp_template().is_some() => Raw::Qmp,
-        // SAFETY: forwarded contract.
-        SourceKind::Auto => return unsafe { native(lv, dom, disk, disk_name, info, flags) },
+        SourceKind::Auto => return native(dom, disk, disk_name, flags),
     };
-    // SAFETY: forwarded contract.
-    match unsafe { raw_answer(lv, dom, disk_name, flags, from) } {
+    match raw_answer(dom, disk_name, flags, from) {
         Ok(Some(answer)) => {
+            // As libvirt does on success.
             lv.reset_last_error();
-            // SAFETY: checked non-NULL above; writable by contract.
-            unsafe { info.write(answer) };
-            1
+            (1, answer)
         }
         Ok(None) => {
             log::debug!("{from:?}: QEMU lists no job for disk {disk_name}; asking libvirt");
-            // SAFETY: forwarded contract.
-            unsafe { native(lv, dom, disk, disk_name, info, flags) }
+            native(dom, disk, disk_name, flags)
         }
         Err(e) => {
             let level = if kind == SourceKind::Auto {
@@ -119,47 +93,32 @@ pub unsafe fn get_block_job_info(
                 level,
                 "{from:?} source failed for disk {disk_name}: {e}; falling back to native"
             );
-            // SAFETY: forwarded contract.
-            unsafe { native(lv, dom, disk, disk_name, info, flags) }
+            native(dom, disk, disk_name, flags)
         }
     }
 }
 
 /// libvirt's answer, then the same rules applied with the XML's `ready`, which fixes libvirts that report
 /// `0/0` or `a/a` for a mirror that is not ready.
-///
-/// # Safety
-/// As [`get_block_job_info`], with `info` non-NULL.
-unsafe fn native(
-    lv: &Libvirt,
-    dom: DomainPtr,
-    disk: *const c_char,
-    disk_name: &str,
-    info: *mut virDomainBlockJobInfo,
-    flags: c_uint,
-) -> c_int {
-    // SAFETY: forwarded contract.
-    let rc = unsafe { lv.real_get_block_job_info(dom, disk, info, flags) };
+fn native(dom: &Domain<'_>, disk: &CStr, disk_name: &str, flags: c_uint) -> (c_int, virDomainBlockJobInfo) {
+    let (rc, mut answer) = dom.real_block_job_info(disk, flags);
     if rc != 1 {
-        return rc;
+        return (rc, answer);
     }
-    // SAFETY: rc == 1 means libvirt filled the non-NULL info.
-    let mut answer = unsafe { info.read() };
     if answer.end > 0 && answer.cur < answer.end {
         log::debug!(
             "native: disk {disk_name}: libvirt cur={} end={} (unchanged)",
             answer.cur,
             answer.end
         );
-        return 1;
+        return (rc, answer);
     }
     // Only "done" or "0/0" need the XML's word on readiness.
-    // SAFETY: valid handle (libvirt just accepted it).
-    let mirror = match unsafe { lv.xml(dom) }.and_then(|x| xml::disks(&x)) {
+    let mirror = match dom.xml().and_then(|x| xml::disks(&x)) {
         Ok(disks) => xml::find(&disks, disk_name).and_then(|d| d.mirror.clone()),
         Err(e) => {
             log::warn!("native: cannot read the domain XML ({e}); keeping libvirt's answer");
-            return 1;
+            return (rc, answer);
         }
     };
     let ready = mirror.as_ref().is_some_and(xml::Mirror::is_ready);
@@ -176,9 +135,7 @@ unsafe fn native(
         answer.cur,
         answer.end
     );
-    // SAFETY: non-NULL and writable by contract.
-    unsafe { info.write(answer) };
-    1
+    (rc, answer)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,34 +161,21 @@ const MAX_CACHED_DOMAINS: usize = 256;
 /// The answer from QEMU's raw numbers, or `None` when QEMU lists no job for the disk, or one that has
 /// finished in QEMU but not yet in libvirt: libvirt's own answer is then the right one (no job, or a job QEMU
 /// does not list yet, 0/1).
-///
-/// # Safety
-/// `dom` is a valid domain handle.
-unsafe fn raw_answer(
-    lv: &Libvirt,
-    dom: DomainPtr,
-    disk_name: &str,
-    flags: c_uint,
-    from: Raw,
-) -> Result<Option<virDomainBlockJobInfo>> {
-    // SAFETY (all calls on `dom` below): valid handle by contract.
-    let Some(id) = (unsafe { lv.id(dom) }) else {
+fn raw_answer(dom: &Domain<'_>, disk_name: &str, flags: c_uint, from: Raw) -> Result<Option<virDomainBlockJobInfo>> {
+    let Some(id) = dom.id() else {
         return Ok(None); // not running: libvirt says so in its own words
     };
-    let key = DomainKey {
-        uuid: unsafe { lv.uuid(dom) }?,
-        id,
-    };
-    let Some(disk) = (unsafe { resolve_disk(lv, dom, &key, disk_name) })? else {
+    let key = DomainKey { uuid: dom.uuid()?, id };
+    let Some(disk) = resolve_disk(dom, &key, disk_name)? else {
         return Ok(None); // not a disk of this domain: libvirt's error
     };
     let jobs = match from {
         Raw::Qmp => {
             let template = qmp_template().ok_or_else(|| Error::Config("BLOCKJOBINFO_QMP_SOCKET is not set".into()))?;
-            let path = socket_path(&template, &unsafe { lv.name(dom) }?, &key.uuid)?;
+            let path = socket_path(&template, &dom.name()?, &key.uuid)?;
             pooled(&path)?.query_jobs()?
         }
-        Raw::Passthrough => jobs::parse_reply_text(&unsafe { lv.qemu_monitor_command(dom, QUERY_BLOCK_JOBS) }?)?,
+        Raw::Passthrough => jobs::parse_reply_text(&dom.qemu_monitor_command(QUERY_BLOCK_JOBS)?)?,
     };
     let job = match jobs::select(&jobs, &disk.target)? {
         Some(j) => Some(j),
@@ -249,7 +193,7 @@ unsafe fn raw_answer(
     }
     // QEMU says "commit" for an active commit too: libvirt's record, the XML's mirror, tells them apart.
     let type_override = if job.job_type == "commit" {
-        let disks = xml::disks(&unsafe { lv.xml(dom) }?)?;
+        let disks = xml::disks(&dom.xml()?)?;
         xml::find(&disks, &disk.target)
             .and_then(|d| d.mirror.as_ref())
             .and_then(xml::Mirror::job_type)
@@ -264,9 +208,7 @@ unsafe fn raw_answer(
     Ok(Some(info))
 }
 
-/// # Safety
-/// `dom` is a valid domain handle.
-unsafe fn resolve_disk(lv: &Libvirt, dom: DomainPtr, key: &DomainKey, name: &str) -> Result<Option<xml::Disk>> {
+fn resolve_disk(dom: &Domain<'_>, key: &DomainKey, name: &str) -> Result<Option<xml::Disk>> {
     if let Some(cache) = lock_briefly(&DISKS) {
         if let Some(d) = cache
             .as_ref()
@@ -276,8 +218,7 @@ unsafe fn resolve_disk(lv: &Libvirt, dom: DomainPtr, key: &DomainKey, name: &str
             return Ok(Some(d.clone()));
         }
     }
-    // SAFETY: valid handle by contract.
-    let mut disks = xml::disks(&unsafe { lv.xml(dom) }?)?;
+    let mut disks = xml::disks(&dom.xml()?)?;
     for d in &mut disks {
         d.mirror = None;
     }
