@@ -7,7 +7,9 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 # Where `make test` stages an install to test it.
 STAGE := $(CURDIR)/target/stage
 
-.PHONY: all deps build release lint test demo header install clean
+FUZZ_SECONDS ?= 15
+
+.PHONY: all deps build release lint test demo header install fuzz fuzz-check clean
 
 all: build
 
@@ -26,6 +28,14 @@ lint:
 test: deps build lint
 	$(MAKE) install DESTDIR=$(STAGE) PREFIX=/usr
 	BJI_STAGE=$(STAGE) $(CARGO) test
+	$(MAKE) fuzz-check
+
+# Short fuzz runs (part of `make test`); `make fuzz` runs each target for 5 minutes.
+fuzz-check:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz:
+	scripts/fuzz.sh 300
 
 demo: deps build
 	$(CARGO) run --quiet --example demo

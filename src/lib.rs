@@ -8,6 +8,8 @@
 pub mod abi;
 pub mod error;
 pub mod ffi;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jobs;
 pub mod libvirt;
 pub mod logging;

@@ -185,6 +185,75 @@ impl Framer {
     }
 }
 
+/// Splits the bytes QEMU sends into QMP messages (JSON objects), each bounded in size. The connection feeds it
+/// what it reads; the fuzzer feeds it anything.
+pub struct MessageBuffer {
+    buf: Vec<u8>,
+    framer: Framer,
+    max_message: usize,
+}
+
+impl MessageBuffer {
+    pub fn new(max_message: usize) -> MessageBuffer {
+        MessageBuffer {
+            buf: Vec::with_capacity(READ_CHUNK),
+            framer: Framer::default(),
+            max_message,
+        }
+    }
+
+    /// Appends bytes received.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Reads once, straight into the buffer, with `read` (a socket's).
+    pub fn read_from(&mut self, read: impl FnOnce(&mut [u8]) -> io::Result<usize>) -> io::Result<usize> {
+        let old = self.buf.len();
+        self.buf.resize(old + READ_CHUNK, 0);
+        let got = read(&mut self.buf[old..]);
+        self.buf.truncate(old + *got.as_ref().unwrap_or(&0));
+        got
+    }
+
+    /// Bytes held (a partial message).
+    pub fn held(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next whole message, `None` until one is complete. Garbage between messages, malformed JSON and a
+    /// message over the limit are errors.
+    pub fn next_message(&mut self) -> Result<Option<Value>> {
+        if let Some((start, end)) = self.framer.scan(&self.buf)? {
+            if end - start > self.max_message {
+                return Err(Error::TooLarge(self.max_message));
+            }
+            let parsed = serde_json::from_slice::<Value>(&self.buf[start..end]);
+            self.buf.drain(..end);
+            self.framer = Framer::default();
+            return match parsed {
+                Ok(v @ Value::Object(_)) => Ok(Some(v)),
+                Ok(_) => Err(Error::Protocol("a QMP message that is not an object".into())),
+                Err(e) => Err(Error::Protocol(format!("malformed JSON from QEMU: {e}"))),
+            };
+        }
+        if self.framer.pending(&self.buf) > self.max_message {
+            return Err(Error::TooLarge(self.max_message));
+        }
+        if self.framer.depth == 0 {
+            // Only whitespace is held between objects: forget it.
+            self.buf.clear();
+            self.framer = Framer::default();
+        } else if self.framer.start > 0 {
+            // Keep only the message being assembled, not the whitespace before it.
+            self.buf.drain(..self.framer.start);
+            self.framer.pos -= self.framer.start;
+            self.framer.start = 0;
+        }
+        Ok(None)
+    }
+}
+
 /// QEMU's version from the greeting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QemuVersion {
@@ -202,8 +271,7 @@ impl std::fmt::Display for QemuVersion {
 /// One negotiated QMP connection. Not shared: callers wrap it in a lock.
 pub struct Connection {
     stream: Arc<Stream>,
-    buf: Vec<u8>,
-    framer: Framer,
+    input: MessageBuffer,
     next_id: u64,
     limits: Limits,
     version: QemuVersion,
@@ -248,8 +316,7 @@ impl Connection {
         };
         let mut conn = Connection {
             stream: Arc::new(stream),
-            buf: Vec::with_capacity(READ_CHUNK),
-            framer: Framer::default(),
+            input: MessageBuffer::new(limits.max_message),
             next_id: 1,
             limits,
             version: QemuVersion::default(),
@@ -369,23 +436,8 @@ impl Connection {
     /// Reads until one whole JSON object is in the buffer and returns it.
     pub fn read_message(&mut self, deadline: Instant, limit: Duration, what: &'static str) -> Result<Value> {
         loop {
-            if let Some((start, end)) = self.framer.scan(&self.buf)? {
-                let parsed = serde_json::from_slice::<Value>(&self.buf[start..end]);
-                self.buf.drain(..end);
-                self.framer = Framer::default();
-                return match parsed {
-                    Ok(v @ Value::Object(_)) => Ok(v),
-                    Ok(_) => Err(Error::Protocol("a QMP message that is not an object".into())),
-                    Err(e) => Err(Error::Protocol(format!("malformed JSON from QEMU: {e}"))),
-                };
-            }
-            if self.framer.pending(&self.buf) > self.limits.max_message {
-                return Err(Error::TooLarge(self.limits.max_message));
-            }
-            if self.framer.depth == 0 {
-                // Only whitespace is held between objects: forget it.
-                self.buf.clear();
-                self.framer = Framer::default();
+            if let Some(msg) = self.input.next_message()? {
+                return Ok(msg);
             }
             self.stream
                 .set_timeouts(remaining(deadline, limit, what)?)
@@ -393,33 +445,26 @@ impl Connection {
                     context: "setting socket timeouts",
                     source,
                 })?;
-            let old = self.buf.len();
-            self.buf.resize(old + READ_CHUNK, 0);
-            let got = self.stream.read(&mut self.buf[old..]);
-            match got {
-                Ok(0) => {
-                    self.buf.truncate(old);
-                    return Err(Error::Eof(if old == 0 { "" } else { " in the middle of a message" }));
-                }
-                Ok(n) => self.buf.truncate(old + n),
-                Err(e) => {
-                    self.buf.truncate(old);
-                    match e.kind() {
-                        io::ErrorKind::Interrupted => {}
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                            return Err(Error::Timeout {
-                                what,
-                                ms: limit.as_millis(),
-                            })
-                        }
-                        _ => {
-                            return Err(Error::Io {
-                                context: "reading from QEMU",
-                                source: e,
-                            })
-                        }
+            let held = self.input.held();
+            let stream = &self.stream;
+            match self.input.read_from(|chunk| stream.read(chunk)) {
+                Ok(0) => return Err(Error::Eof(if held == 0 { "" } else { " in the middle of a message" })),
+                Ok(_) => {}
+                Err(e) => match e.kind() {
+                    io::ErrorKind::Interrupted => {}
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                        return Err(Error::Timeout {
+                            what,
+                            ms: limit.as_millis(),
+                        })
                     }
-                }
+                    _ => {
+                        return Err(Error::Io {
+                            context: "reading from QEMU",
+                            source: e,
+                        })
+                    }
+                },
             }
         }
     }
@@ -514,15 +559,36 @@ mod tests {
     use super::*;
 
     fn frames(input: &[u8]) -> Result<Vec<Value>> {
-        let mut f = Framer::default();
+        let mut b = MessageBuffer::new(MAX_MESSAGE);
         let mut out = vec![];
-        let mut buf = input.to_vec();
-        while let Some((s, e)) = f.scan(&buf)? {
-            out.push(serde_json::from_slice(&buf[s..e]).unwrap());
-            buf.drain(..e);
-            f = Framer::default();
+        // Byte by byte: message boundaries must not depend on how reads split the stream.
+        for byte in input {
+            b.push(&[*byte]);
+            while let Some(v) = b.next_message()? {
+                out.push(v);
+            }
         }
         Ok(out)
+    }
+
+    #[test]
+    fn size_limit_applies_to_one_message() {
+        let mut b = MessageBuffer::new(20);
+        b.push(br#"{"a": "01234567"} {"b": 1}"#);
+        assert!(b.next_message().unwrap().is_some());
+        assert!(b.next_message().unwrap().is_some());
+        assert!(b.next_message().unwrap().is_none());
+        b.push(br#"{"a": "0123456789abc"}"#);
+        assert!(
+            matches!(b.next_message(), Err(Error::TooLarge(20))),
+            "complete but too large"
+        );
+        let mut b = MessageBuffer::new(20);
+        b.push(br#"{"a": "0123456789012345"#);
+        assert!(
+            matches!(b.next_message(), Err(Error::TooLarge(20))),
+            "incomplete and too large"
+        );
     }
 
     #[test]

@@ -31,18 +31,30 @@ fn unsafe_only_in_the_ffi_layer_and_always_justified() {
             if !code.contains("unsafe") || code.contains("unsafe extern \"C\" fn(") {
                 continue; // a function pointer type is not unsafe code
             }
-            assert!(ALLOWED.contains(&rel.as_str()), "{rel}:{}: unsafe outside the FFI layer: {line}", i + 1);
+            assert!(
+                ALLOWED.contains(&rel.as_str()),
+                "{rel}:{}: unsafe outside the FFI layer: {line}",
+                i + 1
+            );
             if code.contains("unsafe {") {
                 blocks += 1;
                 // The justification is on one of the few lines before (or on the line itself).
                 let from = i.saturating_sub(4);
                 let justified = lines[from..=i].iter().any(|l| l.contains("// SAFETY:"));
-                assert!(justified, "{rel}:{}: unsafe block without a // SAFETY: comment: {line}", i + 1);
+                assert!(
+                    justified,
+                    "{rel}:{}: unsafe block without a // SAFETY: comment: {line}",
+                    i + 1
+                );
             }
             if code.contains("unsafe fn") {
                 let from = i.saturating_sub(12);
                 let documented = lines[from..i].iter().any(|l| l.contains("/// # Safety"));
-                assert!(documented, "{rel}:{}: unsafe fn without a # Safety section: {line}", i + 1);
+                assert!(
+                    documented,
+                    "{rel}:{}: unsafe fn without a # Safety section: {line}",
+                    i + 1
+                );
             }
         }
     }

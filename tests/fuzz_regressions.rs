@@ -1,0 +1,44 @@
+//! Every input the fuzzers ever found a problem with (tests/fuzz_regressions/<target>/), and the seed corpus
+//! (fuzz/corpus/<target>/), replayed through the fuzz targets' own code.
+
+use std::ffi::CString;
+use std::path::Path;
+
+use blockjobinfo::{ffi, fuzzing, virDomainBlockJobInfo};
+
+fn inputs(target: &str) -> Vec<Vec<u8>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut out = vec![];
+    for dir in [
+        root.join("tests/fuzz_regressions").join(target),
+        root.join("fuzz/corpus").join(target),
+    ] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().filter_map(Result::ok) {
+            if e.path().is_file() {
+                out.push(std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    assert!(!out.is_empty(), "no saved inputs for {target}");
+    out
+}
+
+#[test]
+fn qmp_stream_inputs() {
+    for data in inputs("qmp_stream") {
+        fuzzing::qmp_stream(&data);
+    }
+}
+
+#[test]
+fn translate_reply_inputs() {
+    for data in inputs("translate_reply") {
+        let (flags, text) = fuzzing::translate_reply(&data);
+        let text = CString::new(text).unwrap();
+        let mut info = virDomainBlockJobInfo::default();
+        // SAFETY: NUL-terminated strings and a local struct.
+        let rc = unsafe { ffi::bji_translate_reply(text.as_ptr(), c"j".as_ptr(), &mut info, flags) };
+        assert!((-1..=1).contains(&rc));
+        assert!(info.cur <= info.end);
+    }
+}
