@@ -9,7 +9,7 @@ STAGE := $(CURDIR)/target/stage
 
 FUZZ_SECONDS ?= 15
 
-.PHONY: all deps build release lint test demo header install fuzz fuzz-check clean
+.PHONY: all deps build release lint test demo header install fuzz fuzz-check soak clean
 
 all: build
 
@@ -36,6 +36,10 @@ fuzz-check:
 
 fuzz:
 	scripts/fuzz.sh 300
+
+# The concurrency tests at full length: 16 threads x 10,000 calls, shared and separate sources, with forks.
+soak: build
+	BJI_SOAK_CALLS=10000 $(CARGO) test --test concurrency -- --nocapture
 
 demo: deps build
 	$(CARGO) run --quiet --example demo

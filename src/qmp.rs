@@ -294,7 +294,16 @@ impl Connection {
             source,
         };
         let stream = match address {
-            Address::Unix(path) => Stream::Unix(connect_unix(path, deadline).map_err(connect_err)?),
+            Address::Unix(path) => Stream::Unix(connect_unix(path, deadline).map_err(|e| {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    Error::Timeout {
+                        what: "QEMU to accept the connection (a monitor serves one client at a time)",
+                        ms: limits.connect_timeout.as_millis(),
+                    }
+                } else {
+                    connect_err(e)
+                }
+            })?),
             Address::Tcp(hostport) => {
                 let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
                 let mut found = None;

@@ -292,12 +292,22 @@ fn under_valgrind(exe: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
         None => cmd.stdin(Stdio::null()).output().unwrap(),
         Some(input) => {
             use std::io::Write;
-            let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+            let mut child = cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
             child.stdin.take().unwrap().write_all(input).unwrap();
             child.wait_with_output().unwrap()
         }
     };
-    assert_ne!(out.status.code(), Some(99), "valgrind found errors:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(
+        out.status.code(),
+        Some(99),
+        "valgrind found errors:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -318,21 +328,45 @@ fn c_test_program_and_examples_are_clean_under_valgrind() {
     let qsd = daemon_with_copy_job();
     let out = under_valgrind(&blockjob, &[qsd.lib_socket().as_str(), "vda", "--raw"], None);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(" type=Block Copy\n"));
-    assert_eq!(under_valgrind(&blockjob, &["/nonexistent.sock", "vda"], None).status.code(), Some(1));
+    assert_eq!(
+        under_valgrind(&blockjob, &["/nonexistent.sock", "vda"], None)
+            .status
+            .code(),
+        Some(1)
+    );
     let reply = br#"{"return": [{"type": "mirror", "device": "copy-vda-libvirt-1-format", "len": 10, "offset": 10, "speed": 0, "ready": false}]}"#;
     let out = under_valgrind(&translate, &["vda"], Some(reply));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "type=2 bandwidth=0 cur=9 end=10\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "type=2 bandwidth=0 cur=9 end=10\n"
+    );
 }
 
 #[test]
 fn c_test_program_passes_with_address_and_undefined_behaviour_sanitizers() {
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("test_api_asan");
-    let sanitize = ["-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"];
+    let sanitize = [
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=all",
+    ];
     cc(Some(&exe), &["tests/c/test_api.c"], &sanitize).unwrap();
     let qsd = daemon_with_copy_job();
-    let out = output(Command::new(&exe).arg(qsd.lib_socket()).env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0"));
+    let out = output(
+        Command::new(&exe)
+            .arg(qsd.lib_socket())
+            .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0"),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{}\n{stderr}", String::from_utf8_lossy(&out.stdout));
-    assert!(!stderr.contains("runtime error") && !stderr.contains("AddressSanitizer"), "{stderr}");
+    assert!(
+        out.status.success(),
+        "{}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !stderr.contains("runtime error") && !stderr.contains("AddressSanitizer"),
+        "{stderr}"
+    );
 }

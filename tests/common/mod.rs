@@ -59,19 +59,30 @@ pub struct Qsd {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     pub ctl: Control,
+    extra: usize,
 }
 
 impl Qsd {
     pub fn start() -> Qsd {
+        Qsd::start_with_monitors(0)
+    }
+
+    /// With `extra` more library monitors, `lib-0.sock` ... (a monitor serves one client at a time).
+    pub fn start_with_monitors(extra: usize) -> Qsd {
         let dir = tempfile::Builder::new().prefix("bji-").tempdir().unwrap();
         make_images(dir.path());
         let mut qsd = Qsd {
             dir,
             child: None,
             ctl: Control::dummy(),
+            extra,
         };
         qsd.spawn();
         qsd
+    }
+
+    pub fn extra_socket(&self, i: usize) -> String {
+        self.path(&format!("lib-{i}.sock"))
     }
 
     pub fn lib_socket(&self) -> String {
@@ -99,6 +110,14 @@ impl Qsd {
             "--monitor".into(),
             "chardev=lib,pretty=on".into(),
         ];
+        for i in 0..self.extra {
+            let sock = dir.join(format!("lib-{i}.sock"));
+            let _ = std::fs::remove_file(&sock);
+            args.push("--chardev".into());
+            args.push(format!("socket,id=lib{i},path={},server=on,wait=off", sock.display()));
+            args.push("--monitor".into());
+            args.push(format!("chardev=lib{i}"));
+        }
         for (node, backing) in [
             ("base", None),
             ("mid", Some("base")),

@@ -1,0 +1,111 @@
+//! The preloaded `virDomainGetBlockJobInfo` while libvirt itself fails under it: the session libvirtd
+//! restarted between calls, the domain destroyed mid-poll. Callers get libvirt's own errors, the same as
+//! without the library, quickly, and nothing crashes. (A binary of its own: it restarts the daemon every
+//! libvirt test shares.)
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::virt::{self, as_user, virsh_ok, Domain, Preload};
+use serde_json::Value;
+
+fn start_poller(dom: &Domain, p: Preload, out: &str, seconds: u32) -> Child {
+    let mut c = as_user("env");
+    c.args(virt::preload_env(p));
+    c.args([
+        "/usr/bin/python3",
+        virt::tests_dir().join("py/poll.py").to_str().unwrap(),
+    ]);
+    c.args([dom.name.as_str(), &seconds.to_string(), &dom.path(out)]);
+    c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// Waits for a poller and returns (answers before the fault, errors after it).
+fn finish(child: Child, dom: &Domain, out: &str) -> (usize, BTreeSet<String>) {
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "the poller died: {:?}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(dom.path(out)).unwrap()).unwrap();
+    assert!(v["longest"].as_f64().unwrap() < 10.0, "a call hung: {v}");
+    let answers = v["answers"].as_array().unwrap();
+    let ok = answers.iter().take_while(|a| a.get("ok").is_some()).count();
+    let errors: BTreeSet<String> = answers
+        .iter()
+        .filter(|a| a.get("code").is_some())
+        .map(|a| format!("{} {}", a["code"], a["message"]))
+        .collect();
+    (ok, errors)
+}
+
+fn daemon_pids() -> String {
+    let o = Command::new("pgrep")
+        .args(["-u", virt::USER, "-f", "libvirtd|virtqemud"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn a_restarted_libvirtd_and_a_destroyed_domain_give_libvirts_own_errors() {
+    // 1. The session daemon dies between calls, then comes back.
+    let dom = Domain::create("bjt-restart", 1);
+    let plain = start_poller(&dom, Preload::No, "plain.json", 4);
+    let ours = start_poller(&dom, Preload::Source("qmp"), "ours.json", 4);
+    let native = start_poller(&dom, Preload::Source("native"), "native.json", 4);
+    std::thread::sleep(Duration::from_millis(1500));
+    let pids = daemon_pids();
+    assert!(!pids.is_empty(), "a session daemon runs");
+    for pid in pids.lines() {
+        Command::new("kill").arg(pid).status().unwrap();
+    }
+    let (plain_ok, plain_errors) = finish(plain, &dom, "plain.json");
+    let (ours_ok, ours_errors) = finish(ours, &dom, "ours.json");
+    let (native_ok, native_errors) = finish(native, &dom, "native.json");
+    assert!(
+        plain_ok > 0 && ours_ok > 0 && native_ok > 0,
+        "calls worked before the restart"
+    );
+    assert!(!plain_errors.is_empty(), "libvirt reported the lost daemon");
+    eprintln!("errors after the daemon died: {plain_errors:?}");
+    // Which of libvirt's connection errors a caller sees first (a write to the dead socket, or its EOF)
+    // depends on timing; every one must be libvirt's, and none ours.
+    let libvirts: BTreeSet<String> = plain_errors
+        .iter()
+        .chain(&ours_errors)
+        .chain(&native_errors)
+        .cloned()
+        .collect();
+    for e in &libvirts {
+        let code: i64 = e.split(' ').next().unwrap().parse().unwrap();
+        assert!([1, 38, 39].contains(&code), "not a libvirt connection error: {e}");
+        assert!(
+            !e.contains("QMP") && !e.contains("blockjobinfo"),
+            "our error leaked: {e}"
+        );
+    }
+    assert!(
+        !ours_errors.is_empty() && !native_errors.is_empty(),
+        "the preloaded callers saw the failure too"
+    );
+    // The daemon starts again on demand; the domain's QEMU survived it.
+    assert!(virsh_ok(Preload::No, &["domstate", &dom.name]).contains("running"));
+
+    // 2. The domain is destroyed while pollers run.
+    let plain = start_poller(&dom, Preload::No, "plain2.json", 3);
+    let ours = start_poller(&dom, Preload::Source("qmp"), "ours2.json", 3);
+    std::thread::sleep(Duration::from_millis(1000));
+    virsh_ok(Preload::No, &["destroy", &dom.name]);
+    let (plain_ok, plain_errors) = finish(plain, &dom, "plain2.json");
+    let (ours_ok, ours_errors) = finish(ours, &dom, "ours2.json");
+    assert!(plain_ok > 0 && ours_ok > 0);
+    assert!(!plain_errors.is_empty(), "libvirt reported the destroyed domain");
+    eprintln!("errors after the domain was destroyed: {plain_errors:?}");
+    assert_eq!(ours_errors, plain_errors);
+}
