@@ -27,8 +27,8 @@ lint:
 
 test: deps build lint
 	$(MAKE) install DESTDIR=$(STAGE) PREFIX=/usr
-	BJI_STAGE=$(STAGE) $(CARGO) test
 	$(MAKE) fuzz-check
+	BJI_STAGE=$(STAGE) $(CARGO) test
 
 # Short fuzz runs (part of `make test`); `make fuzz` runs each target for 5 minutes.
 fuzz-check:
