@@ -9,7 +9,7 @@ STAGE := $(CURDIR)/target/stage
 
 FUZZ_SECONDS ?= 15
 
-.PHONY: all deps build release lint test demo header install fuzz fuzz-check soak clean
+.PHONY: all deps build release lint test demo header install fuzz fuzz-check soak bench clean
 
 all: build
 
@@ -28,6 +28,7 @@ lint:
 test: deps build lint
 	$(MAKE) install DESTDIR=$(STAGE) PREFIX=/usr
 	$(MAKE) fuzz-check
+	./target/debug/examples/bench --quick > target/bench-quick.md
 	BJI_STAGE=$(STAGE) $(CARGO) test
 
 # Short fuzz runs (part of `make test`); `make fuzz` runs each target for 5 minutes.
@@ -36,6 +37,12 @@ fuzz-check:
 
 fuzz:
 	scripts/fuzz.sh 300
+
+# The benchmarks (release build), written to BENCHMARKS.md; see that file.
+bench: deps
+	$(CARGO) build --release --all-targets
+	./target/release/examples/bench
+	cp target/bench/BENCHMARKS.md BENCHMARKS.md
 
 # The concurrency tests at full length: 16 threads x 10,000 calls, shared and separate sources, with forks.
 soak: build

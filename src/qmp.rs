@@ -20,6 +20,8 @@ pub const MAX_MESSAGE: usize = 10 * 1024 * 1024;
 /// Events kept for waiters; older ones are dropped first.
 const MAX_KEPT_EVENTS: usize = 1024;
 const READ_CHUNK: usize = 64 * 1024;
+/// How late a read may time out past its deadline, in exchange for not re-arming the socket every call.
+const READ_TIMEOUT_SLACK: Duration = Duration::from_millis(50);
 
 /// Where QEMU's monitor listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,10 +100,16 @@ impl Interrupter {
 }
 
 impl Stream {
-    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+    fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
         match self {
-            Stream::Unix(s) => s.set_read_timeout(Some(t)).and(s.set_write_timeout(Some(t))),
-            Stream::Tcp(s) => s.set_read_timeout(Some(t)).and(s.set_write_timeout(Some(t))),
+            Stream::Unix(s) => s.set_read_timeout(Some(t)),
+            Stream::Tcp(s) => s.set_read_timeout(Some(t)),
+        }
+    }
+    fn set_write_timeout(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_write_timeout(Some(t)),
+            Stream::Tcp(s) => s.set_write_timeout(Some(t)),
         }
     }
     fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -272,6 +280,9 @@ impl std::fmt::Display for QemuVersion {
 pub struct Connection {
     stream: Arc<Stream>,
     input: MessageBuffer,
+    /// The socket timeouts in force, to avoid setting them again on every call.
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
     next_id: u64,
     limits: Limits,
     version: QemuVersion,
@@ -326,6 +337,8 @@ impl Connection {
         let mut conn = Connection {
             stream: Arc::new(stream),
             input: MessageBuffer::new(limits.max_message),
+            read_timeout: None,
+            write_timeout: None,
             next_id: 1,
             limits,
             version: QemuVersion::default(),
@@ -399,12 +412,15 @@ impl Connection {
         }
         let mut line = serde_json::to_vec(&cmd).expect("a json! value serialises");
         line.push(b'\n');
-        self.stream
-            .set_timeouts(remaining(deadline, limit, "a QMP reply")?)
-            .map_err(|source| Error::Io {
+        let left = remaining(deadline, limit, "a QMP reply")?;
+        if self.write_timeout != Some(left) && !self.write_timeout.is_some_and(|t| t <= left) {
+            // A command is a line: a write blocks only if QEMU stopped reading. Set once, lowered if needed.
+            self.stream.set_write_timeout(left).map_err(|source| Error::Io {
                 context: "setting socket timeouts",
                 source,
             })?;
+            self.write_timeout = Some(left);
+        }
         self.stream.write_all(&line).map_err(|source| match source.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
                 what: "QEMU to accept a command",
@@ -443,17 +459,28 @@ impl Connection {
     }
 
     /// Reads until one whole JSON object is in the buffer and returns it.
+    /// Bounds the next read by `left`. The socket option is only changed when the one in force would end the
+    /// read early or more than `READ_TIMEOUT_SLACK` late: a poller's steady state makes no extra system call.
+    fn arm_read(&mut self, left: Duration) -> Result<()> {
+        let keep = self
+            .read_timeout
+            .is_some_and(|t| t >= left && t <= left + READ_TIMEOUT_SLACK);
+        if !keep {
+            self.stream.set_read_timeout(left).map_err(|source| Error::Io {
+                context: "setting socket timeouts",
+                source,
+            })?;
+            self.read_timeout = Some(left);
+        }
+        Ok(())
+    }
+
     pub fn read_message(&mut self, deadline: Instant, limit: Duration, what: &'static str) -> Result<Value> {
         loop {
             if let Some(msg) = self.input.next_message()? {
                 return Ok(msg);
             }
-            self.stream
-                .set_timeouts(remaining(deadline, limit, what)?)
-                .map_err(|source| Error::Io {
-                    context: "setting socket timeouts",
-                    source,
-                })?;
+            self.arm_read(remaining(deadline, limit, what)?)?;
             let held = self.input.held();
             let stream = &self.stream;
             match self.input.read_from(|chunk| stream.read(chunk)) {

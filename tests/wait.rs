@@ -45,7 +45,7 @@ fn ready_is_reported_right_after_qemu_says_so_without_polling() {
     );
     let ready = qsd.ctl.wait_event("BLOCK_JOB_READY", Duration::from_secs(5));
     let lag = returned - event_time(&ready);
-    assert!((0.0..0.25).contains(&lag), "returned {lag:.3} s after BLOCK_JOB_READY");
+    assert!((0.0..0.5).contains(&lag), "returned {lag:.3} s after BLOCK_JOB_READY");
     // Woken by events, not polling: a ~4 s wait sent a handful of queries, not one per tick.
     let queries = rec.commands().len() - before;
     assert!(queries <= 4, "{queries} queries during the wait: {:?}", rec.commands());
