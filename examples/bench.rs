@@ -410,24 +410,7 @@ fn main() {
 
 fn libvirt_part(r: &mut Report, n: usize) {
     let dom = Domain::create("bjt-bench", 6);
-    let dest = dom.new_copy_target("copy.qcow2");
-    virt::virsh_ok(
-        Preload::No,
-        &[
-            "blockcopy",
-            &dom.name,
-            "vda",
-            &dest,
-            "--shallow",
-            "--reuse-external",
-            "--bandwidth",
-            "65536",
-            "--bytes",
-            "--buf-size",
-            "262144",
-            "--transient-job",
-        ],
-    );
+    dom.start_copy(65536, 262144);
     // The programs run as the test user: build them where it can read them.
     let exe = cc(&dom.dir, "virt_bench", &["-lvirt", "-lvirt-qemu"]);
     std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

@@ -164,24 +164,7 @@ fn virsh_triplets(
 /// A shallow copy at 512 KiB/s in 2 MiB steps: each step, and the offset == len window after the last one,
 /// lasts 4 s, so even a loaded machine running virsh triplets sees every phase several times.
 fn start_copy(dom: &Domain) {
-    let dest = dom.new_copy_target("copy.qcow2");
-    virsh_ok(
-        Preload::No,
-        &[
-            "blockcopy",
-            &dom.name,
-            "vda",
-            &dest,
-            "--shallow",
-            "--reuse-external",
-            "--bandwidth",
-            "524288",
-            "--bytes",
-            "--buf-size",
-            "2097152",
-            "--transient-job",
-        ],
-    );
+    dom.start_copy(512 * 1024, 2 * 1024 * 1024);
 }
 
 /// Runs the python sampler and the virsh triplets side by side on the job just started.
@@ -484,24 +467,27 @@ fn run_linkfirst(exe: &str, dom: &Domain, sources: &[&str]) -> BTreeMap<String, 
 fn a_failing_qmp_source_falls_back_to_native_and_logs_it() {
     let dom = Domain::create("bjt-fallback", 1);
     let plain = dom.job_raw(Preload::No);
-    let mut c = as_user("env");
-    c.args([
-        format!("LD_PRELOAD={}", virt::library().display()),
-        "BLOCKJOBINFO_SOURCE=qmp".into(),
-        "BLOCKJOBINFO_QMP_SOCKET=/nonexistent/{name}.qmp".into(),
-        "BLOCKJOBINFO_LOG=warn".into(),
-    ]);
-    c.args([
-        "virsh",
-        "-q",
-        "-c",
-        "qemu:///session",
-        "blockjob",
-        &dom.name,
-        "vda",
-        "--raw",
-    ]);
-    let out = c.output().unwrap();
+    let blockjob_with = |template: &str| {
+        let mut c = as_user("env");
+        c.args([
+            format!("LD_PRELOAD={}", virt::library().display()),
+            "BLOCKJOBINFO_SOURCE=qmp".into(),
+            format!("BLOCKJOBINFO_QMP_SOCKET={template}"),
+            "BLOCKJOBINFO_LOG=warn".into(),
+        ]);
+        c.args([
+            "virsh",
+            "-q",
+            "-c",
+            "qemu:///session",
+            "blockjob",
+            &dom.name,
+            "vda",
+            "--raw",
+        ]);
+        c.output().unwrap()
+    };
+    let out = blockjob_with("/nonexistent/{name}.qmp");
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), plain);
     let log = String::from_utf8_lossy(&out.stderr);
@@ -512,24 +498,7 @@ fn a_failing_qmp_source_falls_back_to_native_and_logs_it() {
     assert!(log.contains("/nonexistent/"), "the log names the socket: {log}");
 
     // A template that does not name the domain is refused, not used for every domain.
-    let mut c = as_user("env");
-    c.args([
-        format!("LD_PRELOAD={}", virt::library().display()),
-        "BLOCKJOBINFO_SOURCE=qmp".into(),
-        format!("BLOCKJOBINFO_QMP_SOCKET={}", dom.real_qmp_socket()),
-        "BLOCKJOBINFO_LOG=warn".into(),
-    ]);
-    c.args([
-        "virsh",
-        "-q",
-        "-c",
-        "qemu:///session",
-        "blockjob",
-        &dom.name,
-        "vda",
-        "--raw",
-    ]);
-    let out = c.output().unwrap();
+    let out = blockjob_with(&dom.real_qmp_socket());
     assert_eq!(String::from_utf8_lossy(&out.stdout), plain);
     assert!(String::from_utf8_lossy(&out.stderr).contains("must contain {name} or {uuid}"));
 }

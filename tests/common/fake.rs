@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -14,6 +14,7 @@ pub struct FakeConn {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     commands: Arc<Mutex<Vec<String>>>,
+    recording: Arc<AtomicBool>,
 }
 
 impl FakeConn {
@@ -78,6 +79,7 @@ pub struct FakeQmp {
     pub path: String,
     pub commands: Arc<Mutex<Vec<String>>>,
     pub connections: Arc<AtomicUsize>,
+    recording: Arc<AtomicBool>,
     _dir: tempfile::TempDir,
 }
 
@@ -90,19 +92,22 @@ impl FakeQmp {
         let commands = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let script: Arc<Script> = Arc::new(script);
-        let (cmds, conns) = (commands.clone(), connections.clone());
+        let recording = Arc::new(AtomicBool::new(true));
+        let (cmds, conns, rec) = (commands.clone(), connections.clone(), recording.clone());
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
                 let n = conns.fetch_add(1, Ordering::SeqCst);
                 let script = script.clone();
                 let commands = cmds.clone();
+                let recording = rec.clone();
                 thread::spawn(move || {
                     let writer = stream.try_clone().unwrap();
                     let mut conn = FakeConn {
                         reader: BufReader::new(stream),
                         writer,
                         commands,
+                        recording,
                     };
                     script(n, &mut conn);
                 });
@@ -112,8 +117,14 @@ impl FakeQmp {
             path,
             commands,
             connections,
+            recording,
             _dir: dir,
         }
+    }
+
+    /// Stops keeping the commands received (a long run would grow the test's own memory).
+    pub fn stop_recording(&self) {
+        self.recording.store(false, Ordering::Relaxed);
     }
 
     pub fn commands(&self) -> Vec<String> {

@@ -137,6 +137,14 @@ pub struct Domain {
     pub dir: PathBuf,
 }
 
+/// A qcow2 overlay `file` over `base`, owned by the test user.
+fn create_overlay(base: &str, file: &str) {
+    user_run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, file],
+    );
+}
+
 fn user_run(program: &str, args: &[&str]) {
     let o = as_user(program).args(args).output().unwrap();
     assert!(
@@ -167,20 +175,7 @@ impl Domain {
         let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
         user_run("qemu-img", &["create", "-q", "-f", "qcow2", &p("base.qcow2"), "16M"]);
         user_run("qemu-io", &["-c", "write -P 0x11 0 4M", &p("base.qcow2")]);
-        user_run(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                "qcow2",
-                "-b",
-                &p("base.qcow2"),
-                &p("top.qcow2"),
-            ],
-        );
+        create_overlay(&p("base.qcow2"), &p("top.qcow2"));
         user_run(
             "qemu-io",
             &["-c", &format!("write -P 0x33 4M {top_data_mib}M"), &p("top.qcow2")],
@@ -235,21 +230,32 @@ impl Domain {
     /// A new qcow2 over the same backing file, for `--shallow --reuse-external` copies.
     pub fn new_copy_target(&self, file: &str) -> String {
         let _ = std::fs::remove_file(self.dir.join(file));
-        user_run(
-            "qemu-img",
+        create_overlay(&self.path("base.qcow2"), &self.path(file));
+        self.path(file)
+    }
+
+    /// `virsh blockcopy vda --shallow --reuse-external` onto a new overlay, throttled to `bytes_per_s` and
+    /// moving at most `buf_size` bytes per step.
+    pub fn start_copy(&self, bytes_per_s: u64, buf_size: u64) {
+        let dest = self.new_copy_target("copy.qcow2");
+        let (bw, buf) = (bytes_per_s.to_string(), buf_size.to_string());
+        virsh_ok(
+            Preload::No,
             &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                "qcow2",
-                "-b",
-                &self.path("base.qcow2"),
-                &self.path(file),
+                "blockcopy",
+                &self.name,
+                "vda",
+                &dest,
+                "--shallow",
+                "--reuse-external",
+                "--bandwidth",
+                &bw,
+                "--bytes",
+                "--buf-size",
+                &buf,
+                "--transient-job",
             ],
         );
-        self.path(file)
     }
 
     /// libvirt's log of this domain (where taint messages go).
