@@ -11,7 +11,7 @@ use crate::translate::RawJob;
 /// libvirt requires these five fields; `ready`, `status` and `error` are optional and anything else is ignored
 /// (newer QEMU adds fields and enum values).
 #[derive(Deserialize)]
-struct WireJob {
+pub(crate) struct WireJob {
     #[serde(rename = "type")]
     job_type: String,
     device: String,
@@ -58,7 +58,7 @@ struct QmpError {
     desc: String,
 }
 
-fn raw(w: WireJob) -> RawJob {
+pub(crate) fn raw(w: WireJob) -> RawJob {
     RawJob {
         job_type: w.job_type,
         device: w.device,

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 
@@ -252,18 +252,19 @@ impl MessageBuffer {
     /// The next whole message, `None` until one is complete. Garbage between messages, malformed JSON and a
     /// message over the limit are errors.
     pub fn next_message(&mut self) -> Result<Option<Value>> {
+        self.next_raw()?.map(|raw| parse_object(&raw)).transpose()
+    }
+
+    /// The next whole message's bytes (one JSON object as framed; not yet parsed).
+    pub fn next_raw(&mut self) -> Result<Option<Vec<u8>>> {
         if let Some((start, end)) = self.framer.scan(&self.data[..self.len])? {
             if end - start > self.max_message {
                 return Err(Error::TooLarge(self.max_message));
             }
-            let parsed = serde_json::from_slice::<Value>(&self.data[start..end]);
+            let raw = self.data[start..end].to_vec();
             self.consume(end);
             self.framer = Framer::default();
-            return match parsed {
-                Ok(v @ Value::Object(_)) => Ok(Some(v)),
-                Ok(_) => Err(Error::Protocol("a QMP message that is not an object".into())),
-                Err(e) => Err(Error::Protocol(format!("malformed JSON from QEMU: {e}"))),
-            };
+            return Ok(Some(raw));
         }
         if self.framer.pending(&self.data[..self.len]) > self.max_message {
             return Err(Error::TooLarge(self.max_message));
@@ -280,6 +281,39 @@ impl MessageBuffer {
         }
         Ok(None)
     }
+}
+
+/// One framed message as a JSON object.
+fn parse_object(raw: &[u8]) -> Result<Value> {
+    match serde_json::from_slice::<Value>(raw) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(Error::Protocol("a QMP message that is not an object".into())),
+        Err(e) => Err(Error::Protocol(format!("malformed JSON from QEMU: {e}"))),
+    }
+}
+
+/// What tells a reply from an event, read without building the message's tree.
+#[derive(serde::Deserialize)]
+struct Head {
+    event: Option<serde::de::IgnoredAny>,
+    id: Option<Value>,
+}
+
+/// A reply whose `return` is read straight into `T`.
+#[derive(serde::Deserialize)]
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+struct Reply<T> {
+    #[serde(rename = "return")]
+    ret: Option<T>,
+    error: Option<ReplyError>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReplyError {
+    #[serde(default)]
+    class: String,
+    #[serde(default)]
+    desc: String,
 }
 
 /// QEMU's version from the greeting.
@@ -367,7 +401,7 @@ impl Connection {
         };
         let greeting = conn.read_message(deadline, limits.connect_timeout, "the QMP greeting")?;
         conn.version = parse_greeting(&greeting)?;
-        conn.execute_until("qmp_capabilities", None, deadline, limits.connect_timeout)?;
+        conn.execute_until::<Value>("qmp_capabilities", None, deadline, limits.connect_timeout)?;
         log::debug!("QMP connected to {address}, QEMU {}", conn.version);
         Ok(conn)
     }
@@ -409,18 +443,23 @@ impl Connection {
 
     /// Runs one read-only command and returns its `return` value.
     pub fn execute(&mut self, name: &str, arguments: Option<Value>) -> Result<Value> {
+        self.execute_as(name, arguments)
+    }
+
+    /// Runs one read-only command and reads its `return` straight into `T` (no JSON tree for the reply).
+    pub fn execute_as<T: serde::de::DeserializeOwned>(&mut self, name: &str, arguments: Option<Value>) -> Result<T> {
         let deadline = Instant::now() + self.limits.reply_timeout;
         self.execute_until(name, arguments, deadline, self.limits.reply_timeout)
     }
 
     /// `limit` is the time allowed in all, for the error message.
-    fn execute_until(
+    fn execute_until<T: serde::de::DeserializeOwned>(
         &mut self,
         name: &str,
         arguments: Option<Value>,
         deadline: Instant,
         limit: Duration,
-    ) -> Result<Value> {
+    ) -> Result<T> {
         if !is_read_only_command(name) {
             return Err(Error::Forbidden(name.to_string()));
         }
@@ -452,22 +491,36 @@ impl Connection {
             },
         })?;
         loop {
-            let msg = self.read_message(deadline, limit, "a QMP reply")?;
-            let Value::Object(obj) = msg else {
-                unreachable!("read_message only returns objects")
-            };
-            if obj.contains_key("event") {
-                self.keep_event(Value::Object(obj));
+            let raw = self.read_raw(deadline, limit, "a QMP reply")?;
+            // Typed parsing skips fields it does not know without looking inside: check the text first.
+            let text = std::str::from_utf8(&raw)
+                .map_err(|e| Error::Protocol(format!("malformed JSON from QEMU: not UTF-8 ({e})")))?;
+            let head: Head =
+                serde_json::from_str(text).map_err(|e| Error::Protocol(format!("malformed JSON from QEMU: {e}")))?;
+            if head.event.is_some() {
+                let event = parse_object(&raw)?;
+                self.keep_event(event);
                 continue;
             }
-            let reply_id = obj.get("id");
-            if reply_id != Some(&Value::String(id.clone())) {
+            if head.id.as_ref().and_then(Value::as_str) != Some(id.as_str()) {
                 return Err(Error::Protocol(format!(
                     "reply to '{name}' carries id {} instead of \"{id}\"",
-                    reply_id.map_or("none".to_string(), Value::to_string)
+                    head.id.map_or("none".to_string(), |v| v.to_string())
                 )));
             }
-            return reply_value(obj);
+            let reply: Reply<T> =
+                serde_json::from_str(text).map_err(|e| Error::Protocol(format!("malformed reply to '{name}': {e}")))?;
+            return match reply {
+                Reply { ret: Some(v), .. } => Ok(v),
+                Reply { error: Some(e), .. } => Err(Error::Qmp {
+                    class: e.class,
+                    desc: e.desc,
+                }),
+                _ => Err(Error::Protocol(format!(
+                    "reply to '{name}' with neither 'return' nor 'error': {}",
+                    String::from_utf8_lossy(&raw[..raw.len().min(120)])
+                ))),
+            };
         }
     }
 
@@ -496,9 +549,14 @@ impl Connection {
     }
 
     pub fn read_message(&mut self, deadline: Instant, limit: Duration, what: &'static str) -> Result<Value> {
+        parse_object(&self.read_raw(deadline, limit, what)?)
+    }
+
+    /// Reads until one whole message is framed and returns its bytes.
+    fn read_raw(&mut self, deadline: Instant, limit: Duration, what: &'static str) -> Result<Vec<u8>> {
         loop {
-            if let Some(msg) = self.input.next_message()? {
-                return Ok(msg);
+            if let Some(raw) = self.input.next_raw()? {
+                return Ok(raw);
             }
             self.arm_read(remaining(deadline, limit, what)?)?;
             let held = self.input.held();
@@ -577,23 +635,6 @@ fn parse_greeting(msg: &Value) -> Result<QemuVersion> {
         minor: num("minor"),
         micro: num("micro"),
     })
-}
-
-fn reply_value(mut obj: Map<String, Value>) -> Result<Value> {
-    if let Some(v) = obj.remove("return") {
-        return Ok(v);
-    }
-    if let Some(err) = obj.get("error") {
-        let text = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-        return Err(Error::Qmp {
-            class: text("class"),
-            desc: text("desc"),
-        });
-    }
-    Err(Error::Protocol(format!(
-        "reply with neither 'return' nor 'error': {}",
-        preview(&Value::Object(obj))
-    )))
 }
 
 /// A short rendering of a message for an error text.
@@ -694,21 +735,5 @@ mod tests {
         ] {
             assert!(!is_read_only_command(c), "{c}");
         }
-    }
-
-    #[test]
-    fn replies() {
-        assert_eq!(
-            reply_value(json!({"return": [1]}).as_object().unwrap().clone()).unwrap(),
-            json!([1])
-        );
-        let e = reply_value(
-            json!({"error": {"class": "GenericError", "desc": "no"}})
-                .as_object()
-                .unwrap()
-                .clone(),
-        );
-        assert_eq!(e.unwrap_err().to_string(), "QEMU error GenericError: no");
-        assert!(reply_value(json!({"id": 1}).as_object().unwrap().clone()).is_err());
     }
 }

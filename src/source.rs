@@ -125,8 +125,8 @@ impl QmpSource {
     /// All block jobs QEMU lists now.
     pub fn query_jobs(&self) -> Result<Vec<RawJob>> {
         self.with_connection(|c| {
-            let value = c.execute("query-block-jobs", None)?;
-            jobs::parse_jobs(&value)
+            let wire: Vec<jobs::WireJob> = c.execute_as("query-block-jobs", None)?;
+            Ok(wire.into_iter().map(jobs::raw).collect())
         })
     }
 

@@ -49,7 +49,8 @@ pub struct Waited {
 const SAFETY_REQUERY: Duration = Duration::from_secs(5);
 
 fn query(c: &mut Connection) -> Result<Vec<RawJob>> {
-    jobs::parse_jobs(&c.execute("query-block-jobs", None)?)
+    let wire: Vec<jobs::WireJob> = c.execute_as("query-block-jobs", None)?;
+    Ok(wire.into_iter().map(jobs::raw).collect())
 }
 
 fn report(raw: &RawJob, flags: u32) -> Result<JobReport> {
