@@ -105,19 +105,9 @@ pub fn preload_env(p: Preload) -> Vec<String> {
 }
 
 pub fn virsh(p: Preload, args: &[&str]) -> Output {
-    let mut c = Command::new("runuser");
-    c.args([
-        "-u",
-        USER,
-        "--",
-        "env",
-        &format!("XDG_RUNTIME_DIR={RUNTIME}"),
-        "HOME=/home/bjtest",
-    ]);
+    let mut c = as_user("env");
     c.args(preload_env(p));
-    c.args(["virsh", "-q", "-c", "qemu:///session"])
-        .args(args)
-        .stdin(Stdio::null());
+    c.args(["virsh", "-q", "-c", "qemu:///session"]).args(args);
     c.output().unwrap()
 }
 
