@@ -15,7 +15,7 @@ use std::time::Instant;
 use blockjobinfo::ffi::{bji_close, bji_get_block_job_info, bji_open_qmp, bji_source, bji_translate_reply};
 use blockjobinfo::virDomainBlockJobInfo;
 use common::virt::{self, Domain, Preload};
-use common::Qsd;
+use common::{Qsd, Stack};
 use serde_json::{json, Value};
 
 struct Stats {
@@ -163,7 +163,8 @@ fn main() {
     let work = tempfile::tempdir().unwrap();
 
     // One daemon, one throttled job that stays in its copying phase, a monitor per client.
-    let mut qsd = Qsd::start_with_monitors(3);
+    let stack = Stack::deb12();
+    let mut qsd = Qsd::start_with_monitors(stack, 3);
     qsd.ctl.ok(
         "blockdev-mirror",
         json!({"job-id": "copy-vda-libvirt-1-format", "device": "top", "target": "dst", "sync": "full",
@@ -381,7 +382,7 @@ fn main() {
 
     // 4. Through libvirt, on a real session domain with a throttled copy.
     if !skip_libvirt {
-        libvirt_part(&mut r, if quick { 10 } else { 2_000 });
+        libvirt_part(stack, &mut r, if quick { 10 } else { 2_000 });
     }
 
     let mut md = String::new();
@@ -408,13 +409,14 @@ fn main() {
     std::fs::write(out.join("BENCHMARKS.md"), &md).unwrap();
 }
 
-fn libvirt_part(r: &mut Report, n: usize) {
-    let dom = Domain::create("bjt-bench", 6);
+fn libvirt_part(stack: &'static Stack, r: &mut Report, n: usize) {
+    let dom = Domain::create(stack, "bjt-bench", 6);
     dom.start_copy(65536, 262144);
-    // The programs run as the test user: build them where it can read them.
-    let exe = cc(&dom.dir, "virt_bench", &["-lvirt", "-lvirt-qemu"]);
+    // The programs run as the test user: build them where it can read them (the checkout may be root's alone).
+    let exe = cc(&dom.host_path(""), "virt_bench", &["-lvirt", "-lvirt-qemu"]);
     std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let lib = build_dir().join("libblockjobinfo.so");
+    let exe = PathBuf::from(stack.inside(&exe));
+    let lib = stack.library();
     let run = |p: Preload, mode: &str, python: bool| {
         // Passthrough costs libvirt a monitor round trip and more: fewer samples suffice.
         let n = if mode == "monitor" || p == Preload::Source("passthrough") {
@@ -422,10 +424,10 @@ fn libvirt_part(r: &mut Report, n: usize) {
         } else {
             n
         };
-        let mut c = virt::as_user("env");
+        let mut c = virt::as_user(stack, "env");
         if let Preload::Source(s) = p {
             c.args([
-                format!("LD_PRELOAD={}", lib.display()),
+                format!("LD_PRELOAD={lib}"),
                 format!("BLOCKJOBINFO_SOURCE={s}"),
                 format!("BLOCKJOBINFO_QMP_SOCKET={}", virt::qmp_template()),
             ]);
@@ -433,7 +435,7 @@ fn libvirt_part(r: &mut Report, n: usize) {
         if python {
             c.args([
                 "/usr/bin/python3",
-                root().join("bench/virt_bench.py").to_str().unwrap(),
+                &stack.file("bench/virt_bench.py"),
                 &dom.name,
                 &n.to_string(),
             ]);
@@ -452,9 +454,9 @@ fn libvirt_part(r: &mut Report, n: usize) {
     );
     for (s, limit) in [("qmp", 0.5), ("native", 1.25), ("passthrough", 1.10)] {
         // One process alternating libvirt's way and ours, so that both see the same load.
-        let mut c = virt::as_user("env");
+        let mut c = virt::as_user(stack, "env");
         c.args([
-            format!("LD_PRELOAD={}", lib.display()),
+            format!("LD_PRELOAD={lib}"),
             format!("BLOCKJOBINFO_QMP_SOCKET={}", virt::qmp_template()),
         ]);
         let calls = if s == "passthrough" { n / 5 + 1 } else { n };

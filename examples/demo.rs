@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Qsd, MIB};
+use common::{Qsd, Stack, MIB};
 use serde_json::json;
 
 /// The tool, built beside this example (`make demo` builds both).
@@ -27,7 +27,7 @@ fn run(args: &[&str]) {
 }
 
 fn main() {
-    let mut qsd = Qsd::start();
+    let mut qsd = Qsd::start(Stack::deb12());
     let sock = qsd.lib_socket();
     println!("qemu-storage-daemon is running with 8 MiB qcow2 images; its QMP monitor for us: {sock}");
     qsd.ctl.ok(

@@ -3,9 +3,10 @@
 set -euo pipefail
 
 # qemu-storage-daemon lives in qemu-system-common; qemu-img/qemu-io in qemu-utils; virsh in libvirt-clients;
-# the session libvirtd in libvirt-daemon(-driver-qemu); libvirt's header in libvirt-dev; gcc -m32 in gcc-multilib.
+# the session libvirtd in libvirt-daemon(-driver-qemu); libvirt's header in libvirt-dev; gcc -m32 in gcc-multilib;
+# mmdebstrap makes the Debian 13 test stack (scripts/stacks.sh).
 packages=(qemu-system-common qemu-system-x86 qemu-utils libvirt-dev libvirt-clients libvirt-daemon
-          libvirt-daemon-driver-qemu python3-libvirt gcc-multilib pkg-config valgrind)
+          libvirt-daemon-driver-qemu python3-libvirt gcc-multilib pkg-config valgrind mmdebstrap)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,6 +1,7 @@
 //! The C side: the header against libvirt's real one, the strict C test program and the examples, built with
 //! -Wall -Wextra -Werror and run against a real qemu-storage-daemon.
 
+#[macro_use]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -199,8 +200,8 @@ fn header_coexists_with_libvirts_in_either_order() {
 }
 
 /// Starts a daemon with a throttled mirror under libvirt's job id for disk vda.
-fn daemon_with_copy_job() -> Qsd {
-    let mut qsd = Qsd::start();
+fn daemon_with_copy_job(s: &'static Stack) -> Qsd {
+    let mut qsd = Qsd::start(s);
     qsd.ctl.ok(
         "blockdev-mirror",
         json!({"job-id": "copy-vda-libvirt-1-format", "device": "top", "target": "dst", "sync": "full",
@@ -209,12 +210,11 @@ fn daemon_with_copy_job() -> Qsd {
     qsd
 }
 
-#[test]
-fn c_test_program_passes_against_real_qemu() {
+fn c_test_program_passes_against_real_qemu(s: &'static Stack) {
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("test_api");
     cc(Some(&exe), &["tests/c/test_api.c"], &[]).unwrap();
-    let qsd = daemon_with_copy_job();
+    let qsd = daemon_with_copy_job(s);
     let out = output(Command::new(&exe).arg(qsd.lib_socket()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -222,14 +222,13 @@ fn c_test_program_passes_against_real_qemu() {
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }
 
-#[test]
-fn examples_print_like_virsh() {
+fn examples_print_like_virsh(s: &'static Stack) {
     let dir = tempfile::tempdir().unwrap();
     let blockjob = dir.path().join("blockjob");
     let translate = dir.path().join("translate");
     cc(Some(&blockjob), &["c-examples/blockjob.c"], &[]).unwrap();
     cc(Some(&translate), &["c-examples/translate.c"], &[]).unwrap();
-    let qsd = daemon_with_copy_job();
+    let qsd = daemon_with_copy_job(s);
 
     let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vda", "--raw"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -311,8 +310,7 @@ fn under_valgrind(exe: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
     out
 }
 
-#[test]
-fn c_test_program_and_examples_are_clean_under_valgrind() {
+fn c_test_program_and_examples_are_clean_under_valgrind(s: &'static Stack) {
     let dir = tempfile::tempdir().unwrap();
     let test_api = dir.path().join("test_api");
     let blockjob = dir.path().join("blockjob");
@@ -320,12 +318,12 @@ fn c_test_program_and_examples_are_clean_under_valgrind() {
     cc(Some(&test_api), &["tests/c/test_api.c"], &["-g"]).unwrap();
     cc(Some(&blockjob), &["c-examples/blockjob.c"], &["-g"]).unwrap();
     cc(Some(&translate), &["c-examples/translate.c"], &["-g"]).unwrap();
-    let qsd = daemon_with_copy_job();
+    let qsd = daemon_with_copy_job(s);
     let out = under_valgrind(&test_api, &[qsd.lib_socket().as_str()], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains(" passed, 0 failed"));
     drop(qsd);
-    let qsd = daemon_with_copy_job();
+    let qsd = daemon_with_copy_job(s);
     let out = under_valgrind(&blockjob, &[qsd.lib_socket().as_str(), "vda", "--raw"], None);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(" type=Block Copy\n"));
     assert_eq!(
@@ -342,8 +340,7 @@ fn c_test_program_and_examples_are_clean_under_valgrind() {
     );
 }
 
-#[test]
-fn c_test_program_passes_with_address_and_undefined_behaviour_sanitizers() {
+fn c_test_program_passes_with_address_and_undefined_behaviour_sanitizers(s: &'static Stack) {
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("test_api_asan");
     let sanitize = [
@@ -353,7 +350,7 @@ fn c_test_program_passes_with_address_and_undefined_behaviour_sanitizers() {
         "-fno-sanitize-recover=all",
     ];
     cc(Some(&exe), &["tests/c/test_api.c"], &sanitize).unwrap();
-    let qsd = daemon_with_copy_job();
+    let qsd = daemon_with_copy_job(s);
     let out = output(
         Command::new(&exe)
             .arg(qsd.lib_socket())
@@ -370,3 +367,10 @@ fn c_test_program_passes_with_address_and_undefined_behaviour_sanitizers() {
         "{stderr}"
     );
 }
+
+on_each_stack!(
+    c_test_program_passes_against_real_qemu,
+    examples_print_like_virsh,
+    c_test_program_and_examples_are_clean_under_valgrind,
+    c_test_program_passes_with_address_and_undefined_behaviour_sanitizers,
+);

@@ -1,6 +1,7 @@
 //! The `blockjobinfo` tool against real qemu-storage-daemon: output byte for byte on known states, every exit
 //! code, and its progress display on a pipe and on a real pseudo-terminal.
 
+#[macro_use]
 mod common;
 
 use std::io::Read;
@@ -24,8 +25,8 @@ fn text(b: &[u8]) -> String {
 }
 
 /// A mirror at 2 MiB/s, waited (by the test's own connection) until QEMU says it is ready: a steady state.
-fn ready_mirror() -> Qsd {
-    let mut qsd = Qsd::start();
+fn ready_mirror(s: &'static Stack) -> Qsd {
+    let mut qsd = Qsd::start(s);
     qsd.ctl.ok(
         "blockdev-mirror",
         json!({"job-id": "copy-vda-libvirt-1-format", "device": "top", "target": "dst", "sync": "full", "speed": 2 * MIB}),
@@ -34,9 +35,8 @@ fn ready_mirror() -> Qsd {
     qsd
 }
 
-#[test]
-fn info_output_byte_for_byte_on_a_ready_mirror() {
-    let qsd = ready_mirror();
+fn info_output_byte_for_byte_on_a_ready_mirror(s: &'static Stack) {
+    let qsd = ready_mirror(s);
     let sock = qsd.lib_socket();
     let out = tool(&["info", "--qmp", &sock, "vda", "--raw"]);
     assert_eq!(out.status.code(), Some(0));
@@ -80,9 +80,8 @@ fn info_output_byte_for_byte_on_a_ready_mirror() {
     assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), String::new()));
 }
 
-#[test]
-fn info_output_on_a_paused_running_job_matches_qemus_numbers() {
-    let mut qsd = Qsd::start();
+fn info_output_on_a_paused_running_job_matches_qemus_numbers(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
     qsd.ctl.ok(
         "blockdev-mirror",
         json!({"job-id": "m", "device": "top", "target": "dst", "sync": "full", "speed": MIB, "buf-size": MIB}),
@@ -140,10 +139,9 @@ fn usage_and_connection_errors() {
     assert_eq!(out.status.code(), Some(6));
 }
 
-#[test]
-fn wait_exit_codes() {
+fn wait_exit_codes(s: &'static Stack) {
     // Reached (0) and gone-before-ready (4): a stream runs to completion.
-    let mut qsd = Qsd::start();
+    let mut qsd = Qsd::start(s);
     let sock = qsd.lib_socket();
     qsd.ctl.ok(
         "block-stream",
@@ -207,9 +205,8 @@ fn wait_exit_codes() {
     );
 }
 
-#[test]
-fn verbose_progress_on_a_pipe_is_virsh_lines() {
-    let mut qsd = Qsd::start();
+fn verbose_progress_on_a_pipe_is_virsh_lines(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
     qsd.ctl.ok(
         "blockdev-mirror",
         json!({"job-id": "m", "device": "top", "target": "dst", "sync": "full", "speed": 4 * MIB, "buf-size": MIB}),
@@ -246,9 +243,8 @@ fn verbose_progress_on_a_pipe_is_virsh_lines() {
     );
 }
 
-#[test]
-fn verbose_progress_on_a_terminal_is_a_bar() {
-    let mut qsd = Qsd::start();
+fn verbose_progress_on_a_terminal_is_a_bar(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
     qsd.ctl.ok(
         "blockdev-mirror",
         json!({"job-id": "m", "device": "top", "target": "dst", "sync": "full", "speed": 4 * MIB, "buf-size": MIB}),
@@ -308,3 +304,11 @@ fn verbose_progress_on_a_terminal_is_a_bar() {
     );
     assert!(screen.contains("Now in mirroring phase"), "{screen:?}");
 }
+
+on_each_stack!(
+    info_output_byte_for_byte_on_a_ready_mirror,
+    info_output_on_a_paused_running_job_matches_qemus_numbers,
+    wait_exit_codes,
+    verbose_progress_on_a_pipe_is_virsh_lines,
+    verbose_progress_on_a_terminal_is_a_bar,
+);

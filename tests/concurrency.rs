@@ -2,6 +2,7 @@
 //! QEMU: every answer stays right and no call hangs. `BJI_SOAK_CALLS` sets the calls per thread (`make test`
 //! runs 1,000; `make soak` 10,000).
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -47,9 +48,8 @@ fn hammer(src: &QmpSource, n: usize) {
     }
 }
 
-#[test]
-fn sixteen_threads_share_one_source() {
-    let mut qsd = Qsd::start();
+fn sixteen_threads_share_one_source(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
     slow_job(&mut qsd);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
     let t = Instant::now();
@@ -61,9 +61,8 @@ fn sixteen_threads_share_one_source() {
     eprintln!("{} calls on one shared source in {:?}", THREADS * calls(), t.elapsed());
 }
 
-#[test]
-fn sixteen_threads_with_a_source_each() {
-    let mut qsd = Qsd::start_with_monitors(THREADS);
+fn sixteen_threads_with_a_source_each(s: &'static Stack) {
+    let mut qsd = Qsd::start_with_monitors(s, THREADS);
     slow_job(&mut qsd);
     let t = Instant::now();
     std::thread::scope(|s| {
@@ -78,9 +77,8 @@ fn sixteen_threads_with_a_source_each() {
 /// A child forked while other threads are mid-call must never speak on the parent's connection: its call on
 /// the inherited source fails cleanly (the monitor is busy with the parent) within its timeout, a source of
 /// its own works, and the parent's threads keep getting right answers.
-#[test]
-fn fork_while_calls_are_in_flight() {
-    let mut qsd = Qsd::start_with_monitors(1);
+fn fork_while_calls_are_in_flight(s: &'static Stack) {
+    let mut qsd = Qsd::start_with_monitors(s, 1);
     slow_job(&mut qsd);
     let limits = Limits {
         connect_timeout: Duration::from_millis(500),
@@ -147,3 +145,9 @@ fn child(src: &QmpSource, own_socket: &str) -> i32 {
         _ => 4,
     }
 }
+
+on_each_stack!(
+    sixteen_threads_share_one_source,
+    sixteen_threads_with_a_source_each,
+    fork_while_calls_are_in_flight,
+);

@@ -1,6 +1,7 @@
 //! `make install`, as `make test` stages it (BJI_STAGE, with PREFIX=/usr): the files, the soname, the
 //! pkg-config file, and a c-examples program built with `pkg-config` alone, run against real QEMU.
 
+#[macro_use]
 mod common;
 
 use std::path::PathBuf;
@@ -24,8 +25,7 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-#[test]
-fn installed_tree_builds_and_runs_a_c_example_with_pkg_config_only() {
+fn installed_tree_builds_and_runs_a_c_example_with_pkg_config_only(s: &'static Stack) {
     let root = stage();
     let lib = root.join("usr/lib");
     assert_eq!(
@@ -57,7 +57,7 @@ fn installed_tree_builds_and_runs_a_c_example_with_pkg_config_only() {
     let needed = run(Command::new("readelf").arg("-d").arg(&exe));
     assert!(needed.contains("Shared library: [libblockjobinfo.so.0]"), "{needed}");
 
-    let mut qsd = Qsd::start();
+    let mut qsd = Qsd::start(s);
     qsd.ctl.ok(
         "blockdev-mirror",
         json!({"job-id": "copy-vda-libvirt-1-format", "device": "top", "target": "dst", "sync": "full", "speed": MIB, "buf-size": MIB}),
@@ -71,3 +71,5 @@ fn installed_tree_builds_and_runs_a_c_example_with_pkg_config_only() {
         run(Command::new(root.join("usr/bin/blockjobinfo")).args(["info", "--qmp", &qsd.lib_socket(), "vda", "--raw"]));
     assert!(out.starts_with(" type=Block Copy\n bandwidth=1\n cur="), "{out}");
 }
+
+on_each_stack!(installed_tree_builds_and_runs_a_c_example_with_pkg_config_only,);

@@ -3,22 +3,21 @@
 //! without the library, quickly, and nothing crashes. (A binary of its own: it restarts the daemon every
 //! libvirt test shares.)
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::virt::{self, as_user, virsh_ok, Domain, Preload};
+use common::virt::{self, Domain, Preload};
+use common::Stack;
 use serde_json::Value;
 
 fn start_poller(dom: &Domain, p: Preload, out: &str, seconds: u32) -> Child {
-    let mut c = as_user("env");
-    c.args(virt::preload_env(p));
-    c.args([
-        "/usr/bin/python3",
-        virt::tests_dir().join("py/poll.py").to_str().unwrap(),
-    ]);
+    let mut c = dom.as_user("env");
+    c.args(virt::preload_env(dom.stack, p));
+    c.args(["/usr/bin/python3", &dom.stack.file("tests/py/poll.py")]);
     c.args([dom.name.as_str(), &seconds.to_string(), &dom.path(out)]);
     c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
 }
@@ -32,7 +31,7 @@ fn finish(child: Child, dom: &Domain, out: &str) -> (usize, BTreeSet<String>) {
         o.status,
         String::from_utf8_lossy(&o.stderr)
     );
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(dom.path(out)).unwrap()).unwrap();
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(dom.host_path(out)).unwrap()).unwrap();
     assert!(v["longest"].as_f64().unwrap() < 10.0, "a call hung: {v}");
     let answers = v["answers"].as_array().unwrap();
     let ok = answers.iter().take_while(|a| a.get("ok").is_some()).count();
@@ -44,23 +43,22 @@ fn finish(child: Child, dom: &Domain, out: &str) -> (usize, BTreeSet<String>) {
     (ok, errors)
 }
 
-fn daemon_pids() -> String {
+fn daemon_pids(s: &Stack) -> String {
     let o = Command::new("pgrep")
-        .args(["-u", virt::USER, "-f", "libvirtd|virtqemud"])
+        .args(["-U", &virt::uid(s).to_string(), "-f", "libvirtd|virtqemud"])
         .output()
         .unwrap();
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
-#[test]
-fn a_restarted_libvirtd_and_a_destroyed_domain_give_libvirts_own_errors() {
+fn a_restarted_libvirtd_and_a_destroyed_domain_give_libvirts_own_errors(s: &'static Stack) {
     // 1. The session daemon dies between calls, then comes back.
-    let dom = Domain::create("bjt-restart", 1);
+    let dom = Domain::create(s, "bjt-restart", 1);
     let plain = start_poller(&dom, Preload::No, "plain.json", 4);
     let ours = start_poller(&dom, Preload::Source("qmp"), "ours.json", 4);
     let native = start_poller(&dom, Preload::Source("native"), "native.json", 4);
     std::thread::sleep(Duration::from_millis(1500));
-    let pids = daemon_pids();
+    let pids = daemon_pids(s);
     assert!(!pids.is_empty(), "a session daemon runs");
     for pid in pids.lines() {
         Command::new("kill").arg(pid).status().unwrap();
@@ -95,13 +93,13 @@ fn a_restarted_libvirtd_and_a_destroyed_domain_give_libvirts_own_errors() {
         "the preloaded callers saw the failure too"
     );
     // The daemon starts again on demand; the domain's QEMU survived it.
-    assert!(virsh_ok(Preload::No, &["domstate", &dom.name]).contains("running"));
+    assert!(dom.virsh_ok(Preload::No, &["domstate", &dom.name]).contains("running"));
 
     // 2. The domain is destroyed while pollers run.
     let plain = start_poller(&dom, Preload::No, "plain2.json", 3);
     let ours = start_poller(&dom, Preload::Source("qmp"), "ours2.json", 3);
     std::thread::sleep(Duration::from_millis(1000));
-    virsh_ok(Preload::No, &["destroy", &dom.name]);
+    dom.virsh_ok(Preload::No, &["destroy", &dom.name]);
     let (plain_ok, plain_errors) = finish(plain, &dom, "plain2.json");
     let (ours_ok, ours_errors) = finish(ours, &dom, "ours2.json");
     assert!(plain_ok > 0 && ours_ok > 0);
@@ -109,3 +107,5 @@ fn a_restarted_libvirtd_and_a_destroyed_domain_give_libvirts_own_errors() {
     eprintln!("errors after the domain was destroyed: {plain_errors:?}");
     assert_eq!(ours_errors, plain_errors);
 }
+
+on_each_stack!(a_restarted_libvirtd_and_a_destroyed_domain_give_libvirts_own_errors);

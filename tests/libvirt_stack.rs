@@ -1,14 +1,16 @@
 //! The drop-in `virDomainGetBlockJobInfo` on the real stack: a session libvirtd, TCG domains, throttled jobs
 //! started with virsh, and virsh, python-libvirt and a C client, with and without the library.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::virt::{self, as_user, virsh, virsh_ok, Domain, Preload};
+use common::virt::{self, Domain, Preload};
 use common::Recorder;
+use common::Stack;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -48,14 +50,11 @@ fn parse_raw(text: &str) -> Option<(String, u64, u64, u64)> {
 /// The python sampler, started in the background. It writes its samples to a file: the test reads them once
 /// the job is through (a pipe nobody reads would stall it).
 fn start_python_sampler(dom: &Domain, until: &str, sources: &[&str]) -> Child {
-    let mut c = as_user("env");
-    c.args(virt::preload_env(Preload::Source("libvirt")));
+    let mut c = dom.as_user("env");
+    c.args(virt::preload_env(dom.stack, Preload::Source("libvirt")));
     // virsh polls the same monitor meanwhile: hold it only for each call.
     c.arg("BLOCKJOBINFO_QMP_IDLE_MS=0");
-    c.args([
-        "/usr/bin/python3",
-        virt::tests_dir().join("py/sample.py").to_str().unwrap(),
-    ]);
+    c.args(["/usr/bin/python3", &dom.stack.file("tests/py/sample.py")]);
     c.args([
         dom.name.as_str(),
         "vda",
@@ -71,7 +70,7 @@ fn start_python_sampler(dom: &Domain, until: &str, sources: &[&str]) -> Child {
 /// exactly libvirt's answer. Returns the phases (flags 0) such samples covered.
 fn check_python_samples(dom: &Domain, child: Child, sources: &[&str], want_type: i64) -> BTreeMap<Phase, usize> {
     let out = child.wait_with_output().unwrap();
-    let text = std::fs::read_to_string(dom.path("samples.jsonl")).unwrap_or_default();
+    let text = std::fs::read_to_string(dom.host_path("samples.jsonl")).unwrap_or_default();
     assert!(
         out.status.success(),
         "sampler failed: {}\n{}",
@@ -125,8 +124,9 @@ fn virsh_triplets(
     dom: &Domain,
     sources: &[&'static str],
     done: impl Fn(&BTreeMap<Phase, usize>) -> bool,
-) -> BTreeMap<Phase, usize> {
+) -> (BTreeMap<Phase, usize>, Option<(u64, u64)>) {
     let mut phases = BTreeMap::new();
+    let mut window = None;
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut bytes = false;
     while !done(&phases) {
@@ -135,12 +135,12 @@ fn virsh_triplets(
         if bytes {
             args.push("--bytes");
         }
-        let a = virsh_ok(Preload::No, &args);
+        let a = dom.virsh_ok(Preload::No, &args);
         let ours: Vec<(&str, String)> = sources
             .iter()
-            .map(|s| (*s, virsh_ok(Preload::Source(s), &args)))
+            .map(|s| (*s, dom.virsh_ok(Preload::Source(s), &args)))
             .collect();
-        let c = virsh_ok(Preload::No, &args);
+        let c = dom.virsh_ok(Preload::No, &args);
         if a == c {
             for (s, o) in &ours {
                 assert_eq!(
@@ -153,12 +153,15 @@ fn virsh_triplets(
                     None => Phase::Gone,
                     Some((_, _, cur, end)) => phase(cur, end, true),
                 };
+                if p == Phase::Window && window.is_none() {
+                    window = parse_raw(&a).map(|(_, _, cur, end)| (cur, end));
+                }
                 *phases.entry(p).or_insert(0) += 1;
             }
         }
         bytes = !bytes;
     }
-    phases
+    (phases, window)
 }
 
 /// A shallow copy at 512 KiB/s in 2 MiB steps: each step, and the offset == len window after the last one,
@@ -171,7 +174,7 @@ fn start_copy(dom: &Domain) {
 fn compare_through_the_job(dom: &Domain, sources: &[&'static str], want_type: i64, want: &[Phase], until: &str) {
     let sampler = start_python_sampler(dom, until, sources);
     let want_v = want.to_vec();
-    let seen_virsh = virsh_triplets(dom, sources, |p| {
+    let (seen_virsh, window) = virsh_triplets(dom, sources, |p| {
         want_v.iter().all(|k| p.contains_key(k))
             && (until != "ready" || p.get(&Phase::Ready).copied().unwrap_or(0) >= 2)
     });
@@ -186,11 +189,33 @@ fn compare_through_the_job(dom: &Domain, sources: &[&'static str], want_type: i6
         "{}: compared phases: python {seen_python:?}, virsh {seen_virsh:?}",
         dom.name
     );
+    // Every libvirt under test applies the (a-1)/a rule itself (libvirt >= 5.6): inside the window its own
+    // answer is already cur = end - 1, which the preloaded sources matched above.
+    if let Some((cur, end)) = window {
+        dom.stack
+            .record("libvirt-window", &format!("cur = end - 1 (e.g. cur={cur} end={end})"));
+    }
 }
 
-#[test]
-fn copy_job_agrees_with_libvirt_in_every_phase_for_qmp_and_native() {
-    let dom = Domain::create("bjt-copy", 6);
+/// The names libvirt gave its jobs in QMP, asked of the domain's monitor (given back at once).
+fn qemu_job_names(dom: &Domain) -> Vec<String> {
+    let src = blockjobinfo::QmpSource::open(&dom.qmp_socket()).expect("the domain's monitor");
+    src.all_reports(0).unwrap().into_iter().map(|r| r.raw.device).collect()
+}
+
+/// Checks libvirt's QMP job name for disk vda and records it: the library matches a disk to its job by it.
+fn check_job_name(dom: &Domain, prefix: &str, key: &str) {
+    let names = qemu_job_names(dom);
+    assert!(
+        names.len() == 1 && names[0].starts_with(prefix),
+        "{}: job names {names:?}, want {prefix}...",
+        dom.stack.name
+    );
+    dom.stack.record(key, &names[0]);
+}
+
+fn copy_job_agrees_with_libvirt_in_every_phase_for_qmp_and_native(s: &'static Stack) {
+    let dom = Domain::create(s, "bjt-copy", 6);
     // Record what the library says on the domain's own monitor: only capabilities and queries.
     let rec = Recorder::start_at(&dom.qmp_socket(), &dom.real_qmp_socket());
     start_copy(&dom);
@@ -202,8 +227,24 @@ fn copy_job_agrees_with_libvirt_in_every_phase_for_qmp_and_native() {
         "ready",
     );
 
+    check_job_name(&dom, "copy-vda-", "job-copy");
     // The mirroring phase is steady: the domain is the same before and after many preloaded calls.
     let xml_before = dom.xml();
+    let doc = roxmltree::Document::parse(&xml_before).unwrap();
+    let mirror = doc
+        .descendants()
+        .find(|n| n.has_tag_name("mirror"))
+        .expect("a <mirror> under the disk during the copy");
+    assert_eq!(
+        (mirror.attribute("job"), mirror.attribute("ready")),
+        (Some("copy"), Some("yes"))
+    );
+    let text = &xml_before[mirror.range()];
+    let first = text.lines().next().unwrap_or(text).trim();
+    s.record(
+        "mirror-xml",
+        &first.replace(mirror.attribute("file").unwrap_or("-"), "..."),
+    );
     for s in ["qmp", "native", "auto"] {
         for _ in 0..3 {
             let raw = dom.job_raw(Preload::Source(s));
@@ -234,16 +275,15 @@ fn copy_job_agrees_with_libvirt_in_every_phase_for_qmp_and_native() {
         "{lines:?}"
     );
 
-    virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
+    dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
     dom.wait_no_job(Duration::from_secs(30));
     let log = dom.log();
     assert!(!log.is_empty(), "the domain log is readable");
     assert!(!log.contains("custom-monitor"), "qmp/native must not taint:\n{log}");
 }
 
-#[test]
-fn passthrough_agrees_with_libvirt_and_taints_the_domain() {
-    let dom = Domain::create("bjt-pass", 6);
+fn passthrough_agrees_with_libvirt_and_taints_the_domain(s: &'static Stack) {
+    let dom = Domain::create(s, "bjt-pass", 6);
     start_copy(&dom);
     assert!(!dom.log().contains("custom-monitor"));
     compare_through_the_job(
@@ -253,7 +293,7 @@ fn passthrough_agrees_with_libvirt_and_taints_the_domain() {
         &[Phase::Running, Phase::Window, Phase::Ready],
         "ready",
     );
-    virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
+    dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
     dom.wait_no_job(Duration::from_secs(30));
     assert!(
         dom.log().contains("tainted: custom-monitor"),
@@ -262,10 +302,9 @@ fn passthrough_agrees_with_libvirt_and_taints_the_domain() {
     );
 }
 
-#[test]
-fn active_commit_is_reported_as_active_commit() {
-    let dom = Domain::create("bjt-acommit", 4);
-    virsh_ok(
+fn active_commit_is_reported_as_active_commit(s: &'static Stack) {
+    let dom = Domain::create(s, "bjt-acommit", 4);
+    dom.virsh_ok(
         Preload::No,
         // libvirt's active commit copies this little data in one burst and is ready at once: its phase is the
         // mirroring one, which must read cur == end through every source.
@@ -280,29 +319,26 @@ fn active_commit_is_reported_as_active_commit() {
         ],
     );
     compare_through_the_job(&dom, &["qmp", "native", "passthrough"], 4, &[Phase::Ready], "ready");
+    check_job_name(&dom, "commit-vda-", "job-active-commit");
     let raw = dom.job_raw(Preload::Source("qmp"));
     assert!(raw.contains(" type=Active Block Commit\n"), "{raw}");
-    virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
+    dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
     dom.wait_no_job(Duration::from_secs(30));
 }
 
-#[test]
-fn pull_runs_then_is_gone() {
-    let dom = Domain::create("bjt-pull", 2);
-    virsh_ok(Preload::No, &["blockpull", &dom.name, "vda", "--bandwidth", "1"]);
+fn pull_runs_then_is_gone(s: &'static Stack) {
+    let dom = Domain::create(s, "bjt-pull", 2);
+    dom.virsh_ok(Preload::No, &["blockpull", &dom.name, "vda", "--bandwidth", "1"]);
+    check_job_name(&dom, "pull-vda-", "job-pull");
     compare_through_the_job(&dom, &["qmp", "native"], 1, &[Phase::Running, Phase::Gone], "gone");
 }
 
-#[test]
-fn nova_live_snapshot_aborts_only_when_ready_and_the_copy_is_equal() {
-    let dom = Domain::create("bjt-nova", 2);
+fn nova_live_snapshot_aborts_only_when_ready_and_the_copy_is_equal(s: &'static Stack) {
+    let dom = Domain::create(s, "bjt-nova", 2);
     for (source, rounds) in [("qmp", "2"), ("native", "2")] {
-        let mut c = as_user("env");
-        c.args(virt::preload_env(Preload::Source(source)));
-        c.args([
-            "/usr/bin/python3",
-            virt::tests_dir().join("py/nova_snapshot.py").to_str().unwrap(),
-        ]);
+        let mut c = dom.as_user("env");
+        c.args(virt::preload_env(s, Preload::Source(source)));
+        c.args(["/usr/bin/python3", &s.file("tests/py/nova_snapshot.py")]);
         c.args([
             dom.name.as_str(),
             "vda",
@@ -332,22 +368,18 @@ fn nova_live_snapshot_aborts_only_when_ready_and_the_copy_is_equal() {
 }
 
 fn errors_json(p: Preload, running: &Domain, inactive: &Domain) -> Value {
-    let mut c = as_user("env");
-    c.args(virt::preload_env(p));
-    c.args([
-        "/usr/bin/python3",
-        virt::tests_dir().join("py/errors.py").to_str().unwrap(),
-    ]);
+    let mut c = running.as_user("env");
+    c.args(virt::preload_env(running.stack, p));
+    c.args(["/usr/bin/python3", &running.stack.file("tests/py/errors.py")]);
     c.args([running.name.as_str(), inactive.name.as_str()]);
     let out = c.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[test]
-fn errors_and_empty_answers_are_libvirts_own() {
-    let running = Domain::create("bjt-err", 1);
-    let inactive = Domain::define_inactive("bjt-off");
+fn errors_and_empty_answers_are_libvirts_own(s: &'static Stack) {
+    let running = Domain::create(s, "bjt-err", 1);
+    let inactive = Domain::define_inactive(s, "bjt-off");
     let libvirt = errors_json(Preload::No, &running, &inactive);
     assert_eq!(libvirt["no_job"]["ok"], serde_json::json!({}), "{libvirt}");
     assert_eq!(
@@ -389,9 +421,8 @@ fn errors_and_empty_answers_are_libvirts_own() {
     );
 }
 
-#[test]
-fn preloading_changes_nothing_else_in_virsh() {
-    let dom = Domain::create("bjt-other", 1);
+fn preloading_changes_nothing_else_in_virsh(s: &'static Stack) {
+    let dom = Domain::create(s, "bjt-other", 1);
     let cmds: Vec<Vec<&str>> = vec![
         vec!["domblklist", &dom.name],
         vec!["domstate", &dom.name],
@@ -404,9 +435,9 @@ fn preloading_changes_nothing_else_in_virsh() {
         vec!["qemu-monitor-command", "--help"],
     ];
     for args in &cmds {
-        let plain = virsh(Preload::No, args);
+        let plain = dom.virsh(Preload::No, args);
         for s in ["auto", "qmp"] {
-            let pre = virsh(Preload::Source(s), args);
+            let pre = dom.virsh(Preload::Source(s), args);
             assert_eq!(pre.status.code(), plain.status.code(), "virsh {args:?}");
             assert_eq!(pre.stdout, plain.stdout, "virsh {args:?}");
             assert_eq!(pre.stderr, plain.stderr, "virsh {args:?}");
@@ -416,32 +447,40 @@ fn preloading_changes_nothing_else_in_virsh() {
 }
 
 /// tests/c/linkfirst.c linked with -lblockjobinfo before -lvirt, placed where the test user can run it.
+/// Built on the host (against Debian 12's libvirt-dev) and run in either stack: it finds the library copy the
+/// test user can read through its rpath, and the stack's own libvirt.so.0.
 fn build_linkfirst(dom: &Domain) -> String {
-    let exe = dom.path("linkfirst");
+    let exe = dom.host_path("linkfirst");
     let lib = common::lib_dir();
     let _ = std::os::unix::fs::symlink("libblockjobinfo.so", lib.join("libblockjobinfo.so.0"));
+    let shared = dom.stack.library();
     let out = Command::new("cc")
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-D_POSIX_C_SOURCE=200809L"])
-        .arg(virt::tests_dir().join("c/linkfirst.c"))
-        .args(["-o", &exe, "-L"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/linkfirst.c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg("-L")
         .arg(&lib)
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg(format!(
+            "-Wl,-rpath,{}",
+            std::path::Path::new(&shared).parent().unwrap().display()
+        ))
         .args(["-Wl,--no-as-needed", "-lblockjobinfo", "-lvirt"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let needed = Command::new("readelf").args(["-d", &exe]).output().unwrap();
+    let needed = Command::new("readelf").arg("-d").arg(&exe).output().unwrap();
     let needed = String::from_utf8_lossy(&needed.stdout);
     let ours = needed.find("libblockjobinfo.so.0").expect("links blockjobinfo");
     let theirs = needed.find("libvirt.so.0").expect("links libvirt");
     assert!(ours < theirs, "blockjobinfo must come first:\n{needed}");
     std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    exe
+    dom.stack.inside(&exe)
 }
 
 /// Runs the link-first client; returns its lines per source, without the source name.
 fn run_linkfirst(exe: &str, dom: &Domain, sources: &[&str]) -> BTreeMap<String, Vec<String>> {
-    let mut c = as_user("env");
+    let mut c = dom.as_user("env");
     c.args([
         format!("BLOCKJOBINFO_QMP_SOCKET={}", virt::qmp_template()),
         "BLOCKJOBINFO_LOG=debug".into(),
@@ -463,14 +502,13 @@ fn run_linkfirst(exe: &str, dom: &Domain, sources: &[&str]) -> BTreeMap<String, 
 }
 
 /// A qmp source that cannot answer falls back to native, says so in the log, and still answers as libvirt.
-#[test]
-fn a_failing_qmp_source_falls_back_to_native_and_logs_it() {
-    let dom = Domain::create("bjt-fallback", 1);
+fn a_failing_qmp_source_falls_back_to_native_and_logs_it(s: &'static Stack) {
+    let dom = Domain::create(s, "bjt-fallback", 1);
     let plain = dom.job_raw(Preload::No);
     let blockjob_with = |template: &str| {
-        let mut c = as_user("env");
+        let mut c = dom.as_user("env");
         c.args([
-            format!("LD_PRELOAD={}", virt::library().display()),
+            format!("LD_PRELOAD={}", s.library()),
             "BLOCKJOBINFO_SOURCE=qmp".into(),
             format!("BLOCKJOBINFO_QMP_SOCKET={template}"),
             "BLOCKJOBINFO_LOG=warn".into(),
@@ -504,9 +542,8 @@ fn a_failing_qmp_source_falls_back_to_native_and_logs_it() {
 }
 
 /// A long-lived process gives the domain's monitor back after the idle timeout: another client is served.
-#[test]
-fn the_qmp_connection_is_released_when_idle() {
-    let dom = Domain::create("bjt-idle", 1);
+fn the_qmp_connection_is_released_when_idle(s: &'static Stack) {
+    let dom = Domain::create(s, "bjt-idle", 1);
     let script = format!(
         "import libvirt, time, sys\n\
          d = libvirt.open('qemu:///session').lookupByName('{}')\n\
@@ -514,8 +551,8 @@ fn the_qmp_connection_is_released_when_idle() {
          time.sleep(6)\n",
         dom.name
     );
-    let mut c = as_user("env");
-    c.args(virt::preload_env(Preload::Source("qmp")));
+    let mut c = dom.as_user("env");
+    c.args(virt::preload_env(s, Preload::Source("qmp")));
     c.args([
         "BLOCKJOBINFO_QMP_IDLE_MS=300",
         "BLOCKJOBINFO_LOG=debug",
@@ -542,3 +579,57 @@ fn the_qmp_connection_is_released_when_idle() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("closing the QMP connection, idle for"));
 }
+
+/// The stack's libvirt, its QEMU and python-libvirt agree with one another, and are recorded for the README's
+/// "Tested with" table.
+fn versions_of_the_stack(s: &'static Stack) {
+    virt::setup(s);
+    let out = virt::virsh_ok(s, Preload::No, &["version"]);
+    let field = |label: &str| -> String {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("{label} in {out}"));
+        line.split_whitespace().last().unwrap().to_string()
+    };
+    let (library, hypervisor) = (field("Using library:"), field("Running hypervisor:"));
+    let qemu = s.version_of("qemu-system-x86_64");
+    assert!(
+        qemu.contains(&format!("version {hypervisor} ")),
+        "{}: {qemu} vs {out}",
+        s.name
+    );
+    let py = virt::as_user(s, "/usr/bin/python3")
+        .args(["-c", "import libvirt; print(libvirt.getVersion())"])
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let n: u64 = String::from_utf8_lossy(&py.stdout).trim().parse().unwrap();
+    assert_eq!(
+        format!("{}.{}.{}", n / 1_000_000, n / 1000 % 1000, n % 1000),
+        library,
+        "{}: python-libvirt uses the stack's libvirt",
+        s.name
+    );
+    let pkg = s
+        .root_command("dpkg-query")
+        .args(["-W", "-f=${Version}", "python3-libvirt"])
+        .output()
+        .unwrap();
+    s.record("libvirt", &library);
+    s.record("python-libvirt", &String::from_utf8_lossy(&pkg.stdout));
+    s.record("qemu-system", &qemu.replace("QEMU emulator version ", ""));
+}
+
+on_each_stack!(
+    versions_of_the_stack,
+    copy_job_agrees_with_libvirt_in_every_phase_for_qmp_and_native,
+    passthrough_agrees_with_libvirt_and_taints_the_domain,
+    active_commit_is_reported_as_active_commit,
+    pull_runs_then_is_gone,
+    nova_live_snapshot_aborts_only_when_ready_and_the_copy_is_equal,
+    errors_and_empty_answers_are_libvirts_own,
+    preloading_changes_nothing_else_in_virsh,
+    a_failing_qmp_source_falls_back_to_native_and_logs_it,
+    the_qmp_connection_is_released_when_idle,
+);

@@ -2,6 +2,7 @@
 // `c_ulong` is u64 here and u32 on 32-bit targets: the conversions are not useless everywhere.
 #![allow(clippy::useless_conversion)]
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -12,6 +13,36 @@ use serde_json::json;
 
 const SPEED: u64 = 2 * MIB;
 
+/// The greeting names the stack's own QEMU, whichever the stack is.
+fn check_greeting(s: &Stack, src: &QmpSource) {
+    let v = src.qemu_version().unwrap();
+    assert_eq!(
+        (v.major, v.minor, v.micro),
+        s.qemu_version(),
+        "{}: the greeting names the stack's QEMU",
+        s.name
+    );
+}
+
+/// The fields QEMU reports for a running mirror. They differ by version: `actively-synced` came with QEMU 8.2
+/// (so deb12's 7.2 lacks it and deb13's 10.0 has it); every field the library needs is in both.
+fn check_mirror_fields(s: &Stack, qsd: &mut Qsd) {
+    let jobs = qsd.ctl.jobs();
+    let job = jobs[0].as_object().unwrap();
+    let mut fields: Vec<&str> = job.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    for needed in ["device", "type", "speed", "offset", "len", "ready", "status"] {
+        assert!(fields.contains(&needed), "{}: {needed} missing from {fields:?}", s.name);
+    }
+    assert_eq!(
+        fields.contains(&"actively-synced"),
+        s.qemu_version() >= (8, 2, 0),
+        "{}: actively-synced is reported from QEMU 8.2 on: {fields:?}",
+        s.name
+    );
+    s.record("mirror-fields", &fields.join(", "));
+}
+
 #[derive(Debug, Default)]
 struct Seen {
     samples: usize,
@@ -19,6 +50,9 @@ struct Seen {
     window: usize,
     ready: usize,
     gone: bool,
+    /// When the first sample fell in the `offset == len && !ready` window, and when the first ready one came.
+    window_from: Option<Instant>,
+    ready_from: Option<Instant>,
 }
 
 /// Samples `job` as fast as the library answers until `stop` says so, the job is gone, or `timeout`; checks
@@ -47,10 +81,12 @@ fn observe(src: &QmpSource, job: &str, want_type: i32, stop: impl Fn(&RawJob) ->
         } else if raw.len > 0 && raw.ready == Some(false) {
             assert_eq!((info.cur, info.end), (raw.len - 1, raw.len), "window: {raw:?}");
             seen.window += 1;
+            seen.window_from.get_or_insert_with(Instant::now);
         } else if raw.ready == Some(true) {
             assert_eq!(info.cur, info.end, "ready: {raw:?}");
             assert!(info.end > 0);
             seen.ready += 1;
+            seen.ready_from.get_or_insert_with(Instant::now);
         }
         if stop(&raw) {
             return seen;
@@ -74,8 +110,8 @@ fn cancel_and_check_gone(qsd: &mut Qsd, src: &QmpSource, job: &str) {
     assert_eq!(src.block_job_info(job, 0).unwrap(), None);
 }
 
-fn mirror_phases(sync: &str, device: &str) {
-    let mut qsd = Qsd::start();
+fn mirror_phases(s: &'static Stack, sync: &str, device: &str) {
+    let mut qsd = Qsd::start(s);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
     assert_eq!(src.block_job_info("m", 0).unwrap(), None, "no job yet");
     // buf-size makes the copy advance in 2 MiB steps, each followed by a 1 s rate-limit pause: the last pause
@@ -84,6 +120,7 @@ fn mirror_phases(sync: &str, device: &str) {
         "blockdev-mirror",
         json!({"job-id": "m", "device": device, "target": "dst", "sync": sync, "speed": SPEED, "buf-size": 2 * MIB}),
     );
+    check_mirror_fields(s, &mut qsd);
     let seen = observe(
         &src,
         "m",
@@ -102,19 +139,16 @@ fn mirror_phases(sync: &str, device: &str) {
     qsd.ctl.wait_event("BLOCK_JOB_COMPLETED", Duration::from_secs(10));
 }
 
-#[test]
-fn mirror_sync_full_every_phase() {
-    mirror_phases("full", "top");
+fn mirror_sync_full_every_phase(s: &'static Stack) {
+    mirror_phases(s, "full", "top");
 }
 
-#[test]
-fn mirror_sync_top_every_phase() {
-    mirror_phases("top", "top");
+fn mirror_sync_top_every_phase(s: &'static Stack) {
+    mirror_phases(s, "top", "top");
 }
 
-#[test]
-fn active_commit_window_and_ready() {
-    let mut qsd = Qsd::start();
+fn active_commit_window_and_ready(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
     // Committing the active layer is a mirror underneath: one burst, then the rate-limit pause (the window),
     // then ready. QEMU calls it "commit"; only libvirt's own record can say "active commit".
@@ -133,8 +167,8 @@ fn active_commit_window_and_ready() {
     cancel_and_check_gone(&mut qsd, &src, "ac");
 }
 
-fn runs_to_completion(start: &str, args: serde_json::Value, job: &str, want_type: i32) {
-    let mut qsd = Qsd::start();
+fn runs_to_completion(s: &'static Stack, start: &str, args: serde_json::Value, job: &str, want_type: i32) {
+    let mut qsd = Qsd::start(s);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
     qsd.ctl.ok(start, args);
     let seen = observe(&src, job, want_type, never, Duration::from_secs(60));
@@ -143,9 +177,9 @@ fn runs_to_completion(start: &str, args: serde_json::Value, job: &str, want_type
     assert_eq!(src.block_job_info(job, 0).unwrap(), None);
 }
 
-#[test]
-fn commit_of_a_lower_layer_runs_then_is_gone() {
+fn commit_of_a_lower_layer_runs_then_is_gone(s: &'static Stack) {
     runs_to_completion(
+        s,
         "block-commit",
         json!({"job-id": "c", "device": "top", "top-node": "mid", "base-node": "base", "speed": SPEED}),
         "c",
@@ -153,9 +187,9 @@ fn commit_of_a_lower_layer_runs_then_is_gone() {
     );
 }
 
-#[test]
-fn stream_runs_then_is_gone() {
+fn stream_runs_then_is_gone(s: &'static Stack) {
     runs_to_completion(
+        s,
         "block-stream",
         json!({"job-id": "s", "device": "top", "speed": SPEED}),
         "s",
@@ -163,9 +197,9 @@ fn stream_runs_then_is_gone() {
     );
 }
 
-#[test]
-fn backup_runs_then_is_gone() {
+fn backup_runs_then_is_gone(s: &'static Stack) {
     runs_to_completion(
+        s,
         "blockdev-backup",
         json!({"job-id": "b", "device": "top", "target": "dst", "sync": "full", "speed": SPEED}),
         "b",
@@ -174,9 +208,8 @@ fn backup_runs_then_is_gone() {
 }
 
 /// The 2016 bug's test: sample a whole mirror as fast as possible; no sample may say cur == end before ready.
-#[test]
-fn sampling_a_whole_mirror_never_reports_done_early() {
-    let mut qsd = Qsd::start();
+fn sampling_a_whole_mirror_never_reports_done_early(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
     // No buf-size: one burst copies everything, then a 4 s rate-limit pause with offset == len, not ready.
     qsd.ctl.ok(
@@ -207,12 +240,22 @@ fn sampling_a_whole_mirror_never_reports_done_early() {
         }
     );
     assert!(seen.ready > 0, "{seen:?}");
+    if let (Some(w), Some(r)) = (seen.window_from, seen.ready_from) {
+        s.record(
+            "window",
+            &format!(
+                "{:.2} s of {secs:.2} s ({} of {} samples)",
+                r.duration_since(w).as_secs_f64(),
+                seen.window,
+                seen.samples
+            ),
+        );
+    }
     cancel_and_check_gone(&mut qsd, &src, "m");
 }
 
-#[test]
-fn library_sends_only_capabilities_and_queries() {
-    let mut qsd = Qsd::start();
+fn library_sends_only_capabilities_and_queries(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
     let rec = Recorder::start(qsd.dir.path(), &qsd.lib_socket());
     let src = QmpSource::open(&rec.path).unwrap();
     qsd.ctl.ok(
@@ -225,7 +268,7 @@ fn library_sends_only_capabilities_and_queries() {
         .unwrap()
         .is_none());
     assert_eq!(src.all_reports(0).unwrap().len(), 1);
-    assert_eq!(src.qemu_version().unwrap().major, 7);
+    check_greeting(s, &src);
     assert!(src.block_job_info("m", 0x10).is_err());
     cancel_and_check_gone(&mut qsd, &src, "m");
     let cmds = rec.commands();
@@ -241,9 +284,8 @@ fn library_sends_only_capabilities_and_queries() {
     );
 }
 
-#[test]
-fn reconnects_once_when_qemu_is_restarted_on_the_same_socket() {
-    let mut qsd = Qsd::start();
+fn reconnects_once_when_qemu_is_restarted_on_the_same_socket(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
     assert!(src.all_reports(0).unwrap().is_empty());
     qsd.kill();
@@ -265,9 +307,8 @@ fn reconnects_once_when_qemu_is_restarted_on_the_same_socket() {
     assert_eq!(src.block_job_info("m", 0).unwrap(), None, "a new daemon has no job");
 }
 
-#[test]
-fn a_stopped_qemu_times_out_instead_of_hanging() {
-    let qsd = Qsd::start();
+fn a_stopped_qemu_times_out_instead_of_hanging(s: &'static Stack) {
+    let qsd = Qsd::start(s);
     let limits = Limits {
         reply_timeout: Duration::from_millis(300),
         ..Limits::default()
@@ -283,11 +324,15 @@ fn a_stopped_qemu_times_out_instead_of_hanging() {
     assert!(src.all_reports(0).unwrap().is_empty(), "works again once QEMU runs");
 }
 
-#[test]
-fn greeting_version_and_many_threads_share_one_source() {
-    let mut qsd = Qsd::start();
+fn greeting_version_and_many_threads_share_one_source(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
-    assert_eq!(src.qemu_version().unwrap().major, 7);
+    check_greeting(s, &src);
+    s.record(
+        "qemu",
+        &s.version_of("qemu-storage-daemon")
+            .replace("qemu-storage-daemon version ", ""),
+    );
     qsd.ctl.ok(
         "blockdev-mirror",
         json!({"job-id": "m", "device": "top", "target": "dst", "sync": "full", "speed": SPEED}),
@@ -305,24 +350,24 @@ fn greeting_version_and_many_threads_share_one_source() {
     cancel_and_check_gone(&mut qsd, &src, "m");
 }
 
-#[test]
-fn tcp_and_unix_prefixed_addresses() {
+fn tcp_and_unix_prefixed_addresses(s: &'static Stack) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut child = std::process::Command::new("qemu-storage-daemon")
-        .args([
-            "--chardev",
-            &format!("socket,id=t,host=127.0.0.1,port={port},server=on,wait=off"),
-            "--monitor",
-            "chardev=t",
-            "--blockdev",
-            "driver=null-co,node-name=n0,size=1048576",
-        ])
-        .spawn()
-        .unwrap();
+    let mut cmd = s.root_command("qemu-storage-daemon");
+    cmd.args([
+        "--chardev",
+        &format!("socket,id=t,host=127.0.0.1,port={port},server=on,wait=off"),
+        "--monitor",
+        "chardev=t",
+        "--blockdev",
+        "driver=null-co,node-name=n0,size=1048576",
+    ])
+    .stdin(std::process::Stdio::null());
+    // Reaped when the test ends, passed or failed.
+    let child = Reaper(die_with_parent(&mut cmd).spawn().unwrap());
     let addr = format!("tcp:127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let src = loop {
@@ -334,14 +379,28 @@ fn tcp_and_unix_prefixed_addresses() {
             }
         }
     };
-    assert_eq!(src.qemu_version().unwrap().major, 7);
+    check_greeting(s, &src);
     assert!(src.all_reports(0).unwrap().is_empty());
     assert_eq!(src.address().to_string(), addr);
     drop(src);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 
-    let qsd = Qsd::start();
+    let qsd = Qsd::start(s);
     let src = QmpSource::open(&format!("unix:{}", qsd.lib_socket())).unwrap();
     assert!(src.all_reports(0).unwrap().is_empty());
 }
+
+on_each_stack!(
+    mirror_sync_full_every_phase,
+    mirror_sync_top_every_phase,
+    active_commit_window_and_ready,
+    commit_of_a_lower_layer_runs_then_is_gone,
+    stream_runs_then_is_gone,
+    backup_runs_then_is_gone,
+    sampling_a_whole_mirror_never_reports_done_early,
+    library_sends_only_capabilities_and_queries,
+    reconnects_once_when_qemu_is_restarted_on_the_same_socket,
+    a_stopped_qemu_times_out_instead_of_hanging,
+    greeting_version_and_many_threads_share_one_source,
+    tcp_and_unix_prefixed_addresses,
+);

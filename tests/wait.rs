@@ -1,6 +1,7 @@
 //! Event-driven waiting, against real qemu-storage-daemon (and the fake server for one race real QEMU cannot
 //! be made to produce on demand).
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,9 +25,8 @@ fn event_time(ev: &Value) -> f64 {
     ev["timestamp"]["seconds"].as_f64().unwrap() + ev["timestamp"]["microseconds"].as_f64().unwrap() / 1e6
 }
 
-#[test]
-fn ready_is_reported_right_after_qemu_says_so_without_polling() {
-    let mut qsd = Qsd::start();
+fn ready_is_reported_right_after_qemu_says_so_without_polling(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
     let rec = Recorder::start(qsd.dir.path(), &qsd.lib_socket());
     let src = QmpSource::open(&rec.path).unwrap();
     slow_mirror(&mut qsd, "m", SPEED);
@@ -60,9 +60,8 @@ fn ready_is_reported_right_after_qemu_says_so_without_polling() {
     assert!(t.elapsed() < Duration::from_secs(1));
 }
 
-#[test]
-fn cancelled_by_another_client() {
-    let mut qsd = Qsd::start();
+fn cancelled_by_another_client(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
     slow_mirror(&mut qsd, "m", MIB / 4);
     let waited = std::thread::scope(|s| {
@@ -76,9 +75,8 @@ fn cancelled_by_another_client() {
     assert_eq!(waited.event.unwrap()["event"], "BLOCK_JOB_CANCELLED");
 }
 
-#[test]
-fn a_failed_job_reports_qemus_error_text() {
-    let mut qsd = Qsd::start();
+fn a_failed_job_reports_qemus_error_text(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
     // The target fails every write with ENOSPC, as a full disk would.
     qsd.ctl.ok(
@@ -103,9 +101,8 @@ fn a_failed_job_reports_qemus_error_text() {
     assert_eq!(waited.event.unwrap()["event"], "BLOCK_JOB_COMPLETED");
 }
 
-#[test]
-fn a_stream_that_completes_is_gone() {
-    let mut qsd = Qsd::start();
+fn a_stream_that_completes_is_gone(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
     qsd.ctl.ok(
         "block-stream",
@@ -134,9 +131,8 @@ fn a_stream_that_completes_is_gone() {
     );
 }
 
-#[test]
-fn timeout_and_close_from_another_thread() {
-    let mut qsd = Qsd::start();
+fn timeout_and_close_from_another_thread(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
     let src = std::sync::Arc::new(QmpSource::open(&qsd.lib_socket()).unwrap());
     slow_mirror(&mut qsd, "m", 64 * 1024);
     let t = Instant::now();
@@ -180,9 +176,8 @@ fn an_event_during_the_first_query_is_not_missed() {
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
 }
 
-#[test]
-fn no_such_job() {
-    let qsd = Qsd::start();
+fn no_such_job(s: &'static Stack) {
+    let qsd = Qsd::start(s);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
     assert_eq!(
         src.wait("x", Until::Gone, Some(Duration::from_secs(1)))
@@ -197,3 +192,12 @@ fn no_such_job() {
         Outcome::GoneBeforeReady
     );
 }
+
+on_each_stack!(
+    ready_is_reported_right_after_qemu_says_so_without_polling,
+    cancelled_by_another_client,
+    a_failed_job_reports_qemus_error_text,
+    a_stream_that_completes_is_gone,
+    timeout_and_close_from_another_thread,
+    no_such_job,
+);

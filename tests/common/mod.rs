@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod fake;
+#[macro_use]
+pub mod stack;
 pub mod virt;
+
+pub use stack::Stack;
 
 pub const MIB: u64 = 1024 * 1024;
 /// Size of every image.
@@ -28,16 +32,21 @@ fn run(cmd: &mut Command) {
     );
 }
 
-/// base <- mid <- top, each with data of its own, plus an empty `dst` of the same size.
-pub fn make_images(dir: &Path) {
-    let img = |n: &str| dir.join(n).to_str().unwrap().to_string();
-    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", &img("base.qcow2"), &IMAGE.to_string()]));
-    run(Command::new("qemu-io").args(["-c", "write -P 0x11 0 6M", &img("base.qcow2")]));
+/// base <- mid <- top, each with data of its own, plus an empty `dst` of the same size, made by the stack's own
+/// qemu-img in `dir` (an in-stack path).
+pub fn make_images(s: &Stack, dir: &str) {
+    let img = |n: &str| format!("{dir}/{n}");
+    run(s
+        .root_command("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", &img("base.qcow2"), &IMAGE.to_string()]));
+    run(s
+        .root_command("qemu-io")
+        .args(["-c", "write -P 0x11 0 6M", &img("base.qcow2")]));
     for (name, backing, pattern) in [
         ("mid.qcow2", "base.qcow2", "write -P 0x22 2M 4M"),
         ("top.qcow2", "mid.qcow2", "write -P 0x33 4M 4M"),
     ] {
-        run(Command::new("qemu-img").args([
+        run(s.root_command("qemu-img").args([
             "create",
             "-q",
             "-f",
@@ -48,14 +57,43 @@ pub fn make_images(dir: &Path) {
             &img(backing),
             &img(name),
         ]));
-        run(Command::new("qemu-io").args(["-c", pattern, &img(name)]));
+        run(s.root_command("qemu-io").args(["-c", pattern, &img(name)]));
     }
-    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", &img("dst.qcow2"), &IMAGE.to_string()]));
+    run(s
+        .root_command("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", &img("dst.qcow2"), &IMAGE.to_string()]));
 }
 
-/// A running qemu-storage-daemon with nodes `base`, `mid`, `top` (a chain) and `dst`, a control monitor and a
-/// monitor for the library (pretty-printed, to exercise the stream parser on real output).
+/// Makes `cmd`'s process die with the test process's thread that spawned it, even when the test process is
+/// killed: a daemon a test started never outlives it.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A child process killed and reaped when the test ends, passed or failed.
+pub struct Reaper(pub Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running qemu-storage-daemon of a stack with nodes `base`, `mid`, `top` (a chain) and `dst`, a control
+/// monitor and a monitor for the library (pretty-printed, to exercise the stream parser on real output).
 pub struct Qsd {
+    pub stack: &'static Stack,
+    /// On the host; the daemon sees it as `stack.inside(dir.path())`.
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     pub ctl: Control,
@@ -63,15 +101,16 @@ pub struct Qsd {
 }
 
 impl Qsd {
-    pub fn start() -> Qsd {
-        Qsd::start_with_monitors(0)
+    pub fn start(s: &'static Stack) -> Qsd {
+        Qsd::start_with_monitors(s, 0)
     }
 
     /// With `extra` more library monitors, `lib-0.sock` ... (a monitor serves one client at a time).
-    pub fn start_with_monitors(extra: usize) -> Qsd {
-        let dir = tempfile::Builder::new().prefix("bji-").tempdir().unwrap();
-        make_images(dir.path());
+    pub fn start_with_monitors(s: &'static Stack, extra: usize) -> Qsd {
+        let dir = s.tempdir();
+        make_images(s, &s.inside(dir.path()));
         let mut qsd = Qsd {
+            stack: s,
             dir,
             child: None,
             ctl: Control::dummy(),
@@ -85,20 +124,23 @@ impl Qsd {
         self.path(&format!("lib-{i}.sock"))
     }
 
+    /// The library's monitor, on the host.
     pub fn lib_socket(&self) -> String {
-        self.dir.path().join("lib.sock").to_str().unwrap().to_string()
+        self.path("lib.sock")
     }
 
+    /// `name` in the daemon's directory, on the host.
     pub fn path(&self, name: &str) -> String {
         self.dir.path().join(name).to_str().unwrap().to_string()
     }
 
     /// (Re)starts the daemon on the same sockets and images.
     pub fn spawn(&mut self) {
-        let dir = self.dir.path().to_path_buf();
-        let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+        let host = |n: &str| self.dir.path().join(n);
+        let inside = self.stack.inside(self.dir.path());
+        let p = |n: &str| format!("{inside}/{n}");
         for s in ["ctl.sock", "lib.sock"] {
-            let _ = std::fs::remove_file(p(s));
+            let _ = std::fs::remove_file(host(s));
         }
         let mut args: Vec<String> = vec![
             "--chardev".into(),
@@ -111,10 +153,10 @@ impl Qsd {
             "chardev=lib,pretty=on".into(),
         ];
         for i in 0..self.extra {
-            let sock = dir.join(format!("lib-{i}.sock"));
-            let _ = std::fs::remove_file(&sock);
+            let sock = format!("lib-{i}.sock");
+            let _ = std::fs::remove_file(host(&sock));
             args.push("--chardev".into());
-            args.push(format!("socket,id=lib{i},path={},server=on,wait=off", sock.display()));
+            args.push(format!("socket,id=lib{i},path={},server=on,wait=off", p(&sock)));
             args.push("--monitor".into());
             args.push(format!("chardev=lib{i}"));
         }
@@ -133,23 +175,25 @@ impl Qsd {
             let backing = backing.map_or(String::new(), |b| format!(",backing={b}"));
             args.push(format!("driver=qcow2,node-name={node},file={node}-file{backing}"));
         }
-        let child = Command::new("qemu-storage-daemon")
-            .args(&args)
+        let mut cmd = self.stack.root_command("qemu-storage-daemon");
+        cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        let child = die_with_parent(&mut cmd)
             .spawn()
-            .expect("qemu-storage-daemon (Debian: qemu-system-common) must be installed");
+            .expect("qemu-storage-daemon (Debian 12: qemu-system-common) must be installed");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !(Path::new(&p("ctl.sock")).exists() && Path::new(&p("lib.sock")).exists()) {
+        while !(host("ctl.sock").exists() && host("lib.sock").exists()) {
             assert!(
                 Instant::now() < deadline,
-                "qemu-storage-daemon did not create its sockets"
+                "{}: qemu-storage-daemon did not create its sockets",
+                self.stack.name
             );
             thread::sleep(Duration::from_millis(10));
         }
-        self.ctl = Control::connect(&p("ctl.sock"));
+        self.ctl = Control::connect(&self.path("ctl.sock"));
     }
 
     pub fn pid(&self) -> i32 {

@@ -2,14 +2,15 @@
 //! transient TCG domains on qcow2 overlays with a QMP socket of their own, and virsh/python/C run as that user,
 //! with or without the library preloaded.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const USER: &str = "bjtest";
-/// One session daemon for all tests: the runtime dir names it.
+use super::stack::Stack;
+
+/// One session daemon per stack for all tests: the runtime dir (in-stack) names it.
 pub const RUNTIME: &str = "/tmp/bjtest-run";
-/// Where the domains' own QMP sockets live; `BLOCKJOBINFO_QMP_SOCKET` is this with `{name}`.
+/// Where the domains' own QMP sockets live (in-stack); `BLOCKJOBINFO_QMP_SOCKET` is this with `{name}`.
 pub const QMP_DIR: &str = "/tmp/bjtest-qmp";
 
 pub fn qmp_template() -> String {
@@ -26,46 +27,88 @@ fn root_run(cmd: &mut Command) -> Output {
     out
 }
 
-/// Creates the user and its private directories once (root only, as CI runs).
-pub fn setup() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
+/// Creates the stack's test user (deb12; deb13's comes with its root) and its private directories once per
+/// process, starts its session daemon, and stops every process of that user when the process exits.
+pub fn setup(s: &Stack) {
+    static HOST: std::sync::Once = std::sync::Once::new();
+    static DEB13: std::sync::Once = std::sync::Once::new();
+    let once = if s.is_host() { &HOST } else { &DEB13 };
+    once.call_once(|| {
         assert!(
             unsafe { libc::geteuid() } == 0,
-            "the libvirt tests create and use the user {USER}: run as root"
+            "the libvirt tests create and use the user {}: run as root",
+            s.user
         );
-        if !Command::new("id")
-            .arg(USER)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
+        if s.is_host()
+            && !Command::new("id")
+                .arg(s.user)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
         {
-            root_run(Command::new("useradd").args(["-m", USER]));
+            root_run(Command::new("useradd").args(["-m", s.user]));
         }
         for (dir, mode) in [(RUNTIME, "700"), (QMP_DIR, "755")] {
-            std::fs::create_dir_all(dir).unwrap();
-            root_run(Command::new("chown").args([USER, dir]));
-            root_run(Command::new("chmod").args([mode, dir]));
+            std::fs::create_dir_all(s.host(dir)).unwrap();
+            root_run(s.root_command("chown").args([s.user, dir]));
+            root_run(s.root_command("chmod").args([mode, dir]));
         }
+        register_teardown(s);
         // Start the session daemon once, before tests race to autostart it.
-        virsh_ok(Preload::No, &["list", "--all"]);
+        virsh_ok(s, Preload::No, &["list", "--all"]);
     });
 }
 
-/// A command run as the test user in the session's environment.
-pub fn as_user(program: &str) -> Command {
-    let mut c = Command::new("runuser");
-    c.args([
-        "-u",
-        USER,
-        "--",
-        "env",
-        &format!("XDG_RUNTIME_DIR={RUNTIME}"),
-        "HOME=/home/bjtest",
-    ]);
-    // The environment is the test's; the library's variables are set per command.
+/// The numeric uid of the stack's test user (the host knows deb13's only by number).
+pub fn uid(s: &Stack) -> u32 {
+    let out = root_run(s.root_command("id").args(["-u", s.user]));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+static TEARDOWN_UIDS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// At exit, stops the session daemons (and anything else) the tests started as the stacks' users.
+fn register_teardown(s: &Stack) {
+    extern "C" fn teardown() {
+        for uid in TEARDOWN_UIDS.lock().map(|v| v.clone()).unwrap_or_default() {
+            stop_user_processes(uid);
+        }
+    }
+    let mut uids = TEARDOWN_UIDS.lock().unwrap();
+    if uids.is_empty() {
+        // SAFETY: registers a plain function; it runs once at exit.
+        unsafe { libc::atexit(teardown) };
+    }
+    uids.push(uid(s));
+}
+
+/// SIGTERM, then SIGKILL after 5 s, to every process of `uid`; waits until none is left.
+pub fn stop_user_processes(uid: u32) {
+    let any = || {
+        Command::new("pgrep")
+            .args(["-U", &uid.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let _ = Command::new("pkill").args(["-TERM", "-U", &uid.to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while any() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("pkill").args(["-KILL", "-U", &uid.to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while any() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A command run as the stack's test user in the session's environment; the library's variables are set per
+/// command, never inherited from the test.
+pub fn as_user(s: &Stack, program: &str) -> Command {
+    let mut c = s.user_command(program);
     for v in [
         "LD_PRELOAD",
         "BLOCKJOBINFO_SOURCE",
@@ -74,8 +117,6 @@ pub fn as_user(program: &str) -> Command {
     ] {
         c.env_remove(v);
     }
-    c.arg(program);
-    c.stdin(Stdio::null());
     c
 }
 
@@ -88,34 +129,31 @@ pub enum Preload {
     Source(&'static str),
 }
 
-pub fn library() -> PathBuf {
-    super::lib_dir().join("libblockjobinfo.so")
-}
-
 /// `env` arguments for a preload.
-pub fn preload_env(p: Preload) -> Vec<String> {
+pub fn preload_env(s: &Stack, p: Preload) -> Vec<String> {
     match p {
         Preload::No => vec![],
-        Preload::Source(s) => vec![
-            format!("LD_PRELOAD={}", library().display()),
-            format!("BLOCKJOBINFO_SOURCE={s}"),
+        Preload::Source(src) => vec![
+            format!("LD_PRELOAD={}", s.library()),
+            format!("BLOCKJOBINFO_SOURCE={src}"),
             format!("BLOCKJOBINFO_QMP_SOCKET={}", qmp_template()),
         ],
     }
 }
 
-pub fn virsh(p: Preload, args: &[&str]) -> Output {
-    let mut c = as_user("env");
-    c.args(preload_env(p));
+pub fn virsh(s: &Stack, p: Preload, args: &[&str]) -> Output {
+    let mut c = as_user(s, "env");
+    c.args(preload_env(s, p));
     c.args(["virsh", "-q", "-c", "qemu:///session"]).args(args);
     c.output().unwrap()
 }
 
-pub fn virsh_ok(p: Preload, args: &[&str]) -> String {
-    let o = virsh(p, args);
+pub fn virsh_ok(s: &Stack, p: Preload, args: &[&str]) -> String {
+    let o = virsh(s, p, args);
     assert!(
         o.status.success(),
-        "virsh {args:?} ({p:?}): {}",
+        "{}: virsh {args:?} ({p:?}): {}",
+        s.name,
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8(o.stdout).unwrap()
@@ -123,55 +161,61 @@ pub fn virsh_ok(p: Preload, args: &[&str]) -> String {
 
 /// A transient TCG domain whose one disk `vda` is `top.qcow2` over `base.qcow2`.
 pub struct Domain {
+    pub stack: &'static Stack,
     pub name: String,
-    pub dir: PathBuf,
+    /// In-stack directory of its images and files.
+    pub dir: String,
+}
+
+fn user_run(s: &Stack, program: &str, args: &[&str]) {
+    let o = as_user(s, program).args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{}: {program} {args:?}: {}",
+        s.name,
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A qcow2 overlay `file` over `base`, owned by the test user.
-fn create_overlay(base: &str, file: &str) {
+fn create_overlay(s: &Stack, base: &str, file: &str) {
     user_run(
+        s,
         "qemu-img",
         &["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, file],
     );
 }
 
-fn user_run(program: &str, args: &[&str]) {
-    let o = as_user(program).args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 impl Domain {
     /// `top_data_mib` MiB of data in the overlay (what a shallow copy or an active commit moves).
-    pub fn create(name: &str, top_data_mib: u64) -> Domain {
-        Domain::build(name, top_data_mib, true)
+    pub fn create(s: &'static Stack, name: &str, top_data_mib: u64) -> Domain {
+        Domain::build(s, name, top_data_mib, true)
     }
 
     /// A persistent domain that is defined but not running.
-    pub fn define_inactive(name: &str) -> Domain {
-        Domain::build(name, 1, false)
+    pub fn define_inactive(s: &'static Stack, name: &str) -> Domain {
+        Domain::build(s, name, 1, false)
     }
 
-    fn build(name: &str, top_data_mib: u64, start: bool) -> Domain {
-        setup();
+    fn build(s: &'static Stack, name: &str, top_data_mib: u64, start: bool) -> Domain {
+        setup(s);
         let name = format!("{name}-{}", std::process::id());
-        let dir = PathBuf::from(format!("/tmp/bjtest-{name}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        root_run(Command::new("chown").args([USER, dir.to_str().unwrap()]));
-        let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
-        user_run("qemu-img", &["create", "-q", "-f", "qcow2", &p("base.qcow2"), "16M"]);
-        user_run("qemu-io", &["-c", "write -P 0x11 0 4M", &p("base.qcow2")]);
-        create_overlay(&p("base.qcow2"), &p("top.qcow2"));
+        let dir = format!("/tmp/bjtest-{name}");
+        let host_dir = s.host(&dir);
+        let _ = std::fs::remove_dir_all(&host_dir);
+        std::fs::create_dir_all(&host_dir).unwrap();
+        root_run(s.root_command("chown").args([s.user, &dir]));
+        let d = Domain { stack: s, name, dir };
+        let p = |f: &str| d.path(f);
+        user_run(s, "qemu-img", &["create", "-q", "-f", "qcow2", &p("base.qcow2"), "16M"]);
+        user_run(s, "qemu-io", &["-c", "write -P 0x11 0 4M", &p("base.qcow2")]);
+        create_overlay(s, &p("base.qcow2"), &p("top.qcow2"));
         user_run(
+            s,
             "qemu-io",
             &["-c", &format!("write -P 0x33 4M {top_data_mib}M"), &p("top.qcow2")],
         );
         // The domain's own monitor; `qmp_socket()` (what the library is told) links or proxies to it.
-        let qmp = p("real.qmp");
         let xml = format!(
             r#"<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{name}</name>
@@ -193,34 +237,47 @@ impl Domain {
   </qemu:commandline>
 </domain>
 "#,
-            top = p("top.qcow2")
+            name = d.name,
+            top = p("top.qcow2"),
+            qmp = p("real.qmp"),
         );
-        std::fs::write(dir.join("dom.xml"), xml).unwrap();
-        virsh_ok(Preload::No, &[if start { "create" } else { "define" }, &p("dom.xml")]);
-        let d = Domain { name, dir };
+        std::fs::write(d.host_path("dom.xml"), xml).unwrap();
+        virsh_ok(
+            s,
+            Preload::No,
+            &[if start { "create" } else { "define" }, &p("dom.xml")],
+        );
         let _ = std::fs::remove_file(d.qmp_socket());
-        std::os::unix::fs::symlink(&qmp, d.qmp_socket()).unwrap();
+        // Relative, so that it resolves the same inside the stack and from the host.
+        std::os::unix::fs::symlink(format!("../bjtest-{}/real.qmp", d.name), d.qmp_socket()).unwrap();
         d
     }
 
+    /// The in-stack path of `f` in the domain's directory (what the stack's programs are given).
     pub fn path(&self, f: &str) -> String {
-        self.dir.join(f).to_str().unwrap().to_string()
+        format!("{}/{f}", self.dir)
     }
 
-    /// The domain's real monitor socket.
+    /// Where the host (the test) finds `f` in the domain's directory.
+    pub fn host_path(&self, f: &str) -> PathBuf {
+        self.stack.host(&self.path(f))
+    }
+
+    /// The domain's real monitor socket, on the host.
     pub fn real_qmp_socket(&self) -> String {
-        self.path("real.qmp")
+        self.host_path("real.qmp").to_str().unwrap().to_string()
     }
 
-    /// Where `BLOCKJOBINFO_QMP_SOCKET` points for this domain.
+    /// Where `BLOCKJOBINFO_QMP_SOCKET` points for this domain, on the host.
     pub fn qmp_socket(&self) -> String {
-        format!("{QMP_DIR}/{}.qmp", self.name)
+        let p = self.stack.host(&format!("{QMP_DIR}/{}.qmp", self.name));
+        p.to_str().unwrap().to_string()
     }
 
-    /// A new qcow2 over the same backing file, for `--shallow --reuse-external` copies.
+    /// A new qcow2 over the same backing file, for `--shallow --reuse-external` copies; its in-stack path.
     pub fn new_copy_target(&self, file: &str) -> String {
-        let _ = std::fs::remove_file(self.dir.join(file));
-        create_overlay(&self.path("base.qcow2"), &self.path(file));
+        let _ = std::fs::remove_file(self.host_path(file));
+        create_overlay(self.stack, &self.path("base.qcow2"), &self.path(file));
         self.path(file)
     }
 
@@ -229,7 +286,7 @@ impl Domain {
     pub fn start_copy(&self, bytes_per_s: u64, buf_size: u64) {
         let dest = self.new_copy_target("copy.qcow2");
         let (bw, buf) = (bytes_per_s.to_string(), buf_size.to_string());
-        virsh_ok(
+        self.virsh_ok(
             Preload::No,
             &[
                 "blockcopy",
@@ -248,13 +305,27 @@ impl Domain {
         );
     }
 
+    pub fn virsh(&self, p: Preload, args: &[&str]) -> Output {
+        virsh(self.stack, p, args)
+    }
+
+    pub fn virsh_ok(&self, p: Preload, args: &[&str]) -> String {
+        virsh_ok(self.stack, p, args)
+    }
+
+    /// A command run as the stack's test user.
+    pub fn as_user(&self, program: &str) -> Command {
+        as_user(self.stack, program)
+    }
+
     /// libvirt's log of this domain (where taint messages go).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(format!("/home/{USER}/.cache/libvirt/qemu/log/{}.log", self.name)).unwrap_or_default()
+        let path = format!("/home/{}/.cache/libvirt/qemu/log/{}.log", self.stack.user, self.name);
+        std::fs::read_to_string(self.stack.host(&path)).unwrap_or_default()
     }
 
     pub fn job_raw(&self, p: Preload) -> String {
-        virsh_ok(p, &["blockjob", &self.name, "vda", "--raw"])
+        self.virsh_ok(p, &["blockjob", &self.name, "vda", "--raw"])
     }
 
     /// Waits (bounded) until virsh, unpreloaded, reports no job on vda.
@@ -271,19 +342,15 @@ impl Domain {
     }
 
     pub fn xml(&self) -> String {
-        virsh_ok(Preload::No, &["dumpxml", &self.name])
+        self.virsh_ok(Preload::No, &["dumpxml", &self.name])
     }
 }
 
 impl Drop for Domain {
     fn drop(&mut self) {
-        let _ = virsh(Preload::No, &["destroy", &self.name]);
-        let _ = virsh(Preload::No, &["undefine", &self.name]);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = self.virsh(Preload::No, &["destroy", &self.name]);
+        let _ = self.virsh(Preload::No, &["undefine", &self.name]);
+        let _ = std::fs::remove_dir_all(self.stack.host(&self.dir));
         let _ = std::fs::remove_file(self.qmp_socket());
     }
-}
-
-pub fn tests_dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests"))
 }

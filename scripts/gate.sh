@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The real part of `make test`: prepares the stacks, then runs the benchmark's quick pass and `cargo test`
+# with the checkout readable by root alone, stops whatever the tests left running (also when interrupted),
+# and fails if anything was left behind.
+#
+#   BJI_STACKS=deb12   only the host's Debian 12 stack (quick local work); default: deb12 and deb13
+set -euo pipefail
+cd "$(dirname "$0")/.."
+checkout=$(pwd -P)
+
+stacks=${BJI_STACKS:-deb12,deb13}
+skip=()
+case ",$stacks," in
+*,deb13,*) ;;
+*) skip=(--skip deb13::) ;;
+esac
+
+# Every process the tests start inherits this marker: `stacks.sh stop/check` find stragglers by it.
+export BJI_GATE=$$-$(date +%s)
+finish() {
+    local rc=$?
+    trap - EXIT INT TERM
+    scripts/stacks.sh stop
+    scripts/stacks.sh check || rc=1
+    exit "$rc"
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+
+if [ "${skip[*]}" = "" ]; then
+    scripts/stacks.sh prepare
+fi
+echo "== stacks under test: $stacks"
+scripts/stacks.sh versions
+
+# The suite runs where unprivileged users cannot read the checkout, as when it is cloned under root's home or
+# into a `mktemp -d` directory: whatever the test users' processes need must be copied out on purpose. When the
+# checkout is readable by others, a private mount namespace covers its parent with a root-only tmpfs and binds
+# the checkout back at the same path. Nothing of it is seen outside, and it ends with the run.
+run_private() {
+    local parent
+    parent=$(dirname "$checkout")
+    if [ "$(id -u)" != 0 ] || ! runuser -u nobody -- test -r "$checkout/Cargo.toml"; then
+        "$@"
+        return
+    fi
+    case $parent in
+    / | /tmp | /var/tmp | /var | /var/cache | /run | /home | /usr | /opt | /srv | /mnt)
+        echo "note: $checkout is readable by other users and $parent is shared: the suite runs from it as is" >&2
+        "$@"
+        return
+        ;;
+    esac
+    unshare --mount --propagation private -- /bin/sh -c '
+        set -e
+        checkout=$1 parent=$2; shift 2
+        keep=$(mktemp -d /run/bji-checkout.XXXXXX)
+        mount --bind "$checkout" "$keep"
+        mount -t tmpfs -o mode=0700 bji-private "$parent"
+        mkdir "$checkout"
+        mount --bind "$keep" "$checkout"
+        umount -l "$keep" 2>/dev/null || true
+        rmdir "$keep" 2>/dev/null || true
+        if runuser -u nobody -- test -r "$checkout/Cargo.toml"; then
+            echo "the checkout is still readable by others" >&2; exit 1
+        fi
+        echo "== $checkout is readable by root alone for this run"
+        cd "$checkout"
+        exec "$@"' sh "$checkout" "$parent" "$@"
+}
+
+run_private sh -c './target/debug/examples/bench --quick > target/bench-quick.md && exec ${CARGO:-cargo} test "$@"' \
+    sh -- "${skip[@]}"
+scripts/stacks.sh report

@@ -1,0 +1,243 @@
+//! The two stacks every real test runs on: `deb12`, the host's own Debian 12 packages (QEMU 7.2, libvirt 9.0),
+//! and `deb13`, a Debian 13 root made by `scripts/stacks.sh prepare` (QEMU 10.0, libvirt 11.3) whose programs
+//! run through `chroot`. A test written once as `fn name(s: &Stack)` runs on both through `on_each_stack!`,
+//! which names each result after its stack: `deb12::name`, `deb13::name`.
+//!
+//! Paths: "in-stack" paths are what the stack's programs see (`/tmp/...`); `Stack::host` maps one to where the
+//! test process (on the host) finds it. On deb12 the two are the same.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// Runs each named `fn name(s: &Stack)` once per stack, as `deb12::name` and `deb13::name`.
+/// `BJI_STACKS=deb12 make test` (cargo's `--skip deb13::`) runs only the host's.
+#[macro_export]
+macro_rules! on_each_stack {
+    ($($name:ident),* $(,)?) => {
+        mod deb12 {
+            $( #[test] fn $name() { super::$name($crate::common::stack::Stack::deb12()) } )*
+        }
+        mod deb13 {
+            $( #[test] fn $name() { super::$name($crate::common::stack::Stack::deb13()) } )*
+        }
+    };
+}
+
+pub struct Stack {
+    /// `deb12` or `deb13`: what test names and records carry.
+    pub name: &'static str,
+    /// The Debian 13 root on the host; None for the host's own packages.
+    root: Option<PathBuf>,
+    /// The unprivileged user whose session libvirtd runs the stack's domains.
+    pub user: &'static str,
+}
+
+/// Where `scripts/stacks.sh prepare` leaves the Debian 13 root unless `BJI_DEB13_ROOT` says otherwise.
+const DEFAULT_DEB13_ROOT: &str = "/var/cache/blockjobinfo-tests/deb13/root";
+
+/// In-stack directory, readable by the test user, holding copies of the library and the test scripts: the
+/// checkout itself may be readable by root alone.
+pub const SHARE: &str = "/tmp/bjtest-share";
+
+impl Stack {
+    pub fn deb12() -> &'static Stack {
+        static S: Stack = Stack {
+            name: "deb12",
+            root: None,
+            user: "bjtest",
+        };
+        &S
+    }
+
+    pub fn deb13() -> &'static Stack {
+        static S: OnceLock<Stack> = OnceLock::new();
+        S.get_or_init(|| {
+            let root = PathBuf::from(std::env::var("BJI_DEB13_ROOT").unwrap_or_else(|_| DEFAULT_DEB13_ROOT.into()));
+            assert!(
+                root.join(".bji-stack").is_file(),
+                "the Debian 13 stack is not prepared at {}: run `scripts/stacks.sh prepare` as root (`make test` \
+                 does), or `BJI_STACKS=deb12 make test` for the host's stack alone",
+                root.display()
+            );
+            Stack {
+                name: "deb13",
+                root: Some(root),
+                user: "bjtest13",
+            }
+        })
+    }
+
+    pub fn is_host(&self) -> bool {
+        self.root.is_none()
+    }
+
+    /// Where the host sees the in-stack absolute path `p`.
+    pub fn host(&self, p: &str) -> PathBuf {
+        assert!(p.starts_with('/'), "{p}");
+        match &self.root {
+            None => PathBuf::from(p),
+            Some(r) => r.join(&p[1..]),
+        }
+    }
+
+    /// The in-stack path of a host path inside the stack.
+    pub fn inside(&self, host: &Path) -> String {
+        match &self.root {
+            None => host.to_str().unwrap().to_string(),
+            Some(r) => format!(
+                "/{}",
+                host.strip_prefix(r)
+                    .unwrap_or_else(|_| panic!("{} is outside {}", host.display(), r.display()))
+                    .display()
+            ),
+        }
+    }
+
+    /// A private temporary directory inside the stack (its in-stack path is `inside(dir.path())`).
+    pub fn tempdir(&self) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("bji-")
+            .tempdir_in(self.host("/tmp"))
+            .unwrap()
+    }
+
+    /// `program` run as root with the stack's programs and libraries. Plain `chroot` is enough for
+    /// qemu-storage-daemon and qemu-img: they need neither /proc nor /dev.
+    pub fn root_command(&self, program: &str) -> Command {
+        match &self.root {
+            None => Command::new(program),
+            Some(r) => {
+                let mut c = Command::new("chroot");
+                c.arg(r).arg(program);
+                c
+            }
+        }
+    }
+
+    /// `program` run as the test user in the session's environment. On deb13 it runs in a mount namespace of
+    /// its own where /proc, /sys, /dev and /dev/pts are bound into the root: the mounts vanish with the last
+    /// process that uses them (the session libvirtd), so none is ever left on the host.
+    pub fn user_command(&self, program: &str) -> Command {
+        let env_args = [
+            "env".to_string(),
+            format!("XDG_RUNTIME_DIR={}", super::virt::RUNTIME),
+            format!("HOME=/home/{}", self.user),
+        ];
+        let mut c = match &self.root {
+            None => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", self.user, "--"]).args(env_args);
+                c
+            }
+            Some(r) => {
+                let mut c = Command::new("unshare");
+                c.args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "/bin/sh",
+                    "-c",
+                    IN_ROOT,
+                    "sh",
+                ]);
+                c.arg(r).arg(self.user).args(env_args);
+                c
+            }
+        };
+        c.arg(program);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// The in-stack path of the library copy the test user loads.
+    pub fn library(&self) -> String {
+        self.share();
+        format!("{SHARE}/libblockjobinfo.so")
+    }
+
+    /// The in-stack path of `rel` (under tests/ or bench/ of the checkout), copied where the test user can read it.
+    pub fn file(&self, rel: &str) -> String {
+        self.share();
+        format!("{SHARE}/{}", rel.replace('/', "_"))
+    }
+
+    /// Copies the library and the scripts the test user runs into SHARE, once per process. Copies go to a
+    /// temporary name and are renamed into place, so a process that has the old library mapped is not disturbed.
+    fn share(&self) {
+        static HOST: OnceLock<()> = OnceLock::new();
+        static DEB13: OnceLock<()> = OnceLock::new();
+        let once = if self.is_host() { &HOST } else { &DEB13 };
+        once.get_or_init(|| {
+            let dir = self.host(SHARE);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let checkout = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let mut files = vec![(
+                super::lib_dir().join("libblockjobinfo.so"),
+                "libblockjobinfo.so".to_string(),
+            )];
+            for sub in ["tests/py", "tests/c", "bench"] {
+                for e in std::fs::read_dir(checkout.join(sub)).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.is_file() {
+                        let rel = format!("{sub}/{}", p.file_name().unwrap().to_str().unwrap());
+                        files.push((p, rel.replace('/', "_")));
+                    }
+                }
+            }
+            for (from, name) in files {
+                let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+                std::fs::copy(&from, &tmp).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+                std::fs::rename(&tmp, dir.join(name)).unwrap();
+            }
+            // The library's soname, for programs linked against it.
+            let so0 = dir.join("libblockjobinfo.so.0");
+            if std::fs::read_link(&so0).is_err() {
+                let _ = std::fs::remove_file(&so0);
+                std::os::unix::fs::symlink("libblockjobinfo.so", &so0).unwrap();
+            }
+        });
+    }
+
+    /// `program --version`'s first line, run in the stack.
+    pub fn version_of(&self, program: &str) -> String {
+        let out = self.root_command(program).arg("--version").output().unwrap();
+        assert!(out.status.success(), "{program} --version");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// The version of the stack's qemu-storage-daemon, as QMP reports it: (major, minor, micro).
+    pub fn qemu_version(&self) -> (u64, u64, u64) {
+        static CACHE: [OnceLock<(u64, u64, u64)>; 2] = [OnceLock::new(), OnceLock::new()];
+        *CACHE[usize::from(!self.is_host())].get_or_init(|| {
+            // "qemu-storage-daemon version 7.2.22 (Debian ...)"
+            let line = self.version_of("qemu-storage-daemon");
+            let v = line.split_whitespace().nth(2).unwrap_or_else(|| panic!("{line}"));
+            let n: Vec<u64> = v.split('.').map(|x| x.parse().unwrap()).collect();
+            (n[0], n[1], n[2])
+        })
+    }
+
+    /// Records an observed fact about this stack for the README's "Tested with" and "What differs" tables
+    /// (`scripts/stacks.sh report` gathers them): target/stacks/<stack>/<key>.
+    pub fn record(&self, key: &str, value: &str) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/stacks")
+            .join(self.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(key), format!("{value}\n")).unwrap();
+    }
+}
+
+/// `sh -c` script behind `user_command` on deb13: $1 the root, $2 the user, then the command.
+const IN_ROOT: &str = r#"r=$1; u=$2; shift 2
+for d in proc sys dev dev/pts; do mount --bind "/$d" "$r/$d" || exit 125; done
+exec chroot "$r" runuser -u "$u" -- "$@""#;
