@@ -120,10 +120,7 @@ EOF
 }
 
 stop() {
-    local uid pids
-    for uid in $(test_uids); do
-        pkill -TERM -U "$uid" 2>/dev/null || true
-    done
+    local pids
     pids=$(leftovers | awk '{print $1}')
     [ -n "$pids" ] && kill -TERM $pids 2>/dev/null || true
     for _ in $(seq 50); do

@@ -161,7 +161,7 @@ impl Stack {
     /// The in-stack path of `rel` (under tests/ or bench/ of the checkout), copied where the test user can read it.
     pub fn file(&self, rel: &str) -> String {
         self.share();
-        format!("{SHARE}/{}", rel.replace('/', "_"))
+        format!("{SHARE}/{}", share_name(rel))
     }
 
     /// Copies the library and the scripts the test user runs into SHARE, once per process. Copies go to a
@@ -179,12 +179,13 @@ impl Stack {
                 super::lib_dir().join("libblockjobinfo.so"),
                 "libblockjobinfo.so".to_string(),
             )];
-            for sub in ["tests/py", "tests/c", "bench"] {
+            // What the test user runs: the python scripts (C programs are built where it can read them).
+            for sub in ["tests/py", "bench"] {
                 for e in std::fs::read_dir(checkout.join(sub)).unwrap() {
                     let p = e.unwrap().path();
                     if p.is_file() {
                         let rel = format!("{sub}/{}", p.file_name().unwrap().to_str().unwrap());
-                        files.push((p, rel.replace('/', "_")));
+                        files.push((p, share_name(&rel)));
                     }
                 }
             }
@@ -235,6 +236,11 @@ impl Stack {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(key), format!("{value}\n")).unwrap();
     }
+}
+
+/// The name in SHARE of the checkout's file `rel`.
+fn share_name(rel: &str) -> String {
+    rel.replace('/', "_")
 }
 
 /// `sh -c` script behind `user_command` on deb13: $1 the root, $2 the user, then the command.

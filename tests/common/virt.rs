@@ -84,24 +84,21 @@ fn register_teardown(s: &Stack) {
     uids.push(uid(s));
 }
 
-/// SIGTERM, then SIGKILL after 5 s, to every process of `uid`; waits until none is left.
-pub fn stop_user_processes(uid: u32) {
-    let any = || {
-        Command::new("pgrep")
-            .args(["-U", &uid.to_string()])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let _ = Command::new("pkill").args(["-TERM", "-U", &uid.to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while any() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = Command::new("pkill").args(["-KILL", "-U", &uid.to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while any() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+/// SIGTERM, then SIGKILL after 5 s, to every process of `uid`; waits (5 s at most) until none is left.
+fn stop_user_processes(uid: u32) {
+    let uid = uid.to_string();
+    for signal in ["-TERM", "-KILL"] {
+        let _ = Command::new("pkill").args([signal, "-U", &uid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && Command::new("pgrep")
+                .args(["-U", &uid])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
