@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,20 @@ const MAX_KEPT_EVENTS: usize = 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// How late a read may time out past its deadline, in exchange for not re-arming the socket every call.
 const READ_TIMEOUT_SLACK: Duration = Duration::from_millis(50);
+
+/// Command ids are `bji-N` with N unique in the process, across connections: a reply to a command that was
+/// abandoned on an earlier connection (after a timeout) can then never pass for a later command's.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Whether `id` is one this process gave a command before `current`: a late reply to an abandoned command.
+/// QEMU can deliver one on the NEXT connection to the same monitor: seen with QEMU 10.0 when a client timed out
+/// on a stopped QEMU, closed, and reconnected after it resumed (see `read_greeting`).
+fn is_stale_id(id: Option<&Value>, current: u64) -> bool {
+    id.and_then(Value::as_str)
+        .and_then(|s| s.strip_prefix("bji-"))
+        .and_then(|n| n.parse::<u64>().ok())
+        .is_some_and(|n| n < current)
+}
 
 /// Where QEMU's monitor listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +259,17 @@ impl MessageBuffer {
         got
     }
 
+    /// Drops the held bytes up to the next line that starts an object (or all of them): after bytes that are
+    /// not a message, the next message starts a line, as QEMU writes them. JSON strings hold no raw newline.
+    pub fn resync(&mut self) {
+        let cut = self.data[..self.len]
+            .windows(2)
+            .position(|w| w == b"\n{")
+            .map_or(self.len, |i| i + 1);
+        self.consume(cut);
+        self.framer = Framer::default();
+    }
+
     /// Bytes held (a partial message).
     pub fn held(&self) -> usize {
         self.len
@@ -337,7 +363,6 @@ pub struct Connection {
     /// The socket timeouts in force, to avoid setting them again on every call.
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
-    next_id: u64,
     limits: Limits,
     version: QemuVersion,
     events: VecDeque<Value>,
@@ -393,17 +418,43 @@ impl Connection {
             input: MessageBuffer::new(limits.max_message),
             read_timeout: None,
             write_timeout: None,
-            next_id: 1,
             limits,
             version: QemuVersion::default(),
             events: VecDeque::new(),
             pid: std::process::id(),
         };
-        let greeting = conn.read_message(deadline, limits.connect_timeout, "the QMP greeting")?;
+        let greeting = conn.read_greeting(deadline, limits.connect_timeout)?;
         conn.version = parse_greeting(&greeting)?;
         conn.execute_until::<Value>("qmp_capabilities", None, deadline, limits.connect_timeout)?;
         log::debug!("QMP connected to {address}, QEMU {}", conn.version);
         Ok(conn)
+    }
+
+    /// Reads up to the greeting. Whatever comes before it is left unread: QEMU 10.0 was seen to hand a new
+    /// client the rest of its previous client's output (a reply that client abandoned, whole or from its
+    /// middle), then the greeting. Nothing has been sent yet, so none of it can be an answer of ours. If no
+    /// greeting comes, the error names the first thing that came instead.
+    fn read_greeting(&mut self, deadline: Instant, limit: Duration) -> Result<Value> {
+        let mut instead: Option<String> = None;
+        loop {
+            let skipped = match self.read_message(deadline, limit, "the QMP greeting") {
+                Ok(msg) if msg.get("QMP").is_some() => return Ok(msg),
+                Ok(msg) => preview(&msg),
+                Err(Error::Protocol(what)) => {
+                    self.input.resync();
+                    what
+                }
+                Err(e @ (Error::Eof(_) | Error::Timeout { .. })) => {
+                    return Err(match instead {
+                        Some(first) => Error::Protocol(format!("expected the QMP greeting, got {first}")),
+                        None => e,
+                    })
+                }
+                Err(e) => return Err(e),
+            };
+            log::debug!("before the QMP greeting, skipped: {skipped}");
+            instead.get_or_insert(skipped);
+        }
     }
 
     pub fn version(&self) -> QemuVersion {
@@ -463,8 +514,8 @@ impl Connection {
         if !is_read_only_command(name) {
             return Err(Error::Forbidden(name.to_string()));
         }
-        let id = format!("bji-{}", self.next_id);
-        self.next_id += 1;
+        let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let id = format!("bji-{n}");
         let mut cmd = json!({ "execute": name, "id": id });
         if let Some(args) = arguments {
             cmd["arguments"] = args;
@@ -500,6 +551,13 @@ impl Connection {
             if head.event.is_some() {
                 let event = parse_object(&raw)?;
                 self.keep_event(event);
+                continue;
+            }
+            if is_stale_id(head.id.as_ref(), n) {
+                log::debug!(
+                    "skipped a late reply to an abandoned command: {}",
+                    preview(&parse_object(&raw)?)
+                );
                 continue;
             }
             if head.id.as_ref().and_then(Value::as_str) != Some(id.as_str()) {

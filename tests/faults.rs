@@ -142,6 +142,53 @@ fn reply_with_the_wrong_id() {
     fails_then_recovers(&fake, |e| matches!(e, Error::Protocol(m) if m.contains("instead of")));
 }
 
+/// What QEMU 10.0 did on the Debian 13 stack: a client times out on a stopped QEMU and reconnects after it
+/// resumes; the rest of QEMU's output to the old client (the reply to the abandoned command, whole or from its
+/// middle) arrives on the NEW connection, before the greeting. Here a late reply also comes again just before a
+/// reply: each is skipped, never taken for the new command's answer.
+#[test]
+fn a_late_reply_to_an_abandoned_command_on_the_next_connection_is_skipped() {
+    let abandoned = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));
+    let seen = abandoned.clone();
+    let fake = FakeQmp::start(move |n, c| {
+        if n == 0 {
+            if !c.handshake() {
+                return;
+            }
+            let first = c.command().unwrap();
+            c.reply(&first, healthy());
+            // Never answered here: the client gives up on it.
+            *seen.lock().unwrap() = c.command().unwrap();
+            while c.command().is_some() {}
+            return;
+        }
+        let late = json!({"return": [job("m", 9, 10, Some(false))], "id": seen.lock().unwrap()["id"]});
+        // The rest of a pretty-printed reply cut in its middle, then a whole late one, then the greeting.
+        c.send(b"    \"return\": [\r\n    ]\r\n    \"id\": \"bji-0\"\r\n}\r\n");
+        c.send(format!("{late}\r\n").as_bytes());
+        if !c.handshake() {
+            return;
+        }
+        let cmd = c.command().unwrap();
+        c.send(format!("{late}\r\n").as_bytes());
+        c.reply(&cmd, healthy());
+        c.serve(&healthy());
+    });
+    let src = QmpSource::open_with(&fake.path, fast()).unwrap();
+    assert_eq!(
+        src.block_job_info("m", 0).unwrap().map(|i| (i.cur, i.end)),
+        Some((5, 10))
+    );
+    let err = src.block_job_info("m", 0).unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(abandoned.lock().unwrap()["id"].is_string());
+    // The late reply says 9/10 and the real one 5/10: the answer must be the real one's, twice.
+    for _ in 0..2 {
+        let info = src.block_job_info("m", 0).unwrap().unwrap();
+        assert_eq!((info.cur, info.end), (5, 10));
+    }
+}
+
 #[test]
 fn error_reply_keeps_the_connection() {
     let fake = FakeQmp::start(|_, c| {
