@@ -39,11 +39,11 @@ fuzz-check:
 fuzz:
 	scripts/fuzz.sh 300
 
-# The benchmarks (release build), written to BENCHMARKS.md; see that file.
+# The benchmarks (release build) on both stacks (BJI_STACKS=deb12 for the host's alone), written to
+# BENCHMARKS.md above its hand-written part; see that file.
 bench: deps
 	$(CARGO) build --release --all-targets
-	./target/release/examples/bench
-	cp target/bench/BENCHMARKS.md BENCHMARKS.md
+	scripts/bench.sh
 
 # The concurrency tests at full length: 16 threads x 10,000 calls, shared and separate sources, with forks.
 soak: build

@@ -125,7 +125,7 @@ impl QmpSource {
     /// All block jobs QEMU lists now.
     pub fn query_jobs(&self) -> Result<Vec<RawJob>> {
         self.with_connection(|c| {
-            let wire: Vec<jobs::WireJob> = c.execute_as("query-block-jobs", None)?;
+            let wire: Vec<jobs::WireJob> = c.execute_as("query-block-jobs")?;
             Ok(wire.into_iter().map(jobs::raw).collect())
         })
     }

@@ -49,7 +49,7 @@ pub struct Waited {
 const SAFETY_REQUERY: Duration = Duration::from_secs(5);
 
 fn query(c: &mut Connection) -> Result<Vec<RawJob>> {
-    let wire: Vec<jobs::WireJob> = c.execute_as("query-block-jobs", None)?;
+    let wire: Vec<jobs::WireJob> = c.execute_as("query-block-jobs")?;
     Ok(wire.into_iter().map(jobs::raw).collect())
 }
 

@@ -47,8 +47,12 @@ impl FakeConn {
         Some(v)
     }
 
+    /// As QEMU answers: with the command's `id` if it carried one.
     pub fn reply(&mut self, cmd: &Value, ret: Value) -> bool {
-        let r = json!({"return": ret, "id": cmd["id"]});
+        let mut r = json!({"return": ret});
+        if let Some(id) = cmd.get("id") {
+            r["id"] = id.clone();
+        }
         self.send(format!("{r}\r\n").as_bytes())
     }
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# `make bench`: the benchmarks on both stacks of the test gate (or BJI_STACKS), written to BENCHMARKS.md; like
+# the gate, it stops whatever it started, also when interrupted, and fails if anything was left behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export BJI_GATE=bench-$$-$(date +%s)
+finish() {
+    local rc=$?
+    trap - EXIT INT TERM
+    scripts/stacks.sh stop
+    scripts/stacks.sh check || rc=1
+    exit "$rc"
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+case ",${BJI_STACKS:-deb12,deb13}," in
+*,deb13,*) scripts/stacks.sh prepare ;;
+esac
+./target/release/examples/bench "$@"
+cp target/bench/BENCHMARKS.md BENCHMARKS.md

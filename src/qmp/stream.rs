@@ -1,0 +1,82 @@
+//! The socket under a connection (Unix or TCP), connecting to it without blocking past a deadline, and waking a
+//! thread blocked on it from another.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+pub(super) enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+/// Wakes a thread blocked on a connection from another thread. It does not keep the socket open: once the
+/// connection is dropped, the socket closes (QEMU sees its client leave) and interrupting does nothing.
+pub struct Interrupter(pub(super) Weak<Stream>);
+
+impl Interrupter {
+    pub fn interrupt(&self) {
+        let _ = match self.0.upgrade().as_deref() {
+            Some(Stream::Unix(s)) => s.shutdown(std::net::Shutdown::Both),
+            Some(Stream::Tcp(s)) => s.shutdown(std::net::Shutdown::Both),
+            None => Ok(()),
+        };
+    }
+}
+
+impl Stream {
+    pub(super) fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(Some(t)),
+            Stream::Tcp(s) => s.set_read_timeout(Some(t)),
+        }
+    }
+    pub(super) fn set_write_timeout(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_write_timeout(Some(t)),
+            Stream::Tcp(s) => s.set_write_timeout(Some(t)),
+        }
+    }
+    pub(super) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => (&*s).read(buf),
+            Stream::Tcp(s) => (&*s).read(buf),
+        }
+    }
+    pub(super) fn write_all(&self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => (&*s).write_all(buf),
+            Stream::Tcp(s) => (&*s).write_all(buf),
+        }
+    }
+}
+
+/// `connect()` on a Unix socket blocks, with no timeout, while the listener's backlog is full, and QEMU's
+/// monitor keeps a backlog of one while it serves another client. So connect without blocking and retry
+/// until the deadline.
+pub(super) fn connect_unix(path: &std::path::Path, deadline: Instant) -> io::Result<UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let addr = SockAddr::unix(path)?;
+    loop {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        match socket.connect(&addr) {
+            Ok(()) => {
+                socket.set_nonblocking(false)?;
+                return Ok(UnixStream::from(std::os::fd::OwnedFd::from(socket)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the socket's backlog stayed full",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
