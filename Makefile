@@ -1,7 +1,9 @@
 # blockjobinfo. `make test` and `make demo` install missing Debian packages first (as root).
 CARGO ?= cargo
-LIBDIR := target/debug
 PREFIX ?= /usr/local
+# Where the library goes: Debian's multiarch directory, for example, with LIBDIR=/usr/lib/x86_64-linux-gnu.
+LIBDIR ?= $(PREFIX)/lib
+MANDIR ?= $(PREFIX)/share/man
 DESTDIR ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 # Where `make test` stages an install to test it.
@@ -9,17 +11,18 @@ STAGE := $(CURDIR)/target/stage
 
 FUZZ_SECONDS ?= 15
 
-.PHONY: all deps build release lint test demo header install fuzz fuzz-check soak bench clean
+.PHONY: all deps build release man lint test demo header install deb abi fuzz fuzz-check soak bench clean
 
 all: build
 
 deps:
 	scripts/deps.sh
 
-# The cdylib has the soname libblockjobinfo.so.0: give programs linked in the build tree that name too.
+# The shared library is linked from the crate's staticlib with versioned symbols (libblockjobinfo.map), as
+# libblockjobinfo.so with the soname libblockjobinfo.so.0 (and that link, for programs built in the tree).
 build:
 	$(CARGO) build --all-targets
-	ln -sf libblockjobinfo.so $(LIBDIR)/libblockjobinfo.so.0
+	scripts/link-so.sh target/debug
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -29,6 +32,7 @@ lint:
 # scripts/gate.sh also runs the suite from a root-only view of the checkout and fails if a test left anything.
 test: deps build lint
 	$(MAKE) install DESTDIR=$(STAGE) PREFIX=/usr
+	$(MAKE) deb
 	$(MAKE) fuzz-check
 	BJI_STAGE=$(STAGE) CARGO="$(CARGO)" scripts/gate.sh
 
@@ -43,6 +47,7 @@ fuzz:
 # BENCHMARKS.md above its hand-written part; see that file.
 bench: deps
 	$(CARGO) build --release --all-targets
+	scripts/link-so.sh target/release
 	scripts/bench.sh
 
 # The concurrency tests at full length: 16 threads x 10,000 calls, shared and separate sources, with forks.
@@ -58,18 +63,38 @@ header:
 
 release:
 	$(CARGO) build --release
+	scripts/link-so.sh target/release
+
+# blockjobinfo(1) from the tool's own argument definitions; libblockjobinfo(3) is written by hand.
+man: release
+	mkdir -p target/man
+	target/release/blockjobinfo generate-man > target/man/blockjobinfo.1.tmp
+	mv target/man/blockjobinfo.1.tmp target/man/blockjobinfo.1
+	cp man/libblockjobinfo.3 target/man/libblockjobinfo.3
+
+# Debian packages (libblockjobinfo0, libblockjobinfo-dev, blockjobinfo) in target/deb, checked by lintian.
+deb:
+	scripts/deb.sh
+
+# Refreshes the ABI baseline (abi/libblockjobinfo.abi) on purpose, after a compatible change that
+# `make test` reported.
+abi: build
+	scripts/abi.sh update
 
 # The library with a versioned soname (libblockjobinfo.so.0) and its development link, the header, a
-# pkg-config file and the tool.
-install: release
-	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin
-	install -m 755 target/release/libblockjobinfo.so $(DESTDIR)$(PREFIX)/lib/libblockjobinfo.so.$(VERSION)
-	ln -sf libblockjobinfo.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libblockjobinfo.so.0
-	ln -sf libblockjobinfo.so.0 $(DESTDIR)$(PREFIX)/lib/libblockjobinfo.so
+# pkg-config file, the tool and both manual pages.
+install: man
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin \
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3
+	install -m 644 target/release/libblockjobinfo.so $(DESTDIR)$(LIBDIR)/libblockjobinfo.so.$(VERSION)
+	ln -sf libblockjobinfo.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libblockjobinfo.so.0
+	ln -sf libblockjobinfo.so.0 $(DESTDIR)$(LIBDIR)/libblockjobinfo.so
 	install -m 644 include/blockjobinfo.h $(DESTDIR)$(PREFIX)/include/blockjobinfo.h
 	install -m 755 target/release/blockjobinfo $(DESTDIR)$(PREFIX)/bin/blockjobinfo
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' blockjobinfo.pc.in \
-		> $(DESTDIR)$(PREFIX)/lib/pkgconfig/blockjobinfo.pc
+	install -m 644 target/man/blockjobinfo.1 $(DESTDIR)$(MANDIR)/man1/blockjobinfo.1
+	install -m 644 target/man/libblockjobinfo.3 $(DESTDIR)$(MANDIR)/man3/libblockjobinfo.3
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@VERSION@|$(VERSION)|' blockjobinfo.pc.in \
+		> $(DESTDIR)$(LIBDIR)/pkgconfig/blockjobinfo.pc
 
 clean:
 	$(CARGO) clean

@@ -4,9 +4,12 @@ set -euo pipefail
 
 # qemu-storage-daemon lives in qemu-system-common; qemu-img/qemu-io in qemu-utils; virsh in libvirt-clients;
 # the session libvirtd in libvirt-daemon(-driver-qemu); libvirt's header in libvirt-dev; gcc -m32 in gcc-multilib;
-# mmdebstrap makes the Debian 13 test stack (scripts/stacks.sh).
+# mmdebstrap makes the Debian 13 test stack (scripts/stacks.sh); debhelper, dpkg-dev and lintian build and check
+# the Debian packages (make deb); abigail-tools guards the ABI; mandoc, groff-base and man-db lint and render
+# the manual pages.
 packages=(qemu-system-common qemu-system-x86 qemu-utils libvirt-dev libvirt-clients libvirt-daemon
-          libvirt-daemon-driver-qemu python3-libvirt gcc-multilib pkg-config valgrind mmdebstrap)
+          libvirt-daemon-driver-qemu python3-libvirt gcc-multilib pkg-config valgrind mmdebstrap
+          debhelper dpkg-dev lintian abigail-tools mandoc groff-base man-db)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 
 CACHE=${BJI_STACK_CACHE:-/var/cache/blockjobinfo-tests}
 ROOT=${BJI_DEB13_ROOT:-$CACHE/deb13/root}
-PACKAGES=libvirt-daemon-driver-qemu,libvirt-daemon,libvirt-clients,python3-libvirt,qemu-system-x86,qemu-utils
+# gcc, libc6-dev and pkgconf: the package test builds a C example in the root with pkg-config alone.
+PACKAGES=libvirt-daemon-driver-qemu,libvirt-daemon,libvirt-clients,python3-libvirt,qemu-system-x86,qemu-utils,gcc,libc6-dev,pkgconf
 # What the cached root was made from: a change here makes a new one.
 RECIPE="v1 trixie $PACKAGES"
 USER13=bjtest13

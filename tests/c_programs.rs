@@ -48,7 +48,7 @@ fn cc(out: Option<&Path>, sources: &[&str], extra: &[&str]) -> Result<(), String
     }
 }
 
-/// The cdylib C programs link to. `cargo test` does not rebuild it, so refuse a stale one.
+/// The shared library C programs link to, refused if older than the sources.
 fn cdylib_dir() -> PathBuf {
     let dir = lib_dir();
     let so = dir.join("libblockjobinfo.so");
@@ -64,7 +64,7 @@ fn cdylib_dir() -> PathBuf {
         "{} is older than src/: run `cargo build` first (`make test` does)",
         so.display()
     );
-    // The soname is libblockjobinfo.so.0 (build.rs); `make build` links it too.
+    // The soname is libblockjobinfo.so.0 (scripts/link-so.sh, which makes this link too).
     let versioned = dir.join("libblockjobinfo.so.0");
     if !versioned.exists() {
         let _ = std::os::unix::fs::symlink("libblockjobinfo.so", &versioned);

@@ -37,6 +37,13 @@ fn installed_tree_builds_and_runs_a_c_example_with_pkg_config_only(s: &'static S
     let dynamic = run(Command::new("readelf").arg("-d").arg(lib.join(&real)));
     assert!(dynamic.contains("Library soname: [libblockjobinfo.so.0]"), "{dynamic}");
     assert!(root.join("usr/include/blockjobinfo.h").is_file());
+    for page in [
+        "usr/share/man/man1/blockjobinfo.1",
+        "usr/share/man/man3/libblockjobinfo.3",
+    ] {
+        let shown = run(Command::new("man").arg("-l").arg(root.join(page)).env("MANWIDTH", "80"));
+        assert!(shown.contains("blockjobinfo"), "{page}: {shown}");
+    }
 
     let pc = |args: &[&str]| {
         run(Command::new("pkg-config")

@@ -367,9 +367,20 @@ impl Recorder {
     }
 }
 
-/// Where cargo put the cdylib, for C programs.
+/// Where the shared library is, for C programs: linked from the staticlib cargo just built (as `make build`
+/// does), once per test process, if it is missing or older than the staticlib.
 pub fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
+    static LINKED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LINKED
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            // target/<profile>/deps/<test> -> target/<profile>
+            let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+            let modified = |f: &str| std::fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok();
+            if modified("libblockjobinfo.so") < modified("libblockjobinfo.a") {
+                run(Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/link-so.sh")).arg(&dir));
+            }
+            dir
+        })
+        .clone()
 }
