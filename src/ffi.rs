@@ -361,7 +361,7 @@ pub unsafe extern "C" fn virDomainGetBlockJobInfo(
     // SAFETY: the caller's domain handle, valid during its call.
     let domain = unsafe { lv.domain(dom) };
     match catch_unwind(AssertUnwindSafe(|| {
-        crate::libvirt::get_block_job_info(&domain, lv, disk_name, flags)
+        crate::libvirt::interposer::get_block_job_info(&domain, lv, disk_name, flags)
     })) {
         Ok((rc, answer)) => {
             // SAFETY: checked non-NULL above; writable by contract.

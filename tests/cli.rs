@@ -4,8 +4,6 @@
 #[macro_use]
 mod common;
 
-use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -249,52 +247,18 @@ fn verbose_progress_on_a_terminal_is_a_bar(s: &'static Stack) {
         "blockdev-mirror",
         json!({"job-id": "m", "device": "top", "target": "dst", "sync": "full", "speed": 4 * MIB, "buf-size": MIB}),
     );
-    let (mut master, mut slave) = (-1, -1);
-    let ws = libc::winsize {
-        ws_row: 24,
-        ws_col: 120,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: openpty writes two descriptors; the window size is read only.
-    assert_eq!(
-        unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &ws) },
-        0
-    );
-    // SAFETY: fresh descriptors from openpty, owned here.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blockjobinfo"))
-        .args([
-            "wait",
-            "--qmp",
-            &qsd.lib_socket(),
-            "m",
-            "--ready",
-            "--verbose",
-            "--timeout",
-            "60",
-        ])
-        .env("TERM", "xterm")
-        .stdin(Stdio::null())
-        .stdout(slave.try_clone().unwrap())
-        .stderr(slave)
-        .spawn()
-        .unwrap();
-    let mut screen = Vec::new();
-    let mut master = std::fs::File::from(master);
-    let status = loop {
-        let mut buf = [0u8; 4096];
-        // The pty is closed for reading once the child exits (EIO).
-        match master.read(&mut buf) {
-            Ok(0) | Err(_) => break child.wait().unwrap(),
-            Ok(n) => screen.extend_from_slice(&buf[..n]),
-        }
-        if let Some(s) = child.try_wait().unwrap() {
-            let _ = master.read(&mut buf).map(|n| screen.extend_from_slice(&buf[..n]));
-            break s;
-        }
-    };
-    let screen = String::from_utf8_lossy(&screen);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_blockjobinfo"));
+    cmd.args([
+        "wait",
+        "--qmp",
+        &qsd.lib_socket(),
+        "m",
+        "--ready",
+        "--verbose",
+        "--timeout",
+        "60",
+    ]);
+    let (status, screen) = run_on_pty(cmd);
     assert!(status.success(), "{screen}");
     assert!(screen.contains("Block Copy m ["), "{screen:?}");
     assert!(screen.contains("ETA"), "{screen:?}");

@@ -1,10 +1,12 @@
-//! libvirt's public functions, found at run time in the libvirt already loaded in the process.
+//! libvirt's public functions, found at run time: the one place that calls into libvirt, for the interposer
+//! (in the libvirt already loaded in the process) and for programs such as the tool (which load it).
 //!
 //! The library does not link libvirt: it must load into programs without it. `dlsym(RTLD_NEXT)` is not enough
 //! either: python-libvirt loads libvirt with RTLD_LOCAL, where RTLD_NEXT finds nothing. A `RTLD_NOLOAD`
 //! handle on `libvirt.so.0` works in both, and `dlsym` on it yields libvirt's own definitions, never ours.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
 use crate::abi::virDomainBlockJobInfo;
@@ -22,6 +24,44 @@ type ResetLastErrorFn = unsafe extern "C" fn();
 type GetLastErrorMessageFn = unsafe extern "C" fn() -> *const c_char;
 type QemuMonitorCommandFn = unsafe extern "C" fn(DomainPtr, *const c_char, *mut *mut c_char, c_uint) -> c_int;
 
+/// libvirt's `virConnectPtr`, opaque.
+pub type ConnectPtr = *mut c_void;
+type ConnectOpenFn = unsafe extern "C" fn(*const c_char) -> ConnectPtr;
+type ConnectCloseFn = unsafe extern "C" fn(ConnectPtr) -> c_int;
+type ConnectGetUriFn = unsafe extern "C" fn(ConnectPtr) -> *mut c_char;
+type ConnectIsAliveFn = unsafe extern "C" fn(ConnectPtr) -> c_int;
+type ListAllDomainsFn = unsafe extern "C" fn(ConnectPtr, *mut *mut DomainPtr, c_uint) -> c_int;
+type LookupByNameFn = unsafe extern "C" fn(ConnectPtr, *const c_char) -> DomainPtr;
+type DomainFreeFn = unsafe extern "C" fn(DomainPtr) -> c_int;
+type EventVoidFn = unsafe extern "C" fn() -> c_int;
+type BlockJobCallbackFn = unsafe extern "C" fn(ConnectPtr, DomainPtr, *const c_char, c_int, c_int, *mut c_void);
+type FreeCallbackFn = unsafe extern "C" fn(*mut c_void);
+type EventRegisterAnyFn =
+    unsafe extern "C" fn(ConnectPtr, DomainPtr, c_int, BlockJobCallbackFn, *mut c_void, FreeCallbackFn) -> c_int;
+type EventDeregisterAnyFn = unsafe extern "C" fn(ConnectPtr, c_int) -> c_int;
+type ErrorFuncFn = unsafe extern "C" fn(*mut c_void, *mut c_void);
+type SetErrorFuncFn = unsafe extern "C" fn(*mut c_void, ErrorFuncFn);
+
+/// `VIR_CONNECT_LIST_DOMAINS_ACTIVE`.
+const LIST_ACTIVE: c_uint = 1;
+/// `VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2`: block job events naming the disk by target (`vda`).
+const EVENT_ID_BLOCK_JOB_2: c_int = 16;
+
+/// What a program that talks to libvirt itself needs beyond the interposer's functions.
+struct ClientFns {
+    open_read_only: ConnectOpenFn,
+    close: ConnectCloseFn,
+    get_uri: ConnectGetUriFn,
+    is_alive: ConnectIsAliveFn,
+    list_all_domains: ListAllDomainsFn,
+    lookup_by_name: LookupByNameFn,
+    domain_free: DomainFreeFn,
+    event_register_default_impl: EventVoidFn,
+    event_run_default_impl: EventVoidFn,
+    event_register_any: EventRegisterAnyFn,
+    event_deregister_any: EventDeregisterAnyFn,
+}
+
 /// The libvirt functions the interposer uses.
 pub struct Libvirt {
     get_block_job_info: GetBlockJobInfoFn,
@@ -33,6 +73,9 @@ pub struct Libvirt {
     last_error_message: GetLastErrorMessageFn,
     /// libvirt-qemu, loaded on first use (passthrough only).
     qemu_monitor_command: OnceLock<Option<QemuMonitorCommandFn>>,
+    client: ClientFns,
+    /// Whether the default event loop runs (a thread of ours), for events.
+    event_loop: OnceLock<std::result::Result<(), String>>,
 }
 
 fn dl_error() -> String {
@@ -75,6 +118,32 @@ impl Libvirt {
         Ok(LIBVIRT.get_or_init(|| l))
     }
 
+    /// libvirt for a program that talks to it itself (the tool): loads `libvirt.so.0`, once. The error says
+    /// plainly when libvirt is not installed.
+    pub fn load_library() -> Result<&'static Libvirt> {
+        static LOADED: OnceLock<std::result::Result<Libvirt, String>> = OnceLock::new();
+        LOADED
+            .get_or_init(|| {
+                // SAFETY: loading libvirt runs its constructors, which are made to run in any program.
+                let h = unsafe { libc::dlopen(c"libvirt.so.0".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+                if h.is_null() {
+                    return Err(format!(
+                        "libvirt is not installed ({}): install libvirt0 (Debian), or use --qmp",
+                        dl_error()
+                    ));
+                }
+                // libvirt prints every error to stderr unless told otherwise; the program reports them itself.
+                // SAFETY: the type matches libvirt's virSetErrorFunc; the handler ignores its arguments.
+                if let Ok(set) = unsafe { symbol::<SetErrorFuncFn>(h, c"virSetErrorFunc") } {
+                    // SAFETY: a valid handler, no user data.
+                    unsafe { set(std::ptr::null_mut(), ignore_error) };
+                }
+                Libvirt::from_handle(h).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::Libvirt(e.clone()))
+    }
+
     fn load() -> Result<Libvirt> {
         // SAFETY: plain dlopen of a library that is already loaded (NOLOAD never loads anything).
         let h = unsafe { libc::dlopen(c"libvirt.so.0".as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
@@ -84,6 +153,10 @@ impl Libvirt {
                 dl_error()
             )));
         }
+        Libvirt::from_handle(h)
+    }
+
+    fn from_handle(h: *mut c_void) -> Result<Libvirt> {
         // SAFETY: each type matches the function's declaration in libvirt's public headers.
         let l = unsafe {
             Libvirt {
@@ -95,15 +168,70 @@ impl Libvirt {
                 reset_last_error: symbol(h, c"virResetLastError")?,
                 last_error_message: symbol(h, c"virGetLastErrorMessage")?,
                 qemu_monitor_command: OnceLock::new(),
+                client: ClientFns {
+                    open_read_only: symbol(h, c"virConnectOpenReadOnly")?,
+                    close: symbol(h, c"virConnectClose")?,
+                    get_uri: symbol(h, c"virConnectGetURI")?,
+                    is_alive: symbol(h, c"virConnectIsAlive")?,
+                    list_all_domains: symbol(h, c"virConnectListAllDomains")?,
+                    lookup_by_name: symbol(h, c"virDomainLookupByName")?,
+                    domain_free: symbol(h, c"virDomainFree")?,
+                    event_register_default_impl: symbol(h, c"virEventRegisterDefaultImpl")?,
+                    event_run_default_impl: symbol(h, c"virEventRunDefaultImpl")?,
+                    event_register_any: symbol(h, c"virConnectDomainEventRegisterAny")?,
+                    event_deregister_any: symbol(h, c"virConnectDomainEventDeregisterAny")?,
+                },
+                event_loop: OnceLock::new(),
             }
         };
-        // Were it ours, every fallback would recurse forever.
-        if l.get_block_job_info as *const () == crate::ffi::virDomainGetBlockJobInfo as *const () {
+        // Were it ours, every fallback would recurse forever: the function must live in another object than
+        // this code.
+        if same_object(l.get_block_job_info as *const c_void, dl_error as *const c_void) {
             return Err(Error::Libvirt(
                 "libvirt.so.0 resolved virDomainGetBlockJobInfo to blockjobinfo".into(),
             ));
         }
         Ok(l)
+    }
+
+    /// Runs libvirt's default event loop in a thread of its own, once (events need it, and it must be
+    /// registered before a connection is opened).
+    pub fn start_event_loop(&'static self) -> Result<()> {
+        self.event_loop
+            .get_or_init(|| {
+                // SAFETY: no arguments; registers libvirt's own poll-based loop.
+                if unsafe { (self.client.event_register_default_impl)() } < 0 {
+                    return Err(self.last_error());
+                }
+                let run = self.client.event_run_default_impl;
+                std::thread::Builder::new()
+                    .name("bji-libvirt-events".into())
+                    // SAFETY: the default loop is registered above; one thread runs it, forever.
+                    .spawn(move || loop {
+                        if unsafe { run() } < 0 {
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                        }
+                    })
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(Error::Libvirt)
+    }
+
+    /// A read-only connection (all the tool needs: it never changes a domain). `uri` None is libvirt's default
+    /// (`LIBVIRT_DEFAULT_URI`, else its configuration), as for virsh.
+    pub fn connect(&'static self, uri: Option<&str>) -> Result<Connection> {
+        let uri = uri
+            .map(CString::new)
+            .transpose()
+            .map_err(|_| Error::InvalidArg("NUL in the connection URI".into()))?;
+        // SAFETY: NULL or a NUL-terminated URI.
+        let ptr = unsafe { (self.client.open_read_only)(uri.as_ref().map_or(std::ptr::null(), |u| u.as_ptr())) };
+        if ptr.is_null() {
+            return Err(Error::Libvirt(self.last_error()));
+        }
+        Ok(Connection { lv: self, ptr })
     }
 
     /// libvirt's own `virDomainGetBlockJobInfo`, arguments passed through untouched (for whatever libvirt
@@ -156,6 +284,11 @@ pub struct Domain<'a> {
 }
 
 impl Domain<'_> {
+    /// libvirt's last error on this thread, after a call on this domain failed.
+    pub fn last_error(&self) -> String {
+        self.lv.last_error()
+    }
+
     pub fn name(&self) -> Result<String> {
         // SAFETY: a valid handle (Libvirt::domain's contract); the name belongs to the domain object.
         let p = unsafe { (self.lv.get_name)(self.ptr) };
@@ -221,6 +354,193 @@ impl Domain<'_> {
         }
         // SAFETY: on success libvirt stores a malloc'd string the caller frees.
         unsafe { take_string(out) }.ok_or_else(|| Error::Libvirt("empty monitor reply".into()))
+    }
+}
+
+/// libvirt's error handler for programs that report errors themselves (from `virGetLastErrorMessage`).
+unsafe extern "C" fn ignore_error(_user_data: *mut c_void, _error: *mut c_void) {}
+
+/// Whether two code addresses lie in the same loaded object.
+fn same_object(a: *const c_void, b: *const c_void) -> bool {
+    let base = |p: *const c_void| {
+        // SAFETY: dladdr only reads the loader's tables; info is a local it fills.
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        (unsafe { libc::dladdr(p, &mut info) } != 0).then_some(info.dli_fbase)
+    };
+    matches!((base(a), base(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// An open, read-only connection to libvirt; closed when dropped.
+pub struct Connection {
+    lv: &'static Libvirt,
+    ptr: ConnectPtr,
+}
+
+// SAFETY: libvirt connections are thread-safe (libvirt locks them internally).
+unsafe impl Send for Connection {}
+// SAFETY: as above.
+unsafe impl Sync for Connection {}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // SAFETY: a connection we opened and close once.
+        unsafe { (self.lv.client.close)(self.ptr) };
+    }
+}
+
+/// A block job event (`VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2`): the disk's target, libvirt's job type and status
+/// (`VIR_DOMAIN_BLOCK_JOB_COMPLETED` 0, `FAILED` 1, `CANCELED` 2, `READY` 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockJobEvent {
+    pub disk: String,
+    pub job_type: c_int,
+    pub status: c_int,
+}
+
+type Callback = Box<dyn Fn(BlockJobEvent) + Send + Sync>;
+
+/// libvirt calls this from its event loop thread; `opaque` is the `Callback` registered with it.
+unsafe extern "C" fn block_job_event(
+    _conn: ConnectPtr,
+    _dom: DomainPtr,
+    disk: *const c_char,
+    job_type: c_int,
+    status: c_int,
+    opaque: *mut c_void,
+) {
+    if disk.is_null() || opaque.is_null() {
+        return;
+    }
+    // SAFETY: opaque is the Box<Callback> registered below, alive until libvirt calls free_callback.
+    let callback = unsafe { &*(opaque as *const Callback) };
+    // SAFETY: libvirt passes the disk as a NUL-terminated string for the length of the call.
+    let disk = unsafe { CStr::from_ptr(disk) }.to_string_lossy().into_owned();
+    // No panic may unwind into libvirt's loop.
+    let _ = catch_unwind(AssertUnwindSafe(|| callback(BlockJobEvent { disk, job_type, status })));
+}
+
+/// libvirt frees a registration's `opaque` with this once it is deregistered.
+unsafe extern "C" fn free_callback(opaque: *mut c_void) {
+    if !opaque.is_null() {
+        // SAFETY: the pointer from Box::into_raw below, freed exactly once by libvirt.
+        drop(unsafe { Box::from_raw(opaque as *mut Callback) });
+    }
+}
+
+/// A registration for block job events; deregistered when dropped.
+pub struct EventRegistration<'c> {
+    conn: &'c Connection,
+    id: c_int,
+}
+
+impl Drop for EventRegistration<'_> {
+    fn drop(&mut self) {
+        // SAFETY: an id libvirt gave us on this connection.
+        unsafe { (self.conn.lv.client.event_deregister_any)(self.conn.ptr, self.id) };
+    }
+}
+
+impl Connection {
+    pub fn libvirt(&self) -> &'static Libvirt {
+        self.lv
+    }
+
+    /// The URI libvirt connected to (the default resolved).
+    pub fn uri(&self) -> Result<String> {
+        // SAFETY: an open connection; libvirt returns a malloc'd string or NULL.
+        unsafe { take_string((self.lv.client.get_uri)(self.ptr)) }.ok_or_else(|| Error::Libvirt(self.lv.last_error()))
+    }
+
+    /// Whether the connection still works (false once libvirtd went away).
+    pub fn is_alive(&self) -> bool {
+        // SAFETY: an open connection.
+        unsafe { (self.lv.client.is_alive)(self.ptr) == 1 }
+    }
+
+    /// Every running domain, in one call.
+    pub fn active_domains(&self) -> Result<Vec<OwnedDomain>> {
+        let mut list: *mut DomainPtr = std::ptr::null_mut();
+        // SAFETY: an open connection; libvirt stores a malloc'd array of `n` new references in `list`.
+        let n = unsafe { (self.lv.client.list_all_domains)(self.ptr, &mut list, LIST_ACTIVE) };
+        if n < 0 {
+            return Err(Error::Libvirt(self.lv.last_error()));
+        }
+        let domains = (0..n as usize)
+            // SAFETY: `n` valid entries; each reference is ours to free (OwnedDomain does).
+            .map(|i| OwnedDomain {
+                lv: self.lv,
+                ptr: unsafe { *list.add(i) },
+            })
+            .collect();
+        // SAFETY: the array itself is malloc'd and ours to free.
+        unsafe { libc::free(list.cast()) };
+        Ok(domains)
+    }
+
+    pub fn lookup(&self, name: &str) -> Result<OwnedDomain> {
+        let name = CString::new(name).map_err(|_| Error::InvalidArg("NUL in the domain name".into()))?;
+        // SAFETY: an open connection and a NUL-terminated name.
+        let ptr = unsafe { (self.lv.client.lookup_by_name)(self.ptr, name.as_ptr()) };
+        if ptr.is_null() {
+            return Err(Error::Libvirt(self.lv.last_error()));
+        }
+        Ok(OwnedDomain { lv: self.lv, ptr })
+    }
+
+    /// Calls `callback` from libvirt's event loop (`start_event_loop`) for each block job event of `domain`.
+    pub fn on_block_job(
+        &self,
+        domain: &OwnedDomain,
+        callback: impl Fn(BlockJobEvent) + Send + Sync + 'static,
+    ) -> Result<EventRegistration<'_>> {
+        let boxed: Box<Callback> = Box::new(Box::new(callback));
+        let opaque = Box::into_raw(boxed) as *mut c_void;
+        // SAFETY: an open connection and domain, a callback of the event's signature, and an opaque pointer
+        // libvirt frees with free_callback.
+        let id = unsafe {
+            (self.lv.client.event_register_any)(
+                self.ptr,
+                domain.ptr,
+                EVENT_ID_BLOCK_JOB_2,
+                block_job_event,
+                opaque,
+                free_callback,
+            )
+        };
+        if id < 0 {
+            // SAFETY: libvirt did not take the pointer on failure: it is still ours.
+            drop(unsafe { Box::from_raw(opaque as *mut Callback) });
+            return Err(Error::Libvirt(self.lv.last_error()));
+        }
+        Ok(EventRegistration { conn: self, id })
+    }
+}
+
+/// A domain reference of our own (from a connection); freed when dropped.
+pub struct OwnedDomain {
+    lv: &'static Libvirt,
+    ptr: DomainPtr,
+}
+
+// SAFETY: libvirt domain objects are reference-counted and thread-safe.
+unsafe impl Send for OwnedDomain {}
+// SAFETY: as above.
+unsafe impl Sync for OwnedDomain {}
+
+impl OwnedDomain {
+    /// The domain's calls (name, XML, libvirt's job answer).
+    pub fn domain(&self) -> Domain<'_> {
+        Domain {
+            lv: self.lv,
+            ptr: self.ptr,
+        }
+    }
+}
+
+impl Drop for OwnedDomain {
+    fn drop(&mut self) {
+        // SAFETY: our own reference, freed once.
+        unsafe { (self.lv.client.domain_free)(self.ptr) };
     }
 }
 

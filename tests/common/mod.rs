@@ -384,3 +384,46 @@ pub fn lib_dir() -> PathBuf {
         })
         .clone()
 }
+
+/// Runs `cmd` with its standard output and error on a new pseudo-terminal (120x24, TERM=xterm) and returns its
+/// exit status and everything it wrote there.
+pub fn run_on_pty(mut cmd: Command) -> (std::process::ExitStatus, String) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (-1, -1);
+    let ws = libc::winsize {
+        ws_row: 24,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors; the window size is read only.
+    assert_eq!(
+        unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &ws) },
+        0
+    );
+    // SAFETY: fresh descriptors from openpty, owned here.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut child = cmd
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    drop(cmd);
+    let mut screen = Vec::new();
+    let mut master = std::fs::File::from(master);
+    let status = loop {
+        let mut buf = [0u8; 4096];
+        // The pty is closed for reading once the child exits (EIO).
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break child.wait().unwrap(),
+            Ok(n) => screen.extend_from_slice(&buf[..n]),
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            let _ = master.read(&mut buf).map(|n| screen.extend_from_slice(&buf[..n]));
+            break s;
+        }
+    };
+    (status, String::from_utf8_lossy(&screen).into_owned())
+}

@@ -158,6 +158,12 @@ impl Stack {
         format!("{SHARE}/libblockjobinfo.so")
     }
 
+    /// The in-stack path of the `blockjobinfo` tool, copied where the test user can run it.
+    pub fn tool(&self) -> String {
+        self.share();
+        format!("{SHARE}/blockjobinfo")
+    }
+
     /// The in-stack path of `rel` (under tests/ or bench/ of the checkout), copied where the test user can read it.
     pub fn file(&self, rel: &str) -> String {
         self.share();
@@ -179,6 +185,11 @@ impl Stack {
                 super::lib_dir().join("libblockjobinfo.so"),
                 "libblockjobinfo.so".to_string(),
             )];
+            // The tool, where it was built beside the library (what `make build` makes).
+            let tool = super::lib_dir().join("blockjobinfo");
+            if tool.is_file() {
+                files.push((tool, "blockjobinfo".to_string()));
+            }
             // What the test user runs: the python scripts (C programs are built where it can read them).
             for sub in ["tests/py", "bench"] {
                 for e in std::fs::read_dir(checkout.join(sub)).unwrap() {

@@ -15,15 +15,24 @@ pub const EXIT_STATUS: [(u8, &str); 7] = [
         "waiting for --ready, the job ended (or did not exist) without becoming ready",
     ),
     (5, "timed out"),
-    (6, "cannot connect to QEMU, or QEMU's monitor misbehaved"),
+    (
+        6,
+        "cannot connect to QEMU or libvirt, or they failed (no such domain, a monitor that misbehaved)",
+    ),
 ];
 
 /// The environment variables the tool reads, for the manual page.
-pub const ENVIRONMENT: [(&str, &str); 1] = [(
-    "BLOCKJOBINFO_LOG",
-    "error, warn, info or debug: the library's log lines on standard error (which source answered, the raw \
-     numbers and the translated ones). Off by default.",
-)];
+pub const ENVIRONMENT: [(&str, &str); 2] = [
+    (
+        "BLOCKJOBINFO_LOG",
+        "error, warn, info or debug: the library's log lines on standard error (which source answered, the raw \
+         numbers and the translated ones). Off by default.",
+    ),
+    (
+        "LIBVIRT_DEFAULT_URI",
+        "libvirt's connection URI when -c is not given (read by libvirt itself, as for virsh).",
+    ),
+];
 
 fn exit_codes() -> String {
     let mut s = String::from("Exit status:");
@@ -35,10 +44,10 @@ fn exit_codes() -> String {
 
 /// Report and wait on QEMU block jobs (copy, pull, commit, backup) the way libvirt reports them.
 ///
-/// Reads a QEMU or qemu-storage-daemon QMP monitor and answers as libvirt's virDomainGetBlockJobInfo() does,
-/// with Eric Blake's rules: `cur == end` (with `end > 0`) means "done, or in the mirroring phase", and is never
-/// reported before QEMU says the job is ready. It sends QEMU nothing but `qmp_capabilities` and `query-*`
-/// commands: it never changes a job.
+/// Reads a QEMU or qemu-storage-daemon QMP monitor, or libvirt, and answers as libvirt's
+/// virDomainGetBlockJobInfo() does, with Eric Blake's rules: `cur == end` (with `end > 0`) means "done, or in
+/// the mirroring phase", and is never reported before the job is ready. It only reads: it sends QEMU nothing but
+/// `qmp_capabilities` and `query-*` commands, and opens libvirt read-only.
 #[derive(Parser)]
 #[command(name = "blockjobinfo", version, after_help = exit_codes())]
 pub struct Cli {
@@ -46,53 +55,83 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Args)]
-pub struct Monitor {
+/// Where jobs are read: a QMP monitor, or libvirt (the default, as virsh chooses its URI).
+#[derive(Args, Clone)]
+pub struct Source {
     /// The QMP monitor: `/path`, `unix:/path` or `tcp:HOST:PORT`. A monitor serves one client at a time.
-    #[arg(long, value_name = "ADDRESS")]
-    pub qmp: String,
+    #[arg(long, value_name = "ADDRESS", conflicts_with = "connect")]
+    pub qmp: Option<String>,
+    /// libvirt's connection URI (`qemu:///system`, `qemu:///session`, ...). Without it and without --qmp,
+    /// libvirt's default, as virsh chooses it: LIBVIRT_DEFAULT_URI, else libvirt's configuration. The
+    /// connection is read-only.
+    #[arg(short = 'c', long = "connect", value_name = "URI")]
+    pub connect: Option<String>,
+}
+
+/// Where `list` and `metrics` find jobs: every running domain of libvirt, or QMP sockets.
+#[derive(Args, Clone)]
+pub struct Hosts {
+    /// libvirt's connection URI; default as virsh chooses it (LIBVIRT_DEFAULT_URI, else libvirt's own).
+    #[arg(short = 'c', long = "connect", value_name = "URI", conflicts_with = "qmp_glob")]
+    pub connect: Option<String>,
+    /// QMP sockets instead of libvirt, one per VM, as a glob (`/run/qemu-server/*.qmp`). A socket that is busy
+    /// or dead is reported on its line.
+    #[arg(long, value_name = "PATTERN")]
+    pub qmp_glob: Option<String>,
 }
 
 #[derive(Subcommand)]
 pub enum Command {
     /// Print block jobs as libvirt would report them.
     ///
-    /// With DEVICE, the one job it names: a QMP job id, or a libvirt disk target or alias found in libvirt's
-    /// job names (`vda` for `copy-vda-libvirt-1-format`). Without, every job. The default output is virsh's
-    /// human form (`Block Copy: [ 45 %]`); `--raw` is virsh's `blockjob --raw` form; `--json` prints one object
-    /// per job with QEMU's raw numbers beside libvirt's.
+    /// With --qmp, DEVICE names the job: a QMP job id, or a libvirt disk target or alias found in libvirt's job
+    /// names (`vda` for `copy-vda-libvirt-1-format`); without DEVICE, every job. Otherwise libvirt answers:
+    /// DOMAIN and optionally DISK (default: every disk with a job), by the `native` rules: libvirt's own answer,
+    /// corrected by the domain XML's `<mirror ready=...>`, so `cur == end` is never shown before the mirror is
+    /// ready. The default output is virsh's human form (`Block Copy: [ 45 %]`); `--raw` is virsh's
+    /// `blockjob --raw` form; `--json` prints one object per job with the raw numbers (QEMU's, or libvirt's own
+    /// and the XML's mirror state) beside the answer.
     #[command(after_help = exit_codes())]
     Info {
         #[command(flatten)]
-        monitor: Monitor,
-        /// The job: a QMP job id, or a libvirt disk target (`vda`) or alias.
-        device: Option<String>,
+        source: Source,
+        /// With --qmp: the job (a QMP job id, or a libvirt disk target or alias). With libvirt: the domain.
+        #[arg(value_name = "DEVICE | DOMAIN")]
+        target: Option<String>,
+        /// With libvirt: the disk (target such as `vda`, or source path).
+        #[arg(value_name = "DISK")]
+        disk: Option<String>,
         /// virsh's `--raw` lines: ` type=`, ` bandwidth=`, ` cur=`, ` end=`.
         #[arg(long, conflicts_with = "json")]
         raw: bool,
-        /// One JSON object per job and line: QEMU's numbers and libvirt's.
+        /// One JSON object per job and line: the raw numbers and the answer.
         #[arg(long)]
         json: bool,
         /// Bandwidth in bytes/s instead of MiB/s (VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES).
         #[arg(long)]
         bytes: bool,
     },
-    /// Wait until a job is ready (mirroring phase) or gone, woken by QEMU's events.
+    /// Wait until a job is ready (mirroring phase) or gone, woken by events.
     ///
-    /// The current state is checked first, then QEMU's events (BLOCK_JOB_READY, BLOCK_JOB_COMPLETED,
-    /// BLOCK_JOB_CANCELLED, BLOCK_JOB_ERROR, JOB_STATUS_CHANGE) wake the wait, each confirmed with a query. With
-    /// `--verbose`, progress is shown on standard error: a progress bar on a terminal, virsh-style
-    /// `Block Copy: [ 45 %]` lines otherwise.
+    /// The current state is checked first, then events wake the wait. With --qmp, QEMU's (BLOCK_JOB_READY,
+    /// BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED, BLOCK_JOB_ERROR, JOB_STATUS_CHANGE), each confirmed with a
+    /// query; with libvirt, libvirt's block job events (VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2), with a query every
+    /// 2 s only as a safety net. With `--verbose`, progress is shown on standard error: a progress bar on a
+    /// terminal, virsh-style `Block Copy: [ 45 %]` lines otherwise.
     #[command(after_help = exit_codes())]
     Wait {
         #[command(flatten)]
-        monitor: Monitor,
-        /// The job: a QMP job id, or a libvirt disk target (`vda`) or alias.
-        device: String,
-        /// Until QEMU says the job is ready: a copy or active commit in its mirroring phase.
+        source: Source,
+        /// With --qmp: the job (a QMP job id, or a libvirt disk target or alias). With libvirt: the domain.
+        #[arg(value_name = "DEVICE | DOMAIN")]
+        target: String,
+        /// With libvirt: the disk (target such as `vda`).
+        #[arg(value_name = "DISK")]
+        disk: Option<String>,
+        /// Until the job is ready: a copy or active commit in its mirroring phase.
         #[arg(long, required_unless_present = "gone", conflicts_with = "gone")]
         ready: bool,
-        /// Until the job has left QEMU's list.
+        /// Until the job has ended (left QEMU's list, or libvirt's).
         #[arg(long)]
         gone: bool,
         /// Give up after this many seconds (fractions allowed); default: wait forever.
@@ -101,6 +140,44 @@ pub enum Command {
         /// Show progress while waiting.
         #[arg(long, short)]
         verbose: bool,
+    },
+    /// One line per block job of every running domain (or QMP socket): how far, how fast, when done.
+    ///
+    /// Columns: domain, disk, job type as virsh names it, progress, cur/end, bandwidth limit, observed rate,
+    /// ETA and phase (running; mirroring once a copy or active commit is ready; pivoting or aborting while
+    /// libvirt finishes it; completing when a pull or commit reached its end). The rate and ETA come from
+    /// successive samples: `--watch` shows them from its second screen on. With `--watch`, the list is redrawn
+    /// in place every SECONDS (default 2) on a terminal, and printed anew each time otherwise; a domain or
+    /// socket that fails is reported on its line, and a lost libvirt connection is reopened.
+    #[command(after_help = exit_codes())]
+    List {
+        #[command(flatten)]
+        hosts: Hosts,
+        /// One JSON object per job and line (and one per failed domain or socket, with its error).
+        #[arg(long)]
+        json: bool,
+        /// Refresh every SECONDS (default 2) until interrupted.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2", value_parser = parse_seconds)]
+        watch: Option<Duration>,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
+    },
+    /// Block jobs as Prometheus metrics (text exposition format).
+    ///
+    /// Written to standard output, to --output FILE atomically (written beside it, then renamed: for
+    /// node_exporter's textfile collector), or served at http://ADDRESS/metrics with --listen. Scrapes that
+    /// arrive together share one reading of libvirt.
+    #[command(after_help = exit_codes())]
+    Metrics {
+        #[command(flatten)]
+        hosts: Hosts,
+        /// Write the metrics to FILE atomically instead of standard output.
+        #[arg(long, value_name = "FILE", conflicts_with = "listen")]
+        output: Option<std::path::PathBuf>,
+        /// Serve the metrics over HTTP at ADDRESS (`127.0.0.1:9477`), path /metrics, until interrupted.
+        #[arg(long, value_name = "ADDRESS")]
+        listen: Option<String>,
     },
     /// Writes blockjobinfo(1), the manual page, to standard output (for packaging).
     #[command(hide = true)]

@@ -5,13 +5,19 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use blockjobinfo::translate::{percent, type_label};
-use blockjobinfo::{Error, JobReport, Outcome, QmpSource, Until, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES};
+use blockjobinfo::{
+    virDomainBlockJobInfo, Error, JobReport, Outcome, QmpSource, Until, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES,
+};
 use clap::Parser;
 
 mod cli;
 mod man;
 
-use cli::{Cli, Command, Monitor};
+mod list;
+mod metrics;
+mod virt;
+
+use cli::{Cli, Command, Source};
 use serde::Serialize;
 
 /// One line of `--json`. Field order is fixed: scripts may compare output.
@@ -68,22 +74,37 @@ fn json_line(r: &JobReport) -> String {
     serde_json::to_string(&line).expect("plain data serialises")
 }
 
-fn raw_lines(r: &JobReport) -> String {
+/// virsh's `blockjob --raw` lines.
+fn raw_lines(info: &virDomainBlockJobInfo) -> String {
     format!(
         " type={}\n bandwidth={}\n cur={}\n end={}\n",
-        type_label(r.info.type_),
-        r.info.bandwidth,
-        r.info.cur,
-        r.info.end
+        type_label(info.type_),
+        info.bandwidth,
+        info.cur,
+        info.end
     )
 }
 
-fn human_line(r: &JobReport) -> String {
-    format!(
-        "{}: [{:3} %]",
-        type_label(r.info.type_),
-        percent(r.info.cur, r.info.end)
-    )
+/// virsh's progress line: `Block Copy: [ 45 %]`.
+fn human_line(info: &virDomainBlockJobInfo) -> String {
+    format!("{}: [{:3} %]", type_label(info.type_), percent(info.cur, info.end))
+}
+
+/// virsh's `blockjob` form: the progress line, and the bandwidth limit when there is one.
+fn human_form(info: &virDomainBlockJobInfo, bytes: bool) -> String {
+    let mut line = human_line(info);
+    if info.bandwidth != 0 {
+        let unit = if bytes { "bytes/s" } else { "MiB/s" };
+        line.push_str(&format!("    Bandwidth limit: {} {unit}", info.bandwidth));
+    }
+    line.push('\n');
+    line
+}
+
+/// A usage error: exit status 2, as clap's own.
+fn usage(why: &str) -> ExitCode {
+    eprintln!("blockjobinfo: error: {why}");
+    ExitCode::from(2)
 }
 
 /// An error as an exit status and one line.
@@ -92,8 +113,8 @@ fn fail(e: &Error) -> ExitCode {
     ExitCode::from(6)
 }
 
-fn open(monitor: &Monitor) -> Result<QmpSource, ExitCode> {
-    QmpSource::open(&monitor.qmp).map_err(|e| match e {
+fn open(address: &str) -> Result<QmpSource, ExitCode> {
+    QmpSource::open(address).map_err(|e| match e {
         Error::InvalidArg(_) => {
             eprintln!("blockjobinfo: error: {e}");
             ExitCode::from(2)
@@ -102,8 +123,8 @@ fn open(monitor: &Monitor) -> Result<QmpSource, ExitCode> {
     })
 }
 
-fn info(monitor: &Monitor, device: Option<&str>, raw: bool, json: bool, bytes: bool) -> ExitCode {
-    let src = match open(monitor) {
+fn info(address: &str, device: Option<&str>, raw: bool, json: bool, bytes: bool) -> ExitCode {
+    let src = match open(address) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -135,17 +156,12 @@ fn info(monitor: &Monitor, device: Option<&str>, raw: bool, json: bool, bytes: b
             if device.is_none() {
                 out.push_str(&format!(" device={}\n", r.raw.device));
             }
-            out.push_str(&raw_lines(r));
+            out.push_str(&raw_lines(&r.info));
         } else {
             if device.is_none() {
                 out.push_str(&format!("{}: ", r.raw.device));
             }
-            out.push_str(&human_line(r));
-            if r.info.bandwidth != 0 {
-                let unit = if bytes { "bytes/s" } else { "MiB/s" };
-                out.push_str(&format!("    Bandwidth limit: {} {unit}", r.info.bandwidth));
-            }
-            out.push('\n');
+            out.push_str(&human_form(&r.info, bytes));
         }
     }
     // A closed pipe (`| head`) is not an error worth a message.
@@ -179,17 +195,17 @@ impl Progress {
         Progress::Bar(bar)
     }
 
-    fn show(&mut self, r: &JobReport) {
+    fn show(&mut self, name: &str, info: &virDomainBlockJobInfo) {
         match self {
             Progress::Off => {}
             Progress::Bar(bar) => {
-                // Positions are libvirt's numbers, so the bar too never fills before QEMU says ready.
-                bar.set_message(format!("{} {}", type_label(r.info.type_), r.raw.device));
-                bar.set_length(r.info.end);
-                bar.set_position(r.info.cur);
+                // Positions are libvirt's numbers, so the bar too never fills before the job is ready.
+                bar.set_message(format!("{} {name}", type_label(info.type_)));
+                bar.set_length(info.end);
+                bar.set_position(info.cur);
             }
             Progress::Lines(last) => {
-                let line = human_line(r);
+                let line = human_line(info);
                 if last.as_deref() != Some(line.as_str()) {
                     eprintln!("{line}");
                     *last = Some(line);
@@ -205,21 +221,33 @@ impl Progress {
     }
 }
 
-fn wait(monitor: &Monitor, device: &str, until: Until, timeout: Option<Duration>, verbose: bool) -> ExitCode {
-    let src = match open(monitor) {
+fn wait(address: &str, device: &str, until: Until, timeout: Option<Duration>, verbose: bool) -> ExitCode {
+    let src = match open(address) {
         Ok(s) => s,
         Err(code) => return code,
     };
     let mut progress = Progress::new(verbose);
     let every = verbose.then_some(Duration::from_millis(500));
-    let waited = src.wait_with_progress(device, until, timeout, every, |r| progress.show(r));
+    let waited = src.wait_with_progress(device, until, timeout, every, |r| progress.show(&r.raw.device, &r.info));
     progress.finish();
     let waited = match waited {
         Ok(w) => w,
         Err(e) => return fail(&e),
     };
     let label = waited.last.as_ref().map_or("Block job", |r| type_label(r.info.type_));
-    match waited.outcome {
+    outcome(&waited.outcome, label, device, until, timeout, verbose)
+}
+
+/// How a wait ended, as a line and an exit status: the same for QMP and libvirt.
+fn outcome(
+    outcome: &Outcome,
+    label: &str,
+    device: &str,
+    until: Until,
+    timeout: Option<Duration>,
+    verbose: bool,
+) -> ExitCode {
+    match outcome {
         Outcome::Reached => {
             if verbose {
                 match until {
@@ -253,23 +281,54 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Command::Info {
-            monitor,
-            device,
+            source,
+            target,
+            disk,
             raw,
             json,
             bytes,
-        } => info(monitor, device.as_deref(), *raw, *json, *bytes),
+        } => match source {
+            Source { qmp: Some(address), .. } => {
+                if disk.is_some() {
+                    return usage("with --qmp, name the job alone (a QMP job id or a disk): no DISK");
+                }
+                info(address, target.as_deref(), *raw, *json, *bytes)
+            }
+            Source { connect, .. } => {
+                let Some(domain) = target else {
+                    return usage("with libvirt, name the DOMAIN (and optionally its DISK)");
+                };
+                virt::info(connect.as_deref(), domain, disk.as_deref(), *raw, *json, *bytes)
+            }
+        },
         Command::Wait {
-            monitor,
-            device,
+            source,
+            target,
+            disk,
             ready,
             gone: _,
             timeout,
             verbose,
         } => {
             let until = if *ready { Until::Ready } else { Until::Gone };
-            wait(monitor, device, until, *timeout, *verbose)
+            match (source, disk) {
+                (Source { qmp: Some(address), .. }, None) => wait(address, target, until, *timeout, *verbose),
+                (Source { qmp: Some(_), .. }, Some(_)) => {
+                    usage("with --qmp, name the job alone (a QMP job id or a disk): no DISK")
+                }
+                (Source { connect, .. }, Some(disk)) => {
+                    virt::wait(connect.as_deref(), target, disk, until, *timeout, *verbose)
+                }
+                (_, None) => usage("with libvirt, name the DOMAIN and its DISK"),
+            }
         }
+        Command::List {
+            hosts,
+            json,
+            watch,
+            count,
+        } => list::run(hosts, *json, *watch, *count),
+        Command::Metrics { hosts, output, listen } => metrics::run(hosts, output.as_deref(), listen.as_deref()),
         Command::GenerateMan => match man::render(&mut std::io::stdout().lock()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -1,0 +1,429 @@
+//! `list`: one line per block job of every running domain (libvirt) or of every QMP socket matching a glob,
+//! once or redrawn with `--watch`. The same snapshots feed `metrics`.
+
+use std::collections::HashMap;
+use std::ffi::c_int;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use blockjobinfo::libvirt::api::Connection;
+use blockjobinfo::libvirt::host;
+use blockjobinfo::libvirt::xml::Mirror;
+use blockjobinfo::translate::{percent, type_label};
+use blockjobinfo::{Limits, QmpSource, RawJob, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES};
+use serde_json::{json, Value};
+
+use crate::cli::Hosts;
+use crate::virt;
+
+/// A QMP socket in a glob is one VM's monitor: one that does not answer quickly is reported, not waited for.
+const GLOB_LIMITS: Limits = Limits {
+    connect_timeout: Duration::from_secs(1),
+    reply_timeout: Duration::from_secs(2),
+    max_message: blockjobinfo::qmp::MAX_MESSAGE,
+};
+
+/// One block job, by blockjobinfo's rules, with where it came from.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The domain, or the QMP socket's path.
+    pub host: String,
+    /// The disk's target, or the QMP job id.
+    pub disk: String,
+    pub job_type: c_int,
+    pub cur: u64,
+    pub end: u64,
+    /// Bytes per second; 0 is unlimited.
+    pub bandwidth: std::ffi::c_ulong,
+    pub phase: &'static str,
+    /// The raw numbers: libvirt's own answer and the XML's mirror, or QEMU's job.
+    pub raw: Value,
+}
+
+/// A domain or socket whose jobs could not be read.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub host: String,
+    pub error: String,
+}
+
+/// What one look at the host found.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// `domain` or `socket`: what `host` names.
+    pub kind: &'static str,
+    /// Domains or sockets looked at.
+    pub looked_at: Vec<String>,
+    pub rows: Vec<Row>,
+    pub failures: Vec<Failure>,
+    pub at: Instant,
+}
+
+/// libvirt's phases, from the XML's mirror state (`ready='yes'`, then `pivot` or `abort` while libvirt ends it).
+fn libvirt_phase(cur: u64, end: u64, mirror: Option<&Mirror>) -> &'static str {
+    match mirror.and_then(|m| m.ready.as_deref()) {
+        Some("yes") => "mirroring",
+        Some("pivot") => "pivoting",
+        Some("abort") => "aborting",
+        _ if mirror.is_none() && end > 0 && cur == end => "completing",
+        _ => "running",
+    }
+}
+
+/// QEMU's phases, from `ready` and `status`.
+fn qemu_phase(j: &RawJob) -> &'static str {
+    match (j.ready, j.status.as_deref()) {
+        (_, Some("paused" | "standby")) => "paused",
+        (Some(true), _) => "mirroring",
+        (_, Some("waiting" | "pending" | "concluded" | "null" | "aborting")) => "completing",
+        _ => "running",
+    }
+}
+
+/// Where `list` and `metrics` read: a libvirt connection (kept, reopened when lost), or a glob of sockets.
+pub enum Reader {
+    Libvirt {
+        uri: Option<String>,
+        conn: Option<Connection>,
+    },
+    Qmp {
+        pattern: String,
+    },
+}
+
+impl Reader {
+    pub fn new(hosts: &Hosts) -> Reader {
+        match &hosts.qmp_glob {
+            Some(p) => Reader::Qmp { pattern: p.clone() },
+            None => Reader::Libvirt {
+                uri: hosts.connect.clone(),
+                conn: None,
+            },
+        }
+    }
+
+    /// A new snapshot. An error is the whole host's (libvirt unreachable, a bad pattern).
+    pub fn read(&mut self) -> Result<Snapshot, String> {
+        match self {
+            Reader::Qmp { pattern } => read_qmp(pattern),
+            Reader::Libvirt { uri, conn } => {
+                if conn.as_ref().is_some_and(|c| !c.is_alive()) {
+                    *conn = None; // libvirtd went away: open again
+                }
+                if conn.is_none() {
+                    *conn = Some(virt::connect(uri.as_deref()).map_err(|e| e.to_string())?);
+                }
+                let c = conn.as_ref().expect("just opened");
+                match read_libvirt(c) {
+                    Ok(s) => Ok(s),
+                    Err(e) => {
+                        *conn = None;
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// What `list` names in its messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Reader::Qmp { pattern } => format!("matching {pattern}"),
+            Reader::Libvirt { uri, conn } => conn
+                .as_ref()
+                .and_then(|c| c.uri().ok())
+                .or_else(|| uri.clone())
+                .unwrap_or_else(|| "libvirt's default URI".into()),
+        }
+    }
+}
+
+fn read_libvirt(conn: &Connection) -> Result<Snapshot, String> {
+    let at = Instant::now();
+    let domains = host::all_jobs(conn).map_err(|e| e.to_string())?;
+    let mut snap = Snapshot {
+        kind: "domain",
+        looked_at: vec![],
+        rows: vec![],
+        failures: vec![],
+        at,
+    };
+    for d in domains {
+        snap.looked_at.push(d.domain.clone());
+        match d.jobs {
+            Ok(jobs) => snap.rows.extend(jobs.into_iter().map(|j| Row {
+                host: d.domain.clone(),
+                phase: libvirt_phase(j.info.cur, j.info.end, j.mirror.as_ref()),
+                job_type: j.info.type_,
+                cur: j.info.cur,
+                end: j.info.end,
+                bandwidth: j.info.bandwidth,
+                raw: json!({
+                    "libvirt": {"type": j.libvirt.type_, "bandwidth": j.libvirt.bandwidth,
+                                "cur": j.libvirt.cur, "end": j.libvirt.end},
+                    "mirror": j.mirror.as_ref().map(|m| json!({"job": m.job, "ready": m.ready})),
+                }),
+                disk: j.disk,
+            })),
+            Err(e) => snap.failures.push(Failure {
+                host: d.domain,
+                error: e.to_string(),
+            }),
+        }
+    }
+    Ok(snap)
+}
+
+fn read_qmp(pattern: &str) -> Result<Snapshot, String> {
+    let at = Instant::now();
+    let paths = glob::glob(pattern).map_err(|e| format!("--qmp-glob {pattern:?}: {e}"))?;
+    let mut snap = Snapshot {
+        kind: "socket",
+        looked_at: vec![],
+        rows: vec![],
+        failures: vec![],
+        at,
+    };
+    for path in paths.flatten() {
+        let host = path.display().to_string();
+        snap.looked_at.push(host.clone());
+        let reports = QmpSource::open_with(&host, GLOB_LIMITS)
+            .and_then(|src| src.all_reports(VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES));
+        match reports {
+            Ok(reports) => snap.rows.extend(reports.into_iter().map(|r| Row {
+                host: host.clone(),
+                disk: r.raw.device.clone(),
+                job_type: r.info.type_,
+                cur: r.info.cur,
+                end: r.info.end,
+                bandwidth: r.info.bandwidth,
+                phase: qemu_phase(&r.raw),
+                raw: json!({"qemu": {"type": r.raw.job_type, "offset": r.raw.offset, "len": r.raw.len,
+                                     "speed": r.raw.speed, "ready": r.raw.ready, "status": r.raw.status}}),
+            })),
+            Err(e) => snap.failures.push(Failure {
+                host,
+                error: e.to_string(),
+            }),
+        }
+    }
+    Ok(snap)
+}
+
+/// Rates from successive snapshots: bytes per second of progress, per job.
+#[derive(Default)]
+pub struct Rates {
+    last: HashMap<(String, String), (u64, u64, Instant)>,
+}
+
+impl Rates {
+    /// Each row's observed rate (None on a first sight, or when the job moved backwards or changed size).
+    pub fn update(&mut self, snap: &Snapshot) -> Vec<Option<f64>> {
+        let rates = snap
+            .rows
+            .iter()
+            .map(|r| {
+                let (cur, end, at) = *self.last.get(&(r.host.clone(), r.disk.clone()))?;
+                let dt = snap.at.saturating_duration_since(at).as_secs_f64();
+                (dt > 0.0 && end == r.end && r.cur >= cur).then(|| (r.cur - cur) as f64 / dt)
+            })
+            .collect();
+        self.last = snap
+            .rows
+            .iter()
+            .map(|r| ((r.host.clone(), r.disk.clone()), (r.cur, r.end, snap.at)))
+            .collect();
+        rates
+    }
+}
+
+fn size(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{v:.0} {}", UNITS[0])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn eta(r: &Row, rate: Option<f64>) -> Option<f64> {
+    let rate = rate.filter(|v| *v > 0.0)?;
+    (r.phase == "running").then(|| (r.end.saturating_sub(r.cur)) as f64 / rate)
+}
+
+/// The table, with a header; failures on their own lines; a clear line when there is no job.
+pub fn table(snap: &Snapshot, rates: &[Option<f64>], describe: &str) -> String {
+    let mut out = String::new();
+    if snap.rows.is_empty() {
+        let what = if snap.kind == "domain" {
+            "running domain"
+        } else {
+            "QMP socket"
+        };
+        let n = snap.looked_at.len();
+        let plural = if n == 1 { "" } else { "s" };
+        out.push_str(&format!("No block jobs on {n} {what}{plural} ({describe})\n"));
+    } else {
+        let header = [
+            snap.kind.to_uppercase(),
+            "DISK".into(),
+            "JOB".into(),
+            "PROGRESS".into(),
+            "CUR/END".into(),
+            "BANDWIDTH".into(),
+            "RATE".into(),
+            "ETA".into(),
+            "PHASE".into(),
+        ];
+        let lines: Vec<[String; 9]> = snap
+            .rows
+            .iter()
+            .zip(rates)
+            .map(|(r, rate)| {
+                [
+                    r.host.clone(),
+                    r.disk.clone(),
+                    type_label(r.job_type).to_string(),
+                    format!("{:3} %", percent(r.cur, r.end)),
+                    format!("{} / {}", size(r.cur as f64), size(r.end as f64)),
+                    if r.bandwidth == 0 {
+                        "unlimited".into()
+                    } else {
+                        format!("{}/s", size(r.bandwidth as f64))
+                    },
+                    rate.map_or("-".into(), |v| format!("{}/s", size(v))),
+                    eta(r, *rate).map_or("-".into(), duration),
+                    r.phase.to_string(),
+                ]
+            })
+            .collect();
+        let mut widths = header.clone().map(|h| h.len());
+        for l in &lines {
+            for (w, cell) in widths.iter_mut().zip(l) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        for l in std::iter::once(&header).chain(&lines) {
+            let cells: Vec<String> = l.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+        }
+    }
+    for f in &snap.failures {
+        out.push_str(&format!("{}: error: {}\n", f.host, f.error));
+    }
+    out
+}
+
+/// One JSON object per job (and per failure), a line each.
+pub fn json_lines(snap: &Snapshot, rates: &[Option<f64>]) -> String {
+    let mut out = String::new();
+    for (r, rate) in snap.rows.iter().zip(rates) {
+        let mut v = json!({
+            snap.kind: r.host, "disk": r.disk, "type": r.job_type, "type_label": type_label(r.job_type),
+            "cur": r.cur, "end": r.end, "progress_percent": percent(r.cur, r.end),
+            "bandwidth_bytes_per_second": r.bandwidth, "rate_bytes_per_second": rate,
+            "eta_seconds": eta(r, *rate), "phase": r.phase,
+        });
+        if let (Value::Object(m), Value::Object(raw)) = (&mut v, &r.raw) {
+            m.extend(raw.clone());
+        }
+        out.push_str(&v.to_string());
+        out.push('\n');
+    }
+    for f in &snap.failures {
+        out.push_str(&json!({snap.kind: f.host, "error": f.error}).to_string());
+        out.push('\n');
+    }
+    out
+}
+
+/// The wall-clock time as `HH:MM:SS UTC`, for the `--watch` header.
+fn clock() -> String {
+    let s = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("{:02}:{:02}:{:02} UTC", (s / 3600) % 24, (s / 60) % 60, s % 60)
+}
+
+pub fn run(hosts: &Hosts, json: bool, watch: Option<Duration>, count: Option<u64>) -> ExitCode {
+    let mut reader = Reader::new(hosts);
+    let mut rates = Rates::default();
+    let Some(every) = watch else {
+        return match reader.read() {
+            Ok(snap) => {
+                let r = rates.update(&snap);
+                let text = if json {
+                    json_lines(&snap, &r)
+                } else {
+                    table(&snap, &r, &reader.describe())
+                };
+                let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("blockjobinfo: error: {e}");
+                ExitCode::from(6)
+            }
+        };
+    };
+    let terminal = std::io::stdout().is_terminal();
+    let mut done = 0u64;
+    loop {
+        let started = Instant::now();
+        let body = match reader.read() {
+            Ok(snap) => {
+                let r = rates.update(&snap);
+                if json {
+                    json_lines(&snap, &r)
+                } else {
+                    table(&snap, &r, &reader.describe())
+                }
+            }
+            // Not fatal while watching: say so, and try again at the next refresh.
+            Err(e) => format!("error: {e} (retrying every {} s)\n", every.as_secs_f64()),
+        };
+        let mut screen = String::new();
+        if terminal && !json {
+            // Home and clear, like top.
+            screen.push_str("\x1b[H\x1b[2J");
+        }
+        if !json {
+            screen.push_str(&format!(
+                "blockjobinfo list: {}, {}, every {} s\n\n",
+                reader.describe(),
+                clock(),
+                every.as_secs_f64()
+            ));
+        }
+        screen.push_str(&body);
+        if !terminal && !json {
+            screen.push('\n');
+        }
+        if std::io::stdout().lock().write_all(screen.as_bytes()).is_err() {
+            return ExitCode::SUCCESS; // the reader went away (`| head`)
+        }
+        let _ = std::io::stdout().flush();
+        done += 1;
+        if count.is_some_and(|c| done >= c) {
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(every.saturating_sub(started.elapsed()));
+    }
+}

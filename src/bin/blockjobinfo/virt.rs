@@ -1,0 +1,273 @@
+//! The tool's libvirt mode: `info` and `wait` on a domain's disk, through the library's libvirt layer (libvirt
+//! loaded at run time, a read-only connection, the `native` rules).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use blockjobinfo::libvirt::api::{Connection, Libvirt, OwnedDomain};
+use blockjobinfo::libvirt::host::{self, DiskJob};
+use blockjobinfo::libvirt::xml;
+use blockjobinfo::translate::type_label;
+use blockjobinfo::{Error, Outcome, Until, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES};
+use serde::Serialize;
+
+use crate::{fail, human_form, outcome, raw_lines, Progress};
+
+/// Without an event, the state is read again this often, in case one was missed.
+const SAFETY_POLL: Duration = Duration::from_secs(2);
+
+/// libvirt's `virConnectDomainEventBlockJobStatus`.
+const COMPLETED: i32 = 0;
+const FAILED: i32 = 1;
+const CANCELED: i32 = 2;
+const READY: i32 = 3;
+
+/// A read-only connection, with libvirt's event loop running; the error line says what failed.
+pub fn connect(uri: Option<&str>) -> Result<Connection, Error> {
+    let lv = Libvirt::load_library()?;
+    lv.start_event_loop()?;
+    lv.connect(uri).map_err(|e| {
+        let at = uri.map_or("libvirt's default URI".to_string(), |u| format!("'{u}'"));
+        Error::Libvirt(format!(
+            "cannot connect to {at}: {}",
+            e.to_string().trim_start_matches("libvirt: ")
+        ))
+    })
+}
+
+fn lookup(conn: &Connection, domain: &str) -> Result<OwnedDomain, Error> {
+    conn.lookup(domain)
+}
+
+/// The disk's target for `name` (a target, or a source path as libvirt accepts).
+fn target_of(dom: &OwnedDomain, name: &str) -> Result<String, Error> {
+    let disks = xml::disks(&dom.domain().xml()?)?;
+    Ok(xml::find(&disks, name).map_or(name.to_string(), |d| d.target.clone()))
+}
+
+/// `disk`'s job now, if it has one.
+fn current(dom: &OwnedDomain, target: &str, flags: u32) -> Result<Option<DiskJob>, Error> {
+    Ok(host::domain_jobs(&dom.domain(), flags)?
+        .into_iter()
+        .find(|j| j.disk == target))
+}
+
+/// One line of `info --json` in libvirt mode. Field order is fixed: scripts may compare output.
+#[derive(Serialize)]
+struct JsonJob<'a> {
+    domain: &'a str,
+    disk: &'a str,
+    libvirt: JsonInfo,
+    mirror: Option<JsonMirror<'a>>,
+    answer: JsonAnswer,
+}
+
+#[derive(Serialize)]
+struct JsonInfo {
+    #[serde(rename = "type")]
+    type_: i32,
+    bandwidth: std::ffi::c_ulong,
+    cur: u64,
+    end: u64,
+}
+
+#[derive(Serialize)]
+struct JsonMirror<'a> {
+    job: Option<&'a str>,
+    ready: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct JsonAnswer {
+    #[serde(rename = "type")]
+    type_: i32,
+    type_label: &'static str,
+    bandwidth: std::ffi::c_ulong,
+    cur: u64,
+    end: u64,
+    /// `cur == end > 0`: done, or in the mirroring phase.
+    done_or_mirroring: bool,
+}
+
+fn json_line(domain: &str, j: &DiskJob) -> String {
+    let line = JsonJob {
+        domain,
+        disk: &j.disk,
+        libvirt: JsonInfo {
+            type_: j.libvirt.type_,
+            bandwidth: j.libvirt.bandwidth,
+            cur: j.libvirt.cur,
+            end: j.libvirt.end,
+        },
+        mirror: j.mirror.as_ref().map(|m| JsonMirror {
+            job: m.job.as_deref(),
+            ready: m.ready.as_deref(),
+        }),
+        answer: JsonAnswer {
+            type_: j.info.type_,
+            type_label: type_label(j.info.type_),
+            bandwidth: j.info.bandwidth,
+            cur: j.info.cur,
+            end: j.info.end,
+            done_or_mirroring: j.info.end > 0 && j.info.cur == j.info.end,
+        },
+    };
+    serde_json::to_string(&line).expect("plain data serialises")
+}
+
+/// `info -c URI DOMAIN [DISK]`.
+pub fn info(uri: Option<&str>, domain: &str, disk: Option<&str>, raw: bool, json: bool, bytes: bool) -> ExitCode {
+    let flags = if bytes {
+        VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES
+    } else {
+        0
+    };
+    let jobs = (|| {
+        let conn = connect(uri)?;
+        let dom = lookup(&conn, domain)?;
+        let jobs = host::domain_jobs(&dom.domain(), flags)?;
+        match disk {
+            None => Ok(jobs),
+            Some(name) => {
+                let target = target_of(&dom, name)?;
+                Ok(jobs.into_iter().filter(|j| j.disk == target).collect())
+            }
+        }
+    })();
+    let jobs = match jobs {
+        Ok(j) => j,
+        Err(e) => return fail(&e),
+    };
+    let mut out = String::new();
+    if jobs.is_empty() && !raw && !json {
+        match disk {
+            Some(d) => out.push_str(&format!("No current block job for {d}\n")),
+            None => out.push_str(&format!("No current block jobs on {domain}\n")),
+        }
+    }
+    for j in &jobs {
+        if json {
+            out.push_str(&json_line(domain, j));
+            out.push('\n');
+        } else if raw {
+            if disk.is_none() {
+                out.push_str(&format!(" disk={}\n", j.disk));
+            }
+            out.push_str(&raw_lines(&j.info));
+        } else {
+            if disk.is_none() {
+                out.push_str(&format!("{}: ", j.disk));
+            }
+            out.push_str(&human_form(&j.info, bytes));
+        }
+    }
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    ExitCode::SUCCESS
+}
+
+/// `wait -c URI DOMAIN DISK --ready|--gone`: woken by libvirt's block job events; the state read first (after
+/// subscribing, so no event falls between) and again every `SAFETY_POLL` without one.
+pub fn wait(
+    uri: Option<&str>,
+    domain: &str,
+    disk: &str,
+    until: Until,
+    timeout: Option<Duration>,
+    verbose: bool,
+) -> ExitCode {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let conn = match connect(uri) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let dom = match lookup(&conn, domain) {
+        Ok(d) => d,
+        Err(e) => return fail(&e),
+    };
+    let target = match target_of(&dom, disk) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    let (tx, rx) = mpsc::channel();
+    let wanted = target.clone();
+    let _registration = match conn.on_block_job(&dom, move |ev| {
+        if ev.disk == wanted {
+            let _ = tx.send(ev);
+        }
+    }) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    let mut progress = Progress::new(verbose);
+    let mut label = "Block job";
+    let end = |o: Outcome, label: &str, progress: &Progress| {
+        progress.finish();
+        outcome(&o, label, disk, until, timeout, verbose)
+    };
+    loop {
+        let job = match current(&dom, &target, 0) {
+            Ok(j) => j,
+            Err(e) => {
+                progress.finish();
+                return fail(&e);
+            }
+        };
+        // An event already queued says how the job ended better than its absence does.
+        let queued = rx.try_recv().ok();
+        if let Some(ev) = &queued {
+            label = type_label(ev.job_type);
+            if let Some(o) = decide(ev.status, until) {
+                return end(o, label, &progress);
+            }
+        }
+        match &job {
+            Some(j) => {
+                label = type_label(j.info.type_);
+                progress.show(&j.disk, &j.info);
+                if until == Until::Ready && j.mirror.as_ref().is_some_and(xml::Mirror::is_ready) {
+                    return end(Outcome::Reached, label, &progress);
+                }
+            }
+            None => {
+                let o = match until {
+                    Until::Gone => Outcome::Reached,
+                    Until::Ready => Outcome::GoneBeforeReady,
+                };
+                return end(o, label, &progress);
+            }
+        }
+        let mut pause = if verbose {
+            Duration::from_millis(500)
+        } else {
+            SAFETY_POLL
+        };
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return end(Outcome::TimedOut, label, &progress);
+            }
+            pause = pause.min(left);
+        }
+        if let Ok(ev) = rx.recv_timeout(pause) {
+            label = type_label(ev.job_type);
+            if let Some(o) = decide(ev.status, until) {
+                return end(o, label, &progress);
+            }
+        }
+    }
+}
+
+/// What a libvirt block job event decides for the wait, if anything.
+fn decide(status: i32, until: Until) -> Option<Outcome> {
+    match (status, until) {
+        (READY, Until::Ready) | (COMPLETED, Until::Gone) => Some(Outcome::Reached),
+        (COMPLETED, Until::Ready) => Some(Outcome::GoneBeforeReady),
+        (FAILED, _) => Some(Outcome::Failed(
+            "libvirt reported that the block job failed (the domain's log has QEMU's reason)".into(),
+        )),
+        (CANCELED, _) => Some(Outcome::Cancelled),
+        _ => None,
+    }
+}

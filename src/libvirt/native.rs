@@ -1,0 +1,69 @@
+//! The `native` rules: libvirt's own answer, corrected with the domain XML's `<mirror ready=...>`, which fixes
+//! libvirts that report `0/0`, or `a/a` for a mirror that is not ready. Pure: the interposer and the tool's
+//! libvirt mode both use it.
+
+use crate::abi::virDomainBlockJobInfo;
+
+use super::xml::Mirror;
+
+/// Only a "done" (`cur >= end`) or a `0/0` answer needs the XML's word on readiness.
+pub fn needs_mirror_state(answer: &virDomainBlockJobInfo) -> bool {
+    !(answer.end > 0 && answer.cur < answer.end)
+}
+
+/// libvirt's answer for a job that exists, corrected by the disk's `<mirror>` (None: the disk has none).
+pub fn correct(answer: virDomainBlockJobInfo, mirror: Option<&Mirror>) -> virDomainBlockJobInfo {
+    let mut out = answer;
+    if !needs_mirror_state(&answer) {
+        return out;
+    }
+    let ready = mirror.is_some_and(Mirror::is_ready);
+    let (cur, end) = (answer.cur, answer.end);
+    if cur == 0 && end == 0 {
+        // A job exists but QEMU gave no progress: not started, or a no-op job that is ready.
+        (out.cur, out.end) = if ready { (1, 1) } else { (0, 1) };
+    } else if cur >= end && mirror.is_some() && !ready {
+        (out.cur, out.end) = (end - 1, end);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(cur: u64, end: u64) -> virDomainBlockJobInfo {
+        virDomainBlockJobInfo {
+            type_: 2,
+            bandwidth: 0,
+            cur,
+            end,
+        }
+    }
+
+    fn mirror(ready: Option<&str>) -> Mirror {
+        Mirror {
+            job: Some("copy".into()),
+            ready: ready.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn corrections() {
+        let cases = [
+            (info(5, 10), None, (5, 10)),
+            (info(0, 0), None, (0, 1)),
+            (info(0, 0), Some(mirror(Some("yes"))), (1, 1)),
+            (info(0, 0), Some(mirror(None)), (0, 1)),
+            (info(10, 10), Some(mirror(None)), (9, 10)),
+            (info(10, 10), Some(mirror(Some("yes"))), (10, 10)),
+            (info(10, 10), Some(mirror(Some("pivot"))), (9, 10)),
+            // A pull or commit has no mirror: at its end, it is done.
+            (info(10, 10), None, (10, 10)),
+        ];
+        for (answer, m, want) in cases {
+            let got = correct(answer, m.as_ref());
+            assert_eq!((got.cur, got.end), want, "{answer:?} {m:?}");
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! The tool on a libvirt host, as the test user's session libvirtd runs it: several TCG domains with a copy,
+//! an active commit and a pull at once. `list` (text, JSON, `--watch` on a pseudo-terminal), `info -c`,
+//! `metrics` (parsed by python3-prometheus-client, served over HTTP, written as a textfile) agree with libvirt's
+//! own answers; `wait -c` wakes on libvirt's events. (libvirtd restarted under `--watch` is in
+//! tests/tool_libvirt_faults.rs: it kills the session daemon the other tests use.)
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::virt::{self, Domain, Preload};
+use common::*;
+use serde_json::Value;
+
+const URI: &str = "qemu:///session";
+
+/// `blockjobinfo ARGS` as the test user.
+fn tool(s: &Stack, args: &[&str]) -> Command {
+    let mut c = virt::as_user(s, &s.tool());
+    c.args(args);
+    c
+}
+
+fn ok(o: Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// libvirt's own `virsh blockjob --raw` numbers: (type label, cur, end).
+fn virsh_raw(dom: &Domain) -> (String, u64, u64) {
+    let raw = dom.job_raw(Preload::No);
+    let field = |k: &str| {
+        raw.lines()
+            .find_map(|l| l.trim().strip_prefix(k).map(str::to_string))
+            .unwrap_or_else(|| panic!("{k} in {raw:?}"))
+    };
+    (
+        field("type="),
+        field("cur=").parse().unwrap(),
+        field("end=").parse().unwrap(),
+    )
+}
+
+/// A job's numbers from one of our outputs agree with libvirt's, read just before and just after it: the same
+/// type and end, and a cur between libvirt's two (the job moves on between the calls).
+fn agrees(what: &str, (label, cur, end): (&str, u64, u64), before: &(String, u64, u64), after: &(String, u64, u64)) {
+    assert_eq!(label, before.0, "{what}: type");
+    assert_eq!(end, before.2, "{what}: end");
+    assert!(
+        before.1 <= cur && cur <= after.1,
+        "{what}: cur {cur} not within libvirt's {before:?} .. {after:?}"
+    );
+}
+
+/// Three domains, a job each: a throttled copy (running for minutes), an active commit (in its mirroring
+/// phase at once), a throttled pull (running for a minute).
+struct Jobs {
+    copy: Domain,
+    commit: Domain,
+    pull: Domain,
+}
+
+fn start_jobs(s: &'static Stack) -> Jobs {
+    let copy = Domain::create(s, "bjt-lcopy", 4);
+    copy.start_copy(64 * 1024, 256 * 1024);
+    let commit = Domain::create(s, "bjt-lcommit", 2);
+    commit.virsh_ok(
+        Preload::No,
+        &[
+            "blockcommit",
+            &commit.name,
+            "vda",
+            "--active",
+            "--bandwidth",
+            "524288",
+            "--bytes",
+        ],
+    );
+    let pull = Domain::create(s, "bjt-lpull", 1);
+    pull.virsh_ok(
+        Preload::No,
+        &["blockpull", &pull.name, "vda", "--bandwidth", "65536", "--bytes"],
+    );
+    // The active commit's little data is copied in one burst: wait for its mirroring phase.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !commit.xml().contains("ready='yes'") {
+        assert!(Instant::now() < deadline, "the active commit never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Jobs { copy, commit, pull }
+}
+
+/// Parses the exposition with the python client's parser (strict: it raises on anything malformed).
+fn parse_metrics(text: &str) -> BTreeMap<String, Value> {
+    let mut child = Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/parse_metrics.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = ok(child.wait_with_output().unwrap(), &format!("parsing:\n{text}"));
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The value of `family`'s sample whose labels include `labels`.
+fn sample(families: &BTreeMap<String, Value>, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    families.get(family)?["samples"].as_array()?.iter().find_map(|s| {
+        labels
+            .iter()
+            .all(|(k, v)| s[1][k] == *v)
+            .then(|| s[2].as_f64().unwrap())
+    })
+}
+
+fn list_info_and_metrics_agree_with_libvirt_on_several_jobs_at_once(s: &'static Stack) {
+    let jobs = start_jobs(s);
+    let doms = [
+        (&jobs.copy, "Block Copy", "running"),
+        (&jobs.commit, "Active Block Commit", "mirroring"),
+        (&jobs.pull, "Block Pull", "running"),
+    ];
+
+    // list --json: one line per job, each agreeing with libvirt's answer.
+    let before: Vec<_> = doms.iter().map(|(d, ..)| virsh_raw(d)).collect();
+    let out = ok(tool(s, &["list", "-c", URI, "--json"]).output().unwrap(), "list --json");
+    let after: Vec<_> = doms.iter().map(|(d, ..)| virsh_raw(d)).collect();
+    let rows: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (i, (dom, label, phase)) in doms.iter().enumerate() {
+        let row = rows
+            .iter()
+            .find(|r| r["domain"] == dom.name.as_str())
+            .unwrap_or_else(|| panic!("{}: no row in {out}", dom.name));
+        assert_eq!(row["disk"], "vda");
+        assert_eq!(row["type_label"], *label, "{row}");
+        assert_eq!(row["phase"], *phase, "{row}");
+        let mine = (
+            row["type_label"].as_str().unwrap(),
+            row["cur"].as_u64().unwrap(),
+            row["end"].as_u64().unwrap(),
+        );
+        agrees(&format!("list --json {}", dom.name), mine, &before[i], &after[i]);
+        // libvirt's own numbers are carried beside the answer.
+        assert_eq!(row["libvirt"]["end"], row["end"], "{row}");
+    }
+    let commit_row = rows.iter().find(|r| r["domain"] == jobs.commit.name.as_str()).unwrap();
+    assert_eq!(commit_row["mirror"]["ready"], "yes", "{commit_row}");
+    assert_eq!(commit_row["cur"], commit_row["end"], "ready: cur == end");
+
+    // list (text): a header and a line per job.
+    let text = ok(tool(s, &["list", "-c", URI]).output().unwrap(), "list");
+    assert!(text.starts_with("DOMAIN"), "{text}");
+    for (dom, label, phase) in &doms {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(dom.name.as_str()))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(
+            line.contains(label) && line.contains(phase) && line.contains(" vda "),
+            "{line}"
+        );
+    }
+
+    // info -c agrees with virsh, in --raw form and JSON.
+    for (dom, ..) in &doms {
+        let before = virsh_raw(dom);
+        let raw = ok(
+            tool(s, &["info", "-c", URI, &dom.name, "vda", "--raw"])
+                .output()
+                .unwrap(),
+            "info --raw",
+        );
+        let after = virsh_raw(dom);
+        let field = |k: &str| {
+            raw.lines()
+                .find_map(|l| l.trim().strip_prefix(k).map(str::to_string))
+                .unwrap()
+        };
+        agrees(
+            &format!("info -c {} --raw", dom.name),
+            (
+                &field("type="),
+                field("cur=").parse().unwrap(),
+                field("end=").parse().unwrap(),
+            ),
+            &before,
+            &after,
+        );
+        let json: Value = serde_json::from_str(
+            ok(
+                tool(s, &["info", "-c", URI, &dom.name, "vda", "--json"])
+                    .output()
+                    .unwrap(),
+                "info --json",
+            )
+            .trim(),
+        )
+        .unwrap();
+        assert_eq!(json["domain"], dom.name.as_str());
+        assert_eq!(json["answer"]["end"], json["libvirt"]["end"], "{json}");
+    }
+    let human = ok(
+        tool(s, &["info", "-c", URI, &jobs.commit.name]).output().unwrap(),
+        "info",
+    );
+    assert!(human.starts_with("vda: Active Block Commit: [100 %]"), "{human}");
+
+    // metrics: parsed by the python client's parser, with the jobs and their states.
+    let text = ok(tool(s, &["metrics", "-c", URI]).output().unwrap(), "metrics");
+    let m = parse_metrics(&text);
+    assert_eq!(sample(&m, "blockjobinfo_up", &[]), Some(1.0));
+    for (dom, label, phase) in &doms {
+        let d = [("domain", dom.name.as_str()), ("disk", "vda")];
+        let kind = match *label {
+            "Block Copy" => "copy",
+            "Active Block Commit" => "active_commit",
+            _ => "pull",
+        };
+        assert_eq!(
+            sample(
+                &m,
+                "blockjobinfo_block_job_info",
+                &[d[0], d[1], ("type", kind), ("phase", phase)]
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(sample(&m, "blockjobinfo_domain_up", &[d[0]]), Some(1.0));
+        let ready = sample(&m, "blockjobinfo_block_job_ready", &d).unwrap();
+        assert_eq!(ready, if *phase == "mirroring" { 1.0 } else { 0.0 });
+        let ratio = sample(&m, "blockjobinfo_block_job_progress_ratio", &d).unwrap();
+        assert!((0.0..=1.0).contains(&ratio));
+        assert!(sample(&m, "blockjobinfo_block_job_end_bytes", &d).unwrap() > 0.0);
+    }
+    for family in m.values() {
+        assert!(
+            !family["help"].as_str().unwrap().is_empty(),
+            "every metric has help text"
+        );
+    }
+
+    // --watch on a terminal: redrawn in place, the rate and ETA from the second screen on.
+    let mut watch = tool(s, &["list", "-c", URI, "--watch", "1", "--count", "3"]);
+    watch.env_remove("TERM");
+    let (status, screen) = run_on_pty(watch);
+    assert!(status.success(), "{screen}");
+    assert_eq!(screen.matches("\x1b[H\x1b[2J").count(), 3, "{screen:?}");
+    let last = screen.rsplit("\x1b[H\x1b[2J").next().unwrap();
+    let copy_line = last
+        .lines()
+        .find(|l| l.starts_with(jobs.copy.name.as_str()))
+        .unwrap_or_else(|| panic!("{last}"));
+    assert!(copy_line.contains("B/s"), "a rate once two samples exist: {copy_line}");
+    // Not a terminal: a snapshot per refresh.
+    let piped = ok(
+        tool(s, &["list", "-c", URI, "--watch", "0.2", "--count", "2"])
+            .output()
+            .unwrap(),
+        "watch",
+    );
+    assert_eq!(piped.matches("blockjobinfo list: ").count(), 2, "{piped}");
+    assert!(!piped.contains('\x1b'), "{piped:?}");
+
+    // Served over HTTP: scrapes at once all answered, from one reading.
+    let mut server = Reaper(
+        tool(s, &["metrics", "-c", URI, "--listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut first = String::new();
+    BufReader::new(server.0.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let address = first
+        .trim()
+        .strip_prefix("blockjobinfo: serving metrics at http://")
+        .and_then(|a| a.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_string();
+    let bodies: Vec<String> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..6).map(|_| sc.spawn(|| http_get(&address, "/metrics"))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for body in &bodies {
+        let (head, text) = body.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        let m = parse_metrics(text);
+        assert_eq!(sample(&m, "blockjobinfo_up", &[]), Some(1.0));
+    }
+    let durations: std::collections::BTreeSet<&str> = bodies
+        .iter()
+        .filter_map(|b| {
+            b.lines()
+                .find(|l| l.starts_with("blockjobinfo_scrape_duration_seconds "))
+        })
+        .collect();
+    assert!(
+        durations.len() < bodies.len(),
+        "scrapes arriving together share a reading: {durations:?}"
+    );
+    assert!(http_get(&address, "/nope").starts_with("HTTP/1.1 404"));
+    drop(server);
+
+    // The textfile: written again and again while read: never seen half-written.
+    let file = jobs.copy.path("blockjobinfo.prom");
+    let host_file = jobs.copy.host_path("blockjobinfo.prom");
+    let mut writer = Reaper(
+        virt::as_user(s, "sh")
+            .args([
+                "-c",
+                &format!(
+                    "for i in $(seq 30); do {} metrics -c {URI} --output {file} || exit 1; done",
+                    s.tool()
+                ),
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    let mut reads = 0;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&host_file) {
+            assert!(
+                text.ends_with("blockjobinfo_up 1\n"),
+                "a partial file was seen:\n{text}"
+            );
+            reads += 1;
+        }
+        if let Some(st) = writer.0.try_wait().unwrap() {
+            break st;
+        }
+    };
+    assert!(status.success(), "the writer loop failed");
+    assert!(reads > 10, "the file was read while being rewritten ({reads} reads)");
+    parse_metrics(&std::fs::read_to_string(&host_file).unwrap());
+    let leftovers: Vec<_> = std::fs::read_dir(jobs.copy.host_path(""))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    for d in [&jobs.copy, &jobs.commit, &jobs.pull] {
+        let _ = d.virsh(Preload::No, &["blockjob", &d.name, "vda", "--abort"]);
+    }
+}
+
+/// A child's whole output, once it exits (the guard still kills it if the test fails first).
+fn output_of(r: &mut Reaper) -> Output {
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(mut o) = r.0.stdout.take() {
+        o.read_to_end(&mut stdout).unwrap();
+    }
+    if let Some(mut e) = r.0.stderr.take() {
+        e.read_to_end(&mut stderr).unwrap();
+    }
+    Output {
+        status: r.0.wait().unwrap(),
+        stdout,
+        stderr,
+    }
+}
+
+/// A plain HTTP/1.1 GET; the whole response.
+fn http_get(address: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(address).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// QEMU's `BLOCK_JOB_READY` time, in microseconds since the epoch, from an event on the domain's own monitor.
+fn event_us(ev: &Value) -> i64 {
+    ev["timestamp"]["seconds"].as_i64().unwrap() * 1_000_000 + ev["timestamp"]["microseconds"].as_i64().unwrap()
+}
+
+fn wall_us() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+fn wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone(s: &'static Stack) {
+    // Ready: the copy is throttled until the waiter waits, then let go; the waiter returns right after
+    // QEMU's BLOCK_JOB_READY (libvirt's event follows it), well before its 2 s safety poll.
+    let dom = Domain::create(s, "bjt-lwait", 2);
+    let mut events = Control::connect(&dom.real_qmp_socket());
+    let dest = dom.new_copy_target("w.qcow2");
+    dom.virsh_ok(
+        Preload::No,
+        &[
+            "blockcopy",
+            &dom.name,
+            "vda",
+            &dest,
+            "--shallow",
+            "--reuse-external",
+            "--transient-job",
+            "--bandwidth",
+            "1",
+            "--bytes",
+        ],
+    );
+    let mut waiter = Reaper(
+        tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        waiter.0.try_wait().unwrap().is_none(),
+        "the waiter returned before the copy was ready"
+    );
+    dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--bandwidth", "0"]);
+    let ready = events.wait_event("BLOCK_JOB_READY", Duration::from_secs(120));
+    let status = waiter.0.wait().unwrap();
+    let returned = wall_us();
+    assert!(status.success(), "wait --ready: {status}");
+    let late = returned - event_us(&ready);
+    assert!(
+        late < 500_000,
+        "wait -c returned {late} us after QEMU's BLOCK_JOB_READY"
+    );
+    eprintln!("{}: wait -c returned {late} us after BLOCK_JOB_READY", s.name);
+
+    // Cancelled while waited for: exit 3, as in QMP mode.
+    dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
+    dom.wait_no_job(Duration::from_secs(60));
+    let dest = dom.new_copy_target("c.qcow2");
+    dom.virsh_ok(
+        Preload::No,
+        &[
+            "blockcopy",
+            &dom.name,
+            "vda",
+            &dest,
+            "--shallow",
+            "--reuse-external",
+            "--transient-job",
+            "--bandwidth",
+            "1",
+            "--bytes",
+        ],
+    );
+    let mut waiter = Reaper(
+        tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
+    let out = output_of(&mut waiter);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was cancelled"));
+    dom.wait_no_job(Duration::from_secs(60));
+
+    // Gone: a pull runs to its end; --gone returns 0 once libvirt says it completed.
+    dom.virsh_ok(Preload::No, &["blockpull", &dom.name, "vda", "--bandwidth", "1"]);
+    let out = tool(
+        s,
+        &[
+            "wait",
+            "-c",
+            URI,
+            &dom.name,
+            "vda",
+            "--gone",
+            "--verbose",
+            "--timeout",
+            "120",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Block Pull complete"));
+    // Nothing to wait for: --ready on a disk with no job is exit 4, as in QMP mode.
+    let out = tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn a_refused_connection_and_a_missing_domain_are_one_clear_line(s: &'static Stack) {
+    let bad = "qemu+unix:///session?socket=/nonexistent/libvirt-sock";
+    for args in [
+        vec!["list", "-c", bad],
+        vec!["metrics", "-c", bad],
+        vec!["info", "-c", bad, "vm", "vda"],
+        vec!["wait", "-c", bad, "vm", "vda", "--ready"],
+    ] {
+        let out = tool(s, &args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "{args:?}: {err}");
+        assert!(
+            err.starts_with("blockjobinfo: error: ") && err.contains("cannot connect to"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // metrics still says what it could: libvirt is down.
+    let out = tool(s, &["metrics", "-c", bad]).output().unwrap();
+    assert_eq!(
+        sample(
+            &parse_metrics(&String::from_utf8_lossy(&out.stdout)),
+            "blockjobinfo_up",
+            &[]
+        ),
+        Some(0.0)
+    );
+    let out = tool(s, &["info", "-c", URI, "no-such-domain", "vda"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("no-such-domain"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+on_each_stack!(
+    list_info_and_metrics_agree_with_libvirt_on_several_jobs_at_once,
+    wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone,
+    a_refused_connection_and_a_missing_domain_are_one_clear_line,
+);
