@@ -3,7 +3,7 @@
 //! every ratio from one run on one stack. Prints the tables and writes them to target/bench/BENCHMARKS.md
 //! (`make bench` copies it to BENCHMARKS.md, keeping the prose below the tables).
 //!
-//!   bench [--quick] [--stacks deb12,deb13] [--only cpu,qmp,wait,libvirt,events]
+//!   bench [--quick] [--stacks deb12,deb13] [--only cpu,qmp,wait,libvirt,events,list]
 //!
 //! `--quick` runs one short iteration of everything (what `make test` does, to keep the benchmark working);
 //! the stacks default to BJI_STACKS, else both.
@@ -263,6 +263,9 @@ fn main() {
         }
         if opts.wants("events") {
             event_part(stack, &mut r, if opts.quick { 1 } else { 20 });
+        }
+        if opts.wants("list") {
+            list_part(stack, &mut r, opts.quick);
         }
         r.write(&mut md, &stack_title(stack));
     }
@@ -818,4 +821,54 @@ fn event_part(stack: &'static Stack, r: &mut Report, samples: usize) {
         &nova,
         &format!("{samples} copies, phases spread as above; python-libvirt, libvirt's own answers"),
     );
+}
+
+/// `blockjobinfo list` on 1, 5 and 20 running domains with a copy each, beside the shell loop an operator
+/// writes today for the same table: `virsh domblklist` per domain, `virsh blockjob --raw` per disk.
+fn list_part(stack: &'static Stack, r: &mut Report, quick: bool) {
+    let (counts, runs): (&[usize], usize) = if quick { (&[1, 2], 1) } else { (&[1, 5, 20], 5) };
+    let tool = stack.tool();
+    let mut domains: Vec<Domain> = vec![];
+    for &n in counts {
+        while domains.len() < n {
+            let d = Domain::create(stack, &format!("bjt-blist{}", domains.len()), 1);
+            d.start_copy(16 * 1024, 64 * 1024);
+            domains.push(d);
+        }
+        let time = |program: &str, args: &[&str]| -> Vec<u64> {
+            (0..runs)
+                .map(|_| {
+                    let mut c = virt::as_user(stack, program);
+                    c.args(args);
+                    let t = Instant::now();
+                    let out = c.output().unwrap();
+                    let ns = t.elapsed().as_nanos() as u64;
+                    assert!(
+                        out.status.success(),
+                        "{program}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    let text = String::from_utf8_lossy(&out.stdout);
+                    for d in &domains {
+                        assert!(text.contains(d.name.as_str()), "{program}: {} missing:\n{text}", d.name);
+                    }
+                    ns
+                })
+                .collect()
+        };
+        let ours = stats(time(&tool, &["list", "-c", "qemu:///session"]));
+        let script = "for d in $(virsh -c qemu:///session list --name); do \
+                      for disk in $(virsh -c qemu:///session domblklist \"$d\" | awk 'NR > 2 && $1 { print $1 }'); do \
+                      echo \"$d $disk\"; virsh -c qemu:///session blockjob \"$d\" \"$disk\" --raw; done; done";
+        let loop_ = stats(time("sh", &["-c", script]));
+        r.latency(
+            &format!("blockjobinfo list, {n} domain(s) with a copy each"),
+            &ours,
+            &format!(
+                "{:.1}x faster than the shell loop of virsh domblklist + virsh blockjob --raw ({:.0} ms)",
+                loop_.median / ours.median,
+                loop_.median / 1000.0
+            ),
+        );
+    }
 }

@@ -6,10 +6,11 @@ set -euo pipefail
 # the session libvirtd in libvirt-daemon(-driver-qemu); libvirt's header in libvirt-dev; gcc -m32 in gcc-multilib;
 # mmdebstrap makes the Debian 13 test stack (scripts/stacks.sh); debhelper, dpkg-dev and lintian build and check
 # the Debian packages (make deb); abigail-tools guards the ABI; mandoc, groff-base and man-db lint and render
-# the manual pages; python3-prometheus-client parses the metrics the tool writes.
+# the manual pages; python3-prometheus-client and prometheus-node-exporter read the metrics the tool writes.
 packages=(qemu-system-common qemu-system-x86 qemu-utils libvirt-dev libvirt-clients libvirt-daemon
           libvirt-daemon-driver-qemu python3-libvirt gcc-multilib pkg-config valgrind mmdebstrap
-          debhelper dpkg-dev lintian abigail-tools mandoc groff-base man-db python3-prometheus-client)
+          debhelper dpkg-dev lintian abigail-tools mandoc groff-base man-db python3-prometheus-client
+          prometheus-node-exporter)
 
 missing=()
 for p in "${packages[@]}"; do

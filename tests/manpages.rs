@@ -95,7 +95,10 @@ fn blockjobinfo_1_is_generated_clean_and_covers_every_command_option_status_and_
             tool(&[command, "--help"])
         };
         let options = long_options(&help);
-        assert!(command == "help" || options.contains("--help"), "{command}: {options:?}");
+        assert!(
+            command == "help" || options.contains("--help"),
+            "{command}: {options:?}"
+        );
         for option in options {
             let section = text.split(&format!("blockjobinfo {command}\n")).nth(1).unwrap();
             assert!(section.contains(&option), "{command} {option} missing:\n{text}");

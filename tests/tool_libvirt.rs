@@ -159,6 +159,7 @@ fn list_info_and_metrics_agree_with_libvirt_on_several_jobs_at_once(s: &'static 
 
     // list (text): a header and a line per job.
     let text = ok(tool(s, &["list", "-c", URI]).output().unwrap(), "list");
+    eprintln!("{}: blockjobinfo list:\n{text}", s.name);
     assert!(text.starts_with("DOMAIN"), "{text}");
     for (dom, label, phase) in &doms {
         let line = text
@@ -256,11 +257,23 @@ fn list_info_and_metrics_agree_with_libvirt_on_several_jobs_at_once(s: &'static 
     assert!(status.success(), "{screen}");
     assert_eq!(screen.matches("\x1b[H\x1b[2J").count(), 3, "{screen:?}");
     let last = screen.rsplit("\x1b[H\x1b[2J").next().unwrap();
-    let copy_line = last
-        .lines()
-        .find(|l| l.starts_with(jobs.copy.name.as_str()))
-        .unwrap_or_else(|| panic!("{last}"));
-    assert!(copy_line.contains("B/s"), "a rate once two samples exist: {copy_line}");
+    eprintln!("{}: the last --watch screen:\n{last}", s.name);
+    // The RATE column: "-" on the first screen (one sample), a rate on the last.
+    let rate = |screen: &str| -> String {
+        let header = screen
+            .lines()
+            .find(|l| l.starts_with("DOMAIN"))
+            .unwrap_or_else(|| panic!("{screen}"));
+        let at = header.find("RATE").unwrap();
+        let line = screen
+            .lines()
+            .find(|l| l.starts_with(jobs.copy.name.as_str()))
+            .unwrap_or_else(|| panic!("{screen}"));
+        line[at..].split("  ").next().unwrap().trim().to_string()
+    };
+    let first = screen.split("\x1b[H\x1b[2J").nth(1).unwrap();
+    assert_eq!(rate(first), "-", "{first}");
+    assert!(rate(last).ends_with("B/s"), "a rate once two samples exist: {last}");
     // Not a terminal: a snapshot per refresh.
     let piped = ok(
         tool(s, &["list", "-c", URI, "--watch", "0.2", "--count", "2"])
@@ -354,6 +367,54 @@ fn list_info_and_metrics_agree_with_libvirt_on_several_jobs_at_once(s: &'static 
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // node_exporter's textfile collector reads it, configured as the README shows (a directory of *.prom).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = jobs.copy.host_path("");
+    let mut exporter = Reaper(
+        Command::new("prometheus-node-exporter")
+            .args([
+                "--collector.disable-defaults",
+                "--collector.textfile",
+                &format!("--collector.textfile.directory={}", dir.display()),
+                &format!("--web.listen-address=127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus-node-exporter (make deps installs it)"),
+    );
+    let address = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(Instant::now() < deadline, "node_exporter did not listen");
+        assert!(exporter.0.try_wait().unwrap().is_none(), "node_exporter exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // HTTP/1.0: a plain body, not chunked.
+    let mut conn = std::net::TcpStream::connect(&address).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(conn, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut scraped = String::new();
+    conn.read_to_string(&mut scraped).unwrap();
+    let (_, text) = scraped.split_once("\r\n\r\n").unwrap();
+    let m = parse_metrics(text);
+    assert_eq!(sample(&m, "node_textfile_scrape_error", &[]), Some(0.0), "{text}");
+    assert_eq!(sample(&m, "blockjobinfo_up", &[]), Some(1.0), "{text}");
+    assert_eq!(
+        sample(
+            &m,
+            "blockjobinfo_block_job_ready",
+            &[("domain", jobs.commit.name.as_str()), ("disk", "vda")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    drop(exporter);
 
     for d in [&jobs.copy, &jobs.commit, &jobs.pull] {
         let _ = d.virsh(Preload::No, &["blockjob", &d.name, "vda", "--abort"]);

@@ -211,29 +211,34 @@ fn read_qmp(pattern: &str) -> Result<Snapshot, String> {
     Ok(snap)
 }
 
-/// Rates from successive snapshots: bytes per second of progress, per job.
+/// Rates from successive snapshots: a job's average progress in bytes per second since it was first seen (an
+/// average, since jobs move in bursts: a throttled mirror copies a buffer, then sleeps).
 #[derive(Default)]
 pub struct Rates {
-    last: HashMap<(String, String), (u64, u64, Instant)>,
+    first: HashMap<(String, String), (u64, u64, Instant)>,
 }
 
 impl Rates {
-    /// Each row's observed rate (None on a first sight, or when the job moved backwards or changed size).
+    /// Each row's observed rate (None on a first sight; a job that moved backwards or changed size is seen anew).
     pub fn update(&mut self, snap: &Snapshot) -> Vec<Option<f64>> {
+        let mut first = HashMap::new();
         let rates = snap
             .rows
             .iter()
             .map(|r| {
-                let (cur, end, at) = *self.last.get(&(r.host.clone(), r.disk.clone()))?;
+                let key = (r.host.clone(), r.disk.clone());
+                let seen = self
+                    .first
+                    .get(&key)
+                    .copied()
+                    .filter(|(cur, end, _)| *end == r.end && r.cur >= *cur);
+                let (cur, end, at) = seen.unwrap_or((r.cur, r.end, snap.at));
+                first.insert(key, (cur, end, at));
                 let dt = snap.at.saturating_duration_since(at).as_secs_f64();
-                (dt > 0.0 && end == r.end && r.cur >= cur).then(|| (r.cur - cur) as f64 / dt)
+                (dt > 0.0).then(|| (r.cur - cur) as f64 / dt)
             })
             .collect();
-        self.last = snap
-            .rows
-            .iter()
-            .map(|r| ((r.host.clone(), r.disk.clone()), (r.cur, r.end, snap.at)))
-            .collect();
+        self.first = first;
         rates
     }
 }
