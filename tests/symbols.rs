@@ -54,3 +54,64 @@ fn the_tools_dependencies_stay_out_of_the_library() {
         assert!(!symbols.contains(dep), "{dep} is linked into the library");
     }
 }
+
+/// Neither the library nor the tool links libvirt: the library loads into programs without it, and the tool's
+/// QMP modes run on hosts without it (libvirt is found at run time).
+#[test]
+fn nothing_links_libvirt() {
+    for file in ["libblockjobinfo.so", "blockjobinfo"] {
+        let path = common::lib_dir().join(file);
+        let out = Command::new("readelf").arg("-d").arg(&path).output().unwrap();
+        let dynamic = String::from_utf8_lossy(&out.stdout);
+        assert!(dynamic.contains("(NEEDED)"), "{file}: {dynamic}");
+        assert!(!dynamic.contains("libvirt"), "{file} links libvirt:\n{dynamic}");
+    }
+}
+
+/// On a host without libvirt (here: libvirt.so.0 hidden in a mount namespace of the test's own), the tool's
+/// libvirt modes say so in one line, and its QMP modes work as ever.
+#[test]
+fn without_libvirt_the_tool_says_so_and_its_qmp_modes_work() {
+    let tool = common::lib_dir().join("blockjobinfo");
+    let mut qsd = common::Qsd::start(common::Stack::deb12());
+    qsd.ctl.ok(
+        "blockdev-mirror",
+        serde_json::json!({"job-id": "copy-vda-libvirt-1-format", "device": "top", "target": "dst",
+                           "sync": "full", "speed": common::MIB, "buf-size": common::MIB}),
+    );
+    let libvirt = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "ldconfig -p | awk '/libvirt.so.0 / { print $NF; exit }'"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let libvirt = libvirt.trim();
+    assert!(!libvirt.is_empty(), "libvirt.so.0 is installed here (to be hidden)");
+    let script = format!(
+        "mount --bind /dev/null {libvirt} || exit 125
+         {tool} list; echo \"exit=$?\"
+         {tool} info --qmp {sock} vda --raw; echo \"exit=$?\"",
+        tool = tool.display(),
+        sock = qsd.lib_socket()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let mut exits = stdout.lines().filter_map(|l| l.strip_prefix("exit="));
+    assert_eq!(exits.next(), Some("6"), "{stdout}\n{stderr}");
+    assert_eq!(exits.next(), Some("0"), "{stdout}\n{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("blockjobinfo: error: libvirt: not installed")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stdout.contains(" type=Block Copy\n bandwidth=1\n"), "{stdout}");
+}

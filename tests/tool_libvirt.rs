@@ -565,6 +565,91 @@ fn wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone(s: &'static Stack
     assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A tmpfs of 1 MiB mounted where the domain's QEMU sees it (in the session libvirtd's mount namespace, which on
+/// deb13 is not the host's), unmounted when dropped.
+struct Full {
+    pid: String,
+    at: std::path::PathBuf,
+}
+
+impl Full {
+    fn mount(s: &Stack, at: std::path::PathBuf) -> Full {
+        let pids = Command::new("pgrep")
+            .args(["-U", &virt::uid(s).to_string(), "-f", "libvirtd|virtqemud"])
+            .output()
+            .unwrap();
+        let pid = String::from_utf8_lossy(&pids.stdout)
+            .lines()
+            .next()
+            .expect("a session daemon")
+            .to_string();
+        std::fs::create_dir_all(&at).unwrap();
+        let o = Command::new("nsenter")
+            .args([
+                "-t",
+                &pid,
+                "-m",
+                "mount",
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=1M,mode=0777",
+                "bjt-full",
+            ])
+            .arg(&at)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Full { pid, at }
+    }
+}
+
+impl Drop for Full {
+    fn drop(&mut self) {
+        let _ = Command::new("nsenter")
+            .args(["-t", &self.pid, "-m", "umount", "-l"])
+            .arg(&self.at)
+            .output();
+    }
+}
+
+fn wait_c_reports_a_job_that_fails(s: &'static Stack) {
+    // A full copy onto a 1 MiB filesystem: QEMU's mirror fails with ENOSPC, libvirt says FAILED.
+    let dom = Domain::create(s, "bjt-lfail", 4);
+    let full = Full::mount(s, dom.host_path("full"));
+    let dest = dom.path("full/copy.raw");
+    dom.virsh_ok(
+        Preload::No,
+        &[
+            "blockcopy",
+            &dom.name,
+            "vda",
+            &dest,
+            "--format",
+            "raw",
+            "--transient-job",
+            "--bandwidth",
+            "1",
+            "--bytes",
+        ],
+    );
+    let mut waiter = Reaper(
+        tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(waiter.0.try_wait().unwrap().is_none(), "the waiter returned early");
+    dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--bandwidth", "0"]);
+    let out = output_of(&mut waiter);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Block Copy 'vda' failed"), "{err}");
+    drop(full);
+}
+
 fn a_refused_connection_and_a_missing_domain_are_one_clear_line(s: &'static Stack) {
     let bad = "qemu+unix:///session?socket=/nonexistent/libvirt-sock";
     for args in [
@@ -602,5 +687,6 @@ fn a_refused_connection_and_a_missing_domain_are_one_clear_line(s: &'static Stac
 on_each_stack!(
     list_info_and_metrics_agree_with_libvirt_on_several_jobs_at_once,
     wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone,
+    wait_c_reports_a_job_that_fails,
     a_refused_connection_and_a_missing_domain_are_one_clear_line,
 );

@@ -128,7 +128,7 @@ impl Libvirt {
                 let h = unsafe { libc::dlopen(c"libvirt.so.0".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
                 if h.is_null() {
                     return Err(format!(
-                        "libvirt is not installed ({}): install libvirt0 (Debian), or use --qmp",
+                        "not installed, or not loadable ({}): install libvirt0 (Debian), or use --qmp",
                         dl_error()
                     ));
                 }
