@@ -269,7 +269,66 @@ fn verbose_progress_on_a_terminal_is_a_bar(s: &'static Stack) {
     assert!(screen.contains("Now in mirroring phase"), "{screen:?}");
 }
 
+/// `list` and `metrics` over `--qmp-glob`: the daemon's free monitor shows its job, the control monitor (held
+/// by the test: busy) and a socket nobody listens on (dead) are reported on their lines, not fatal.
+fn list_and_metrics_over_a_qmp_glob_report_busy_and_dead_sockets_on_their_lines(s: &'static Stack) {
+    let qsd = ready_mirror(s);
+    // A socket file whose listener is gone: connections are refused.
+    drop(std::os::unix::net::UnixListener::bind(qsd.path("dead.sock")).unwrap());
+    let pattern = qsd.path("*.sock");
+    let out = tool(&["list", "--qmp-glob", &pattern]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    let line = |name: &str| {
+        listing
+            .lines()
+            .find(|l| l.starts_with(&qsd.path(name)))
+            .unwrap_or_else(|| panic!("{name}: {listing}"))
+            .to_string()
+    };
+    assert!(listing.starts_with("SOCKET "), "{listing}");
+    let job = line("lib.sock");
+    assert!(
+        job.contains("copy-vda-libvirt-1-format") && job.contains("Block Copy"),
+        "{job}"
+    );
+    assert!(job.contains("100 %") && job.trim_end().ends_with("mirroring"), "{job}");
+    assert!(line("ctl.sock").contains(": error: timed out"), "busy: {listing}");
+    assert!(line("dead.sock").contains(": error: cannot connect"), "dead: {listing}");
+
+    let out = tool(&["list", "--qmp-glob", &pattern, "--json"]);
+    let rows: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let job = rows.iter().find(|r| r.get("cur").is_some()).unwrap();
+    assert_eq!(job["qemu"]["ready"], true, "{job}");
+    assert_eq!(job["cur"], job["end"], "{job}");
+    assert_eq!(rows.iter().filter(|r| r.get("error").is_some()).count(), 2, "{rows:?}");
+
+    let out = tool(&["metrics", "--qmp-glob", &pattern]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let metrics = text(&out.stdout);
+    let lib = qsd.path("lib.sock");
+    for want in [
+        format!("blockjobinfo_socket_up{{socket=\"{lib}\"}} 1"),
+        format!("blockjobinfo_socket_up{{socket=\"{}\"}} 0", qsd.path("dead.sock")),
+        format!("blockjobinfo_block_job_ready{{job=\"copy-vda-libvirt-1-format\",socket=\"{lib}\"}} 1"),
+        "blockjobinfo_up 1".to_string(),
+    ] {
+        assert!(metrics.contains(&want), "{want} missing:\n{metrics}");
+    }
+    // No socket matches: a clear line.
+    let none = tool(&["list", "--qmp-glob", &qsd.path("*.nothing")]);
+    assert_eq!(
+        text(&none.stdout),
+        format!("No block jobs on 0 QMP sockets (matching {})\n", qsd.path("*.nothing"))
+    );
+}
+
 on_each_stack!(
+    list_and_metrics_over_a_qmp_glob_report_busy_and_dead_sockets_on_their_lines,
     info_output_byte_for_byte_on_a_ready_mirror,
     info_output_on_a_paused_running_job_matches_qemus_numbers,
     wait_exit_codes,

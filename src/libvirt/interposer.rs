@@ -102,7 +102,15 @@ pub fn get_block_job_info(
 /// [`native::correct`]); the XML is read only for "done" or "0/0" answers.
 fn native(dom: &Domain<'_>, disk: &CStr, disk_name: &str, flags: c_uint) -> (c_int, virDomainBlockJobInfo) {
     let (rc, answer) = dom.real_block_job_info(disk, flags);
-    if rc != 1 || !native::needs_mirror_state(&answer) {
+    if rc != 1 {
+        return (rc, answer);
+    }
+    if !native::needs_mirror_state(&answer) {
+        log::debug!(
+            "native: disk {disk_name}: libvirt cur={} end={} (unchanged)",
+            answer.cur,
+            answer.end
+        );
         return (rc, answer);
     }
     let mirror = match dom.xml().and_then(|x| xml::disks(&x)) {
