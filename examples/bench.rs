@@ -723,18 +723,9 @@ fn event_part(stack: &'static Stack, r: &mut Report, samples: usize) {
     let dom = Domain::create(stack, "bjt-events", 6);
     let mut events = common::Control::connect(&dom.real_qmp_socket());
     let copy = |i: usize, wait: bool| -> std::process::Child {
-        let dest = dom.new_copy_target(&format!("ev-{i}.qcow2"));
-        let mut args = vec!["blockcopy", dom.name.as_str(), "vda", dest.as_str()];
-        args.extend([
-            "--shallow",
-            "--reuse-external",
-            "--transient-job",
-            "--bandwidth",
-            "1",
-            "--bytes",
-        ]);
+        let mut args = dom.copy_args(&format!("ev-{i}.qcow2"), 1);
         if wait {
-            args.push("--wait");
+            args.push("--wait".into());
         }
         let mut c = dom.as_user("virsh");
         c.args(["-c", "qemu:///session"]).args(&args);

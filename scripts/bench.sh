@@ -3,16 +3,7 @@
 # the gate, it stops whatever it started, also when interrupted, and fails if anything was left behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export BJI_GATE=bench-$$-$(date +%s)
-finish() {
-    local rc=$?
-    trap - EXIT INT TERM
-    scripts/stacks.sh stop
-    scripts/stacks.sh check || rc=1
-    exit "$rc"
-}
-trap finish EXIT
-trap 'exit 130' INT TERM
+. scripts/guard.sh bench
 case ",${BJI_STACKS:-deb12,deb13}," in
 *,deb13,*) scripts/stacks.sh prepare ;;
 esac

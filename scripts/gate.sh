@@ -15,17 +15,7 @@ case ",$stacks," in
 *) skip=(--skip deb13::) ;;
 esac
 
-# Every process the tests start inherits this marker: `stacks.sh stop/check` find stragglers by it.
-export BJI_GATE=$$-$(date +%s)
-finish() {
-    local rc=$?
-    trap - EXIT INT TERM
-    scripts/stacks.sh stop
-    scripts/stacks.sh check || rc=1
-    exit "$rc"
-}
-trap finish EXIT
-trap 'exit 130' INT TERM
+. scripts/guard.sh gate
 
 if [ "${skip[*]}" = "" ]; then
     scripts/stacks.sh prepare

@@ -203,13 +203,9 @@ fn wait_exit_codes(s: &'static Stack) {
     );
 }
 
-fn verbose_progress_on_a_pipe_is_virsh_lines(s: &'static Stack) {
-    let mut qsd = Qsd::start(s);
-    qsd.ctl.ok(
-        "blockdev-mirror",
-        json!({"job-id": "m", "device": "top", "target": "dst", "sync": "full", "speed": 4 * MIB, "buf-size": MIB}),
-    );
-    let out = tool(&[
+/// `wait --ready --verbose` on the mirror `m` of `qsd`.
+fn verbose_wait(qsd: &Qsd) -> Vec<String> {
+    [
         "wait",
         "--qmp",
         &qsd.lib_socket(),
@@ -218,7 +214,20 @@ fn verbose_progress_on_a_pipe_is_virsh_lines(s: &'static Stack) {
         "--verbose",
         "--timeout",
         "60",
-    ]);
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+fn verbose_progress_on_a_pipe_is_virsh_lines(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
+    qsd.ctl.ok(
+        "blockdev-mirror",
+        json!({"job-id": "m", "device": "top", "target": "dst", "sync": "full", "speed": 4 * MIB, "buf-size": MIB}),
+    );
+    let args = verbose_wait(&qsd);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = tool(&args);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "Now in mirroring phase\n");
     let lines: Vec<String> = text(&out.stderr).lines().map(str::to_string).collect();
@@ -248,16 +257,7 @@ fn verbose_progress_on_a_terminal_is_a_bar(s: &'static Stack) {
         json!({"job-id": "m", "device": "top", "target": "dst", "sync": "full", "speed": 4 * MIB, "buf-size": MIB}),
     );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_blockjobinfo"));
-    cmd.args([
-        "wait",
-        "--qmp",
-        &qsd.lib_socket(),
-        "m",
-        "--ready",
-        "--verbose",
-        "--timeout",
-        "60",
-    ]);
+    cmd.args(verbose_wait(&qsd));
     let (status, screen) = run_on_pty(cmd);
     assert!(status.success(), "{screen}");
     assert!(screen.contains("Block Copy m ["), "{screen:?}");

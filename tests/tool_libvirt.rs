@@ -460,34 +460,26 @@ fn wall_us() -> i64 {
         .as_micros() as i64
 }
 
-fn wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone(s: &'static Stack) {
-    // Ready: the copy is throttled until the waiter waits, then let go; the waiter returns right after
-    // QEMU's BLOCK_JOB_READY (libvirt's event follows it), well before its 2 s safety poll.
-    let dom = Domain::create(s, "bjt-lwait", 2);
-    let mut events = Control::connect(&dom.real_qmp_socket());
-    let dest = dom.new_copy_target("w.qcow2");
-    dom.virsh_ok(
-        Preload::No,
-        &[
-            "blockcopy",
-            &dom.name,
-            "vda",
-            &dest,
-            "--shallow",
-            "--reuse-external",
-            "--transient-job",
-            "--bandwidth",
-            "1",
-            "--bytes",
-        ],
-    );
-    let mut waiter = Reaper(
+/// A copy onto a new overlay `file`, held at 1 byte/s, and `wait -c --ready` started on it.
+fn held_copy_waited_for(s: &Stack, dom: &Domain, file: &str) -> Reaper {
+    let args = dom.copy_args(file, 1);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    dom.virsh_ok(Preload::No, &args);
+    Reaper(
         tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
-    );
+    )
+}
+
+fn wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone(s: &'static Stack) {
+    // Ready: the copy is throttled until the waiter waits, then let go; the waiter returns right after
+    // QEMU's BLOCK_JOB_READY (libvirt's event follows it), well before its 2 s safety poll.
+    let dom = Domain::create(s, "bjt-lwait", 2);
+    let mut events = Control::connect(&dom.real_qmp_socket());
+    let mut waiter = held_copy_waited_for(s, &dom, "w.qcow2");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         waiter.0.try_wait().unwrap().is_none(),
@@ -508,29 +500,7 @@ fn wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone(s: &'static Stack
     // Cancelled while waited for: exit 3, as in QMP mode.
     dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
     dom.wait_no_job(Duration::from_secs(60));
-    let dest = dom.new_copy_target("c.qcow2");
-    dom.virsh_ok(
-        Preload::No,
-        &[
-            "blockcopy",
-            &dom.name,
-            "vda",
-            &dest,
-            "--shallow",
-            "--reuse-external",
-            "--transient-job",
-            "--bandwidth",
-            "1",
-            "--bytes",
-        ],
-    );
-    let mut waiter = Reaper(
-        tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut waiter = held_copy_waited_for(s, &dom, "c.qcow2");
     std::thread::sleep(Duration::from_millis(1500));
     dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
     let out = output_of(&mut waiter);

@@ -441,10 +441,6 @@ impl Drop for EventRegistration<'_> {
 }
 
 impl Connection {
-    pub fn libvirt(&self) -> &'static Libvirt {
-        self.lv
-    }
-
     /// The URI libvirt connected to (the default resolved).
     pub fn uri(&self) -> Result<String> {
         // SAFETY: an open connection; libvirt returns a malloc'd string or NULL.

@@ -31,10 +31,14 @@ pub struct DomainJobs {
     pub jobs: Result<Vec<DiskJob>>,
 }
 
-/// The block jobs of `dom`: its XML once, then libvirt's answer for each disk (`flags` as for
-/// `virDomainGetBlockJobInfo`: 0 for MiB/s, `VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES` for bytes/s).
-pub fn domain_jobs(dom: &Domain<'_>, flags: std::ffi::c_uint) -> Result<Vec<DiskJob>> {
-    let disks = xml::disks(&dom.xml()?)?;
+/// The block jobs of `dom`, or of its one disk `only` names (a target, or a source path as libvirt accepts):
+/// its XML once, then libvirt's answer for each disk asked about (`flags` as for `virDomainGetBlockJobInfo`: 0
+/// for MiB/s, `VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES` for bytes/s).
+pub fn domain_jobs(dom: &Domain<'_>, flags: std::ffi::c_uint, only: Option<&str>) -> Result<Vec<DiskJob>> {
+    let mut disks = xml::disks(&dom.xml()?)?;
+    if let Some(name) = only {
+        disks = xml::find(&disks, name).cloned().into_iter().collect();
+    }
     let mut jobs = vec![];
     for disk in disks {
         let target = CString::new(disk.target.clone()).map_err(|_| Error::Protocol("NUL in a disk target".into()))?;
@@ -54,8 +58,7 @@ pub fn domain_jobs(dom: &Domain<'_>, flags: std::ffi::c_uint) -> Result<Vec<Disk
 }
 
 /// Every running domain's block jobs (bandwidth in bytes/s), in libvirt's order of domains and the XML's order
-/// of disks. A domain
-/// that fails (destroyed while being read, say) carries its error; the others are unaffected.
+/// of disks. A domain that fails (destroyed while being read, say) carries its error; the others are unaffected.
 pub fn all_jobs(conn: &Connection) -> Result<Vec<DomainJobs>> {
     let mut out = vec![];
     for owned in conn.active_domains()? {
@@ -71,7 +74,7 @@ pub fn all_jobs(conn: &Connection) -> Result<Vec<DomainJobs>> {
             }
         };
         out.push(DomainJobs {
-            jobs: domain_jobs(&dom, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES),
+            jobs: domain_jobs(&dom, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES, None),
             domain,
         });
     }

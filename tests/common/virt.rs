@@ -278,28 +278,33 @@ impl Domain {
         self.path(file)
     }
 
+    /// virsh's arguments for `blockcopy vda --shallow --reuse-external --transient-job` onto a new overlay
+    /// `file`, throttled to `bytes_per_s`.
+    pub fn copy_args(&self, file: &str, bytes_per_s: u64) -> Vec<String> {
+        let dest = self.new_copy_target(file);
+        [
+            "blockcopy",
+            &self.name,
+            "vda",
+            &dest,
+            "--shallow",
+            "--reuse-external",
+            "--transient-job",
+            "--bandwidth",
+            &bytes_per_s.to_string(),
+            "--bytes",
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
+
     /// `virsh blockcopy vda --shallow --reuse-external` onto a new overlay, throttled to `bytes_per_s` and
     /// moving at most `buf_size` bytes per step.
     pub fn start_copy(&self, bytes_per_s: u64, buf_size: u64) {
-        let dest = self.new_copy_target("copy.qcow2");
-        let (bw, buf) = (bytes_per_s.to_string(), buf_size.to_string());
-        self.virsh_ok(
-            Preload::No,
-            &[
-                "blockcopy",
-                &self.name,
-                "vda",
-                &dest,
-                "--shallow",
-                "--reuse-external",
-                "--bandwidth",
-                &bw,
-                "--bytes",
-                "--buf-size",
-                &buf,
-                "--transient-job",
-            ],
-        );
+        let mut args = self.copy_args("copy.qcow2", bytes_per_s);
+        args.extend(["--buf-size".to_string(), buf_size.to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.virsh_ok(Preload::No, &args);
     }
 
     pub fn virsh(&self, p: Preload, args: &[&str]) -> Output {

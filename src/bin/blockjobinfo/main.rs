@@ -25,7 +25,7 @@ use serde::Serialize;
 struct JsonJob<'a> {
     device: &'a str,
     qemu: JsonQemu<'a>,
-    libvirt: JsonLibvirt,
+    libvirt: JsonAnswer,
 }
 
 #[derive(Serialize)]
@@ -39,8 +39,9 @@ struct JsonQemu<'a> {
     status: Option<&'a str>,
 }
 
+/// The answer by blockjobinfo's rules, in `--json` (QMP and libvirt modes alike).
 #[derive(Serialize)]
-struct JsonLibvirt {
+struct JsonAnswer {
     #[serde(rename = "type")]
     type_: i32,
     type_label: &'static str,
@@ -49,6 +50,19 @@ struct JsonLibvirt {
     end: u64,
     /// `cur == end > 0`: done, or in the mirroring phase.
     done_or_mirroring: bool,
+}
+
+impl JsonAnswer {
+    fn new(info: &virDomainBlockJobInfo) -> JsonAnswer {
+        JsonAnswer {
+            type_: info.type_,
+            type_label: type_label(info.type_),
+            bandwidth: info.bandwidth,
+            cur: info.cur,
+            end: info.end,
+            done_or_mirroring: info.end > 0 && info.cur == info.end,
+        }
+    }
 }
 
 fn json_line(r: &JobReport) -> String {
@@ -62,14 +76,7 @@ fn json_line(r: &JobReport) -> String {
             ready: r.raw.ready,
             status: r.raw.status.as_deref(),
         },
-        libvirt: JsonLibvirt {
-            type_: r.info.type_,
-            type_label: type_label(r.info.type_),
-            bandwidth: r.info.bandwidth,
-            cur: r.info.cur,
-            end: r.info.end,
-            done_or_mirroring: r.info.end > 0 && r.info.cur == r.info.end,
-        },
+        libvirt: JsonAnswer::new(&r.info),
     };
     serde_json::to_string(&line).expect("plain data serialises")
 }
@@ -141,27 +148,57 @@ fn info(address: &str, device: Option<&str>, raw: bool, json: bool, bytes: bool)
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
+    let shown: Vec<Shown> = reports
+        .iter()
+        .map(|r| Shown {
+            name: &r.raw.device,
+            info: &r.info,
+            json: json_line(r),
+        })
+        .collect();
+    let form = Form { raw, json, bytes };
+    print_info(&shown, device, "No current block jobs", "device", form)
+}
+
+/// How `info` prints: virsh's human form, its `--raw` lines, or JSON; bandwidth in bytes/s or MiB/s.
+#[derive(Clone, Copy)]
+struct Form {
+    raw: bool,
+    json: bool,
+    bytes: bool,
+}
+
+/// One job as `info` shows it: what names it (QMP job id, or disk), the answer, and its `--json` line.
+struct Shown<'a> {
+    name: &'a str,
+    info: &'a virDomainBlockJobInfo,
+    json: String,
+}
+
+/// `info`'s output, the same in QMP and libvirt modes: with `named` (the one job asked for) no name per job,
+/// else each prefixed (` KEY=name` in `--raw`); `nothing` when there is no job at all.
+fn print_info(shown: &[Shown], named: Option<&str>, nothing: &str, key: &str, form: Form) -> ExitCode {
     let mut out = String::new();
-    if reports.is_empty() && !raw && !json {
-        match device {
+    if shown.is_empty() && !form.raw && !form.json {
+        match named {
             Some(d) => out.push_str(&format!("No current block job for {d}\n")),
-            None => out.push_str("No current block jobs\n"),
+            None => out.push_str(&format!("{nothing}\n")),
         }
     }
-    for r in &reports {
-        if json {
-            out.push_str(&json_line(r));
+    for j in shown {
+        if form.json {
+            out.push_str(&j.json);
             out.push('\n');
-        } else if raw {
-            if device.is_none() {
-                out.push_str(&format!(" device={}\n", r.raw.device));
+        } else if form.raw {
+            if named.is_none() {
+                out.push_str(&format!(" {key}={}\n", j.name));
             }
-            out.push_str(&raw_lines(&r.info));
+            out.push_str(&raw_lines(j.info));
         } else {
-            if device.is_none() {
-                out.push_str(&format!("{}: ", r.raw.device));
+            if named.is_none() {
+                out.push_str(&format!("{}: ", j.name));
             }
-            out.push_str(&human_form(&r.info, bytes));
+            out.push_str(&human_form(j.info, form.bytes));
         }
     }
     // A closed pipe (`| head`) is not an error worth a message.

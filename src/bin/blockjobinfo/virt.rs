@@ -1,7 +1,6 @@
 //! The tool's libvirt mode: `info` and `wait` on a domain's disk, through the library's libvirt layer (libvirt
 //! loaded at run time, a read-only connection, the `native` rules).
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use blockjobinfo::translate::type_label;
 use blockjobinfo::{Error, Outcome, Until, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES};
 use serde::Serialize;
 
-use crate::{fail, human_form, outcome, raw_lines, Progress};
+use crate::{fail, outcome, print_info, Form, JsonAnswer, Progress, Shown};
 
 /// Without an event, the state is read again this often, in case one was missed.
 const SAFETY_POLL: Duration = Duration::from_secs(2);
@@ -37,10 +36,6 @@ pub fn connect(uri: Option<&str>) -> Result<Connection, Error> {
     })
 }
 
-fn lookup(conn: &Connection, domain: &str) -> Result<OwnedDomain, Error> {
-    conn.lookup(domain)
-}
-
 /// The disk's target for `name` (a target, or a source path as libvirt accepts).
 fn target_of(dom: &OwnedDomain, name: &str) -> Result<String, Error> {
     let disks = xml::disks(&dom.domain().xml()?)?;
@@ -48,10 +43,8 @@ fn target_of(dom: &OwnedDomain, name: &str) -> Result<String, Error> {
 }
 
 /// `disk`'s job now, if it has one.
-fn current(dom: &OwnedDomain, target: &str, flags: u32) -> Result<Option<DiskJob>, Error> {
-    Ok(host::domain_jobs(&dom.domain(), flags)?
-        .into_iter()
-        .find(|j| j.disk == target))
+fn current(dom: &OwnedDomain, target: &str) -> Result<Option<DiskJob>, Error> {
+    Ok(host::domain_jobs(&dom.domain(), 0, Some(target))?.pop())
 }
 
 /// One line of `info --json` in libvirt mode. Field order is fixed: scripts may compare output.
@@ -79,18 +72,6 @@ struct JsonMirror<'a> {
     ready: Option<&'a str>,
 }
 
-#[derive(Serialize)]
-struct JsonAnswer {
-    #[serde(rename = "type")]
-    type_: i32,
-    type_label: &'static str,
-    bandwidth: std::ffi::c_ulong,
-    cur: u64,
-    end: u64,
-    /// `cur == end > 0`: done, or in the mirroring phase.
-    done_or_mirroring: bool,
-}
-
 fn json_line(domain: &str, j: &DiskJob) -> String {
     let line = JsonJob {
         domain,
@@ -105,14 +86,7 @@ fn json_line(domain: &str, j: &DiskJob) -> String {
             job: m.job.as_deref(),
             ready: m.ready.as_deref(),
         }),
-        answer: JsonAnswer {
-            type_: j.info.type_,
-            type_label: type_label(j.info.type_),
-            bandwidth: j.info.bandwidth,
-            cur: j.info.cur,
-            end: j.info.end,
-            done_or_mirroring: j.info.end > 0 && j.info.cur == j.info.end,
-        },
+        answer: JsonAnswer::new(&j.info),
     };
     serde_json::to_string(&line).expect("plain data serialises")
 }
@@ -126,45 +100,23 @@ pub fn info(uri: Option<&str>, domain: &str, disk: Option<&str>, raw: bool, json
     };
     let jobs = (|| {
         let conn = connect(uri)?;
-        let dom = lookup(&conn, domain)?;
-        let jobs = host::domain_jobs(&dom.domain(), flags)?;
-        match disk {
-            None => Ok(jobs),
-            Some(name) => {
-                let target = target_of(&dom, name)?;
-                Ok(jobs.into_iter().filter(|j| j.disk == target).collect())
-            }
-        }
+        let dom = conn.lookup(domain)?;
+        host::domain_jobs(&dom.domain(), flags, disk)
     })();
     let jobs = match jobs {
         Ok(j) => j,
         Err(e) => return fail(&e),
     };
-    let mut out = String::new();
-    if jobs.is_empty() && !raw && !json {
-        match disk {
-            Some(d) => out.push_str(&format!("No current block job for {d}\n")),
-            None => out.push_str(&format!("No current block jobs on {domain}\n")),
-        }
-    }
-    for j in &jobs {
-        if json {
-            out.push_str(&json_line(domain, j));
-            out.push('\n');
-        } else if raw {
-            if disk.is_none() {
-                out.push_str(&format!(" disk={}\n", j.disk));
-            }
-            out.push_str(&raw_lines(&j.info));
-        } else {
-            if disk.is_none() {
-                out.push_str(&format!("{}: ", j.disk));
-            }
-            out.push_str(&human_form(&j.info, bytes));
-        }
-    }
-    let _ = std::io::stdout().lock().write_all(out.as_bytes());
-    ExitCode::SUCCESS
+    let shown: Vec<Shown> = jobs
+        .iter()
+        .map(|j| Shown {
+            name: &j.disk,
+            info: &j.info,
+            json: json_line(domain, j),
+        })
+        .collect();
+    let nothing = format!("No current block jobs on {domain}");
+    print_info(&shown, disk, &nothing, "disk", Form { raw, json, bytes })
 }
 
 /// `wait -c URI DOMAIN DISK --ready|--gone`: woken by libvirt's block job events; the state read first (after
@@ -182,7 +134,7 @@ pub fn wait(
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let dom = match lookup(&conn, domain) {
+    let dom = match conn.lookup(domain) {
         Ok(d) => d,
         Err(e) => return fail(&e),
     };
@@ -207,7 +159,7 @@ pub fn wait(
         outcome(&o, label, disk, until, timeout, verbose)
     };
     loop {
-        let job = match current(&dom, &target, 0) {
+        let job = match current(&dom, &target) {
             Ok(j) => j,
             Err(e) => {
                 progress.finish();
