@@ -11,12 +11,16 @@ STAGE := $(CURDIR)/target/stage
 
 FUZZ_SECONDS ?= 15
 
-.PHONY: all deps build release man lint test demo header install deb abi fuzz fuzz-check soak bench clean
+.PHONY: all deps stacks build release man lint test demo header install deb abi fuzz fuzz-check soak bench clean
 
 all: build
 
 deps:
 	scripts/deps.sh
+
+# Starts making the stacks' roots (scripts/stacks.sh); the gate waits for them.
+stacks:
+	scripts/stacks.sh prepare-start
 
 # The shared library is linked from the crate's staticlib with versioned symbols (libblockjobinfo.map), as
 # libblockjobinfo.so with the soname libblockjobinfo.so.0 (and that link, for programs built in the tree).
@@ -28,9 +32,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Both stacks (Debian 12's host packages, a cached Debian 13 root); BJI_STACKS=deb12 for the host's alone.
-# scripts/gate.sh also runs the suite from a root-only view of the checkout and fails if a test left anything.
-test: deps build lint
+# Every stack of tests/stacks.conf (the host's Debian 12 packages, cached Debian 13 and 14 roots, prepared in
+# the background while the rest builds); BJI_STACKS=deb12 for the host's alone. scripts/gate.sh also runs the
+# suite from a root-only view of the checkout and fails if a test left anything.
+test: deps stacks build lint
 	$(MAKE) install DESTDIR=$(STAGE) PREFIX=/usr
 	$(MAKE) deb
 	$(MAKE) fuzz-check
@@ -43,7 +48,7 @@ fuzz-check:
 fuzz:
 	scripts/fuzz.sh 300
 
-# The benchmarks (release build) on both stacks (BJI_STACKS=deb12 for the host's alone), written to
+# The benchmarks (release build) on every stack (BJI_STACKS=deb12 for the host's alone), written to
 # BENCHMARKS.md above its hand-written part; see that file.
 bench: deps
 	$(CARGO) build --release --all-targets

@@ -3,10 +3,10 @@
 //! every ratio from one run on one stack. Prints the tables and writes them to target/bench/BENCHMARKS.md
 //! (`make bench` copies it to BENCHMARKS.md, keeping the prose below the tables).
 //!
-//!   bench [--quick] [--stacks deb12,deb13] [--only cpu,qmp,wait,libvirt,events,list]
+//!   bench [--quick] [--stacks deb12,deb13,...] [--only cpu,qmp,wait,libvirt,events,list]
 //!
 //! `--quick` runs one short iteration of everything (what `make test` does, to keep the benchmark working);
-//! the stacks default to BJI_STACKS, else both.
+//! the stacks default to BJI_STACKS, else every stack of tests/stacks.conf.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -226,10 +226,10 @@ fn main() {
         quick: args.iter().any(|a| a == "--quick"),
         only: value("--only").map(|o| o.split(',').map(str::to_string).collect()),
     };
-    // The stacks: `--stacks deb12,deb13`, else BJI_STACKS (as the test gate), else both.
+    // The stacks: `--stacks deb12,deb13`, else BJI_STACKS (as the test gate), else all of tests/stacks.conf.
     let stacks = value("--stacks")
         .or_else(|| std::env::var("BJI_STACKS").ok())
-        .unwrap_or_else(|| "deb12,deb13".into());
+        .unwrap_or_else(|| Stack::all().iter().map(|s| s.name).collect::<Vec<_>>().join(","));
     let profile = build_dir().file_name().unwrap().to_string_lossy().into_owned();
 
     let mut md = String::new();
@@ -237,7 +237,7 @@ fn main() {
     let _ = writeln!(md, "Machine: {}.  ", machine());
     let _ = writeln!(
         md,
-        "Build: `{profile}`. Reproduce with `make bench` (as root, after `make deps`): both stacks, each ratio \
+        "Build: `{profile}`. Reproduce with `make bench` (as root, after `make deps`): every stack, each ratio \
          from alternating rounds in one run on one stack.\n"
     );
     if opts.wants("cpu") {
@@ -246,11 +246,7 @@ fn main() {
         r.write(&mut md, "Without QEMU: translation and loading");
     }
     for name in stacks.split(',') {
-        let stack = match name {
-            "deb12" => Stack::deb12(),
-            "deb13" => Stack::deb13(),
-            other => panic!("unknown stack {other}: deb12 or deb13"),
-        };
+        let stack = Stack::named(name);
         let mut r = Report::default();
         if opts.wants("qmp") {
             qmp_part(stack, &mut r, &opts);

@@ -27,7 +27,7 @@ fn run(args: &[&str]) {
 }
 
 fn main() {
-    let mut qsd = Qsd::start(Stack::deb12());
+    let mut qsd = Qsd::start(Stack::host_stack());
     let sock = qsd.lib_socket();
     println!("qemu-storage-daemon is running with 8 MiB qcow2 images; its QMP monitor for us: {sock}");
     qsd.ctl.ok(

@@ -1,27 +1,58 @@
 #!/usr/bin/env bash
-# The test stacks besides the host's own Debian 12 packages (QEMU 7.2, libvirt 9.0):
-#   deb13: a Debian 13 root (QEMU 10.0, libvirt 11.3, python3-libvirt) made with mmdebstrap, whose programs the
-#          tests run through chroot (tests/common/stack.rs).
+# The test stacks of tests/stacks.conf: the host's own Debian packages, and Debian roots made with mmdebstrap
+# whose programs the tests run through chroot (tests/common/stack.rs).
 #
-#   stacks.sh prepare    make the Debian 13 root, or reuse the cached one (root only)
-#   stacks.sh versions   print each stack's QEMU, libvirt and python-libvirt versions
-#   stacks.sh report     print the facts the suite recorded per stack and write them into the README
-#   stacks.sh stop       stop every process the tests left running (test users', and any marked BJI_GATE)
-#   stacks.sh check      fail if any such process, or any mount inside the cache, is left
+#   stacks.sh names             the stacks this run covers: BJI_STACKS (comma-separated), else all of them
+#   stacks.sh prepare           make the roots of the stacks covered, side by side, or reuse the cached ones (root
+#                               only); a root that cannot be made gets one line, and its stack's tests fail with it
+#   stacks.sh prepare-start     the same in the background (`make test` starts it before it builds)
+#   stacks.sh prepare-wait      wait for prepare-start, print what it said, and fail as it failed
+#   stacks.sh versions          each stack's QEMU, libvirt and python-libvirt versions
+#   stacks.sh report            the facts the suite recorded per stack, also written into the README
+#   stacks.sh stop              stop every process the tests left running (test users', and any marked BJI_GATE)
+#   stacks.sh check             fail if any such process, or any mount inside the cache, is left
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+CONF=${BJI_STACKS_CONF:-tests/stacks.conf}
 CACHE=${BJI_STACK_CACHE:-/var/cache/blockjobinfo-tests}
-ROOT=${BJI_DEB13_ROOT:-$CACHE/deb13/root}
-# gcc, libc6-dev and pkgconf: the package test builds a C example in the root with pkg-config alone.
-PACKAGES=libvirt-daemon-driver-qemu,libvirt-daemon,libvirt-clients,python3-libvirt,qemu-system-x86,qemu-utils,gcc,libc6-dev,pkgconf
-# What the cached root was made from: a change here makes a new one.
-RECIPE="v1 trixie $PACKAGES"
-USER13=bjtest13
+# What a root holds: QEMU and libvirt (session and system daemons, with polkit and D-Bus), python3-libvirt,
+# systemd to boot it (the service test), gcc, libc6-dev and pkgconf for the package test's C example, and passwd
+# for its test users.
+PACKAGES=libvirt-daemon-driver-qemu,libvirt-daemon,libvirt-daemon-system,libvirt-clients,python3-libvirt
+PACKAGES+=,qemu-system-x86,qemu-utils,dbus,polkitd,systemd,systemd-sysv,passwd,gcc,libc6-dev,pkgconf
+# Only for the test of a root that cannot be made.
+[ -n "${BJI_STACK_EXTRA_PACKAGES:-}" ] && PACKAGES+=",$BJI_STACK_EXTRA_PACKAGES"
 
-# The Debian archive the host itself uses (deb822 .sources or one-line sources.list), never one of our own.
+# "name suite user index" per stack of the configuration, in its order.
+all_stacks() {
+    awk '!/^[[:space:]]*(#|$)/ {print $1, $2, $3, i++}' "$CONF"
+}
+
+# The stacks this run covers, in the configuration's order.
+stacks() {
+    all_stacks | awk -v w=",${BJI_STACKS:-}," 'w == ",," || index(w, "," $1 ",")'
+}
+
+# An unknown name in BJI_STACKS is an error, not a stack quietly left out.
+check_selection() {
+    local name
+    for name in ${BJI_STACKS:+${BJI_STACKS//,/ }}; do
+        all_stacks | awk -v n="$name" '$1 == n {found = 1} END {exit !found}' ||
+            { echo "BJI_STACKS: no stack '$name' in $CONF" >&2; exit 2; }
+    done
+}
+
+root_of() { echo "$CACHE/$1/root"; }
+
+# The Debian archive the host itself uses (deb822 .sources or one-line sources.list), never one of our own;
+# BJI_STACK_MIRROR overrides it.
 debian_mirror() {
     local f uri
+    if [ -n "${BJI_STACK_MIRROR:-}" ]; then
+        echo "$BJI_STACK_MIRROR"
+        return
+    fi
     for f in /etc/apt/sources.list.d/*.sources; do
         [ -f "$f" ] || continue
         uri=$(awk '/^URIs:/ {print $2; exit}' "$f")
@@ -32,73 +63,137 @@ debian_mirror() {
         uri=$(awk '$1 == "deb" && $2 ~ /\/debian\/?$/ {print $2; exit}' "$f")
         [ -n "$uri" ] && { echo "${uri%/}"; return; }
     done
-    echo "no Debian archive in the host's apt sources" >&2
     return 1
 }
 
-# A uid for the Debian 13 test user that no host user has, so that the host can tell its processes apart.
-free_uid() {
-    local uid
-    for uid in $(seq 60100 60999); do
-        getent passwd "$uid" >/dev/null && continue
-        grep -q "^[^:]*:[^:]*:$uid:" "$1/etc/passwd" && continue
-        echo "$uid"
-        return
+# The test users of a stack: its user, `-lv` (in group libvirt, as nova-compute runs) and `-no` (denied by
+# polkit), with uids no host user has: 50000 + 100 * the stack's index, + 0, 1, 2.
+users_of() {
+    echo "$1 $1-lv $1-no"
+}
+
+# Makes one stack's root, or keeps the cached one; on failure, says why in one line (also kept in the stack's
+# `failed` file, which its tests report).
+prepare_one() {
+    local name=$1 suite=$2 user=$3 index=$4
+    local dir=$CACHE/$name root recipe mirror release rc new log why
+    root=$(root_of "$name")
+    recipe="v3 $suite $PACKAGES users $(users_of "$user")"
+    if [ -f "$root/.bji-stack" ] && [ "$(head -n 1 "$root/.bji-stack")" = "$recipe" ]; then
+        rm -f "$dir/failed"
+        echo "$name: reusing $root"
+        return 0
+    fi
+    mkdir -p "$dir"
+    fail() {
+        echo "$name: cannot make the Debian $suite root: $1" | tee "$dir/failed" >&2
+        return 1
+    }
+    command -v mmdebstrap >/dev/null || { fail "mmdebstrap is missing (make deps)"; return 1; }
+    mirror=$(debian_mirror) || { fail "no Debian archive in the host's apt sources"; return 1; }
+    # The suite's Release file first: it tells an unreachable archive from a suite that is gone, and whether its
+    # Valid-Until has passed (testing's Release can be weeks past it on the archive these machines reach).
+    release=$(curl -fsS --max-time 60 "$mirror/dists/$suite/Release" 2>&1) && rc=0 || rc=$?
+    case $rc in
+    0) ;;
+    22) fail "the suite is gone from $mirror (${release##*: })"; return 1 ;;
+    *) fail "no archive reachable at $mirror (${release##*: })"; return 1 ;;
+    esac
+    local aptopts=() until now
+    until=$(sed -n 's/^Valid-Until: //p' <<<"$release")
+    if [ -n "$until" ] && now=$(date +%s) && [ "$(date -d "$until" +%s)" -lt "$now" ]; then
+        echo "$name: $suite's Release file expired $(( (now - $(date -d "$until" +%s)) / 86400 )) days ago" \
+            "(Valid-Until $until): accepted, as apt's Acquire::Check-Valid-Until \"false\""
+        aptopts=(--aptopt='Acquire::Check-Valid-Until "false"')
+    fi
+    new=$dir/root.new
+    log=$dir/mmdebstrap.log
+    rm -rf "$new"
+    echo "$name: making a Debian $suite root in $root from $mirror"
+    if ! mmdebstrap --variant=apt "${aptopts[@]}" --include="$PACKAGES" "$suite" "$new" "$mirror" \
+        >"$log" 2>&1; then
+        rm -rf "$new"
+        # apt's own words for a missing package, else its first error.
+        why=$(grep -oE "Unable to locate package [^ ]+|Package '[^']+' has no installation candidate" "$log" |
+            head -n 1 | sed -E "s/Unable to locate package (.*)/package \1 is not in $suite/;
+                               s/Package '(.*)' has no installation candidate/package \1 is not in $suite/" || true)
+        [ -n "$why" ] || why=$(grep -E '^(E|W): ' "$log" | head -n 1 || true)
+        [ -n "$why" ] || why=$(tail -n 1 "$log")
+        fail "$why (mmdebstrap's log: $log)"
+        return 1
+    fi
+    local u uid k=0
+    for u in $(users_of "$user"); do
+        uid=$((50000 + 100 * index + k))
+        while getent passwd "$uid" >/dev/null; do uid=$((uid + 10)); done
+        chroot "$new" useradd -u "$uid" -U -m -s /bin/sh -c "blockjobinfo tests" "$u"
+        chmod 755 "$new/home/$u"
+        k=$((k + 1))
     done
-    return 1
+    chroot "$new" usermod -a -G libvirt "$user-lv"
+    rm -rf "$new/var/cache/apt/archives/"*.deb
+    printf '%s\n' "$recipe" >"$new/.bji-stack"
+    rm -rf "$root" "$dir/failed"
+    mv "$new" "$root"
 }
 
 prepare() {
-    if [ -f "$ROOT/.bji-stack" ] && [ "$(head -n 1 "$ROOT/.bji-stack")" = "$RECIPE" ]; then
-        echo "deb13: reusing $ROOT" >&2
-        return
-    fi
-    [ "$(id -u)" = 0 ] || { echo "stacks.sh prepare must run as root" >&2; exit 1; }
-    command -v mmdebstrap >/dev/null || { echo "mmdebstrap is missing: make deps" >&2; exit 1; }
-    local mirror new
-    mirror=$(debian_mirror)
-    new=$(dirname "$ROOT")/root.new
-    rm -rf "$new"
-    mkdir -p "$(dirname "$ROOT")"
-    echo "deb13: making a Debian 13 root in $ROOT from $mirror" >&2
-    mmdebstrap --quiet --variant=apt --include="$PACKAGES" trixie "$new" "$mirror" >&2
-    local uid
-    uid=$(free_uid "$new")
-    echo "$USER13:x:$uid:$uid:blockjobinfo tests:/home/$USER13:/bin/sh" >>"$new/etc/passwd"
-    echo "$USER13:x:$uid:" >>"$new/etc/group"
-    echo "$USER13:!:20000::::::" >>"$new/etc/shadow"
-    mkdir -p "$new/home/$USER13"
-    chown "$uid:$uid" "$new/home/$USER13"
-    chmod 755 "$new/home/$USER13"
-    rm -rf "$new/var/cache/apt/archives/"*.deb
-    printf '%s\nuser %s uid %s\n' "$RECIPE" "$USER13" "$uid" >"$new/.bji-stack"
-    rm -rf "$ROOT"
-    mv "$new" "$ROOT"
+    local name suite user index pids=() rc=0 p
+    while read -r name suite user index; do
+        [ "$suite" = host ] && continue
+        if [ "$(id -u)" != 0 ]; then
+            echo "$name: stacks.sh prepare must run as root" >&2
+            return 1
+        fi
+        prepare_one "$name" "$suite" "$user" "$index" &
+        pids+=($!)
+    done < <(stacks)
+    for p in "${pids[@]}"; do
+        wait "$p" || rc=1
+    done
+    return "$rc"
 }
 
-# uids of the stacks' test users (those that exist).
+# uids of the stacks' test users (those that exist): the host's, and each root's.
 test_uids() {
-    getent passwd bjtest | cut -d: -f3
-    [ -f "$ROOT/etc/passwd" ] && awk -F: -v u="$USER13" '$1 == u {print $3}' "$ROOT/etc/passwd"
+    local name suite user index u root
+    while read -r name suite user index; do
+        root=$(root_of "$name")
+        for u in $(users_of "$user"); do
+            if [ "$suite" = host ]; then
+                getent passwd "$u" | cut -d: -f3
+            elif [ -f "$root/etc/passwd" ]; then
+                awk -F: -v u="$u" '$1 == u {print $3}' "$root/etc/passwd"
+            fi
+        done
+    done < <(all_stacks)
     true
 }
 
 versions() {
-    local s
-    echo "deb12 (host): $(qemu-storage-daemon --version | head -n 1); $(qemu-system-x86_64 --version | head -n 1);" \
-        "libvirt $(libvirtd --version | awk '{print $NF}'); python3-libvirt $(dpkg-query -W -f='${Version}' python3-libvirt)"
-    if [ -f "$ROOT/.bji-stack" ]; then
-        s="chroot $ROOT"
-        echo "deb13 ($ROOT): $($s qemu-storage-daemon --version | head -n 1); $($s qemu-system-x86_64 --version | head -n 1);" \
-            "libvirt $($s libvirtd --version | awk '{print $NF}'); python3-libvirt $($s dpkg-query -W -f='${Version}' python3-libvirt)"
-    fi
+    local name suite user index s
+    while read -r name suite user index; do
+        if [ "$suite" = host ]; then
+            s=
+        else
+            [ -f "$(root_of "$name")/.bji-stack" ] || { echo "$name: not prepared"; continue; }
+            s="chroot $(root_of "$name")"
+        fi
+        echo "$name ($suite): $($s qemu-storage-daemon --version | head -n 1); $($s qemu-system-x86_64 --version |
+            head -n 1); libvirt $($s libvirtd --version | awk '{print $NF}');" \
+            "python3-libvirt $($s dpkg-query -W -f='${Version}' python3-libvirt)"
+    done < <(stacks)
 }
 
-# The processes the tests left: the test users', and those that carry this gate's marker.
+# The processes the tests left: the test users', those that carry this gate's marker, and any inside a root.
 leftovers() {
-    env -u BJI_GATE /usr/bin/python3 - "${BJI_GATE:-}" "$ROOT" $(test_uids) <<'EOF'
+    local roots
+    roots=$(all_stacks | awk '$2 != "host" {print $1}' | while read -r n; do root_of "$n"; done)
+    env -u BJI_GATE /usr/bin/python3 - "${BJI_GATE:-}" "$(echo $roots)" $(test_uids) <<'EOF'
 import os, sys
-gate, root, uids = sys.argv[1], os.path.realpath(sys.argv[2]), {int(u) for u in sys.argv[3:]}
+gate = sys.argv[1]
+roots = [os.path.realpath(r) + "/" for r in sys.argv[2].split()]
+uids = {int(u) for u in sys.argv[3:]}
 # This process and its ancestors (the gate itself) are not left behind.
 mine, pid = set(), os.getpid()
 while pid > 1:
@@ -111,11 +206,11 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
         uid = os.stat(f"/proc/{pid}").st_uid
         env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
         cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
-        proot = os.readlink(f"/proc/{pid}/root")
+        proot = os.readlink(f"/proc/{pid}/root") + "/"
     except OSError:
         continue
     marked = gate and f"BJI_GATE={gate}".encode() in env
-    if uid in uids or marked or proot.startswith(root):
+    if uid in uids or marked or any(proot.startswith(r) for r in roots):
         print(pid, cmd.strip())
 EOF
 }
@@ -146,23 +241,26 @@ check() {
     echo "nothing left behind: no test process, no mount"
 }
 
-# The facts the suite recorded (target/stacks/<stack>/<key>) as Markdown tables.
+# The facts the suite recorded (target/stacks/<stack>/<key>) as Markdown tables, a column per stack.
 report_tables() {
-    local d=target/stacks
+    local d=target/stacks names k label line
+    names=$(all_stacks | awk '{print $1}')
     row() { local f="$d/$1/$2"; [ -f "$f" ] && tr '\n' ' ' <"$f" | sed 's/ *$//' || echo "(not run)"; }
     echo "| stack | qemu-storage-daemon | QEMU under libvirt | libvirt | python3-libvirt |"
     echo "|---|---|---|---|---|"
-    for s in deb12 deb13; do
-        echo "| $s | $(row $s qemu) | $(row $s qemu-system) | $(row $s libvirt) | $(row $s python-libvirt) |"
+    for s in $names; do
+        echo "| $s | $(row "$s" qemu) | $(row "$s" qemu-system) | $(row "$s" libvirt) | $(row "$s" python-libvirt) |"
     done
     echo
-    echo "| observed | deb12 | deb13 |"
-    echo "|---|---|---|"
-    local k label
+    echo "| observed | $(echo $names | sed 's/ / | /g') |"
+    echo "|---|$(for _ in $names; do printf -- '---|'; done)"
     while IFS='|' read -r k label; do
-        echo "| $label | $(row deb12 "$k") | $(row deb13 "$k") |"
+        line="| $label |"
+        for s in $names; do line+=" $(row "$s" "$k") |"; done
+        echo "$line"
     done <<'EOF'
 mirror-fields|fields of a mirror job in `query-block-jobs`
+fresh-mirror|a mirror read at once after `blockdev-mirror` in a new qemu-storage-daemon
 window|length of the `offset == len && !ready` window: 8 MiB mirror at 2 MiB/s, one burst (qemu-storage-daemon)
 libvirt-window|libvirt's own `virsh blockjob --raw` inside the window (shallow `virsh blockcopy`)
 job-copy|libvirt's QMP job name: `virsh blockcopy`
@@ -188,11 +286,34 @@ if begin in text and end in text:
 EOF
 }
 
+check_selection
 case ${1:-} in
+names) stacks | awk '{print $1}' ;;
 prepare) prepare ;;
+prepare-start)
+    mkdir -p "$CACHE"
+    rm -f "$CACHE/prepare.rc" "$CACHE/prepare.log"
+    # Detached from the caller's output, which may be a pipe its reader waits on.
+    (prepare >"$CACHE/prepare.log" 2>&1 && rc=0 || rc=$?; echo "$rc" >"$CACHE/prepare.rc") </dev/null >/dev/null 2>&1 &
+    echo $! >"$CACHE/prepare.pid"
+    ;;
+prepare-wait)
+    # Started and still running, or finished: its output and status. Otherwise (never started, or killed), now.
+    while [ -f "$CACHE/prepare.pid" ] && [ ! -f "$CACHE/prepare.rc" ] && kill -0 "$(cat "$CACHE/prepare.pid")" 2>/dev/null; do
+        sleep 0.5
+    done
+    if [ -f "$CACHE/prepare.rc" ]; then
+        cat "$CACHE/prepare.log"
+        rc=$(cat "$CACHE/prepare.rc")
+        rm -f "$CACHE/prepare.rc" "$CACHE/prepare.log" "$CACHE/prepare.pid"
+        exit "$rc"
+    fi
+    rm -f "$CACHE/prepare.pid"
+    prepare
+    ;;
 versions) versions ;;
 report) report ;;
 stop) stop ;;
 check) check ;;
-*) echo "usage: $0 prepare|versions|report|stop|check" >&2; exit 2 ;;
+*) echo "usage: $0 names|prepare|prepare-start|prepare-wait|versions|report|stop|check" >&2; exit 2 ;;
 esac

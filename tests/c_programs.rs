@@ -202,7 +202,7 @@ fn header_coexists_with_libvirts_in_either_order() {
 /// Starts a daemon with a throttled mirror under libvirt's job id for disk vda.
 fn daemon_with_copy_job(s: &'static Stack) -> Qsd {
     let mut qsd = Qsd::start(s);
-    qsd.ctl.ok(
+    qsd.ctl.start_sized(
         "blockdev-mirror",
         json!({"job-id": "copy-vda-libvirt-1-format", "device": "top", "target": "dst", "sync": "full",
                "speed": 2 * MIB, "buf-size": MIB}),

@@ -80,7 +80,7 @@ fn info_output_byte_for_byte_on_a_ready_mirror(s: &'static Stack) {
 
 fn info_output_on_a_paused_running_job_matches_qemus_numbers(s: &'static Stack) {
     let mut qsd = Qsd::start(s);
-    qsd.ctl.ok(
+    qsd.ctl.start_sized(
         "blockdev-mirror",
         json!({"job-id": "m", "device": "top", "target": "dst", "sync": "full", "speed": MIB, "buf-size": MIB}),
     );

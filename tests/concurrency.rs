@@ -23,7 +23,7 @@ fn calls() -> usize {
 
 /// A mirror that stays in its copying phase for the whole test.
 fn slow_job(qsd: &mut Qsd) {
-    qsd.ctl.ok(
+    qsd.ctl.start_sized(
         "blockdev-mirror",
         json!({"job-id": "copy-vda-libvirt-1-format", "device": "top", "target": "dst", "sync": "full",
                "speed": 64 * 1024, "buf-size": 256 * 1024}),

@@ -72,7 +72,7 @@ impl Drop for Installed {
 
 fn install_use_and_remove_the_packages(s: &'static Stack) {
     let debs = debs();
-    // Into the stack: on deb13 the packages are copied into its root first.
+    // Into the stack: in a root's stack, the packages are copied into its root first.
     let dir = s.tempdir();
     let mut in_stack = vec![];
     for d in &debs {

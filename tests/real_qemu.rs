@@ -25,7 +25,7 @@ fn check_greeting(s: &Stack, src: &QmpSource) {
 }
 
 /// The fields QEMU reports for a running mirror. They differ by version: `actively-synced` came with QEMU 8.2
-/// (so deb12's 7.2 lacks it and deb13's 10.0 has it); every field the library needs is in both.
+/// (so deb12's 7.2 lacks it and later stacks have it); every field the library needs is in all.
 fn check_mirror_fields(s: &Stack, qsd: &mut Qsd) {
     let jobs = qsd.ctl.jobs();
     let job = jobs[0].as_object().unwrap();
@@ -46,6 +46,8 @@ fn check_mirror_fields(s: &Stack, qsd: &mut Qsd) {
 #[derive(Debug, Default)]
 struct Seen {
     samples: usize,
+    /// `0/0` with `ready: false`: a job QEMU has not sized yet (answered 0/1).
+    not_sized: usize,
     running: usize,
     window: usize,
     ready: usize,
@@ -82,7 +84,10 @@ fn observe(src: &QmpSource, job: &str, want_type: i32, mut ready: Option<&mut Co
                 "cur == end before ready: {raw:?} -> {info:?}"
             );
         }
-        if raw.offset < raw.len {
+        if raw.len == 0 && raw.ready == Some(false) {
+            assert_eq!((info.cur, info.end), (0, 1), "not sized yet: {raw:?}");
+            seen.not_sized += 1;
+        } else if raw.offset < raw.len {
             assert_eq!((info.cur, info.end), (raw.offset, raw.len), "running: {raw:?}");
             seen.running += 1;
         } else if raw.len > 0 && raw.ready == Some(false) {
@@ -258,6 +263,52 @@ fn sampling_a_whole_mirror_never_reports_done_early(s: &'static Stack) {
     cancel_and_check_gone(&mut qsd, &src, "m");
 }
 
+/// Eric Blake's `0/0` rule on real QEMU: a mirror just started in a new daemon is read at once, as fast as the
+/// library answers, until QEMU has sized it. QEMU 11.1 reports `0/0`, `ready: false` for its first milliseconds
+/// (the library answers 0/1: not done); 7.2 and 10.0 were seen reporting the length from the first query. Which
+/// one a stack shows is recorded; the answer to each sample is checked either way.
+fn a_just_started_mirror_is_never_reported_done(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
+    let src = QmpSource::open(&qsd.lib_socket()).unwrap();
+    qsd.ctl.ok(
+        "blockdev-mirror",
+        json!({"job-id": "m", "device": "top", "target": "dst", "sync": "full", "speed": SPEED, "buf-size": MIB}),
+    );
+    let started = Instant::now();
+    let (mut not_sized, mut samples) = (0, 0);
+    let first = loop {
+        let JobReport { raw, info } = src.job_report("m", 0).unwrap().expect("the job is listed");
+        samples += 1;
+        if raw.len > 0 {
+            break raw;
+        }
+        assert_eq!(raw.ready, Some(false), "{raw:?}");
+        assert_eq!(
+            (info.cur, info.end),
+            (0, 1),
+            "QEMU's 0/0 before the job is sized: {raw:?}"
+        );
+        not_sized += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not sized within 10 s: {raw:?}"
+        );
+    };
+    assert_eq!(first.len, IMAGE, "{first:?}");
+    s.record(
+        "fresh-mirror",
+        &if not_sized == 0 {
+            "sized from the first query".to_string()
+        } else {
+            format!(
+                "0/0, not ready, in the first {not_sized} of {samples} queries ({:.1} ms): answered 0/1",
+                started.elapsed().as_secs_f64() * 1000.0
+            )
+        },
+    );
+    cancel_and_check_gone(&mut qsd, &src, "m");
+}
+
 fn library_sends_only_capabilities_and_queries(s: &'static Stack) {
     let mut qsd = Qsd::start(s);
     let rec = Recorder::start(qsd.dir.path(), &qsd.lib_socket());
@@ -402,6 +453,7 @@ on_each_stack!(
     stream_runs_then_is_gone,
     backup_runs_then_is_gone,
     sampling_a_whole_mirror_never_reports_done_early,
+    a_just_started_mirror_is_never_reported_done,
     library_sends_only_capabilities_and_queries,
     reconnects_once_when_qemu_is_restarted_on_the_same_socket,
     a_stopped_qemu_times_out_instead_of_hanging,

@@ -73,7 +73,7 @@ fn nothing_links_libvirt() {
 #[test]
 fn without_libvirt_the_tool_says_so_and_its_qmp_modes_work() {
     let tool = common::lib_dir().join("blockjobinfo");
-    let mut qsd = common::Qsd::start(common::Stack::deb12());
+    let mut qsd = common::Qsd::start(common::Stack::host_stack());
     qsd.ctl.ok(
         "blockdev-mirror",
         serde_json::json!({"job-id": "copy-vda-libvirt-1-format", "device": "top", "target": "dst",

@@ -546,7 +546,7 @@ fn wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone(s: &'static Stack
 }
 
 /// A tmpfs of 1 MiB mounted where the domain's QEMU sees it (in the session libvirtd's mount namespace, which on
-/// deb13 is not the host's), unmounted when dropped.
+/// a root's stack is not the host's), unmounted when dropped.
 struct Full {
     pid: String,
     at: std::path::PathBuf,
@@ -621,7 +621,16 @@ fn wait_c_reports_a_job_that_fails(s: &'static Stack) {
             .unwrap(),
     );
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(waiter.0.try_wait().unwrap().is_none(), "the waiter returned early");
+    if waiter.0.try_wait().unwrap().is_some() {
+        let out = output_of(&mut waiter);
+        panic!(
+            "the waiter returned early ({:?}): {}{}; virsh says {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            dom.job_raw(Preload::No)
+        );
+    }
     dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--bandwidth", "0"]);
     let out = output_of(&mut waiter);
     let err = String::from_utf8_lossy(&out.stderr);

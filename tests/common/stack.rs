@@ -1,72 +1,105 @@
-//! The two stacks every real test runs on: `deb12`, the host's own Debian 12 packages (QEMU 7.2, libvirt 9.0),
-//! and `deb13`, a Debian 13 root made by `scripts/stacks.sh prepare` (QEMU 10.0, libvirt 11.3) whose programs
-//! run through `chroot`. A test written once as `fn name(s: &Stack)` runs on both through `on_each_stack!`,
-//! which names each result after its stack: `deb12::name`, `deb13::name`.
+//! The stacks every real test runs on, defined in tests/stacks.conf: `deb12`, the host's own Debian 12 packages
+//! (QEMU 7.2, libvirt 9.0), and Debian roots made by `scripts/stacks.sh prepare` (deb13: QEMU 10.0, libvirt
+//! 11.3; deb14: QEMU 11.1, libvirt 12.8) whose programs run through `chroot`. A test written once as
+//! `fn name(s: &'static Stack)` runs on each through `on_each_stack!`, which names each result after its stack:
+//! `deb12::name`, `deb13::name`, `deb14::name`.
 //!
 //! Paths: "in-stack" paths are what the stack's programs see (`/tmp/...`); `Stack::host` maps one to where the
-//! test process (on the host) finds it. On deb12 the two are the same.
+//! test process (on the host) finds it. On the host stack the two are the same.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Once, OnceLock};
 
-/// Runs each named `fn name(s: &Stack)` once per stack, as `deb12::name` and `deb13::name`.
-/// `BJI_STACKS=deb12 make test` (cargo's `--skip deb13::`) runs only the host's.
-#[macro_export]
-macro_rules! on_each_stack {
-    ($($name:ident),* $(,)?) => {
-        mod deb12 {
-            $( #[test] fn $name() { super::$name($crate::common::stack::Stack::deb12()) } )*
-        }
-        mod deb13 {
-            $( #[test] fn $name() { super::$name($crate::common::stack::Stack::deb13()) } )*
-        }
-    };
-}
+// `STACKS` and `on_each_stack!`, from tests/stacks.conf (build.rs).
+include!(concat!(env!("OUT_DIR"), "/stacks.rs"));
 
 pub struct Stack {
-    /// `deb12` or `deb13`: what test names and records carry.
+    /// `deb12`, `deb13`, ...: what test names and records carry.
     pub name: &'static str,
-    /// The Debian 13 root on the host; None for the host's own packages.
+    /// The Debian suite of its root (`trixie`), or `host`.
+    pub suite: &'static str,
+    /// The stack's root on the host; None for the host's own packages.
     root: Option<PathBuf>,
     /// The unprivileged user whose session libvirtd runs the stack's domains.
     pub user: &'static str,
+    /// Once per process: the files the test users need, copied into the stack (`share`).
+    shared: OnceLock<()>,
+    /// Once per process: the test users and their directories (`virt::setup`).
+    pub(crate) virt_setup: Once,
+    qemu: OnceLock<(u64, u64, u64)>,
 }
 
-/// Where `scripts/stacks.sh prepare` leaves the Debian 13 root unless `BJI_DEB13_ROOT` says otherwise.
-const DEFAULT_DEB13_ROOT: &str = "/var/cache/blockjobinfo-tests/deb13/root";
+/// Where `scripts/stacks.sh prepare` keeps the roots (`BJI_STACK_CACHE`, as for the script).
+pub fn cache() -> PathBuf {
+    PathBuf::from(std::env::var("BJI_STACK_CACHE").unwrap_or_else(|_| "/var/cache/blockjobinfo-tests".into()))
+}
 
 /// In-stack directory, readable by the test user, holding copies of the library and the test scripts: the
 /// checkout itself may be readable by root alone.
 pub const SHARE: &str = "/tmp/bjtest-share";
 
 impl Stack {
-    pub fn deb12() -> &'static Stack {
-        static S: Stack = Stack {
-            name: "deb12",
-            root: None,
-            user: "bjtest",
-        };
-        &S
+    /// Every stack of tests/stacks.conf, prepared or not.
+    pub fn all() -> &'static [Stack] {
+        static ALL: OnceLock<Vec<Stack>> = OnceLock::new();
+        ALL.get_or_init(|| {
+            STACKS
+                .iter()
+                .map(|&(name, suite, user)| Stack {
+                    name,
+                    suite,
+                    root: (suite != "host").then(|| cache().join(name).join("root")),
+                    user,
+                    shared: OnceLock::new(),
+                    virt_setup: Once::new(),
+                    qemu: OnceLock::new(),
+                })
+                .collect()
+        })
     }
 
-    pub fn deb13() -> &'static Stack {
-        static S: OnceLock<Stack> = OnceLock::new();
-        S.get_or_init(|| {
-            let root = PathBuf::from(std::env::var("BJI_DEB13_ROOT").unwrap_or_else(|_| DEFAULT_DEB13_ROOT.into()));
-            assert!(
-                root.join(".bji-stack").is_file(),
-                "the Debian 13 stack is not prepared at {}: run `scripts/stacks.sh prepare` as root (`make test` \
-                 does), or `BJI_STACKS=deb12 make test` for the host's stack alone",
-                root.display()
-            );
-            Stack {
-                name: "deb13",
-                root: Some(root),
-                user: "bjtest13",
+    /// The stack `name`, which must be prepared: a stack whose root could not be made fails its tests with the
+    /// reason `scripts/stacks.sh prepare` gave, never skips them.
+    pub fn named(name: &str) -> &'static Stack {
+        let s = Stack::all()
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no stack {name} in tests/stacks.conf"));
+        if let Some(root) = &s.root {
+            if !root.join(".bji-stack").is_file() {
+                // What `scripts/stacks.sh prepare` said, which names the stack and its suite.
+                let why = std::fs::read_to_string(cache().join(name).join("failed")).unwrap_or_else(|_| {
+                    format!(
+                        "{name}: its root is not prepared at {}: run `scripts/stacks.sh prepare` as root (`make \
+                         test` does), or choose stacks with BJI_STACKS",
+                        root.display()
+                    )
+                });
+                panic!("{}", why.trim());
             }
-        })
+        }
+        s
+    }
+
+    /// The host's own packages (what the demo and host-only checks use).
+    pub fn host_stack() -> &'static Stack {
+        let s = Stack::all()
+            .iter()
+            .find(|s| s.root.is_none())
+            .expect("a `host` stack in tests/stacks.conf");
+        Stack::named(s.name)
+    }
+
+    /// The member of group `libvirt` (how nova-compute runs) for the system-libvirt tests.
+    pub fn libvirt_member(&self) -> String {
+        format!("{}-lv", self.user)
+    }
+
+    /// The user a polkit rule denies libvirt's read-only access, for the system-libvirt tests.
+    pub fn denied_user(&self) -> String {
+        format!("{}-no", self.user)
     }
 
     pub fn is_host(&self) -> bool {
@@ -116,7 +149,7 @@ impl Stack {
         }
     }
 
-    /// `program` run as the test user in the session's environment. On deb13 it runs in a mount namespace of
+    /// `program` run as the test user in the session's environment. In a root it runs in a mount namespace of
     /// its own where /proc, /sys, /dev and /dev/pts are bound into the root: the mounts vanish with the last
     /// process that uses them (the session libvirtd), so none is ever left on the host.
     pub fn user_command(&self, program: &str) -> Command {
@@ -173,10 +206,7 @@ impl Stack {
     /// Copies the library and the scripts the test user runs into SHARE, once per process. Copies go to a
     /// temporary name and are renamed into place, so a process that has the old library mapped is not disturbed.
     fn share(&self) {
-        static HOST: OnceLock<()> = OnceLock::new();
-        static DEB13: OnceLock<()> = OnceLock::new();
-        let once = if self.is_host() { &HOST } else { &DEB13 };
-        once.get_or_init(|| {
+        self.shared.get_or_init(|| {
             let dir = self.host(SHARE);
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -228,8 +258,7 @@ impl Stack {
 
     /// The version of the stack's qemu-storage-daemon, as QMP reports it: (major, minor, micro).
     pub fn qemu_version(&self) -> (u64, u64, u64) {
-        static CACHE: [OnceLock<(u64, u64, u64)>; 2] = [OnceLock::new(), OnceLock::new()];
-        *CACHE[usize::from(!self.is_host())].get_or_init(|| {
+        *self.qemu.get_or_init(|| {
             // "qemu-storage-daemon version 7.2.22 (Debian ...)"
             let line = self.version_of("qemu-storage-daemon");
             let v = line.split_whitespace().nth(2).unwrap_or_else(|| panic!("{line}"));
@@ -254,7 +283,7 @@ fn share_name(rel: &str) -> String {
     rel.replace('/', "_")
 }
 
-/// `sh -c` script behind `user_command` on deb13: $1 the root, $2 the user, then the command.
+/// `sh -c` script behind `user_command` in a root: $1 the root, $2 the user, then the command.
 const IN_ROOT: &str = r#"r=$1; u=$2; shift 2
 for d in proc sys dev dev/pts; do mount --bind "/$d" "$r/$d" || exit 125; done
 exec chroot "$r" runuser -u "$u" -- "$@""#;

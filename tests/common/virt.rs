@@ -27,13 +27,10 @@ fn root_run(cmd: &mut Command) -> Output {
     out
 }
 
-/// Creates the stack's test user (deb12; deb13's comes with its root) and its private directories once per
+/// Creates the stack's test user (the host's; a root's comes with it) and its private directories once per
 /// process, starts its session daemon, and stops every process of that user when the process exits.
 pub fn setup(s: &Stack) {
-    static HOST: std::sync::Once = std::sync::Once::new();
-    static DEB13: std::sync::Once = std::sync::Once::new();
-    let once = if s.is_host() { &HOST } else { &DEB13 };
-    once.call_once(|| {
+    s.virt_setup.call_once(|| {
         assert!(
             unsafe { libc::geteuid() } == 0,
             "the libvirt tests create and use the user {}: run as root",
@@ -61,7 +58,7 @@ pub fn setup(s: &Stack) {
     });
 }
 
-/// The numeric uid of the stack's test user (the host knows deb13's only by number).
+/// The numeric uid of the stack's test user (the host knows a root's users only by number).
 pub fn uid(s: &Stack) -> u32 {
     let out = root_run(s.root_command("id").args(["-u", s.user]));
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()

@@ -1,0 +1,117 @@
+//! The stacks themselves (tests/stacks.conf, scripts/stacks.sh): a root that cannot be made is one line naming
+//! its stack, its suite and why (no archive reachable, the suite gone, a package missing), and that stack's tests
+//! then fail with that line: CI never goes green on fewer stacks than it claims.
+
+#[macro_use]
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::Stack;
+
+/// `scripts/stacks.sh prepare` for a stack `name suite`, in a cache of its own.
+fn prepare(cache: &Path, conf_line: &str, env: &[(&str, &str)]) -> Output {
+    let conf = cache.join("stacks.conf");
+    std::fs::write(&conf, format!("{conf_line}\n")).unwrap();
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stacks.sh"))
+        .arg("prepare")
+        .env("BJI_STACKS_CONF", &conf)
+        .env("BJI_STACK_CACHE", cache)
+        .env_remove("BJI_STACKS")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{conf_line}: prepared?");
+    out
+}
+
+/// The one line said about the stack, which is also what its tests will report.
+fn one_line(cache: &Path, out: &Output, name: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&format!("{name}: "))).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let failed = std::fs::read_to_string(cache.join(name).join("failed")).unwrap();
+    assert_eq!(failed.trim(), lines[0]);
+    assert!(!cache.join(name).join("root").exists());
+    lines[0].to_string()
+}
+
+#[test]
+fn no_archive_reachable_is_one_line() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = prepare(
+        cache.path(),
+        "debx forky bjx",
+        &[("BJI_STACK_MIRROR", "http://127.0.0.1:9/debian")],
+    );
+    let line = one_line(cache.path(), &out, "debx");
+    assert!(
+        line.starts_with(
+            "debx: cannot make the Debian forky root: no archive reachable at http://127.0.0.1:9/debian ("
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_suite_gone_from_the_archive_is_one_line() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = prepare(cache.path(), "debx bji-no-such-suite bjx", &[]);
+    let line = one_line(cache.path(), &out, "debx");
+    assert!(
+        line.starts_with("debx: cannot make the Debian bji-no-such-suite root: the suite is gone from http"),
+        "{line}"
+    );
+    assert!(line.contains("404"), "{line}");
+}
+
+#[test]
+fn a_package_missing_from_the_suite_is_one_line() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = prepare(
+        cache.path(),
+        "debx forky bjx",
+        &[("BJI_STACK_EXTRA_PACKAGES", "bji-no-such-package")],
+    );
+    let line = one_line(cache.path(), &out, "debx");
+    assert!(
+        line.starts_with("debx: cannot make the Debian forky root: package bji-no-such-package is not in forky"),
+        "{line}"
+    );
+}
+
+/// Run by `a_stack_that_could_not_be_made_fails_its_tests` in a child process with a cache where the root of
+/// every stack failed: looking a root's stack up must panic.
+#[test]
+#[ignore = "run by a_stack_that_could_not_be_made_fails_its_tests"]
+fn child_looks_up_every_stack() {
+    for s in Stack::all() {
+        let _ = Stack::named(s.name);
+    }
+}
+
+#[test]
+fn a_stack_that_could_not_be_made_fails_its_tests() {
+    let cache = tempfile::tempdir().unwrap();
+    let root_stack = Stack::all()
+        .iter()
+        .find(|s| s.suite != "host")
+        .expect("a stack made from a Debian suite");
+    let reason = format!(
+        "{}: cannot make the Debian {} root: no archive reachable at http://127.0.0.1:9/debian (test)",
+        root_stack.name, root_stack.suite
+    );
+    for s in Stack::all() {
+        std::fs::create_dir_all(cache.path().join(s.name)).unwrap();
+        std::fs::write(cache.path().join(s.name).join("failed"), format!("{reason}\n")).unwrap();
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_looks_up_every_stack", "--nocapture"])
+        .env("BJI_STACK_CACHE", cache.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&reason), "{stderr}");
+}
