@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod exporter;
 pub mod fake;
 #[macro_use]
 pub mod stack;

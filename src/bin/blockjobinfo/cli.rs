@@ -166,8 +166,13 @@ pub enum Command {
     /// Block jobs as Prometheus metrics (text exposition format).
     ///
     /// Written to standard output, to --output FILE atomically (written beside it, then renamed: for
-    /// node_exporter's textfile collector), or served at http://ADDRESS/metrics with --listen. Scrapes that
-    /// arrive together share one reading of libvirt.
+    /// node_exporter's textfile collector), or served at /metrics with --listen, as a service would (see
+    /// blockjobinfo-exporter.service). Served, scrapes that arrive together share one reading of libvirt; a
+    /// reading that takes longer than the scrape may wait answers `blockjobinfo_up 0` in time. The endpoint is
+    /// bounded: at most --max-requests answered at once (the rest get 503 at once), at most --max-connections open
+    /// (the one idle the longest is closed for a new one), a whole request head within 10 s of connecting or of
+    /// the previous answer, a head of at most 8 KiB (431 otherwise). TLS and basic authentication come from a
+    /// web config in the Prometheus exporter-toolkit format (--web-config).
     #[command(after_help = exit_codes())]
     Metrics {
         #[command(flatten)]
@@ -175,9 +180,27 @@ pub enum Command {
         /// Write the metrics to FILE atomically instead of standard output.
         #[arg(long, value_name = "FILE", conflicts_with = "listen")]
         output: Option<std::path::PathBuf>,
-        /// Serve the metrics over HTTP at ADDRESS (`127.0.0.1:9477`), path /metrics, until interrupted.
-        #[arg(long, value_name = "ADDRESS")]
-        listen: Option<String>,
+        /// Serve the metrics over HTTP at ADDRESS, path /metrics, until stopped. Without ADDRESS: the socket systemd
+        /// passed (socket activation), else 127.0.0.1:9477 (loopback: exposing the endpoint is a deliberate act).
+        #[arg(long, value_name = "ADDRESS", num_args = 0..=1)]
+        listen: Option<Option<String>>,
+        /// TLS and basic authentication, from a web config in the Prometheus exporter-toolkit format (as
+        /// node_exporter's --web.config.file): tls_server_config (cert_file, key_file, client_auth_type,
+        /// client_ca_file, min_version, ...), basic_auth_users (bcrypt hashes), http_server_config.headers,
+        /// rate_limit. Relative file names in it are relative to its directory. Checked whole before anything is
+        /// served: a mistake is one line naming the file and the key, and exit status 2.
+        #[arg(long, value_name = "FILE", requires = "listen")]
+        web_config: Option<std::path::PathBuf>,
+        /// With --listen: requests answered at once; the rest are answered 503 at once.
+        #[arg(long, value_name = "N", default_value_t = 40, requires = "listen", value_parser = clap::value_parser!(u32).range(1..))]
+        max_requests: u32,
+        /// With --listen: connections open at once (bounded by the open-files limit, raised to its maximum).
+        #[arg(long, value_name = "N", default_value_t = 2048, requires = "listen", value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: u32,
+        /// With --listen: the longest one scrape waits for libvirt (Prometheus's own scrape timeout, when it sends
+        /// a shorter one, wins); past it, the scrape answers `blockjobinfo_up 0`.
+        #[arg(long, value_name = "SECONDS", default_value = "10", requires = "listen", value_parser = parse_seconds)]
+        scrape_timeout: Duration,
     },
     /// Writes blockjobinfo(1), the manual page, to standard output (for packaging).
     #[command(hide = true)]

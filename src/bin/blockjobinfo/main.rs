@@ -13,6 +13,7 @@ use clap::Parser;
 mod cli;
 mod man;
 
+mod http;
 mod list;
 mod metrics;
 mod virt;
@@ -365,7 +366,28 @@ fn main() -> ExitCode {
             watch,
             count,
         } => list::run(hosts, *json, *watch, *count),
-        Command::Metrics { hosts, output, listen } => metrics::run(hosts, output.as_deref(), listen.as_deref()),
+        Command::Metrics {
+            hosts,
+            output,
+            listen,
+            web_config,
+            max_requests,
+            max_connections,
+            scrape_timeout,
+        } => metrics::run(
+            hosts,
+            output.as_deref(),
+            listen.as_ref().map(|address| metrics::Serving {
+                address: address.as_deref(),
+                web_config: web_config.as_deref(),
+                limits: http::Limits {
+                    max_requests: *max_requests as usize,
+                    max_connections: *max_connections as usize,
+                    request_timeout: Duration::from_secs(10),
+                },
+                scrape_timeout: *scrape_timeout,
+            }),
+        ),
         Command::GenerateMan => match man::render(&mut std::io::stdout().lock()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

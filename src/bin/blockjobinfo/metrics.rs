@@ -1,5 +1,6 @@
 //! `metrics`: the block jobs of every running domain (or QMP socket) in Prometheus's text exposition format,
-//! to standard output, to a file replaced atomically (node_exporter's textfile collector), or over HTTP.
+//! to standard output, to a file replaced atomically (node_exporter's textfile collector), or over HTTP (the
+//! HTTP side itself is `http/`).
 
 use std::io::Write;
 use std::path::Path;
@@ -11,6 +12,7 @@ use blockjobinfo::translate::type_label;
 use prometheus::{Encoder, GaugeVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::cli::Hosts;
+use crate::http;
 use crate::list::{Reader, Snapshot};
 
 /// Scrapes this close together share one reading (so a burst of scrapes costs libvirtd one).
@@ -167,10 +169,19 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     result
 }
 
-pub fn run(hosts: &Hosts, output: Option<&Path>, listen: Option<&str>) -> ExitCode {
+/// How `metrics --listen` serves: where, with which web config and within which bounds.
+pub struct Serving<'a> {
+    /// `--listen`'s address; None: systemd's socket, else loopback.
+    pub address: Option<&'a str>,
+    pub web_config: Option<&'a Path>,
+    pub limits: http::Limits,
+    pub scrape_timeout: Duration,
+}
+
+pub fn run(hosts: &Hosts, output: Option<&Path>, serving: Option<Serving>) -> ExitCode {
     let mut reader = Reader::new(hosts);
-    if let Some(address) = listen {
-        return serve(reader, address);
+    if let Some(serving) = serving {
+        return serve(reader, serving);
     }
     let (snap, took) = read(&mut reader);
     let text = render(&snap, took);
@@ -190,54 +201,99 @@ pub fn run(hosts: &Hosts, output: Option<&Path>, listen: Option<&str>) -> ExitCo
     }
 }
 
-/// Serves `/metrics` until killed. Requests are answered by a few threads; one reading at a time, shared by
-/// the scrapes that arrive within `SHARED_FOR` of it.
-fn serve(reader: Reader, address: &str) -> ExitCode {
-    let server = match tiny_http::Server::http(address) {
-        Ok(s) => s,
+/// The landing page at `/`.
+const LANDING: &str = "<!DOCTYPE html>
+<html><head><title>blockjobinfo exporter</title></head>
+<body><h1>blockjobinfo exporter</h1>
+<p>QEMU block job progress, as libvirt reports it: <a href=\"/metrics\">Metrics</a></p>
+</body></html>
+";
+
+/// Serves `/metrics` until killed. The web config is checked whole before the socket is opened; a mistake is one
+/// line and exit status 2, with nothing served.
+fn serve(reader: Reader, serving: Serving) -> ExitCode {
+    let web = match serving.web_config {
+        Some(path) => match http::webconfig::load(path) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("blockjobinfo: error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => http::webconfig::WebConfig::plain(),
+    };
+    let listener = match http::listener(serving.address) {
+        Ok(l) => l,
         Err(e) => {
-            eprintln!("blockjobinfo: error: cannot listen on {address}: {e}");
+            eprintln!("blockjobinfo: error: {e}");
             return ExitCode::from(2);
         }
     };
-    eprintln!(
-        "blockjobinfo: serving metrics at http://{}/metrics",
-        server.server_addr()
-    );
-    let state = Mutex::new((reader, None::<(Instant, String)>));
-    std::thread::scope(|s| {
-        for _ in 0..4 {
-            s.spawn(|| {
-                while let Ok(request) = server.recv() {
-                    let path = request.url().split('?').next().unwrap_or("").to_string();
-                    let response = match path.as_str() {
-                        "/metrics" => {
-                            let mut guard = state.lock().unwrap_or_else(|p| p.into_inner());
-                            let (reader, cached) = &mut *guard;
-                            let fresh = cached.as_ref().filter(|(at, _)| at.elapsed() < SHARED_FOR);
-                            let text = match fresh {
-                                Some((_, t)) => t.clone(),
-                                None => {
-                                    let (snap, took) = read(reader);
-                                    let t = render(&snap, took);
-                                    *cached = Some((Instant::now(), t.clone()));
-                                    t
-                                }
-                            };
-                            drop(guard);
-                            tiny_http::Response::from_string(text).with_header(
-                                "Content-Type: text/plain; version=0.0.4; charset=utf-8"
-                                    .parse::<tiny_http::Header>()
-                                    .expect("a valid header"),
-                            )
-                        }
-                        "/" => tiny_http::Response::from_string("blockjobinfo: metrics at /metrics\n"),
-                        _ => tiny_http::Response::from_string("not found\n").with_status_code(404),
-                    };
-                    let _ = request.respond(response);
-                }
-            });
-        }
+    let scheme = if web.tls.is_some() { "https" } else { "http" };
+    match listener.local_addr() {
+        Ok(a) => eprintln!("blockjobinfo: serving metrics at {scheme}://{a}/metrics"),
+        Err(e) => eprintln!("blockjobinfo: serving metrics ({e})"),
+    }
+    let (requests, readings) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<String>>();
+    std::thread::Builder::new()
+        .name("reader".into())
+        .spawn(move || reading(reader, &readings))
+        .expect("a thread");
+    let requests = Mutex::new(requests);
+    let scrape: http::Scrape = std::sync::Arc::new(move |timeout: Duration| {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let _ = requests.lock().unwrap_or_else(|p| p.into_inner()).send(answer);
+        Box::pin(async move {
+            let asked = Instant::now();
+            match tokio::time::timeout(timeout, answered).await {
+                Ok(Ok(text)) => text,
+                // The reading is stuck (a libvirtd that hangs, say): this scrape says so in time, and the reader
+                // answers the next scrape once it is free.
+                _ => render(
+                    &Err(format!(
+                        "reading the host took longer than {:.1} s",
+                        timeout.as_secs_f64()
+                    )),
+                    asked.elapsed(),
+                ),
+            }
+        })
     });
-    ExitCode::SUCCESS
+    let site = http::Site {
+        landing: LANDING.to_string(),
+        metrics: scrape,
+        scrape_timeout: serving.scrape_timeout,
+    };
+    match http::serve(listener, web, serving.limits, site) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("blockjobinfo: error: {e}");
+            ExitCode::from(6)
+        }
+    }
+}
+
+/// The one thread that reads the host: one reading at a time, shared by the scrapes waiting for it and by those
+/// that arrive within `SHARED_FOR` of it. Scrapes that gave up meanwhile are not read for.
+fn reading(mut reader: Reader, requests: &std::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<String>>) {
+    let mut cached: Option<(Instant, String)> = None;
+    while let Ok(first) = requests.recv() {
+        let mut waiting: Vec<_> = std::iter::once(first).chain(requests.try_iter()).collect();
+        waiting.retain(|w| !w.is_closed());
+        if waiting.is_empty() {
+            continue;
+        }
+        let text = match &cached {
+            Some((at, text)) if at.elapsed() < SHARED_FOR => text.clone(),
+            _ => {
+                let (snap, took) = read(&mut reader);
+                let text = render(&snap, took);
+                cached = Some((Instant::now(), text.clone()));
+                text
+            }
+        };
+        for w in waiting {
+            let _ = w.send(text.clone());
+        }
+    }
 }

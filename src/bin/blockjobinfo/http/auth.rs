@@ -1,0 +1,137 @@
+//! Basic authentication against the web config's bcrypt hashes, as exporter-toolkit does it: one bcrypt at a
+//! time (each costs tens of milliseconds of CPU), and every outcome remembered, so that a scraper with the right
+//! password costs one bcrypt in all and a client guessing passwords queues behind its own guesses.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+
+/// What a request's `Authorization` header earned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Denied,
+}
+
+/// Outcomes remembered, at most this many (then forgotten all at once, as a bound, not a policy).
+const REMEMBERED: usize = 1024;
+
+/// A hash that matches no password, checked for unknown users so that their answer takes as long as a known
+/// user's: made once, at the same cost as a typical hash.
+fn decoy() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| bcrypt::hash("blockjobinfo decoy", 10).expect("bcrypt of a constant"))
+}
+
+pub struct Auth {
+    users: BTreeMap<String, String>,
+    /// SHA-256 of (user, hash, password) -> whether it was allowed: no password is kept.
+    known: Mutex<HashMap<[u8; 32], bool>>,
+    /// Held while bcrypt runs: one at a time.
+    bcrypt: Mutex<()>,
+}
+
+impl Auth {
+    pub fn new(users: BTreeMap<String, String>) -> Option<Arc<Auth>> {
+        (!users.is_empty()).then(|| {
+            Arc::new(Auth {
+                users,
+                known: Mutex::new(HashMap::new()),
+                bcrypt: Mutex::new(()),
+            })
+        })
+    }
+
+    /// The verdict if it is already known (no bcrypt needed); None when `check` must run.
+    pub fn cached(&self, header: Option<&[u8]>) -> Option<Verdict> {
+        let Some((user, password)) = header.and_then(credentials) else {
+            return Some(Verdict::Denied);
+        };
+        let key = self.key(&user, &password);
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .get(&key)
+            .map(|ok| if *ok { Verdict::Allowed } else { Verdict::Denied })
+    }
+
+    /// The verdict, running bcrypt if needed: blocking, so run it off the server's threads.
+    pub fn check(&self, header: Option<&[u8]>) -> Verdict {
+        if let Some(v) = self.cached(header) {
+            return v;
+        }
+        let (user, password) = header.and_then(credentials).expect("cached() handled a missing header");
+        let key = self.key(&user, &password);
+        let hash = self.users.get(&user);
+        let ok = {
+            let _one = self.bcrypt.lock().unwrap_or_else(|p| p.into_inner());
+            let matched = bcrypt::verify(&password, hash.map_or(decoy(), String::as_str)).unwrap_or(false);
+            hash.is_some() && matched
+        };
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= REMEMBERED {
+            known.clear();
+        }
+        known.insert(key, ok);
+        if ok {
+            Verdict::Allowed
+        } else {
+            Verdict::Denied
+        }
+    }
+
+    fn key(&self, user: &str, password: &[u8]) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let hash = self.users.get(user).map_or("", String::as_str);
+        for part in [user.as_bytes(), hash.as_bytes(), password] {
+            ctx.update(&(part.len() as u64).to_le_bytes());
+            ctx.update(part);
+        }
+        ctx.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+    }
+}
+
+/// `Basic base64(user:password)` -> (user, password).
+fn credentials(header: &[u8]) -> Option<(String, Vec<u8>)> {
+    let text = std::str::from_utf8(header).ok()?;
+    let (scheme, value) = text.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(value.trim()).ok()?;
+    let colon = decoded.iter().position(|b| *b == b':')?;
+    let user = String::from_utf8(decoded[..colon].to_vec()).ok()?;
+    Some((user, decoded[colon + 1..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(user: &str, password: &str) -> Vec<u8> {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn right_wrong_missing_and_unknown() {
+        let users = BTreeMap::from([("prom".to_string(), bcrypt::hash("s3cret", 4).unwrap())]);
+        let auth = Auth::new(users).unwrap();
+        assert_eq!(auth.check(Some(&header("prom", "s3cret"))), Verdict::Allowed);
+        assert_eq!(auth.cached(Some(&header("prom", "s3cret"))), Some(Verdict::Allowed));
+        assert_eq!(auth.check(Some(&header("prom", "wrong"))), Verdict::Denied);
+        assert_eq!(auth.cached(Some(&header("prom", "wrong"))), Some(Verdict::Denied));
+        assert_eq!(auth.check(Some(&header("nobody", "s3cret"))), Verdict::Denied);
+        assert_eq!(auth.check(None), Verdict::Denied);
+        assert_eq!(auth.check(Some(b"Bearer abc")), Verdict::Denied);
+        assert_eq!(auth.check(Some(b"Basic !!!")), Verdict::Denied);
+    }
+
+    #[test]
+    fn no_users_means_no_authentication() {
+        assert!(Auth::new(BTreeMap::new()).is_none());
+    }
+}

@@ -1,0 +1,421 @@
+//! The exporter's HTTP side: `/metrics` served the way the Prometheus ecosystem expects it, bounded in every
+//! dimension a client controls. One event-driven thread serves every connection (hyper on a current-thread
+//! tokio runtime), so idle connections cost memory, not threads:
+//! - connections: at most `max_connections`; past it, the connection idle the longest is closed for the new one;
+//! - time: a connection must deliver a whole request head within `request_timeout` of opening (TLS handshake
+//!   included) or of its previous answer, and read each answer within it too;
+//! - size: a request head over 8 KiB is refused with 431;
+//! - concurrency: at most `max_requests` requests are answered at once, the rest get 503 at once;
+//! - TLS (rustls) and basic authentication from an exporter-toolkit web config (`webconfig`, `auth`).
+//!
+//! What `/metrics` answers is the caller's (`metrics.rs`).
+
+pub mod auth;
+pub mod webconfig;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::time::Instant;
+
+use auth::{Auth, Verdict};
+use webconfig::{RateLimit, WebConfig};
+
+/// Where `--listen` serves when no address is given: loopback, so that exposing the endpoint is a deliberate act.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
+
+/// The largest request head accepted (hyper's smallest read buffer): larger gets 431.
+const MAX_HEAD: usize = 8192;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_requests: usize,
+    pub max_connections: usize,
+    pub request_timeout: Duration,
+}
+
+/// `/metrics`' answer for a scrape that may take at most the given time: the exposition text.
+pub type Scrape = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
+
+/// What is served: a landing page at `/` and the metrics at `/metrics`; every other path is 404.
+pub struct Site {
+    pub landing: String,
+    pub metrics: Scrape,
+    /// The longest a scrape may take, unless Prometheus asks for less (X-Prometheus-Scrape-Timeout-Seconds).
+    pub scrape_timeout: Duration,
+}
+
+/// The listening socket: the one systemd passed (socket activation, `LISTEN_FDS`), or `address` bound here
+/// (DEFAULT_LISTEN when None). Both at once is a mistake, said so.
+pub fn listener(address: Option<&str>) -> Result<TcpListener, String> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() > 0 {
+        if let Some(a) = address {
+            return Err(format!(
+                "systemd passed a socket to listen on (LISTEN_FDS): --listen {a} cannot be used too"
+            ));
+        }
+        return fds
+            .take_tcp_listener(0)
+            .map_err(|e| format!("the socket systemd passed (LISTEN_FDS) is not a TCP socket: {e}"))?
+            .ok_or_else(|| "systemd's LISTEN_FDS names no socket".to_string());
+    }
+    let address = address.unwrap_or(DEFAULT_LISTEN);
+    let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(address)
+        .map_err(|e| format!("cannot listen on {address}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("cannot listen on {address}: no address"))?;
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
+        .and_then(|s| {
+            s.set_reuse_address(true)?;
+            s.bind(&addr.into())?;
+            // A backlog that absorbs a burst of connections while the loop accepts them.
+            s.listen(1024)?;
+            Ok(s)
+        })
+        .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    Ok(socket.into())
+}
+
+/// Raises the soft limit on open files to the hard one, as Go programs do, so that `max_connections` is not
+/// cut short by a default of 1024; returns how many connections fit.
+fn connection_room(wanted: usize) -> usize {
+    let soft = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    // Descriptors for everything else: libvirt, the listener, stdio, TLS files.
+    wanted
+        .min(usize::try_from(soft.saturating_sub(64)).unwrap_or(usize::MAX))
+        .max(1)
+}
+
+/// Serves until the process ends. Errors only if the runtime cannot start.
+pub fn serve(listener: TcpListener, web: WebConfig, limits: Limits, site: Site) -> std::io::Result<()> {
+    let max_connections = connection_room(limits.max_connections);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        // bcrypt runs there, one at a time (auth.rs): two threads at most, gone when idle.
+        .max_blocking_threads(2)
+        .thread_keep_alive(Duration::from_secs(10))
+        .build()?;
+    rt.block_on(async move {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let shared = Arc::new(Shared {
+            tls: web.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            auth: Auth::new(web.users.clone()),
+            headers: web
+                .headers
+                .iter()
+                .filter_map(|(n, v)| {
+                    Some((
+                        hyper::header::HeaderName::try_from(n).ok()?,
+                        HeaderValue::try_from(v).ok()?,
+                    ))
+                })
+                .collect(),
+            bucket: web.rate_limit.map(Bucket::new),
+            requests: Arc::new(Semaphore::new(limits.max_requests)),
+            limits,
+            site,
+            idle: Mutex::new(BTreeMap::new()),
+            next: AtomicU64::new(0),
+            open: std::sync::atomic::AtomicUsize::new(0),
+        });
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors or memory for a moment: the listener stays, the loop goes on.
+                    eprintln!("blockjobinfo: accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if shared.open.load(Ordering::Relaxed) >= max_connections && !shared.evict_oldest_idle() {
+                continue; // every connection is busy with a request: this one is closed at once
+            }
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(connection(stream, shared.clone()));
+        }
+    })
+}
+
+struct Shared {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    auth: Option<Arc<Auth>>,
+    headers: Vec<(hyper::header::HeaderName, HeaderValue)>,
+    bucket: Option<Mutex<Bucket>>,
+    requests: Arc<Semaphore>,
+    limits: Limits,
+    site: Site,
+    /// Connections waiting for a request, oldest first: the ones closed when `max_connections` is reached.
+    idle: Mutex<BTreeMap<u64, Arc<Notify>>>,
+    next: AtomicU64,
+    open: std::sync::atomic::AtomicUsize,
+}
+
+impl Shared {
+    /// Marks a connection idle (waiting for a request); the key orders it among the idle ones.
+    fn set_idle(&self, close: &Arc<Notify>) -> u64 {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, close.clone());
+        key
+    }
+
+    fn set_busy(&self, key: u64) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+    }
+
+    /// Closes the connection idle the longest; false when none is idle.
+    fn evict_oldest_idle(&self) -> bool {
+        let oldest = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop_first();
+        match oldest {
+            Some((_, close)) => {
+                close.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A connection counted open, and closable while idle, for as long as it lives.
+struct Tracked {
+    shared: Arc<Shared>,
+    close: Arc<Notify>,
+    /// Its key among the idle connections (stale while it is busy: removing a missing key does nothing).
+    idle_key: Mutex<u64>,
+}
+
+impl Tracked {
+    fn new(shared: Arc<Shared>) -> Arc<Tracked> {
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        let close = Arc::new(Notify::new());
+        let key = shared.set_idle(&close);
+        Arc::new(Tracked {
+            shared,
+            close,
+            idle_key: Mutex::new(key),
+        })
+    }
+
+    fn busy(&self) {
+        self.shared
+            .set_busy(*self.idle_key.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn idle(&self) {
+        *self.idle_key.lock().unwrap_or_else(|p| p.into_inner()) = self.shared.set_idle(&self.close);
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.busy();
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One connection, from accept to close: TLS (if configured), then HTTP/1.1 requests, each within the deadline.
+async fn connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+    let conn = Tracked::new(shared.clone());
+    // The deadline for the next request head (None while a request is being answered).
+    let (deadline_tx, mut deadline_rx) = watch::channel(Some(Instant::now() + shared.limits.request_timeout));
+    let serve = async {
+        match &shared.tls {
+            None => http(stream, &conn, &deadline_tx).await,
+            Some(acceptor) => {
+                if plain_http_on_tls(&stream).await {
+                    let mut stream = stream;
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n\
+                              Client sent an HTTP request to an HTTPS server.\n",
+                        )
+                        .await;
+                    return;
+                }
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    http(tls, &conn, &deadline_tx).await;
+                }
+            }
+        }
+    };
+    tokio::pin!(serve);
+    loop {
+        let deadline = *deadline_rx.borrow_and_update();
+        tokio::select! {
+            _ = &mut serve => return,
+            changed = deadline_rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => return,
+            _ = conn.close.notified() => return,
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// Whether a client on the TLS port speaks plain HTTP (a request line, where a TLS client sends a handshake).
+async fn plain_http_on_tls(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_uppercase())
+}
+
+async fn http<S>(io: S, conn: &Arc<Tracked>, deadline: &watch::Sender<Option<Instant>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = conn.shared.limits.request_timeout;
+    let service = hyper::service::service_fn(|req: Request<Incoming>| {
+        let (conn, deadline) = (conn.clone(), deadline.clone());
+        async move {
+            // A whole head arrived: no deadline, and not closable as idle, while it is answered.
+            deadline.send_replace(None);
+            conn.busy();
+            let response = answer(&conn.shared, req).await;
+            conn.idle();
+            deadline.send_replace(Some(Instant::now() + timeout));
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+async fn answer(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut response = route(shared, req).await;
+    for (name, value) in &shared.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(bucket) = &shared.bucket {
+        if !bucket.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
+        }
+    }
+    if let Some(auth) = &shared.auth {
+        let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+        let verdict = match auth.cached(header.as_deref()) {
+            Some(v) => v,
+            None => {
+                let auth = auth.clone();
+                tokio::task::spawn_blocking(move || auth.check(header.as_deref()))
+                    .await
+                    .unwrap_or(Verdict::Denied)
+            }
+        };
+        if verdict == Verdict::Denied {
+            let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+            r.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+            return r;
+        }
+    }
+    let Ok(_slot) = shared.requests.clone().try_acquire_owned() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "Limit of concurrent requests reached ({}), try again later.\n",
+                shared.limits.max_requests
+            ),
+        );
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+        r.headers_mut()
+            .insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match req.uri().path() {
+        "/" => {
+            let mut r = text(StatusCode::OK, shared.site.landing.clone());
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            r
+        }
+        "/metrics" => {
+            let timeout = scrape_timeout(&req, shared.site.scrape_timeout);
+            let body = (shared.site.metrics)(timeout).await;
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+    }
+}
+
+/// The time a scrape may take: ours, or less when Prometheus says it gives up sooner (its header, with a margin
+/// for the answer to travel).
+fn scrape_timeout(req: &Request<Incoming>, ours: Duration) -> Duration {
+    let theirs = req
+        .headers()
+        .get("X-Prometheus-Scrape-Timeout-Seconds")
+        .and_then(|v| v.to_str().ok()?.trim().parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s * 0.9).ok());
+    theirs.map_or(ours, |t| t.min(ours))
+}
+
+/// A token bucket (the web config's `rate_limit`).
+struct Bucket {
+    limit: RateLimit,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(limit: RateLimit) -> Mutex<Bucket> {
+        Mutex::new(Bucket {
+            limit,
+            tokens: f64::from(limit.burst),
+            at: Instant::now(),
+        })
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.at).as_secs_f64() / self.limit.interval.as_secs_f64();
+        self.tokens = (self.tokens + earned).min(f64::from(self.limit.burst));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! `--web-config FILE`: the Prometheus exporter-toolkit's web configuration (the format node_exporter's
+//! `--web.config.file` reads), checked whole before anything is served. Every mistake is one line naming the
+//! file and the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use serde::Deserialize;
+
+/// What the file says, once checked: TLS (through rustls), the users of basic authentication, extra response
+/// headers and a request rate limit.
+pub struct WebConfig {
+    pub tls: Option<Arc<ServerConfig>>,
+    /// User name to bcrypt hash; empty: no authentication.
+    pub users: BTreeMap<String, String>,
+    pub headers: Vec<(String, String)>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket: one request every `interval`, with bursts of `burst`.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimit {
+    pub interval: Duration,
+    pub burst: u32,
+}
+
+impl WebConfig {
+    /// Plain HTTP, no authentication: what `--listen` serves without `--web-config`.
+    pub fn plain() -> WebConfig {
+        WebConfig {
+            tls: None,
+            users: BTreeMap::new(),
+            headers: vec![],
+            rate_limit: None,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    tls_server_config: Option<Tls>,
+    http_server_config: Option<Http>,
+    #[serde(default)]
+    basic_auth_users: BTreeMap<String, String>,
+    rate_limit: Option<Rate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tls {
+    cert: Option<String>,
+    key: Option<String>,
+    client_ca: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    client_auth_type: Option<String>,
+    client_ca_file: Option<String>,
+    #[serde(default)]
+    client_allowed_sans: Vec<String>,
+    min_version: Option<String>,
+    max_version: Option<String>,
+    #[serde(default)]
+    cipher_suites: Vec<String>,
+    prefer_server_cipher_suites: Option<bool>,
+    #[serde(default)]
+    curve_preferences: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Http {
+    /// HTTP/2 is accepted in the file; the endpoint speaks HTTP/1.1, as Prometheus scrapes by default.
+    #[allow(dead_code)]
+    http2: Option<bool>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rate {
+    interval: String,
+    burst: u32,
+}
+
+/// A mistake in the file: the key it is about and what is wrong.
+struct Bad(String, String);
+
+fn bad(key: &str, why: impl std::fmt::Display) -> Bad {
+    Bad(key.to_string(), why.to_string())
+}
+
+/// Reads and checks `path`. The error is the one line to print: `web config FILE: KEY: what is wrong`.
+pub fn load(path: &Path) -> Result<WebConfig, String> {
+    let at = |key: &str, why: &str| {
+        if key.is_empty() {
+            format!("web config {}: {why}", path.display())
+        } else {
+            format!("web config {}: {key}: {why}", path.display())
+        }
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| at("", &format!("cannot read it: {e}")))?;
+    // An empty file is an empty configuration, as in exporter-toolkit.
+    let file: File = if text.trim().is_empty() {
+        File::default()
+    } else {
+        serde_yaml_ng::from_str(&text).map_err(|e| at("", &one_line(&e.to_string())))?
+    };
+    // Relative file names are relative to the configuration's own directory, as in exporter-toolkit.
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    check(file, &dir).map_err(|Bad(key, why)| at(&key, &why))
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn check(file: File, dir: &Path) -> Result<WebConfig, Bad> {
+    for (user, hash) in &file.basic_auth_users {
+        let key = format!("basic_auth_users.{user}");
+        hash.parse::<bcrypt::HashParts>().map_err(|_| {
+            bad(
+                &key,
+                "not a bcrypt hash (make one with `htpasswd -nbBC 10 USER PASSWORD`)",
+            )
+        })?;
+    }
+    let mut headers = vec![];
+    if let Some(http) = &file.http_server_config {
+        for (name, value) in &http.headers {
+            headers.push((name.clone(), header_value(name, value)?));
+        }
+    }
+    let rate_limit = match &file.rate_limit {
+        Some(r) => {
+            let interval = parse_duration(&r.interval).ok_or_else(|| {
+                bad(
+                    "rate_limit.interval",
+                    format!("'{}' is not a duration such as 1s or 100ms", r.interval),
+                )
+            })?;
+            (!interval.is_zero()).then_some(RateLimit {
+                interval,
+                burst: r.burst.max(1),
+            })
+        }
+        None => None,
+    };
+    let tls = match file.tls_server_config {
+        Some(t) => Some(Arc::new(tls(t, dir)?)),
+        None => None,
+    };
+    Ok(WebConfig {
+        tls,
+        users: file.basic_auth_users,
+        headers,
+        rate_limit,
+    })
+}
+
+/// exporter-toolkit's headers and values: only these may be set.
+fn header_value(name: &str, value: &str) -> Result<String, Bad> {
+    let allowed: &[&str] = match name {
+        "Strict-Transport-Security" | "X-XSS-Protection" | "Content-Security-Policy" => &[],
+        "X-Content-Type-Options" => &["nosniff"],
+        "X-Frame-Options" => &["deny", "sameorigin"],
+        _ => {
+            return Err(bad(
+                &format!("http_server_config.headers.{name}"),
+                "this header cannot be set",
+            ))
+        }
+    };
+    if !allowed.is_empty() && !allowed.contains(&value) {
+        return Err(bad(
+            &format!("http_server_config.headers.{name}"),
+            format!("'{value}' is not one of {allowed:?}"),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// Go-style durations, as the format writes them: `500ms`, `1s`, `1m30s`.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest == "0" {
+        return Some(total);
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let seconds = match &rest[..unit] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += Duration::try_from_secs_f64(value * seconds).ok()?;
+        rest = &rest[unit..];
+    }
+    Some(total)
+}
+
+/// PEM text from the file named by `file_key` or inline under `inline_key` (one of them, not both).
+fn pem(
+    dir: &Path,
+    file: &Option<String>,
+    file_key: &str,
+    inline: &Option<String>,
+    inline_key: &str,
+) -> Result<Option<(Vec<u8>, String)>, Bad> {
+    match (file, inline) {
+        (Some(_), Some(_)) => Err(bad(inline_key, format!("give {file_key} or {inline_key}, not both"))),
+        (Some(f), None) => {
+            let p: PathBuf = dir.join(f);
+            std::fs::read(&p)
+                .map(|b| Some((b, file_key.to_string())))
+                .map_err(|e| bad(file_key, format!("cannot read {}: {e}", p.display())))
+        }
+        (None, Some(text)) => Ok(Some((text.as_bytes().to_vec(), inline_key.to_string()))),
+        (None, None) => Ok(None),
+    }
+}
+
+fn certificates(bytes: &[u8], key: &str) -> Result<Vec<CertificateDer<'static>>, Bad> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(key, format!("not a PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad(key, "no PEM certificate in it"));
+    }
+    Ok(certs)
+}
+
+fn tls(t: Tls, dir: &Path) -> Result<ServerConfig, Bad> {
+    let k = |name: &str| format!("tls_server_config.{name}");
+    let (cert, cert_key) = pem(dir, &t.cert_file, &k("cert_file"), &t.cert, &k("cert"))?
+        .ok_or_else(|| bad(&k("cert_file"), "required with tls_server_config (or cert, inline)"))?;
+    let (key, key_key) = pem(dir, &t.key_file, &k("key_file"), &t.key, &k("key"))?
+        .ok_or_else(|| bad(&k("key_file"), "required with tls_server_config (or key, inline)"))?;
+    let chain = certificates(&cert, &cert_key)?;
+    let private = PrivateKeyDer::from_pem_slice(&key)
+        .map_err(|e| bad(&key_key, format!("not a PEM private key (PKCS#8, PKCS#1 or SEC1): {e}")))?;
+
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !t.cipher_suites.is_empty() {
+        provider.cipher_suites = cipher_suites(&provider, &t.cipher_suites)?;
+    }
+    if !t.curve_preferences.is_empty() {
+        provider.kx_groups = curves(&provider, &t.curve_preferences)?;
+    }
+    let versions = versions(t.min_version.as_deref(), t.max_version.as_deref())?;
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&versions)
+        .map_err(|e| {
+            bad(
+                &k("cipher_suites"),
+                format!("no cipher suite left for the TLS versions chosen: {e}"),
+            )
+        })?;
+    if !t.client_allowed_sans.is_empty() {
+        return Err(bad(&k("client_allowed_sans"), "not supported by blockjobinfo"));
+    }
+    let ca = pem(
+        dir,
+        &t.client_ca_file,
+        &k("client_ca_file"),
+        &t.client_ca,
+        &k("client_ca"),
+    )?;
+    let auth = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
+    let builder = match auth {
+        "NoClientCert" => builder.with_no_client_auth(),
+        "VerifyClientCertIfGiven" | "RequireAndVerifyClientCert" => {
+            let (ca, ca_key) =
+                ca.ok_or_else(|| bad(&k("client_ca_file"), format!("required with client_auth_type {auth}")))?;
+            let mut roots = RootCertStore::empty();
+            for c in certificates(&ca, &ca_key)? {
+                roots
+                    .add(c)
+                    .map_err(|e| bad(&ca_key, format!("not a usable CA certificate: {e}")))?;
+            }
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), builder.crypto_provider().clone());
+            let verifier = if auth == "VerifyClientCertIfGiven" {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier.build().map_err(|e| bad(&ca_key, e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        "RequestClientCert" | "RequireAnyClientCert" => {
+            return Err(bad(
+                &k("client_auth_type"),
+                format!("{auth} accepts certificates nobody verified: use RequireAndVerifyClientCert"),
+            ))
+        }
+        other => {
+            return Err(bad(
+                &k("client_auth_type"),
+                format!("'{other}' is not NoClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert"),
+            ))
+        }
+    };
+    let mut config = builder.with_single_cert(chain, private).map_err(|e| {
+        let why = match e {
+            rustls::Error::InconsistentKeys(_) => "does not match the certificate".to_string(),
+            e => format!("unusable: {e}"),
+        };
+        bad(&key_key, why)
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(true);
+    Ok(config)
+}
+
+fn versions(min: Option<&str>, max: Option<&str>) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, Bad> {
+    let rank = |v: &str, key: &str| match v {
+        "TLS12" => Ok(12),
+        "TLS13" => Ok(13),
+        "TLS10" | "TLS11" => Err(bad(key, format!("{v} is not offered (rustls speaks TLS12 and TLS13)"))),
+        other => Err(bad(key, format!("'{other}' is not TLS12 or TLS13"))),
+    };
+    let lo = min.map_or(Ok(12), |v| rank(v, "tls_server_config.min_version"))?;
+    let hi = max.map_or(Ok(13), |v| rank(v, "tls_server_config.max_version"))?;
+    if lo > hi {
+        return Err(bad("tls_server_config.min_version", "is above max_version"));
+    }
+    Ok([(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)]
+        .into_iter()
+        .filter(|(n, _)| (lo..=hi).contains(n))
+        .map(|(_, v)| v)
+        .collect())
+}
+
+/// Go's names of TLS 1.2 suites, as the format writes them; TLS 1.3's suites are always offered, as in Go.
+fn cipher_suites(p: &CryptoProvider, names: &[String]) -> Result<Vec<rustls::SupportedCipherSuite>, Bad> {
+    let mut chosen: Vec<rustls::SupportedCipherSuite> = p
+        .cipher_suites
+        .iter()
+        .filter(|s| s.version() == &rustls::version::TLS13)
+        .copied()
+        .collect();
+    for name in names {
+        // Go also accepts the suites' names without `_SHA256` for ChaCha20.
+        let wanted = match name.as_str() {
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" => "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305" => "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            n => n,
+        };
+        let suite = p
+            .cipher_suites
+            .iter()
+            .find(|s| format!("{:?}", s.suite()) == wanted)
+            .ok_or_else(|| {
+                bad(
+                    "tls_server_config.cipher_suites",
+                    format!("{name} is not a suite rustls offers"),
+                )
+            })?;
+        chosen.push(*suite);
+    }
+    Ok(chosen)
+}
+
+fn curves(p: &CryptoProvider, names: &[String]) -> Result<Vec<&'static dyn rustls::crypto::SupportedKxGroup>, Bad> {
+    names
+        .iter()
+        .map(|name| {
+            let group = match name.as_str() {
+                "X25519" => rustls::NamedGroup::X25519,
+                "CurveP256" => rustls::NamedGroup::secp256r1,
+                "CurveP384" => rustls::NamedGroup::secp384r1,
+                _ => {
+                    return Err(bad(
+                        "tls_server_config.curve_preferences",
+                        format!("{name} is not X25519, CurveP256 or CurveP384"),
+                    ))
+                }
+            };
+            p.kx_groups
+                .iter()
+                .find(|g| g.name() == group)
+                .copied()
+                .ok_or_else(|| bad("tls_server_config.curve_preferences", format!("{name} is not offered")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("1x"), None);
+        assert_eq!(parse_duration("s"), None);
+    }
+}

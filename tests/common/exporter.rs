@@ -1,0 +1,146 @@
+//! `blockjobinfo metrics --listen` as a test runs it: started, its address read from its first line, stopped with
+//! the test; and the HTTP clients the tests speak to it with (a raw one for what curl will not send, curl for the
+//! rest).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{die_with_parent, Reaper};
+
+/// A running exporter.
+pub struct Exporter {
+    pub child: Reaper,
+    /// `host:port` it serves on.
+    pub address: String,
+    /// `http` or `https`.
+    pub scheme: String,
+    /// What it printed on standard error after the line that says where it serves.
+    pub stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Exporter {
+    /// `blockjobinfo metrics ARGS` (the args include `--listen ...`), the tool built beside the library.
+    pub fn start(args: &[&str]) -> Exporter {
+        let mut c = Command::new(super::lib_dir().join("blockjobinfo"));
+        c.arg("metrics").args(args);
+        Exporter::spawn(c)
+    }
+
+    /// Runs `cmd` (an exporter however started) and waits for its "serving metrics at URL" line.
+    pub fn spawn(mut cmd: Command) -> Exporter {
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = die_with_parent(&mut cmd).spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        // What came before (a launcher's own lines), kept for the message if it never starts.
+        let mut before = vec![];
+        let url = loop {
+            match lines.next() {
+                Some(Ok(l)) => match l.strip_prefix("blockjobinfo: serving metrics at ") {
+                    Some(url) => break url.to_string(),
+                    None => before.push(l),
+                },
+                _ => {
+                    let _ = child.kill();
+                    panic!("the exporter did not start: {}", before.join("\n"))
+                }
+            }
+        };
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let address = rest.strip_suffix("/metrics").unwrap().to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Exporter {
+            child: Reaper(child),
+            address,
+            scheme: scheme.to_string(),
+            stderr: rx,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// `Threads` and `VmRSS` (KiB) of the exporter, from /proc.
+    pub fn threads_and_rss(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |k: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        (field("Threads:"), field("VmRSS:"))
+    }
+}
+
+/// An HTTP/1.1 response: status and body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// A GET over plain HTTP with extra header lines; the whole response (the connection is closed after it).
+pub fn get(address: &str, path: &str, headers: &[&str]) -> Response {
+    let mut s = TcpStream::connect(address).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse(&String::from_utf8_lossy(&raw))
+}
+
+fn parse(raw: &str) -> Response {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {raw:?}"));
+    Response {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// `curl -sS ARGS URL`: the status (0 when no HTTP response came) and the body.
+pub fn curl(args: &[&str], url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl (make deps installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Waits (bounded) until `what` holds.
+pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

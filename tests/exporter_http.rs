@@ -1,0 +1,554 @@
+//! `metrics --listen` as the Prometheus ecosystem expects an exporter's endpoint: a landing page, /metrics, 404
+//! elsewhere, loopback unless told otherwise; TLS and basic authentication from an exporter-toolkit web config
+//! (checked with curl); every bound a hostile client could push on (concurrent requests, idle connections, time,
+//! head size); socket activation; and a reading that hangs answered in time. The metrics come from the stack's
+//! own qemu-storage-daemon, read over QMP.
+
+#[macro_use]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::exporter::{curl, eventually, get, Exporter};
+use common::*;
+use serde_json::json;
+
+/// The tests that load the machine (thousands of connections) or need the default port run one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A qemu-storage-daemon with a throttled mirror whose job the exporter reports.
+fn daemon(s: &'static Stack) -> Qsd {
+    let mut qsd = Qsd::start(s);
+    qsd.ctl.start_sized(
+        "blockdev-mirror",
+        json!({"job-id": "copy-vda-libvirt-1-format", "device": "top", "target": "dst", "sync": "full",
+               "speed": 64 * 1024, "buf-size": 256 * 1024}),
+    );
+    qsd
+}
+
+/// The exporter on the daemon's library socket, on a port of the kernel's choosing, with `extra` arguments.
+fn exporter(qsd: &Qsd, extra: &[&str]) -> Exporter {
+    let sock = qsd.lib_socket();
+    let mut args = vec!["--qmp-glob", sock.as_str(), "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Exporter::start(&args)
+}
+
+fn shows_the_job(body: &str) {
+    assert!(
+        body.contains("blockjobinfo_block_job_info{") && body.contains("blockjobinfo_up 1"),
+        "{body}"
+    );
+}
+
+fn endpoint_serves_a_landing_page_metrics_and_404_on_loopback_by_default(s: &'static Stack) {
+    let qsd = daemon(s);
+    let _one = one_at_a_time();
+    // `--listen` without an address: loopback, port 9477.
+    let e = Exporter::start(&["--qmp-glob", &qsd.lib_socket(), "--listen"]);
+    assert_eq!(e.address, "127.0.0.1:9477");
+    let listening = String::from_utf8(
+        Command::new("ss")
+            .args(["-Hltn", "sport = :9477"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(listening.lines().count(), 1, "{listening}");
+    assert!(listening.contains("127.0.0.1:9477"), "{listening}");
+
+    let root = get(&e.address, "/", &[]);
+    assert_eq!(root.status, 200, "{root:?}");
+    assert!(root.head.to_lowercase().contains("content-type: text/html"), "{root:?}");
+    assert!(root.body.contains("<a href=\"/metrics\">"), "{root:?}");
+    let metrics = get(&e.address, "/metrics", &[]);
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .head
+            .to_lowercase()
+            .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+        "{metrics:?}"
+    );
+    shows_the_job(&metrics.body);
+    for path in ["/metricsx", "/favicon.ico", "/metrics/", "/debug"] {
+        assert_eq!(get(&e.address, path, &[]).status, 404, "{path}");
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl in `dir`.
+fn tls_material(dir: &Path) {
+    let script = r#"set -e
+k() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+k ca.key; k server.key; k client.key; k other.key
+openssl req -x509 -new -key ca.key -out ca.pem -days 2 -subj /CN=bji-test-ca
+openssl req -new -key server.key -out server.csr -subj /CN=localhost
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile server.ext 2>/dev/null
+openssl req -new -key client.key -out client.csr -subj /CN=prometheus
+printf 'extendedKeyUsage=clientAuth\n' > client.ext
+openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 -extfile client.ext 2>/dev/null
+"#;
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A bcrypt hash of `password`, as operators make them (`htpasswd -nbBC 10`).
+fn bcrypt(user: &str, password: &str) -> String {
+    let out = Command::new("htpasswd")
+        .args(["-nbBC", "10", user, password])
+        .output()
+        .expect("htpasswd (apache2-utils; make deps installs it)");
+    let line = String::from_utf8(out.stdout).unwrap();
+    line.trim().split_once(':').unwrap().1.to_string()
+}
+
+fn tls_and_basic_auth_as_curl_sees_them(s: &'static Stack) {
+    let qsd = daemon(s);
+    let dir = tempfile::tempdir().unwrap();
+    tls_material(dir.path());
+    // Relative names: relative to the web config's own directory.
+    let config = dir.path().join("web.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n\
+             basic_auth_users:\n  prometheus: {}\n\
+             http_server_config:\n  headers:\n    X-Frame-Options: deny\n",
+            bcrypt("prometheus", "right horse")
+        ),
+    )
+    .unwrap();
+    let e = exporter(&qsd, &["--web-config", config.to_str().unwrap()]);
+    assert_eq!(e.scheme, "https");
+    let url = format!("https://{}/metrics", e.address);
+    let ca = dir.path().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    let (code, body) = curl(&["--cacert", ca, "-u", "prometheus:right horse"], &url);
+    assert_eq!(code, 200, "{body}");
+    shows_the_job(&body);
+    let (code, _) = curl(&["--cacert", ca, "-u", "prometheus:wrong horse"], &url);
+    assert_eq!(code, 401);
+    let (code, _) = curl(&["--cacert", ca, "-u", "grafana:right horse"], &url);
+    assert_eq!(code, 401);
+    let (code, _) = curl(&["--cacert", ca], &url);
+    assert_eq!(code, 401);
+    let head = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-D", "-", "--cacert", ca, &url])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).to_lowercase();
+    assert!(head.contains("www-authenticate: basic"), "{head}");
+    assert!(head.contains("x-frame-options: deny"), "{head}");
+    // TLS 1.2 and 1.3 both work; the certificate is checked by curl (no -k anywhere).
+    for v in ["--tls-max 1.2", "--tlsv1.3"] {
+        let mut args: Vec<&str> = v.split(' ').collect();
+        args.extend(["--cacert", ca, "-u", "prometheus:right horse"]);
+        assert_eq!(curl(&args, &url).0, 200, "{v}");
+    }
+    // Plain HTTP on the TLS port: no metrics, a 400 that says why.
+    let (code, body) = curl(&[], &format!("http://{}/metrics", e.address));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("HTTP request to an HTTPS server"), "{body}");
+    assert!(!body.contains("blockjobinfo_"), "{body}");
+
+    // A flood of wrong guesses (each a bcrypt) slows no scrape that has the right password.
+    let flood: Vec<_> = (0..40)
+        .map(|i| {
+            let (url, ca) = (url.clone(), ca.to_string());
+            std::thread::spawn(move || curl(&["--cacert", &ca, "-u", &format!("prometheus:guess {i}")], &url).0)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let (code, body) = curl(&["--cacert", ca, "-u", "prometheus:right horse"], &url);
+    let took = t.elapsed();
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        took < Duration::from_millis(500),
+        "a scrape took {took:?} during a flood of wrong passwords"
+    );
+    assert!(flood.into_iter().all(|t| t.join().unwrap() == 401));
+}
+
+fn client_certificates_when_the_config_requires_them(s: &'static Stack) {
+    let qsd = daemon(s);
+    let dir = tempfile::tempdir().unwrap();
+    tls_material(dir.path());
+    let config = dir.path().join("web.yml");
+    std::fs::write(
+        &config,
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_ca_file: ca.pem\n  \
+         client_auth_type: RequireAndVerifyClientCert\n  min_version: TLS13\n",
+    )
+    .unwrap();
+    let e = exporter(&qsd, &["--web-config", config.to_str().unwrap()]);
+    let url = format!("https://{}/metrics", e.address);
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let (code, body) = curl(
+        &[
+            "--cacert",
+            &p("ca.pem"),
+            "--cert",
+            &p("client.pem"),
+            "--key",
+            &p("client.key"),
+        ],
+        &url,
+    );
+    assert_eq!(code, 200, "{body}");
+    shows_the_job(&body);
+    // No client certificate, or TLS 1.2 when min_version is TLS13: no HTTP at all.
+    assert_eq!(curl(&["--cacert", &p("ca.pem")], &url).0, 0);
+    assert_eq!(
+        curl(
+            &[
+                "--cacert",
+                &p("ca.pem"),
+                "--cert",
+                &p("client.pem"),
+                "--key",
+                &p("client.key"),
+                "--tls-max",
+                "1.2"
+            ],
+            &url
+        )
+        .0,
+        0
+    );
+}
+
+/// The line and status of `metrics --listen --web-config` for a config with `yaml` (and `files` beside it), and
+/// whether anything listened meanwhile.
+fn refused(dir: &Path, yaml: &str) -> String {
+    let config = dir.join("web.yml");
+    std::fs::write(&config, yaml).unwrap();
+    // A port known to be free: nothing may listen on it after the refusal.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_blockjobinfo"))
+        .args(["metrics", "--qmp-glob", "/nonexistent/*"])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--web-config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{yaml}: {out:?}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "{yaml}: something listened"
+    );
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let prefix = format!("blockjobinfo: error: web config {}: ", config.display());
+    assert!(err.starts_with(&prefix), "{err}");
+    err[prefix.len()..].trim_end().to_string()
+}
+
+#[test]
+fn a_malformed_web_config_is_one_line_exit_2_and_nothing_served() {
+    let dir = tempfile::tempdir().unwrap();
+    tls_material(dir.path());
+    let tls = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n";
+    let cases: Vec<(String, &str)> = vec![
+        // Bad YAML has no key to name: the line and column say where.
+        (
+            "tls_server_config:\n\tcert_file: x\n".into(),
+            "cannot start any token at line 2 column 1",
+        ),
+        (
+            "tls_server_config:\n  cert_fil: server.pem\n".into(),
+            "unknown field `cert_fil`",
+        ),
+        ("basic_auth: {}\n".into(), "unknown field `basic_auth`"),
+        (
+            "basic_auth_users:\n  prometheus: hunter2\n".into(),
+            "basic_auth_users.prometheus: not a bcrypt hash",
+        ),
+        (
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: missing.key\n".into(),
+            "tls_server_config.key_file: cannot read",
+        ),
+        (
+            "tls_server_config:\n  cert_file: missing.pem\n  key_file: server.key\n".into(),
+            "tls_server_config.cert_file: cannot read",
+        ),
+        (
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: other.key\n".into(),
+            "tls_server_config.key_file: does not match the certificate",
+        ),
+        (
+            "tls_server_config:\n  cert_file: server.key\n  key_file: server.key\n".into(),
+            "tls_server_config.cert_file: no PEM certificate in it",
+        ),
+        (
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: server.pem\n".into(),
+            "tls_server_config.key_file: not a PEM private key",
+        ),
+        (
+            format!("{tls}  client_auth_type: RequireAndVerifyClientCert\n"),
+            "tls_server_config.client_ca_file: required with client_auth_type RequireAndVerifyClientCert",
+        ),
+        (
+            format!("{tls}  min_version: TLS11\n"),
+            "tls_server_config.min_version: TLS11 is not offered",
+        ),
+        (
+            "http_server_config:\n  headers:\n    Server: x\n".into(),
+            "http_server_config.headers.Server: this header cannot be set",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let line = refused(dir.path(), &yaml);
+        assert!(line.contains(want), "{yaml:?}: {line}");
+    }
+    // An unreadable file, and one that is not there.
+    let out = Command::new(env!("CARGO_BIN_EXE_blockjobinfo"))
+        .args([
+            "metrics",
+            "--qmp-glob",
+            "/x/*",
+            "--listen",
+            "127.0.0.1:0",
+            "--web-config",
+            "/nonexistent.yml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "blockjobinfo: error: web config /nonexistent.yml: cannot read it: No such file or directory (os error 2)\n"
+    );
+}
+
+/// QMP sockets that accept and never greet: each costs a reading about a second (the glob's connect timeout).
+fn silent_sockets(dir: &Path, n: usize) -> (Vec<UnixListener>, String) {
+    let listeners = (0..n)
+        .map(|i| UnixListener::bind(dir.join(format!("silent-{i}.qmp"))).unwrap())
+        .collect();
+    (listeners, format!("{}/silent-*.qmp", dir.display()))
+}
+
+#[test]
+fn concurrent_requests_beyond_the_limit_are_answered_503_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_silent, glob) = silent_sockets(dir.path(), 5);
+    for (limit, extra) in [(40usize, vec![]), (3, vec!["--max-requests", "3"])] {
+        let mut args = vec![
+            "--qmp-glob",
+            glob.as_str(),
+            "--listen",
+            "127.0.0.1:0",
+            "--scrape-timeout",
+            "60",
+        ];
+        args.extend(extra);
+        let e = Exporter::start(&args);
+        let started = Instant::now();
+        let slow: Vec<_> = (0..limit)
+            .map(|_| {
+                let a = e.address.clone();
+                std::thread::spawn(move || get(&a, "/metrics", &[]).status)
+            })
+            .collect();
+        // The readings take seconds (five silent sockets), so these are all still being answered.
+        std::thread::sleep(Duration::from_millis(500));
+        let t = Instant::now();
+        let over = get(&e.address, "/metrics", &[]);
+        assert_eq!(over.status, 503, "{over:?}");
+        assert!(over.body.contains(&format!("({limit})")), "{over:?}");
+        assert!(t.elapsed() < Duration::from_secs(1), "503 took {:?}", t.elapsed());
+        let statuses: Vec<u16> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        assert!(
+            started.elapsed() > Duration::from_secs(3),
+            "the readings were not slow: the test proves nothing"
+        );
+        // Once they are answered, requests are served again.
+        assert_eq!(get(&e.address, "/", &[]).status, 200);
+    }
+}
+
+#[test]
+fn a_reading_that_hangs_answers_up_0_within_the_scrape_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_silent, glob) = silent_sockets(dir.path(), 4);
+    let e = Exporter::start(&[
+        "--qmp-glob",
+        &glob,
+        "--listen",
+        "127.0.0.1:0",
+        "--scrape-timeout",
+        "0.5",
+    ]);
+    let t = Instant::now();
+    let r = get(&e.address, "/metrics", &[]);
+    let took = t.elapsed();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("blockjobinfo_up 0"), "{}", r.body);
+    assert!(
+        took < Duration::from_secs(2),
+        "took {took:?}, the reading takes about 4 s"
+    );
+    // Prometheus's own timeout, when shorter, wins.
+    let e = Exporter::start(&["--qmp-glob", &glob, "--listen", "127.0.0.1:0", "--scrape-timeout", "60"]);
+    let t = Instant::now();
+    let r = get(&e.address, "/metrics", &["X-Prometheus-Scrape-Timeout-Seconds: 0.5"]);
+    assert!(r.body.contains("blockjobinfo_up 0"), "{}", r.body);
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+}
+
+/// Opens `n` connections that each send half a request head.
+fn half_requests(address: &str, n: usize) -> Vec<(TcpStream, Instant)> {
+    (0..n)
+        .map(|_| {
+            let mut c = TcpStream::connect(address).unwrap();
+            c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").unwrap();
+            (c, Instant::now())
+        })
+        .collect()
+}
+
+fn bounds_hold_with_2000_idle_connections(s: &'static Stack) {
+    let qsd = daemon(s);
+    let _one = one_at_a_time();
+    rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    let e = exporter(&qsd, &[]);
+    assert_eq!(get(&e.address, "/metrics", &[]).status, 200);
+    let (idle_threads, _) = e.threads_and_rss();
+
+    let idle = half_requests(&e.address, 2000);
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let r = get(&e.address, "/metrics", &[]);
+    let took = t.elapsed();
+    let (threads, rss_kib) = e.threads_and_rss();
+    eprintln!(
+        "{}: with 2000 idle connections: {threads} threads, RSS {:.1} MiB, a scrape in {:.1} ms",
+        s.name,
+        rss_kib as f64 / 1024.0,
+        took.as_secs_f64() * 1000.0
+    );
+    assert_eq!(r.status, 200);
+    shows_the_job(&r.body);
+    assert!(took < Duration::from_millis(100), "a scrape took {took:?}");
+    assert!(threads <= 64, "{threads} threads");
+    assert!(rss_kib < 64 * 1024, "RSS {rss_kib} KiB");
+
+    // A head over 8 KiB: 431.
+    let mut big = TcpStream::connect(&e.address).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = big.write_all(
+        format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(9000)
+        )
+        .as_bytes(),
+    );
+    let mut answer = vec![0; 64];
+    let n = big.read(&mut answer).unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 431 "),
+        "{:?}",
+        &answer[..n]
+    );
+
+    // Each idle client is dropped once it has not sent a whole request for 10 s.
+    let (mut first, opened) = idle.into_iter().next().unwrap();
+    first.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 16];
+    let n = first.read(&mut buf).unwrap_or(0);
+    let after = opened.elapsed();
+    assert_eq!(n, 0, "closed without an answer");
+    assert!(
+        after >= Duration::from_secs(10) && after < Duration::from_secs(20),
+        "dropped after {after:?}"
+    );
+    // Threads back at their idle level once those clients are gone.
+    eventually("threads back to idle", Duration::from_secs(30), || {
+        e.threads_and_rss().0 <= idle_threads
+    });
+    assert_eq!(get(&e.address, "/metrics", &[]).status, 200);
+}
+
+/// `systemd-socket-activate` passes a listening socket, as a .socket unit would: served as with `--listen`.
+fn socket_activation_serves_as_listen_does(s: &'static Stack) {
+    let qsd = daemon(s);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut c = Command::new("systemd-socket-activate");
+    c.args(["-l", &address, env!("CARGO_BIN_EXE_blockjobinfo")]).args([
+        "metrics",
+        "--qmp-glob",
+        &qsd.lib_socket(),
+        "--listen",
+    ]);
+    // It starts the program at the first connection, which the program then answers on the socket it was given.
+    let first = {
+        let address = address.clone();
+        std::thread::spawn(move || {
+            eventually("systemd-socket-activate listens", Duration::from_secs(10), || {
+                TcpStream::connect(&address).is_ok()
+            });
+            get(&address, "/metrics", &[])
+        })
+    };
+    let e = Exporter::spawn(c);
+    assert_eq!(e.address, address);
+    let r = first.join().unwrap();
+    assert_eq!(r.status, 200);
+    shows_the_job(&r.body);
+    assert_eq!(get(&e.address, "/", &[]).status, 200);
+}
+
+/// An address besides the socket systemd passed is a mistake, said so.
+#[test]
+fn an_address_besides_systemds_socket_is_refused() {
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" metrics --qmp-glob '/x/*' --listen 127.0.0.1:1 3</dev/null",
+        ])
+        .arg(env!("CARGO_BIN_EXE_blockjobinfo"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "blockjobinfo: error: systemd passed a socket to listen on (LISTEN_FDS): --listen 127.0.0.1:1 cannot be used too\n"
+    );
+}
+
+on_each_stack!(
+    endpoint_serves_a_landing_page_metrics_and_404_on_loopback_by_default,
+    tls_and_basic_auth_as_curl_sees_them,
+    client_certificates_when_the_config_requires_them,
+    bounds_hold_with_2000_idle_connections,
+    socket_activation_serves_as_listen_does,
+);
