@@ -3,14 +3,19 @@
 set -euo pipefail
 
 # qemu-storage-daemon lives in qemu-system-common; qemu-img/qemu-io in qemu-utils; virsh in libvirt-clients;
-# the session libvirtd in libvirt-daemon(-driver-qemu); libvirt's header in libvirt-dev; gcc -m32 in gcc-multilib;
-# mmdebstrap makes the Debian 13 test stack (scripts/stacks.sh); debhelper, dpkg-dev and lintian build and check
-# the Debian packages (make deb); abigail-tools guards the ABI; mandoc, groff-base and man-db lint and render
-# the manual pages; python3-prometheus-client and prometheus-node-exporter read the metrics the tool writes.
+# the session libvirtd in libvirt-daemon(-driver-qemu), the system one with its users, polkit rules and config
+# in libvirt-daemon-system (with dbus and polkitd); libvirt's header in libvirt-dev; gcc -m32 in gcc-multilib;
+# mmdebstrap and curl make the stacks' roots (scripts/stacks.sh); systemd-container boots one (systemd-nspawn),
+# systemd has systemd-socket-activate and systemd-analyze; debhelper, dpkg-dev and lintian build and check the
+# Debian packages (make deb); abigail-tools guards the ABI; mandoc, groff-base and man-db lint and render the
+# manual pages; python3-prometheus-client, prometheus-node-exporter and prometheus (server and promtool) read the
+# metrics the tool writes; apache2-utils (htpasswd), openssl and curl make and try the web config's credentials;
+# iproute2 (ss) shows what listens.
 packages=(qemu-system-common qemu-system-x86 qemu-utils libvirt-dev libvirt-clients libvirt-daemon
-          libvirt-daemon-driver-qemu python3-libvirt gcc-multilib pkg-config valgrind mmdebstrap
-          debhelper dpkg-dev lintian abigail-tools mandoc groff-base man-db python3-prometheus-client
-          prometheus-node-exporter)
+          libvirt-daemon-driver-qemu libvirt-daemon-system dbus polkitd python3-libvirt gcc-multilib pkg-config
+          valgrind mmdebstrap curl systemd systemd-container debhelper dpkg-dev lintian abigail-tools mandoc
+          groff-base man-db python3-prometheus-client prometheus-node-exporter prometheus apache2-utils openssl
+          iproute2)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -33,7 +38,19 @@ fi
 echo "installing: ${packages[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
+# Packages must not start their daemons here (libvirtd, prometheus, node_exporter, polkitd): the tests start
+# their own, privately, and a build machine runs none. policy-rc.d is Debian's switch for that, removed after.
+policy=/usr/sbin/policy-rc.d
+ours=
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# blockjobinfo make deps: no daemon started while installing\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    ours=1
+    trap 'rm -f "$policy"' EXIT
+fi
 # Name qemu-utils from the same release as qemu-system-*, in the same command (see above).
 release=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
 apt-get install -y -q --no-install-recommends --allow-downgrades \
     "${packages[@]/#qemu-utils/qemu-utils/$release}"
+[ -n "$ours" ] && rm -f "$policy"
+true

@@ -7,11 +7,11 @@
 #[macro_use]
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use common::checks::{agrees, ok, parse_metrics, raw_numbers, sample};
 use common::virt::{self, Domain, Preload};
 use common::*;
 use serde_json::Value;
@@ -25,40 +25,9 @@ fn tool(s: &Stack, args: &[&str]) -> Command {
     c
 }
 
-fn ok(o: Output, what: &str) -> String {
-    assert!(
-        o.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
 /// libvirt's own `virsh blockjob --raw` numbers: (type label, cur, end).
 fn virsh_raw(dom: &Domain) -> (String, u64, u64) {
-    let raw = dom.job_raw(Preload::No);
-    let field = |k: &str| {
-        raw.lines()
-            .find_map(|l| l.trim().strip_prefix(k).map(str::to_string))
-            .unwrap_or_else(|| panic!("{k} in {raw:?}"))
-    };
-    (
-        field("type="),
-        field("cur=").parse().unwrap(),
-        field("end=").parse().unwrap(),
-    )
-}
-
-/// A job's numbers from one of our outputs agree with libvirt's, read just before and just after it: the same
-/// type and end, and a cur between libvirt's two (the job moves on between the calls).
-fn agrees(what: &str, (label, cur, end): (&str, u64, u64), before: &(String, u64, u64), after: &(String, u64, u64)) {
-    assert_eq!(label, before.0, "{what}: type");
-    assert_eq!(end, before.2, "{what}: end");
-    assert!(
-        before.1 <= cur && cur <= after.1,
-        "{what}: cur {cur} not within libvirt's {before:?} .. {after:?}"
-    );
+    raw_numbers(&dom.job_raw(Preload::No))
 }
 
 /// Three domains, a job each: a throttled copy (running for minutes), an active commit (in its mirroring
@@ -97,30 +66,6 @@ fn start_jobs(s: &'static Stack) -> Jobs {
         std::thread::sleep(Duration::from_millis(100));
     }
     Jobs { copy, commit, pull }
-}
-
-/// Parses the exposition with the python client's parser (strict: it raises on anything malformed).
-fn parse_metrics(text: &str) -> BTreeMap<String, Value> {
-    let mut child = Command::new("/usr/bin/python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/parse_metrics.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = ok(child.wait_with_output().unwrap(), &format!("parsing:\n{text}"));
-    serde_json::from_str(&out).unwrap()
-}
-
-/// The value of `family`'s sample whose labels include `labels`.
-fn sample(families: &BTreeMap<String, Value>, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    families.get(family)?["samples"].as_array()?.iter().find_map(|s| {
-        labels
-            .iter()
-            .all(|(k, v)| s[1][k] == *v)
-            .then(|| s[2].as_f64().unwrap())
-    })
 }
 
 fn list_info_and_metrics_agree_with_libvirt_on_several_jobs_at_once(s: &'static Stack) {

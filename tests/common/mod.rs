@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod checks;
 pub mod exporter;
 pub mod fake;
 #[macro_use]
 pub mod stack;
+pub mod system;
 pub mod virt;
 
 pub use stack::Stack;
