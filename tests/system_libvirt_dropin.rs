@@ -28,8 +28,14 @@ fn answered_by(source: &str) -> &'static str {
 
 const SOURCES: [&str; 4] = ["auto", "native", "passthrough", "qmp"];
 
+/// (type label, cur, end).
+type Numbers = (String, u64, u64);
+
+/// libvirt's answer, ours, libvirt's again.
+type Around = (Numbers, Numbers, Numbers);
+
 /// Root's `virsh blockjob --raw` with the library preloaded through `source`, between two of libvirt's own.
-fn root_virsh(dom: &SysDomain, source: &'static str) -> ((String, u64, u64), (String, u64, u64), (String, u64, u64)) {
+fn root_virsh(dom: &SysDomain, source: &'static str) -> Around {
     let sys = dom.sys;
     let raw = |p| sys.virsh(None, p, &["blockjob", &dom.name, "vda", "--raw"]);
     let before = raw_numbers(&String::from_utf8(raw(Preload::No).stdout).unwrap());
@@ -50,7 +56,7 @@ fn root_virsh(dom: &SysDomain, source: &'static str) -> ((String, u64, u64), (St
 }
 
 /// python-libvirt as the `libvirt` group member, asking through `source` between two of libvirt's own answers.
-fn nova_python(dom: &SysDomain, source: &'static str) -> ((String, u64, u64), (String, u64, u64), (String, u64, u64)) {
+fn nova_python(dom: &SysDomain, source: &'static str) -> Around {
     let sys = dom.sys;
     let s = sys.stack;
     let mut c = sys.command(Some(&s.libvirt_member()), "env");
