@@ -1,5 +1,6 @@
-//! Turns tests/stacks.conf, where the test stacks are defined, into `on_each_stack!` and `STACKS` for the tests
-//! and benchmarks (`include!`d by tests/common/stack.rs). The library itself uses none of it.
+//! Turns tests/stacks.conf, where the test stacks are defined, into `on_each_stack!`, `on_each_root_stack!` and
+//! `STACKS` for the tests and benchmarks (`include!`d by tests/common/stack.rs). The library itself uses none of
+//! it.
 
 use std::fmt::Write as _;
 
@@ -23,6 +24,20 @@ fn main() {
          #[macro_export]\nmacro_rules! on_each_stack {\n    ($($name:ident),* $(,)?) => {\n",
     );
     for f in &stacks {
+        let name = f[0];
+        writeln!(
+            out,
+            "        mod {name} {{ $( #[test] fn $name() {{ super::$name($crate::common::stack::Stack::named({name:?})) }} )* }}"
+        )
+        .unwrap();
+    }
+    out.push_str("    };\n}\n");
+    // The stacks made from a Debian suite: what can be booted under systemd (the host stack is this machine).
+    out.push_str(
+        "\n/// Runs each named test on every stack that has a root of its own (not the host's), as `<stack>::name`.\n\
+         #[macro_export]\nmacro_rules! on_each_root_stack {\n    ($($name:ident),* $(,)?) => {\n",
+    );
+    for f in stacks.iter().filter(|f| f[1] != "host") {
         let name = f[0];
         writeln!(
             out,

@@ -206,7 +206,7 @@ struct Opts {
 
 impl Opts {
     fn wants(&self, part: &str) -> bool {
-        self.only.as_ref().map_or(true, |o| o.iter().any(|p| p == part))
+        self.only.as_ref().is_none_or(|o| o.iter().any(|p| p == part))
     }
 }
 

@@ -13,7 +13,7 @@ set -euo pipefail
 # iproute2 (ss) shows what listens.
 packages=(qemu-system-common qemu-system-x86 qemu-utils libvirt-dev libvirt-clients libvirt-daemon
           libvirt-daemon-driver-qemu libvirt-daemon-system dbus polkitd python3-libvirt gcc-multilib pkg-config
-          valgrind mmdebstrap curl systemd systemd-container debhelper dpkg-dev lintian abigail-tools mandoc
+          valgrind mmdebstrap curl systemd systemd-container libnss-systemd debhelper dpkg-dev lintian abigail-tools mandoc
           groff-base man-db python3-prometheus-client prometheus-node-exporter prometheus apache2-utils openssl
           iproute2)
 

@@ -17,10 +17,10 @@ cd "$(dirname "$0")/.."
 CONF=${BJI_STACKS_CONF:-tests/stacks.conf}
 CACHE=${BJI_STACK_CACHE:-/var/cache/blockjobinfo-tests}
 # What a root holds: QEMU and libvirt (session and system daemons, with polkit and D-Bus), python3-libvirt,
-# systemd to boot it (the service test), gcc, libc6-dev and pkgconf for the package test's C example, and passwd
-# for its test users.
+# systemd to boot it (the service test) with libnss-systemd (a standard system's: DynamicUser's users resolve),
+# gcc, libc6-dev and pkgconf for the package test's C example, and passwd for its test users.
 PACKAGES=libvirt-daemon-driver-qemu,libvirt-daemon,libvirt-daemon-system,libvirt-clients,python3-libvirt
-PACKAGES+=,qemu-system-x86,qemu-utils,dbus,polkitd,systemd,systemd-sysv,passwd,gcc,libc6-dev,pkgconf
+PACKAGES+=,qemu-system-x86,qemu-utils,dbus,polkitd,systemd,systemd-sysv,libnss-systemd,passwd,gcc,libc6-dev,pkgconf
 # Only for the test of a root that cannot be made.
 [ -n "${BJI_STACK_EXTRA_PACKAGES:-}" ] && PACKAGES+=",$BJI_STACK_EXTRA_PACKAGES"
 

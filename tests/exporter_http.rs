@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::exporter::{curl, eventually, get, Exporter};
+use common::exporter::{bcrypt, curl, eventually, get, tls_material, Exporter};
 use common::*;
 use serde_json::json;
 
@@ -86,37 +86,6 @@ fn endpoint_serves_a_landing_page_metrics_and_404_on_loopback_by_default(s: &'st
     for path in ["/metricsx", "/favicon.ico", "/metrics/", "/debug"] {
         assert_eq!(get(&e.address, path, &[]).status, 404, "{path}");
     }
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl in `dir`.
-fn tls_material(dir: &Path) {
-    let script = r#"set -e
-k() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-k ca.key; k server.key; k client.key; k other.key
-openssl req -x509 -new -key ca.key -out ca.pem -days 2 -subj /CN=bji-test-ca
-openssl req -new -key server.key -out server.csr -subj /CN=localhost
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > server.ext
-openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile server.ext 2>/dev/null
-openssl req -new -key client.key -out client.csr -subj /CN=prometheus
-printf 'extendedKeyUsage=clientAuth\n' > client.ext
-openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 -extfile client.ext 2>/dev/null
-"#;
-    let out = Command::new("sh")
-        .args(["-c", script])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A bcrypt hash of `password`, as operators make them (`htpasswd -nbBC 10`).
-fn bcrypt(user: &str, password: &str) -> String {
-    let out = Command::new("htpasswd")
-        .args(["-nbBC", "10", user, password])
-        .output()
-        .expect("htpasswd (apache2-utils; make deps installs it)");
-    let line = String::from_utf8(out.stdout).unwrap();
-    line.trim().split_once(':').unwrap().1.to_string()
 }
 
 fn tls_and_basic_auth_as_curl_sees_them(s: &'static Stack) {
@@ -275,7 +244,7 @@ fn a_malformed_web_config_is_one_line_exit_2_and_nothing_served() {
         // Bad YAML has no key to name: the line and column say where.
         (
             "tls_server_config:\n\tcert_file: x\n".into(),
-            "cannot start any token at line 2 column 1",
+            "tabs disallowed within this context (block indentation) at line 2, column 2",
         ),
         (
             "tls_server_config:\n  cert_fil: server.pem\n".into(),

@@ -281,7 +281,7 @@ impl Connection {
         .map_err(|e| Error::InvalidArg(format!("cannot encode the command '{name}': {e}")))?;
         self.out.push(b'\n');
         let left = remaining(deadline, limit, "a QMP reply")?;
-        if self.write_timeout != Some(left) && !self.write_timeout.is_some_and(|t| t <= left) {
+        if self.write_timeout != Some(left) && self.write_timeout.is_none_or(|t| t > left) {
             // A command is a line: a write blocks only if QEMU stopped reading. Set once, lowered if needed.
             self.stream.set_write_timeout(left).map_err(|source| Error::Io {
                 context: "setting socket timeouts",

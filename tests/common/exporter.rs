@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -143,4 +144,37 @@ pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl in `dir`.
+pub fn tls_material(dir: &Path) {
+    let script = r#"set -e
+k() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+k ca.key; k server.key; k client.key; k other.key
+openssl req -x509 -new -key ca.key -out ca.pem -days 2 -subj /CN=bji-test-ca
+openssl req -new -key server.key -out server.csr -subj /CN=localhost
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile server.ext 2>/dev/null
+openssl req -new -key client.key -out client.csr -subj /CN=prometheus
+printf 'extendedKeyUsage=clientAuth\n' > client.ext
+openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 -extfile client.ext 2>/dev/null
+# Readable by whoever the test hands them to (a container's root, say).
+chmod 0644 *
+"#;
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A bcrypt hash of `password`, as operators make them (`htpasswd -nbBC 10`).
+pub fn bcrypt(user: &str, password: &str) -> String {
+    let out = Command::new("htpasswd")
+        .args(["-nbBC", "10", user, password])
+        .output()
+        .expect("htpasswd (apache2-utils; make deps installs it)");
+    let line = String::from_utf8(out.stdout).unwrap();
+    line.trim().split_once(':').unwrap().1.to_string()
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod booted;
 pub mod checks;
 pub mod exporter;
 pub mod fake;

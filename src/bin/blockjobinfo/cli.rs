@@ -22,7 +22,7 @@ pub const EXIT_STATUS: [(u8, &str); 7] = [
 ];
 
 /// The environment variables the tool reads, for the manual page.
-pub const ENVIRONMENT: [(&str, &str); 2] = [
+pub const ENVIRONMENT: [(&str, &str); 5] = [
     (
         "BLOCKJOBINFO_LOG",
         "error, warn, info or debug: the library's log lines on standard error (which source answered, the raw \
@@ -31,6 +31,19 @@ pub const ENVIRONMENT: [(&str, &str); 2] = [
     (
         "LIBVIRT_DEFAULT_URI",
         "libvirt's connection URI when -c is not given (read by libvirt itself, as for virsh).",
+    ),
+    (
+        "LISTEN_FDS",
+        "metrics --listen: a listening socket passed by systemd (socket activation), with LISTEN_PID; served \
+         instead of binding an address.",
+    ),
+    (
+        "LISTEN_PID",
+        "metrics --listen: the process LISTEN_FDS is meant for (systemd sets it).",
+    ),
+    (
+        "CREDENTIALS_DIRECTORY",
+        "metrics --web-config: where a relative web config is looked for (systemd's LoadCredential=).",
     ),
 ];
 
@@ -187,8 +200,9 @@ pub enum Command {
         /// TLS and basic authentication, from a web config in the Prometheus exporter-toolkit format (as
         /// node_exporter's --web.config.file): tls_server_config (cert_file, key_file, client_auth_type,
         /// client_ca_file, min_version, ...), basic_auth_users (bcrypt hashes), http_server_config.headers,
-        /// rate_limit. Relative file names in it are relative to its directory. Checked whole before anything is
-        /// served: a mistake is one line naming the file and the key, and exit status 2.
+        /// rate_limit. Relative file names in it are relative to its directory. A relative FILE is looked for in
+        /// systemd's credentials directory when there is one (CREDENTIALS_DIRECTORY, from LoadCredential=). Checked
+        /// whole before anything is served: a mistake is one line naming the file and the key, and exit status 2.
         #[arg(long, value_name = "FILE", requires = "listen")]
         web_config: Option<std::path::PathBuf>,
         /// With --listen: requests answered at once; the rest are answered 503 at once.

@@ -213,7 +213,7 @@ const LANDING: &str = "<!DOCTYPE html>
 /// line and exit status 2, with nothing served.
 fn serve(reader: Reader, serving: Serving) -> ExitCode {
     let web = match serving.web_config {
-        Some(path) => match http::webconfig::load(path) {
+        Some(path) => match http::webconfig::load(&credential(path)) {
             Ok(w) => w,
             Err(e) => {
                 eprintln!("blockjobinfo: error: {e}");
@@ -273,10 +273,22 @@ fn serve(reader: Reader, serving: Serving) -> ExitCode {
     }
 }
 
+/// A relative `--web-config` of a service is one of its systemd credentials (`LoadCredential=`, copied by
+/// systemd where the service's dynamic user can read it, at `$CREDENTIALS_DIRECTORY`); elsewhere, as given.
+fn credential(path: &Path) -> std::path::PathBuf {
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if path.is_relative() => Path::new(&dir).join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
 /// The one thread that reads the host: one reading at a time, shared by the scrapes waiting for it and by those
 /// that arrive within `SHARED_FOR` of it. Scrapes that gave up meanwhile are not read for.
 fn reading(mut reader: Reader, requests: &std::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<String>>) {
     let mut cached: Option<(Instant, String)> = None;
+    // What the last reading said was wrong: a failure is logged when it starts or changes, and so is recovery,
+    // so that a service's journal says why blockjobinfo_up is 0 without a line per scrape.
+    let mut failing: Option<String> = None;
     while let Ok(first) = requests.recv() {
         let mut waiting: Vec<_> = std::iter::once(first).chain(requests.try_iter()).collect();
         waiting.retain(|w| !w.is_closed());
@@ -287,6 +299,18 @@ fn reading(mut reader: Reader, requests: &std::sync::mpsc::Receiver<tokio::sync:
             Some((at, text)) if at.elapsed() < SHARED_FOR => text.clone(),
             _ => {
                 let (snap, took) = read(&mut reader);
+                match (&snap, &failing) {
+                    (Err(e), Some(before)) if e == before => {}
+                    (Err(e), _) => {
+                        eprintln!("blockjobinfo: reading the host failed: {e}");
+                        failing = Some(e.clone());
+                    }
+                    (Ok(_), Some(_)) => {
+                        eprintln!("blockjobinfo: reading the host works again");
+                        failing = None;
+                    }
+                    (Ok(_), None) => {}
+                }
                 let text = render(&snap, took);
                 cached = Some((Instant::now(), text.clone()));
                 text

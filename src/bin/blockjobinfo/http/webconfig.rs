@@ -112,7 +112,11 @@ pub fn load(path: &Path) -> Result<WebConfig, String> {
     let file: File = if text.trim().is_empty() {
         File::default()
     } else {
-        serde_yaml_ng::from_str(&text).map_err(|e| at("", &one_line(&e.to_string())))?
+        serde_saphyr::from_str(&text).map_err(|e| {
+            // The parser's own words and position, without its drawing of the source.
+            let why = e.without_snippet().to_string();
+            at("", &one_line(why.strip_prefix("error: ").unwrap_or(&why)))
+        })?
     };
     // Relative file names are relative to the configuration's own directory, as in exporter-toolkit.
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
