@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real part of `make test`: waits for the stacks' roots (`make test` starts preparing them before it
-# builds), then runs the benchmark's quick pass and `cargo test` with the checkout readable by root alone, stops
-# whatever the tests left running (also when interrupted), and fails if anything was left behind.
+# builds), then runs the benchmark's quick pass and the suite (scripts/lanes.sh: a lane per stack, side by side)
+# with the checkout readable by root alone, stops whatever the tests left running (also when interrupted), and
+# fails if anything was left behind.
 #
 #   BJI_STACKS=deb12,deb14   only these stacks of tests/stacks.conf (quick local work); default: all of them
 set -euo pipefail
@@ -9,11 +10,6 @@ cd "$(dirname "$0")/.."
 checkout=$(pwd -P)
 
 selected=$(scripts/stacks.sh names)
-# A stack not selected is left out by name (cargo's --skip), and the summary says so: nothing else is skipped.
-skip=()
-for name in $(BJI_STACKS= scripts/stacks.sh names); do
-    grep -qx "$name" <<<"$selected" || skip+=(--skip "$name::")
-done
 
 . scripts/guard.sh gate
 
@@ -60,6 +56,10 @@ run_private() {
         exec "$@"' sh "$checkout" "$parent" "$@"
 }
 
-run_private sh -c './target/debug/examples/bench --quick > target/bench-quick.md && exec ${CARGO:-cargo} test "$@"' \
-    sh -- "${skip[@]}"
+# The benchmark's quick pass (it keeps `make bench` working) beside the lanes.
+run_private sh -c './target/debug/examples/bench --quick >target/bench-quick.md 2>target/bench-quick.log & bench=$!
+    scripts/lanes.sh; rc=$?
+    wait $bench || { echo "== the benchmark quick pass FAILED:"; cat target/bench-quick.log; rc=1; }
+    exit $rc'
+
 scripts/stacks.sh report

@@ -12,19 +12,11 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::exporter::{bcrypt, curl, eventually, get, tls_material, Exporter};
 use common::*;
 use serde_json::json;
-
-/// The tests that load the machine (thousands of connections) or need the default port run one at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A qemu-storage-daemon with a throttled mirror whose job the exporter reports.
 fn daemon(s: &'static Stack) -> Qsd {
@@ -54,7 +46,7 @@ fn shows_the_job(body: &str) {
 
 fn endpoint_serves_a_landing_page_metrics_and_404_on_loopback_by_default(s: &'static Stack) {
     let qsd = daemon(s);
-    let _one = one_at_a_time();
+    let _port = host_lock("port-9477");
     // `--listen` without an address: loopback, port 9477.
     let e = Exporter::start(&["--qmp-glob", &qsd.lib_socket(), "--listen"]);
     assert_eq!(e.address, "127.0.0.1:9477");
@@ -402,7 +394,8 @@ fn half_requests(address: &str, n: usize) -> Vec<(TcpStream, Instant)> {
 
 fn bounds_hold_with_2000_idle_connections(s: &'static Stack) {
     let qsd = daemon(s);
-    let _one = one_at_a_time();
+    // Thousands of connections at once: one such test on the machine at a time.
+    let _load = host_lock("load");
     rlimit::increase_nofile_limit(u64::MAX).unwrap();
     let e = exporter(&qsd, &[]);
     assert_eq!(get(&e.address, "/metrics", &[]).status, 200);

@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::booted::Booted;
@@ -19,9 +18,6 @@ use common::*;
 const PACKAGES: [&str; 3] = ["libblockjobinfo0", "libblockjobinfo-dev", "blockjobinfo"];
 /// Where the packaged service listens by default.
 const URL: &str = "http://127.0.0.1:9477/metrics";
-
-/// One booted container at a time: the service's port is the host's, and the machine has two cores.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn scrape() -> Option<String> {
     let (code, body) = curl(&[], URL);
@@ -75,7 +71,8 @@ fn up(text: &str) -> f64 {
 }
 
 fn the_service_under_a_booted_systemd(s: &'static Stack) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    // One booted container at a time on the machine: the service's port is the host's.
+    let _port = host_lock("port-9477");
     let debs = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/deb");
     let tls = tempfile::tempdir().unwrap();
     tls_material(tls.path());

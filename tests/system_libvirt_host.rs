@@ -96,10 +96,17 @@ impl Drop for HostLibvirt {
     }
 }
 
+/// The host's own system daemons called `name`: root's, in this PID namespace and not chrooted (the stacks'
+/// session daemons, their roots' and the tests' private system daemons are not the host's).
 fn pids(name: &str) -> Vec<String> {
-    let out = Command::new("pgrep").args(["-x", name]).output().unwrap();
+    let out = Command::new("pgrep").args(["-x", "-U", "0", name]).output().unwrap();
+    let ours = std::fs::read_link("/proc/self/ns/pid").unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/ns/pid")).is_ok_and(|ns| ns == ours)
+                && std::fs::read_link(format!("/proc/{p}/root")).is_ok_and(|r| r == Path::new("/"))
+        })
         .map(str::to_string)
         .collect()
 }

@@ -83,6 +83,23 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
     }
 }
 
+/// Holds a lock on a resource of the whole machine (a fixed port, the machine's cores) for as long as it lives:
+/// the gate runs the stacks' tests side by side, in separate processes, and these resources are shared.
+pub struct HostLock(#[allow(dead_code)] std::fs::File);
+
+pub fn host_lock(resource: &str) -> HostLock {
+    let dir = std::env::temp_dir().join("blockjobinfo-tests.locks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(resource))
+        .unwrap();
+    f.lock().unwrap();
+    HostLock(f)
+}
+
 /// A child process killed and reaped when the test ends, passed or failed.
 pub struct Reaper(pub Child);
 
