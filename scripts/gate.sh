@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real part of `make test`: waits for the stacks' roots (`make test` starts preparing them before it
-# builds), then runs the benchmark's quick pass and the suite (scripts/lanes.sh: a lane per stack, side by side)
+# builds), then runs the suite and the benchmark's quick pass (scripts/lanes.sh: a lane per stack, side by side)
 # with the checkout readable by root alone, stops whatever the tests left running (also when interrupted), and
 # fails if anything was left behind.
 #
@@ -56,10 +56,6 @@ run_private() {
         exec "$@"' sh "$checkout" "$parent" "$@"
 }
 
-# The benchmark's quick pass (it keeps `make bench` working) beside the lanes.
-run_private sh -c './target/debug/examples/bench --quick >target/bench-quick.md 2>target/bench-quick.log & bench=$!
-    scripts/lanes.sh; rc=$?
-    wait $bench || { echo "== the benchmark quick pass FAILED:"; cat target/bench-quick.log; rc=1; }
-    exit $rc'
+run_private scripts/lanes.sh
 
 scripts/stacks.sh report
