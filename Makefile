@@ -87,7 +87,7 @@ abi: build
 	scripts/abi.sh update
 
 # The library with a versioned soname (libblockjobinfo.so.0) and its development link, the header, a
-# pkg-config file, the tool and both manual pages.
+# pkg-config file, the tool, both manual pages and the Prometheus rules.
 install: man
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin \
 		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3
@@ -98,6 +98,8 @@ install: man
 	install -m 755 target/release/blockjobinfo $(DESTDIR)$(PREFIX)/bin/blockjobinfo
 	install -m 644 target/man/blockjobinfo.1 $(DESTDIR)$(MANDIR)/man1/blockjobinfo.1
 	install -m 644 target/man/libblockjobinfo.3 $(DESTDIR)$(MANDIR)/man3/libblockjobinfo.3
+	install -d $(DESTDIR)$(PREFIX)/share/blockjobinfo/prometheus
+	install -m 644 prometheus/blockjobinfo.rules.yml $(DESTDIR)$(PREFIX)/share/blockjobinfo/prometheus/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@VERSION@|$(VERSION)|' blockjobinfo.pc.in \
 		> $(DESTDIR)$(LIBDIR)/pkgconfig/blockjobinfo.pc
 

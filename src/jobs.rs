@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use crate::qmp::MAX_MESSAGE;
 use crate::translate::RawJob;
 
-/// libvirt requires these five fields; `ready`, `status` and `error` are optional and anything else is ignored
-/// (newer QEMU adds fields and enum values).
+/// libvirt requires these five fields; `ready`, `status`, `error`, `paused` and `io-status` are optional and
+/// anything else is ignored (newer QEMU adds fields and enum values).
 #[derive(Deserialize)]
 pub(crate) struct WireJob {
     #[serde(rename = "type")]
@@ -24,6 +24,10 @@ pub(crate) struct WireJob {
     status: Option<String>,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    paused: Option<bool>,
+    #[serde(default, rename = "io-status")]
+    io_status: Option<String>,
 }
 
 /// Parses the value of a `query-block-jobs` `return`.
@@ -68,6 +72,8 @@ pub(crate) fn raw(w: WireJob) -> RawJob {
         ready: w.ready,
         status: w.status,
         error: w.error,
+        paused: w.paused,
+        io_status: w.io_status,
     }
 }
 

@@ -10,7 +10,7 @@ use crate::abi::{self, virDomainBlockJobInfo};
 use crate::error::{Error, Result};
 
 /// One entry of QEMU's `query-block-jobs` reply, reduced to what the rules need.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RawJob {
     /// QEMU's job type string (`mirror`, `stream`, `commit`, `backup`, ... or anything newer).
     pub job_type: String,
@@ -26,6 +26,11 @@ pub struct RawJob {
     pub status: Option<String>,
     /// QEMU 2.12.1+: the error message of a failed job.
     pub error: Option<String>,
+    /// Whether the job is paused, or will pause as soon as it can: asked for (`block-job-pause`), or made by
+    /// QEMU on an I/O error under `on-*-error=stop|enospc` (then `io_status` is not `ok`).
+    pub paused: Option<bool>,
+    /// QEMU's `io-status`: `ok`, `failed` or `nospace` (kept as text: newer QEMU may add values).
+    pub io_status: Option<String>,
 }
 
 /// What the caller knows about the job it asks for.
@@ -173,8 +178,7 @@ mod tests {
             offset,
             speed,
             ready,
-            status: None,
-            error: None,
+            ..Default::default()
         }
     }
 

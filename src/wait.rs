@@ -222,6 +222,7 @@ mod tests {
             ready,
             status: Some(status.into()),
             error: error.map(str::to_string),
+            ..Default::default()
         }
     }
 

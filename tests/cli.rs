@@ -314,11 +314,18 @@ fn list_and_metrics_over_a_qmp_glob_report_busy_and_dead_sockets_on_their_lines(
     for want in [
         format!("blockjobinfo_socket_up{{socket=\"{lib}\"}} 1"),
         format!("blockjobinfo_socket_up{{socket=\"{}\"}} 0", qsd.path("dead.sock")),
-        format!("blockjobinfo_block_job_ready{{job=\"copy-vda-libvirt-1-format\",socket=\"{lib}\"}} 1"),
+        // The job by QMP's own name for it, `device`: never `job`, which a scrape would rename `exported_job`.
+        format!("blockjobinfo_block_job_ready{{device=\"copy-vda-libvirt-1-format\",socket=\"{lib}\"}} 1"),
+        // QEMU's word on pauses: not paused, io-status ok.
+        format!("blockjobinfo_block_job_paused{{device=\"copy-vda-libvirt-1-format\",socket=\"{lib}\"}} 0"),
+        format!(
+            "blockjobinfo_block_job_io_status{{device=\"copy-vda-libvirt-1-format\",io_status=\"ok\",socket=\"{lib}\"}} 1"
+        ),
         "blockjobinfo_up 1".to_string(),
     ] {
         assert!(metrics.contains(&want), "{want} missing:\n{metrics}");
     }
+    assert!(!metrics.contains("job=\""), "no `job` label: {metrics}");
     // No socket matches: a clear line.
     let none = tool(&["list", "--qmp-glob", &qsd.path("*.nothing")]);
     assert_eq!(

@@ -70,6 +70,15 @@ impl Drop for Installed {
     }
 }
 
+/// Where the stack's systemd keeps packaged units: /lib on Debian 12, /usr/lib from 13 on (merged /usr).
+fn unit_dir(s: &Stack) -> &'static str {
+    if s.host("/usr/lib/systemd/system/systemd-journald.service").exists() {
+        "/usr/lib/systemd/system"
+    } else {
+        "/lib/systemd/system"
+    }
+}
+
 fn install_use_and_remove_the_packages(s: &'static Stack) {
     let debs = debs();
     // Into the stack: in a root's stack, the packages are copied into its root first.
@@ -98,6 +107,10 @@ fn install_use_and_remove_the_packages(s: &'static Stack) {
         "/usr/bin/blockjobinfo".into(),
         "/usr/share/man/man1/blockjobinfo.1.gz".into(),
         "/usr/share/man/man3/libblockjobinfo.3.gz".into(),
+        // The operator's: the exporter's service, its defaults, and the Prometheus rules.
+        format!("{}/blockjobinfo-exporter.service", unit_dir(s)),
+        "/etc/default/blockjobinfo-exporter".into(),
+        "/usr/share/blockjobinfo/prometheus/blockjobinfo.rules.yml".into(),
     ] {
         assert!(s.host(&f).exists(), "{}: {f} not installed", s.name);
     }

@@ -29,8 +29,7 @@ fn raw_job() -> impl Strategy<Value = RawJob> {
             offset,
             speed,
             ready,
-            status: None,
-            error: None,
+            ..Default::default()
         })
 }
 

@@ -127,7 +127,7 @@ fn the_service_under_a_booted_systemd(s: &'static Stack) {
         if let Some(m) = job_metrics(&text) {
             break (before, m, after);
         }
-        // Scrapes within a second share a reading: the job shows from the next one on.
+        // The job shows once libvirt lists it (the copy starts as virsh returns).
         assert!(Instant::now() < deadline, "{}: no job in {text}", s.name);
         std::thread::sleep(Duration::from_millis(500));
     };

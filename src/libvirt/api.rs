@@ -33,11 +33,14 @@ type ConnectIsAliveFn = unsafe extern "C" fn(ConnectPtr) -> c_int;
 type ListAllDomainsFn = unsafe extern "C" fn(ConnectPtr, *mut *mut DomainPtr, c_uint) -> c_int;
 type LookupByNameFn = unsafe extern "C" fn(ConnectPtr, *const c_char) -> DomainPtr;
 type DomainFreeFn = unsafe extern "C" fn(DomainPtr) -> c_int;
+type IsActiveFn = unsafe extern "C" fn(DomainPtr) -> c_int;
 type EventVoidFn = unsafe extern "C" fn() -> c_int;
 type BlockJobCallbackFn = unsafe extern "C" fn(ConnectPtr, DomainPtr, *const c_char, c_int, c_int, *mut c_void);
+type DeviceCallbackFn = unsafe extern "C" fn(ConnectPtr, DomainPtr, *const c_char, *mut c_void);
 type FreeCallbackFn = unsafe extern "C" fn(*mut c_void);
+/// libvirt declares the callback as a generic function pointer, to be cast from the event's own type.
 type EventRegisterAnyFn =
-    unsafe extern "C" fn(ConnectPtr, DomainPtr, c_int, BlockJobCallbackFn, *mut c_void, FreeCallbackFn) -> c_int;
+    unsafe extern "C" fn(ConnectPtr, DomainPtr, c_int, *const c_void, *mut c_void, FreeCallbackFn) -> c_int;
 type EventDeregisterAnyFn = unsafe extern "C" fn(ConnectPtr, c_int) -> c_int;
 type ErrorFuncFn = unsafe extern "C" fn(*mut c_void, *mut c_void);
 type SetErrorFuncFn = unsafe extern "C" fn(*mut c_void, ErrorFuncFn);
@@ -46,6 +49,9 @@ type SetErrorFuncFn = unsafe extern "C" fn(*mut c_void, ErrorFuncFn);
 const LIST_ACTIVE: c_uint = 1;
 /// `VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2`: block job events naming the disk by target (`vda`).
 const EVENT_ID_BLOCK_JOB_2: c_int = 16;
+/// `VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED` and `_DEVICE_ADDED`: a device unplugged or plugged.
+const EVENT_ID_DEVICE_REMOVED: c_int = 15;
+const EVENT_ID_DEVICE_ADDED: c_int = 19;
 
 /// What a program that talks to libvirt itself needs beyond the interposer's functions.
 struct ClientFns {
@@ -56,6 +62,7 @@ struct ClientFns {
     list_all_domains: ListAllDomainsFn,
     lookup_by_name: LookupByNameFn,
     domain_free: DomainFreeFn,
+    domain_is_active: IsActiveFn,
     event_register_default_impl: EventVoidFn,
     event_run_default_impl: EventVoidFn,
     event_register_any: EventRegisterAnyFn,
@@ -176,6 +183,7 @@ impl Libvirt {
                     list_all_domains: symbol(h, c"virConnectListAllDomains")?,
                     lookup_by_name: symbol(h, c"virDomainLookupByName")?,
                     domain_free: symbol(h, c"virDomainFree")?,
+                    domain_is_active: symbol(h, c"virDomainIsActive")?,
                     event_register_default_impl: symbol(h, c"virEventRegisterDefaultImpl")?,
                     event_run_default_impl: symbol(h, c"virEventRunDefaultImpl")?,
                     event_register_any: symbol(h, c"virConnectDomainEventRegisterAny")?,
@@ -316,6 +324,18 @@ impl Domain<'_> {
         (id != c_uint::MAX).then_some(id)
     }
 
+    /// Whether the domain still runs: `Some(false)` once it stopped or is gone, None if libvirt cannot say.
+    pub fn is_active(&self) -> Option<bool> {
+        // SAFETY: a valid handle.
+        match unsafe { (self.lv.client.domain_is_active)(self.ptr) } {
+            1 => Some(true),
+            0 => Some(false),
+            // libvirt fails with "no domain" for one that is gone.
+            _ if self.lv.last_error().contains("not found") => Some(false),
+            _ => None,
+        }
+    }
+
     /// The live domain XML (flags 0: works on read-only connections).
     pub fn xml(&self) -> Result<String> {
         // SAFETY: a valid handle.
@@ -419,6 +439,27 @@ unsafe extern "C" fn block_job_event(
     let _ = catch_unwind(AssertUnwindSafe(|| callback(BlockJobEvent { disk, job_type, status })));
 }
 
+type DeviceCallback = Box<dyn Fn() + Send + Sync>;
+
+/// libvirt calls this from its event loop thread when a device is plugged or unplugged; `opaque` is the
+/// `DeviceCallback` registered with it.
+unsafe extern "C" fn device_event(_conn: ConnectPtr, _dom: DomainPtr, _alias: *const c_char, opaque: *mut c_void) {
+    if opaque.is_null() {
+        return;
+    }
+    // SAFETY: opaque is the Box<DeviceCallback> registered in on_device_change, alive until libvirt frees it.
+    let callback = unsafe { &*(opaque as *const DeviceCallback) };
+    let _ = catch_unwind(AssertUnwindSafe(callback));
+}
+
+/// libvirt frees a device registration's `opaque` with this when the connection closes.
+unsafe extern "C" fn free_device_callback(opaque: *mut c_void) {
+    if !opaque.is_null() {
+        // SAFETY: the pointer from Box::into_raw in on_device_change, freed exactly once by libvirt.
+        drop(unsafe { Box::from_raw(opaque as *mut DeviceCallback) });
+    }
+}
+
 /// libvirt frees a registration's `opaque` with this once it is deregistered.
 unsafe extern "C" fn free_callback(opaque: *mut c_void) {
     if !opaque.is_null() {
@@ -498,7 +539,7 @@ impl Connection {
                 self.ptr,
                 domain.ptr,
                 EVENT_ID_BLOCK_JOB_2,
-                block_job_event,
+                block_job_event as BlockJobCallbackFn as *const c_void,
                 opaque,
                 free_callback,
             )
@@ -509,6 +550,37 @@ impl Connection {
             return Err(Error::Libvirt(self.lv.last_error()));
         }
         Ok(EventRegistration { conn: self, id })
+    }
+}
+
+impl Connection {
+    /// Calls `callback` from libvirt's event loop (`start_event_loop`) whenever any domain gains or loses a device
+    /// (a disk hot-plugged, say), for as long as the connection is open.
+    pub fn on_device_change(&self, callback: impl Fn() + Send + Sync + 'static) -> Result<()> {
+        let callback: std::sync::Arc<dyn Fn() + Send + Sync> = std::sync::Arc::new(callback);
+        for event in [EVENT_ID_DEVICE_ADDED, EVENT_ID_DEVICE_REMOVED] {
+            let cb = callback.clone();
+            let boxed: Box<DeviceCallback> = Box::new(Box::new(move || cb()));
+            let opaque = Box::into_raw(boxed) as *mut c_void;
+            // SAFETY: an open connection, every domain (NULL), a callback of the event's signature, and an
+            // opaque pointer libvirt frees with free_device_callback when the connection closes.
+            let id = unsafe {
+                (self.lv.client.event_register_any)(
+                    self.ptr,
+                    std::ptr::null_mut(),
+                    event,
+                    device_event as DeviceCallbackFn as *const c_void,
+                    opaque,
+                    free_device_callback,
+                )
+            };
+            if id < 0 {
+                // SAFETY: libvirt did not take the pointer on failure: it is still ours.
+                drop(unsafe { Box::from_raw(opaque as *mut DeviceCallback) });
+                return Err(Error::Libvirt(self.lv.last_error()));
+            }
+        }
+        Ok(())
     }
 }
 

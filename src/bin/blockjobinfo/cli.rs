@@ -180,12 +180,13 @@ pub enum Command {
     ///
     /// Written to standard output, to --output FILE atomically (written beside it, then renamed: for
     /// node_exporter's textfile collector), or served at /metrics with --listen, as a service would (see
-    /// blockjobinfo-exporter.service). Served, scrapes that arrive together share one reading of libvirt; a
-    /// reading that takes longer than the scrape may wait answers `blockjobinfo_up 0` in time. The endpoint is
-    /// bounded: at most --max-requests answered at once (the rest get 503 at once), at most --max-connections open
-    /// (the one idle the longest is closed for a new one), a whole request head within 10 s of connecting or of
-    /// the previous answer, a head of at most 8 KiB (431 otherwise). TLS and basic authentication come from a
-    /// web config in the Prometheus exporter-toolkit format (--web-config).
+    /// blockjobinfo-exporter.service). Served, scrapes that arrive together share one reading of libvirt, made
+    /// after they arrived (at most four a second); a reading that takes longer than the scrape may wait answers
+    /// `blockjobinfo_up 0` in time. The endpoint is bounded: at most --max-requests answered at once (the rest get
+    /// 503 at once), at most --max-connections open (the one idle the longest is closed for a new one), a whole
+    /// request head within 10 s of connecting or of the previous answer, a head of at most 8 KiB (431
+    /// otherwise). TLS and basic authentication come from a web config in the Prometheus exporter-toolkit format
+    /// (--web-config).
     #[command(after_help = exit_codes())]
     Metrics {
         #[command(flatten)]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use blockjobinfo::libvirt::api::Connection;
-use blockjobinfo::libvirt::host;
+use blockjobinfo::libvirt::host::{Calls, HostReader};
 use blockjobinfo::libvirt::xml::Mirror;
 use blockjobinfo::translate::{percent, type_label};
 use blockjobinfo::{Limits, QmpSource, RawJob, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES};
@@ -37,6 +37,10 @@ pub struct Row {
     /// Bytes per second; 0 is unlimited.
     pub bandwidth: std::ffi::c_ulong,
     pub phase: &'static str,
+    /// QEMU's word on a pause (QMP only: libvirt does not say): whether the job is paused, and its `io-status`
+    /// (`ok`, or `failed`/`nospace` when QEMU paused it on an I/O error).
+    pub paused: Option<bool>,
+    pub io_status: Option<String>,
     /// The raw numbers: libvirt's own answer and the XML's mirror, or QEMU's job.
     pub raw: Value,
 }
@@ -58,6 +62,8 @@ pub struct Snapshot {
     pub rows: Vec<Row>,
     pub failures: Vec<Failure>,
     pub at: Instant,
+    /// The calls the reading made to libvirt (None for QMP sockets).
+    pub calls: Option<Calls>,
 }
 
 /// libvirt's phases, from the XML's mirror state (`ready='yes'`, then `pivot` or `abort` while libvirt ends it).
@@ -81,11 +87,12 @@ fn qemu_phase(j: &RawJob) -> &'static str {
     }
 }
 
-/// Where `list` and `metrics` read: a libvirt connection (kept, reopened when lost), or a glob of sockets.
+/// Where `list` and `metrics` read: a libvirt connection (kept, reopened when lost) with what it remembers of the
+/// host's domains, or a glob of sockets.
 pub enum Reader {
     Libvirt {
         uri: Option<String>,
-        conn: Option<Connection>,
+        conn: Option<(Connection, HostReader)>,
     },
     Qmp {
         pattern: String,
@@ -108,14 +115,16 @@ impl Reader {
         match self {
             Reader::Qmp { pattern } => read_qmp(pattern),
             Reader::Libvirt { uri, conn } => {
-                if conn.as_ref().is_some_and(|c| !c.is_alive()) {
+                if conn.as_ref().is_some_and(|(c, _)| !c.is_alive()) {
                     *conn = None; // libvirtd went away: open again
                 }
                 if conn.is_none() {
-                    *conn = Some(virt::connect(uri.as_deref()).map_err(|e| e.to_string())?);
+                    let c = virt::connect(uri.as_deref()).map_err(|e| e.to_string())?;
+                    let host = HostReader::new(&c);
+                    *conn = Some((c, host));
                 }
-                let c = conn.as_ref().expect("just opened");
-                match read_libvirt(c) {
+                let (c, host) = conn.as_mut().expect("just opened");
+                match read_libvirt(c, host) {
                     Ok(s) => Ok(s),
                     Err(e) => {
                         *conn = None;
@@ -132,22 +141,23 @@ impl Reader {
             Reader::Qmp { pattern } => format!("matching {pattern}"),
             Reader::Libvirt { uri, conn } => conn
                 .as_ref()
-                .and_then(|c| c.uri().ok())
+                .and_then(|(c, _)| c.uri().ok())
                 .or_else(|| uri.clone())
                 .unwrap_or_else(|| "libvirt's default URI".into()),
         }
     }
 }
 
-fn read_libvirt(conn: &Connection) -> Result<Snapshot, String> {
+fn read_libvirt(conn: &Connection, host: &mut HostReader) -> Result<Snapshot, String> {
     let at = Instant::now();
-    let domains = host::all_jobs(conn).map_err(|e| e.to_string())?;
+    let (domains, calls) = host.read(conn).map_err(|e| e.to_string())?;
     let mut snap = Snapshot {
         kind: "domain",
         looked_at: vec![],
         rows: vec![],
         failures: vec![],
         at,
+        calls: Some(calls),
     };
     for d in domains {
         snap.looked_at.push(d.domain.clone());
@@ -159,6 +169,8 @@ fn read_libvirt(conn: &Connection) -> Result<Snapshot, String> {
                 cur: j.info.cur,
                 end: j.info.end,
                 bandwidth: j.info.bandwidth,
+                paused: None,
+                io_status: None,
                 raw: json!({
                     "libvirt": {"type": j.libvirt.type_, "bandwidth": j.libvirt.bandwidth,
                                 "cur": j.libvirt.cur, "end": j.libvirt.end},
@@ -184,6 +196,7 @@ fn read_qmp(pattern: &str) -> Result<Snapshot, String> {
         rows: vec![],
         failures: vec![],
         at,
+        calls: None,
     };
     for path in paths.flatten() {
         let host = path.display().to_string();
@@ -199,8 +212,11 @@ fn read_qmp(pattern: &str) -> Result<Snapshot, String> {
                 end: r.info.end,
                 bandwidth: r.info.bandwidth,
                 phase: qemu_phase(&r.raw),
+                paused: r.raw.paused,
+                io_status: r.raw.io_status.clone(),
                 raw: json!({"qemu": {"type": r.raw.job_type, "offset": r.raw.offset, "len": r.raw.len,
-                                     "speed": r.raw.speed, "ready": r.raw.ready, "status": r.raw.status}}),
+                                     "speed": r.raw.speed, "ready": r.raw.ready, "status": r.raw.status,
+                                     "paused": r.raw.paused, "io-status": r.raw.io_status}}),
             })),
             Err(e) => snap.failures.push(Failure {
                 host,

@@ -15,8 +15,9 @@ use crate::cli::Hosts;
 use crate::http;
 use crate::list::{Reader, Snapshot};
 
-/// Scrapes this close together share one reading (so a burst of scrapes costs libvirtd one).
-const SHARED_FOR: Duration = Duration::from_secs(1);
+/// The least time between two readings of the host: scrapes that come faster wait for the next reading, never
+/// get an older one, and a flood of scrapes costs libvirtd at most a few readings a second.
+const MIN_GAP: Duration = Duration::from_millis(250);
 
 /// libvirt's job type in a label: `copy`, `pull`, `commit`, `active_commit`, `backup`, `unknown`.
 fn type_value(t: i32) -> String {
@@ -59,7 +60,8 @@ pub fn render(read: &Result<Snapshot, String>, took: Duration) -> String {
     };
     up.set(1);
     let host = snap.kind; // "domain" or "socket"
-    let disk = if host == "domain" { "disk" } else { "job" };
+                          // QMP's name for a job id; never `job` or `instance`, which are Prometheus's own target labels.
+    let disk = if host == "domain" { "disk" } else { "device" };
     let target_up = gauge(
         &reg,
         &format!("blockjobinfo_{host}_up"),
@@ -109,6 +111,39 @@ pub fn render(read: &Result<Snapshot, String>, took: Duration) -> String {
         "The job's bandwidth limit; 0 is unlimited.",
         &[host, disk],
     );
+    // QEMU's word on pauses: QMP sockets only (libvirt does not say).
+    let qmp = snap.rows.iter().any(|r| r.paused.is_some() || r.io_status.is_some());
+    let paused = qmp.then(|| {
+        gauge(
+            &reg,
+            "blockjobinfo_block_job_paused",
+            "1 while the job is paused (asked for, or by QEMU on an I/O error: see io_status), else 0. QMP sockets only.",
+            &[host, disk],
+        )
+    });
+    let io_status = qmp.then(|| {
+        gauge(
+            &reg,
+            "blockjobinfo_block_job_io_status",
+            "QEMU's io-status of the job: ok, or failed or nospace once an I/O error paused it. Always 1. QMP \
+             sockets only.",
+            &[host, disk, "io_status"],
+        )
+    });
+    if let Some(calls) = snap.calls {
+        let c = gauge(
+            &reg,
+            "blockjobinfo_scrape_libvirt_calls",
+            "Calls the reading made to libvirt, by function: domains listed, XML read (only where a disk list or a \
+             mirror's state is needed), block job queries.",
+            &["call"],
+        );
+        c.with_label_values(&["virConnectListAllDomains"])
+            .set(calls.list as f64);
+        c.with_label_values(&["virDomainGetXMLDesc"]).set(calls.xml as f64);
+        c.with_label_values(&["virDomainGetBlockJobInfo"])
+            .set(calls.job_info as f64);
+    }
     for name in &snap.looked_at {
         let ok = !snap.failures.iter().any(|f| &f.host == name);
         target_up.with_label_values(&[name]).set(if ok { 1.0 } else { 0.0 });
@@ -128,6 +163,12 @@ pub fn render(read: &Result<Snapshot, String>, took: Duration) -> String {
             .with_label_values(&l)
             .set(if r.phase == "mirroring" { 1.0 } else { 0.0 });
         bandwidth.with_label_values(&l).set(r.bandwidth as f64);
+        if let (Some(g), Some(p)) = (&paused, r.paused) {
+            g.with_label_values(&l).set(if p { 1.0 } else { 0.0 });
+        }
+        if let (Some(g), Some(status)) = (&io_status, &r.io_status) {
+            g.with_label_values(&[&r.host, &r.disk, status]).set(1.0);
+        }
     }
     encode(&reg)
 }
@@ -282,40 +323,38 @@ fn credential(path: &Path) -> std::path::PathBuf {
     }
 }
 
-/// The one thread that reads the host: one reading at a time, shared by the scrapes waiting for it and by those
-/// that arrive within `SHARED_FOR` of it. Scrapes that gave up meanwhile are not read for.
+/// The one thread that reads the host: one reading at a time, started after the scrapes it answers arrived (a
+/// scrape never gets an older reading), shared by every scrape waiting for it; at most one per `MIN_GAP`. Scrapes
+/// that gave up meanwhile are not read for.
 fn reading(mut reader: Reader, requests: &std::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<String>>) {
-    let mut cached: Option<(Instant, String)> = None;
+    let mut last: Option<Instant> = None;
     // What the last reading said was wrong: a failure is logged when it starts or changes, and so is recovery,
     // so that a service's journal says why blockjobinfo_up is 0 without a line per scrape.
     let mut failing: Option<String> = None;
     while let Ok(first) = requests.recv() {
+        if let Some(at) = last {
+            std::thread::sleep(MIN_GAP.saturating_sub(at.elapsed()));
+        }
         let mut waiting: Vec<_> = std::iter::once(first).chain(requests.try_iter()).collect();
         waiting.retain(|w| !w.is_closed());
         if waiting.is_empty() {
             continue;
         }
-        let text = match &cached {
-            Some((at, text)) if at.elapsed() < SHARED_FOR => text.clone(),
-            _ => {
-                let (snap, took) = read(&mut reader);
-                match (&snap, &failing) {
-                    (Err(e), Some(before)) if e == before => {}
-                    (Err(e), _) => {
-                        eprintln!("blockjobinfo: reading the host failed: {e}");
-                        failing = Some(e.clone());
-                    }
-                    (Ok(_), Some(_)) => {
-                        eprintln!("blockjobinfo: reading the host works again");
-                        failing = None;
-                    }
-                    (Ok(_), None) => {}
-                }
-                let text = render(&snap, took);
-                cached = Some((Instant::now(), text.clone()));
-                text
+        let (snap, took) = read(&mut reader);
+        last = Some(Instant::now());
+        match (&snap, &failing) {
+            (Err(e), Some(before)) if e == before => {}
+            (Err(e), _) => {
+                eprintln!("blockjobinfo: reading the host failed: {e}");
+                failing = Some(e.clone());
             }
-        };
+            (Ok(_), Some(_)) => {
+                eprintln!("blockjobinfo: reading the host works again");
+                failing = None;
+            }
+            (Ok(_), None) => {}
+        }
+        let text = render(&snap, took);
         for w in waiting {
             let _ = w.send(text.clone());
         }
