@@ -55,9 +55,14 @@ bench: deps
 	scripts/link-so.sh target/release
 	scripts/bench.sh
 
-# The concurrency tests at full length: 16 threads x 10,000 calls, shared and separate sources, with forks.
-soak: build
+# The long runs: the concurrency tests at full length (16 threads x 10,000 calls, shared and separate sources,
+# with forks), and 10,000 scrapes of `metrics --listen` under churn and two libvirtd restarts, its RSS and open
+# descriptors reported at the start, the middle and the end (BJI_STACKS as for the gate).
+soak: deps build
+	scripts/stacks.sh prepare
 	BJI_SOAK_CALLS=10000 $(CARGO) test --test concurrency -- --nocapture
+	skip=$$(for s in $$(BJI_STACKS= scripts/stacks.sh names); do scripts/stacks.sh names | grep -qx $$s || echo --skip $$s::; done); \
+	BJI_SOAK_SCRAPES=10000 $(CARGO) test --test exporter_soak -- --nocapture $$skip
 
 demo: deps build
 	$(CARGO) run --quiet --example demo

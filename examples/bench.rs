@@ -3,7 +3,7 @@
 //! every ratio from one run on one stack. Prints the tables and writes them to target/bench/BENCHMARKS.md
 //! (`make bench` copies it to BENCHMARKS.md, keeping the prose below the tables).
 //!
-//!   bench [--quick] [--stacks deb12,deb13,...] [--only cpu,qmp,wait,libvirt,events,list]
+//!   bench [--quick] [--stacks deb12,deb13,...] [--only cpu,http,qmp,wait,libvirt,events,list,fleet]
 //!
 //! `--quick` runs one short iteration of everything and writes no results (what `make test` does, a lane at a
 //! time, to keep the benchmark working); the stacks default to BJI_STACKS, else every stack of
@@ -246,6 +246,14 @@ fn main() {
         cpu_part(&mut r, &opts);
         r.write(&mut md, "Without QEMU: translation and loading");
     }
+    if opts.wants("http") {
+        let mut r = Report::default();
+        http_part(&mut r, opts.quick);
+        r.write(
+            &mut md,
+            "The exporter's endpoint under 2,000 idle connections (QMP glob, host stack)",
+        );
+    }
     for name in stacks.split(',').filter(|n| !n.is_empty() && *n != "none") {
         let stack = Stack::named(name);
         let mut r = Report::default();
@@ -263,6 +271,9 @@ fn main() {
         }
         if opts.wants("list") {
             list_part(stack, &mut r, opts.quick);
+        }
+        if opts.wants("fleet") {
+            fleet_part(stack, &mut r, opts.quick);
         }
         r.write(&mut md, &stack_title(stack));
     }
@@ -861,5 +872,366 @@ fn list_part(stack: &'static Stack, r: &mut Report, quick: bool) {
                 loop_.median / 1000.0
             ),
         );
+    }
+}
+
+/// A GET of `path` on `address`, timed: (status, body, seconds).
+fn timed_get(address: &str, path: &str) -> (u16, String, f64) {
+    let t = Instant::now();
+    let r = common::exporter::get(address, path, &[]);
+    (r.status, r.body, t.elapsed().as_secs_f64())
+}
+
+/// The exporter with 2,000 idle connections that each sent half a request (plain HTTP, and TLS with basic
+/// authentication): its threads, its RSS and a real scrape's time, beside the same with none.
+fn http_part(r: &mut Report, quick: bool) {
+    use std::io::Write as _;
+    let stack = Stack::host_stack();
+    let n = if quick { 50 } else { 2_000 };
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let mut qsd = Qsd::start(stack);
+    qsd.ctl.start_sized(
+        "blockdev-mirror",
+        json!({"job-id": "copy-vda-libvirt-1-format", "device": "top", "target": "dst", "sync": "full",
+               "speed": 64 * 1024, "buf-size": 256 * 1024}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    common::exporter::tls_material(dir.path());
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\nbasic_auth_users:\n  prometheus: {}\n",
+            common::exporter::bcrypt("prometheus", "right horse")
+        ),
+    )
+    .unwrap();
+    let sock = qsd.lib_socket();
+    for tls in [false, true] {
+        let mut args = vec!["--qmp-glob", sock.as_str(), "--listen", "127.0.0.1:0"];
+        if tls {
+            args.extend(["--web-config", web.to_str().unwrap()]);
+        }
+        let e = common::exporter::Exporter::start(&args);
+        let ca = dir.path().join("ca.pem");
+        let scrape = || -> f64 {
+            if tls {
+                let t = Instant::now();
+                let (code, _) = common::exporter::curl(
+                    &["--cacert", ca.to_str().unwrap(), "-u", "prometheus:right horse"],
+                    &format!("https://{}/metrics", e.address),
+                );
+                assert_eq!(code, 200);
+                t.elapsed().as_secs_f64()
+            } else {
+                let (code, _, took) = timed_get(&e.address, "/metrics");
+                assert_eq!(code, 200);
+                took
+            }
+        };
+        scrape(); // bcrypt's first check, cached from then on
+        let quiet: Vec<u64> = (0..5).map(|_| (scrape() * 1e9) as u64).collect();
+        let (threads0, rss0) = e.threads_and_rss();
+        let idle: Vec<Box<dyn std::io::Write>> = (0..n)
+            .map(|_| -> Box<dyn std::io::Write> {
+                let c = std::net::TcpStream::connect(&e.address).unwrap();
+                if tls {
+                    // The handshake done, half a request sent: what a slow or hostile client holds open.
+                    let mut c = openssl_like_client(c, &ca);
+                    let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+                    Box::new(c)
+                } else {
+                    let mut c = c;
+                    let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+                    Box::new(c)
+                }
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let loaded: Vec<u64> = (0..5).map(|_| (scrape() * 1e9) as u64).collect();
+        let (threads, rss) = e.threads_and_rss();
+        drop(idle);
+        let kind = if tls { "TLS and basic auth" } else { "plain HTTP" };
+        let (q, l) = (stats(quiet), stats(loaded));
+        r.latency(
+            &format!("a scrape, {kind}, no other connection"),
+            &q,
+            "client's view, TLS handshake included",
+        );
+        r.latency(&format!("a scrape, {kind}, {n} idle connections open"), &l, "");
+        r.other(
+            &format!("exporter's threads and RSS, {kind}: none / {n} idle connections"),
+            format!(
+                "{threads0} / {threads}; {:.1} / {:.1} MiB",
+                rss0 as f64 / 1024.0,
+                rss as f64 / 1024.0
+            ),
+            "threads: one serves every connection; a reader; libvirt's event loop when reading libvirt",
+        );
+        if !quick {
+            r.target(
+                &format!("{kind}: at most 64 threads with {n} idle connections"),
+                format!("{threads}"),
+                threads <= 64,
+            );
+            r.target(
+                &format!("{kind}: RSS under 64 MiB with {n} idle connections"),
+                format!("{:.1} MiB", rss as f64 / 1024.0),
+                rss < 64 * 1024,
+            );
+            r.target(
+                &format!("{kind}: a scrape under 100 ms with {n} idle connections"),
+                format!("{:.1} ms (p99 {:.1})", l.median / 1000.0, l.p99 / 1000.0),
+                l.p99 < 100_000.0,
+            );
+        }
+    }
+}
+
+/// A TLS client of rustls that trusts `ca`, its handshake done.
+fn openssl_like_client(
+    sock: std::net::TcpStream,
+    ca: &Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    });
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).unwrap();
+    }
+    s
+}
+
+/// A command's wall time and peak RSS (KiB, of it and the descendants it waited for), as it exits.
+fn run_measured(mut c: Command) -> (std::process::Output, f64, u64) {
+    use std::os::unix::process::ExitStatusExt;
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let t = Instant::now();
+    let mut child = c.spawn().unwrap();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let readers = (
+        std::thread::spawn(move || {
+            let mut b = vec![];
+            std::io::Read::read_to_end(&mut out, &mut b)
+                .map(|_| b)
+                .unwrap_or_default()
+        }),
+        std::thread::spawn(move || {
+            let mut b = vec![];
+            std::io::Read::read_to_end(&mut err, &mut b)
+                .map(|_| b)
+                .unwrap_or_default()
+        }),
+    );
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for the child we spawned and reaps it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a pid of our own child, valid pointers to locals.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    let secs = t.elapsed().as_secs_f64();
+    let out = std::process::Output {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout: readers.0.join().unwrap(),
+        stderr: readers.1.join().unwrap(),
+    };
+    std::mem::forget(child); // reaped above
+    (out, secs, usage.ru_maxrss as u64)
+}
+
+/// A host of 1, 50 and 200 small running domains (32 MiB TCG guests), a throttled copy on one in five: one scrape
+/// of `metrics --listen` and one `list`, each with its time, its calls to libvirt and its RSS, beside the sum of
+/// libvirt's own calls any reader needs (measured in the same run), the shell loop of virsh an operator writes,
+/// and Debian's prometheus-libvirt-exporter.
+fn fleet_part(stack: &'static Stack, r: &mut Report, quick: bool) {
+    let counts: &[usize] = if quick { &[2] } else { &[1, 50, 200] };
+    let rounds = if quick { 2 } else { 10 };
+    let tool = stack.tool();
+    let mut domains: Vec<Domain> = vec![];
+    for &n in counts {
+        while domains.len() < n {
+            let d = Domain::create_small(stack, &format!("bjt-fleet{}", domains.len()));
+            if domains.len() % 5 == 0 {
+                d.start_copy(16 * 1024, 64 * 1024);
+            }
+            domains.push(d);
+        }
+        let jobs = domains.len().div_ceil(5);
+        // libvirt's own calls, the floor of any reader.
+        let out = virt::as_user(stack, "/usr/bin/python3")
+            .args([&stack.file("bench/host_calls.py"), "qemu:///session", "5"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "host_calls: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let calls: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(calls["domains"], n);
+        let part = |k: &str| calls[k].as_f64().unwrap() * 1000.0;
+        let sum = part("list") + part("xml") + part("job_info");
+
+        // One scrape of a running exporter: client-side time, its own reading and calls, its RSS.
+        let mut c = virt::as_user(stack, &tool);
+        c.args(["metrics", "-c", "qemu:///session", "--listen", "127.0.0.1:0"]);
+        let e = common::exporter::Exporter::spawn(c);
+        let _ = timed_get(&e.address, "/metrics"); // the first reading learns every domain's disks
+        let mut times = vec![];
+        let mut last = String::new();
+        for _ in 0..rounds {
+            std::thread::sleep(std::time::Duration::from_millis(300)); // past the exporter's 250 ms between readings
+            let (code, body, took) = timed_get(&e.address, "/metrics");
+            assert_eq!(code, 200);
+            times.push((took * 1e9) as u64);
+            last = body;
+        }
+        assert!(last.contains("blockjobinfo_up 1"), "{last}");
+        assert_eq!(
+            last.lines()
+                .filter(|l| l.starts_with("blockjobinfo_block_job_info{"))
+                .count(),
+            jobs,
+            "{last}"
+        );
+        let metric_calls = |call: &str| -> u64 {
+            last.lines()
+                .find_map(|l| l.strip_prefix(&format!("blockjobinfo_scrape_libvirt_calls{{call=\"{call}\"}} ")))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let (list_c, xml_c, job_c) = (
+            metric_calls("virConnectListAllDomains"),
+            metric_calls("virDomainGetXMLDesc"),
+            metric_calls("virDomainGetBlockJobInfo"),
+        );
+        let (_, rss) = e.threads_and_rss();
+        drop(e);
+        let scrape = stats(times);
+
+        // One `list`, a whole process.
+        let mut list_times = vec![];
+        let mut list_rss = 0;
+        let mut list_calls = String::new();
+        for _ in 0..rounds.min(5) {
+            let mut c = virt::as_user(stack, "env");
+            c.args(["BLOCKJOBINFO_LOG=debug", &tool, "list", "-c", "qemu:///session"]);
+            let (out, secs, kib) = run_measured(c);
+            assert!(out.status.success(), "list: {}", String::from_utf8_lossy(&out.stderr));
+            list_times.push((secs * 1e9) as u64);
+            list_rss = list_rss.max(kib);
+            list_calls = String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .find_map(|l| l.split_once(" calls to libvirt: ").map(|(_, c)| c.to_string()))
+                .unwrap_or_default();
+        }
+        let list = stats(list_times);
+
+        // The operator's shell loop, and Debian's libvirt exporter (block I/O statistics, no block jobs).
+        let script = "for d in $(virsh -c qemu:///session list --name); do \
+                      for disk in $(virsh -c qemu:///session domblklist \"$d\" | awk 'NR > 2 && $1 { print $1 }'); do \
+                      virsh -c qemu:///session blockjob \"$d\" \"$disk\" --raw; done; done";
+        let t = Instant::now();
+        let out = virt::as_user(stack, "sh").args(["-c", script]).output().unwrap();
+        assert!(out.status.success());
+        let shell = t.elapsed().as_secs_f64() * 1000.0;
+        let peer = if stack.is_host() {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut c = virt::as_user(stack, "prometheus-libvirt-exporter");
+            c.args(["--libvirt.uri", "qemu:///session", "--web.listen-address"])
+                .arg(format!("127.0.0.1:{port}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            let _peer = Reaper(c.spawn().unwrap());
+            let address = format!("127.0.0.1:{port}");
+            common::exporter::eventually(
+                "prometheus-libvirt-exporter listens",
+                std::time::Duration::from_secs(30),
+                || std::net::TcpStream::connect(&address).is_ok(),
+            );
+            let mut t = vec![];
+            let mut series = 0;
+            for _ in 0..rounds.min(5) {
+                let (code, body, took) = timed_get(&address, "/metrics");
+                assert_eq!(code, 200);
+                t.push((took * 1e9) as u64);
+                series = body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
+            }
+            Some((stats(t), series))
+        } else {
+            None // Debian's package is the host's only
+        };
+
+        let ratio = scrape.median / 1000.0 / sum;
+        r.latency(
+            &format!("one scrape of metrics --listen, {n} domains, {jobs} jobs"),
+            &scrape,
+            &format!(
+                "{:.2}x libvirt's own calls; it made {list_c} list, {xml_c} XML, {job_c} block job queries; RSS {:.1} MiB",
+                ratio,
+                rss as f64 / 1024.0
+            ),
+        );
+        r.other(
+            &format!("libvirt's own calls for {n} domains, one after another (best of 5)"),
+            format!("{sum:.1} ms"),
+            &format!(
+                "list {:.2} ms + {n} XML {:.1} ms + {} block job queries {:.1} ms",
+                part("list"),
+                part("xml"),
+                calls["disks"],
+                part("job_info")
+            ),
+        );
+        r.latency(
+            &format!("blockjobinfo list, {n} domains, a whole process"),
+            &list,
+            &format!("{list_calls}; peak RSS {:.1} MiB", list_rss as f64 / 1024.0),
+        );
+        r.other(
+            &format!("virsh shell loop, {n} domains"),
+            format!("{shell:.0} ms"),
+            "domblklist + blockjob --raw per domain",
+        );
+        if let Some((p, series)) = peer {
+            r.latency(
+                &format!("prometheus-libvirt-exporter 0.2, one scrape, {n} domains"),
+                &p,
+                &format!("{series} series, I/O statistics, no block job"),
+            );
+        }
+        if !quick && n >= 50 {
+            let limit = if n >= 200 { 80.0 } else { 25.0 };
+            r.target(
+                &format!("a scrape at {n} domains under {limit} ms"),
+                format!("{:.1} ms", scrape.median / 1000.0),
+                scrape.median / 1000.0 < limit,
+            );
+            r.target(
+                &format!("a scrape at {n} domains within 1.25x libvirt's own calls"),
+                format!("{ratio:.2}x"),
+                ratio <= 1.25,
+            );
+        }
     }
 }

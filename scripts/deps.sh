@@ -6,16 +6,17 @@ set -euo pipefail
 # the session libvirtd in libvirt-daemon(-driver-qemu), the system one with its users, polkit rules and config
 # in libvirt-daemon-system (with dbus and polkitd); libvirt's header in libvirt-dev; gcc -m32 in gcc-multilib;
 # mmdebstrap and curl make the stacks' roots (scripts/stacks.sh); systemd-container boots one (systemd-nspawn),
-# systemd has systemd-socket-activate and systemd-analyze; debhelper, dpkg-dev and lintian build and check the
-# Debian packages (make deb); abigail-tools guards the ABI; mandoc, groff-base and man-db lint and render the
-# manual pages; python3-prometheus-client, prometheus-node-exporter and prometheus (server and promtool) read the
-# metrics the tool writes; apache2-utils (htpasswd), openssl and curl make and try the web config's credentials;
-# iproute2 (ss) shows what listens.
+# systemd has systemd-socket-activate and systemd-analyze, libnss-systemd resolves dynamic users; debhelper,
+# dpkg-dev and lintian build and check the Debian packages (make deb); abigail-tools guards the ABI; mandoc,
+# groff-base and man-db lint and render the manual pages; python3-prometheus-client, prometheus-node-exporter
+# and prometheus (server and promtool) read the metrics the tool writes, and prometheus-libvirt-exporter, a
+# peer, is measured beside it; apache2-utils (htpasswd), openssl and curl make and try the web config's
+# credentials; iproute2 (ss) shows what listens.
 packages=(qemu-system-common qemu-system-x86 qemu-utils libvirt-dev libvirt-clients libvirt-daemon
           libvirt-daemon-driver-qemu libvirt-daemon-system dbus polkitd python3-libvirt gcc-multilib pkg-config
-          valgrind mmdebstrap curl systemd systemd-container libnss-systemd debhelper dpkg-dev lintian abigail-tools mandoc
-          groff-base man-db python3-prometheus-client prometheus-node-exporter prometheus apache2-utils openssl
-          iproute2)
+          valgrind mmdebstrap curl systemd systemd-container libnss-systemd debhelper dpkg-dev lintian
+          abigail-tools mandoc groff-base man-db python3-prometheus-client prometheus-node-exporter prometheus
+          prometheus-libvirt-exporter apache2-utils openssl iproute2)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -239,7 +239,11 @@ impl Libvirt {
         if ptr.is_null() {
             return Err(Error::Libvirt(self.last_error()));
         }
-        Ok(Connection { lv: self, ptr })
+        Ok(Connection {
+            lv: self,
+            ptr,
+            forever: std::sync::Mutex::new(vec![]),
+        })
     }
 
     /// libvirt's own `virDomainGetBlockJobInfo`, arguments passed through untouched (for whatever libvirt
@@ -394,6 +398,9 @@ fn same_object(a: *const c_void, b: *const c_void) -> bool {
 pub struct Connection {
     lv: &'static Libvirt,
     ptr: ConnectPtr,
+    /// Callbacks registered for the connection's lifetime: a registration holds a reference on the connection,
+    /// so they are deregistered before it is closed, or it would never close.
+    forever: std::sync::Mutex<Vec<c_int>>,
 }
 
 // SAFETY: libvirt connections are thread-safe (libvirt locks them internally).
@@ -403,6 +410,10 @@ unsafe impl Sync for Connection {}
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        for id in self.forever.get_mut().map(std::mem::take).unwrap_or_default() {
+            // SAFETY: an id libvirt gave us on this connection, deregistered once.
+            unsafe { (self.lv.client.event_deregister_any)(self.ptr, id) };
+        }
         // SAFETY: a connection we opened and close once.
         unsafe { (self.lv.client.close)(self.ptr) };
     }
@@ -555,7 +566,7 @@ impl Connection {
 
 impl Connection {
     /// Calls `callback` from libvirt's event loop (`start_event_loop`) whenever any domain gains or loses a device
-    /// (a disk hot-plugged, say), for as long as the connection is open.
+    /// (a disk hot-plugged, say), for as long as the connection is open (deregistered when it is dropped).
     pub fn on_device_change(&self, callback: impl Fn() + Send + Sync + 'static) -> Result<()> {
         let callback: std::sync::Arc<dyn Fn() + Send + Sync> = std::sync::Arc::new(callback);
         for event in [EVENT_ID_DEVICE_ADDED, EVENT_ID_DEVICE_REMOVED] {
@@ -579,6 +590,7 @@ impl Connection {
                 drop(unsafe { Box::from_raw(opaque as *mut DeviceCallback) });
                 return Err(Error::Libvirt(self.lv.last_error()));
             }
+            self.forever.lock().unwrap_or_else(|p| p.into_inner()).push(id);
         }
         Ok(())
     }

@@ -64,8 +64,19 @@ impl Exporter {
         }
     }
 
+    /// The exporter's own process: the child, or its descendant called `blockjobinfo` when a launcher (runuser,
+    /// a chroot) started it.
     pub fn pid(&self) -> u32 {
-        self.child.0.id()
+        let mut todo = vec![self.child.0.id()];
+        while let Some(p) = todo.pop() {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            if comm.trim() == "blockjobinfo" {
+                return p;
+            }
+            let children = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+            todo.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+        panic!("no blockjobinfo process under {}", self.child.0.id())
     }
 
     /// `Threads` and `VmRSS` (KiB) of the exporter, from /proc.

@@ -183,15 +183,20 @@ fn create_overlay(s: &Stack, base: &str, file: &str) {
 impl Domain {
     /// `top_data_mib` MiB of data in the overlay (what a shallow copy or an active commit moves).
     pub fn create(s: &'static Stack, name: &str, top_data_mib: u64) -> Domain {
-        Domain::build(s, name, top_data_mib, true)
+        Domain::build(s, name, top_data_mib, true, 64)
+    }
+
+    /// A small one (32 MiB of guest memory), for hosts of many domains.
+    pub fn create_small(s: &'static Stack, name: &str) -> Domain {
+        Domain::build(s, name, 1, true, 32)
     }
 
     /// A persistent domain that is defined but not running.
     pub fn define_inactive(s: &'static Stack, name: &str) -> Domain {
-        Domain::build(s, name, 1, false)
+        Domain::build(s, name, 1, false, 64)
     }
 
-    fn build(s: &'static Stack, name: &str, top_data_mib: u64, start: bool) -> Domain {
+    fn build(s: &'static Stack, name: &str, top_data_mib: u64, start: bool, memory_mib: u64) -> Domain {
         setup(s);
         let name = format!("{name}-{}", std::process::id());
         let dir = format!("/tmp/bjtest-{name}");
@@ -213,7 +218,7 @@ impl Domain {
         let xml = format!(
             r#"<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{name}</name>
-  <memory unit='MiB'>64</memory>
+  <memory unit='MiB'>{memory_mib}</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
   <devices>

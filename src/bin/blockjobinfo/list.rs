@@ -151,6 +151,15 @@ impl Reader {
 fn read_libvirt(conn: &Connection, host: &mut HostReader) -> Result<Snapshot, String> {
     let at = Instant::now();
     let (domains, calls) = host.read(conn).map_err(|e| e.to_string())?;
+    log::debug!(
+        "read {} running domains in {:.1} ms with {} calls to libvirt: {} list, {} XML, {} block job queries",
+        domains.len(),
+        at.elapsed().as_secs_f64() * 1000.0,
+        calls.total(),
+        calls.list,
+        calls.xml,
+        calls.job_info
+    );
     let mut snap = Snapshot {
         kind: "domain",
         looked_at: vec![],

@@ -316,6 +316,8 @@ fn outcome(
 }
 
 fn main() -> ExitCode {
+    // BLOCKJOBINFO_LOG, as for the library in any program.
+    blockjobinfo::logging::init();
     let cli = Cli::parse();
     match &cli.command {
         Command::Info {

@@ -1,0 +1,193 @@
+//! `metrics --listen` soaked: scraped by eight clients at once, BJI_SOAK_SCRAPES times in all (400 in
+//! `make test`, 10,000 in `make soak`), while domains are created and destroyed, jobs start and finish, and the
+//! session libvirtd is killed twice (libvirt's session autostart brings it back). Every scrape is valid
+//! exposition; a destroyed domain's series are gone from the first scrape that starts after the destroy
+//! returned; the exporter's RSS and open descriptors, read at the start, the middle and the end, stay flat.
+
+#[macro_use]
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::exporter::{get, Exporter};
+use common::virt::{self, Domain, Preload};
+use common::*;
+
+fn scrapes() -> usize {
+    std::env::var("BJI_SOAK_SCRAPES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400)
+}
+
+/// A strict reading of the text exposition format: every family announced by HELP and TYPE before its samples,
+/// every sample `name{label="value",...} number` of an announced family, and `blockjobinfo_up` present. The
+/// domains named in it, returned.
+fn validate(text: &str) -> Result<HashSet<String>, String> {
+    let mut typed = HashSet::new();
+    let mut domains = HashSet::new();
+    let mut up = false;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').ok_or(format!("bad TYPE: {line}"))?;
+            if kind != "gauge" {
+                return Err(format!("not a gauge: {line}"));
+            }
+            typed.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').ok_or(format!("no value: {line}"))?;
+        value.parse::<f64>().map_err(|_| format!("bad value: {line}"))?;
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.strip_suffix('}').ok_or(format!("unclosed labels: {line}"))?),
+            None => (series, ""),
+        };
+        if !typed.contains(name) {
+            return Err(format!("sample before its TYPE: {line}"));
+        }
+        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once("=\"").ok_or(format!("bad label: {line}"))?;
+            if !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("bad label name: {line}"));
+            }
+            if k == "domain" {
+                domains.insert(v.trim_end_matches('"').to_string());
+            }
+        }
+        up |= name == "blockjobinfo_up";
+    }
+    if !up {
+        return Err("no blockjobinfo_up".into());
+    }
+    Ok(domains)
+}
+
+/// A process's RSS (KiB) and open descriptors.
+fn footprint(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    (rss, fds)
+}
+
+fn scraped_under_churn_and_two_libvirtd_restarts_it_stays_valid_and_flat(s: &'static Stack) {
+    let total = scrapes();
+    let mut c = virt::as_user(s, &s.tool());
+    c.args(["metrics", "-c", "qemu:///session", "--listen", "127.0.0.1:0"]);
+    let e = Exporter::spawn(c);
+    let (pid, address) = (e.pid(), e.address.clone());
+    let steady = Domain::create(s, "bjt-soak", 2);
+    steady.start_copy(16 * 1024, 64 * 1024);
+    assert!(validate(&get(&e.address, "/metrics", &[]).body)
+        .unwrap()
+        .contains(&steady.name));
+    let start = footprint(pid);
+
+    let done = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let middle = Mutex::new(None);
+    // Destroyed domains, with when their destroy returned.
+    let gone: Mutex<Vec<(String, Instant)>> = Mutex::new(vec![]);
+    let restarts = AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        // Churn: a domain created, a copy started on it, the copy finished or cancelled, the domain destroyed;
+        // libvirtd killed twice along the way.
+        sc.spawn(|| {
+            let mut round = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let d = Domain::create(s, &format!("bjt-churn{round}"), 1);
+                let args = d.copy_args(&format!("c{round}.qcow2"), 1 << 20);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                d.virsh_ok(Preload::No, &args);
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = d.virsh(Preload::No, &["blockjob", &d.name, "vda", "--abort"]);
+                let progress = done.load(Ordering::Relaxed) * 3 / total;
+                if restarts.load(Ordering::Relaxed) < progress.min(2) {
+                    let uid = virt::uid(s).to_string();
+                    let _ = Command::new("pkill")
+                        .args(["-KILL", "-U", &uid, "-x", "libvirtd|virtqemud"])
+                        .status();
+                    restarts.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                let name = d.name.clone();
+                drop(d); // destroyed and undefined
+                gone.lock().unwrap().push((name, Instant::now()));
+                round += 1;
+            }
+        });
+        // Eight scrapers.
+        for _ in 0..8 {
+            sc.spawn(|| loop {
+                let n = done.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    stop.store(true, Ordering::Relaxed);
+                    return;
+                }
+                if n == total / 2 {
+                    *middle.lock().unwrap() = Some(footprint(pid));
+                }
+                let asked = Instant::now();
+                let r = get(&address, "/metrics", &[]);
+                assert_eq!(r.status, 200, "{}: scrape {n}", s.name);
+                let domains =
+                    validate(&r.body).unwrap_or_else(|why| panic!("{}: scrape {n}: {why}:\n{}", s.name, r.body));
+                for (name, when) in gone.lock().unwrap().iter() {
+                    assert!(
+                        !(domains.contains(name) && *when < asked),
+                        "{}: {name} was destroyed before scrape {n} started, and is still in it",
+                        s.name
+                    );
+                }
+            });
+        }
+    });
+    assert_eq!(restarts.load(Ordering::Relaxed), 2, "{}: libvirtd killed twice", s.name);
+    assert!(!gone.lock().unwrap().is_empty());
+    // Quiet again: the steady copy is back in view, and the footprint is as it was.
+    common::exporter::eventually("the steady copy is reported again", Duration::from_secs(60), || {
+        validate(&get(&e.address, "/metrics", &[]).body).is_ok_and(|d| d.contains(&steady.name))
+    });
+    let end = footprint(pid);
+    let middle = middle.lock().unwrap().expect("measured at the middle");
+    eprintln!(
+        "{}: {total} scrapes, {} domains churned, libvirtd killed twice: RSS {:.1} / {:.1} / {:.1} MiB, open \
+         descriptors {} / {} / {} (start / middle / end)",
+        s.name,
+        gone.lock().unwrap().len(),
+        start.0 as f64 / 1024.0,
+        middle.0 as f64 / 1024.0,
+        end.0 as f64 / 1024.0,
+        start.1,
+        middle.1,
+        end.1
+    );
+    s.record(
+        "soak",
+        &format!(
+            "{total} scrapes: RSS {:.1} / {:.1} / {:.1} MiB, fds {} / {} / {}",
+            start.0 as f64 / 1024.0,
+            middle.0 as f64 / 1024.0,
+            end.0 as f64 / 1024.0,
+            start.1,
+            middle.1,
+            end.1
+        ),
+    );
+    assert!(end.1 <= start.1 + 2, "{}: descriptors {start:?} -> {end:?}", s.name);
+    // Flat: what the allocator keeps after the first readings, not growth with the scrapes.
+    assert!(end.0 <= middle.0 + 4 * 1024, "{}: RSS {middle:?} -> {end:?}", s.name);
+}
+
+on_each_stack!(scraped_under_churn_and_two_libvirtd_restarts_it_stays_valid_and_flat);
