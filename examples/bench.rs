@@ -1067,7 +1067,7 @@ fn fleet_part(stack: &'static Stack, r: &mut Report, quick: bool) {
     for &n in counts {
         while domains.len() < n {
             let d = Domain::create_small(stack, &format!("bjt-fleet{}", domains.len()));
-            if domains.len() % 5 == 0 {
+            if domains.len().is_multiple_of(5) {
                 d.start_copy(16 * 1024, 64 * 1024);
             }
             domains.push(d);
