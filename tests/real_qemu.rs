@@ -264,9 +264,10 @@ fn sampling_a_whole_mirror_never_reports_done_early(s: &'static Stack) {
 }
 
 /// Eric Blake's `0/0` rule on real QEMU: a mirror just started in a new daemon is read at once, as fast as the
-/// library answers, until QEMU has sized it. QEMU 11.1 reports `0/0`, `ready: false` for its first milliseconds
-/// (the library answers 0/1: not done); 7.2 and 10.0 were seen reporting the length from the first query. Which
-/// one a stack shows is recorded; the answer to each sample is checked either way.
+/// library answers, until QEMU has sized it. QEMU 11.1 was seen reporting `0/0`, `ready: false` for its first
+/// milliseconds (the library answers 0/1: not done; a race with the job's start, not seen in every run); 7.2 and
+/// 10.0 always reported the length from the first query. What a run saw is recorded; the answer to each sample is
+/// checked either way.
 fn a_just_started_mirror_is_never_reported_done(s: &'static Stack) {
     let mut qsd = Qsd::start(s);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();

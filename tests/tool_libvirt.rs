@@ -1,29 +1,22 @@
 //! The tool on a libvirt host, as the test user's session libvirtd runs it: several TCG domains with a copy,
 //! an active commit and a pull at once. `list` (text, JSON, `--watch` on a pseudo-terminal), `info -c`,
 //! `metrics` (parsed by python3-prometheus-client, served over HTTP, written as a textfile) agree with libvirt's
-//! own answers; `wait -c` wakes on libvirt's events. (libvirtd restarted under `--watch` is in
-//! tests/tool_libvirt_faults.rs: it kills the session daemon the other tests use.)
+//! own answers; a refused connection and a missing domain are one line. (`wait -c`: tests/tool_libvirt_wait.rs;
+//! libvirtd restarted under `--watch`: tests/tool_libvirt_faults.rs, which kills the session daemon.)
 
 #[macro_use]
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::checks::{agrees, ok, parse_metrics, raw_numbers, sample};
-use common::virt::{self, Domain, Preload};
+use common::virt::{self, tool, Domain, Preload};
 use common::*;
 use serde_json::Value;
 
 const URI: &str = "qemu:///session";
-
-/// `blockjobinfo ARGS` as the test user.
-fn tool(s: &Stack, args: &[&str]) -> Command {
-    let mut c = virt::as_user(s, &s.tool());
-    c.args(args);
-    c
-}
 
 /// libvirt's own `virsh blockjob --raw` numbers: (type label, cur, end).
 fn virsh_raw(dom: &Domain) -> (String, u64, u64) {
@@ -366,23 +359,6 @@ fn list_info_and_metrics_agree_with_libvirt_on_several_jobs_at_once(s: &'static 
     }
 }
 
-/// A child's whole output, once it exits (the guard still kills it if the test fails first).
-fn output_of(r: &mut Reaper) -> Output {
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    if let Some(mut o) = r.0.stdout.take() {
-        o.read_to_end(&mut stdout).unwrap();
-    }
-    if let Some(mut e) = r.0.stderr.take() {
-        e.read_to_end(&mut stderr).unwrap();
-    }
-    Output {
-        status: r.0.wait().unwrap(),
-        stdout,
-        stderr,
-    }
-}
-
 /// A plain HTTP/1.1 GET; the whole response.
 fn http_get(address: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(address).unwrap();
@@ -391,197 +367,6 @@ fn http_get(address: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
-}
-
-/// QEMU's `BLOCK_JOB_READY` time, in microseconds since the epoch, from an event on the domain's own monitor.
-fn event_us(ev: &Value) -> i64 {
-    ev["timestamp"]["seconds"].as_i64().unwrap() * 1_000_000 + ev["timestamp"]["microseconds"].as_i64().unwrap()
-}
-
-fn wall_us() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
-}
-
-/// A copy onto a new overlay `file`, held at 1 byte/s, and `wait -c --ready` started on it.
-fn held_copy_waited_for(s: &Stack, dom: &Domain, file: &str) -> Reaper {
-    let args = dom.copy_args(file, 1);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    dom.virsh_ok(Preload::No, &args);
-    Reaper(
-        tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone(s: &'static Stack) {
-    // Ready: the copy is throttled until the waiter waits, then let go; the waiter returns right after
-    // QEMU's BLOCK_JOB_READY (libvirt's event follows it), well before its 2 s safety poll.
-    let dom = Domain::create(s, "bjt-lwait", 2);
-    let mut events = Control::connect(&dom.real_qmp_socket());
-    let mut waiter = held_copy_waited_for(s, &dom, "w.qcow2");
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        waiter.0.try_wait().unwrap().is_none(),
-        "the waiter returned before the copy was ready"
-    );
-    dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--bandwidth", "0"]);
-    let ready = events.wait_event("BLOCK_JOB_READY", Duration::from_secs(120));
-    let status = waiter.0.wait().unwrap();
-    let returned = wall_us();
-    assert!(status.success(), "wait --ready: {status}");
-    let late = returned - event_us(&ready);
-    assert!(
-        late < 500_000,
-        "wait -c returned {late} us after QEMU's BLOCK_JOB_READY"
-    );
-    eprintln!("{}: wait -c returned {late} us after BLOCK_JOB_READY", s.name);
-
-    // Cancelled while waited for: exit 3, as in QMP mode.
-    dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
-    dom.wait_no_job(Duration::from_secs(60));
-    let mut waiter = held_copy_waited_for(s, &dom, "c.qcow2");
-    std::thread::sleep(Duration::from_millis(1500));
-    dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
-    let out = output_of(&mut waiter);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("was cancelled"));
-    dom.wait_no_job(Duration::from_secs(60));
-
-    // Gone: a pull runs to its end; --gone returns 0 once libvirt says it completed.
-    dom.virsh_ok(Preload::No, &["blockpull", &dom.name, "vda", "--bandwidth", "1"]);
-    let out = tool(
-        s,
-        &[
-            "wait",
-            "-c",
-            URI,
-            &dom.name,
-            "vda",
-            "--gone",
-            "--verbose",
-            "--timeout",
-            "120",
-        ],
-    )
-    .output()
-    .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Block Pull complete"));
-    // Gone: info -c says so, as the QMP mode does.
-    assert_eq!(
-        ok(
-            tool(s, &["info", "-c", URI, &dom.name, "vda"]).output().unwrap(),
-            "info"
-        ),
-        "No current block job for vda\n"
-    );
-    // libvirt agrees there is none: its raw form is empty.
-    assert_eq!(dom.job_raw(Preload::No).trim(), "");
-    // Nothing to wait for: --ready on a disk with no job is exit 4, as in QMP mode.
-    let out = tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A tmpfs of 1 MiB mounted where the domain's QEMU sees it (in the session libvirtd's mount namespace, which on
-/// a root's stack is not the host's), unmounted when dropped.
-struct Full {
-    pid: String,
-    at: std::path::PathBuf,
-}
-
-impl Full {
-    fn mount(s: &Stack, at: std::path::PathBuf) -> Full {
-        let pids = Command::new("pgrep")
-            .args(["-U", &virt::uid(s).to_string(), "-f", "libvirtd|virtqemud"])
-            .output()
-            .unwrap();
-        let pid = String::from_utf8_lossy(&pids.stdout)
-            .lines()
-            .next()
-            .expect("a session daemon")
-            .to_string();
-        std::fs::create_dir_all(&at).unwrap();
-        let o = Command::new("nsenter")
-            .args([
-                "-t",
-                &pid,
-                "-m",
-                "mount",
-                "-t",
-                "tmpfs",
-                "-o",
-                "size=1M,mode=0777",
-                "bjt-full",
-            ])
-            .arg(&at)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        Full { pid, at }
-    }
-}
-
-impl Drop for Full {
-    fn drop(&mut self) {
-        let _ = Command::new("nsenter")
-            .args(["-t", &self.pid, "-m", "umount", "-l"])
-            .arg(&self.at)
-            .output();
-    }
-}
-
-fn wait_c_reports_a_job_that_fails(s: &'static Stack) {
-    // A full copy onto a 1 MiB filesystem: QEMU's mirror fails with ENOSPC, libvirt says FAILED.
-    let dom = Domain::create(s, "bjt-lfail", 4);
-    let full = Full::mount(s, dom.host_path("full"));
-    let dest = dom.path("full/copy.raw");
-    dom.virsh_ok(
-        Preload::No,
-        &[
-            "blockcopy",
-            &dom.name,
-            "vda",
-            &dest,
-            "--format",
-            "raw",
-            "--transient-job",
-            "--bandwidth",
-            "1",
-            "--bytes",
-        ],
-    );
-    let mut waiter = Reaper(
-        tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(1500));
-    if waiter.0.try_wait().unwrap().is_some() {
-        let out = output_of(&mut waiter);
-        panic!(
-            "the waiter returned early ({:?}): {}{}; virsh says {:?}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            dom.job_raw(Preload::No)
-        );
-    }
-    dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--bandwidth", "0"]);
-    let out = output_of(&mut waiter);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("Block Copy 'vda' failed"), "{err}");
-    drop(full);
 }
 
 fn a_refused_connection_and_a_missing_domain_are_one_clear_line(s: &'static Stack) {
@@ -620,7 +405,5 @@ fn a_refused_connection_and_a_missing_domain_are_one_clear_line(s: &'static Stac
 
 on_each_stack!(
     list_info_and_metrics_agree_with_libvirt_on_several_jobs_at_once,
-    wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone,
-    wait_c_reports_a_job_that_fails,
     a_refused_connection_and_a_missing_domain_are_one_clear_line,
 );

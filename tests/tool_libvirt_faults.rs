@@ -8,17 +8,11 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::virt::{self, Domain, Preload};
+use common::virt::{self, tool, Domain, Preload};
 use common::*;
 use serde_json::Value;
 
 const URI: &str = "qemu:///session";
-
-fn tool(s: &Stack, args: &[&str]) -> Command {
-    let mut c = virt::as_user(s, &s.tool());
-    c.args(args);
-    c
-}
 
 fn daemon_pids(s: &Stack) -> Vec<String> {
     let o = Command::new("pgrep")

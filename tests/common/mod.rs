@@ -298,8 +298,8 @@ impl Control {
     }
 
     /// Starts a job (`args` carries its `job-id`) and waits (bounded) until QEMU has sized it: a mirror of
-    /// QEMU 11.1 reports `0/0` for its first milliseconds in a new daemon (10.0 reports its `len` at once), which
-    /// the library rightly answers 0/1; tests that check `end` against the image wait for the size first.
+    /// QEMU 11.1 may report `0/0` for its first milliseconds in a new daemon (10.0 reports its `len` at once),
+    /// which the library rightly answers 0/1; tests that check `end` against the image wait for the size first.
     pub fn start_sized(&mut self, command: &str, args: Value) {
         let id = args["job-id"].as_str().expect("a job-id").to_string();
         self.ok(command, args);

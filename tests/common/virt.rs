@@ -135,6 +135,13 @@ pub fn preload_env(s: &Stack, p: Preload) -> Vec<String> {
     }
 }
 
+/// `blockjobinfo ARGS`, the tool copied where the stack's test user can run it, as that user.
+pub fn tool(s: &Stack, args: &[&str]) -> Command {
+    let mut c = as_user(s, &s.tool());
+    c.args(args);
+    c
+}
+
 pub fn virsh(s: &Stack, p: Preload, args: &[&str]) -> Output {
     let mut c = as_user(s, "env");
     c.args(preload_env(s, p));
@@ -357,4 +364,59 @@ impl Drop for Domain {
         let _ = std::fs::remove_dir_all(self.stack.host(&self.dir));
         let _ = std::fs::remove_file(self.qmp_socket());
     }
+}
+
+/// tests/c/linkfirst.c linked with -lblockjobinfo before -lvirt, placed where the test user can run it.
+/// Built on the host (against Debian 12's libvirt-dev) and run in either stack: it finds the library copy the
+/// test user can read through its rpath, and the stack's own libvirt.so.0.
+pub fn build_linkfirst(dom: &Domain) -> String {
+    let exe = dom.host_path("linkfirst");
+    let lib = super::lib_dir();
+    let _ = std::os::unix::fs::symlink("libblockjobinfo.so", lib.join("libblockjobinfo.so.0"));
+    let shared = dom.stack.library();
+    let out = Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-D_POSIX_C_SOURCE=200809L"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/linkfirst.c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg("-L")
+        .arg(&lib)
+        .arg(format!(
+            "-Wl,-rpath,{}",
+            std::path::Path::new(&shared).parent().unwrap().display()
+        ))
+        .args(["-Wl,--no-as-needed", "-lblockjobinfo", "-lvirt"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let needed = Command::new("readelf").arg("-d").arg(&exe).output().unwrap();
+    let needed = String::from_utf8_lossy(&needed.stdout);
+    let ours = needed.find("libblockjobinfo.so.0").expect("links blockjobinfo");
+    let theirs = needed.find("libvirt.so.0").expect("links libvirt");
+    assert!(ours < theirs, "blockjobinfo must come first:\n{needed}");
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    dom.stack.inside(&exe)
+}
+
+/// Runs the link-first client; returns its lines per source, without the source name.
+pub fn run_linkfirst(exe: &str, dom: &Domain, sources: &[&str]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut c = dom.as_user("env");
+    c.args([
+        format!("BLOCKJOBINFO_QMP_SOCKET={}", qmp_template()),
+        "BLOCKJOBINFO_LOG=debug".into(),
+    ]);
+    c.args([exe, dom.name.as_str(), "vda"]).args(sources);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Proof that the call went through blockjobinfo: its debug log.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("blockjobinfo["),
+        "not interposed"
+    );
+    let mut map: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let (s, rest) = line.split_once(' ').unwrap();
+        map.entry(s.to_string()).or_default().push(rest.to_string());
+    }
+    map
 }

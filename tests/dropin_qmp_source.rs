@@ -1,0 +1,96 @@
+//! The drop-in's `qmp` source and its connection: one that cannot answer falls back to `native` and says so,
+//! a socket template that names no domain is refused, and a long-lived process gives the domain's monitor back
+//! once idle (a monitor serves one client at a time).
+
+#[macro_use]
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::virt::{self, Domain, Preload};
+use common::Stack;
+
+/// A qmp source that cannot answer falls back to native, says so in the log, and still answers as libvirt.
+fn a_failing_qmp_source_falls_back_to_native_and_logs_it(s: &'static Stack) {
+    let dom = Domain::create(s, "bjt-fallback", 1);
+    let plain = dom.job_raw(Preload::No);
+    let blockjob_with = |template: &str| {
+        let mut c = dom.as_user("env");
+        c.args([
+            format!("LD_PRELOAD={}", s.library()),
+            "BLOCKJOBINFO_SOURCE=qmp".into(),
+            format!("BLOCKJOBINFO_QMP_SOCKET={template}"),
+            "BLOCKJOBINFO_LOG=warn".into(),
+        ]);
+        c.args([
+            "virsh",
+            "-q",
+            "-c",
+            "qemu:///session",
+            "blockjob",
+            &dom.name,
+            "vda",
+            "--raw",
+        ]);
+        c.output().unwrap()
+    };
+    let out = blockjob_with("/nonexistent/{name}.qmp");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), plain);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("warning: Qmp source failed for disk vda") && log.contains("falling back to native"),
+        "{log}"
+    );
+    assert!(log.contains("/nonexistent/"), "the log names the socket: {log}");
+
+    // A template that does not name the domain is refused, not used for every domain.
+    let out = blockjob_with(&dom.real_qmp_socket());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), plain);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must contain {name} or {uuid}"));
+}
+
+/// A long-lived process gives the domain's monitor back after the idle timeout: another client is served.
+fn the_qmp_connection_is_released_when_idle(s: &'static Stack) {
+    let dom = Domain::create(s, "bjt-idle", 1);
+    let script = format!(
+        "import libvirt, time, sys\n\
+         d = libvirt.open('qemu:///session').lookupByName('{}')\n\
+         print(d.blockJobInfo('vda', 0), flush=True)\n\
+         time.sleep(6)\n",
+        dom.name
+    );
+    let mut c = dom.as_user("env");
+    c.args(virt::preload_env(s, Preload::Source("qmp")));
+    c.args([
+        "BLOCKJOBINFO_QMP_IDLE_MS=300",
+        "BLOCKJOBINFO_LOG=debug",
+        "/usr/bin/python3",
+        "-c",
+        &script,
+    ]);
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Wait for its one call, so that it holds the monitor.
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut first).unwrap();
+    assert_eq!(first.trim(), "{}");
+    // While the process lives, idle, another client gets the monitor within the idle timeout (plus slack).
+    let t = Instant::now();
+    let src = blockjobinfo::QmpSource::open(&dom.real_qmp_socket()).expect("the monitor was given back");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(src.all_reports(0).unwrap().is_empty());
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the python process is still running"
+    );
+    drop(src);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("closing the QMP connection, idle for"));
+}
+
+on_each_stack!(
+    a_failing_qmp_source_falls_back_to_native_and_logs_it,
+    the_qmp_connection_is_released_when_idle,
+);
