@@ -6,6 +6,9 @@ LIBDIR ?= $(PREFIX)/lib
 MANDIR ?= $(PREFIX)/share/man
 DESTDIR ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+# Cargo's target directory (CARGO_TARGET_DIR, as cargo reads it: `make deb` builds a copy of the tree into the
+# checkout's).
+TARGET := $(or $(CARGO_TARGET_DIR),target)
 # Where `make test` stages an install to test it.
 STAGE := $(CURDIR)/target/stage
 
@@ -26,7 +29,7 @@ stacks:
 # libblockjobinfo.so with the soname libblockjobinfo.so.0 (and that link, for programs built in the tree).
 build:
 	$(CARGO) build --all-targets
-	scripts/link-so.sh target/debug
+	scripts/link-so.sh $(TARGET)/debug
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -52,7 +55,7 @@ fuzz:
 # BENCHMARKS.md above its hand-written part; see that file.
 bench: deps
 	$(CARGO) build --release --all-targets
-	scripts/link-so.sh target/release
+	scripts/link-so.sh $(TARGET)/release
 	scripts/bench.sh
 
 # The long runs: the concurrency tests at full length (16 threads x 10,000 calls, shared and separate sources,
@@ -73,14 +76,14 @@ header:
 
 release:
 	$(CARGO) build --release
-	scripts/link-so.sh target/release
+	scripts/link-so.sh $(TARGET)/release
 
 # blockjobinfo(1) from the tool's own argument definitions; libblockjobinfo(3) is written by hand.
 man: release
-	mkdir -p target/man
-	target/release/blockjobinfo generate-man > target/man/blockjobinfo.1.tmp
-	mv target/man/blockjobinfo.1.tmp target/man/blockjobinfo.1
-	cp man/libblockjobinfo.3 target/man/libblockjobinfo.3
+	mkdir -p $(TARGET)/man
+	$(TARGET)/release/blockjobinfo generate-man > $(TARGET)/man/blockjobinfo.1.tmp
+	mv $(TARGET)/man/blockjobinfo.1.tmp $(TARGET)/man/blockjobinfo.1
+	cp man/libblockjobinfo.3 $(TARGET)/man/libblockjobinfo.3
 
 # Debian packages (libblockjobinfo0, libblockjobinfo-dev, blockjobinfo) in target/deb, checked by lintian.
 deb:
@@ -96,13 +99,13 @@ abi: build
 install: man
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin \
 		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3
-	install -m 644 target/release/libblockjobinfo.so $(DESTDIR)$(LIBDIR)/libblockjobinfo.so.$(VERSION)
+	install -m 644 $(TARGET)/release/libblockjobinfo.so $(DESTDIR)$(LIBDIR)/libblockjobinfo.so.$(VERSION)
 	ln -sf libblockjobinfo.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libblockjobinfo.so.0
 	ln -sf libblockjobinfo.so.0 $(DESTDIR)$(LIBDIR)/libblockjobinfo.so
 	install -m 644 include/blockjobinfo.h $(DESTDIR)$(PREFIX)/include/blockjobinfo.h
-	install -m 755 target/release/blockjobinfo $(DESTDIR)$(PREFIX)/bin/blockjobinfo
-	install -m 644 target/man/blockjobinfo.1 $(DESTDIR)$(MANDIR)/man1/blockjobinfo.1
-	install -m 644 target/man/libblockjobinfo.3 $(DESTDIR)$(MANDIR)/man3/libblockjobinfo.3
+	install -m 755 $(TARGET)/release/blockjobinfo $(DESTDIR)$(PREFIX)/bin/blockjobinfo
+	install -m 644 $(TARGET)/man/blockjobinfo.1 $(DESTDIR)$(MANDIR)/man1/blockjobinfo.1
+	install -m 644 $(TARGET)/man/libblockjobinfo.3 $(DESTDIR)$(MANDIR)/man3/libblockjobinfo.3
 	install -d $(DESTDIR)$(PREFIX)/share/blockjobinfo/prometheus
 	install -m 644 prometheus/blockjobinfo.rules.yml $(DESTDIR)$(PREFIX)/share/blockjobinfo/prometheus/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@VERSION@|$(VERSION)|' blockjobinfo.pc.in \
