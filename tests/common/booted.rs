@@ -43,39 +43,62 @@ impl Booted {
             // The container's systemd on cgroup v2 whatever the host mounts: this host's cgroups are v1 (hybrid),
             // which systemd 258 and later (forky's) no longer boots on.
             .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let nspawn = die_with_parent(&mut c)
+            .stdin(Stdio::null());
+        // What nspawn and the container's console say, for the message if it does not come up.
+        let log = tempfile::NamedTempFile::new().unwrap();
+        c.stdout(log.reopen().unwrap()).stderr(log.reopen().unwrap());
+        let mut nspawn = die_with_parent(&mut c)
             .spawn()
             .expect("systemd-nspawn (systemd-container)");
+        let failed = |why: &str| -> ! {
+            panic!(
+                "{}: {why}:\n{}",
+                s.name,
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            )
+        };
+        // The container's systemd: nspawn's child in a PID namespace of its own (nspawn's first child sets the
+        // container up, starts it and exits; the container's init is then reparented to nspawn).
+        let ours = std::fs::read_link("/proc/self/ns/pid").unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let init = loop {
             let children =
                 std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", nspawn.id())).unwrap_or_default();
-            if let Some(pid) = children.split_whitespace().next() {
+            let init = children
+                .split_whitespace()
+                .find(|pid| std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|ns| ns != ours));
+            if let Some(pid) = init {
                 break pid.parse().unwrap();
             }
-            assert!(Instant::now() < deadline, "{}: systemd-nspawn started nothing", s.name);
+            if nspawn.try_wait().unwrap().is_some() {
+                failed("systemd-nspawn exited");
+            }
+            if Instant::now() > deadline {
+                failed("systemd-nspawn started no container");
+            }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let b = Booted {
+        let mut b = Booted {
             stack: s,
             nspawn: Some(nspawn),
             init,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let state = b.command("systemctl").arg("is-system-running").output().unwrap();
-            let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
+            let out = b.command("systemctl").arg("is-system-running").output().unwrap();
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
             if state == "running" || state == "degraded" {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{}: the container's systemd is {state:?}",
-                s.name
-            );
+            if b.nspawn.as_mut().is_some_and(|n| n.try_wait().unwrap().is_some()) {
+                failed("systemd-nspawn exited");
+            }
+            if Instant::now() > deadline {
+                failed(&format!(
+                    "the container's systemd is {state:?} ({})",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
         b

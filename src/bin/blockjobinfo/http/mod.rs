@@ -147,7 +147,8 @@ pub fn serve(listener: TcpListener, web: WebConfig, limits: Limits, site: Site) 
                 continue; // every connection is busy with a request: this one is closed at once
             }
             let _ = stream.set_nodelay(true);
-            tokio::spawn(connection(stream, shared.clone()));
+            // Counted open from here, before its task runs: a burst of connections cannot overshoot the bound.
+            tokio::spawn(connection(stream, Tracked::new(shared.clone())));
         }
     })
 }
@@ -232,8 +233,8 @@ impl Drop for Tracked {
 }
 
 /// One connection, from accept to close: TLS (if configured), then HTTP/1.1 requests, each within the deadline.
-async fn connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
-    let conn = Tracked::new(shared.clone());
+async fn connection(stream: tokio::net::TcpStream, conn: Arc<Tracked>) {
+    let shared = conn.shared.clone();
     // The deadline for the next request head (None while a request is being answered).
     let (deadline_tx, mut deadline_rx) = watch::channel(Some(Instant::now() + shared.limits.request_timeout));
     let serve = async {
