@@ -19,33 +19,39 @@ fn main() {
         assert_eq!(f.len(), 3, "tests/stacks.conf: `name suite user` per line, not {f:?}");
         writeln!(out, "    ({:?}, {:?}, {:?}),", f[0], f[1], f[2]).unwrap();
     }
-    out.push_str(
-        "];\n\n/// Runs each named `fn name(s: &'static Stack)` once per stack of tests/stacks.conf, as `<stack>::name`.\n\
-         #[macro_export]\nmacro_rules! on_each_stack {\n    ($($name:ident),* $(,)?) => {\n",
+    out.push_str("];\n");
+    write_macro(
+        &mut out,
+        "on_each_stack",
+        "Runs each named `fn name(s: &'static Stack)` once per stack of tests/stacks.conf, as `<stack>::name`.",
+        &stacks,
     );
-    for f in &stacks {
-        let name = f[0];
-        writeln!(
-            out,
-            "        mod {name} {{ $( #[test] fn $name() {{ super::$name($crate::common::stack::Stack::named({name:?})) }} )* }}"
-        )
-        .unwrap();
-    }
-    out.push_str("    };\n}\n");
     // The stacks made from a Debian suite: what can be booted under systemd (the host stack is this machine).
-    out.push_str(
-        "\n/// Runs each named test on every stack that has a root of its own (not the host's), as `<stack>::name`.\n\
-         #[macro_export]\nmacro_rules! on_each_root_stack {\n    ($($name:ident),* $(,)?) => {\n",
+    let roots: Vec<Vec<&str>> = stacks.iter().filter(|f| f[1] != "host").cloned().collect();
+    write_macro(
+        &mut out,
+        "on_each_root_stack",
+        "Runs each named test on every stack that has a root of its own (not the host's), as `<stack>::name`.",
+        &roots,
     );
-    for f in stacks.iter().filter(|f| f[1] != "host") {
-        let name = f[0];
-        writeln!(
-            out,
-            "        mod {name} {{ $( #[test] fn $name() {{ super::$name($crate::common::stack::Stack::named({name:?})) }} )* }}"
-        )
-        .unwrap();
-    }
-    out.push_str("    };\n}\n");
     let dest = std::path::Path::new(&std::env::var("OUT_DIR").unwrap()).join("stacks.rs");
     std::fs::write(dest, out).unwrap();
+}
+
+/// A macro that runs each named test once per stack of `stacks`, in a module named after the stack.
+fn write_macro(out: &mut String, name: &str, doc: &str, stacks: &[Vec<&str>]) {
+    writeln!(
+        out,
+        "\n/// {doc}\n#[macro_export]\nmacro_rules! {name} {{\n    ($($name:ident),* $(,)?) => {{"
+    )
+    .unwrap();
+    for f in stacks {
+        let stack = f[0];
+        writeln!(
+            out,
+            "        mod {stack} {{ $( #[test] fn $name() {{ super::$name($crate::common::stack::Stack::named({stack:?})) }} )* }}"
+        )
+        .unwrap();
+    }
+    out.push_str("    };\n}\n");
 }

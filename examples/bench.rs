@@ -1064,9 +1064,26 @@ fn fleet_part(stack: &'static Stack, r: &mut Report, quick: bool) {
     let rounds = if quick { 2 } else { 10 };
     let tool = stack.tool();
     let mut domains: Vec<Domain> = vec![];
-    for &n in counts {
+    'sizes: for &n in counts {
         while domains.len() < n {
-            let d = Domain::create_small(stack, &format!("bjt-fleet{}", domains.len()));
+            let d = match Domain::try_create_small(stack, &format!("bjt-fleet{}", domains.len())) {
+                Ok(d) => d,
+                // QEMU 11.1's io_uring rings count against its user's locked memory (common::memlock_for_daemons).
+                Err(e) if e.contains("io_uring") && e.contains("Cannot allocate memory") => {
+                    r.other(
+                        &format!("a host of {n} domains"),
+                        "not run".to_string(),
+                        &format!(
+                            "domain {} of one user would not start: QEMU's io_uring rings exceed the {} KiB \
+                             RLIMIT_MEMLOCK this machine allows (libvirtd.service gives 64 MiB)",
+                            domains.len() + 1,
+                            common::memlock_for_daemons() >> 10
+                        ),
+                    );
+                    break 'sizes;
+                }
+                Err(e) => panic!("{e}"),
+            };
             if domains.len().is_multiple_of(5) {
                 d.start_copy(16 * 1024, 64 * 1024);
             }

@@ -161,30 +161,22 @@ fn scraped_under_churn_and_two_libvirtd_restarts_it_stays_valid_and_flat(s: &'st
     });
     let end = footprint(pid);
     let middle = middle.lock().unwrap().expect("measured at the middle");
-    eprintln!(
-        "{}: {total} scrapes, {} domains churned, libvirtd killed twice: RSS {:.1} / {:.1} / {:.1} MiB, open \
-         descriptors {} / {} / {} (start / middle / end)",
-        s.name,
-        gone.lock().unwrap().len(),
-        start.0 as f64 / 1024.0,
-        middle.0 as f64 / 1024.0,
-        end.0 as f64 / 1024.0,
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let figures = format!(
+        "{total} scrapes: RSS {:.1} / {:.1} / {:.1} MiB, open descriptors {} / {} / {} (start / middle / end)",
+        mib(start.0),
+        mib(middle.0),
+        mib(end.0),
         start.1,
         middle.1,
         end.1
     );
-    s.record(
-        "soak",
-        &format!(
-            "{total} scrapes: RSS {:.1} / {:.1} / {:.1} MiB, fds {} / {} / {}",
-            start.0 as f64 / 1024.0,
-            middle.0 as f64 / 1024.0,
-            end.0 as f64 / 1024.0,
-            start.1,
-            middle.1,
-            end.1
-        ),
+    eprintln!(
+        "{}: {figures}; {} domains churned, libvirtd killed twice",
+        s.name,
+        gone.lock().unwrap().len()
     );
+    s.record("soak", &figures);
     assert!(end.1 <= start.1 + 2, "{}: descriptors {start:?} -> {end:?}", s.name);
     // Flat: what the allocator keeps after the first readings, not growth with the scrapes.
     assert!(end.0 <= middle.0 + 4 * 1024, "{}: RSS {middle:?} -> {end:?}", s.name);

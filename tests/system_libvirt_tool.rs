@@ -6,7 +6,7 @@
 #[macro_use]
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::checks::{agrees, ok, parse_metrics, raw_numbers, sample};
@@ -149,21 +149,15 @@ fn waiter(sys: &System, dom: &SysDomain) -> Reaper {
     )
 }
 
-fn finished(r: Reaper) -> Output {
-    let mut r = r;
-    let child = std::mem::replace(&mut r.0, Command::new("true").spawn().unwrap());
-    child.wait_with_output().unwrap()
-}
-
 fn wait_c_reports_ready_cancel_and_failure(s: &'static Stack) {
     let sys = System::get(s);
     // Ready: a copy held at 1 byte/s while the waiter waits, then let go.
     let dom = SysDomain::create(sys, "bjs-wait", 2);
     dom.start_copy("w.qcow2", 1, 256 * 1024);
-    let w = waiter(sys, &dom);
+    let mut w = waiter(sys, &dom);
     std::thread::sleep(Duration::from_millis(1500));
     sys.virsh_ok(None, Preload::No, &["blockjob", &dom.name, "vda", "--bandwidth", "0"]);
-    let out = finished(w);
+    let out = output_of(&mut w);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let (_, cur, end) = virsh_raw(&dom);
     assert!(end > 0 && cur == end, "ready, so libvirt says cur == end: {cur}/{end}");
@@ -174,10 +168,10 @@ fn wait_c_reports_ready_cancel_and_failure(s: &'static Stack) {
         dom.job_raw(s.user).trim().is_empty()
     });
     dom.start_copy("c.qcow2", 1, 256 * 1024);
-    let w = waiter(sys, &dom);
+    let mut w = waiter(sys, &dom);
     std::thread::sleep(Duration::from_millis(1500));
     sys.virsh_ok(None, Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
-    let out = finished(w);
+    let out = output_of(&mut w);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("was cancelled"), "{err}");
@@ -201,10 +195,10 @@ fn wait_c_reports_ready_cancel_and_failure(s: &'static Stack) {
             "--bytes",
         ],
     );
-    let w = waiter(sys, &dom);
+    let mut w = waiter(sys, &dom);
     std::thread::sleep(Duration::from_millis(1500));
     sys.virsh_ok(None, Preload::No, &["blockjob", &dom.name, "vda", "--bandwidth", "0"]);
-    let out = finished(w);
+    let out = output_of(&mut w);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("Block Copy 'vda' failed"), "{err}");

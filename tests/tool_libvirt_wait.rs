@@ -5,8 +5,7 @@
 #[macro_use]
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use common::checks::ok;
@@ -15,23 +14,6 @@ use common::*;
 use serde_json::Value;
 
 const URI: &str = "qemu:///session";
-
-/// A child's whole output, once it exits (the guard still kills it if the test fails first).
-fn output_of(r: &mut Reaper) -> Output {
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    if let Some(mut o) = r.0.stdout.take() {
-        o.read_to_end(&mut stdout).unwrap();
-    }
-    if let Some(mut e) = r.0.stderr.take() {
-        e.read_to_end(&mut stderr).unwrap();
-    }
-    Output {
-        status: r.0.wait().unwrap(),
-        stdout,
-        stderr,
-    }
-}
 
 /// QEMU's `BLOCK_JOB_READY` time, in microseconds since the epoch, from an event on the domain's own monitor.
 fn event_us(ev: &Value) -> i64 {

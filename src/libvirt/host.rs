@@ -162,7 +162,10 @@ impl HostReader {
         } else {
             std::thread::scope(|s| {
                 let workers: Vec<_> = (0..PARALLEL.min(domains.len())).map(|_| s.spawn(work)).collect();
-                workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+                workers
+                    .into_iter()
+                    .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
             })
         };
         results.sort_by_key(|(i, _)| *i);

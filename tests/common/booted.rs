@@ -4,9 +4,10 @@
 //! a service's port is the host's 127.0.0.1 too. It is powered off when dropped.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::checks::ok;
 use super::die_with_parent;
 use super::stack::Stack;
 
@@ -124,7 +125,7 @@ impl Booted {
     /// `sh -c script` inside, which must succeed; its output.
     pub fn sh(&self, script: &str) -> String {
         let out = self.command("sh").args(["-c", script]).output().unwrap();
-        ok(&format!("{}: {script}", self.stack.name), out)
+        ok(out, &format!("{}: {script}", self.stack.name))
     }
 
     /// Powers the container off: SIGTERM to nspawn asks systemd to halt, a second one ends it at once (the
@@ -158,14 +159,4 @@ impl Drop for Booted {
     fn drop(&mut self) {
         self.power_off();
     }
-}
-
-fn ok(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }

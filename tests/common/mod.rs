@@ -68,6 +68,31 @@ pub fn make_images(s: &Stack, dir: &str) {
         .args(["create", "-q", "-f", "qcow2", &img("dst.qcow2"), &IMAGE.to_string()]));
 }
 
+/// The locked-memory limit the daemons a test starts will have, in bytes. libvirtd.service sets
+/// LimitMEMLOCK=64M, and QEMU 11.1 needs it: it charges about 48 KiB of io_uring rings per process to its user's
+/// locked memory, so under the kernel's 8 MiB default about the 170th domain of one user fails to start. The
+/// daemons inherit this process's limit: it is raised to 64 MiB once where the machine lets us
+/// (CAP_SYS_RESOURCE), else left as it is.
+pub fn memlock_for_daemons() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let want = libc::rlimit {
+            rlim_cur: 64 << 20,
+            rlim_max: 64 << 20,
+        };
+        let mut got = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain system calls on local structs.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &want);
+            libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut got);
+        }
+        got.rlim_cur
+    })
+}
+
 /// Makes `cmd`'s process die with the test process's thread that spawned it, even when the test process is
 /// killed: a daemon a test started never outlives it.
 pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
@@ -98,6 +123,23 @@ pub fn host_lock(resource: &str) -> HostLock {
         .unwrap();
     f.lock().unwrap();
     HostLock(f)
+}
+
+/// A child's whole output, once it exits (the guard still kills it if the test fails first).
+pub fn output_of(r: &mut Reaper) -> std::process::Output {
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(mut o) = r.0.stdout.take() {
+        std::io::Read::read_to_end(&mut o, &mut stdout).unwrap();
+    }
+    if let Some(mut e) = r.0.stderr.take() {
+        std::io::Read::read_to_end(&mut e, &mut stderr).unwrap();
+    }
+    std::process::Output {
+        status: r.0.wait().unwrap(),
+        stdout,
+        stderr,
+    }
 }
 
 /// A child process killed and reaped when the test ends, passed or failed.

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::checks::ok;
 use super::stack::Stack;
 use super::{die_with_parent, virt::Preload};
 
@@ -106,16 +107,6 @@ fn spawn_for_the_process(cmd: Command) -> Child {
     child.recv().unwrap().unwrap()
 }
 
-fn ok(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 impl System {
     /// The stack's system libvirtd, started once per test process and stopped when it exits.
     pub fn get(s: &'static Stack) -> &'static System {
@@ -142,6 +133,7 @@ impl System {
     pub fn start(s: &'static Stack) -> System {
         assert!(unsafe { libc::geteuid() } == 0, "the system-libvirt tests run as root");
         ensure_users(s);
+        super::memlock_for_daemons();
         let dir = s.tempdir();
         let rule = dir.path().join("rule");
         std::fs::write(&rule, deny_rule(s)).unwrap();
@@ -254,8 +246,8 @@ impl System {
 
     pub fn virsh_ok(&self, user: Option<&str>, p: Preload, args: &[&str]) -> String {
         ok(
-            &format!("{}: virsh {args:?}", self.stack.name),
             self.virsh(user, p, args),
+            &format!("{}: virsh {args:?}", self.stack.name),
         )
     }
 
@@ -282,11 +274,11 @@ impl System {
     /// QEMU a mount namespace of its own, made when it started, so the mount is made in both.
     pub fn mount_tmpfs(&self, dom: &SysDomain, path: &str, size: &str) {
         let qemu = ok(
-            "pgrep",
             Command::new("pgrep")
                 .args(["-f", &format!("guest={},", dom.name)])
                 .output()
                 .unwrap(),
+            "pgrep",
         );
         let qemu = qemu.split_whitespace().next().expect("the domain's QEMU").to_string();
         let mount = format!("mkdir -p {path} && mount -t tmpfs -o size={size},mode=0777 bjs-tmpfs {path}");
@@ -295,12 +287,12 @@ impl System {
             .args(["-t", &qemu, "-m", "-r", "--", "sh", "-c", &mount])
             .output()
             .unwrap();
-        ok("mount in QEMU's namespace", out);
+        ok(out, "mount in QEMU's namespace");
     }
 
     /// Runs `script` with `sh -c` as root inside the namespace.
     pub fn sh(&self, script: &str) -> String {
-        ok(script, self.command(None, "sh").args(["-c", script]).output().unwrap())
+        ok(self.command(None, "sh").args(["-c", script]).output().unwrap(), script)
     }
 }
 
@@ -336,7 +328,7 @@ fn ensure_users(s: &Stack) {
             if let Some(g) = groups {
                 c.args(["-G", g]);
             }
-            ok(&format!("useradd {user}"), c.arg(&user).output().unwrap());
+            ok(c.arg(&user).output().unwrap(), &format!("useradd {user}"));
         }
     }
 }
@@ -379,7 +371,7 @@ impl SysDomain {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o755)).unwrap();
         let d = SysDomain { sys, name, dir };
-        let run = |program: &str, args: &[&str]| ok(program, s.root_command(program).args(args).output().unwrap());
+        let run = |program: &str, args: &[&str]| ok(s.root_command(program).args(args).output().unwrap(), program);
         // QEMU, as libvirt-qemu, makes the extra monitor's socket there.
         run("chown", &["libvirt-qemu", &d.path("qmp")]);
         run(
@@ -392,30 +384,11 @@ impl SysDomain {
             "qemu-io",
             &["-c", &format!("write -P 0x33 4M {top_data_mib}M"), &d.path("top.qcow2")],
         );
-        let xml = format!(
-            r#"<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
-  <name>{name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{top}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-  </devices>
-  <qemu:commandline>
-    <qemu:arg value='-chardev'/>
-    <qemu:arg value='socket,id=bji,path={qmp},server=on,wait=off'/>
-    <qemu:arg value='-mon'/>
-    <qemu:arg value='chardev=bji,mode=control'/>
-  </qemu:commandline>
-</domain>
-"#,
-            name = d.name,
-            top = d.path("top.qcow2"),
-            qmp = QMP_TEMPLATE.replace("{name}", &d.name),
+        let xml = super::virt::domain_xml(
+            &d.name,
+            64,
+            &d.path("top.qcow2"),
+            &QMP_TEMPLATE.replace("{name}", &d.name),
         );
         std::fs::write(host.join("dom.xml"), xml).unwrap();
         let created = sys.virsh(None, Preload::No, &["create", &d.path("dom.xml")]);
@@ -459,7 +432,7 @@ impl SysDomain {
             ])
             .output()
             .unwrap();
-        ok("qemu-img create", out);
+        ok(out, "qemu-img create");
         self.path(file)
     }
 

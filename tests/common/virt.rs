@@ -54,6 +54,7 @@ pub fn setup(s: &Stack) {
         }
         register_teardown(s);
         // Start the session daemon once, before tests race to autostart it.
+        super::memlock_for_daemons();
         virsh_ok(s, Preload::No, &["list", "--all"]);
     });
 }
@@ -160,6 +161,33 @@ pub fn virsh_ok(s: &Stack, p: Preload, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// A TCG domain whose one disk `vda` is the qcow2 `top`, with a second QMP monitor at `qmp` declared by
+/// `<qemu:commandline>` (the drop-in's `qmp` source reads it; libvirt keeps its own monitor to itself).
+pub fn domain_xml(name: &str, memory_mib: u64, top: &str, qmp: &str) -> String {
+    format!(
+        r#"<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>{name}</name>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{top}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+  </devices>
+  <qemu:commandline>
+    <qemu:arg value='-chardev'/>
+    <qemu:arg value='socket,id=bji,path={qmp},server=on,wait=off'/>
+    <qemu:arg value='-mon'/>
+    <qemu:arg value='chardev=bji,mode=control'/>
+  </qemu:commandline>
+</domain>
+"#
+    )
+}
+
 /// A transient TCG domain whose one disk `vda` is `top.qcow2` over `base.qcow2`.
 pub struct Domain {
     pub stack: &'static Stack,
@@ -193,9 +221,9 @@ impl Domain {
         Domain::build(s, name, top_data_mib, true, 64)
     }
 
-    /// A small one (32 MiB of guest memory), for hosts of many domains.
-    pub fn create_small(s: &'static Stack, name: &str) -> Domain {
-        Domain::build(s, name, 1, true, 32)
+    /// A small one (32 MiB of guest memory), for hosts of many domains; libvirt's error if it would not start.
+    pub fn try_create_small(s: &'static Stack, name: &str) -> Result<Domain, String> {
+        Domain::try_build(s, name, 1, true, 32)
     }
 
     /// A persistent domain that is defined but not running.
@@ -204,6 +232,16 @@ impl Domain {
     }
 
     fn build(s: &'static Stack, name: &str, top_data_mib: u64, start: bool, memory_mib: u64) -> Domain {
+        Domain::try_build(s, name, top_data_mib, start, memory_mib).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_build(
+        s: &'static Stack,
+        name: &str,
+        top_data_mib: u64,
+        start: bool,
+        memory_mib: u64,
+    ) -> Result<Domain, String> {
         setup(s);
         let name = format!("{name}-{}", std::process::id());
         let dir = format!("/tmp/bjtest-{name}");
@@ -222,41 +260,22 @@ impl Domain {
             &["-c", &format!("write -P 0x33 4M {top_data_mib}M"), &p("top.qcow2")],
         );
         // The domain's own monitor; `qmp_socket()` (what the library is told) links or proxies to it.
-        let xml = format!(
-            r#"<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
-  <name>{name}</name>
-  <memory unit='MiB'>{memory_mib}</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{top}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-  </devices>
-  <qemu:commandline>
-    <qemu:arg value='-chardev'/>
-    <qemu:arg value='socket,id=bji,path={qmp},server=on,wait=off'/>
-    <qemu:arg value='-mon'/>
-    <qemu:arg value='chardev=bji,mode=control'/>
-  </qemu:commandline>
-</domain>
-"#,
-            name = d.name,
-            top = p("top.qcow2"),
-            qmp = p("real.qmp"),
-        );
+        let xml = domain_xml(&d.name, memory_mib, &p("top.qcow2"), &p("real.qmp"));
         std::fs::write(d.host_path("dom.xml"), xml).unwrap();
-        virsh_ok(
-            s,
-            Preload::No,
-            &[if start { "create" } else { "define" }, &p("dom.xml")],
-        );
+        let args = [if start { "create" } else { "define" }, &p("dom.xml")];
+        let o = virsh(s, Preload::No, &args);
+        if !o.status.success() {
+            // Dropping `d` removes its directory.
+            return Err(format!(
+                "{}: virsh {args:?}: {}",
+                s.name,
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
         let _ = std::fs::remove_file(d.qmp_socket());
         // Relative, so that it resolves the same inside the stack and from the host.
         std::os::unix::fs::symlink(format!("../bjtest-{}/real.qmp", d.name), d.qmp_socket()).unwrap();
-        d
+        Ok(d)
     }
 
     /// The in-stack path of `f` in the domain's directory (what the stack's programs are given).
