@@ -196,23 +196,26 @@ pub struct Domain {
     pub dir: String,
 }
 
-fn user_run(s: &Stack, program: &str, args: &[&str]) {
+/// `program args` as the test user; its error (with the stack's name) if it fails.
+fn user_run(s: &Stack, program: &str, args: &[&str]) -> Result<(), String> {
     let o = as_user(s, program).args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{}: {program} {args:?}: {}",
-        s.name,
-        String::from_utf8_lossy(&o.stderr)
-    );
+    match o.status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "{}: {program} {args:?}: {}",
+            s.name,
+            String::from_utf8_lossy(&o.stderr)
+        )),
+    }
 }
 
 /// A qcow2 overlay `file` over `base`, owned by the test user.
-fn create_overlay(s: &Stack, base: &str, file: &str) {
+fn create_overlay(s: &Stack, base: &str, file: &str) -> Result<(), String> {
     user_run(
         s,
         "qemu-img",
         &["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, file],
-    );
+    )
 }
 
 impl Domain {
@@ -251,14 +254,14 @@ impl Domain {
         root_run(s.root_command("chown").args([s.user, &dir]));
         let d = Domain { stack: s, name, dir };
         let p = |f: &str| d.path(f);
-        user_run(s, "qemu-img", &["create", "-q", "-f", "qcow2", &p("base.qcow2"), "16M"]);
-        user_run(s, "qemu-io", &["-c", "write -P 0x11 0 4M", &p("base.qcow2")]);
-        create_overlay(s, &p("base.qcow2"), &p("top.qcow2"));
+        user_run(s, "qemu-img", &["create", "-q", "-f", "qcow2", &p("base.qcow2"), "16M"])?;
+        user_run(s, "qemu-io", &["-c", "write -P 0x11 0 4M", &p("base.qcow2")])?;
+        create_overlay(s, &p("base.qcow2"), &p("top.qcow2"))?;
         user_run(
             s,
             "qemu-io",
             &["-c", &format!("write -P 0x33 4M {top_data_mib}M"), &p("top.qcow2")],
-        );
+        )?;
         // The domain's own monitor; `qmp_socket()` (what the library is told) links or proxies to it.
         let xml = domain_xml(&d.name, memory_mib, &p("top.qcow2"), &p("real.qmp"));
         std::fs::write(d.host_path("dom.xml"), xml).unwrap();
@@ -302,7 +305,7 @@ impl Domain {
     /// A new qcow2 over the same backing file, for `--shallow --reuse-external` copies; its in-stack path.
     pub fn new_copy_target(&self, file: &str) -> String {
         let _ = std::fs::remove_file(self.host_path(file));
-        create_overlay(self.stack, &self.path("base.qcow2"), &self.path(file));
+        create_overlay(self.stack, &self.path("base.qcow2"), &self.path(file)).unwrap_or_else(|e| panic!("{e}"));
         self.path(file)
     }
 
