@@ -66,6 +66,8 @@ soak: deps build
 	BJI_SOAK_CALLS=10000 $(CARGO) test --test concurrency -- --nocapture
 	skip=$$(for s in $$(BJI_STACKS= scripts/stacks.sh names); do scripts/stacks.sh names | grep -qx $$s || echo --skip $$s::; done); \
 	BJI_SOAK_SCRAPES=10000 $(CARGO) test --test exporter_soak -- --nocapture $$skip
+	scripts/stacks.sh soak-report
+	scripts/stacks.sh report >/dev/null
 
 demo: deps build
 	$(CARGO) run --quiet --example demo

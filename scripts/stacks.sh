@@ -267,6 +267,22 @@ job-copy|libvirt's QMP job name: `virsh blockcopy`
 job-active-commit|libvirt's QMP job name: `virsh blockcommit --active`
 job-pull|libvirt's QMP job name: `virsh blockpull`
 mirror-xml|the domain XML's `<mirror>` during a copy, once ready
+soak|`make soak`: `metrics --listen` scraped by eight clients under domain churn and two libvirtd kills
+EOF
+}
+
+# TEXT between the markers <!-- NAME:begin --> and <!-- NAME:end --> of FILE, so that the page shows what the
+# suite last saw.
+fill() {
+    /usr/bin/python3 - "$1" "$2" "$3" <<'EOF'
+import sys
+path, name, body = sys.argv[1:]
+begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+text = open(path).read()
+if begin in text and end in text:
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    open(path, "w").write(f"{head}{begin}\n{body}\n{end}{tail}")
 EOF
 }
 
@@ -274,16 +290,18 @@ report() {
     local tables
     tables=$(report_tables)
     echo "$tables"
-    # Between the README's markers, so that the README shows what the suite last saw.
-    /usr/bin/python3 - "$tables" <<'EOF'
-import sys
-begin, end = "<!-- tested-with:begin -->", "<!-- tested-with:end -->"
-text = open("README.md").read()
-if begin in text and end in text:
-    head, rest = text.split(begin, 1)
-    tail = rest.split(end, 1)[1]
-    open("README.md", "w").write(f"{head}{begin}\n{sys.argv[1]}\n{end}{tail}")
-EOF
+    fill README.md tested-with "$tables"
+}
+
+# What the last `make soak` saw on each stack (target/stacks/<stack>/soak), into docs/testing.md.
+soak_report() {
+    local s lines=""
+    for s in $(stacks | awk '{print $1}'); do
+        [ -f "target/stacks/$s/soak" ] && lines+="  - $s: $(cat "target/stacks/$s/soak")"$'\n'
+    done
+    [ -n "$lines" ] || lines="  (no \`make soak\` run recorded)"$'\n'
+    echo -n "$lines"
+    fill docs/testing.md soak "${lines%$'\n'}"
 }
 
 check_selection
@@ -313,7 +331,8 @@ prepare-wait)
     ;;
 versions) versions ;;
 report) report ;;
+soak-report) soak_report ;;
 stop) stop ;;
 check) check ;;
-*) echo "usage: $0 names|prepare|prepare-start|prepare-wait|versions|report|stop|check" >&2; exit 2 ;;
+*) echo "usage: $0 names|prepare|prepare-start|prepare-wait|versions|report|soak-report|stop|check" >&2; exit 2 ;;
 esac

@@ -307,20 +307,9 @@ fn passthrough_agrees_with_libvirt_and_taints_the_domain(s: &'static Stack) {
 
 fn active_commit_is_reported_as_active_commit(s: &'static Stack) {
     let dom = Domain::create(s, "bjt-acommit", 4);
-    dom.virsh_ok(
-        Preload::No,
-        // libvirt's active commit copies this little data in one burst and is ready at once: its phase is the
-        // mirroring one, which must read cur == end through every source.
-        &[
-            "blockcommit",
-            &dom.name,
-            "vda",
-            "--active",
-            "--bandwidth",
-            "524288",
-            "--bytes",
-        ],
-    );
+    // libvirt's active commit copies this little data in one burst and is ready at once: its phase is the
+    // mirroring one, which must read cur == end through every source.
+    dom.virsh_ok(Preload::No, &virt::strs(&virt::active_commit_args(&dom.name)));
     compare_through_the_job(&dom, &["qmp", "native", "passthrough"], 4, &[Phase::Ready], "ready");
     check_job_name(&dom, "commit-vda-", "job-active-commit");
     let raw = dom.job_raw(Preload::Source("qmp"));

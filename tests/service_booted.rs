@@ -29,32 +29,27 @@ fn virsh_raw(b: &Booted) -> (String, u64, u64) {
     raw_numbers(&b.sh("virsh -q -c qemu:///system blockjob bjs-svc vda --raw"))
 }
 
-const DOMAIN: &str = r#"set -e
-d=/var/lib/libvirt/images/bjs
+/// Makes the domain `bjs-svc` in the container, its disk a qcow2 overlay, and starts a throttled copy of it.
+fn domain_script() -> String {
+    let d = "/var/lib/libvirt/images/bjs";
+    let xml = common::virt::domain_xml("bjs-svc", 64, &format!("{d}/top.qcow2"), None);
+    format!(
+        r#"set -e
+d={d}
 mkdir -p $d
 qemu-img create -q -f qcow2 $d/base.qcow2 16M
 qemu-io -c "write -P 0x11 0 4M" $d/base.qcow2 >/dev/null
 qemu-img create -q -f qcow2 -F qcow2 -b $d/base.qcow2 $d/top.qcow2
 qemu-io -c "write -P 0x33 4M 4M" $d/top.qcow2 >/dev/null
 qemu-img create -q -f qcow2 -F qcow2 -b $d/base.qcow2 $d/copy.qcow2
-cat > $d/dom.xml <<EOF
-<domain type='qemu'>
-  <name>bjs-svc</name>
-  <memory unit='MiB'>64</memory>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='$d/top.qcow2'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-  </devices>
-</domain>
-EOF
+cat > $d/dom.xml <<'EOF'
+{xml}EOF
 virsh -q -c qemu:///system create $d/dom.xml
 virsh -q -c qemu:///system blockcopy bjs-svc vda $d/copy.qcow2 --shallow --reuse-external --transient-job \
     --bandwidth 65536 --bytes --buf-size 262144
-"#;
+"#
+    )
+}
 
 fn job_metrics(text: &str) -> Option<(f64, f64, f64)> {
     let m = parse_metrics(text);
@@ -118,7 +113,7 @@ fn the_service_under_a_booted_systemd(s: &'static Stack) {
 
     // A domain with a throttled copy on the socket-activated system libvirtd: /metrics has it, with virsh's
     // numbers read just before and after.
-    b.sh(DOMAIN);
+    b.sh(&domain_script());
     let deadline = Instant::now() + Duration::from_secs(30);
     let (before, got, after) = loop {
         let before = virsh_raw(&b);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::checks::{agrees, ok, parse_metrics, raw_numbers, sample};
 use common::exporter::eventually;
 use common::system::{SysDomain, System, URI};
-use common::virt::Preload;
+use common::virt::{self, Preload};
 use common::*;
 use serde_json::Value;
 
@@ -45,19 +45,7 @@ fn list_info_and_metrics_agree_with_virsh_r(s: &'static Stack) {
     let copy = SysDomain::create(sys, "bjs-copy", 4);
     copy.start_copy("copy.qcow2", 64 * 1024, 256 * 1024);
     let commit = SysDomain::create(sys, "bjs-commit", 2);
-    sys.virsh_ok(
-        None,
-        Preload::No,
-        &[
-            "blockcommit",
-            &commit.name,
-            "vda",
-            "--active",
-            "--bandwidth",
-            "524288",
-            "--bytes",
-        ],
-    );
+    sys.virsh_ok(None, Preload::No, &virt::strs(&virt::active_commit_args(&commit.name)));
     let pull = SysDomain::create(sys, "bjs-pull", 1);
     sys.virsh_ok(
         None,

@@ -35,18 +35,7 @@ fn start_jobs(s: &'static Stack) -> Jobs {
     let copy = Domain::create(s, "bjt-lcopy", 4);
     copy.start_copy(64 * 1024, 256 * 1024);
     let commit = Domain::create(s, "bjt-lcommit", 2);
-    commit.virsh_ok(
-        Preload::No,
-        &[
-            "blockcommit",
-            &commit.name,
-            "vda",
-            "--active",
-            "--bandwidth",
-            "524288",
-            "--bytes",
-        ],
-    );
+    commit.virsh_ok(Preload::No, &virt::strs(&virt::active_commit_args(&commit.name)));
     let pull = Domain::create(s, "bjt-lpull", 1);
     pull.virsh_ok(
         Preload::No,

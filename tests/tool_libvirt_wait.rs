@@ -30,7 +30,7 @@ fn wall_us() -> i64 {
 /// A copy onto a new overlay `file`, held at 1 byte/s, and `wait -c --ready` started on it.
 fn held_copy_waited_for(s: &Stack, dom: &Domain, file: &str) -> Reaper {
     let args = dom.copy_args(file, 1);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = virt::strs(&args);
     dom.virsh_ok(Preload::No, &args);
     Reaper(
         tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"])

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::checks::ok;
 use super::stack::Stack;
-use super::{die_with_parent, virt::Preload};
+use super::{die_with_parent, virt, virt::Preload};
 
 /// The system URI.
 pub const URI: &str = "qemu:///system";
@@ -384,12 +384,8 @@ impl SysDomain {
             "qemu-io",
             &["-c", &format!("write -P 0x33 4M {top_data_mib}M"), &d.path("top.qcow2")],
         );
-        let xml = super::virt::domain_xml(
-            &d.name,
-            64,
-            &d.path("top.qcow2"),
-            &QMP_TEMPLATE.replace("{name}", &d.name),
-        );
+        let qmp = QMP_TEMPLATE.replace("{name}", &d.name);
+        let xml = virt::domain_xml(&d.name, 64, &d.path("top.qcow2"), Some(&qmp));
         std::fs::write(host.join("dom.xml"), xml).unwrap();
         let created = sys.virsh(None, Preload::No, &["create", &d.path("dom.xml")]);
         assert!(
@@ -440,24 +436,9 @@ impl SysDomain {
     /// in steps of `buf_size`.
     pub fn start_copy(&self, file: &str, bytes_per_s: u64, buf_size: u64) {
         let dest = self.overlay(file);
-        self.sys.virsh_ok(
-            None,
-            Preload::No,
-            &[
-                "blockcopy",
-                &self.name,
-                "vda",
-                &dest,
-                "--shallow",
-                "--reuse-external",
-                "--transient-job",
-                "--bandwidth",
-                &bytes_per_s.to_string(),
-                "--bytes",
-                "--buf-size",
-                &buf_size.to_string(),
-            ],
-        );
+        let mut args = virt::copy_args(&self.name, &dest, bytes_per_s);
+        args.extend(["--buf-size".to_string(), buf_size.to_string()]);
+        self.sys.virsh_ok(None, Preload::No, &virt::strs(&args));
     }
 
     /// libvirt's own `virsh -r blockjob --raw` as `user` (read-only, as a monitoring user would).

@@ -161,9 +161,62 @@ pub fn virsh_ok(s: &Stack, p: Preload, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-/// A TCG domain whose one disk `vda` is the qcow2 `top`, with a second QMP monitor at `qmp` declared by
+/// virsh's arguments for a shallow copy of `domain`'s vda onto the existing overlay `dest`, throttled to
+/// `bytes_per_s` (`--transient-job`, as Nova copies).
+pub fn copy_args(domain: &str, dest: &str, bytes_per_s: u64) -> Vec<String> {
+    let rate = bytes_per_s.to_string();
+    [
+        "blockcopy",
+        domain,
+        "vda",
+        dest,
+        "--shallow",
+        "--reuse-external",
+        "--transient-job",
+        "--bandwidth",
+        &rate,
+        "--bytes",
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+/// virsh's arguments for an active commit of `domain`'s vda at 512 KiB/s (this little data goes in one burst:
+/// the job is at once in its mirroring phase).
+pub fn active_commit_args(domain: &str) -> Vec<String> {
+    [
+        "blockcommit",
+        domain,
+        "vda",
+        "--active",
+        "--bandwidth",
+        "524288",
+        "--bytes",
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+/// `Vec<String>` as the `&[&str]` that virsh helpers take.
+pub fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// A TCG domain whose one disk `vda` is the qcow2 `top`; with `qmp`, a second QMP monitor there, declared by
 /// `<qemu:commandline>` (the drop-in's `qmp` source reads it; libvirt keeps its own monitor to itself).
-pub fn domain_xml(name: &str, memory_mib: u64, top: &str, qmp: &str) -> String {
+pub fn domain_xml(name: &str, memory_mib: u64, top: &str, qmp: Option<&str>) -> String {
+    let monitor = match qmp {
+        None => String::new(),
+        Some(qmp) => format!(
+            r#"  <qemu:commandline>
+    <qemu:arg value='-chardev'/>
+    <qemu:arg value='socket,id=bji,path={qmp},server=on,wait=off'/>
+    <qemu:arg value='-mon'/>
+    <qemu:arg value='chardev=bji,mode=control'/>
+  </qemu:commandline>
+"#
+        ),
+    };
     format!(
         r#"<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{name}</name>
@@ -177,13 +230,7 @@ pub fn domain_xml(name: &str, memory_mib: u64, top: &str, qmp: &str) -> String {
       <target dev='vda' bus='virtio'/>
     </disk>
   </devices>
-  <qemu:commandline>
-    <qemu:arg value='-chardev'/>
-    <qemu:arg value='socket,id=bji,path={qmp},server=on,wait=off'/>
-    <qemu:arg value='-mon'/>
-    <qemu:arg value='chardev=bji,mode=control'/>
-  </qemu:commandline>
-</domain>
+{monitor}</domain>
 "#
     )
 }
@@ -263,7 +310,7 @@ impl Domain {
             &["-c", &format!("write -P 0x33 4M {top_data_mib}M"), &p("top.qcow2")],
         )?;
         // The domain's own monitor; `qmp_socket()` (what the library is told) links or proxies to it.
-        let xml = domain_xml(&d.name, memory_mib, &p("top.qcow2"), &p("real.qmp"));
+        let xml = domain_xml(&d.name, memory_mib, &p("top.qcow2"), Some(&p("real.qmp")));
         std::fs::write(d.host_path("dom.xml"), xml).unwrap();
         let args = [if start { "create" } else { "define" }, &p("dom.xml")];
         let o = virsh(s, Preload::No, &args);
@@ -313,20 +360,7 @@ impl Domain {
     /// `file`, throttled to `bytes_per_s`.
     pub fn copy_args(&self, file: &str, bytes_per_s: u64) -> Vec<String> {
         let dest = self.new_copy_target(file);
-        [
-            "blockcopy",
-            &self.name,
-            "vda",
-            &dest,
-            "--shallow",
-            "--reuse-external",
-            "--transient-job",
-            "--bandwidth",
-            &bytes_per_s.to_string(),
-            "--bytes",
-        ]
-        .map(str::to_string)
-        .to_vec()
+        copy_args(&self.name, &dest, bytes_per_s)
     }
 
     /// `virsh blockcopy vda --shallow --reuse-external` onto a new overlay, throttled to `bytes_per_s` and
@@ -334,7 +368,7 @@ impl Domain {
     pub fn start_copy(&self, bytes_per_s: u64, buf_size: u64) {
         let mut args = self.copy_args("copy.qcow2", bytes_per_s);
         args.extend(["--buf-size".to_string(), buf_size.to_string()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args = strs(&args);
         self.virsh_ok(Preload::No, &args);
     }
 
