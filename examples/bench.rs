@@ -173,8 +173,14 @@ fn stack_title(stack: &Stack) -> String {
     // "libvirtd (libvirt) 9.0.0"
     let libvirt = stack.version_of("libvirtd");
     let libvirt = libvirt.split_whitespace().last().unwrap_or("?");
-    let debian = if stack.is_host() { "Debian 12" } else { "Debian 13" };
-    format!("{debian} ({}): QEMU {a}.{b}.{c}, libvirt {libvirt}", stack.name)
+    // The root's own name for its release ("Debian GNU/Linux 12 (bookworm)", "... forky/sid").
+    let os = std::fs::read_to_string(stack.host("/etc/os-release")).unwrap_or_default();
+    let os = os
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map_or("?", |v| v.trim_matches('"'))
+        .to_string();
+    format!("{os} ({}): QEMU {a}.{b}.{c}, libvirt {libvirt}", stack.name)
 }
 
 /// CPU time of the calling thread, in nanoseconds (user and system: what a call costs the caller).
