@@ -167,22 +167,8 @@ fn wait_c_reports_ready_cancel_and_failure(s: &'static Stack) {
     // Failed: a full copy onto a 1 MiB tmpfs.
     let full = dom.path("full");
     sys.mount_tmpfs(&dom, &full, "1M");
-    sys.virsh_ok(
-        None,
-        Preload::No,
-        &[
-            "blockcopy",
-            &dom.name,
-            "vda",
-            &format!("{full}/copy.raw"),
-            "--format",
-            "raw",
-            "--transient-job",
-            "--bandwidth",
-            "1",
-            "--bytes",
-        ],
-    );
+    let args = virt::crawling_raw_copy_args(&dom.name, &format!("{full}/copy.raw"));
+    sys.virsh_ok(None, Preload::No, &virt::strs(&args));
     let mut w = waiter(sys, &dom);
     std::thread::sleep(Duration::from_millis(1500));
     sys.virsh_ok(None, Preload::No, &["blockjob", &dom.name, "vda", "--bandwidth", "0"]);

@@ -167,18 +167,7 @@ fn wait_c_reports_a_job_that_fails(s: &'static Stack) {
     let dest = dom.path("full/copy.raw");
     dom.virsh_ok(
         Preload::No,
-        &[
-            "blockcopy",
-            &dom.name,
-            "vda",
-            &dest,
-            "--format",
-            "raw",
-            "--transient-job",
-            "--bandwidth",
-            "1",
-            "--bytes",
-        ],
+        &virt::strs(&virt::crawling_raw_copy_args(&dom.name, &dest)),
     );
     let mut waiter = Reaper(
         tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"])

@@ -181,6 +181,25 @@ pub fn copy_args(domain: &str, dest: &str, bytes_per_s: u64) -> Vec<String> {
     .to_vec()
 }
 
+/// virsh's arguments for a full copy of `domain`'s vda into the new raw file `dest` at 1 byte/s: a job that stays
+/// far from done until its bandwidth is changed.
+pub fn crawling_raw_copy_args(domain: &str, dest: &str) -> Vec<String> {
+    [
+        "blockcopy",
+        domain,
+        "vda",
+        dest,
+        "--format",
+        "raw",
+        "--transient-job",
+        "--bandwidth",
+        "1",
+        "--bytes",
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
 /// virsh's arguments for an active commit of `domain`'s vda at 512 KiB/s (this little data goes in one burst:
 /// the job is at once in its mirroring phase).
 pub fn active_commit_args(domain: &str) -> Vec<String> {
