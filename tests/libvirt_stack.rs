@@ -320,7 +320,13 @@ fn active_commit_is_reported_as_active_commit(s: &'static Stack) {
 
 fn pull_runs_then_is_gone(s: &'static Stack) {
     let dom = Domain::create(s, "bjt-pull", 2);
-    dom.virsh_ok(Preload::No, &["blockpull", &dom.name, "vda", "--bandwidth", "1"]);
+    // QEMU streams 512 KiB a step: at 256 KiB/s each step holds still for 2 s and the 4 MiB take 16 s, so a
+    // virsh triplet (4 calls, about 0.5 s on a loaded machine) fits inside a step many times. At 1 MiB/s the
+    // steps lasted 0.5 s and a busy CI saw none.
+    dom.virsh_ok(
+        Preload::No,
+        &["blockpull", &dom.name, "vda", "--bandwidth", "262144", "--bytes"],
+    );
     check_job_name(&dom, "pull-vda-", "job-pull");
     compare_through_the_job(&dom, &["qmp", "native"], 1, &[Phase::Running, Phase::Gone], "gone");
 }
