@@ -1027,6 +1027,19 @@ fn openssl_like_client(
 }
 
 /// A command's wall time and peak RSS (KiB, of it and the descendants it waited for), as it exits.
+/// The CPU time (user and system, in clock ticks) the domains' QEMUs have used so far.
+fn guests_cpu_ticks(domains: &[Domain]) -> u64 {
+    domains
+        .iter()
+        .filter_map(|d| {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.qemu_pid()?)).ok()?;
+            // Fields 14 and 15 (utime, stime), counted after the command name's closing parenthesis.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
 fn run_measured(mut c: Command) -> (std::process::Output, f64, u64) {
     use std::os::unix::process::ExitStatusExt;
     c.stdout(std::process::Stdio::piped())
@@ -1127,6 +1140,7 @@ fn fleet_part(stack: &'static Stack, r: &mut Report, quick: bool) {
         let _ = calls_round(); // and the first round warms libvirt's side alike
         let mut times = vec![];
         let mut last = String::new();
+        let (guests_before, since) = (guests_cpu_ticks(&domains), Instant::now());
         for _ in 0..rounds {
             let calls = calls_round();
             assert_eq!(calls["domains"], n);
@@ -1165,6 +1179,8 @@ fn fleet_part(stack: &'static Stack, r: &mut Report, quick: bool) {
             metric_calls("virDomainGetXMLDesc"),
             metric_calls("virDomainGetBlockJobInfo"),
         );
+        // What the guests left of the machine meanwhile (clock ticks are 1/100 s).
+        let guests_core = (guests_cpu_ticks(&domains) - guests_before) as f64 / 100.0 / since.elapsed().as_secs_f64();
         let (_, rss) = e.threads_and_rss();
         drop(e);
         let scrape = stats(times);
@@ -1239,7 +1255,11 @@ fn fleet_part(stack: &'static Stack, r: &mut Report, quick: bool) {
         r.other(
             &format!("libvirt's own calls for {n} domains, one after another (median, a round before each scrape)"),
             format!("{sum:.1} ms"),
-            &format!("list {list_p:.2} ms + {n} XML {xml_p:.1} ms + {disks} block job queries {job_p:.1} ms (medians)"),
+            &format!(
+                "list {list_p:.2} ms + {n} XML {xml_p:.1} ms + {disks} block job queries {job_p:.1} ms (medians); \
+                 the guests' QEMUs used {:.0} % of one core meanwhile",
+                guests_core * 100.0
+            ),
         );
         r.latency(
             &format!("blockjobinfo list, {n} domains, a whole process"),
