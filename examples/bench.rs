@@ -1026,7 +1026,6 @@ fn openssl_like_client(
     s
 }
 
-/// A command's wall time and peak RSS (KiB, of it and the descendants it waited for), as it exits.
 /// The CPU time (user and system, in clock ticks) the domains' QEMUs have used so far.
 fn guests_cpu_ticks(domains: &[Domain]) -> u64 {
     domains
@@ -1040,6 +1039,7 @@ fn guests_cpu_ticks(domains: &[Domain]) -> u64 {
         .sum()
 }
 
+/// A command's wall time and peak RSS (KiB, of it and the descendants it waited for), as it exits.
 fn run_measured(mut c: Command) -> (std::process::Output, f64, u64) {
     use std::os::unix::process::ExitStatusExt;
     c.stdout(std::process::Stdio::piped())
@@ -1158,8 +1158,7 @@ fn fleet_part(stack: &'static Stack, r: &mut Report, quick: bool) {
         }
         drop(to_calls);
         let _ = host_calls.wait();
-        let [list_p, xml_p, job_p, sum_p] = parts.map(|v| stats(v).median / 1000.0);
-        let sum = sum_p;
+        let [list_p, xml_p, job_p, sum] = parts.map(|v| stats(v).median / 1000.0);
         assert!(last.contains("blockjobinfo_up 1"), "{last}");
         assert_eq!(
             last.lines()
