@@ -10,13 +10,17 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# Built once, then run straight from the build: the executables, in cargo's order.
+# Built once, then run straight from the build: the executables, by name (cargo reports them in the order they
+# finished compiling, which changes from build to build: a failure must be repeatable in the same order).
 binaries=$(${CARGO:-cargo} test --no-run --message-format=json 2>/dev/null | /usr/bin/python3 -c '
-import json, sys
+import json, os, sys
+found = []
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["executable"])
+        found.append(m["executable"])
+for exe in sorted(found, key=os.path.basename):
+    print(exe)
 ') || { ${CARGO:-cargo} test --no-run; exit 1; }
 
 all=$(BJI_STACKS= scripts/stacks.sh names)

@@ -11,6 +11,10 @@
 #   stacks.sh report            the facts the suite recorded per stack, also written into the README
 #   stacks.sh stop              stop every process the tests left running (test users', and any marked BJI_GATE)
 #   stacks.sh check             fail if any such process, or any mount inside the cache, is left
+#   stacks.sh clean             remove what the tests make for themselves, as on a machine they never ran on: the
+#                               host's test users with their homes and processes, the tests' files under /tmp, the
+#                               session and system libvirt state they left, on the host and in each cached root
+#                               (the roots themselves stay: they are a cache, checked against their recipe)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -228,6 +232,51 @@ stop() {
     sleep 0.5
 }
 
+# The tests' own traces, by the names they use: bjtest-* (session domains, runtime, share), bjsys-* (system
+# domains), bji-* (temporary directories), the lock directory; libvirt's logs of their domains (bjt-*, bjs-*).
+clean_tests_files() {
+    local r=$1
+    rm -rf "$r"/tmp/bjtest-* "$r"/tmp/bjsys-* "$r"/tmp/bji-* "$r"/tmp/blockjobinfo-tests.locks
+    rm -f "$r"/var/log/libvirt/qemu/bjt-*.log "$r"/var/log/libvirt/qemu/bjs-*.log
+}
+
+clean() {
+    local name suite user index u root
+    [ "$(id -u)" = 0 ] || { echo "stacks.sh clean: run as root" >&2; exit 1; }
+    stop
+    while read -r name suite user index; do
+        if [ "$suite" = host ]; then
+            for u in $(users_of "$user"); do
+                getent passwd "$u" >/dev/null || continue
+                pkill -KILL -U "$u" 2>/dev/null || true
+                for _ in $(seq 50); do pgrep -U "$u" >/dev/null || break; sleep 0.1; done
+                userdel -r -f "$u" 2>/dev/null || userdel -f "$u"
+                rm -rf "/home/$u"
+                echo "removed the test user $u"
+            done
+            clean_tests_files ""
+        else
+            root=$(root_of "$name")
+            [ -d "$root" ] || continue
+            # A root's users come with it (its recipe); what the tests made in their homes does not.
+            for u in $(users_of "$user"); do
+                [ -d "$root/home/$u" ] && rm -rf "$root/home/$u/.config" "$root/home/$u/.cache" "$root/home/$u/.local"
+            done
+            rm -rf "$root/run/dbus"
+            clean_tests_files "$root"
+        fi
+    done < <(all_stacks)
+    # The host's system libvirt and D-Bus, when none of them runs (the tests run their own in namespaces of their
+    # own; the host's, if it has one, is not touched).
+    if ! pgrep -x -U 0 libvirtd >/dev/null; then
+        rm -rf /run/libvirt
+    fi
+    if ! pgrep -x dbus-daemon >/dev/null; then
+        rm -f /run/dbus/system_bus_socket
+    fi
+    echo "the tests' own state is removed"
+}
+
 check() {
     local left mounts
     left=$(leftovers)
@@ -334,5 +383,6 @@ report) report ;;
 soak-report) soak_report ;;
 stop) stop ;;
 check) check ;;
-*) echo "usage: $0 names|prepare|prepare-start|prepare-wait|versions|report|soak-report|stop|check" >&2; exit 2 ;;
+clean) clean ;;
+*) echo "usage: $0 names|prepare|prepare-start|prepare-wait|versions|report|soak-report|stop|check|clean" >&2; exit 2 ;;
 esac

@@ -15,31 +15,23 @@ use common::virt::{self, Domain};
 use common::*;
 
 /// Stops the stack's session libvirtd; continues it when dropped, whatever the test did.
-struct Stopped(Vec<String>);
+struct Stopped(u32);
 
 impl Stopped {
     fn stop(s: &Stack) -> Stopped {
-        let out = Command::new("pgrep")
-            .args(["-U", &virt::uid(s).to_string(), "-x", "libvirtd|virtqemud"])
-            .output()
-            .unwrap();
-        let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        assert!(!pids.is_empty(), "{}: no session daemon", s.name);
-        for p in &pids {
-            assert!(Command::new("kill").args(["-STOP", p]).status().unwrap().success());
-        }
-        Stopped(pids)
+        let pid = virt::daemon_pid(s).unwrap_or_else(|| panic!("{}: no session daemon", s.name));
+        assert!(Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        Stopped(pid)
     }
 }
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = Command::new("kill").args(["-CONT", p]).status();
-        }
+        let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
     }
 }
 

@@ -1,7 +1,7 @@
 //! The preloaded `virDomainGetBlockJobInfo` while libvirt itself fails under it: the session libvirtd
 //! restarted between calls, the domain destroyed mid-poll. Callers get libvirt's own errors, the same as
-//! without the library, quickly, and nothing crashes. (A binary of its own: it restarts the daemon every
-//! libvirt test shares.)
+//! without the library, quickly, and nothing crashes. (A binary of its own: it restarts the session daemon, which
+//! no other test of the process may be using.)
 
 #[macro_use]
 mod common;
@@ -43,14 +43,6 @@ fn finish(child: Child, dom: &Domain, out: &str) -> (usize, BTreeSet<String>) {
     (ok, errors)
 }
 
-fn daemon_pids(s: &Stack) -> String {
-    let o = Command::new("pgrep")
-        .args(["-U", &virt::uid(s).to_string(), "-f", "libvirtd|virtqemud"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
 fn a_restarted_libvirtd_and_a_destroyed_domain_give_libvirts_own_errors(s: &'static Stack) {
     // 1. The session daemon dies between calls, then comes back.
     let dom = Domain::create(s, "bjt-restart", 1);
@@ -58,11 +50,8 @@ fn a_restarted_libvirtd_and_a_destroyed_domain_give_libvirts_own_errors(s: &'sta
     let ours = start_poller(&dom, Preload::Source("qmp"), "ours.json", 4);
     let native = start_poller(&dom, Preload::Source("native"), "native.json", 4);
     std::thread::sleep(Duration::from_millis(1500));
-    let pids = daemon_pids(s);
-    assert!(!pids.is_empty(), "a session daemon runs");
-    for pid in pids.lines() {
-        Command::new("kill").arg(pid).status().unwrap();
-    }
+    let pid = virt::daemon_pid(s).expect("a session daemon runs");
+    Command::new("kill").arg(pid.to_string()).status().unwrap();
     let (plain_ok, plain_errors) = finish(plain, &dom, "plain.json");
     let (ours_ok, ours_errors) = finish(ours, &dom, "ours.json");
     let (native_ok, native_errors) = finish(native, &dom, "native.json");
@@ -92,7 +81,8 @@ fn a_restarted_libvirtd_and_a_destroyed_domain_give_libvirts_own_errors(s: &'sta
         !ours_errors.is_empty() && !native_errors.is_empty(),
         "the preloaded callers saw the failure too"
     );
-    // The daemon starts again on demand; the domain's QEMU survived it.
+    // Started again (as its supervisor would), the daemon finds the domain's QEMU, which survived it.
+    virt::revive(s, pid);
     assert!(dom.virsh_ok(Preload::No, &["domstate", &dom.name]).contains("running"));
 
     // 2. The domain is destroyed while pollers run.

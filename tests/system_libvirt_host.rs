@@ -125,6 +125,8 @@ fn listing(dir: &str) -> Vec<String> {
 #[test]
 fn a_system_libvirtd_already_running_on_the_host_is_left_alone() {
     let s = Stack::host_stack();
+    // The host's /run/dbus is also where tests/session_daemon.rs starts a bus of its own.
+    let _bus = host_lock("host-system-bus");
     let untouched: Vec<_> = RUN_DIRS.iter().map(|d| (d, listing(d))).collect();
     // A hypervisor's own libvirtd, when this machine runs one; else one started here, the way an operator's runs.
     let host = pids("libvirtd").is_empty().then(HostLibvirt::start);

@@ -113,16 +113,36 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
 pub struct HostLock(#[allow(dead_code)] std::fs::File);
 
 pub fn host_lock(resource: &str) -> HostLock {
+    let f = lock_file(resource);
+    f.lock().unwrap();
+    HostLock(f)
+}
+
+/// `host_lock`, waiting at most `patience`; None if another process held it all that time.
+pub fn try_host_lock(resource: &str, patience: Duration) -> Option<HostLock> {
+    let f = lock_file(resource);
+    let deadline = Instant::now() + patience;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Some(HostLock(f)),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return None,
+            Err(std::fs::TryLockError::Error(e)) => panic!("locking {resource}: {e}"),
+        }
+    }
+}
+
+fn lock_file(resource: &str) -> std::fs::File {
     let dir = std::env::temp_dir().join("blockjobinfo-tests.locks");
     std::fs::create_dir_all(&dir).unwrap();
-    let f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join(resource))
-        .unwrap();
-    f.lock().unwrap();
-    HostLock(f)
+        .unwrap()
 }
 
 /// A child's whole output, once it exits (the guard still kills it if the test fails first).

@@ -102,6 +102,40 @@ impl Stack {
         format!("{}-no", self.user)
     }
 
+    /// Makes the stack's three test users where they are missing: on the host (a root's come with it, made by
+    /// `scripts/stacks.sh`); `-lv` joins group `libvirt`, which libvirt-daemon-system made.
+    pub fn ensure_users(&self) {
+        if !self.is_host() {
+            return;
+        }
+        for (user, groups) in [
+            (self.user.to_string(), None),
+            (self.libvirt_member(), Some("libvirt")),
+            (self.denied_user(), None),
+        ] {
+            let exists = Command::new("id")
+                .arg(&user)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            if !exists {
+                let mut c = Command::new("useradd");
+                c.args(["-m", "-s", "/bin/sh", "-c", "blockjobinfo tests"]);
+                if let Some(g) = groups {
+                    c.args(["-G", g]);
+                }
+                let out = c.arg(&user).output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "useradd {user}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+
     pub fn is_host(&self) -> bool {
         self.root.is_none()
     }
@@ -153,10 +187,12 @@ impl Stack {
     /// its own where /proc, /sys, /dev and /dev/pts are bound into the root: the mounts vanish with the last
     /// process that uses them (the session libvirtd), so none is ever left on the host.
     pub fn user_command(&self, program: &str) -> Command {
+        // No client ever autostarts a session daemon: the tests start it (`virt::start_session_daemon`).
         let env_args = [
             "env".to_string(),
             format!("XDG_RUNTIME_DIR={}", super::virt::RUNTIME),
             format!("HOME=/home/{}", self.user),
+            "LIBVIRT_AUTOSTART=0".to_string(),
         ];
         let mut c = match &self.root {
             None => {

@@ -132,7 +132,7 @@ impl System {
     /// A system libvirtd of its own, for a test that stops it (`stop`); `get` shares one per process instead.
     pub fn start(s: &'static Stack) -> System {
         assert!(unsafe { libc::geteuid() } == 0, "the system-libvirt tests run as root");
-        ensure_users(s);
+        s.ensure_users();
         super::memlock_for_daemons();
         let dir = s.tempdir();
         let rule = dir.path().join("rule");
@@ -302,35 +302,6 @@ fn in_namespace(ns: &Path) -> bool {
         e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())
             && std::fs::read_link(e.path().join("ns/pid")).is_ok_and(|l| l == ns)
     })
-}
-
-/// The stack's three test users: on the host they are made here (a root's come with it); `-lv` joins group
-/// `libvirt`, which libvirt-daemon-system made.
-fn ensure_users(s: &Stack) {
-    if !s.is_host() {
-        return;
-    }
-    for (user, groups) in [
-        (s.user.to_string(), None),
-        (s.libvirt_member(), Some("libvirt")),
-        (s.denied_user(), None),
-    ] {
-        let exists = Command::new("id")
-            .arg(&user)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-        if !exists {
-            let mut c = Command::new("useradd");
-            c.args(["-m", "-s", "/bin/sh"]);
-            if let Some(g) = groups {
-                c.args(["-G", g]);
-            }
-            ok(c.arg(&user).output().unwrap(), &format!("useradd {user}"));
-        }
-    }
 }
 
 /// Where a system domain's extra QMP monitor is, as `BLOCKJOBINFO_QMP_SOCKET` names it.

@@ -27,8 +27,16 @@ fn root_run(cmd: &mut Command) -> Output {
     out
 }
 
-/// Creates the stack's test user (the host's; a root's comes with it) and its private directories once per
-/// process, starts its session daemon, and stops every process of that user when the process exits.
+/// The one way a test gets a stack's session, once per process: its users, its directories, its session
+/// daemons, and their end when the process exits. Everything that acts as the stack's user (`as_user`) comes
+/// through here first, so no test depends on what an earlier one made, whatever order they run in.
+///
+/// - The process holds the stack's session lock until it exits: the exit handler below ends every process of
+///   the user, so two test processes must never share a session (the gate's lanes never do; two `cargo test`s by
+///   hand wait for each other instead of ending each other's daemon).
+/// - What an earlier process left (one killed before its exit handler ran) is ended and wiped: stray processes,
+///   the runtime directory, the user's libvirt state and defined domains.
+/// - The daemons are started here, explicitly, never by a client's autostart (see `start_session_daemon`).
 pub fn setup(s: &Stack) {
     s.virt_setup.call_once(|| {
         assert!(
@@ -36,27 +44,119 @@ pub fn setup(s: &Stack) {
             "the libvirt tests create and use the user {}: run as root",
             s.user
         );
-        if s.is_host()
-            && !Command::new("id")
-                .arg(s.user)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .unwrap()
-                .success()
-        {
-            root_run(Command::new("useradd").args(["-m", s.user]));
+        hold_session_lock(s);
+        s.ensure_users();
+        let uid = uid(s);
+        stop_user_processes(uid);
+        let home = format!("/home/{}", s.user);
+        for dir in [
+            RUNTIME.to_string(),
+            QMP_DIR.to_string(),
+            format!("{home}/.config/libvirt"),
+            format!("{home}/.cache/libvirt"),
+        ] {
+            let _ = std::fs::remove_dir_all(s.host(&dir));
         }
         for (dir, mode) in [(RUNTIME, "700"), (QMP_DIR, "755")] {
             std::fs::create_dir_all(s.host(dir)).unwrap();
             root_run(s.root_command("chown").args([s.user, dir]));
             root_run(s.root_command("chmod").args([mode, dir]));
         }
-        register_teardown(s);
-        // Start the session daemon once, before tests race to autostart it.
+        register_teardown(uid);
         super::memlock_for_daemons();
-        virsh_ok(s, Preload::No, &["list", "--all"]);
+        start_session_daemon(s);
     });
+}
+
+/// Takes the stack's session lock for the rest of the process (see `setup`), waiting at most 30 minutes for
+/// another process that holds it.
+fn hold_session_lock(s: &Stack) {
+    static HELD: std::sync::Mutex<Vec<super::HostLock>> = std::sync::Mutex::new(Vec::new());
+    let resource = format!("session-{}", s.name);
+    let lock = super::try_host_lock(&resource, Duration::from_secs(1800)).unwrap_or_else(|| {
+        panic!(
+            "{}: another test process has held the session of {} for 30 minutes",
+            s.name, s.user
+        )
+    });
+    HELD.lock().unwrap().push(lock);
+}
+
+/// The session daemons' environment beyond the session's own. No system bus: GLib ends a process whose shared
+/// system-bus connection closes, and libvirtd joins the system bus (to ask logind for an inhibitor) when its
+/// first domain starts. On the host stack that bus is the host's /run/dbus, which
+/// tests/system_libvirt_host.rs starts and stops while the deb12 lane runs: its stop ended the deb12 session
+/// daemon in the middle of other tests ("Cannot write data: Broken pipe"). tests/session_daemon.rs guards it.
+const DAEMON_ENV: [&str; 1] = ["DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent/blockjobinfo-tests"];
+
+/// Starts the stack's session virtlogd and libvirtd as its user, daemonized, and waits until libvirtd answers.
+/// Never by a client's autostart (`LIBVIRT_AUTOSTART=0` for every command run as the user): libvirt starts those
+/// with `--timeout=120`, and a daemon that exits while idle can be what the next test connects to as it goes.
+/// A test that kills the daemon starts it again with this (`revive`).
+pub fn start_session_daemon(s: &Stack) {
+    // Where their pid files go: libvirtd makes it for an autostarted virtlogd, virtlogd will not make it itself.
+    let made = session_command(s, "mkdir")
+        .args(["-p", "-m", "700", &format!("{RUNTIME}/libvirt")])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}: {}",
+        s.name,
+        String::from_utf8_lossy(&made.stderr)
+    );
+    for daemon in ["virtlogd", "libvirtd"] {
+        if session_daemon_pid(s, daemon).is_some() {
+            continue;
+        }
+        let mut c = session_command(s, "env");
+        c.args(DAEMON_ENV).args([daemon, "--daemon"]);
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {daemon} --daemon as {}: {}",
+            s.name,
+            s.user,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = session_virsh(s, Preload::No, &["uri"]);
+        if o.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: the session libvirtd did not answer within 60 s: {}",
+            s.name,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The session libvirtd's process id, from its pid file.
+pub fn daemon_pid(s: &Stack) -> Option<u32> {
+    session_daemon_pid(s, "libvirtd")
+}
+
+/// The process id of the session's `daemon` (libvirtd, virtlogd) while it runs, from its pid file.
+pub fn session_daemon_pid(s: &Stack, daemon: &str) -> Option<u32> {
+    let file = s.host(&format!("{RUNTIME}/libvirt/{daemon}.pid"));
+    let pid: u32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+    std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+/// After a test killed the session libvirtd: waits (10 s at most) until it is gone, then starts it again, as
+/// its supervisor would.
+pub fn revive(s: &Stack, killed: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{killed}")).exists() {
+        assert!(Instant::now() < deadline, "{}: libvirtd {killed} did not end", s.name);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start_session_daemon(s);
 }
 
 /// The numeric uid of the stack's test user (the host knows a root's users only by number).
@@ -68,7 +168,7 @@ pub fn uid(s: &Stack) -> u32 {
 static TEARDOWN_UIDS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
 
 /// At exit, stops the session daemons (and anything else) the tests started as the stacks' users.
-fn register_teardown(s: &Stack) {
+fn register_teardown(uid: u32) {
     extern "C" fn teardown() {
         for uid in TEARDOWN_UIDS.lock().map(|v| v.clone()).unwrap_or_default() {
             stop_user_processes(uid);
@@ -79,7 +179,7 @@ fn register_teardown(s: &Stack) {
         // SAFETY: registers a plain function; it runs once at exit.
         unsafe { libc::atexit(teardown) };
     }
-    uids.push(uid(s));
+    uids.push(uid);
 }
 
 /// SIGTERM, then SIGKILL after 5 s, to every process of `uid`; waits (5 s at most) until none is left.
@@ -103,6 +203,12 @@ fn stop_user_processes(uid: u32) {
 /// A command run as the stack's test user in the session's environment; the library's variables are set per
 /// command, never inherited from the test.
 pub fn as_user(s: &Stack, program: &str) -> Command {
+    setup(s);
+    session_command(s, program)
+}
+
+/// `as_user` without the setup (which itself runs commands as the user).
+fn session_command(s: &Stack, program: &str) -> Command {
     let mut c = s.user_command(program);
     for v in [
         "LD_PRELOAD",
@@ -144,7 +250,12 @@ pub fn tool(s: &Stack, args: &[&str]) -> Command {
 }
 
 pub fn virsh(s: &Stack, p: Preload, args: &[&str]) -> Output {
-    let mut c = as_user(s, "env");
+    setup(s);
+    session_virsh(s, p, args)
+}
+
+fn session_virsh(s: &Stack, p: Preload, args: &[&str]) -> Output {
+    let mut c = session_command(s, "env");
     c.args(preload_env(s, p));
     c.args(["virsh", "-q", "-c", "qemu:///session"]).args(args);
     c.output().unwrap()
