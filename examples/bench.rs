@@ -443,7 +443,41 @@ fn qmp_part(stack: &'static Stack, r: &mut Report, opts: &Opts) {
             "",
         );
     }
+
+    // Beside eight waits on the same source, each sleeping on the job's events (the job never gets ready):
+    // a call waits only for the command ahead of it, never for a wait.
+    let m = if opts.quick { 20 } else { 10_000 };
+    let alone = stats(time_each(m, || get(src, &mut info)));
+    let src_addr = src as usize;
+    let waits: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut i = virDomainBlockJobInfo::default();
+                unsafe { bji_wait(src_addr as *mut bji_source, c"vda".as_ptr(), BJI_WAIT_READY, -1, &mut i) }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let beside = stats(time_each(m, || get(src, &mut info)));
+    r.latency(
+        "bji_get_block_job_info, the source alone",
+        &alone,
+        "measured just before the next row",
+    );
+    r.latency(
+        "bji_get_block_job_info beside 8 bji_wait on the same source",
+        &beside,
+        &format!("p99 {:.2}x alone's", beside.p99 / alone.p99),
+    );
+    r.target(
+        "beside 8 waits: p99 <= 2x the source alone",
+        format!("{:.2}x", beside.p99 / alone.p99),
+        beside.p99 <= 2.0 * alone.p99,
+    );
     unsafe { bji_close(src) };
+    for w in waits {
+        assert_eq!(w.join().unwrap(), -1, "a closed source ends its waits");
+    }
 }
 
 /// How late `bji_wait(BJI_WAIT_READY)` returns after QEMU's `BLOCK_JOB_READY`, over `mirrors` mirrors: each

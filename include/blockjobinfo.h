@@ -79,7 +79,8 @@ typedef virDomainBlockJobInfo *virDomainBlockJobInfoPtr;
 
 
 /**
- * An open QMP source. Opaque to C.
+ * An open QMP source. Opaque to C: what C holds is a handle into `SOURCES`, never this struct's address, so a
+ * call that races `bji_close` (or comes after it) finds the source gone instead of touching freed memory.
  */
 typedef struct bji_source bji_source;
 
@@ -97,11 +98,14 @@ extern "C" {
 bji_source *bji_open_qmp(const char *address, unsigned int flags);
 
 /**
- * Closes a source and frees it. NULL is fine. A call blocked on the source in another thread (`bji_wait`)
- * returns -1 at once ("the source was closed"); `bji_close` returns once it has.
+ * Closes a source and frees it. NULL is fine, and so is a source already closed. Every call blocked on the
+ * source in another thread (`bji_wait`, or a call waiting for the monitor) returns -1 at once ("the source was
+ * closed"), and `bji_close` returns once they have (within the source's connect timeout, 5 s, at worst: a call
+ * that is connecting). A call that starts later returns -1 ("not an open source"). In a forked child,
+ * `bji_close` returns at once and leaves the parent's connection alone.
  *
  * # Safety
- * `src` is NULL or a pointer from `bji_open_qmp` not yet closed; no thread starts a call on it after this.
+ * None beyond the C API's: `src` is never dereferenced.
  */
 void bji_close(bji_source *src);
 

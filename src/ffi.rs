@@ -12,14 +12,18 @@ use crate::libvirt::api::Libvirt;
 use crate::source::QmpSource;
 use crate::translate;
 use crate::wait::{Outcome, Until};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// An open QMP source. Opaque to C.
+/// An open QMP source. Opaque to C: what C holds is a handle into `SOURCES`, never this struct's address, so a
+/// call that races `bji_close` (or comes after it) finds the source gone instead of touching freed memory.
 #[allow(non_camel_case_types)]
 pub struct bji_source {
     inner: QmpSource,
-    /// Calls in progress: `bji_close` wakes them and waits for them to leave before freeing.
-    active: AtomicUsize,
+    /// The process that opened it: `bji_close` waits for its calls in progress only there (a forked child's
+    /// copy of the parent's calls never ends).
+    pid: u32,
 }
 
 /// `bji_wait`'s `until`: QEMU says the job is ready (mirroring phase).
@@ -37,22 +41,43 @@ pub const BJI_WAIT_GONE_BEFORE_READY: c_int = 3;
 /// `bji_wait` returns: the timeout passed first.
 pub const BJI_WAIT_TIMEOUT: c_int = 4;
 
-/// Marks a call in progress on a source for as long as it lives.
-struct Entered<'a>(&'a bji_source);
+/// The open sources, by handle. Held only to look up, insert or remove one.
+static SOURCES: Mutex<BTreeMap<usize, Arc<bji_source>>> = Mutex::new(BTreeMap::new());
+/// The next handle. Handles are never reused, so a stale one is never mistaken for a newer source.
+static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(1);
 
-impl Drop for Entered<'_> {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+/// The process whose threads may hold the table's lock: this one, unless it is a forked child that has not yet
+/// taken the lock once (a parent thread may have held it at fork() and never lets go there).
+static TABLE_PID: AtomicU32 = AtomicU32::new(0);
+
+/// The table. Held only for a lookup, so waiting for it is brief; in a forked child, the first wait is bounded.
+fn sources() -> Result<MutexGuard<'static, BTreeMap<usize, Arc<bji_source>>>> {
+    let pid = std::process::id();
+    let owner = TABLE_PID.load(Ordering::Acquire);
+    if owner == pid
+        || owner == 0
+            && TABLE_PID
+                .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    {
+        return Ok(crate::source::lock(&SOURCES));
     }
+    let guard = crate::source::lock_briefly(&SOURCES)
+        .ok_or_else(|| Error::InvalidArg("the source table is locked by a thread that no longer exists".into()))?;
+    // Taken once here: no thread of the parent holds it in this process.
+    TABLE_PID.store(pid, Ordering::Release);
+    Ok(guard)
 }
 
-/// # Safety
-/// `src` is NULL or an open source.
-unsafe fn enter<'a>(src: *mut bji_source) -> Result<Entered<'a>> {
-    // SAFETY: NULL or an open source, by contract; only shared access.
-    let src = unsafe { src.as_ref() }.ok_or_else(|| Error::InvalidArg("source must not be NULL".into()))?;
-    src.active.fetch_add(1, Ordering::AcqRel);
-    Ok(Entered(src))
+/// The source behind a handle, kept alive for the call.
+fn enter(src: *mut bji_source) -> Result<Arc<bji_source>> {
+    if src.is_null() {
+        return Err(Error::InvalidArg("source must not be NULL".into()));
+    }
+    sources()?
+        .get(&(src as usize))
+        .cloned()
+        .ok_or_else(|| Error::InvalidArg("not an open source (closed, or never opened)".into()))
 }
 
 thread_local! {
@@ -161,30 +186,41 @@ pub unsafe extern "C" fn bji_open_qmp(address: *const c_char, flags: c_uint) -> 
             )));
         }
         let inner = QmpSource::open(address)?;
-        Ok(Box::into_raw(Box::new(bji_source {
+        let handle = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
+        let source = Arc::new(bji_source {
             inner,
-            active: AtomicUsize::new(0),
-        })))
+            pid: std::process::id(),
+        });
+        sources()?.insert(handle, source);
+        // A handle, not an address: C never dereferences it.
+        Ok(handle as *mut bji_source)
     })
 }
 
-/// Closes a source and frees it. NULL is fine. A call blocked on the source in another thread (`bji_wait`)
-/// returns -1 at once ("the source was closed"); `bji_close` returns once it has.
+/// Closes a source and frees it. NULL is fine, and so is a source already closed. Every call blocked on the
+/// source in another thread (`bji_wait`, or a call waiting for the monitor) returns -1 at once ("the source was
+/// closed"), and `bji_close` returns once they have (within the source's connect timeout, 5 s, at worst: a call
+/// that is connecting). A call that starts later returns -1 ("not an open source"). In a forked child,
+/// `bji_close` returns at once and leaves the parent's connection alone.
 ///
 /// # Safety
-/// `src` is NULL or a pointer from `bji_open_qmp` not yet closed; no thread starts a call on it after this.
+/// None beyond the C API's: `src` is never dereferenced.
 #[no_mangle]
 pub unsafe extern "C" fn bji_close(src: *mut bji_source) {
     export!((), {
-        // SAFETY: NULL or an open source, by contract.
-        if let Some(s) = unsafe { src.as_ref() } {
-            s.inner.close();
-            // Calls in progress were woken by close(); each ends within its own timeouts at worst.
-            while s.active.load(Ordering::Acquire) > 0 {
+        if src.is_null() {
+            return Ok(());
+        }
+        let Some(source) = sources()?.remove(&(src as usize)) else {
+            return Ok(());
+        };
+        source.inner.close();
+        if source.pid == std::process::id() {
+            // The calls in progress hold the other references; closing woke each.
+            let deadline = std::time::Instant::now() + Duration::from_secs(6);
+            while Arc::strong_count(&source) > 1 && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            // SAFETY: came from Box::into_raw in bji_open_qmp, is closed once, and no call uses it any more.
-            drop(unsafe { Box::from_raw(src) });
         }
         Ok(())
     })
@@ -206,8 +242,7 @@ pub unsafe extern "C" fn bji_get_block_job_info(
         // SAFETY: forwarded contract.
         unsafe {
             answer(info, device, flags, "bji_get_block_job_info", |device| {
-                let entered = enter(src)?;
-                entered.0.inner.block_job_info(device, flags)
+                enter(src)?.inner.block_job_info(device, flags)
             })
         }
     })
@@ -243,10 +278,8 @@ pub unsafe extern "C" fn bji_translate_reply(
 #[no_mangle]
 pub unsafe extern "C" fn bji_set_no_ready_grace(src: *mut bji_source, grace_ms: c_int) -> c_int {
     export!(-1, {
-        // SAFETY: forwarded contract.
-        let entered = unsafe { enter(src) }?;
         let grace = u64::try_from(grace_ms).ok().map(Duration::from_millis);
-        entered.0.inner.set_no_ready_grace(grace);
+        enter(src)?.inner.set_no_ready_grace(grace);
         Ok(0)
     })
 }
@@ -285,9 +318,7 @@ pub unsafe extern "C" fn bji_wait(
             }
         };
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
-        // SAFETY: forwarded contract.
-        let entered = unsafe { enter(src) }?;
-        let waited = entered.0.inner.wait(device, until, timeout)?;
+        let waited = enter(src)?.inner.wait(device, until, timeout)?;
         let still_listed = !matches!(waited.outcome, Outcome::Reached if until == Until::Gone);
         if let (false, Some(last)) = (info.is_null(), waited.last.as_ref().filter(|_| still_listed)) {
             // SAFETY: non-NULL and writable by contract.

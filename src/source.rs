@@ -1,16 +1,16 @@
-//! Where raw jobs come from. `QmpSource`: a QEMU monitor socket, one connection reused across calls.
+//! Where raw jobs come from. `QmpSource`: a QEMU monitor socket, one connection shared by every call and thread.
 
 use std::collections::HashMap;
 use std::ffi::c_uint;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::abi::virDomainBlockJobInfo;
 use crate::error::Error;
 use crate::error::Result;
 use crate::jobs;
-use crate::qmp::{Address, Connection, Interrupter, Limits, QemuVersion};
+use crate::qmp::{Address, Limits, Monitor, QemuVersion};
 use crate::translate::{self, NoReadyPolicy, Observation, RawJob};
 
 /// A job as QEMU reported it and as libvirt would report it, from one reply.
@@ -20,31 +20,29 @@ pub struct JobReport {
     pub info: virDomainBlockJobInfo,
 }
 
-/// Block jobs of one QEMU process, read over QMP. Safe to share between threads; calls are serialised on the
-/// one connection (a QMP monitor serves one client at a time anyway).
+/// Block jobs of one QEMU process, read over QMP. Any number of threads may share it: their calls share its one
+/// connection through a `Monitor` (a QMP monitor serves one client at a time), each waiting only for the command
+/// ahead of it, and a wait holds nothing between its queries. After `fork()`, a child's first call makes a
+/// connection of its own; the parent's socket is never used or shut down there.
 pub struct QmpSource {
     address: Address,
     limits: Limits,
     /// Grace timer in ms; `NO_GRACE` when off.
     grace_ms: AtomicU64,
-    conn: Mutex<Option<Connection>>,
+    /// The monitor of the process that made it (see `monitor`).
+    monitor: Mutex<Arc<Monitor>>,
+    /// The process whose monitor `monitor` holds.
+    monitor_pid: AtomicU32,
     /// When each listed job id was first seen, for the grace timer.
     first_seen: Mutex<HashMap<String, Instant>>,
-    /// The process whose threads use the locks; differs from ours in a forked child.
-    owner_pid: AtomicU32,
-    /// Milliseconds since `born` at the end of the last call, for closing idle connections.
-    last_used_ms: AtomicU64,
-    born: Instant,
-    /// Set by `close`; wakes and fails any call in progress and every later one.
+    /// Set by `close`: every call in progress and every later one fails.
     closed: AtomicBool,
-    interrupter: Mutex<Option<Interrupter>>,
 }
 
 const NO_GRACE: u64 = u64::MAX;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves nothing half-written that matters: the connection is dropped on
-    // any error anyway.
+    // Held only for a moment, never across I/O; nothing half-written survives a panic.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -70,40 +68,54 @@ impl QmpSource {
     /// Connects now, so that a wrong address fails here and not at the first query.
     pub fn open_with(address: &str, limits: Limits) -> Result<QmpSource> {
         let src = QmpSource::lazy(address, limits)?;
-        let mut conn = Connection::open(&src.address, limits)?;
-        src.opened(&mut conn);
-        *lock(&src.conn) = Some(conn);
+        src.monitor()?.connect()?;
         Ok(src)
     }
 
     /// A source that connects at its first call (and again after `close_if_idle`).
     pub fn lazy(address: &str, limits: Limits) -> Result<QmpSource> {
+        let address = Address::parse(address)?;
         Ok(QmpSource {
-            address: Address::parse(address)?,
+            monitor: Mutex::new(Arc::new(Monitor::new(address.clone(), limits))),
+            monitor_pid: AtomicU32::new(std::process::id()),
+            address,
             limits,
             grace_ms: AtomicU64::new(NO_GRACE),
-            conn: Mutex::new(None),
             first_seen: Mutex::new(HashMap::new()),
-            owner_pid: AtomicU32::new(std::process::id()),
-            last_used_ms: AtomicU64::new(0),
-            born: Instant::now(),
             closed: AtomicBool::new(false),
-            interrupter: Mutex::new(None),
         })
+    }
+
+    /// This process's monitor. In a forked child the parent's is replaced, untouched, by a new one; if a
+    /// parent thread held the lock at fork(), the call gets a monitor of its own.
+    pub(crate) fn monitor(&self) -> Result<Arc<Monitor>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Interrupted);
+        }
+        let pid = std::process::id();
+        let guard = if self.monitor_pid.load(Ordering::Acquire) == pid {
+            Some(lock(&self.monitor))
+        } else {
+            lock_briefly(&self.monitor)
+        };
+        let Some(mut m) = guard else {
+            return Ok(Arc::new(Monitor::new(self.address.clone(), self.limits)));
+        };
+        if m.pid() != pid {
+            // Dropping the parent's closes this process's copies of its sockets, never shuts them down.
+            *m = Arc::new(Monitor::new(self.address.clone(), self.limits));
+            self.monitor_pid.store(pid, Ordering::Release);
+        }
+        Ok(m.clone())
     }
 
     /// Lets go of the connection if no call used it for `idle`: a QMP monitor serves one client at a time, so
     /// a long-lived process must not keep it from others. Returns whether a connection is still held.
     pub fn close_if_idle(&self, idle: Duration) -> bool {
-        let Ok(mut slot) = self.conn.try_lock() else {
-            return true; // in use right now
-        };
-        let last = Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed));
-        if slot.is_some() && self.born.elapsed().saturating_sub(last) >= idle {
-            log::debug!("{}: closing the QMP connection, idle for {idle:?}", self.address);
-            *slot = None;
+        match self.monitor_pid.load(Ordering::Acquire) == std::process::id() {
+            true => lock(&self.monitor).close_if_idle(idle),
+            false => false,
         }
-        slot.is_some()
     }
 
     pub fn address(&self) -> &Address {
@@ -119,15 +131,12 @@ impl QmpSource {
 
     /// The version QEMU announced on the current connection.
     pub fn qemu_version(&self) -> Result<QemuVersion> {
-        self.with_connection(|c| Ok(c.version()))
+        self.monitor()?.version()
     }
 
     /// All block jobs QEMU lists now.
     pub fn query_jobs(&self) -> Result<Vec<RawJob>> {
-        self.with_connection(|c| {
-            let wire: Vec<jobs::WireJob> = c.execute_as("query-block-jobs")?;
-            Ok(wire.into_iter().map(jobs::raw).collect())
-        })
+        query_jobs(&*self.monitor()?)
     }
 
     /// `virDomainGetBlockJobInfo`'s answer for `device`: `None` when there is no such job.
@@ -208,98 +217,27 @@ impl QmpSource {
             .collect()
     }
 
-    /// Runs `f` on the connection, opening it if needed and reconnecting once if QEMU went away.
-    pub(crate) fn with_connection<T>(&self, mut f: impl FnMut(&mut Connection) -> Result<T>) -> Result<T> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Interrupted);
-        }
-        let pid = std::process::id();
-        let Some(mut slot) = self.fork_safe_lock(&self.conn) else {
-            let mut conn = Connection::open(&self.address, self.limits)?;
-            return f(&mut conn);
-        };
-        if slot.as_ref().is_some_and(|c| c.pid() != pid) {
-            // The socket is the parent's. Closing our copy of the descriptor does not disturb the parent;
-            // speaking on it would.
-            *slot = None;
-        }
-        // The connection lock is ours in this process from now on.
-        self.owner_pid.store(pid, Ordering::Release);
-        let reused = slot.is_some();
-        let conn = match slot.as_mut() {
-            Some(c) => c,
-            None => self.opened(slot.insert(Connection::open(&self.address, self.limits)?)),
-        };
-        let first = f(conn).map_err(|e| self.closed_error(e));
-        self.last_used_ms
-            .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let retry = match &first {
-            Err(e) if !e.keeps_connection() => {
-                *slot = None;
-                reused && e.is_disconnect() && !self.closed.load(Ordering::Acquire)
-            }
-            _ => false,
-        };
-        if !retry {
-            return first;
-        }
-        log::info!(
-            "{}: QEMU closed the connection ({}); reconnecting once",
-            self.address,
-            first.err().map(|e| e.to_string()).unwrap_or_default()
-        );
-        let conn = self.opened(slot.insert(Connection::open(&self.address, self.limits)?));
-        let result = f(conn).map_err(|e| self.closed_error(e));
-        if matches!(&result, Err(e) if !e.keeps_connection()) {
-            *slot = None;
-        }
-        result
-    }
-
-    /// Closes the source: a call blocked on it (a wait) returns `Error::Interrupted` at once, and so does
-    /// every later call. Safe from any thread.
+    /// Closes the source: every call blocked on it (a wait) returns `Error::Interrupted` at once, and so does
+    /// every later call. Safe from any thread. In a forked child, the parent's connection is left alone.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        if let Some(i) = lock_briefly(&self.interrupter).and_then(|mut g| g.take()) {
-            i.interrupt();
-        }
-    }
-
-    /// Remembers how to wake a thread blocked on a newly opened connection.
-    fn opened<'c>(&self, conn: &'c mut Connection) -> &'c mut Connection {
-        if let Some(mut g) = lock_briefly(&self.interrupter) {
-            *g = conn.interrupter();
-        }
-        if self.closed.load(Ordering::Acquire) {
-            // Closed while we were connecting: do not leave a blocking call unwakeable.
-            if let Some(i) = conn.interrupter() {
-                i.interrupt();
+        let pid = std::process::id();
+        let guard = match self.monitor_pid.load(Ordering::Acquire) == pid {
+            true => Some(lock(&self.monitor)),
+            false => lock_briefly(&self.monitor),
+        };
+        if let Some(m) = guard {
+            if m.pid() == pid {
+                m.close();
             }
         }
-        conn
     }
+}
 
-    /// An error caused by `close` reads as such.
-    fn closed_error(&self, e: Error) -> Error {
-        if self.closed.load(Ordering::Acquire) {
-            Error::Interrupted
-        } else {
-            e
-        }
-    }
-
-    /// Locks `m`, except in a forked child whose parent may have held it at fork(): that thread does not exist
-    /// here and would never unlock, so the child takes the lock only if it is free (`None` otherwise).
-    fn fork_safe_lock<'a, T>(&self, m: &'a Mutex<T>) -> Option<MutexGuard<'a, T>> {
-        if std::process::id() == self.owner_pid.load(Ordering::Acquire) {
-            return Some(lock(m));
-        }
-        match m.try_lock() {
-            Ok(g) => Some(g),
-            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
-        }
-    }
+/// Every block job QEMU lists now, on `monitor`.
+pub(crate) fn query_jobs(monitor: &Monitor) -> Result<Vec<RawJob>> {
+    let wire: Vec<jobs::WireJob> = monitor.execute("query-block-jobs")?;
+    Ok(wire.into_iter().map(jobs::raw).collect())
 }
 
 impl std::fmt::Debug for QmpSource {

@@ -1,17 +1,21 @@
 //! Waiting for a job to reach its mirroring phase or to leave, woken by QEMU's events rather than by polling.
 //!
-//! The current state is checked first, so an event that came before the wait is not missed; events that arrive
-//! while a query is in flight are kept by the connection and handled next; every event that concerns the job is
-//! confirmed with a query.
+//! A wait listens before it reads the current state, so an event that comes meanwhile is not missed; it holds
+//! nothing between its queries (other threads' calls go on, and any thread that reads the socket hands it the
+//! events); every event about its job is confirmed with a query. The endings are told as libvirt tells them
+//! (`virConnectDomainEventBlockJobStatus`): a cancel is CANCELLED even where QEMU lists the concluded job with
+//! its "Operation canceled" error, a job QEMU paused on an I/O error has FAILED, and a ready job that ends without
+//! a pivot (a cancel after ready) is CANCELLED.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::jobs;
-use crate::qmp::Connection;
-use crate::source::{JobReport, QmpSource};
+use crate::qmp::{Heard, Monitor};
+use crate::source::{query_jobs, JobReport, QmpSource};
 use crate::translate::{self, NoReadyPolicy, Observation, RawJob};
 
 /// What to wait for.
@@ -27,7 +31,7 @@ pub enum Until {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Reached,
-    /// The job ended with an error: QEMU's text.
+    /// The job ended with an error, or QEMU paused it on one: QEMU's text.
     Failed(String),
     Cancelled,
     /// Waiting for ready, the job ended (or was never there) without becoming ready.
@@ -48,33 +52,113 @@ pub struct Waited {
 /// older than 2.12 sends no JOB_STATUS_CHANGE).
 const SAFETY_REQUERY: Duration = Duration::from_secs(5);
 
-fn query(c: &mut Connection) -> Result<Vec<RawJob>> {
-    let wire: Vec<jobs::WireJob> = c.execute_as("query-block-jobs")?;
-    Ok(wire.into_iter().map(jobs::raw).collect())
-}
-
 fn report(raw: &RawJob, flags: u32) -> Result<JobReport> {
     let info = translate::translate(Observation::Listed(raw), None, flags, NoReadyPolicy::Libvirt)?;
     Ok(JobReport { raw: raw.clone(), info })
 }
 
+/// QEMU's text for a cancelled job's error (`job_update_rc`: strerror(ECANCELED), in QEMU's C locale), compared
+/// as text: this process's own strerror would follow the caller's locale.
+const CANCELED: &str = "Operation canceled";
+
+/// Whether QEMU is done with the job: `concluded` (waiting to be dismissed) or `null`.
+fn finished(raw: &RawJob) -> bool {
+    matches!(raw.status.as_deref(), Some("concluded" | "null"))
+}
+
+/// Whether the job is in its mirroring phase: QEMU's `ready`, or its status `ready` or `standby` (paused while
+/// ready), as libvirt counts them.
+pub fn is_ready(raw: &RawJob) -> bool {
+    raw.ready == Some(true) || matches!(raw.status.as_deref(), Some("ready" | "standby"))
+}
+
+/// A job QEMU paused on an I/O error (`on-*-error=stop|enospc`): what failed, in QEMU's words.
+fn stopped_on_error(raw: &RawJob) -> Option<String> {
+    let io = raw.io_status.as_deref().filter(|s| *s != "ok")?;
+    (raw.paused == Some(true) || raw.status.as_deref() == Some("paused")).then(|| match io {
+        "nospace" => "No space left on device; QEMU paused the job".to_string(),
+        other => format!("I/O error ({other}); QEMU paused the job"),
+    })
+}
+
 /// Whether the job's listed state already decides the wait.
 fn judge(raw: &RawJob, until: Until) -> Option<Outcome> {
-    let finished = matches!(raw.status.as_deref(), Some("concluded" | "null"));
-    if finished {
-        return Some(match (&raw.error, until, raw.ready) {
-            (Some(e), _, _) => Outcome::Failed(e.clone()),
-            (None, Until::Gone, _) | (None, Until::Ready, Some(true)) => Outcome::Reached,
-            (None, Until::Ready, _) => Outcome::GoneBeforeReady,
+    if finished(raw) {
+        return Some(match (&raw.error, until) {
+            (Some(e), _) if e == CANCELED => Outcome::Cancelled,
+            (Some(e), _) => Outcome::Failed(e.clone()),
+            (None, Until::Gone) => Outcome::Reached,
+            (None, Until::Ready) if is_ready(raw) => Outcome::Reached,
+            (None, Until::Ready) => Outcome::GoneBeforeReady,
         });
     }
-    (until == Until::Ready && raw.ready == Some(true)).then_some(Outcome::Reached)
+    if until == Until::Ready && is_ready(raw) {
+        return Some(Outcome::Reached);
+    }
+    stopped_on_error(raw).map(Outcome::Failed)
 }
 
 /// The job id an event is about, if it is about a job.
 fn event_job(ev: &Value) -> Option<&str> {
     let data = ev.get("data")?;
     data.get("device").or_else(|| data.get("id")).and_then(Value::as_str)
+}
+
+/// Each block device's (driver, image file), from `query-block` (implicit filter nodes hidden).
+fn devices(m: &Monitor) -> Result<BTreeMap<String, (String, String)>> {
+    let list: Vec<Value> = m.execute("query-block")?;
+    Ok(list
+        .iter()
+        .filter_map(|d| {
+            let name = d
+                .get("qdev")
+                .or_else(|| d.get("device"))?
+                .as_str()
+                .filter(|n| !n.is_empty())?;
+            let inserted = d.get("inserted")?;
+            let drv = inserted.get("drv")?.as_str()?.to_string();
+            let file = inserted.get("file")?.as_str()?.to_string();
+            Some((name.to_string(), (drv, file)))
+        })
+        .collect())
+}
+
+/// The devices a mirror or active commit runs under, with the image each shows. While such a job runs, QEMU puts
+/// its filter node (`mirror_top`, `commit_top`) above the image; `query-block` hides that implicit filter, but
+/// `query-named-block-nodes` lists it with its child's file: the devices showing that file are the job's.
+fn job_devices(m: &Monitor) -> Result<BTreeMap<String, String>> {
+    let nodes: Vec<Value> = m.execute("query-named-block-nodes")?;
+    let filtered: Vec<&str> = nodes
+        .iter()
+        .filter(|n| matches!(n.get("drv").and_then(Value::as_str), Some("mirror_top" | "commit_top")))
+        .filter_map(|n| n.get("file").and_then(Value::as_str))
+        .collect();
+    if filtered.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    Ok(devices(m)?
+        .into_iter()
+        .filter(|(_, (_, file))| filtered.contains(&file.as_str()))
+        .map(|(name, (_, file))| (name, file))
+        .collect())
+}
+
+/// A ready mirror or active commit that ended well: completed if it pivoted its device to another image (or if
+/// that cannot be told: QEMU's own word), cancelled, as libvirt tells an abort after ready, if its device still
+/// shows the image it showed while the job ran.
+fn settle(m: &Monitor, outcome: Outcome, before: &BTreeMap<String, String>) -> Result<Outcome> {
+    if outcome != Outcome::Reached || before.is_empty() {
+        return Ok(outcome);
+    }
+    let after = devices(m)?;
+    let unchanged = before
+        .iter()
+        .all(|(name, file)| after.get(name).is_some_and(|(_, f)| f == file));
+    Ok(if unchanged {
+        Outcome::Cancelled
+    } else {
+        Outcome::Reached
+    })
 }
 
 impl QmpSource {
@@ -94,12 +178,13 @@ impl QmpSource {
         mut progress: impl FnMut(&JobReport),
     ) -> Result<Waited> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        self.with_connection(|c| wait_on(c, device, until, deadline, every, &mut progress))
+        let monitor = self.monitor()?;
+        wait_on(&monitor, device, until, deadline, every, &mut progress)
     }
 }
 
 fn wait_on(
-    c: &mut Connection,
+    m: &Monitor,
     device: &str,
     until: Until,
     deadline: Option<Instant>,
@@ -107,9 +192,16 @@ fn wait_on(
     progress: &mut dyn FnMut(&JobReport),
 ) -> Result<Waited> {
     let done = |outcome, last, event| Ok(Waited { outcome, last, event });
-    // Events from before this wait say nothing about now: the query below does.
-    c.take_events();
-    let jobs = query(c)?;
+    // Listening first: whatever happens after this point is heard.
+    let mut listener = m.listen();
+    // A wait for gone on a mirror or active commit tells a pivot from an abort after ready by the job's devices
+    // (`settle`), seen before the query that first shows it ready: a pivot right after cannot hide.
+    let mut candidate = match until {
+        Until::Gone => job_devices(m)?,
+        Until::Ready => BTreeMap::new(),
+    };
+    let jobs = query_jobs(m)?;
+    listener.follow();
     let Some(job) = jobs::select(&jobs, device)? else {
         return match until {
             Until::Gone => done(Outcome::Reached, None, None),
@@ -125,6 +217,12 @@ fn wait_on(
     if let Some(outcome) = judge(job, until) {
         return done(outcome, Some(last), None);
     }
+    let pivots = until == Until::Gone && matches!(job.job_type.as_str(), "mirror" | "commit");
+    let mut was_ready = is_ready(job);
+    let mut before = BTreeMap::new();
+    if pivots && was_ready {
+        before = std::mem::take(&mut candidate);
+    }
     loop {
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
@@ -132,67 +230,69 @@ fn wait_on(
         }
         let wake = now + every.unwrap_or(SAFETY_REQUERY);
         let wake = deadline.map_or(wake, |d| d.min(wake));
-        let event = match c.next_event(wake) {
-            Ok(ev) => ev,
-            Err(Error::Timeout { .. }) => {
-                // Nothing happened: refresh the state (progress display, missed events).
-                let jobs = query(c)?;
-                match jobs.iter().find(|j| j.device == id) {
-                    None => return done(gone_outcome(until), Some(last), None),
-                    Some(j) => {
-                        last = report(j, 0)?;
-                        progress(&last);
-                        if let Some(outcome) = judge(j, until) {
-                            return done(outcome, Some(last), None);
-                        }
-                    }
+        let (event, name) = match listener.next(wake)? {
+            Heard::Event(ev) => {
+                if event_job(&ev) != Some(id.as_str()) {
+                    continue;
                 }
-                continue;
+                let name = ev.get("event").and_then(Value::as_str).unwrap_or("").to_string();
+                log::debug!("wait: {name} for job '{id}'");
+                (Some((*ev).clone()), name)
             }
-            Err(e) => return Err(e),
+            // Nothing happened, or events were missed: the list says how things stand.
+            Heard::Quiet | Heard::Missed => (None, String::new()),
         };
-        if event_job(&event) != Some(id.as_str()) {
-            continue;
-        }
-        let name = event.get("event").and_then(Value::as_str).unwrap_or("").to_string();
-        log::debug!("wait: {name} for job '{id}'");
         match name.as_str() {
-            "BLOCK_JOB_CANCELLED" => return done(Outcome::Cancelled, Some(last), Some(event)),
+            "BLOCK_JOB_CANCELLED" => return done(Outcome::Cancelled, Some(last), event),
             "BLOCK_JOB_COMPLETED" => {
-                let outcome = match event["data"].get("error").and_then(Value::as_str) {
+                let data = &event.as_ref().expect("an event")["data"];
+                let outcome = match data.get("error").and_then(Value::as_str) {
+                    Some(e) if e == CANCELED => Outcome::Cancelled,
                     Some(e) => Outcome::Failed(e.to_string()),
-                    None => gone_outcome(until),
+                    None if until == Until::Ready => Outcome::GoneBeforeReady,
+                    // A ready job that pivoted nothing was cancelled after ready, as libvirt tells it.
+                    None => settle(m, Outcome::Reached, &before)?,
                 };
-                return done(outcome, Some(last), Some(event));
+                return done(outcome, Some(last), event);
             }
-            "BLOCK_JOB_READY" | "BLOCK_JOB_ERROR" | "JOB_STATUS_CHANGE" | "BLOCK_JOB_PENDING" => {
-                // Confirm with QEMU's list. The events that follow are read next; nothing is lost.
-                let jobs = query(c)?;
+            "BLOCK_JOB_READY" if until == Until::Ready => {
+                // A QEMU without `ready` (before 2.2) says so only with this event.
+                if let Some(j) = query_jobs(m)?.iter().find(|j| j.device == id) {
+                    last = report(j, 0)?;
+                    progress(&last);
+                }
+                return done(Outcome::Reached, Some(last), event);
+            }
+            "" | "BLOCK_JOB_READY" | "BLOCK_JOB_ERROR" | "JOB_STATUS_CHANGE" | "BLOCK_JOB_PENDING" => {
+                if pivots && !was_ready {
+                    candidate = job_devices(m)?;
+                }
+                // Confirm with QEMU's list. Events that come meanwhile are heard next; nothing is lost.
+                let jobs = query_jobs(m)?;
                 match jobs.iter().find(|j| j.device == id) {
                     Some(j) => {
                         last = report(j, 0)?;
                         progress(&last);
-                        if let Some(outcome) = judge(j, until) {
-                            return done(outcome, Some(last), Some(event));
+                        // QEMU before 2.2 says ready only with its event.
+                        let ready_now = is_ready(j) || name == "BLOCK_JOB_READY";
+                        if pivots && !was_ready && ready_now {
+                            before = std::mem::take(&mut candidate);
                         }
-                        if name == "BLOCK_JOB_ERROR" && j.status.as_deref() == Some("paused") {
-                            let op = event["data"].get("operation").and_then(Value::as_str).unwrap_or("I/O");
-                            let text = format!("{op} error; QEMU paused the job");
-                            return done(Outcome::Failed(text), Some(last), Some(event));
+                        was_ready |= ready_now;
+                        if let Some(outcome) = judge(j, until) {
+                            let outcome = match finished(j) {
+                                true => settle(m, outcome, &before)?,
+                                false => outcome,
+                            };
+                            return done(outcome, Some(last), event);
                         }
                     }
-                    // Gone already: its BLOCK_JOB_COMPLETED or _CANCELLED is next in the queue and tells how.
-                    None if name != "BLOCK_JOB_READY" => {}
+                    // Gone, and an event tells how: BLOCK_JOB_COMPLETED or _CANCELLED is heard next.
+                    None if !name.is_empty() => {}
+                    // Gone without an event heard (a QEMU that sends none, or events missed).
                     None => {
-                        return done(
-                            if until == Until::Ready {
-                                Outcome::Reached
-                            } else {
-                                gone_outcome(until)
-                            },
-                            Some(last),
-                            Some(event),
-                        )
+                        let outcome = settle(m, gone_outcome(until, was_ready), &before)?;
+                        return done(outcome, Some(last), None);
                     }
                 }
             }
@@ -201,9 +301,10 @@ fn wait_on(
     }
 }
 
-fn gone_outcome(until: Until) -> Outcome {
+fn gone_outcome(until: Until, was_ready: bool) -> Outcome {
     match until {
         Until::Gone => Outcome::Reached,
+        Until::Ready if was_ready => Outcome::Reached,
         Until::Ready => Outcome::GoneBeforeReady,
     }
 }
@@ -249,5 +350,25 @@ mod tests {
             ),
             Some(Outcome::Failed("No space left on device".into()))
         );
+        // A cancel before ready, with auto-dismiss off: concluded, with QEMU's ECANCELED text.
+        assert_eq!(
+            judge(&raw("concluded", Some(false), Some(CANCELED)), Until::Gone),
+            Some(Outcome::Cancelled)
+        );
+        // Paused while ready is still ready, as QEMU and libvirt count it.
+        assert_eq!(
+            judge(&raw("standby", Some(true), None), Until::Ready),
+            Some(Outcome::Reached)
+        );
+        assert_eq!(judge(&raw("standby", None, None), Until::Ready), Some(Outcome::Reached));
+        // Paused by QEMU on an I/O error: failed, whichever event announced it.
+        let mut stopped = raw("paused", Some(false), None);
+        stopped.paused = Some(true);
+        stopped.io_status = Some("failed".into());
+        assert!(matches!(judge(&stopped, Until::Ready), Some(Outcome::Failed(_))));
+        assert!(matches!(judge(&stopped, Until::Gone), Some(Outcome::Failed(_))));
+        // Paused on request is not a failure.
+        stopped.io_status = Some("ok".into());
+        assert_eq!(judge(&stopped, Until::Gone), None);
     }
 }

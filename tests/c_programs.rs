@@ -4,99 +4,13 @@
 #[macro_use]
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::SystemTime;
 
 use blockjobinfo::virDomainBlockJobInfo;
+use common::cbuild::{cc, output, root, STRICT};
 use common::*;
 use serde_json::json;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-const STRICT: &[&str] = &["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wpedantic"];
-
-/// Compiles `sources` into `out` (or only checks them when `out` is None).
-fn cc(out: Option<&Path>, sources: &[&str], extra: &[&str]) -> Result<(), String> {
-    let mut cmd = Command::new("cc");
-    cmd.args(STRICT).arg("-I").arg(root().join("include"));
-    for s in sources {
-        cmd.arg(root().join(s));
-    }
-    cmd.args(extra);
-    match out {
-        Some(out) => {
-            let lib = cdylib_dir();
-            cmd.arg("-o")
-                .arg(out)
-                .arg("-L")
-                .arg(&lib)
-                .arg(format!("-Wl,-rpath,{}", lib.display()));
-            cmd.args(["-lblockjobinfo", "-pthread"]);
-        }
-        None => {
-            cmd.arg("-fsyntax-only");
-        }
-    }
-    let o = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if o.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd:?}\n{}", String::from_utf8_lossy(&o.stderr)))
-    }
-}
-
-/// The shared library C programs link to, refused if older than the sources.
-fn cdylib_dir() -> PathBuf {
-    let dir = lib_dir();
-    let so = dir.join("libblockjobinfo.so");
-    let built = std::fs::metadata(&so).and_then(|m| m.modified()).unwrap_or_else(|_| {
-        panic!(
-            "{} is missing: run `cargo build` first (`make test` does)",
-            so.display()
-        )
-    });
-    let newest_source = newest_library_source(&root().join("src"));
-    assert!(
-        built >= newest_source,
-        "{} is older than src/: run `cargo build` first (`make test` does)",
-        so.display()
-    );
-    // The soname is libblockjobinfo.so.0 (scripts/link-so.sh, which makes this link too).
-    let versioned = dir.join("libblockjobinfo.so.0");
-    if !versioned.exists() {
-        let _ = std::os::unix::fs::symlink("libblockjobinfo.so", &versioned);
-    }
-    dir
-}
-
-/// The newest modification time of the library's sources (the tool's, in src/bin, do not go into it).
-fn newest_library_source(dir: &Path) -> SystemTime {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name() != "bin")
-        .map(|e| {
-            let path = e.path();
-            if path.is_dir() {
-                newest_library_source(&path)
-            } else {
-                e.metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(SystemTime::UNIX_EPOCH)
-            }
-        })
-        .max()
-        .unwrap_or(SystemTime::UNIX_EPOCH)
-}
-
-fn output(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
-}
 
 fn parse_layout(text: &str) -> Vec<(String, usize)> {
     text.split_whitespace()

@@ -11,11 +11,7 @@ use common::*;
 use serde_json::json;
 
 fn tool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blockjobinfo"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    run_tool(args)
 }
 
 fn text(b: &[u8]) -> String {

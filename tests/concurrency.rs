@@ -146,7 +146,78 @@ fn child(src: &QmpSource, own_socket: &str) -> i32 {
     }
 }
 
+/// Waits on one source, on two jobs and on the same job, with calls going on beside them: each wait ends on its
+/// own job's events with its own outcome, and no call waits for a wait.
+fn many_waits_share_one_source(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
+    // A second target, for a backup beside the mirror.
+    let dst2 = s.inside(std::path::Path::new(&qsd.path("dst2.qcow2")));
+    let out = s
+        .root_command("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", &dst2, &IMAGE.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    qsd.ctl.ok(
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": "dst2", "file": {"driver": "file", "filename": dst2}}),
+    );
+    qsd.ctl.start_sized(
+        "blockdev-mirror",
+        json!({"job-id": "job0", "device": "top", "target": "dst", "sync": "full", "speed": 2 * MIB,
+               "buf-size": 256 * 1024}),
+    );
+    qsd.ctl.start_sized(
+        "blockdev-backup",
+        json!({"job-id": "job1", "device": "base", "target": "dst2", "sync": "full", "speed": 2 * MIB}),
+    );
+    let src = QmpSource::open(&qsd.lib_socket()).unwrap();
+    let waits_done = std::sync::atomic::AtomicUsize::new(0);
+    let calls_meanwhile = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes = std::thread::scope(|sc| {
+        let wait = |job: &'static str, until: Until| {
+            let (src, done) = (&src, &waits_done);
+            sc.spawn(move || {
+                let w = src.wait(job, until, Some(Duration::from_secs(60))).unwrap();
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (job, until, w.outcome)
+            })
+        };
+        let ready: Vec<_> = (0..3).map(|_| wait("job0", Until::Ready)).collect();
+        let gone0: Vec<_> = (0..2).map(|_| wait("job0", Until::Gone)).collect();
+        let gone1: Vec<_> = (0..2).map(|_| wait("job1", Until::Gone)).collect();
+        // Calls meanwhile: each answers while all seven waits are still waiting.
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..50 {
+            let before = waits_done.load(std::sync::atomic::Ordering::SeqCst);
+            let info = src.block_job_info("job0", 0).unwrap().expect("job0");
+            assert!(info.end > 0);
+            if before == 0 && waits_done.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                calls_meanwhile.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let mut got: Vec<_> = ready.into_iter().map(|h| h.join().unwrap()).collect();
+        // The mirror is ready: cancelled by force, it ends as cancelled.
+        qsd.ctl.ok("block-job-cancel", json!({"device": "job0", "force": true}));
+        got.extend(gone0.into_iter().chain(gone1).map(|h| h.join().unwrap()));
+        got
+    });
+    assert!(
+        calls_meanwhile.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "{}: calls answered while the waits waited",
+        s.name
+    );
+    for (job, until, outcome) in outcomes {
+        let want = match (job, until) {
+            ("job0", Until::Ready) | ("job1", _) => Outcome::Reached,
+            _ => Outcome::Cancelled,
+        };
+        assert_eq!(outcome, want, "{}: {job} {until:?}", s.name);
+    }
+}
+
 on_each_stack!(
+    many_waits_share_one_source,
     sixteen_threads_share_one_source,
     sixteen_threads_with_a_source_each,
     fork_while_calls_are_in_flight,

@@ -1,12 +1,14 @@
 //! The session daemons every libvirt test shares outlive a system D-Bus that comes and goes beside them.
 //!
-//! GLib ends a process whose shared system-bus connection closes, and libvirtd joins the system bus (to ask
-//! logind for a shutdown inhibitor) when its first domain starts. On the host stack that bus is the host's
-//! /run/dbus, which tests/system_libvirt_host.rs starts and stops while the deb12 lane runs: in fresh-machine runs
-//! its stop ended the deb12 session libvirtd and virtlogd in the middle of other tests, and python-libvirt said
-//! "Cannot write data: Broken pipe". The tests' session daemons are kept off the system bus
-//! (`virt::start_session_daemon`); this proves it on every stack with a bus where the daemons would find it.
-//! Its own test binary: it restarts the session daemon.
+//! GLib ends a process whose shared system-bus connection closes, and libvirtd and virtlogd join the system bus
+//! (libvirtd's network driver as it starts, to watch for firewalld; both to ask logind for a shutdown inhibitor
+//! while domains run). On the host stack that bus is the host's /run/dbus, which tests/system_libvirt_host.rs
+//! starts and stops while the deb12 lane runs: in fresh-machine runs its stop ended the deb12 session libvirtd and
+//! virtlogd in the middle of other tests, and python-libvirt said "Cannot write data: Broken pipe". The tests'
+//! session daemons are kept off the system bus (`virt::start_session_daemon`); this proves it on every stack with
+//! a bus where the daemons would find it, started before them. Its own test binary: it restarts the session
+//! daemons. (A host that runs a system bus of its own cannot have it stopped by a test: there it says so and
+//! fails, rather than prove less.)
 
 #[macro_use]
 mod common;
@@ -27,16 +29,14 @@ struct SystemBus {
     daemon: Reaper,
     socket: PathBuf,
     made_dir: bool,
+    _machine_id: tempfile::NamedTempFile,
     _host: Option<HostLock>,
 }
 
-/// $1 the root (or /), $2 a machine id for a root that has none (dbus-daemon needs one).
+/// $1 the root (or /), $2 a file holding a machine id, for a root that has none (dbus-daemon needs one).
 const BUS: &str = r#"set -e
 r=$1
-if [ ! -s "$r/etc/machine-id" ]; then
-    printf '%s\n' "$2" > /run/bji-machine-id
-    mount --bind /run/bji-machine-id "$r/etc/machine-id"
-fi
+[ -s "$r/etc/machine-id" ] || mount --bind "$2" "$r/etc/machine-id"
 exec chroot "$r" dbus-daemon --system --nofork --nopidfile
 "#;
 
@@ -54,10 +54,16 @@ impl SystemBus {
         );
         let made_dir = !dir.exists();
         std::fs::create_dir_all(&dir).unwrap();
+        let machine_id = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            machine_id.path(),
+            format!("{:032x}\n", 0xb1b1_0000_u128 + u128::from(std::process::id())),
+        )
+        .unwrap();
         let mut c = Command::new("unshare");
         c.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c", BUS, "sh"])
             .arg(s.host("/"))
-            .arg(format!("{:032x}", 0xb1b1_0000_u128 + u128::from(std::process::id())))
+            .arg(machine_id.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -67,6 +73,7 @@ impl SystemBus {
             daemon,
             socket,
             made_dir,
+            _machine_id: machine_id,
             _host: host,
         };
         eventually("the system bus answers", Duration::from_secs(20), || {
@@ -134,10 +141,19 @@ fn virtlogd_pid(s: &Stack) -> Option<u32> {
 fn a_system_bus_that_stops_ends_no_session_daemon(s: &'static Stack) {
     virt::setup(s);
     let bus = SystemBus::start(s);
-    // A daemon started while the bus is there, whose first domain makes it look for logind.
-    let old = virt::daemon_pid(s).expect("the session libvirtd runs");
-    Command::new("kill").arg(old.to_string()).status().unwrap();
-    virt::revive(s, old);
+    // Daemons started while the bus is there (each joins it once, as it starts or as a domain runs).
+    let old = (
+        virt::daemon_pid(s).expect("libvirtd runs"),
+        virtlogd_pid(s).expect("virtlogd runs"),
+    );
+    Command::new("kill")
+        .args([old.0.to_string(), old.1.to_string()])
+        .status()
+        .unwrap();
+    eventually("the old daemons end", Duration::from_secs(10), || {
+        virt::daemon_pid(s).is_none() && virtlogd_pid(s).is_none()
+    });
+    virt::start_session_daemon(s);
     let dom = Domain::create(s, "bjt-dbus", 1);
     let (libvirtd, virtlogd) = (virt::daemon_pid(s).unwrap(), virtlogd_pid(s).expect("virtlogd runs"));
     let clients = bus.client_pids();

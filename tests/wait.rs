@@ -176,6 +176,28 @@ fn an_event_during_the_first_query_is_not_missed() {
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
 }
 
+/// QEMU before 2.2 lists no `ready`: its BLOCK_JOB_READY event is the only word that the job is ready, and the
+/// wait takes it (libvirt did the same for those QEMUs).
+#[test]
+fn block_job_ready_counts_where_qemu_has_no_ready_field() {
+    let fake = FakeQmp::start(|_, c| {
+        if !c.greet_with(2, 1) {
+            return;
+        }
+        let caps = c.command().unwrap();
+        c.reply(&caps, json!({}));
+        let first = c.command().unwrap();
+        c.reply(&first, json!([job("m", 10, 10, None)]));
+        std::thread::sleep(Duration::from_millis(300));
+        c.send(b"{\"event\": \"BLOCK_JOB_READY\", \"data\": {\"device\": \"m\", \"len\": 10, \"offset\": 10, \"speed\": 0, \"type\": \"mirror\"}, \"timestamp\": {\"seconds\": 1, \"microseconds\": 0}}\r\n");
+        c.serve(&json!([job("m", 10, 10, None)]));
+    });
+    let src = QmpSource::open(&fake.path).unwrap();
+    let waited = src.wait("m", Until::Ready, Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(waited.outcome, Outcome::Reached);
+    assert_eq!(waited.event.unwrap()["event"], "BLOCK_JOB_READY");
+}
+
 fn no_such_job(s: &'static Stack) {
     let qsd = Qsd::start(s);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -154,7 +155,11 @@ impl HostReader {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(owned) = domains.get(i) else { break done };
-                done.push((i, read_domain(&owned.domain(), known[i])));
+                // A panic reading one domain costs that domain's reading, never the reader or the others.
+                let dom = owned.domain();
+                let reading = std::panic::catch_unwind(AssertUnwindSafe(|| read_domain(&dom, known[i])))
+                    .unwrap_or_else(|p| panicked(&dom, p.as_ref()));
+                done.push((i, reading));
             }
         };
         let mut results: Vec<(usize, DomainReading)> = if domains.len() <= 1 {
@@ -164,7 +169,8 @@ impl HostReader {
                 let workers: Vec<_> = (0..PARALLEL.min(domains.len())).map(|_| s.spawn(work)).collect();
                 workers
                     .into_iter()
-                    .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    // A worker catches what it reads; nothing else in it can panic.
+                    .flat_map(|w| w.join().unwrap_or_default())
                     .collect()
             })
         };
@@ -198,6 +204,29 @@ struct DomainReading {
 
 /// One domain's jobs, its XML read only for its disks (when `known` does not have them) and for the `<mirror>`
 /// of a copy or an active commit.
+/// The reading of a domain whose reading panicked: an error of its own.
+fn panicked(dom: &Domain<'_>, p: &(dyn std::any::Any + Send)) -> DomainReading {
+    let what = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown".into());
+    let domain = std::panic::catch_unwind(AssertUnwindSafe(|| dom.name().ok()))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "?".into());
+    log::error!("{domain}: internal error while reading the domain: {what}");
+    DomainReading {
+        jobs: Some(DomainJobs {
+            domain,
+            jobs: Err(Error::Protocol(format!(
+                "internal error while reading the domain: {what}"
+            ))),
+        }),
+        ..DomainReading::default()
+    }
+}
+
 fn read_domain(dom: &Domain<'_>, known: Option<&[String]>) -> DomainReading {
     let mut r = DomainReading::default();
     let name = match dom.name() {
@@ -210,6 +239,10 @@ fn read_domain(dom: &Domain<'_>, known: Option<&[String]>) -> DomainReading {
             return r;
         }
     };
+    // Fault injection for the tests, in debug builds only: reading this domain panics.
+    if cfg!(debug_assertions) && std::env::var_os("BLOCKJOBINFO_TEST_PANIC_DOMAIN").is_some_and(|d| d == *name) {
+        panic!("injected by BLOCKJOBINFO_TEST_PANIC_DOMAIN");
+    }
     let mut xml_disks: Option<Vec<xml::Disk>> = None;
     let result = (|| -> Result<Vec<DiskJob>> {
         let targets: Vec<String> = match known {

@@ -23,7 +23,8 @@ pub fn correct(answer: virDomainBlockJobInfo, mirror: Option<&Mirror>) -> virDom
         // A job exists but QEMU gave no progress: not started, or a no-op job that is ready.
         (out.cur, out.end) = if ready { (1, 1) } else { (0, 1) };
     } else if cur >= end && mirror.is_some() && !ready {
-        (out.cur, out.end) = (end - 1, end);
+        // Never cur == end before ready; libvirt's `end` of 0 with work done is nonsense, read as "just started".
+        (out.cur, out.end) = if end == 0 { (0, 1) } else { (end - 1, end) };
     }
     out
 }
@@ -60,10 +61,41 @@ mod tests {
             (info(10, 10), Some(mirror(Some("pivot"))), (9, 10)),
             // A pull or commit has no mirror: at its end, it is done.
             (info(10, 10), None, (10, 10)),
+            // Work done and no end: no arithmetic on the 0.
+            (info(5, 0), Some(mirror(None)), (0, 1)),
+            (info(u64::MAX, 0), Some(mirror(Some("abort"))), (0, 1)),
         ];
         for (answer, m, want) in cases {
             let got = correct(answer, m.as_ref());
             assert_eq!((got.cur, got.end), want, "{answer:?} {m:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Every (cur, end) libvirt may say, with every mirror state: no panic, no wrap, and never done while
+        /// a mirror is not ready.
+        #[test]
+        fn never_done_before_ready_and_never_panics(
+            cur in proptest::prop_oneof![proptest::strategy::Just(0u64), proptest::strategy::Just(1), proptest::strategy::Just(u64::MAX), proptest::prelude::any::<u64>()],
+            end in proptest::prop_oneof![proptest::strategy::Just(0u64), proptest::strategy::Just(1), proptest::strategy::Just(u64::MAX), proptest::prelude::any::<u64>()],
+            state in 0usize..6,
+        ) {
+            let m = match state {
+                0 => None,
+                1 => Some(mirror(None)),
+                2 => Some(mirror(Some("yes"))),
+                3 => Some(mirror(Some("pivot"))),
+                4 => Some(mirror(Some("abort"))),
+                _ => Some(mirror(Some("something-newer"))),
+            };
+            let got = correct(info(cur, end), m.as_ref());
+            let ready = m.as_ref().is_some_and(Mirror::is_ready);
+            if m.is_some() && !ready {
+                proptest::prop_assert!(got.end > 0 && got.cur < got.end, "{cur}/{end} {m:?} -> {got:?}");
+            }
+            if !needs_mirror_state(&info(cur, end)) {
+                proptest::prop_assert_eq!((got.cur, got.end), (cur, end));
+            }
         }
     }
 }

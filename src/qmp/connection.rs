@@ -1,7 +1,7 @@
-//! One negotiated QMP connection: connect, read the greeting, negotiate, then send read-only commands and match
-//! their replies by order, keeping the events that come between. Every read has a deadline.
+//! One negotiated QMP connection: connect, read the greeting, negotiate; then a writer that sends read-only
+//! commands and a reader that takes events and replies off the socket, for `Monitor` to share between threads.
+//! Every read and write has a deadline.
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::ops::Range;
@@ -15,8 +15,6 @@ use super::stream::{connect_unix, Interrupter, Stream};
 use super::{is_read_only_command, Address, MAX_MESSAGE};
 use crate::error::{Error, Result};
 
-/// Events kept for waiters; older ones are dropped first.
-const MAX_KEPT_EVENTS: usize = 1024;
 /// How late a read may time out past its deadline, in exchange for not re-arming the socket every call.
 const READ_TIMEOUT_SLACK: Duration = Duration::from_millis(50);
 
@@ -85,24 +83,41 @@ impl std::fmt::Display for QemuVersion {
     }
 }
 
-/// One negotiated QMP connection. Not shared: callers wrap it in a lock.
+/// One negotiated QMP connection, as two halves that separate threads may hold at once (a socket is full
+/// duplex): the writer sends commands, the reader takes messages off the socket. `Monitor` shares them.
 pub struct Connection {
-    stream: Arc<Stream>,
-    input: MessageBuffer,
-    /// The socket timeouts in force, to avoid setting them again on every call.
-    read_timeout: Option<Duration>,
-    write_timeout: Option<Duration>,
-    limits: Limits,
+    pub(crate) writer: Writer,
+    pub(crate) reader: Reader,
     version: QemuVersion,
-    events: VecDeque<Value>,
-    /// The process that opened it: a forked child must not speak on its parent's socket.
-    pid: u32,
+    interrupter: Interrupter,
+}
+
+/// Sends commands on a connection.
+pub struct Writer {
+    stream: Arc<Stream>,
     /// The command being sent, in a buffer kept from call to call.
     out: Vec<u8>,
-    /// Why the connection can no longer be trusted to match replies to commands by order: after a command
-    /// failed any other way than by QEMU's error reply, its reply may still come, and must never be taken for
-    /// the next command's. Set, every later command fails; the owner opens a new connection.
-    broken: Option<String>,
+    /// The socket timeout in force, to avoid setting it again on every call.
+    write_timeout: Option<Duration>,
+}
+
+/// Takes messages off a connection: events, and the replies to commands in the order they were sent.
+pub struct Reader {
+    stream: Arc<Stream>,
+    input: MessageBuffer,
+    read_timeout: Option<Duration>,
+}
+
+/// A message read off the socket: an event, or a reply as the reader's caller made it.
+pub enum Incoming<R> {
+    Event(Value),
+    Reply(R),
+}
+
+/// What a message is, told from one parse of its text.
+pub enum Kind<R> {
+    Event,
+    Reply(R),
 }
 
 impl Connection {
@@ -143,25 +158,123 @@ impl Connection {
                 Stream::Tcp(s)
             }
         };
+        let stream = Arc::new(stream);
         let mut conn = Connection {
-            stream: Arc::new(stream),
-            input: MessageBuffer::new(limits.max_message),
-            read_timeout: None,
-            write_timeout: None,
-            limits,
+            writer: Writer {
+                stream: stream.clone(),
+                out: Vec::new(),
+                write_timeout: None,
+            },
+            reader: Reader {
+                stream: stream.clone(),
+                input: MessageBuffer::new(limits.max_message),
+                read_timeout: None,
+            },
             version: QemuVersion::default(),
-            events: VecDeque::new(),
-            pid: std::process::id(),
-            out: Vec::new(),
-            broken: None,
+            interrupter: Interrupter(Arc::downgrade(&stream)),
         };
-        let greeting = conn.read_greeting(deadline, limits.connect_timeout)?;
+        let greeting = conn.reader.read_greeting(deadline, limits.connect_timeout)?;
         conn.version = parse_greeting(&greeting)?;
-        conn.execute_until::<Value>("qmp_capabilities", None, deadline, limits.connect_timeout)?;
+        let limit = limits.connect_timeout;
+        conn.writer.send("qmp_capabilities", None, deadline, limit)?;
+        loop {
+            match conn
+                .reader
+                .next(deadline, limit, "the QMP capabilities reply", |text| {
+                    reply_kind::<Value>(text, "qmp_capabilities")
+                })? {
+                Incoming::Event(_) => continue,
+                Incoming::Reply(r) => {
+                    r?;
+                    break;
+                }
+            }
+        }
         log::debug!("QMP connected to {address}, QEMU {}", conn.version);
         Ok(conn)
     }
 
+    pub fn version(&self) -> QemuVersion {
+        self.version
+    }
+
+    /// A handle that can shut this connection's socket down from another thread.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter(self.interrupter.0.clone())
+    }
+}
+
+impl Writer {
+    /// Sends one read-only command. A command is a line: a write blocks only if QEMU stopped reading, and then
+    /// no longer than `deadline`.
+    pub fn send(&mut self, name: &str, arguments: Option<&Value>, deadline: Instant, limit: Duration) -> Result<()> {
+        if !is_read_only_command(name) {
+            return Err(Error::Forbidden(name.to_string()));
+        }
+        self.out.clear();
+        serde_json::to_writer(
+            &mut self.out,
+            &Command {
+                execute: name,
+                arguments,
+            },
+        )
+        .map_err(|e| Error::InvalidArg(format!("cannot encode the command '{name}': {e}")))?;
+        self.out.push(b'\n');
+        let left = remaining(deadline, limit, "QEMU to accept a command")?;
+        if self.write_timeout != Some(left) && self.write_timeout.is_none_or(|t| t > left) {
+            // Set once, lowered if needed.
+            self.stream.set_write_timeout(left).map_err(|source| Error::Io {
+                context: "setting socket timeouts",
+                source,
+            })?;
+            self.write_timeout = Some(left);
+        }
+        self.stream.send_all(&self.out).map_err(|source| match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
+                what: "QEMU to accept a command",
+                ms: limit.as_millis(),
+            },
+            _ => Error::Io {
+                context: "sending a command",
+                source,
+            },
+        })
+    }
+}
+
+/// Tells an event from a reply in one parse of a message's text, and makes the reply's `return` a `T` (no
+/// JSON tree for it).
+pub fn reply_kind<T: serde::de::DeserializeOwned>(text: &str, name: &str) -> Result<Kind<Result<T>>> {
+    let msg: Message<T> = serde_json::from_str(text).map_err(|e| {
+        Error::Protocol(if e.is_syntax() || e.is_eof() {
+            format!("malformed JSON from QEMU: {e}")
+        } else {
+            format!("malformed reply to '{name}': {e}")
+        })
+    })?;
+    if msg.event.is_some() {
+        return Ok(Kind::Event);
+    }
+    if let Some(id) = msg.id {
+        return Err(Error::Protocol(format!(
+            "reply to '{name}' carries the id {id}, but this client sends none: not an answer to it"
+        )));
+    }
+    Ok(Kind::Reply(match msg {
+        Message { ret: Some(v), .. } => Ok(v),
+        Message { error: Some(e), .. } => Err(Error::Qmp {
+            class: e.class,
+            desc: e.desc,
+        }),
+        _ => Err(Error::Protocol(format!(
+            "reply to '{name}' with neither 'return' nor 'error': {}",
+            preview_text(text)
+        ))),
+    }))
+}
+
+impl Reader {
     /// Reads up to the greeting. Whatever comes before it is left unread: QEMU 10.0 was seen to hand a new
     /// client the rest of its previous client's output (a reply that client abandoned, whole or from its
     /// middle), then the greeting. Nothing has been sent yet, so none of it can be an answer of ours. If no
@@ -189,165 +302,29 @@ impl Connection {
         }
     }
 
-    pub fn version(&self) -> QemuVersion {
-        self.version
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// Events received so far and not yet taken, oldest first.
-    pub fn take_events(&mut self) -> Vec<Value> {
-        self.events.drain(..).collect()
-    }
-
-    /// A handle that can shut this connection's socket down from another thread.
-    pub fn interrupter(&self) -> Option<Interrupter> {
-        Some(Interrupter(Arc::downgrade(&self.stream)))
-    }
-
-    /// The next event: one kept while waiting for a reply, else the next to arrive before `deadline`. No
-    /// command is outstanding here, so anything but an event is a protocol error.
-    pub fn next_event(&mut self, deadline: Instant) -> Result<Value> {
-        if let Some(e) = self.events.pop_front() {
-            return Ok(e);
-        }
-        let limit = deadline.saturating_duration_since(Instant::now());
-        let msg = self.read_message(deadline, limit, "a QMP event")?;
-        if msg.get("event").is_some() {
-            return Ok(msg);
-        }
-        Err(Error::Protocol(format!(
-            "unexpected message while waiting for events: {}",
-            preview(&msg)
-        )))
-    }
-
-    /// Runs one read-only command and returns its `return` value.
-    pub fn execute(&mut self, name: &str, arguments: Option<Value>) -> Result<Value> {
-        let deadline = Instant::now() + self.limits.reply_timeout;
-        self.execute_until(name, arguments.as_ref(), deadline, self.limits.reply_timeout)
-    }
-
-    /// Runs one read-only command with no arguments and reads its `return` straight into `T` (no JSON tree for
-    /// the reply).
-    pub fn execute_as<T: serde::de::DeserializeOwned>(&mut self, name: &str) -> Result<T> {
-        let deadline = Instant::now() + self.limits.reply_timeout;
-        self.execute_until(name, None, deadline, self.limits.reply_timeout)
-    }
-
-    /// `limit` is the time allowed in all, for the error message. Replies are matched to commands by order, so
-    /// any failure but QEMU's own error reply leaves the connection unusable (see `broken`).
-    fn execute_until<T: serde::de::DeserializeOwned>(
+    /// The next message before `deadline`: an event as a tree, or a reply as `kind` makes it from the message's
+    /// text, parsed where it lies in the buffer. A timeout leaves a partial message in the buffer for the next
+    /// read; any other error leaves the connection unusable.
+    pub fn next<R>(
         &mut self,
-        name: &str,
-        arguments: Option<&Value>,
         deadline: Instant,
         limit: Duration,
-    ) -> Result<T> {
-        if !is_read_only_command(name) {
-            return Err(Error::Forbidden(name.to_string()));
-        }
-        if let Some(why) = &self.broken {
-            return Err(Error::Protocol(format!(
-                "the connection is out of step after an earlier failure ({why}): open a new one"
-            )));
-        }
-        let result = self.exchange(name, arguments, deadline, limit);
-        if let Err(e) = &result {
-            if !e.keeps_connection() {
-                self.broken = Some(e.to_string());
-            }
-        }
-        result
+        what: &'static str,
+        kind: impl FnOnce(&str) -> Result<Kind<R>>,
+    ) -> Result<Incoming<R>> {
+        let frame = self.fill_frame(deadline, limit, what)?;
+        let raw = self.input.frame(frame.clone());
+        // Typed parsing skips fields it does not know without looking inside: check the text first.
+        let text = std::str::from_utf8(raw)
+            .map_err(|e| Error::Protocol(format!("malformed JSON from QEMU: not UTF-8 ({e})")))?;
+        let got = match kind(text)? {
+            Kind::Event => Incoming::Event(parse_object(raw)?),
+            Kind::Reply(r) => Incoming::Reply(r),
+        };
+        self.input.done_with(frame);
+        Ok(got)
     }
 
-    fn exchange<T: serde::de::DeserializeOwned>(
-        &mut self,
-        name: &str,
-        arguments: Option<&Value>,
-        deadline: Instant,
-        limit: Duration,
-    ) -> Result<T> {
-        self.out.clear();
-        serde_json::to_writer(
-            &mut self.out,
-            &Command {
-                execute: name,
-                arguments,
-            },
-        )
-        .map_err(|e| Error::InvalidArg(format!("cannot encode the command '{name}': {e}")))?;
-        self.out.push(b'\n');
-        let left = remaining(deadline, limit, "a QMP reply")?;
-        if self.write_timeout != Some(left) && self.write_timeout.is_none_or(|t| t > left) {
-            // A command is a line: a write blocks only if QEMU stopped reading. Set once, lowered if needed.
-            self.stream.set_write_timeout(left).map_err(|source| Error::Io {
-                context: "setting socket timeouts",
-                source,
-            })?;
-            self.write_timeout = Some(left);
-        }
-        self.stream.write_all(&self.out).map_err(|source| match source.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
-                what: "QEMU to accept a command",
-                ms: limit.as_millis(),
-            },
-            _ => Error::Io {
-                context: "sending a command",
-                source,
-            },
-        })?;
-        loop {
-            let frame = self.fill_frame(deadline, limit, "a QMP reply")?;
-            let raw = self.input.frame(frame.clone());
-            // Typed parsing skips fields it does not know without looking inside: check the text first.
-            let text = std::str::from_utf8(raw)
-                .map_err(|e| Error::Protocol(format!("malformed JSON from QEMU: not UTF-8 ({e})")))?;
-            let msg: Message<T> = serde_json::from_str(text).map_err(|e| {
-                Error::Protocol(if e.is_syntax() || e.is_eof() {
-                    format!("malformed JSON from QEMU: {e}")
-                } else {
-                    format!("malformed reply to '{name}': {e}")
-                })
-            })?;
-            if msg.event.is_some() {
-                let event = parse_object(raw)?;
-                self.input.done_with(frame);
-                self.keep_event(event);
-                continue;
-            }
-            let neither = (msg.ret.is_none() && msg.error.is_none())
-                .then(|| String::from_utf8_lossy(&raw[..raw.len().min(120)]).into_owned());
-            self.input.done_with(frame);
-            if let Some(id) = msg.id {
-                return Err(Error::Protocol(format!(
-                    "reply to '{name}' carries the id {id}, but this client sends none: not an answer to it"
-                )));
-            }
-            return match msg {
-                Message { ret: Some(v), .. } => Ok(v),
-                Message { error: Some(e), .. } => Err(Error::Qmp {
-                    class: e.class,
-                    desc: e.desc,
-                }),
-                _ => Err(Error::Protocol(format!(
-                    "reply to '{name}' with neither 'return' nor 'error': {}",
-                    neither.unwrap_or_default()
-                ))),
-            };
-        }
-    }
-
-    fn keep_event(&mut self, event: Value) {
-        if self.events.len() == MAX_KEPT_EVENTS {
-            self.events.pop_front();
-        }
-        self.events.push_back(event);
-    }
-
-    /// Reads until one whole JSON object is in the buffer and returns it.
     /// Bounds the next read by `left`. The socket option is only changed when the one in force would end the
     /// read early or more than `READ_TIMEOUT_SLACK` late: a poller's steady state makes no extra system call.
     fn arm_read(&mut self, left: Duration) -> Result<()> {
@@ -364,16 +341,11 @@ impl Connection {
         Ok(())
     }
 
-    pub fn read_message(&mut self, deadline: Instant, limit: Duration, what: &'static str) -> Result<Value> {
-        parse_object(&self.read_raw(deadline, limit, what)?)
-    }
-
-    /// Reads until one whole message is framed and returns its bytes.
-    fn read_raw(&mut self, deadline: Instant, limit: Duration, what: &'static str) -> Result<Vec<u8>> {
+    fn read_message(&mut self, deadline: Instant, limit: Duration, what: &'static str) -> Result<Value> {
         let frame = self.fill_frame(deadline, limit, what)?;
-        let raw = self.input.frame(frame.clone()).to_vec();
+        let parsed = parse_object(self.input.frame(frame.clone()));
         self.input.done_with(frame);
-        Ok(raw)
+        parsed
     }
 
     /// Reads until one whole message is framed; where it lies in the input buffer.
@@ -431,6 +403,14 @@ fn parse_greeting(msg: &Value) -> Result<QemuVersion> {
         minor: num("minor"),
         micro: num("micro"),
     })
+}
+
+fn preview_text(text: &str) -> String {
+    let mut cut = text.len().min(120);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text[..cut].to_string()
 }
 
 /// A short rendering of a message for an error text.

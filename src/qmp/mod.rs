@@ -1,15 +1,18 @@
 //! A small, read-only QMP client: where a monitor listens (`address`), how its bytes split into messages
-//! (`framing`), the socket (`stream`) and one negotiated connection that sends `query-*` commands and keeps the
-//! events between replies (`connection`). Every read has a deadline and every message a size limit.
+//! (`framing`), the socket (`stream`), one negotiated connection in two halves (`connection`), and the monitor
+//! that shares it between threads, routing replies and events (`monitor`). Every read and write has a deadline
+//! and every message a size limit.
 
 mod address;
 mod connection;
 mod framing;
+mod monitor;
 mod stream;
 
 pub use address::Address;
 pub use connection::{Connection, Limits, QemuVersion};
 pub use framing::MessageBuffer;
+pub use monitor::{Heard, Listener, Monitor};
 pub use stream::Interrupter;
 
 /// libvirt refuses monitor replies over 10 MiB; so do we.

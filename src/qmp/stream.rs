@@ -1,7 +1,7 @@
 //! The socket under a connection (Unix or TCP), connecting to it without blocking past a deadline, and waking a
 //! thread blocked on it from another.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::sync::Weak;
@@ -13,7 +13,8 @@ pub(super) enum Stream {
 }
 
 /// Wakes a thread blocked on a connection from another thread. It does not keep the socket open: once the
-/// connection is dropped, the socket closes (QEMU sees its client leave) and interrupting does nothing.
+/// connection is dropped, the socket closes (QEMU sees its client leave) and interrupting does nothing. Only the
+/// process that opened the connection may use it: in a forked child the socket is the parent's too.
 pub struct Interrupter(pub(super) Weak<Stream>);
 
 impl Interrupter {
@@ -45,11 +46,23 @@ impl Stream {
             Stream::Tcp(s) => (&*s).read(buf),
         }
     }
-    pub(super) fn write_all(&self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => (&*s).write_all(buf),
-            Stream::Tcp(s) => (&*s).write_all(buf),
+    /// Writes all of `buf` with `send(MSG_NOSIGNAL)`: a QEMU that went away is an EPIPE error here, never a
+    /// SIGPIPE that ends a C caller left at the default disposition (whatever the Rust release does for its own
+    /// writes).
+    pub(super) fn send_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        let sock = match self {
+            Stream::Unix(s) => socket2::SockRef::from(s),
+            Stream::Tcp(s) => socket2::SockRef::from(s),
+        };
+        while !buf.is_empty() {
+            match sock.send_with_flags(buf, libc::MSG_NOSIGNAL) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the socket took nothing")),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod booted;
+pub mod cbuild;
 pub mod checks;
 pub mod exporter;
 pub mod fake;
@@ -118,19 +119,33 @@ pub fn host_lock(resource: &str) -> HostLock {
     HostLock(f)
 }
 
-/// `host_lock`, waiting at most `patience`; None if another process held it all that time.
+/// `host_lock`, waiting at most `patience`; None if another process held it all that time. The holder writes its
+/// pid into the file (`lock_holder`).
 pub fn try_host_lock(resource: &str, patience: Duration) -> Option<HostLock> {
-    let f = lock_file(resource);
+    let mut f = lock_file(resource);
     let deadline = Instant::now() + patience;
     loop {
         match f.try_lock() {
-            Ok(()) => return Some(HostLock(f)),
+            Ok(()) => {
+                let _ = f.set_len(0);
+                let _ = writeln!(f, "{}", std::process::id());
+                return Some(HostLock(f));
+            }
             Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(200))
             }
             Err(std::fs::TryLockError::WouldBlock) => return None,
             Err(std::fs::TryLockError::Error(e)) => panic!("locking {resource}: {e}"),
         }
+    }
+}
+
+/// Who holds a lock taken with `try_host_lock`: "pid N", as it wrote.
+pub fn lock_holder(resource: &str) -> String {
+    let dir = std::env::temp_dir().join("blockjobinfo-tests.locks");
+    match std::fs::read_to_string(dir.join(resource)) {
+        Ok(pid) if !pid.trim().is_empty() => format!("pid {}", pid.trim()),
+        _ => "pid unknown".into(),
     }
 }
 
@@ -142,6 +157,15 @@ fn lock_file(resource: &str) -> std::fs::File {
         .truncate(false)
         .write(true)
         .open(dir.join(resource))
+        .unwrap()
+}
+
+/// `blockjobinfo ARGS`, the tool built beside the library, run by the test itself (as root), no input.
+pub fn run_tool(args: &[&str]) -> std::process::Output {
+    Command::new(lib_dir().join("blockjobinfo"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
         .unwrap()
 }
 

@@ -1,4 +1,4 @@
-//! A real libvirt stack for tests: an unprivileged user's session libvirtd (started by virsh on first use),
+//! A real libvirt stack for tests: an unprivileged user's session libvirtd (started by `setup`, never autostarted),
 //! transient TCG domains on qcow2 overlays with a QMP socket of their own, and virsh/python/C run as that user,
 //! with or without the library preloaded.
 
@@ -32,10 +32,10 @@ fn root_run(cmd: &mut Command) -> Output {
 /// through here first, so no test depends on what an earlier one made, whatever order they run in.
 ///
 /// - The process holds the stack's session lock until it exits: the exit handler below ends every process of
-///   the user, so two test processes must never share a session (the gate's lanes never do; two `cargo test`s by
-///   hand wait for each other instead of ending each other's daemon).
-/// - What an earlier process left (one killed before its exit handler ran) is ended and wiped: stray processes,
-///   the runtime directory, the user's libvirt state and defined domains.
+///   the user, so two test processes must never share a session (the gate's lanes never do; a second `cargo
+///   test` by hand fails at once, naming the process that holds it, instead of ending its daemon).
+/// - What an earlier process left (one killed before its exit handler ran) is ended and wiped: the user's
+///   processes older than this one, the runtime directory, the user's libvirt state and defined domains.
 /// - The daemons are started here, explicitly, never by a client's autostart (see `start_session_daemon`).
 pub fn setup(s: &Stack) {
     s.virt_setup.call_once(|| {
@@ -47,13 +47,14 @@ pub fn setup(s: &Stack) {
         hold_session_lock(s);
         s.ensure_users();
         let uid = uid(s);
-        stop_user_processes(uid);
+        stop_leftovers(uid);
         let home = format!("/home/{}", s.user);
         for dir in [
             RUNTIME.to_string(),
             QMP_DIR.to_string(),
             format!("{home}/.config/libvirt"),
             format!("{home}/.cache/libvirt"),
+            format!("{home}/.local/share/libvirt"),
         ] {
             let _ = std::fs::remove_dir_all(s.host(&dir));
         }
@@ -68,26 +69,35 @@ pub fn setup(s: &Stack) {
     });
 }
 
-/// Takes the stack's session lock for the rest of the process (see `setup`), waiting at most 30 minutes for
-/// another process that holds it.
+/// Takes the stack's session lock for the rest of the process (see `setup`). Another process holding it is an
+/// error at once, naming it: waiting could deadlock two processes that each hold one stack and want the other's.
 fn hold_session_lock(s: &Stack) {
     static HELD: std::sync::Mutex<Vec<super::HostLock>> = std::sync::Mutex::new(Vec::new());
     let resource = format!("session-{}", s.name);
-    let lock = super::try_host_lock(&resource, Duration::from_secs(1800)).unwrap_or_else(|| {
+    let lock = super::try_host_lock(&resource, Duration::ZERO).unwrap_or_else(|| {
         panic!(
-            "{}: another test process has held the session of {} for 30 minutes",
-            s.name, s.user
+            "{}: the session of {} is in use by another test process ({}): run one test process per stack at a \
+             time (the gate's lanes do)",
+            s.name,
+            s.user,
+            super::lock_holder(&resource)
         )
     });
     HELD.lock().unwrap().push(lock);
 }
 
-/// The session daemons' environment beyond the session's own. No system bus: GLib ends a process whose shared
-/// system-bus connection closes, and libvirtd joins the system bus (to ask logind for an inhibitor) when its
-/// first domain starts. On the host stack that bus is the host's /run/dbus, which
-/// tests/system_libvirt_host.rs starts and stops while the deb12 lane runs: its stop ended the deb12 session
-/// daemon in the middle of other tests ("Cannot write data: Broken pipe"). tests/session_daemon.rs guards it.
-const DAEMON_ENV: [&str; 1] = ["DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent/blockjobinfo-tests"];
+/// The session daemons' environment beyond the session's own.
+/// - No system bus: GLib ends a process whose shared system-bus connection closes, and libvirtd and virtlogd join
+///   the system bus (libvirtd's network driver as it starts, to watch for firewalld; both to ask logind for a
+///   shutdown inhibitor while domains run). On the host stack that bus is the host's /run/dbus, which
+///   tests/system_libvirt_host.rs starts and stops while the deb12 lane runs: its stop ended the deb12 session
+///   daemons in the middle of other tests ("Cannot write data: Broken pipe"). tests/session_daemon.rs guards it.
+/// - No virtlogd of libvirtd's own: were the tests' gone, libvirtd would autostart one (with an idle timeout
+///   and without this environment); `VIRTLOGD_PATH` (the directory it starts virtlogd from) makes that an error.
+const DAEMON_ENV: [&str; 2] = [
+    "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent/blockjobinfo-tests",
+    "VIRTLOGD_PATH=/nonexistent/blockjobinfo-tests",
+];
 
 /// Starts the stack's session virtlogd and libvirtd as its user, daemonized, and waits until libvirtd answers.
 /// Never by a client's autostart (`LIBVIRT_AUTOSTART=0` for every command run as the user): libvirt starts those
@@ -141,18 +151,29 @@ pub fn daemon_pid(s: &Stack) -> Option<u32> {
     session_daemon_pid(s, "libvirtd")
 }
 
-/// The process id of the session's `daemon` (libvirtd, virtlogd) while it runs, from its pid file.
+/// The process id of the session's `daemon` (libvirtd, virtlogd) while it runs: from its pid file, alive while
+/// the daemon holds the file's lock (libvirt's `virPidFileAcquire`), so neither a zombie nor a reused pid counts.
 pub fn session_daemon_pid(s: &Stack, daemon: &str) -> Option<u32> {
     let file = s.host(&format!("{RUNTIME}/libvirt/{daemon}.pid"));
-    let pid: u32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
-    std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    let f = std::fs::File::open(&file).ok()?;
+    let mut lk: libc::flock = unsafe { std::mem::zeroed() };
+    lk.l_type = libc::F_WRLCK as libc::c_short;
+    lk.l_whence = libc::SEEK_SET as libc::c_short;
+    lk.l_start = 0;
+    lk.l_len = 1;
+    // SAFETY: F_GETLK on an open descriptor with a local struct.
+    let r = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_GETLK, &mut lk) };
+    if r != 0 || lk.l_type == libc::F_UNLCK as libc::c_short {
+        return None;
+    }
+    std::fs::read_to_string(&file).ok()?.trim().parse().ok()
 }
 
 /// After a test killed the session libvirtd: waits (10 s at most) until it is gone, then starts it again, as
 /// its supervisor would.
 pub fn revive(s: &Stack, killed: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{killed}")).exists() {
+    while daemon_pid(s) == Some(killed) {
         assert!(Instant::now() < deadline, "{}: libvirtd {killed} did not end", s.name);
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -180,6 +201,30 @@ fn register_teardown(uid: u32) {
         unsafe { libc::atexit(teardown) };
     }
     uids.push(uid);
+}
+
+/// Ends the processes of `uid` an earlier test process left: those older than this process (none of this
+/// process's own, which may already run as the user: a system libvirtd test's virsh, say).
+fn stop_leftovers(uid: u32) {
+    let start_of = |pid: &str| -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+    };
+    let Some(mine) = start_of("self") else { return };
+    let out = Command::new("pgrep").args(["-U", &uid.to_string()]).output().unwrap();
+    let old: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|p| start_of(p).is_some_and(|t| t < mine))
+        .map(str::to_string)
+        .collect();
+    if old.is_empty() {
+        return;
+    }
+    let _ = Command::new("kill").arg("-KILL").args(&old).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while old.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// SIGTERM, then SIGKILL after 5 s, to every process of `uid`; waits (5 s at most) until none is left.

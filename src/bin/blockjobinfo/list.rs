@@ -77,10 +77,12 @@ fn libvirt_phase(cur: u64, end: u64, mirror: Option<&Mirror>) -> &'static str {
     }
 }
 
-/// QEMU's phases, from `ready` and `status`.
+/// QEMU's phases, from `ready` and `status`. `standby` is a ready job paused: still in its mirroring phase, as
+/// QEMU (`ready` stays true) and libvirt count it; its pause shows in `paused`.
 fn qemu_phase(j: &RawJob) -> &'static str {
     match (j.ready, j.status.as_deref()) {
-        (_, Some("paused" | "standby")) => "paused",
+        (_, Some("standby")) => "mirroring",
+        (_, Some("paused")) => "paused",
         (Some(true), _) => "mirroring",
         (_, Some("waiting" | "pending" | "concluded" | "null" | "aborting")) => "completing",
         _ => "running",

@@ -1,0 +1,543 @@
+//! One QMP monitor shared by any number of threads, as libvirt's `qemu_monitor.c` shares a domain's: one owner
+//! of the socket at a time, at most one command in flight, replies matched by order, events routed to every
+//! listener, and nobody holding anything between messages.
+//!
+//! - The connection's two halves live in `State`, under a lock held only for bookkeeping, never across I/O. A
+//!   thread takes a half out to use it and puts it back.
+//! - Commands queue in arrival order; the first may send once no command is in flight. Each waits at most its
+//!   own timeout, for the command ahead of it and for its reply.
+//! - Whoever needs a message reads the socket: a command's caller, for its reply (the fast path: no thread
+//!   hand-off), or a listener, for events. Whoever reads routes what it reads: events to the log every listener
+//!   reads from, a reply to the command waiting for it. Only one thread reads at a time.
+//! - A listener sleeps on the condition variable while another thread reads, and reads itself otherwise, up to
+//!   its own deadline. A command never waits for a listener: it writes while the listener reads, and the
+//!   listener hands the reply over.
+//! - Any failure but QEMU's own error reply drops the connection (a late reply must never be taken for the
+//!   next command's): every user of it gets the error, and the next command connects again.
+//!
+//! Invariants, and the tests that hold them: docs in ARCHITECTURE.md ("The shared monitor").
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::de::IgnoredAny;
+use serde_json::Value;
+
+use super::connection::{reply_kind, Incoming, Kind, Reader, Writer};
+use super::{Address, Connection, Interrupter, Limits, QemuVersion};
+use crate::error::{Error, Result};
+
+/// Events kept for listeners (older ones are dropped first, and a listener that missed some is told so).
+const MAX_KEPT_EVENTS: usize = 1024;
+/// And their size on the wire, at most.
+const MAX_KEPT_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// A QMP monitor shared by threads. Made per process: a forked child makes its own (see `QmpSource`).
+pub struct Monitor {
+    address: Address,
+    limits: Limits,
+    /// The process that made it: only that one may shut its sockets down.
+    pid: u32,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+struct State {
+    closed: bool,
+    link: Option<Link>,
+    /// Bumped whenever a connection is made or dropped: a half taken out under another generation is dropped
+    /// when it comes back, and a listener knows its connection is gone.
+    generation: u64,
+    /// Why the connection of a generation was dropped, for those who were using it, and whether QEMU went away
+    /// (then a command retries once, whichever thread read the end).
+    dropped: Option<(u64, String, bool)>,
+    /// Command callers in arrival order; the front one sends once nothing is in flight.
+    queue: VecDeque<u64>,
+    next_ticket: u64,
+    /// A command was sent and its reply is awaited, or a connection is being made.
+    busy: bool,
+    /// The in-flight command's reply, when a thread other than its caller read it.
+    reply: Option<Vec<u8>>,
+    /// A thread is reading the socket.
+    reading: bool,
+    events: VecDeque<(u64, Arc<Value>, usize)>,
+    event_bytes: usize,
+    next_seq: u64,
+    listeners: usize,
+    last_used: Instant,
+}
+
+struct Link {
+    writer: Option<Writer>,
+    reader: Option<Reader>,
+    version: QemuVersion,
+    interrupter: Interrupter,
+}
+
+/// What a listener heard.
+#[derive(Debug)]
+pub enum Heard {
+    Event(Arc<Value>),
+    /// Events came and went before the listener read them (the log is bounded): re-read the state.
+    Missed,
+    /// Nothing until the deadline.
+    Quiet,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    // Held only for bookkeeping, whose every step leaves the state whole: a panic elsewhere cannot poison it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Monitor {
+    pub fn new(address: Address, limits: Limits) -> Monitor {
+        Monitor {
+            address,
+            limits,
+            pid: std::process::id(),
+            state: Mutex::new(State {
+                closed: false,
+                link: None,
+                generation: 0,
+                dropped: None,
+                queue: VecDeque::new(),
+                next_ticket: 0,
+                busy: false,
+                reply: None,
+                reading: false,
+                events: VecDeque::new(),
+                event_bytes: 0,
+                next_seq: 0,
+                listeners: 0,
+                last_used: Instant::now(),
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The process that made this monitor.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Connects now unless connected.
+    pub fn connect(&self) -> Result<QemuVersion> {
+        let deadline = Instant::now() + self.limits.connect_timeout;
+        let (st, _) = self.turn(deadline, self.limits.connect_timeout)?;
+        let mut st = self.connected(st)?;
+        let version = st.link.as_ref().map(|l| l.version).unwrap_or_default();
+        st.busy = false;
+        self.changed.notify_all();
+        Ok(version)
+    }
+
+    /// The version QEMU announced, connecting if needed.
+    pub fn version(&self) -> Result<QemuVersion> {
+        if let Some(l) = lock(&self.state).link.as_ref() {
+            return Ok(l.version);
+        }
+        self.connect()
+    }
+
+    /// Runs one read-only command and reads its `return` into `T`. A connection that had already served and
+    /// turns out closed by QEMU is replaced once.
+    pub fn execute<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T> {
+        match self.execute_once(name) {
+            Err((e, true)) if e.is_disconnect() && !lock(&self.state).closed => {
+                log::info!("{}: QEMU closed the connection ({e}); reconnecting once", self.address);
+                self.execute_once(name).map_err(|(e, _)| e)
+            }
+            r => r.map_err(|(e, _)| e),
+        }
+    }
+
+    /// The error, and whether the connection had been made before this command.
+    fn execute_once<T: serde::de::DeserializeOwned>(&self, name: &str) -> std::result::Result<T, (Error, bool)> {
+        let limit = self.limits.reply_timeout;
+        let deadline = Instant::now() + limit;
+        let (st, _) = self.turn(deadline, limit).map_err(|e| (e, false))?;
+        let reused = st.link.is_some();
+        let mut st = self.connected(st).map_err(|e| (e, false))?;
+        let generation = st.generation;
+        st.reply = None;
+        let mut writer = st
+            .link
+            .as_mut()
+            .and_then(|l| l.writer.take())
+            .expect("the writer is home");
+        drop(st);
+        let sent = writer.send(name, None, deadline, limit);
+        let mut st = lock(&self.state);
+        if st.generation == generation {
+            if let Some(l) = st.link.as_mut() {
+                l.writer = Some(writer);
+            }
+        }
+        if let Err(e) = sent {
+            self.drop_link(&mut st, generation, &e);
+            return Err(self.finish(st, e, reused));
+        }
+        // The reply: read it, or take it from whoever read it.
+        loop {
+            // A reply handed over counts even if the connection was dropped after it was read.
+            if let Some(raw) = st.reply.take() {
+                st.busy = false;
+                st.last_used = Instant::now();
+                self.changed.notify_all();
+                drop(st);
+                let text = std::str::from_utf8(&raw).unwrap_or("");
+                return match reply_kind::<T>(text, name) {
+                    Ok(Kind::Reply(r)) => r.map_err(|e| (e, reused)),
+                    Ok(Kind::Event) => Err((Error::Protocol("an event handed over as a reply".into()), reused)),
+                    Err(e) => {
+                        let mut st = lock(&self.state);
+                        self.drop_link(&mut st, generation, &e);
+                        self.changed.notify_all();
+                        Err((e, reused))
+                    }
+                };
+            }
+            if st.generation != generation {
+                let e = dropped_error(&st, generation);
+                return Err(self.finish(st, e, reused));
+            }
+            if st.closed {
+                return Err(self.finish(st, Error::Interrupted, reused));
+            }
+            if !st.reading {
+                let mut reader = take_reader(&mut st);
+                drop(st);
+                let got = loop {
+                    match reader.next(deadline, limit, "a QMP reply", |text| reply_kind::<T>(text, name)) {
+                        Ok(Incoming::Event(ev)) => self.record(&mut lock(&self.state), ev),
+                        Ok(Incoming::Reply(r)) => break Ok(r),
+                        Err(e) => break Err(e),
+                    }
+                };
+                st = lock(&self.state);
+                give_back_reader(&mut st, generation, reader);
+                return match got {
+                    Ok(r) => {
+                        if let Err(e) = &r {
+                            if !e.keeps_connection() {
+                                self.drop_link(&mut st, generation, e);
+                            }
+                        }
+                        st.busy = false;
+                        st.last_used = Instant::now();
+                        self.changed.notify_all();
+                        r.map_err(|e| (e, reused))
+                    }
+                    Err(e) => {
+                        let e = if st.closed { Error::Interrupted } else { e };
+                        self.drop_link(&mut st, generation, &e);
+                        Err(self.finish(st, e, reused))
+                    }
+                };
+            }
+            // A listener is reading: it hands the reply over.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // The reply may still come: the connection is out of step.
+                let e = Error::Timeout {
+                    what: "a QMP reply",
+                    ms: limit.as_millis(),
+                };
+                self.drop_link(&mut st, generation, &e);
+                return Err(self.finish(st, e, reused));
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Ends a command that failed: nothing in flight any more, everyone told.
+    fn finish(&self, mut st: MutexGuard<'_, State>, e: Error, reused: bool) -> (Error, bool) {
+        st.busy = false;
+        self.changed.notify_all();
+        (e, reused)
+    }
+
+    /// Waits for this caller's turn to send (the command ahead of it answered), at most until `deadline`.
+    /// Returns with `busy` set: the caller now owns the right to send, and must clear it.
+    fn turn(&self, deadline: Instant, limit: Duration) -> Result<(MutexGuard<'_, State>, u64)> {
+        let mut st = lock(&self.state);
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.queue.push_back(ticket);
+        loop {
+            let failure = if st.closed {
+                Some(Error::Interrupted)
+            } else if st.queue.front() == Some(&ticket) && !st.busy {
+                st.queue.pop_front();
+                st.busy = true;
+                return Ok((st, ticket));
+            } else if Instant::now() >= deadline {
+                Some(Error::Timeout {
+                    what: "the monitor (another command was in flight all that time)",
+                    ms: limit.as_millis(),
+                })
+            } else {
+                None
+            };
+            if let Some(e) = failure {
+                st.queue.retain(|t| *t != ticket);
+                self.changed.notify_all();
+                return Err(e);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// With the turn held: a connection, made now if there is none (the lock is let go while connecting).
+    fn connected<'a>(&'a self, st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
+        if st.link.is_some() {
+            return Ok(st);
+        }
+        drop(st);
+        let made = Connection::open(&self.address, self.limits);
+        let mut st = lock(&self.state);
+        let fail = |mut st: MutexGuard<'_, State>, e| {
+            st.busy = false;
+            self.changed.notify_all();
+            Err(e)
+        };
+        match made {
+            Err(e) => fail(st, e),
+            Ok(_) if st.closed => fail(st, Error::Interrupted),
+            Ok(conn) => {
+                let interrupter = conn.interrupter();
+                let version = conn.version();
+                st.link = Some(Link {
+                    writer: Some(conn.writer),
+                    reader: Some(conn.reader),
+                    version,
+                    interrupter,
+                });
+                st.generation += 1;
+                st.last_used = Instant::now();
+                Ok(st)
+            }
+        }
+    }
+
+    /// Forgets the connection of `generation` after `e`, waking whoever reads or writes on it.
+    fn drop_link(&self, st: &mut State, generation: u64, e: &Error) {
+        if st.generation != generation || st.link.is_none() {
+            return;
+        }
+        let link = st.link.take().expect("checked");
+        if std::process::id() == self.pid {
+            link.interrupter.interrupt();
+        }
+        st.generation += 1;
+        st.dropped = Some((generation, e.to_string(), e.is_disconnect()));
+        log::debug!("{}: connection dropped: {e}", self.address);
+    }
+
+    /// Keeps an event for the listeners, if there are any.
+    fn record(&self, st: &mut State, ev: Value) {
+        if st.listeners == 0 {
+            return;
+        }
+        let size = ev.to_string().len();
+        while !st.events.is_empty()
+            && (st.events.len() >= MAX_KEPT_EVENTS || st.event_bytes + size > MAX_KEPT_EVENT_BYTES)
+        {
+            if let Some((_, _, n)) = st.events.pop_front() {
+                st.event_bytes -= n;
+            }
+        }
+        st.events.push_back((st.next_seq, Arc::new(ev), size));
+        st.event_bytes += size;
+        st.next_seq += 1;
+        self.changed.notify_all();
+    }
+
+    /// Starts listening for events: every event read from now on, by any thread, is heard.
+    pub fn listen(&self) -> Listener<'_> {
+        let mut st = lock(&self.state);
+        st.listeners += 1;
+        Listener {
+            monitor: self,
+            cursor: st.next_seq,
+            generation: None,
+        }
+    }
+
+    /// Lets go of the connection if it has been idle for `idle` and nobody uses or waits on it (a monitor
+    /// serves one client at a time). Returns whether a connection is still held.
+    pub fn close_if_idle(&self, idle: Duration) -> bool {
+        let Ok(mut st) = self.state.try_lock() else {
+            return true;
+        };
+        let unused = !st.busy && !st.reading && st.listeners == 0 && st.queue.is_empty();
+        if st.link.is_some() && unused && st.last_used.elapsed() >= idle {
+            log::debug!("{}: closing the QMP connection, idle for {idle:?}", self.address);
+            st.link = None;
+            st.generation += 1;
+        }
+        st.link.is_some()
+    }
+
+    /// Closes the monitor: every call blocked on it returns `Error::Interrupted` at once, and so does every later
+    /// one. In a forked child, the parent's socket is left alone.
+    pub fn close(&self) {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        if std::process::id() == self.pid {
+            if let Some(l) = st.link.as_ref() {
+                l.interrupter.interrupt();
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+}
+
+/// Takes the connection's reader (nobody else reads: `reading` was false, and a link is there).
+fn take_reader(st: &mut State) -> Reader {
+    st.reading = true;
+    st.link
+        .as_mut()
+        .and_then(|l| l.reader.take())
+        .expect("the reader is home while nobody reads")
+}
+
+/// Puts the reader back, unless its connection was dropped meanwhile (then it goes with it).
+fn give_back_reader(st: &mut State, generation: u64, reader: Reader) {
+    st.reading = false;
+    if st.generation == generation {
+        if let Some(l) = st.link.as_mut() {
+            l.reader = Some(reader);
+        }
+    }
+}
+
+/// The error for the users of a connection that was dropped.
+fn dropped_error(st: &State, generation: u64) -> Error {
+    if st.closed {
+        return Error::Interrupted;
+    }
+    match &st.dropped {
+        Some((g, _, true)) if *g == generation => Error::Eof(""),
+        Some((g, why, false)) if *g == generation => Error::Protocol(format!("the connection was lost: {why}")),
+        _ => Error::Protocol("the connection was lost".into()),
+    }
+}
+
+/// Hears every event read after `Monitor::listen`, whoever read it.
+pub struct Listener<'m> {
+    monitor: &'m Monitor,
+    cursor: u64,
+    /// The connection listened on: set by `follow`; its loss is an error for the listener.
+    generation: Option<u64>,
+}
+
+impl Listener<'_> {
+    /// Follows the monitor's current connection (after the query that may have made it).
+    pub fn follow(&mut self) {
+        self.generation = Some(lock(&self.monitor.state).generation);
+    }
+
+    /// The next event, `Heard::Missed` if the log dropped some this listener had not read, or `Heard::Quiet`
+    /// at `until`. Reads the socket itself when no other thread does.
+    pub fn next(&mut self, until: Instant) -> Result<Heard> {
+        let m = self.monitor;
+        let mut st = lock(&m.state);
+        loop {
+            if st.closed {
+                return Err(Error::Interrupted);
+            }
+            if let Some(&(oldest, _, _)) = st.events.front() {
+                if oldest > self.cursor {
+                    self.cursor = oldest;
+                    return Ok(Heard::Missed);
+                }
+            }
+            if let Some((seq, ev, _)) = st.events.iter().find(|(seq, _, _)| *seq >= self.cursor) {
+                self.cursor = seq + 1;
+                return Ok(Heard::Event(ev.clone()));
+            }
+            let generation = st.generation;
+            if self.generation.is_some_and(|g| g != generation) || st.link.is_none() {
+                return Err(dropped_error(&st, self.generation.unwrap_or(generation)));
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Ok(Heard::Quiet);
+            }
+            if st.reading {
+                st = m
+                    .changed
+                    .wait_timeout(st, until - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                continue;
+            }
+            let mut reader = take_reader(&mut st);
+            drop(st);
+            let got = reader.next(until, until - now, "a QMP event", |text| {
+                #[derive(serde::Deserialize)]
+                struct Probe {
+                    event: Option<IgnoredAny>,
+                }
+                let probe: Probe = serde_json::from_str(text)
+                    .map_err(|e| Error::Protocol(format!("malformed JSON from QEMU: {e}")))?;
+                Ok(match probe.event {
+                    Some(_) => Kind::Event,
+                    None => Kind::Reply(text.as_bytes().to_vec()),
+                })
+            });
+            st = lock(&m.state);
+            give_back_reader(&mut st, generation, reader);
+            match got {
+                Ok(Incoming::Event(ev)) => m.record(&mut st, ev),
+                Ok(Incoming::Reply(raw)) if st.busy && st.reply.is_none() && st.generation == generation => {
+                    st.reply = Some(raw);
+                }
+                Ok(Incoming::Reply(_)) => {
+                    let e = Error::Protocol("a reply came while no command was in flight".into());
+                    m.drop_link(&mut st, generation, &e);
+                }
+                Err(Error::Timeout { .. }) => {}
+                Err(e) => {
+                    let e = if st.closed { Error::Interrupted } else { e };
+                    m.drop_link(&mut st, generation, &e);
+                }
+            }
+            m.changed.notify_all();
+        }
+    }
+}
+
+impl Drop for Listener<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.monitor.state);
+        st.listeners -= 1;
+        if st.listeners == 0 {
+            st.events.clear();
+            st.event_bytes = 0;
+        }
+    }
+}

@@ -1,0 +1,90 @@
+/* bji_close against calls starting, running and waiting on other threads, ROUNDS times: eight threads call
+ * bji_get_block_job_info and bji_wait in a loop on one source until a call fails, and the main thread closes the
+ * source under them after a short delay that changes from round to round. Built with AddressSanitizer and, in a
+ * second build, ThreadSanitizer (tests/c_shared_source.rs). Every thread must end (no hang), every call after the
+ * close must fail, and none may touch freed memory.
+ *
+ *   close_stress SOCKET JOB ROUNDS
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <blockjobinfo.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+struct worker {
+    bji_source *src;
+    const char *job;
+    int waits;
+    long calls;
+    long after_close_ok;
+    int *closed;
+};
+
+static void *work(void *arg)
+{
+    struct worker *w = arg;
+    for (;;) {
+        virDomainBlockJobInfo info;
+        int closed_before = __atomic_load_n(w->closed, __ATOMIC_SEQ_CST);
+        int rc = w->waits ? bji_wait(w->src, w->job, BJI_WAIT_READY, 2000, &info)
+                          : bji_get_block_job_info(w->src, w->job, &info, 0);
+        w->calls++;
+        if (rc < 0)
+            return NULL;
+        if (closed_before)
+            w->after_close_ok++;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s SOCKET JOB ROUNDS\n", argv[0]);
+        return 2;
+    }
+    int rounds = atoi(argv[3]);
+    long calls = 0, wrong = 0;
+    double slowest = 0;
+    for (int r = 0; r < rounds; r++) {
+        bji_source *src = bji_open_qmp(argv[1], 0);
+        if (!src) {
+            fprintf(stderr, "round %d: open: %s\n", r, bji_last_error());
+            return 1;
+        }
+        int closed = 0;
+        struct worker w[8];
+        pthread_t t[8];
+        for (int i = 0; i < 8; i++) {
+            w[i] = (struct worker){src, argv[2], i % 2, 0, 0, &closed};
+            pthread_create(&t[i], NULL, work, &w[i]);
+        }
+        /* 0 to 3 ms: some calls are starting, some running, some waiting. */
+        struct timespec delay = {0, (long)(r % 4) * 1000000L};
+        nanosleep(&delay, NULL);
+        double start = now();
+        bji_close(src);
+        if (now() - start > slowest)
+            slowest = now() - start;
+        /* From here on, a call that starts must fail. */
+        __atomic_store_n(&closed, 1, __ATOMIC_SEQ_CST);
+        for (int i = 0; i < 8; i++) {
+            pthread_join(t[i], NULL);
+            calls += w[i].calls;
+            wrong += w[i].after_close_ok;
+        }
+    }
+    printf("rounds=%d calls=%ld succeeded_after_close=%ld slowest_close_ms=%.0f\n", rounds, calls, wrong,
+           slowest * 1000);
+    return wrong == 0 ? 0 : 1;
+}

@@ -1,0 +1,273 @@
+//! One source shared from C, as management programs share a VM's monitor: a wait never blocks another thread's
+//! call; the ways a job ends are told as libvirt tells them (a cancel before ready with auto-dismiss off and on,
+//! an I/O error on the target that QEMU stops the job on); a forked child closes at once and leaves the parent's
+//! wait alone; a monitor that died between calls is -1, not SIGPIPE; and `bji_close` against eight threads of
+//! calls and waits, 1,000 rounds, under AddressSanitizer and ThreadSanitizer. Real qemu-storage-daemon on every
+//! stack; tests/c/shared_source.c and tests/c/close_stress.c are the C side.
+
+#[macro_use]
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::cbuild::{cc, output};
+use common::*;
+use serde_json::json;
+
+/// tests/c/NAME.c built with the strict flags and `extra`, into `dir`.
+fn build(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let exe = dir.join(name);
+    cc(Some(&exe), &[&format!("tests/c/{name}.c")], extra).unwrap_or_else(|e| panic!("{e}"));
+    exe
+}
+
+/// `key=value` from a line of the program's output that starts with `prefix`.
+fn field(out: &str, prefix: &str, key: &str) -> String {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line '{prefix}' in:\n{out}"));
+    let from = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + key.len()
+        + 1;
+    let rest = &line[from..];
+    // `error=` runs to the end of the line; every other value to the next space.
+    match key {
+        "error" => rest.to_string(),
+        _ => rest.split(' ').next().unwrap().to_string(),
+    }
+}
+
+/// A mirror `job0` of `top` onto `target` at `speed` bytes/s, sized.
+fn mirror(qsd: &mut Qsd, target: &str, speed: u64, extra: serde_json::Value) {
+    let mut args = json!({"job-id": "job0", "device": "top", "target": target, "sync": "full",
+                          "speed": speed, "buf-size": 256 * 1024});
+    for (k, v) in extra.as_object().unwrap() {
+        args[k] = v.clone();
+    }
+    qsd.ctl.start_sized("blockdev-mirror", args);
+}
+
+fn a_wait_never_blocks_another_threads_call(s: &'static Stack) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "shared_source", &[]);
+    let mut qsd = Qsd::start(s);
+    mirror(&mut qsd, "dst", MIB, json!({"auto-dismiss": false}));
+    let out = output(Command::new(&exe).args([qsd.lib_socket().as_str(), "wait-and-info", "job0"]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    // The call answered while the wait was still waiting: it did not wait for the wait.
+    assert_eq!(field(&text, "info", "rc"), "1", "{text}");
+    assert_eq!(field(&text, "info", "wait_done_when_info_returned"), "0", "{text}");
+    let (cur, end): (u64, u64) = (
+        field(&text, "info", "cur").parse().unwrap(),
+        field(&text, "info", "end").parse().unwrap(),
+    );
+    assert!(cur < end, "{}: the mirror was still copying: {text}", s.name);
+    // And the wait ended as it should, with the job ready.
+    assert_eq!(field(&text, "wait", "rc"), "0", "{text}");
+    assert_eq!(field(&text, "wait", "cur"), field(&text, "wait", "end"), "{text}");
+    eprintln!("{}: {}", s.name, text.lines().next().unwrap());
+}
+
+/// `shared_source SOCKET wait JOB UNTIL MS`, started; its output once `during` has run (after the program
+/// printed nothing yet and has had `settle` to start waiting).
+fn wait_while(exe: &Path, qsd: &mut Qsd, until: &str, ms: u32, during: impl FnOnce(&mut Control)) -> String {
+    let child = Command::new(exe)
+        .args([qsd.lib_socket().as_str(), "wait", "job0", until, &ms.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Reaper(child);
+    // Time to connect and read the job's state, so that the ending comes during the wait (with auto-dismiss off,
+    // a cancel seen first in the concluded listing is still CANCELLED, as it should be).
+    std::thread::sleep(Duration::from_millis(700));
+    during(&mut qsd.ctl);
+    let out = output_of(&mut child);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn a_cancel_before_ready_is_cancelled_with_auto_dismiss_off_and_on(s: &'static Stack) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "shared_source", &[]);
+    for auto_dismiss in [false, true] {
+        let mut qsd = Qsd::start(s);
+        mirror(&mut qsd, "dst", MIB, json!({"auto-dismiss": auto_dismiss}));
+        let text = wait_while(&exe, &mut qsd, "gone", 30_000, |ctl| {
+            ctl.ok("block-job-cancel", json!({"device": "job0"}));
+            if !auto_dismiss {
+                // As libvirt does once the job concluded.
+                std::thread::sleep(Duration::from_millis(500));
+                ctl.ok("job-dismiss", json!({"id": "job0"}));
+            }
+        });
+        assert_eq!(
+            field(&text, "wait", "rc"),
+            "2",
+            "{}: auto-dismiss {auto_dismiss}: BJI_WAIT_CANCELLED, as libvirt's CANCELED: {text}",
+            s.name
+        );
+    }
+}
+
+fn an_io_error_on_the_target_fails_the_wait_when_qemu_says_so(s: &'static Stack) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "shared_source", &[]);
+    for action in ["stop", "report"] {
+        let mut qsd = Qsd::start(s);
+        // Writes at 4 MiB and beyond fail with EIO: about four seconds into a 1 MiB/s mirror, after the wait began.
+        qsd.ctl.ok(
+            "blockdev-add",
+            json!({"driver": "blkdebug", "node-name": "bad", "image": "dst",
+                   "inject-error": [{"event": "pwritev", "errno": 5, "sector": 8192}]}),
+        );
+        mirror(
+            &mut qsd,
+            "bad",
+            MIB,
+            json!({"auto-dismiss": false, "on-target-error": action}),
+        );
+        let text = wait_while(&exe, &mut qsd, "ready", 15_000, |_| {});
+        assert_eq!(
+            field(&text, "wait", "rc"),
+            "1",
+            "{}: on-target-error={action}: BJI_WAIT_FAILED: {text}",
+            s.name
+        );
+        let error = field(&text, "wait", "error");
+        assert!(
+            error.contains("Input/output error") || error.contains("I/O error"),
+            "{}: QEMU's error: {error}",
+            s.name
+        );
+        let jobs = qsd.ctl.jobs();
+        let job = &jobs[0];
+        match action {
+            "stop" => assert_eq!(job["status"], "paused", "{}: {job}", s.name),
+            _ => assert_eq!(job["status"], "concluded", "{}: {job}", s.name),
+        }
+        eprintln!("{}: on-target-error={action}: {}", s.name, text.trim());
+    }
+}
+
+fn a_forked_child_closes_at_once_and_the_parents_wait_goes_on(s: &'static Stack) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "shared_source", &[]);
+    let mut qsd = Qsd::start(s);
+    mirror(&mut qsd, "dst", MIB, json!({"auto-dismiss": false}));
+    let out = output(Command::new(&exe).args([qsd.lib_socket().as_str(), "fork-close", "job0"]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    // The child's call made a connection of its own, which the monitor does not serve while the parent holds it.
+    assert_eq!(field(&text, "child call", "rc"), "-1", "{text}");
+    assert!(field(&text, "child call", "error").contains("timed out"), "{text}");
+    // Its close returned under the alarm, and it exited normally.
+    assert_eq!(field(&text, "child exited", "signalled"), "0", "{text}");
+    assert_eq!(field(&text, "child exited", "status"), "0", "{text}");
+    // The parent's wait, on the socket the child never touched, ended as it should.
+    assert_eq!(field(&text, "parent wait", "rc"), "0", "{text}");
+    assert_eq!(
+        field(&text, "parent wait", "cur"),
+        field(&text, "parent wait", "end"),
+        "{text}"
+    );
+}
+
+fn a_monitor_that_died_between_calls_is_an_error_not_sigpipe(s: &'static Stack) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(dir.path(), "shared_source", &[]);
+    let mut qsd = Qsd::start(s);
+    mirror(&mut qsd, "dst", MIB, json!({}));
+    let child = Command::new(&exe)
+        .args([qsd.lib_socket().as_str(), "sigpipe", "job0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Reaper(child);
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        seen.push_str(&l);
+        seen.push('\n');
+        if l == "ready" {
+            break;
+        }
+    }
+    assert!(
+        seen.contains("sigpipe default=1") && seen.contains("before rc=1"),
+        "{seen}"
+    );
+    qsd.kill();
+    child.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    for l in lines {
+        seen.push_str(&l.unwrap());
+        seen.push('\n');
+    }
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{}: {status:?}\n{seen}", s.name);
+    assert_eq!(seen.matches("after rc=-1").count(), 2, "{seen}");
+    assert!(seen.contains("survived"), "{seen}");
+}
+
+/// The stress harness: a crawling mirror (never ready), `close_stress` built with `sanitizer`.
+fn close_under_eight_threads(s: &'static Stack, sanitizer: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build(
+        dir.path(),
+        "close_stress",
+        &["-g", "-fno-omit-frame-pointer", &format!("-fsanitize={sanitizer}")],
+    );
+    let mut qsd = Qsd::start(s);
+    mirror(&mut qsd, "dst", 1, json!({}));
+    let out = output(
+        Command::new(&exe)
+            .args([qsd.lib_socket().as_str(), "job0", "1000"])
+            .env("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=0")
+            .env(
+                "TSAN_OPTIONS",
+                format!(
+                    "halt_on_error=1:suppressions={}/tests/c/tsan.supp",
+                    env!("CARGO_MANIFEST_DIR")
+                ),
+            ),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {sanitizer}: {stdout}\n{stderr}", s.name);
+    assert!(
+        !stderr.contains("Sanitizer") && stdout.contains("rounds=1000") && stdout.contains("succeeded_after_close=0"),
+        "{}: {sanitizer}: {stdout}\n{stderr}",
+        s.name
+    );
+    // Every blocked call was woken at once: no close waited out its 6 s bound for a call to leave.
+    let slowest: f64 = field(&stdout, "rounds", "slowest_close_ms").parse().unwrap();
+    assert!(slowest < 3000.0, "{}: {sanitizer}: a close took {slowest} ms", s.name);
+    eprintln!("{}: {sanitizer}: {}", s.name, stdout.trim());
+}
+
+fn close_under_eight_threads_with_address_sanitizer(s: &'static Stack) {
+    close_under_eight_threads(s, "address");
+}
+
+fn close_under_eight_threads_with_thread_sanitizer(s: &'static Stack) {
+    close_under_eight_threads(s, "thread");
+}
+
+on_each_stack!(
+    a_wait_never_blocks_another_threads_call,
+    a_cancel_before_ready_is_cancelled_with_auto_dismiss_off_and_on,
+    an_io_error_on_the_target_fails_the_wait_when_qemu_says_so,
+    a_forked_child_closes_at_once_and_the_parents_wait_goes_on,
+    a_monitor_that_died_between_calls_is_an_error_not_sigpipe,
+    close_under_eight_threads_with_address_sanitizer,
+    close_under_eight_threads_with_thread_sanitizer,
+);

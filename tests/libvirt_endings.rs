@@ -1,0 +1,156 @@
+//! Every way a libvirt block job ends, told by the library's wait as libvirt's own block job event tells it
+//! (`virsh event --event block-job-2`): a copy aborted before ready (CANCELED), a ready copy aborted without a
+//! pivot (CANCELED, where QEMU itself says completed), a ready copy pivoted (COMPLETED), a pull that completes
+//! (COMPLETED). The wait reads the domain's own QMP monitor; libvirt starts every job with auto-dismiss off.
+
+#[macro_use]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use blockjobinfo::{Outcome, QmpSource, Until};
+use common::exporter::eventually;
+use common::virt::{self, Domain, Preload};
+use common::*;
+
+/// libvirt's block job events for the domain, as `virsh event` prints them, one line each.
+struct Events {
+    _child: Reaper,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Events {
+    fn start(dom: &Domain) -> Events {
+        let mut child = dom
+            .as_user("virsh")
+            .args([
+                "-c",
+                "qemu:///session",
+                "event",
+                "--domain",
+                &dom.name,
+                "--event",
+                "block-job-2",
+            ])
+            .args(["--loop", "--timeout", "120"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        // virsh registers its callback before it prints anything; give it a moment to connect.
+        std::thread::sleep(Duration::from_millis(500));
+        Events {
+            _child: Reaper(child),
+            lines,
+        }
+    }
+
+    /// The ending libvirt reported (`completed`, `failed`, `canceled`), skipping `ready`.
+    fn ending(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .expect("libvirt's block job event within 60 s");
+            let word = line.split_whitespace().last().unwrap_or("").to_lowercase();
+            if word != "ready" {
+                return word;
+            }
+        }
+    }
+}
+
+/// libvirt's word for the library's outcome.
+fn libvirts_word(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Reached => "completed",
+        Outcome::Cancelled => "canceled",
+        Outcome::Failed(_) => "failed",
+        _ => "(none)",
+    }
+}
+
+fn ready_in_xml(dom: &Domain) -> bool {
+    dom.xml().contains("ready='yes'")
+}
+
+/// Starts `start` (virsh arguments), waits (when asked) until libvirt says the copy is ready, then runs a
+/// wait for gone on the domain's monitor while `end` (virsh arguments) ends the job; returns (the library's
+/// outcome, libvirt's event).
+fn ending(dom: &Domain, start: &[String], ready_first: bool, end: &[&str]) -> (Outcome, String) {
+    let events = Events::start(dom);
+    dom.virsh_ok(Preload::No, &virt::strs(start));
+    if ready_first {
+        eventually("the copy is ready", Duration::from_secs(60), || ready_in_xml(dom));
+    }
+    let src = QmpSource::open(&dom.real_qmp_socket()).unwrap();
+    let outcome = std::thread::scope(|sc| {
+        let waiting = sc.spawn(|| src.wait("vda", Until::Gone, Some(Duration::from_secs(60))).unwrap());
+        std::thread::sleep(Duration::from_millis(700));
+        if !end.is_empty() {
+            dom.virsh_ok(Preload::No, end);
+        }
+        waiting.join().unwrap().outcome
+    });
+    (outcome, events.ending())
+}
+
+fn every_ending_is_told_as_libvirt_tells_it(s: &'static Stack) {
+    let dom = Domain::create(s, "bjt-end", 4);
+    let name = dom.name.clone();
+    let abort = ["blockjob", name.as_str(), "vda", "--abort"];
+    let pivot = ["blockjob", name.as_str(), "vda", "--pivot"];
+    let cases: Vec<(&str, Vec<String>, bool, &[&str])> = vec![
+        (
+            "a copy aborted before ready",
+            dom.copy_args("c1.qcow2", 64 * 1024),
+            false,
+            &abort,
+        ),
+        (
+            "a ready copy aborted (no pivot)",
+            dom.copy_args("c2.qcow2", 4 * MIB),
+            true,
+            &abort,
+        ),
+        ("a ready copy pivoted", dom.copy_args("c3.qcow2", 4 * MIB), true, &pivot),
+    ];
+    for (what, start, ready_first, end) in cases {
+        let (ours, libvirts) = ending(&dom, &start, ready_first, end);
+        eprintln!("{}: {what}: bji_wait {ours:?}, libvirt {libvirts}", s.name);
+        assert_eq!(libvirts_word(&ours), libvirts, "{}: {what}: {ours:?}", s.name);
+        dom.wait_no_job(Duration::from_secs(30));
+    }
+    // A pull that runs to its end, on a domain of its own.
+    let pulled = Domain::create(s, "bjt-endpull", 1);
+    let start: Vec<String> = [
+        "blockpull",
+        pulled.name.as_str(),
+        "vda",
+        "--bandwidth",
+        "1048576",
+        "--bytes",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let (ours, libvirts) = ending(&pulled, &start, false, &[]);
+    eprintln!(
+        "{}: a pull that completes: bji_wait {ours:?}, libvirt {libvirts}",
+        s.name
+    );
+    assert_eq!(libvirts_word(&ours), libvirts, "{}: a pull: {ours:?}", s.name);
+}
+
+on_each_stack!(every_ending_is_told_as_libvirt_tells_it);
