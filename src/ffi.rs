@@ -18,6 +18,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// An open QMP source. Opaque to C: what C holds is a handle into `SOURCES`, never this struct's address, so a
 /// call that races `bji_close` (or comes after it) finds the source gone instead of touching freed memory.
+///
+/// The contract (docs/c-api.md):
+/// - Threads: any number may use one source at once. Its one connection carries one command at a time; a call
+///   waits only for the command ahead of it, within its own timeout, and a `bji_wait` holds nothing while it
+///   waits: other threads' calls go on, and many waits run at once, each with its own outcome.
+/// - fork(): a child never uses or shuts down its parent's connection; its first call connects anew (served
+///   once the parent lets go of the monitor), and its `bji_close` returns at once.
+/// - Close: `bji_close` may race any call; blocked calls return -1 at once, later ones -1 ("not an open source").
+/// - SIGPIPE: never raised by the library (it writes with MSG_NOSIGNAL); a dead monitor is -1.
 #[allow(non_camel_case_types)]
 pub struct bji_source {
     inner: QmpSource,
