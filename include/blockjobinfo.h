@@ -109,8 +109,8 @@ bji_source *bji_open_qmp(const char *address, unsigned int flags);
 /**
  * Closes a source and frees it. NULL is fine, and so is a source already closed. Every call blocked on the
  * source in another thread (`bji_wait`, or a call waiting for the monitor) returns -1 at once ("the source was
- * closed"), and `bji_close` returns once they have (within the source's connect timeout, 5 s, at worst: a call
- * that is connecting). A call that starts later returns -1 ("not an open source"). In a forked child,
+ * closed"), and `bji_close` returns once they have (it waits 6 s at most: a call that is connecting ends within
+ * its connect timeout). A call that starts later returns -1 ("not an open source"). In a forked child,
  * `bji_close` returns at once and leaves the parent's connection alone.
  *
  * # Safety

@@ -67,3 +67,11 @@ impl Error {
         matches!(self, Error::Qmp { .. })
     }
 }
+
+/// What a caught panic said (its `&str` or `String` payload), for an error message.
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -121,11 +121,7 @@ macro_rules! export {
                 $fail
             }
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown".into());
+                let what = crate::error::panic_text(panic.as_ref());
                 set_last_error(&format!("internal error: panic in blockjobinfo: {what}"));
                 $fail
             }
@@ -208,8 +204,8 @@ pub unsafe extern "C" fn bji_open_qmp(address: *const c_char, flags: c_uint) -> 
 
 /// Closes a source and frees it. NULL is fine, and so is a source already closed. Every call blocked on the
 /// source in another thread (`bji_wait`, or a call waiting for the monitor) returns -1 at once ("the source was
-/// closed"), and `bji_close` returns once they have (within the source's connect timeout, 5 s, at worst: a call
-/// that is connecting). A call that starts later returns -1 ("not an open source"). In a forked child,
+/// closed"), and `bji_close` returns once they have (it waits 6 s at most: a call that is connecting ends within
+/// its connect timeout). A call that starts later returns -1 ("not an open source"). In a forked child,
 /// `bji_close` returns at once and leaves the parent's connection alone.
 ///
 /// # Safety

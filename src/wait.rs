@@ -68,7 +68,7 @@ fn finished(raw: &RawJob) -> bool {
 
 /// Whether the job is in its mirroring phase: QEMU's `ready`, or its status `ready` or `standby` (paused while
 /// ready), as libvirt counts them.
-pub fn is_ready(raw: &RawJob) -> bool {
+fn is_ready(raw: &RawJob) -> bool {
     raw.ready == Some(true) || matches!(raw.status.as_deref(), Some("ready" | "standby"))
 }
 

@@ -202,15 +202,9 @@ struct DomainReading {
     calls: Calls,
 }
 
-/// One domain's jobs, its XML read only for its disks (when `known` does not have them) and for the `<mirror>`
-/// of a copy or an active commit.
 /// The reading of a domain whose reading panicked: an error of its own.
 fn panicked(dom: &Domain<'_>, p: &(dyn std::any::Any + Send)) -> DomainReading {
-    let what = p
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown".into());
+    let what = crate::error::panic_text(p);
     let domain = std::panic::catch_unwind(AssertUnwindSafe(|| dom.name().ok()))
         .ok()
         .flatten()
@@ -227,6 +221,8 @@ fn panicked(dom: &Domain<'_>, p: &(dyn std::any::Any + Send)) -> DomainReading {
     }
 }
 
+/// One domain's jobs, its XML read only for its disks (when `known` does not have them) and for the `<mirror>`
+/// of a copy or an active commit.
 fn read_domain(dom: &Domain<'_>, known: Option<&[String]>) -> DomainReading {
     let mut r = DomainReading::default();
     let name = match dom.name() {

@@ -116,14 +116,6 @@ impl Monitor {
         }
     }
 
-    pub fn address(&self) -> &Address {
-        &self.address
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// The process that made this monitor.
     pub fn pid(&self) -> u32 {
         self.pid
@@ -408,10 +400,6 @@ impl Monitor {
             }
         }
         self.changed.notify_all();
-    }
-
-    pub fn is_closed(&self) -> bool {
-        lock(&self.state).closed
     }
 }
 
