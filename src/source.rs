@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::ffi::c_uint;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::abi::virDomainBlockJobInfo;
@@ -37,6 +37,9 @@ pub struct QmpSource {
     first_seen: Mutex<HashMap<String, Instant>>,
     /// Set by `close`: every call in progress and every later one fails.
     closed: AtomicBool,
+    /// Monitors made for single calls in a child whose `monitor` slot a parent thread held at fork(), so that
+    /// `close` reaches their waits too.
+    strays: Mutex<Vec<Weak<Monitor>>>,
 }
 
 const NO_GRACE: u64 = u64::MAX;
@@ -83,6 +86,7 @@ impl QmpSource {
             grace_ms: AtomicU64::new(NO_GRACE),
             first_seen: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            strays: Mutex::new(Vec::new()),
         })
     }
 
@@ -99,7 +103,19 @@ impl QmpSource {
             lock_briefly(&self.monitor)
         };
         let Some(mut m) = guard else {
-            return Ok(Arc::new(Monitor::new(self.address.clone(), self.limits)));
+            let own = Arc::new(Monitor::new(self.address.clone(), self.limits));
+            // This lock too could be stuck from fork() (a parent itself in this path then): the monitor is then
+            // one `close` cannot reach, and its call ends by its own timeout.
+            if let Some(mut strays) = lock_briefly(&self.strays) {
+                strays.retain(|w| w.strong_count() > 0);
+                strays.push(Arc::downgrade(&own));
+            }
+            // A close that came meanwhile did not see it.
+            if self.closed.load(Ordering::Acquire) {
+                own.close();
+                return Err(Error::Interrupted);
+            }
+            return Ok(own);
         };
         if m.pid() != pid {
             // Dropping the parent's closes this process's copies of its sockets, never shuts them down.
@@ -231,6 +247,12 @@ impl QmpSource {
                 m.close();
             }
         }
+        if let Some(strays) = lock_briefly(&self.strays) {
+            // Only this process's: a stray inherited from a parent shares the parent's socket.
+            for m in strays.iter().filter_map(Weak::upgrade).filter(|m| m.pid() == pid) {
+                m.close();
+            }
+        }
     }
 }
 
@@ -243,5 +265,29 @@ pub(crate) fn query_jobs(monitor: &Monitor) -> Result<Vec<RawJob>> {
 impl std::fmt::Debug for QmpSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QmpSource").field("address", &self.address).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As in a forked child whose slot a parent thread held at fork(): the slot's lock never comes, a call gets a
+    /// monitor of its own, and `close` still reaches a wait on it.
+    #[test]
+    fn close_reaches_a_monitor_made_while_the_slot_was_stuck() {
+        let src = QmpSource::lazy("/nonexistent/bji.qmp", Limits::default()).unwrap();
+        let slot = lock(&src.monitor);
+        src.monitor_pid
+            .store(std::process::id().wrapping_add(1), Ordering::Release);
+        let stray = src.monitor().unwrap();
+        assert!(!Arc::ptr_eq(&stray, &slot), "a monitor of its own");
+        let mut listener = stray.listen();
+        src.close();
+        let heard = listener.next(Instant::now() + Duration::from_secs(5));
+        assert!(matches!(heard, Err(Error::Interrupted)), "{heard:?}");
+        // And a call that starts after the close is refused.
+        assert!(matches!(src.monitor(), Err(Error::Interrupted)));
+        drop(slot);
     }
 }

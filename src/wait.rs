@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::jobs;
 use crate::qmp::{Heard, Monitor};
 use crate::source::{query_jobs, JobReport, QmpSource};
@@ -51,6 +51,9 @@ pub struct Waited {
 /// Without progress reports, the state is still re-read this often, in case an event was missed (a QEMU
 /// older than 2.12 sends no JOB_STATUS_CHANGE).
 const SAFETY_REQUERY: Duration = Duration::from_secs(5);
+
+/// A wait connects again after a lost connection at most this often.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
 fn report(raw: &RawJob, flags: u32) -> Result<JobReport> {
     let info = translate::translate(Observation::Listed(raw), None, flags, NoReadyPolicy::Libvirt)?;
@@ -104,10 +107,12 @@ fn event_job(ev: &Value) -> Option<&str> {
     data.get("device").or_else(|| data.get("id")).and_then(Value::as_str)
 }
 
-/// Each block device's (driver, image file), from `query-block` (implicit filter nodes hidden).
-fn devices(m: &Monitor) -> Result<BTreeMap<String, (String, String)>> {
+/// The image each user of the block layer shows: a guest's devices (`query-block`, implicit filter nodes
+/// hidden) and a qemu-storage-daemon's exports (`query-block-exports`, QEMU 5.2 and later; an export is named
+/// `export:ID`). A pivot moves these users onto the copy; an abort after ready leaves them where they were.
+fn devices(m: &Monitor) -> Result<BTreeMap<String, String>> {
     let list: Vec<Value> = m.execute("query-block")?;
-    Ok(list
+    let mut users: BTreeMap<String, String> = list
         .iter()
         .filter_map(|d| {
             let name = d
@@ -115,17 +120,44 @@ fn devices(m: &Monitor) -> Result<BTreeMap<String, (String, String)>> {
                 .or_else(|| d.get("device"))?
                 .as_str()
                 .filter(|n| !n.is_empty())?;
-            let inserted = d.get("inserted")?;
-            let drv = inserted.get("drv")?.as_str()?.to_string();
-            let file = inserted.get("file")?.as_str()?.to_string();
-            Some((name.to_string(), (drv, file)))
+            let file = d.get("inserted")?.get("file")?.as_str()?;
+            Some((name.to_string(), file.to_string()))
         })
-        .collect())
+        .collect();
+    let exports: Vec<Value> = match m.execute("query-block-exports") {
+        Ok(e) => e,
+        // A QEMU before 5.2 has no such command, and no exports to show.
+        Err(Error::Qmp { class, .. }) if class == "CommandNotFound" => return Ok(users),
+        Err(e) => return Err(e),
+    };
+    if exports.is_empty() {
+        return Ok(users);
+    }
+    let nodes: Vec<Value> = m.execute("query-named-block-nodes")?;
+    let file_of = |node: &str| {
+        nodes
+            .iter()
+            .find(|n| n.get("node-name").and_then(Value::as_str) == Some(node))
+            .and_then(|n| n.get("file").and_then(Value::as_str))
+    };
+    for e in &exports {
+        let (Some(id), Some(node)) = (
+            e.get("id").and_then(Value::as_str),
+            e.get("node-name").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        if let Some(file) = file_of(node) {
+            users.insert(format!("export:{id}"), file.to_string());
+        }
+    }
+    Ok(users)
 }
 
-/// The devices a mirror or active commit runs under, with the image each shows. While such a job runs, QEMU puts
-/// its filter node (`mirror_top`, `commit_top`) above the image; `query-block` hides that implicit filter, but
-/// `query-named-block-nodes` lists it with its child's file: the devices showing that file are the job's.
+/// The devices (and exports) a mirror or active commit runs under, with the image each shows. While such a job
+/// runs, QEMU puts its filter node (`mirror_top`, `commit_top`) above the image; `query-block` hides that
+/// implicit filter, but `query-named-block-nodes` lists it with its child's file: the users showing that file
+/// are the job's.
 fn job_devices(m: &Monitor) -> Result<BTreeMap<String, String>> {
     let nodes: Vec<Value> = m.execute("query-named-block-nodes")?;
     let filtered: Vec<&str> = nodes
@@ -138,8 +170,7 @@ fn job_devices(m: &Monitor) -> Result<BTreeMap<String, String>> {
     }
     Ok(devices(m)?
         .into_iter()
-        .filter(|(_, (_, file))| filtered.contains(&file.as_str()))
-        .map(|(name, (_, file))| (name, file))
+        .filter(|(_, file)| filtered.contains(&file.as_str()))
         .collect())
 }
 
@@ -151,9 +182,7 @@ fn settle(m: &Monitor, outcome: Outcome, before: &BTreeMap<String, String>) -> R
         return Ok(outcome);
     }
     let after = devices(m)?;
-    let unchanged = before
-        .iter()
-        .all(|(name, file)| after.get(name).is_some_and(|(_, f)| f == file));
+    let unchanged = before.iter().all(|(name, file)| after.get(name) == Some(file));
     Ok(if unchanged {
         Outcome::Cancelled
     } else {
@@ -220,6 +249,7 @@ fn wait_on(
     let pivots = until == Until::Gone && matches!(job.job_type.as_str(), "mirror" | "commit");
     let mut was_ready = is_ready(job);
     let mut before = BTreeMap::new();
+    let (mut reconnected, mut refollow): (Option<Instant>, bool) = (None, false);
     if pivots && was_ready {
         before = std::mem::take(&mut candidate);
     }
@@ -230,7 +260,19 @@ fn wait_on(
         }
         let wake = now + every.unwrap_or(SAFETY_REQUERY);
         let wake = deadline.map_or(wake, |d| d.min(wake));
-        let (event, name) = match listener.next(wake)? {
+        let heard = match listener.next(wake) {
+            // The connection was lost while QEMU may well live on (a monitor that dropped its client): the
+            // query below connects again and says how things stand. At most once a second, so that a peer that
+            // keeps dropping its clients ends the wait with its error rather than spinning it.
+            Err(e) if e.is_disconnect() && reconnected.is_none_or(|t| t.elapsed() >= RECONNECT_EVERY) => {
+                log::info!("wait: the connection was lost ({e}); connecting again");
+                reconnected = Some(Instant::now());
+                refollow = true;
+                Heard::Missed
+            }
+            r => r?,
+        };
+        let (event, name) = match heard {
             Heard::Event(ev) => {
                 if event_job(&ev) != Some(id.as_str()) {
                     continue;
@@ -269,6 +311,11 @@ fn wait_on(
                 }
                 // Confirm with QEMU's list. Events that come meanwhile are heard next; nothing is lost.
                 let jobs = query_jobs(m)?;
+                if refollow {
+                    // Listening on the connection that answered: the new one.
+                    listener.follow();
+                    refollow = false;
+                }
                 match jobs.iter().find(|j| j.device == id) {
                     Some(j) => {
                         last = report(j, 0)?;

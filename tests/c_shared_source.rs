@@ -119,7 +119,7 @@ fn a_cancel_before_ready_is_cancelled_with_auto_dismiss_off_and_on(s: &'static S
 fn an_io_error_on_the_target_fails_the_wait_when_qemu_says_so(s: &'static Stack) {
     let dir = tempfile::tempdir().unwrap();
     let exe = build(dir.path(), "shared_source", &[]);
-    for action in ["stop", "report"] {
+    for (action, auto_dismiss) in [("stop", false), ("stop", true), ("report", false), ("report", true)] {
         let mut qsd = Qsd::start(s);
         // Writes at 4 MiB and beyond fail with EIO: about four seconds into a 1 MiB/s mirror, after the wait began.
         qsd.ctl.ok(
@@ -131,28 +131,49 @@ fn an_io_error_on_the_target_fails_the_wait_when_qemu_says_so(s: &'static Stack)
             &mut qsd,
             "bad",
             MIB,
-            json!({"auto-dismiss": false, "on-target-error": action}),
+            json!({"auto-dismiss": auto_dismiss, "on-target-error": action}),
         );
+        let what = format!("{}: on-target-error={action}, auto-dismiss {auto_dismiss}", s.name);
         let text = wait_while(&exe, &mut qsd, "ready", 15_000, |_| {});
-        assert_eq!(
-            field(&text, "wait", "rc"),
-            "1",
-            "{}: on-target-error={action}: BJI_WAIT_FAILED: {text}",
-            s.name
-        );
+        assert_eq!(field(&text, "wait", "rc"), "1", "{what}: BJI_WAIT_FAILED: {text}");
         let error = field(&text, "wait", "error");
         assert!(
             error.contains("Input/output error") || error.contains("I/O error"),
-            "{}: QEMU's error: {error}",
-            s.name
+            "{what}: QEMU's error: {error}"
         );
         let jobs = qsd.ctl.jobs();
-        let job = &jobs[0];
-        match action {
-            "stop" => assert_eq!(job["status"], "paused", "{}: {job}", s.name),
-            _ => assert_eq!(job["status"], "concluded", "{}: {job}", s.name),
+        match (action, auto_dismiss) {
+            ("stop", _) => assert_eq!(jobs[0]["status"], "paused", "{what}: {jobs:?}"),
+            ("report", false) => assert_eq!(jobs[0]["status"], "concluded", "{what}: {jobs:?}"),
+            _ => assert!(jobs.is_empty(), "{what}: {jobs:?}"),
         }
-        eprintln!("{}: on-target-error={action}: {}", s.name, text.trim());
+        if action == "stop" {
+            // Then cancelled, as an operator ends a job stuck on a full or failing disk: a wait for its end,
+            // started while it is paused, is FAILED at once; once cancelled, QEMU lists it (auto-dismiss off) as
+            // cancelled, which libvirt's abort of a failed job reports as CANCELED too.
+            let text = wait_while(&exe, &mut qsd, "gone", 15_000, |_| {});
+            assert_eq!(field(&text, "wait", "rc"), "1", "{what}: paused, still FAILED: {text}");
+            // QEMU refuses a plain cancel of a paused job: `force` cancels it as it stands.
+            qsd.ctl.ok("block-job-cancel", json!({"device": "job0", "force": true}));
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            let ended = loop {
+                let jobs = qsd.ctl.jobs();
+                if jobs.is_empty() || jobs[0]["status"] == "concluded" {
+                    break jobs;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what}: the cancel did not end the job: {jobs:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            assert_eq!(ended.is_empty(), auto_dismiss, "{what}: {ended:?}");
+            if !auto_dismiss {
+                let text = wait_while(&exe, &mut qsd, "gone", 15_000, |_| {});
+                assert_eq!(field(&text, "wait", "rc"), "2", "{what}: after the cancel: {text}");
+            }
+        }
+        eprintln!("{what}: {}", text.trim());
     }
 }
 

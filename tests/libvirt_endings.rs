@@ -1,7 +1,8 @@
 //! Every way a libvirt block job ends, told by the library's wait as libvirt's own block job event tells it
 //! (`virsh event --event block-job-2`): a copy aborted before ready (CANCELED), a ready copy aborted without a
 //! pivot (CANCELED, where QEMU itself says completed), a ready copy pivoted (COMPLETED), a pull that completes
-//! (COMPLETED). The wait reads the domain's own QMP monitor; libvirt starts every job with auto-dismiss off.
+//! (COMPLETED), and a copy whose target fails a write (FAILED). The wait reads the domain's own QMP monitor;
+//! libvirt starts every job with auto-dismiss off and never sets `on-target-error` (QEMU's default, `report`).
 
 #[macro_use]
 mod common;
@@ -151,6 +152,95 @@ fn every_ending_is_told_as_libvirt_tells_it(s: &'static Stack) {
         s.name
     );
     assert_eq!(libvirts_word(&ours), libvirts, "{}: a pull: {ours:?}", s.name);
+
+    // A copy onto an NBD export whose node fails writes at 6 MiB, on a domain of its own: libvirt's blockcopy
+    // takes no blkdebug target, but it does take a network one (what a copy to another host's storage is).
+    let failing = Domain::create(s, "bjt-endfail", 4);
+    let target = FailingTarget::start(&failing);
+    let start: Vec<String> = [
+        "blockcopy",
+        failing.name.as_str(),
+        "vda",
+        "--xml",
+        target.xml.as_str(),
+        "--reuse-external",
+        "--transient-job",
+        "--bandwidth",
+        "1048576",
+        "--bytes",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let (ours, libvirts) = ending(&failing, &start, false, &[]);
+    eprintln!(
+        "{}: a copy whose target fails a write: bji_wait {ours:?}, libvirt {libvirts}",
+        s.name
+    );
+    assert_eq!(libvirts_word(&ours), libvirts, "{}: a failing target: {ours:?}", s.name);
+    let Outcome::Failed(why) = ours else { unreachable!() };
+    assert!(why.contains("Input/output error"), "{}: QEMU's error: {why}", s.name);
+}
+
+/// A qemu-storage-daemon, run as the test user, exporting over NBD a raw image behind a `blkdebug` node whose
+/// writes at 6 MiB fail with EIO (past the first seconds of a 1 MiB/s copy, so that the wait sees the job run);
+/// `xml` is the disk XML for `virsh blockcopy --xml`.
+struct FailingTarget {
+    pid_file: std::path::PathBuf,
+    xml: String,
+}
+
+impl FailingTarget {
+    fn start(dom: &Domain) -> FailingTarget {
+        let p = |f: &str| dom.path(f);
+        let run = |program: &str, args: &[&str]| {
+            let o = dom.as_user(program).args(args).output().unwrap();
+            assert!(o.status.success(), "{program}: {}", String::from_utf8_lossy(&o.stderr));
+        };
+        run("qemu-img", &["create", "-q", "-f", "raw", &p("bad.raw"), "16M"]);
+        let bad = format!(
+            "driver=blkdebug,node-name=bad,image.driver=file,image.filename={},\
+             inject-error.0.event=pwritev,inject-error.0.errno=5,inject-error.0.sector={}",
+            p("bad.raw"),
+            6 * MIB / 512
+        );
+        let server = format!("addr.type=unix,addr.path={}", p("nbd.sock"));
+        run(
+            "qemu-storage-daemon",
+            &[
+                "--blockdev",
+                &bad,
+                "--nbd-server",
+                &server,
+                "--export",
+                "type=nbd,id=e0,node-name=bad,name=bad,writable=on",
+                "--pidfile",
+                &p("qsd.pid"),
+                "--daemonize",
+            ],
+        );
+        let xml = format!(
+            "<disk type='network' device='disk'><driver name='qemu' type='raw'/>\
+             <source protocol='nbd' name='bad'><host transport='unix' socket='{}'/></source></disk>",
+            p("nbd.sock")
+        );
+        std::fs::write(dom.host_path("bad.xml"), xml).unwrap();
+        FailingTarget {
+            pid_file: dom.host_path("qsd.pid"),
+            xml: p("bad.xml"),
+        }
+    }
+}
+
+impl Drop for FailingTarget {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            // SAFETY: a signal to the daemon this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
 
 on_each_stack!(every_ending_is_told_as_libvirt_tells_it);

@@ -60,6 +60,29 @@ fn ready_is_reported_right_after_qemu_says_so_without_polling(s: &'static Stack)
     assert!(t.elapsed() < Duration::from_secs(1));
 }
 
+fn a_wait_connects_again_when_the_connection_is_lost(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
+    let rec = Recorder::start(qsd.dir.path(), &qsd.lib_socket());
+    let src = QmpSource::open(&rec.path).unwrap();
+    slow_mirror(&mut qsd, "m", SPEED);
+    let waited = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            std::thread::sleep(Duration::from_millis(700));
+            rec.cut();
+        });
+        src.wait("m", Until::Ready, Some(Duration::from_secs(60))).unwrap()
+    });
+    assert_eq!(waited.outcome, Outcome::Reached, "{}", s.name);
+    assert_eq!(waited.last.unwrap().raw.ready, Some(true), "{}", s.name);
+    // It did connect again (a second greeting), and still sent QEMU nothing but queries.
+    let sent = rec.commands();
+    assert_eq!(sent.iter().filter(|c| *c == "qmp_capabilities").count(), 2, "{sent:?}");
+    assert!(
+        sent.iter().all(|c| c == "qmp_capabilities" || c.starts_with("query-")),
+        "{sent:?}"
+    );
+}
+
 fn cancelled_by_another_client(s: &'static Stack) {
     let mut qsd = Qsd::start(s);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
@@ -217,6 +240,7 @@ fn no_such_job(s: &'static Stack) {
 
 on_each_stack!(
     ready_is_reported_right_after_qemu_says_so_without_polling,
+    a_wait_connects_again_when_the_connection_is_lost,
     cancelled_by_another_client,
     a_failed_job_reports_qemus_error_text,
     a_stream_that_completes_is_gone,

@@ -432,6 +432,7 @@ impl Control {
 pub struct Recorder {
     pub path: String,
     sent: Arc<Mutex<Vec<u8>>>,
+    clients: Arc<Mutex<Vec<UnixStream>>>,
 }
 
 impl Recorder {
@@ -449,9 +450,12 @@ impl Recorder {
         let sent = Arc::new(Mutex::new(Vec::new()));
         let upstream = upstream.to_string();
         let rec = sent.clone();
+        let clients = Arc::new(Mutex::new(Vec::new()));
+        let open = clients.clone();
         thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
+                open.lock().unwrap().push(client.try_clone().unwrap());
                 let server = UnixStream::connect(&upstream).unwrap();
                 let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let (mut c, mut s) = (client, server);
@@ -477,7 +481,15 @@ impl Recorder {
                 });
             }
         });
-        Recorder { path, sent }
+        Recorder { path, sent, clients }
+    }
+
+    /// Drops every connection made so far, as a monitor that lets go of its client (QEMU lives on); later
+    /// connections are forwarded as before.
+    pub fn cut(&self) {
+        for c in self.clients.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// The `execute` names of every command sent so far.
