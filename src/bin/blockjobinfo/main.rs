@@ -1,13 +1,10 @@
-//! `blockjobinfo`: report and wait on QEMU block jobs, with libvirt's numbers and rules.
+//! `blockjobinfo`: report and wait on QEMU block jobs, with libvirt's numbers and rules. This file parses the
+//! command line and dispatches; each mode and the printing live in rooms of their own.
 
-use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use blockjobinfo::translate::{percent, type_label};
-use blockjobinfo::{
-    virDomainBlockJobInfo, Error, JobReport, Outcome, QmpSource, Until, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES,
-};
+use blockjobinfo::Until;
 use clap::Parser;
 
 mod cli;
@@ -16,304 +13,12 @@ mod man;
 mod http;
 mod list;
 mod metrics;
+mod print;
+mod qmp;
 mod virt;
 
 use cli::{Cli, Command, Source};
-use serde::Serialize;
-
-/// One line of `--json`. Field order is fixed: scripts may compare output.
-#[derive(Serialize)]
-struct JsonJob<'a> {
-    device: &'a str,
-    qemu: JsonQemu<'a>,
-    libvirt: JsonAnswer,
-}
-
-#[derive(Serialize)]
-struct JsonQemu<'a> {
-    #[serde(rename = "type")]
-    job_type: &'a str,
-    offset: u64,
-    len: u64,
-    speed: u64,
-    ready: Option<bool>,
-    status: Option<&'a str>,
-}
-
-/// The answer by blockjobinfo's rules, in `--json` (QMP and libvirt modes alike).
-#[derive(Serialize)]
-struct JsonAnswer {
-    #[serde(rename = "type")]
-    type_: i32,
-    type_label: &'static str,
-    bandwidth: std::ffi::c_ulong,
-    cur: u64,
-    end: u64,
-    /// `cur == end > 0`: done, or in the mirroring phase.
-    done_or_mirroring: bool,
-}
-
-impl JsonAnswer {
-    fn new(info: &virDomainBlockJobInfo) -> JsonAnswer {
-        JsonAnswer {
-            type_: info.type_,
-            type_label: type_label(info.type_),
-            bandwidth: info.bandwidth,
-            cur: info.cur,
-            end: info.end,
-            done_or_mirroring: info.end > 0 && info.cur == info.end,
-        }
-    }
-}
-
-fn json_line(r: &JobReport) -> String {
-    let line = JsonJob {
-        device: &r.raw.device,
-        qemu: JsonQemu {
-            job_type: &r.raw.job_type,
-            offset: r.raw.offset,
-            len: r.raw.len,
-            speed: r.raw.speed,
-            ready: r.raw.ready,
-            status: r.raw.status.as_deref(),
-        },
-        libvirt: JsonAnswer::new(&r.info),
-    };
-    serde_json::to_string(&line).expect("plain data serialises")
-}
-
-/// virsh's `blockjob --raw` lines.
-fn raw_lines(info: &virDomainBlockJobInfo) -> String {
-    format!(
-        " type={}\n bandwidth={}\n cur={}\n end={}\n",
-        type_label(info.type_),
-        info.bandwidth,
-        info.cur,
-        info.end
-    )
-}
-
-/// virsh's progress line: `Block Copy: [ 45 %]`.
-fn human_line(info: &virDomainBlockJobInfo) -> String {
-    format!("{}: [{:3} %]", type_label(info.type_), percent(info.cur, info.end))
-}
-
-/// virsh's `blockjob` form: the progress line, and the bandwidth limit when there is one.
-fn human_form(info: &virDomainBlockJobInfo, bytes: bool) -> String {
-    let mut line = human_line(info);
-    if info.bandwidth != 0 {
-        let unit = if bytes { "bytes/s" } else { "MiB/s" };
-        line.push_str(&format!("    Bandwidth limit: {} {unit}", info.bandwidth));
-    }
-    line.push('\n');
-    line
-}
-
-/// A usage error: exit status 2, as clap's own.
-fn usage(why: &str) -> ExitCode {
-    eprintln!("blockjobinfo: error: {why}");
-    ExitCode::from(2)
-}
-
-/// An error as an exit status and one line.
-fn fail(e: &Error) -> ExitCode {
-    eprintln!("blockjobinfo: error: {e}");
-    ExitCode::from(6)
-}
-
-fn open(address: &str) -> Result<QmpSource, ExitCode> {
-    QmpSource::open(address).map_err(|e| match e {
-        Error::InvalidArg(_) => {
-            eprintln!("blockjobinfo: error: {e}");
-            ExitCode::from(2)
-        }
-        e => fail(&e),
-    })
-}
-
-fn info(address: &str, device: Option<&str>, raw: bool, json: bool, bytes: bool) -> ExitCode {
-    let src = match open(address) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let flags = if bytes {
-        VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES
-    } else {
-        0
-    };
-    let reports = match device {
-        Some(d) => src.job_report(d, flags).map(|r| r.into_iter().collect::<Vec<_>>()),
-        None => src.all_reports(flags),
-    };
-    let reports = match reports {
-        Ok(r) => r,
-        Err(e) => return fail(&e),
-    };
-    let shown: Vec<Shown> = reports
-        .iter()
-        .map(|r| Shown {
-            name: &r.raw.device,
-            info: &r.info,
-            json: json_line(r),
-        })
-        .collect();
-    let form = Form { raw, json, bytes };
-    print_info(&shown, device, "No current block jobs", "device", form)
-}
-
-/// How `info` prints: virsh's human form, its `--raw` lines, or JSON; bandwidth in bytes/s or MiB/s.
-#[derive(Clone, Copy)]
-struct Form {
-    raw: bool,
-    json: bool,
-    bytes: bool,
-}
-
-/// One job as `info` shows it: what names it (QMP job id, or disk), the answer, and its `--json` line.
-struct Shown<'a> {
-    name: &'a str,
-    info: &'a virDomainBlockJobInfo,
-    json: String,
-}
-
-/// `info`'s output, the same in QMP and libvirt modes: with `named` (the one job asked for) no name per job,
-/// else each prefixed (` KEY=name` in `--raw`); `nothing` when there is no job at all.
-fn print_info(shown: &[Shown], named: Option<&str>, nothing: &str, key: &str, form: Form) -> ExitCode {
-    let mut out = String::new();
-    if shown.is_empty() && !form.raw && !form.json {
-        match named {
-            Some(d) => out.push_str(&format!("No current block job for {d}\n")),
-            None => out.push_str(&format!("{nothing}\n")),
-        }
-    }
-    for j in shown {
-        if form.json {
-            out.push_str(&j.json);
-            out.push('\n');
-        } else if form.raw {
-            if named.is_none() {
-                out.push_str(&format!(" {key}={}\n", j.name));
-            }
-            out.push_str(&raw_lines(j.info));
-        } else {
-            if named.is_none() {
-                out.push_str(&format!("{}: ", j.name));
-            }
-            out.push_str(&human_form(j.info, form.bytes));
-        }
-    }
-    // A closed pipe (`| head`) is not an error worth a message.
-    let _ = std::io::stdout().lock().write_all(out.as_bytes());
-    ExitCode::SUCCESS
-}
-
-/// Progress on standard error: a bar on a terminal, virsh's lines elsewhere.
-enum Progress {
-    Off,
-    Bar(indicatif::ProgressBar),
-    Lines(Option<String>),
-}
-
-impl Progress {
-    fn new(verbose: bool) -> Progress {
-        if !verbose {
-            return Progress::Off;
-        }
-        if !std::io::stderr().is_terminal() {
-            return Progress::Lines(None);
-        }
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
-        );
-        Progress::Bar(bar)
-    }
-
-    fn show(&mut self, name: &str, info: &virDomainBlockJobInfo) {
-        match self {
-            Progress::Off => {}
-            Progress::Bar(bar) => {
-                // Positions are libvirt's numbers, so the bar too never fills before the job is ready.
-                bar.set_message(format!("{} {name}", type_label(info.type_)));
-                bar.set_length(info.end);
-                bar.set_position(info.cur);
-            }
-            Progress::Lines(last) => {
-                let line = human_line(info);
-                if last.as_deref() != Some(line.as_str()) {
-                    eprintln!("{line}");
-                    *last = Some(line);
-                }
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Progress::Bar(bar) = self {
-            bar.abandon();
-        }
-    }
-}
-
-fn wait(address: &str, device: &str, until: Until, timeout: Option<Duration>, verbose: bool) -> ExitCode {
-    let src = match open(address) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let mut progress = Progress::new(verbose);
-    let every = verbose.then_some(Duration::from_millis(500));
-    let waited = src.wait_with_progress(device, until, timeout, every, |r| progress.show(&r.raw.device, &r.info));
-    progress.finish();
-    let waited = match waited {
-        Ok(w) => w,
-        Err(e) => return fail(&e),
-    };
-    let label = waited.last.as_ref().map_or("Block job", |r| type_label(r.info.type_));
-    outcome(&waited.outcome, label, device, until, timeout, verbose)
-}
-
-/// How a wait ended, as a line and an exit status: the same for QMP and libvirt.
-fn outcome(
-    outcome: &Outcome,
-    label: &str,
-    device: &str,
-    until: Until,
-    timeout: Option<Duration>,
-    verbose: bool,
-) -> ExitCode {
-    match outcome {
-        Outcome::Reached => {
-            if verbose {
-                match until {
-                    Until::Ready => println!("Now in mirroring phase"),
-                    Until::Gone => println!("{label} complete"),
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        Outcome::Failed(e) => {
-            eprintln!("blockjobinfo: {label} '{device}' failed: {e}");
-            ExitCode::from(1)
-        }
-        Outcome::Cancelled => {
-            eprintln!("blockjobinfo: {label} '{device}' was cancelled");
-            ExitCode::from(3)
-        }
-        Outcome::GoneBeforeReady => {
-            eprintln!("blockjobinfo: block job '{device}' ended or does not exist, and was never ready");
-            ExitCode::from(4)
-        }
-        Outcome::TimedOut => {
-            let secs = timeout.unwrap_or_default().as_secs_f64();
-            eprintln!("blockjobinfo: timed out after {secs} s waiting for block job '{device}'");
-            ExitCode::from(5)
-        }
-    }
-}
+use print::usage;
 
 fn main() -> ExitCode {
     // BLOCKJOBINFO_LOG, as for the library in any program.
@@ -332,7 +37,7 @@ fn main() -> ExitCode {
                 if disk.is_some() {
                     return usage("with --qmp, name the job alone (a QMP job id or a disk): no DISK");
                 }
-                info(address, target.as_deref(), *raw, *json, *bytes)
+                qmp::info(address, target.as_deref(), *raw, *json, *bytes)
             }
             Source { connect, .. } => {
                 let Some(domain) = target else {
@@ -352,7 +57,7 @@ fn main() -> ExitCode {
         } => {
             let until = if *ready { Until::Ready } else { Until::Gone };
             match (source, disk) {
-                (Source { qmp: Some(address), .. }, None) => wait(address, target, until, *timeout, *verbose),
+                (Source { qmp: Some(address), .. }, None) => qmp::wait(address, target, until, *timeout, *verbose),
                 (Source { qmp: Some(_), .. }, Some(_)) => {
                     usage("with --qmp, name the job alone (a QMP job id or a disk): no DISK")
                 }

@@ -12,7 +12,7 @@ use blockjobinfo::translate::type_label;
 use blockjobinfo::{Error, Outcome, Until, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES};
 use serde::Serialize;
 
-use crate::{fail, outcome, print_info, Form, JsonAnswer, Progress, Shown};
+use crate::print::{fail, outcome, print_info, Form, JsonAnswer, Progress, Shown};
 
 /// Without an event, the state is read again this often, in case one was missed.
 const SAFETY_POLL: Duration = Duration::from_secs(2);
