@@ -39,6 +39,9 @@ pub enum Error {
     /// A call into libvirt failed, or libvirt is not in the process.
     #[error("libvirt: {0}")]
     Libvirt(String),
+    /// libvirt says the domain, or its disk, named does not exist (libvirt's words).
+    #[error("libvirt: {0}")]
+    NoSuch(String),
     /// The environment asks for something that cannot work.
     #[error("configuration: {0}")]
     Config(String),

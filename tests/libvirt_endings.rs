@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use blockjobinfo::{Outcome, QmpSource, Until};
 use common::exporter::eventually;
-use common::virt::{self, Domain, Preload};
+use common::virt::{self, Domain, Preload, UserNbd};
 use common::*;
 
 /// libvirt's block job events for the domain, as `virsh event` prints them, one line each.
@@ -181,64 +181,34 @@ fn every_ending_is_told_as_libvirt_tells_it(s: &'static Stack) {
     assert!(why.contains("Input/output error"), "{}: QEMU's error: {why}", s.name);
 }
 
-/// A qemu-storage-daemon, run as the test user, exporting over NBD a raw image behind a `blkdebug` node whose
-/// writes at 6 MiB fail with EIO (past the first seconds of a 1 MiB/s copy, so that the wait sees the job run);
-/// `xml` is the disk XML for `virsh blockcopy --xml`.
+/// A raw image behind a `blkdebug` node whose writes at 6 MiB fail with EIO (past the first seconds of a 1 MiB/s
+/// copy, so that the wait sees the job run), exported over NBD by a daemon run as the test user; `xml` is its disk
+/// XML for `virsh blockcopy --xml`.
 struct FailingTarget {
-    pid_file: std::path::PathBuf,
+    _nbd: UserNbd,
     xml: String,
 }
 
 impl FailingTarget {
     fn start(dom: &Domain) -> FailingTarget {
         let p = |f: &str| dom.path(f);
-        let run = |program: &str, args: &[&str]| {
-            let o = dom.as_user(program).args(args).output().unwrap();
-            assert!(o.status.success(), "{program}: {}", String::from_utf8_lossy(&o.stderr));
-        };
-        run("qemu-img", &["create", "-q", "-f", "raw", &p("bad.raw"), "16M"]);
+        let o = dom
+            .as_user("qemu-img")
+            .args(["create", "-q", "-f", "raw", &p("bad.raw"), "16M"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "qemu-img: {}", String::from_utf8_lossy(&o.stderr));
         let bad = format!(
             "driver=blkdebug,node-name=bad,image.driver=file,image.filename={},\
              inject-error.0.event=pwritev,inject-error.0.errno=5,inject-error.0.sector={}",
             p("bad.raw"),
             6 * MIB / 512
         );
-        let server = format!("addr.type=unix,addr.path={}", p("nbd.sock"));
-        run(
-            "qemu-storage-daemon",
-            &[
-                "--blockdev",
-                &bad,
-                "--nbd-server",
-                &server,
-                "--export",
-                "type=nbd,id=e0,node-name=bad,name=bad,writable=on",
-                "--pidfile",
-                &p("qsd.pid"),
-                "--daemonize",
-            ],
-        );
-        let xml = format!(
-            "<disk type='network' device='disk'><driver name='qemu' type='raw'/>\
-             <source protocol='nbd' name='bad'><host transport='unix' socket='{}'/></source></disk>",
-            p("nbd.sock")
-        );
-        std::fs::write(dom.host_path("bad.xml"), xml).unwrap();
+        let nbd = UserNbd::start(dom.stack, &dom.dir, &bad, "bad", "bad");
+        std::fs::write(dom.host_path("bad.xml"), nbd.disk_xml("bad", None)).unwrap();
         FailingTarget {
-            pid_file: dom.host_path("qsd.pid"),
+            _nbd: nbd,
             xml: p("bad.xml"),
-        }
-    }
-}
-
-impl Drop for FailingTarget {
-    fn drop(&mut self) {
-        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            // SAFETY: a signal to the daemon this test started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }

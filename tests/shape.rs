@@ -7,7 +7,13 @@ use std::path::Path;
 /// The room a file of `src/` belongs to: its top-level module.
 fn room(path: &Path) -> String {
     let rel = path.strip_prefix(concat!(env!("CARGO_MANIFEST_DIR"), "/src")).unwrap();
-    let first = rel.components().next().unwrap().as_os_str().to_string_lossy().into_owned();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
     first.trim_end_matches(".rs").to_string()
 }
 
@@ -46,12 +52,7 @@ fn the_librarys_rooms_import_one_another_one_way() {
         v.remove("lib");
     });
     // Depth-first: a room reached again while on the path is a cycle.
-    fn visit(
-        n: &str,
-        edges: &BTreeMap<String, BTreeSet<String>>,
-        path: &mut Vec<String>,
-        done: &mut BTreeSet<String>,
-    ) {
+    fn visit(n: &str, edges: &BTreeMap<String, BTreeSet<String>>, path: &mut Vec<String>, done: &mut BTreeSet<String>) {
         if done.contains(n) {
             return;
         }
@@ -87,9 +88,11 @@ fn the_tools_main_only_parses_and_dispatches() {
     let items: Vec<&str> = main
         .lines()
         .filter(|l| {
-            ["fn ", "pub fn ", "struct ", "enum ", "impl ", "const ", "static ", "trait "]
-                .iter()
-                .any(|k| l.starts_with(k))
+            [
+                "fn ", "pub fn ", "struct ", "enum ", "impl ", "const ", "static ", "trait ",
+            ]
+            .iter()
+            .any(|k| l.starts_with(k))
         })
         .collect();
     assert_eq!(items, ["fn main() -> ExitCode {"], "main.rs defines more than main");

@@ -385,9 +385,10 @@ fn a_refused_connection_and_a_missing_domain_are_one_clear_line(s: &'static Stac
         ),
         Some(0.0)
     );
+    // A missing domain is libvirt's "no such domain", exit 7 (tests/disk_names.rs compares it with virsh).
     let out = tool(s, &["info", "-c", URI, "no-such-domain", "vda"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert_eq!(out.status.code(), Some(7), "{err}");
     assert!(err.contains("no-such-domain"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }

@@ -22,6 +22,7 @@ type GetIdFn = unsafe extern "C" fn(DomainPtr) -> c_uint;
 type GetXmlDescFn = unsafe extern "C" fn(DomainPtr, c_uint) -> *mut c_char;
 type ResetLastErrorFn = unsafe extern "C" fn();
 type GetLastErrorMessageFn = unsafe extern "C" fn() -> *const c_char;
+type GetLastErrorCodeFn = unsafe extern "C" fn() -> c_int;
 type QemuMonitorCommandFn = unsafe extern "C" fn(DomainPtr, *const c_char, *mut *mut c_char, c_uint) -> c_int;
 
 /// libvirt's `virConnectPtr`, opaque.
@@ -52,6 +53,10 @@ const EVENT_ID_BLOCK_JOB_2: c_int = 16;
 /// `VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED` and `_DEVICE_ADDED`: a device unplugged or plugged.
 const EVENT_ID_DEVICE_REMOVED: c_int = 15;
 const EVENT_ID_DEVICE_ADDED: c_int = 19;
+/// `VIR_ERR_INVALID_ARG`: what `virDomainGetBlockJobInfo` says of a disk the domain lacks.
+const ERR_INVALID_ARG: c_int = 8;
+/// `VIR_ERR_NO_DOMAIN`.
+const ERR_NO_DOMAIN: c_int = 42;
 
 /// What a program that talks to libvirt itself needs beyond the interposer's functions.
 struct ClientFns {
@@ -63,6 +68,9 @@ struct ClientFns {
     lookup_by_name: LookupByNameFn,
     domain_free: DomainFreeFn,
     domain_is_active: IsActiveFn,
+    /// `virGetLastErrorCode` (libvirt 4.5): tells "no such domain or disk" from other failures; optional, so
+    /// that an older libvirt still loads.
+    last_error_code: Option<GetLastErrorCodeFn>,
     event_register_default_impl: EventVoidFn,
     event_run_default_impl: EventVoidFn,
     event_register_any: EventRegisterAnyFn,
@@ -184,6 +192,7 @@ impl Libvirt {
                     lookup_by_name: symbol(h, c"virDomainLookupByName")?,
                     domain_free: symbol(h, c"virDomainFree")?,
                     domain_is_active: symbol(h, c"virDomainIsActive")?,
+                    last_error_code: symbol(h, c"virGetLastErrorCode").ok(),
                     event_register_default_impl: symbol(h, c"virEventRegisterDefaultImpl")?,
                     event_run_default_impl: symbol(h, c"virEventRunDefaultImpl")?,
                     event_register_any: symbol(h, c"virConnectDomainEventRegisterAny")?,
@@ -275,6 +284,17 @@ impl Libvirt {
         unsafe { (self.reset_last_error)() }
     }
 
+    /// libvirt's last error on this thread, as `Error::NoSuch` if its code is `no_such` (a client's call only:
+    /// the code is read through a function only a client connection needs).
+    fn client_error(&self, no_such: c_int) -> Error {
+        // SAFETY: no arguments; thread-local state in libvirt.
+        let code = self.client.last_error_code.map(|f| unsafe { f() });
+        match code == Some(no_such) {
+            true => Error::NoSuch(self.last_error()),
+            false => Error::Libvirt(self.last_error()),
+        }
+    }
+
     /// libvirt's last error message on this thread.
     pub fn last_error(&self) -> String {
         // SAFETY: returns a NUL-terminated string owned by libvirt (never NULL per its docs; checked anyway).
@@ -299,6 +319,12 @@ impl Domain<'_> {
     /// libvirt's last error on this thread, after a call on this domain failed.
     pub fn last_error(&self) -> String {
         self.lv.last_error()
+    }
+
+    /// After `virDomainGetBlockJobInfo` failed for a client: `Error::NoSuch` where libvirt says the domain has no
+    /// such disk.
+    pub fn block_job_error(&self) -> Error {
+        self.lv.client_error(ERR_INVALID_ARG)
     }
 
     pub fn name(&self) -> Result<String> {
@@ -530,7 +556,7 @@ impl Connection {
         // SAFETY: an open connection and a NUL-terminated name.
         let ptr = unsafe { (self.lv.client.lookup_by_name)(self.ptr, name.as_ptr()) };
         if ptr.is_null() {
-            return Err(Error::Libvirt(self.lv.last_error()));
+            return Err(self.lv.client_error(ERR_NO_DOMAIN));
         }
         Ok(OwnedDomain { lv: self.lv, ptr })
     }

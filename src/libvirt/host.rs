@@ -44,11 +44,21 @@ pub struct DomainJobs {
 pub fn domain_jobs(dom: &Domain<'_>, flags: std::ffi::c_uint, only: Option<&str>) -> Result<Vec<DiskJob>> {
     let mut disks = xml::disks(&dom.xml()?)?;
     if let Some(name) = only {
-        disks = xml::find(&disks, name).cloned().into_iter().collect();
+        disks = match xml::find(&disks, name) {
+            Some(d) => vec![d.clone()],
+            // Not a disk by libvirt's rules: libvirt itself is asked, and says so in its own words (or, were its
+            // rules ever wider, answers; with no `<mirror>` known, its answer stands).
+            None => vec![xml::Disk {
+                target: name.to_string(),
+                alias: None,
+                source: None,
+                mirror: None,
+            }],
+        };
     }
     let mut jobs = vec![];
     for disk in disks {
-        let target = CString::new(disk.target.clone()).map_err(|_| Error::Protocol("NUL in a disk target".into()))?;
+        let target = CString::new(disk.target.clone()).map_err(|_| Error::InvalidArg("NUL in a disk name".into()))?;
         let (rc, answer) = dom.real_block_job_info(&target, flags);
         match rc {
             1 => jobs.push(DiskJob {
@@ -58,7 +68,7 @@ pub fn domain_jobs(dom: &Domain<'_>, flags: std::ffi::c_uint, only: Option<&str>
                 mirror: disk.mirror,
             }),
             0 => {}
-            _ => return Err(Error::Libvirt(dom.last_error())),
+            _ => return Err(dom.block_job_error()),
         }
     }
     Ok(jobs)

@@ -67,12 +67,14 @@ pub fn disks(xml: &str) -> Result<Vec<Disk>> {
         .collect())
 }
 
-/// The disk `name` means, as libvirt resolves it: a target (`vda`) first, else a source path.
+/// The disk `name` means, as libvirt's QEMU driver resolves it (`qemuDomainDiskByName`, which calls
+/// `virDomainDiskIndexByName` allowing ambiguity): a name without a leading `/` is a target (`vda`) and nothing
+/// else; one with it is a source path, the first disk's that has it.
 pub fn find<'a>(disks: &'a [Disk], name: &str) -> Option<&'a Disk> {
-    disks
-        .iter()
-        .find(|d| d.target == name)
-        .or_else(|| disks.iter().find(|d| d.source.as_deref() == Some(name)))
+    match name.starts_with('/') {
+        false => disks.iter().find(|d| d.target == name),
+        true => disks.iter().find(|d| d.source.as_deref() == Some(name)),
+    }
 }
 
 #[cfg(test)]
@@ -117,6 +119,21 @@ mod tests {
         assert!(!m.is_ready());
         assert_eq!(m.job_type(), Some(abi::VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT));
         assert_eq!((d[2].source.as_deref(), d[2].mirror.as_ref()), (None, None));
+    }
+
+    #[test]
+    fn a_name_is_a_target_or_a_source_path() {
+        let mut d = disks(XML).unwrap();
+        d[1].source = Some("vda".into());
+        assert_eq!(find(&d, "vda").unwrap().target, "vda", "a name without / is a target");
+        d[1].source = Some("pool/image".into());
+        assert!(find(&d, "pool/image").is_none(), "a network name is no target");
+        d[1].source = d[0].source.clone();
+        assert_eq!(
+            find(&d, "/img/top.qcow2").unwrap().target,
+            "vda",
+            "a path two disks share: the first"
+        );
     }
 
     #[test]

@@ -468,7 +468,7 @@ impl Domain {
     /// A small one (32 MiB of guest memory, its CPU halted), for hosts of many domains; libvirt's error if it
     /// would not start.
     pub fn try_create_small(s: &'static Stack, name: &str) -> Result<Domain, String> {
-        Domain::try_build(s, name, 1, true, Guest::Halted)
+        Domain::try_build(s, name, 1, true, Guest::Halted, &|_| String::new())
     }
 
     /// A persistent domain that is defined but not running.
@@ -476,8 +476,19 @@ impl Domain {
         Domain::build(s, name, 1, false, Guest::Bios)
     }
 
+    /// With more disks: `extra` returns their `<disk>` elements, given the domain's in-stack directory (where it
+    /// may make their images first, as the test user).
+    pub fn create_with_disks(
+        s: &'static Stack,
+        name: &str,
+        top_data_mib: u64,
+        extra: &dyn Fn(&str) -> String,
+    ) -> Domain {
+        Domain::try_build(s, name, top_data_mib, true, Guest::Bios, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     fn build(s: &'static Stack, name: &str, top_data_mib: u64, start: bool, guest: Guest) -> Domain {
-        Domain::try_build(s, name, top_data_mib, start, guest).unwrap_or_else(|e| panic!("{e}"))
+        Domain::try_build(s, name, top_data_mib, start, guest, &|_| String::new()).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn try_build(
@@ -486,6 +497,7 @@ impl Domain {
         top_data_mib: u64,
         start: bool,
         guest: Guest,
+        extra: &dyn Fn(&str) -> String,
     ) -> Result<Domain, String> {
         setup(s);
         let name = format!("{name}-{}", std::process::id());
@@ -514,7 +526,8 @@ impl Domain {
             &["-c", &format!("write -P 0x33 4M {top_data_mib}M"), &p("top.qcow2")],
         )?;
         // The domain's own monitor; `qmp_socket()` (what the library is told) links or proxies to it.
-        let xml = domain_xml(&d.name, memory_mib, &p("top.qcow2"), Some(&p("real.qmp")));
+        let xml = domain_xml(&d.name, memory_mib, &p("top.qcow2"), Some(&p("real.qmp")))
+            .replace("  </devices>", &format!("{}  </devices>", extra(&d.dir)));
         std::fs::write(d.host_path("dom.xml"), xml).unwrap();
         let args = [if start { "create" } else { "define" }, &p("dom.xml")];
         let o = virsh(s, Preload::No, &args);
@@ -687,4 +700,61 @@ pub fn run_linkfirst(exe: &str, dom: &Domain, sources: &[&str]) -> std::collecti
         map.entry(s.to_string()).or_default().push(rest.to_string());
     }
     map
+}
+
+/// A qemu-storage-daemon run as the stack's test user, exporting the node `node` of `blockdev` over NBD as `name`
+/// on `dir/nbd.sock` (all in-stack paths): a network disk for a domain, or a copy's target. Killed when dropped.
+pub struct UserNbd {
+    pid_file: PathBuf,
+    /// The socket, in-stack.
+    pub socket: String,
+}
+
+impl UserNbd {
+    pub fn start(s: &Stack, dir: &str, blockdev: &str, node: &str, name: &str) -> UserNbd {
+        let socket = format!("{dir}/nbd.sock");
+        let pid_file = format!("{dir}/qsd.pid");
+        let o = as_user(s, "qemu-storage-daemon")
+            .args(["--blockdev", blockdev, "--nbd-server"])
+            .arg(format!("addr.type=unix,addr.path={socket}"))
+            .arg("--export")
+            .arg(format!("type=nbd,id=e0,node-name={node},name={name},writable=on"))
+            .args(["--pidfile", &pid_file, "--daemonize"])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{}: qemu-storage-daemon: {}",
+            s.name,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        UserNbd {
+            pid_file: s.host(&pid_file),
+            socket,
+        }
+    }
+
+    /// Disk XML for this export (`raw`), for a domain or `virsh blockcopy --xml`.
+    pub fn disk_xml(&self, name: &str, target: Option<&str>) -> String {
+        let target = target.map_or(String::new(), |t| {
+            format!("<target dev='{t}' bus='virtio'/><readonly/>")
+        });
+        format!(
+            "<disk type='network' device='disk'><driver name='qemu' type='raw'/>\
+             <source protocol='nbd' name='{name}'><host transport='unix' socket='{}'/></source>{target}</disk>",
+            self.socket
+        )
+    }
+}
+
+impl Drop for UserNbd {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            // SAFETY: a signal to the daemon this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 /// The exit statuses, for `--help` and the manual page alike.
-pub const EXIT_STATUS: [(u8, &str); 7] = [
+pub const EXIT_STATUS: [(u8, &str); 8] = [
     (0, "success (wait: the job reached the state waited for)"),
     (1, "the job failed (QEMU's error is printed)"),
     (2, "usage error"),
@@ -17,7 +17,12 @@ pub const EXIT_STATUS: [(u8, &str); 7] = [
     (5, "timed out"),
     (
         6,
-        "cannot connect to QEMU or libvirt, or they failed (no such domain, a monitor that misbehaved)",
+        "cannot connect to QEMU or libvirt, or they failed (a monitor that misbehaved, a domain not running)",
+    ),
+    (
+        7,
+        "libvirt has no such domain, or the domain no such disk (libvirt's error is printed; a disk is named as \
+         libvirt names it: a target such as vda, or a disk's source path)",
     ),
 ];
 

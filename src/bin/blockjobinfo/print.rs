@@ -106,7 +106,11 @@ pub(crate) fn usage(why: &str) -> ExitCode {
 /// An error as an exit status and one line.
 pub(crate) fn fail(e: &Error) -> ExitCode {
     eprintln!("blockjobinfo: error: {e}");
-    ExitCode::from(6)
+    match e {
+        // A typo is not a failure to read: a script can tell them apart.
+        Error::NoSuch(_) => ExitCode::from(7),
+        _ => ExitCode::from(6),
+    }
 }
 
 /// How `info` prints: virsh's human form, its `--raw` lines, or JSON; bandwidth in bytes/s or MiB/s.
