@@ -293,8 +293,8 @@ pub unsafe extern "C" fn bji_set_no_ready_grace(src: *mut bji_source, grace_ms: 
 /// woken by QEMU's events, not by polling. `timeout_ms` < 0 waits forever. Returns `BJI_WAIT_REACHED`,
 /// `BJI_WAIT_FAILED` (QEMU's error text in `bji_last_error()`), `BJI_WAIT_CANCELLED`,
 /// `BJI_WAIT_GONE_BEFORE_READY` or `BJI_WAIT_TIMEOUT`; -1 on error (bad arguments, QEMU unreachable, the source
-/// closed by `bji_close` from another thread). `info` (may be NULL) gets the job's last known state, all
-/// zero once it is gone.
+/// closed by `bji_close` from another thread). `info` (may be NULL) gets the job's last known state (all zero
+/// for `BJI_WAIT_REACHED` with `BJI_WAIT_GONE`: the job is gone).
 ///
 /// # Safety
 /// `src` NULL or an open source; `device` NULL or NUL-terminated; `info` NULL or writable.

@@ -121,6 +121,11 @@ impl QmpSource {
             // Dropping the parent's closes this process's copies of its sockets, never shuts them down.
             *m = Arc::new(Monitor::new(self.address.clone(), self.limits));
             self.monitor_pid.store(pid, Ordering::Release);
+            // A close that came meanwhile saw the parent's monitor, and skipped it.
+            if self.closed.load(Ordering::Acquire) {
+                m.close();
+                return Err(Error::Interrupted);
+            }
         }
         Ok(m.clone())
     }

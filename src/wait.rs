@@ -107,6 +107,17 @@ fn event_job(ev: &Value) -> Option<&str> {
     data.get("device").or_else(|| data.get("id")).and_then(Value::as_str)
 }
 
+/// QEMU's named nodes, flat (QEMU 5.0 and later: without `flat`, each node nests its whole backing chain, which
+/// grows with the square of a chain's length); none where QEMU has no such command (before 2.0).
+fn named_nodes(m: &Monitor) -> Result<Vec<Value>> {
+    let flat = serde_json::json!({"flat": true});
+    let args = (m.version()?.major >= 5).then_some(&flat);
+    match m.execute_with("query-named-block-nodes", args) {
+        Err(Error::Qmp { class, .. }) if class == "CommandNotFound" => Ok(vec![]),
+        r => r,
+    }
+}
+
 /// The image each user of the block layer shows: a guest's devices (`query-block`, implicit filter nodes
 /// hidden) and a qemu-storage-daemon's exports (`query-block-exports`, QEMU 5.2 and later; an export is named
 /// `export:ID`). A pivot moves these users onto the copy; an abort after ready leaves them where they were.
@@ -133,7 +144,7 @@ fn devices(m: &Monitor) -> Result<BTreeMap<String, String>> {
     if exports.is_empty() {
         return Ok(users);
     }
-    let nodes: Vec<Value> = m.execute("query-named-block-nodes")?;
+    let nodes = named_nodes(m)?;
     let file_of = |node: &str| {
         nodes
             .iter()
@@ -154,15 +165,16 @@ fn devices(m: &Monitor) -> Result<BTreeMap<String, String>> {
     Ok(users)
 }
 
-/// The devices (and exports) a mirror or active commit runs under, with the image each shows. While such a job
-/// runs, QEMU puts its filter node (`mirror_top`, `commit_top`) above the image; `query-block` hides that
-/// implicit filter, but `query-named-block-nodes` lists it with its child's file: the users showing that file
-/// are the job's.
+/// The users (devices, exports) a running mirror or active commit sits under, with the image each shows. Such a
+/// job puts its filter node (`mirror_top`; an active commit is a mirror too) above the image from before it is
+/// listed until it ends; `query-block` hides that implicit filter, but `query-named-block-nodes` lists it with
+/// its child's file: the users showing that file are under a job. Which job is not said: see `settle`. Empty
+/// on a QEMU before 2.9, which has no such filter.
 fn job_devices(m: &Monitor) -> Result<BTreeMap<String, String>> {
-    let nodes: Vec<Value> = m.execute("query-named-block-nodes")?;
+    let nodes = named_nodes(m)?;
     let filtered: Vec<&str> = nodes
         .iter()
-        .filter(|n| matches!(n.get("drv").and_then(Value::as_str), Some("mirror_top" | "commit_top")))
+        .filter(|n| n.get("drv").and_then(Value::as_str) == Some("mirror_top"))
         .filter_map(|n| n.get("file").and_then(Value::as_str))
         .collect();
     if filtered.is_empty() {
@@ -174,20 +186,42 @@ fn job_devices(m: &Monitor) -> Result<BTreeMap<String, String>> {
         .collect())
 }
 
-/// A ready mirror or active commit that ended well: completed if it pivoted its device to another image (or if
-/// that cannot be told: QEMU's own word), cancelled, as libvirt tells an abort after ready, if its device still
-/// shows the image it showed while the job ran.
+/// A ready mirror or active commit that ended well: cancelled, as libvirt tells an abort after ready, if its users
+/// still show the image they showed while it ran; completed if they show another (a pivot), or if that cannot be
+/// told (no user of its own, or none left): QEMU's own word. `before` holds the users that were under a filter
+/// while the job ran and that no other job's end has taken out; those still under one belong to jobs that run
+/// on, and the job's own are the rest.
 fn settle(m: &Monitor, outcome: Outcome, before: &BTreeMap<String, String>) -> Result<Outcome> {
     if outcome != Outcome::Reached || before.is_empty() {
         return Ok(outcome);
     }
+    let running = job_devices(m)?;
     let after = devices(m)?;
-    let unchanged = before.iter().all(|(name, file)| after.get(name) == Some(file));
-    Ok(if unchanged {
-        Outcome::Cancelled
-    } else {
-        Outcome::Reached
+    // A user that left (a disk unplugged, an export deleted) tells nothing either way.
+    let own: Vec<(&String, &String, &String)> = before
+        .iter()
+        .filter(|(name, _)| !running.contains_key(*name))
+        .filter_map(|(name, file)| after.get(name).map(|now| (name, file, now)))
+        .collect();
+    if own.is_empty() {
+        return Ok(outcome);
+    }
+    Ok(match own.iter().all(|(_, file, now)| file == now) {
+        true => Outcome::Cancelled,
+        false => Outcome::Reached,
     })
+}
+
+/// Whether an event says a job (any) has ended.
+fn ends_a_job(ev: &Value) -> bool {
+    match ev.get("event").and_then(Value::as_str) {
+        Some("BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED") => true,
+        Some("JOB_STATUS_CHANGE") => matches!(
+            ev.pointer("/data/status").and_then(Value::as_str),
+            Some("concluded" | "null")
+        ),
+        _ => false,
+    }
 }
 
 impl QmpSource {
@@ -261,10 +295,13 @@ fn wait_on(
         let wake = now + every.unwrap_or(SAFETY_REQUERY);
         let wake = deadline.map_or(wake, |d| d.min(wake));
         let heard = match listener.next(wake) {
-            // The connection was lost while QEMU may well live on (a monitor that dropped its client): the
-            // query below connects again and says how things stand. At most once a second, so that a peer that
-            // keeps dropping its clients ends the wait with its error rather than spinning it.
-            Err(e) if e.is_disconnect() && reconnected.is_none_or(|t| t.elapsed() >= RECONNECT_EVERY) => {
+            // The connection was lost while QEMU may well live on (a monitor that dropped its client, or another
+            // caller's command that timed out and dropped it): the query below connects again and says how
+            // things stand. At most once a second, so that a peer that keeps dropping its clients ends the wait
+            // with its error rather than spinning it.
+            Err(e)
+                if !matches!(e, Error::Interrupted) && reconnected.is_none_or(|t| t.elapsed() >= RECONNECT_EVERY) =>
+            {
                 log::info!("wait: the connection was lost ({e}); connecting again");
                 reconnected = Some(Instant::now());
                 refollow = true;
@@ -275,6 +312,12 @@ fn wait_on(
         let (event, name) = match heard {
             Heard::Event(ev) => {
                 if event_job(&ev) != Some(id.as_str()) {
+                    // Another job ended: its users are no longer this job's candidates (`settle`).
+                    if pivots && ends_a_job(&ev) && !(before.is_empty() && candidate.is_empty()) {
+                        let still = job_devices(m)?;
+                        before.retain(|name, _| still.contains_key(name));
+                        candidate.retain(|name, _| still.contains_key(name));
+                    }
                     continue;
                 }
                 let name = ev.get("event").and_then(Value::as_str).unwrap_or("").to_string();
@@ -306,11 +349,23 @@ fn wait_on(
                 return done(Outcome::Reached, Some(last), event);
             }
             "" | "BLOCK_JOB_READY" | "BLOCK_JOB_ERROR" | "JOB_STATUS_CHANGE" | "BLOCK_JOB_PENDING" => {
-                if pivots && !was_ready {
-                    candidate = job_devices(m)?;
+                // An event that says ready counts, even if the job is gone or concluded by the query below (an
+                // abort the moment it turned ready); QEMU before 2.2 says ready only with its event.
+                let said_ready = name == "BLOCK_JOB_READY"
+                    || matches!(
+                        event
+                            .as_ref()
+                            .and_then(|e| e.pointer("/data/status"))
+                            .and_then(Value::as_str),
+                        Some("ready" | "standby")
+                    );
+                if pivots && !was_ready && said_ready {
+                    before = std::mem::take(&mut candidate);
                 }
+                was_ready |= said_ready;
                 // Confirm with QEMU's list. Events that come meanwhile are heard next; nothing is lost.
                 let jobs = query_jobs(m)?;
+                let gap = refollow;
                 if refollow {
                     // Listening on the connection that answered: the new one.
                     listener.follow();
@@ -320,8 +375,7 @@ fn wait_on(
                     Some(j) => {
                         last = report(j, 0)?;
                         progress(&last);
-                        // QEMU before 2.2 says ready only with its event.
-                        let ready_now = is_ready(j) || name == "BLOCK_JOB_READY";
+                        let ready_now = is_ready(j) || said_ready;
                         if pivots && !was_ready && ready_now {
                             before = std::mem::take(&mut candidate);
                         }
@@ -336,6 +390,13 @@ fn wait_on(
                     }
                     // Gone, and an event tells how: BLOCK_JOB_COMPLETED or _CANCELLED is heard next.
                     None if !name.is_empty() => {}
+                    // Gone while there was no connection: its events went with it, and guessing would be
+                    // wrong as often as right.
+                    None if gap => {
+                        return Err(Error::Protocol(format!(
+                            "the connection to QEMU was lost while block job '{id}' ended: how it ended is unknown"
+                        )));
+                    }
                     // Gone without an event heard (a QEMU that sends none, or events missed).
                     None => {
                         let outcome = settle(m, gone_outcome(until, was_ready), &before)?;

@@ -182,9 +182,20 @@ fn a_forked_child_closes_at_once_and_the_parents_wait_goes_on(s: &'static Stack)
     let exe = build(dir.path(), "shared_source", &[]);
     let mut qsd = Qsd::start(s);
     mirror(&mut qsd, "dst", MIB, json!({"auto-dismiss": false}));
-    let out = output(Command::new(&exe).args([qsd.lib_socket().as_str(), "fork-close", "job0"]));
+    // Through a recording proxy: the parent must never have needed a second connection (a wait that connects
+    // again would hide a child that shut the parent's socket down).
+    let rec = Recorder::start(qsd.dir.path(), &qsd.lib_socket());
+    let out = output(Command::new(&exe).args([rec.path.as_str(), "fork-close", "job0"]));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let greetings = rec.commands().iter().filter(|c| *c == "qmp_capabilities").count();
+    assert_eq!(
+        greetings,
+        1,
+        "{}: one connection negotiated, the parent's: {:?}",
+        s.name,
+        rec.commands()
+    );
     // The child's call made a connection of its own, which the monitor does not serve while the parent holds it.
     assert_eq!(field(&text, "child call", "rc"), "-1", "{text}");
     assert!(field(&text, "child call", "error").contains("timed out"), "{text}");
@@ -269,9 +280,16 @@ fn close_under_eight_threads(s: &'static Stack, sanitizer: &str) {
         "{}: {sanitizer}: {stdout}\n{stderr}",
         s.name
     );
-    // Every blocked call was woken at once: no close waited out its 6 s bound for a call to leave.
+    // Every blocked call was woken at once: no close waited out its 6 s bound for a call to leave, and no thread
+    // outlived the close by more than a moment (its wait would have run 30 s).
     let slowest: f64 = field(&stdout, "rounds", "slowest_close_ms").parse().unwrap();
     assert!(slowest < 3000.0, "{}: {sanitizer}: a close took {slowest} ms", s.name);
+    let slowest_end: f64 = field(&stdout, "rounds", "slowest_end_ms").parse().unwrap();
+    assert!(
+        slowest_end < 3000.0,
+        "{}: {sanitizer}: threads ended {slowest_end} ms after a close",
+        s.name
+    );
     eprintln!("{}: {sanitizer}: {}", s.name, stdout.trim());
 }
 

@@ -1,8 +1,10 @@
 //! Every way a libvirt block job ends, told by the library's wait as libvirt's own block job event tells it
 //! (`virsh event --event block-job-2`): a copy aborted before ready (CANCELED), a ready copy aborted without a
 //! pivot (CANCELED, where QEMU itself says completed), a ready copy pivoted (COMPLETED), a pull that completes
-//! (COMPLETED), and a copy whose target fails a write (FAILED). The wait reads the domain's own QMP monitor;
-//! libvirt starts every job with auto-dismiss off and never sets `on-target-error` (QEMU's default, `report`).
+//! (COMPLETED), an active commit aborted once ready (CANCELED) or pivoted (COMPLETED), two copies at once (one
+//! pivoted, then the other aborted: each its own ending), and a copy whose target fails a write (FAILED). The
+//! wait reads the domain's own QMP monitor; libvirt starts every job with auto-dismiss off and never sets
+//! `on-target-error` (QEMU's default, `report`).
 
 #[macro_use]
 mod common;
@@ -58,6 +60,11 @@ impl Events {
 
     /// The ending libvirt reported (`completed`, `failed`, `canceled`), skipping `ready`.
     fn ending(&self) -> String {
+        self.ending_of(None)
+    }
+
+    /// The same for one disk's job (virsh's line says `... for vda completed`).
+    fn ending_of(&self, disk: Option<&str>) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -65,6 +72,9 @@ impl Events {
                 .lines
                 .recv_timeout(left)
                 .expect("libvirt's block job event within 60 s");
+            if disk.is_some_and(|d| !line.contains(&format!(" {d} "))) {
+                continue;
+            }
             let word = line.split_whitespace().last().unwrap_or("").to_lowercase();
             if word != "ready" {
                 return word;
@@ -153,6 +163,31 @@ fn every_ending_is_told_as_libvirt_tells_it(s: &'static Stack) {
     );
     assert_eq!(libvirts_word(&ours), libvirts, "{}: a pull: {ours:?}", s.name);
 
+    // An active commit (a mirror too, to QEMU), aborted once ready, then pivoted, on a domain of its own.
+    let committed = Domain::create(s, "bjt-endcommit", 4);
+    let commit = virt::active_commit_args(&committed.name);
+    for (what, end) in [("aborted", "--abort"), ("pivoted", "--pivot")] {
+        let (ours, libvirts) = ending(
+            &committed,
+            &commit,
+            true,
+            &["blockjob", committed.name.as_str(), "vda", end],
+        );
+        eprintln!(
+            "{}: a ready active commit {what}: bji_wait {ours:?}, libvirt {libvirts}",
+            s.name
+        );
+        assert_eq!(
+            libvirts_word(&ours),
+            libvirts,
+            "{}: active commit {what}: {ours:?}",
+            s.name
+        );
+        committed.wait_no_job(Duration::from_secs(30));
+    }
+
+    two_copies_end_each_their_own_way(s);
+
     // A copy onto an NBD export whose node fails writes at 6 MiB, on a domain of its own: libvirt's blockcopy
     // takes no blkdebug target, but it does take a network one (what a copy to another host's storage is).
     let failing = Domain::create(s, "bjt-endfail", 4);
@@ -179,6 +214,60 @@ fn every_ending_is_told_as_libvirt_tells_it(s: &'static Stack) {
     assert_eq!(libvirts_word(&ours), libvirts, "{}: a failing target: {ours:?}", s.name);
     let Outcome::Failed(why) = ours else { unreachable!() };
     assert!(why.contains("Input/output error"), "{}: QEMU's error: {why}", s.name);
+}
+
+/// Two disks copied at once, both ready; vdb pivoted, then vda aborted while a wait on vda runs: each job's
+/// ending is its own (the wait must not take vdb's pivot for vda's).
+fn two_copies_end_each_their_own_way(s: &'static Stack) {
+    let dom = Domain::create_with_disks(s, "bjt-endtwo", 4, &|dir| {
+        let o = virt::as_user(s, "qemu-img")
+            .args(["create", "-q", "-f", "raw", &format!("{dir}/second.raw"), "4M"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        format!(
+            "    <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+             <source file='{dir}/second.raw'/><target dev='vdb' bus='virtio'/></disk>\n"
+        )
+    });
+    let events = Events::start(&dom);
+    let second = dom.path("second-copy.raw");
+    dom.virsh_ok(
+        Preload::No,
+        &[
+            "blockcopy",
+            &dom.name,
+            "vdb",
+            &second,
+            "--format",
+            "raw",
+            "--transient-job",
+        ],
+    );
+    dom.virsh_ok(Preload::No, &virt::strs(&dom.copy_args("c.qcow2", 4 * MIB)));
+    eventually("both copies are ready", Duration::from_secs(60), || {
+        dom.xml().matches("ready='yes'").count() == 2
+    });
+    let src = QmpSource::open(&dom.real_qmp_socket()).unwrap();
+    let ours = std::thread::scope(|sc| {
+        let waiting = sc.spawn(|| src.wait("vda", Until::Gone, Some(Duration::from_secs(60))).unwrap());
+        std::thread::sleep(Duration::from_millis(700));
+        dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vdb", "--pivot"]);
+        std::thread::sleep(Duration::from_millis(300));
+        dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
+        waiting.join().unwrap().outcome
+    });
+    let libvirts = events.ending_of(Some("vda"));
+    eprintln!(
+        "{}: vdb pivoted, then vda aborted: bji_wait on vda {ours:?}, libvirt {libvirts}",
+        s.name
+    );
+    assert_eq!(
+        libvirts_word(&ours),
+        libvirts,
+        "{}: vda after vdb's pivot: {ours:?}",
+        s.name
+    );
 }
 
 /// A raw image behind a `blkdebug` node whose writes at 6 MiB fail with EIO (past the first seconds of a 1 MiB/s

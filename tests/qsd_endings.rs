@@ -30,6 +30,15 @@ fn exporting_daemon(s: &'static Stack) -> Qsd {
     qsd
 }
 
+/// When the ending comes: on a job not yet ready, on one ready before the wait began, or at once when it turns
+/// ready during the wait (the race an abort-when-ready script runs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ready {
+    Never,
+    Before,
+    During,
+}
+
 /// Starts `job0` (`command`, `args`) with `auto_dismiss`, waits (when asked) for it to be ready, then waits for
 /// it to be gone on the library's monitor while `end` (a QMP command, if any) ends it; with auto-dismiss off,
 /// dismisses the concluded job as libvirt does. The wait's outcome.
@@ -37,14 +46,14 @@ fn ending(
     s: &'static Stack,
     auto_dismiss: bool,
     (command, mut args): (&str, Value),
-    ready_first: bool,
+    ready: Ready,
     end: Option<(&str, Value)>,
 ) -> Outcome {
     let mut qsd = exporting_daemon(s);
     args["job-id"] = json!("job0");
     args["auto-dismiss"] = json!(auto_dismiss);
     qsd.ctl.start_sized(command, args);
-    if ready_first {
+    if ready == Ready::Before {
         qsd.ctl.wait_event("BLOCK_JOB_READY", Duration::from_secs(30));
     }
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
@@ -52,6 +61,9 @@ fn ending(
         let waiting = sc.spawn(|| src.wait("job0", Until::Gone, Some(Duration::from_secs(60))).unwrap());
         // Time for the wait to read the job's state, so that the ending comes during the wait.
         std::thread::sleep(Duration::from_millis(700));
+        if ready == Ready::During {
+            qsd.ctl.wait_event("BLOCK_JOB_READY", Duration::from_secs(30));
+        }
         if let Some((command, args)) = end {
             qsd.ctl.ok(command, args);
         }
@@ -78,22 +90,42 @@ fn every_ending_is_told_as_libvirt_tells_it_with_auto_dismiss_off_and_on(s: &'st
     let cancel = ("block-job-cancel", json!({"device": "job0"}));
     let complete = ("block-job-complete", json!({"device": "job0"}));
     let cases = [
-        ("a pull that completes", pull, false, None, Outcome::Reached),
+        ("a pull that completes", pull, Ready::Never, None, Outcome::Reached),
         (
             "a copy cancelled before ready",
             copy(64 * 1024),
-            false,
+            Ready::Never,
             Some(cancel.clone()),
             Outcome::Cancelled,
         ),
         (
             "a ready copy cancelled (no pivot)",
             copy(0),
-            true,
+            Ready::Before,
+            Some(cancel.clone()),
+            Outcome::Cancelled,
+        ),
+        (
+            "a copy cancelled the moment it is ready",
+            copy(4 * MIB),
+            Ready::During,
             Some(cancel),
             Outcome::Cancelled,
         ),
-        ("a ready copy pivoted", copy(0), true, Some(complete), Outcome::Reached),
+        (
+            "a ready copy pivoted",
+            copy(0),
+            Ready::Before,
+            Some(complete.clone()),
+            Outcome::Reached,
+        ),
+        (
+            "a copy pivoted the moment it is ready",
+            copy(4 * MIB),
+            Ready::During,
+            Some(complete),
+            Outcome::Reached,
+        ),
     ];
     for auto_dismiss in [false, true] {
         for (what, start, ready_first, end, expected) in cases.clone() {

@@ -72,8 +72,17 @@ fn a_wait_connects_again_when_the_connection_is_lost(s: &'static Stack) {
         });
         src.wait("m", Until::Ready, Some(Duration::from_secs(60))).unwrap()
     });
+    let returned = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
     assert_eq!(waited.outcome, Outcome::Reached, "{}", s.name);
     assert_eq!(waited.last.unwrap().raw.ready, Some(true), "{}", s.name);
+    // Woken by the event on the new connection, not by the 5 s safety re-query.
+    let ready = qsd.ctl.wait_event("BLOCK_JOB_READY", Duration::from_secs(5));
+    let lag = returned - event_time(&ready);
+    assert!(
+        (0.0..0.5).contains(&lag),
+        "{}: returned {lag:.3} s after BLOCK_JOB_READY",
+        s.name
+    );
     // It did connect again (a second greeting), and still sent QEMU nothing but queries.
     let sent = rec.commands();
     assert_eq!(sent.iter().filter(|c| *c == "qmp_capabilities").count(), 2, "{sent:?}");
@@ -81,6 +90,28 @@ fn a_wait_connects_again_when_the_connection_is_lost(s: &'static Stack) {
         sent.iter().all(|c| c == "qmp_capabilities" || c.starts_with("query-")),
         "{sent:?}"
     );
+}
+
+fn a_job_that_ended_while_the_connection_was_lost_is_an_error_not_a_guess(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
+    let rec = Recorder::start(qsd.dir.path(), &qsd.lib_socket());
+    let src = QmpSource::open(&rec.path).unwrap();
+    qsd.ctl.ok(
+        "blockdev-mirror",
+        json!({"job-id": "m", "device": "top", "target": "dst", "sync": "full", "speed": MIB / 4, "auto-dismiss": true}),
+    );
+    let waited = std::thread::scope(|sc| {
+        let waiting = sc.spawn(|| src.wait("m", Until::Gone, Some(Duration::from_secs(60))));
+        std::thread::sleep(Duration::from_millis(700));
+        rec.cut_holding(|| {
+            // Cancelled and gone (auto-dismiss) while the wait has no connection: its events are lost with it.
+            qsd.ctl.ok("block-job-cancel", json!({"device": "m"}));
+            qsd.ctl.wait_gone("m", Duration::from_secs(10));
+        });
+        waiting.join().unwrap()
+    });
+    let e = waited.expect_err("an ending nobody heard is not guessed");
+    assert!(e.to_string().contains("how it ended is unknown"), "{}: {e}", s.name);
 }
 
 fn cancelled_by_another_client(s: &'static Stack) {
@@ -241,6 +272,7 @@ fn no_such_job(s: &'static Stack) {
 on_each_stack!(
     ready_is_reported_right_after_qemu_says_so_without_polling,
     a_wait_connects_again_when_the_connection_is_lost,
+    a_job_that_ended_while_the_connection_was_lost_is_an_error_not_a_guess,
     cancelled_by_another_client,
     a_failed_job_reports_qemus_error_text,
     a_stream_that_completes_is_gone,

@@ -143,17 +143,26 @@ impl Monitor {
     /// Runs one read-only command and reads its `return` into `T`. A connection that had already served and
     /// turns out closed by QEMU is replaced once.
     pub fn execute<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T> {
-        match self.execute_once(name) {
+        self.execute_with(name, None)
+    }
+
+    /// As `execute`, with the command's `arguments`.
+    pub fn execute_with<T: serde::de::DeserializeOwned>(&self, name: &str, arguments: Option<&Value>) -> Result<T> {
+        match self.execute_once(name, arguments) {
             Err((e, true)) if e.is_disconnect() && !lock(&self.state).closed => {
                 log::info!("{}: QEMU closed the connection ({e}); reconnecting once", self.address);
-                self.execute_once(name).map_err(|(e, _)| e)
+                self.execute_once(name, arguments).map_err(|(e, _)| e)
             }
             r => r.map_err(|(e, _)| e),
         }
     }
 
     /// The error, and whether the connection had been made before this command.
-    fn execute_once<T: serde::de::DeserializeOwned>(&self, name: &str) -> std::result::Result<T, (Error, bool)> {
+    fn execute_once<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        arguments: Option<&Value>,
+    ) -> std::result::Result<T, (Error, bool)> {
         let limit = self.limits.reply_timeout;
         let deadline = Instant::now() + limit;
         let (st, _) = self.turn(deadline, limit).map_err(|e| (e, false))?;
@@ -167,7 +176,7 @@ impl Monitor {
             .and_then(|l| l.writer.take())
             .expect("the writer is home");
         drop(st);
-        let sent = writer.send(name, None, deadline, limit);
+        let sent = writer.send(name, arguments, deadline, limit);
         let mut st = lock(&self.state);
         if st.generation == generation {
             if let Some(l) = st.link.as_mut() {

@@ -433,6 +433,8 @@ pub struct Recorder {
     pub path: String,
     sent: Arc<Mutex<Vec<u8>>>,
     clients: Arc<Mutex<Vec<UnixStream>>>,
+    /// While set, a new client is accepted but not yet connected to the upstream.
+    held: Arc<(Mutex<bool>, std::sync::Condvar)>,
 }
 
 impl Recorder {
@@ -452,10 +454,14 @@ impl Recorder {
         let rec = sent.clone();
         let clients = Arc::new(Mutex::new(Vec::new()));
         let open = clients.clone();
+        let held = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let hold = held.clone();
         thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
                 open.lock().unwrap().push(client.try_clone().unwrap());
+                let (flag, changed) = &*hold;
+                let _released = changed.wait_while(flag.lock().unwrap(), |h| *h).unwrap();
                 let server = UnixStream::connect(&upstream).unwrap();
                 let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let (mut c, mut s) = (client, server);
@@ -481,7 +487,23 @@ impl Recorder {
                 });
             }
         });
-        Recorder { path, sent, clients }
+        Recorder {
+            path,
+            sent,
+            clients,
+            held,
+        }
+    }
+
+    /// `cut`, then runs `meanwhile` before any new connection reaches the upstream: what happens there happens
+    /// while the client has no connection.
+    pub fn cut_holding(&self, meanwhile: impl FnOnce()) {
+        let (flag, changed) = &*self.held;
+        *flag.lock().unwrap() = true;
+        self.cut();
+        meanwhile();
+        *flag.lock().unwrap() = false;
+        changed.notify_all();
     }
 
     /// Drops every connection made so far, as a monitor that lets go of its client (QEMU lives on); later
