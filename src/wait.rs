@@ -48,9 +48,14 @@ pub struct Waited {
     pub event: Option<Value>,
 }
 
-/// Without progress reports, the state is still re-read this often, in case an event was missed (a QEMU
-/// older than 2.12 sends no JOB_STATUS_CHANGE).
-const SAFETY_REQUERY: Duration = Duration::from_secs(5);
+/// Without progress reports, the state is still re-read this often, in case an event was missed: a QEMU older
+/// than 2.12 sends no JOB_STATUS_CHANGE, so some of its jobs' changes come with no event at all.
+const SAFETY_REQUERY_OLD_QEMU: Duration = Duration::from_secs(5);
+
+/// From 2.12, QEMU announces every change of a job's status, and the listener hears every event or learns that
+/// it missed some (`Heard::Missed`): the re-read is only a last line of defence. Rare, so that many waits on one
+/// monitor do not send bursts of queries that other callers queue behind (BENCHMARKS.md, "beside 8 waits").
+const SAFETY_REQUERY: Duration = Duration::from_secs(60);
 
 /// A wait connects again after a lost connection at most this often.
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
@@ -284,6 +289,11 @@ fn wait_on(
     let mut was_ready = is_ready(job);
     let mut before = BTreeMap::new();
     let (mut reconnected, mut refollow): (Option<Instant>, bool) = (None, false);
+    let v = m.version()?;
+    let safety = match (v.major, v.minor) < (2, 12) {
+        true => SAFETY_REQUERY_OLD_QEMU,
+        false => SAFETY_REQUERY,
+    };
     if pivots && was_ready {
         before = std::mem::take(&mut candidate);
     }
@@ -292,7 +302,7 @@ fn wait_on(
         if deadline.is_some_and(|d| now >= d) {
             return done(Outcome::TimedOut, Some(last), None);
         }
-        let wake = now + every.unwrap_or(SAFETY_REQUERY);
+        let wake = now + every.unwrap_or(safety);
         let wake = deadline.map_or(wake, |d| d.min(wake));
         let heard = match listener.next(wake) {
             // The connection was lost while QEMU may well live on (a monitor that dropped its client, or another
