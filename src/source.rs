@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
-use crate::abi::virDomainBlockJobInfo;
+use crate::abi::{virDomainBlockJobInfo, VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT};
 use crate::error::Error;
 use crate::error::Result;
 use crate::jobs;
@@ -178,7 +178,8 @@ impl QmpSource {
     }
 
     fn reports(&self, device: Option<&str>, flags: c_uint) -> Result<Vec<JobReport>> {
-        let jobs = self.query_jobs()?;
+        let monitor = self.monitor()?;
+        let jobs = query_jobs(&monitor)?;
         let grace = match self.grace_ms.load(Ordering::Relaxed) {
             NO_GRACE => None,
             ms => Some(Duration::from_millis(ms)),
@@ -192,9 +193,18 @@ impl QmpSource {
             Some(d) => jobs::select(&jobs, d)?.into_iter().collect(),
             None => jobs.iter().collect(),
         };
+        // QEMU calls an active commit `commit` too; libvirt says ACTIVE_COMMIT. Asked only when a commit is shown.
+        let active = match chosen.iter().any(|j| j.job_type == "commit" && has_filter(j)) {
+            true => active_commits(&monitor, &jobs)?,
+            false => None,
+        };
         chosen
             .into_iter()
             .map(|raw| {
+                let type_override = match (raw.job_type.as_str(), active) {
+                    ("commit", Some(true)) if has_filter(raw) => Some(VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT),
+                    _ => None,
+                };
                 let policy = match grace {
                     None => NoReadyPolicy::Libvirt,
                     Some(min) => NoReadyPolicy::Grace {
@@ -202,7 +212,7 @@ impl QmpSource {
                         seen_for: seen_for.get(&raw.device).copied().unwrap_or_default(),
                     },
                 };
-                let info = translate::translate(Observation::Listed(raw), None, flags, policy)?;
+                let info = translate::translate(Observation::Listed(raw), type_override, flags, policy)?;
                 log::debug!(
                     "{}: {} job '{}' raw offset={} len={} ready={:?} speed={} -> cur={} end={} bandwidth={}",
                     self.address,
@@ -261,6 +271,59 @@ impl QmpSource {
     }
 }
 
+/// QEMU's named nodes, flat (QEMU 5.0 and later: without `flat`, each node nests its whole backing chain, which
+/// grows with the square of a chain's length); none where QEMU has no such command (before 2.0).
+pub(crate) fn named_nodes(m: &Monitor) -> Result<Vec<serde_json::Value>> {
+    let flat = serde_json::json!({"flat": true});
+    let args = (m.version()?.major >= 5).then_some(&flat);
+    match m.execute_with("query-named-block-nodes", args) {
+        Err(Error::Qmp { class, .. }) if class == "CommandNotFound" => Ok(vec![]),
+        r => r,
+    }
+}
+
+/// Whether a mirror or commit job still has its filter node in the graph: from its start until it finishes
+/// (QEMU removes the filter when the job completes or is cancelled, before it is pending or concluded).
+fn has_filter(j: &RawJob) -> bool {
+    !matches!(j.status.as_deref(), Some("pending" | "aborting" | "concluded" | "null"))
+}
+
+/// Whether the live commit jobs are active commits (their top is the active layer). QEMU runs an active commit as
+/// a mirror, under a `mirror_top` filter, and any other commit under `commit_top`; no field ties a filter to its
+/// job, so the `mirror_top` filters beyond the live mirrors' are the active commits'. `Some(true)` if every live
+/// commit is active, `Some(false)` if none is, `None` if that cannot be told (some are, some are not; or a QEMU
+/// before 2.9, with no such filters).
+fn active_commits(m: &Monitor, jobs: &[RawJob]) -> Result<Option<bool>> {
+    let nodes = named_nodes(m)?;
+    let filters = |drv: &str| {
+        nodes
+            .iter()
+            .filter(|n| n.get("drv").and_then(serde_json::Value::as_str) == Some(drv))
+            .count()
+    };
+    let live = |t: &str| jobs.iter().filter(|j| j.job_type == t && has_filter(j)).count();
+    let (mirror_tops, commit_tops) = (filters("mirror_top"), filters("commit_top"));
+    let (mirrors, commits) = (live("mirror"), live("commit"));
+    let verdict = commits_are_active(mirror_tops, commit_tops, mirrors, commits);
+    if verdict.is_none() {
+        log::debug!(
+            "{mirror_tops} mirror_top and {commit_tops} commit_top filters for {mirrors} mirrors and {commits} \
+             commits: which commit is active is not known"
+        );
+    }
+    Ok(verdict)
+}
+
+/// `active_commits`' reasoning on the counts: the `mirror_top` filters beyond the live mirrors' are active
+/// commits', the `commit_top` ones other commits'.
+fn commits_are_active(mirror_tops: usize, commit_tops: usize, mirrors: usize, commits: usize) -> Option<bool> {
+    match (mirror_tops.saturating_sub(mirrors), commit_tops) {
+        (a, 0) if a == commits && a > 0 => Some(true),
+        (0, c) if c == commits && c > 0 => Some(false),
+        _ => None,
+    }
+}
+
 /// Every block job QEMU lists now, on `monitor`.
 pub(crate) fn query_jobs(monitor: &Monitor) -> Result<Vec<RawJob>> {
     let wire: Vec<jobs::WireJob> = monitor.execute("query-block-jobs")?;
@@ -276,6 +339,29 @@ impl std::fmt::Debug for QmpSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn active_commits_told_by_their_filters() {
+        // (mirror_top, commit_top, live mirrors, live commits) -> verdict
+        assert_eq!(commits_are_active(1, 0, 0, 1), Some(true), "an active commit alone");
+        assert_eq!(commits_are_active(2, 0, 1, 1), Some(true), "beside a mirror");
+        assert_eq!(
+            commits_are_active(0, 1, 0, 1),
+            Some(false),
+            "a commit of a backing layer"
+        );
+        assert_eq!(
+            commits_are_active(1, 0, 1, 1),
+            None,
+            "a QEMU before 2.9 gives no filter for the commit"
+        );
+        assert_eq!(
+            commits_are_active(1, 1, 0, 2),
+            None,
+            "one of each: which is which is not known"
+        );
+        assert_eq!(commits_are_active(0, 0, 0, 1), None, "no filters at all");
+    }
 
     /// As in a forked child whose slot a parent thread held at fork(): the slot's lock never comes, a call gets a
     /// monitor of its own, and `close` still reaches a wait on it.

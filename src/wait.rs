@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::jobs;
 use crate::qmp::{Heard, Monitor};
-use crate::source::{query_jobs, JobReport, QmpSource};
+use crate::source::{named_nodes, query_jobs, JobReport, QmpSource};
 use crate::translate::{self, NoReadyPolicy, Observation, RawJob};
 
 /// What to wait for.
@@ -110,17 +110,6 @@ fn judge(raw: &RawJob, until: Until) -> Option<Outcome> {
 fn event_job(ev: &Value) -> Option<&str> {
     let data = ev.get("data")?;
     data.get("device").or_else(|| data.get("id")).and_then(Value::as_str)
-}
-
-/// QEMU's named nodes, flat (QEMU 5.0 and later: without `flat`, each node nests its whole backing chain, which
-/// grows with the square of a chain's length); none where QEMU has no such command (before 2.0).
-fn named_nodes(m: &Monitor) -> Result<Vec<Value>> {
-    let flat = serde_json::json!({"flat": true});
-    let args = (m.version()?.major >= 5).then_some(&flat);
-    match m.execute_with("query-named-block-nodes", args) {
-        Err(Error::Qmp { class, .. }) if class == "CommandNotFound" => Ok(vec![]),
-        r => r,
-    }
 }
 
 /// The image each user of the block layer shows: a guest's devices (`query-block`, implicit filter nodes

@@ -8,7 +8,8 @@
 //!
 //! Through Prometheus's HTTP API: the fleet's totals are the jobs started; each job's progress is what its host's
 //! QMP or virsh said at scrape time; the trickle fires BlockJobStalled and the steady copy never does; the pause
-//! fires BlockJobPaused (io-status ok), not BlockJobStalled; a stopped exporter fires BlockJobExporterDown; and
+//! fires BlockJobPaused (io-status ok), not BlockJobStalled; a domain whose QEMU is stopped fires
+//! BlockJobDomainNotAnswering for it alone; a stopped exporter fires BlockJobExporterDown; and
 //! no label of the exporter's clashes with Prometheus's own (`exported_job`).
 
 #[macro_use]
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::checks::raw_numbers;
 use common::exporter::{bcrypt, curl, eventually, tls_material, Exporter};
-use common::virt::{self, Domain, Preload};
+use common::virt::{self, Domain, Preload, Stopped};
 use common::*;
 use serde_json::{json, Value};
 
@@ -315,6 +316,32 @@ fn the_fleet_in_a_real_prometheus(s: &'static Stack) {
         "{}: BlockJobStalled for another job: {ever:?}",
         s.name
     );
+
+    // A domain whose QEMU stopped answering, on host B: BlockJobDomainNotAnswering for it alone, while host B
+    // stays up.
+    // (With a copy: libvirt answers a domain without a block job from its own records, QEMU or not.)
+    let hung = Domain::create(s, "bjt-fleethung", 1);
+    hung.start_copy(64 * 1024, 256 * 1024);
+    let stopped = Stopped::stop(hung.qemu_pid().expect("its QEMU"));
+    eventually(
+        "BlockJobDomainNotAnswering fires for the stopped domain",
+        Duration::from_secs(60),
+        || {
+            prom.firing("BlockJobDomainNotAnswering")
+                .iter()
+                .any(|m| m["domain"] == hung.name.as_str() && m["instance"] == ib.as_str())
+        },
+    );
+    assert!(
+        prom.firing("BlockJobDomainNotAnswering")
+            .iter()
+            .all(|m| m["domain"] == hung.name.as_str()),
+        "{}: only the stopped domain",
+        s.name
+    );
+    assert_eq!(prom.value(&format!("blockjobinfo_up{{instance=\"{ib}\"}}")), Some(1.0));
+    drop(stopped);
+    drop(hung);
 
     // A stopped exporter: BlockJobExporterDown for its instance, from the failed scrapes.
     let mut a = a;

@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::abi::{
     virDomainBlockJobInfo, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES, VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT,
@@ -102,42 +103,77 @@ impl Calls {
 /// domains on this project's 2-core machine: 1 thread 127 ms, 2 99 ms, 4 91 ms, 5 68 ms, 8 69 ms.)
 const PARALLEL: usize = 5;
 
+/// A domain whose reading has not come back: since when, for its message.
+type Outstanding = Arc<Mutex<HashMap<String, Instant>>>;
+
 /// Every running domain's block jobs, read again and again (the tool's `metrics --listen`, `list --watch`) at the
 /// cost of the calls the answer needs: the domains in one call, each disk's job, and a domain's XML only where it
 /// says something the answer needs, that is the disks (remembered per running domain: its UUID and id) and the
 /// `<mirror>` of a copy or an active commit. The remembered disks are forgotten when libvirt says a device was
 /// plugged or unplugged, and a domain's are read again whenever a call on them fails.
+///
+/// One sick domain costs only itself: a reading has a deadline, and a domain not read by then (its QEMU stopped,
+/// its job lock held by another call) is reported as not answering while the others are served. Its call goes on
+/// in its worker, which libvirt gives no way to cancel; until it returns, later readings make no other call on
+/// that domain and report it as still not answering, so a stuck domain never holds more than one call.
 pub struct HostReader {
     disks: HashMap<(String, u32), Vec<String>>,
     /// Moved on by libvirt's device events (from its event loop thread).
     epoch: Arc<AtomicU64>,
     seen: u64,
     remember: bool,
+    /// Domains (by UUID) with a reading still in a worker.
+    outstanding: Outstanding,
+    /// The domains the last reading left a call outstanding on.
+    left_behind: Vec<String>,
 }
 
 impl HostReader {
     /// A reader of `conn`'s domains. The disks are remembered only if libvirt's device events can be had (libvirt's
     /// event loop must run: `Libvirt::start_event_loop`); otherwise every reading reads every domain's XML.
     pub fn new(conn: &Connection) -> HostReader {
-        let epoch = Arc::new(AtomicU64::new(0));
-        let moved = epoch.clone();
-        let remember = conn
+        let mut r = HostReader {
+            disks: HashMap::new(),
+            epoch: Arc::new(AtomicU64::new(0)),
+            seen: 0,
+            remember: false,
+            outstanding: Arc::new(Mutex::new(HashMap::new())),
+            left_behind: vec![],
+        };
+        r.rebind(conn);
+        r
+    }
+
+    /// Reads through `conn` from now on (a new connection): what it remembers of the disks is forgotten, what is
+    /// outstanding is not.
+    pub fn rebind(&mut self, conn: &Connection) {
+        let moved = self.epoch.clone();
+        self.remember = conn
             .on_device_change(move || {
                 moved.fetch_add(1, Ordering::SeqCst);
             })
             .is_ok();
-        HostReader {
-            disks: HashMap::new(),
-            epoch,
-            seen: 0,
-            remember,
-        }
+        self.disks.clear();
+    }
+
+    /// The domains (UUIDs) the last reading left a call outstanding on. libvirt's client can then hold other calls
+    /// on the same connection behind that one (seen with libvirt 9.0: calls on healthy domains that never
+    /// return, a few readings later), so the caller reads through a new connection from then on.
+    pub fn left_behind(&self) -> &[String] {
+        &self.left_behind
+    }
+
+    /// Whether a call on this domain (UUID) is still outstanding.
+    pub fn is_outstanding(&self, uuid: &str) -> bool {
+        lock(&self.outstanding).contains_key(uuid)
     }
 
     /// Every running domain's block jobs (bandwidth in bytes/s) in libvirt's order of domains and the XML's order
     /// of disks, and the calls it took. A domain that fails carries its error; one that stopped or vanished
-    /// meanwhile is left out (it costs the reading nothing but itself).
-    pub fn read(&mut self, conn: &Connection) -> Result<(Vec<DomainJobs>, Calls)> {
+    /// meanwhile is left out (it costs the reading nothing but itself). A domain not read within `patience`
+    /// carries an error saying so (see the type's documentation).
+    pub fn read(&mut self, conn: &Connection, patience: Duration) -> Result<(Vec<DomainJobs>, Calls)> {
+        let deadline = Instant::now() + patience;
         let mut calls = Calls {
             list: 1,
             ..Calls::default()
@@ -148,49 +184,91 @@ impl HostReader {
             self.disks.clear();
             self.seen = epoch;
         }
-        let keys: Vec<Option<(String, u32)>> = domains
+        // Name, UUID and id are the domain object's own (no call to libvirtd).
+        let who: Vec<(String, Option<String>, Option<u32>)> = domains
             .iter()
             .map(|d| {
                 let dom = d.domain();
-                Some((dom.uuid().ok()?, dom.id()?))
+                (dom.name().unwrap_or_else(|_| "?".into()), dom.uuid().ok(), dom.id())
             })
             .collect();
-        let known: Vec<Option<&[String]>> = keys
-            .iter()
-            .map(|k| k.as_ref().and_then(|k| self.disks.get(k)).map(Vec::as_slice))
-            .collect();
-        let next = AtomicUsize::new(0);
-        let work = || {
-            let mut done = vec![];
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(owned) = domains.get(i) else { break done };
-                // A panic reading one domain costs that domain's reading, never the reader or the others.
-                let dom = owned.domain();
-                let reading = std::panic::catch_unwind(AssertUnwindSafe(|| read_domain(&dom, known[i])))
-                    .unwrap_or_else(|p| panicked(&dom, p.as_ref()));
-                done.push((i, reading));
+        let mut results: Vec<Option<DomainReading>> = (0..domains.len()).map(|_| None).collect();
+        let mut queue = std::collections::VecDeque::new();
+        {
+            let outstanding = lock(&self.outstanding);
+            for (i, d) in domains.into_iter().enumerate() {
+                let (name, uuid, id) = &who[i];
+                if let Some(since) = uuid.as_ref().and_then(|u| outstanding.get(u)) {
+                    results[i] = Some(not_answering(name, *since));
+                    continue;
+                }
+                let known = match (uuid, id) {
+                    (Some(u), Some(id)) => self.disks.get(&(u.clone(), *id)).cloned(),
+                    _ => None,
+                };
+                queue.push_back(Work {
+                    index: i,
+                    domain: d,
+                    uuid: uuid.clone(),
+                    known,
+                });
             }
-        };
-        let mut results: Vec<(usize, DomainReading)> = if domains.len() <= 1 {
-            work()
-        } else {
-            std::thread::scope(|s| {
-                let workers: Vec<_> = (0..PARALLEL.min(domains.len())).map(|_| s.spawn(work)).collect();
-                workers
-                    .into_iter()
-                    // A worker catches what it reads; nothing else in it can panic.
-                    .flat_map(|w| w.join().unwrap_or_default())
-                    .collect()
-            })
-        };
-        results.sort_by_key(|(i, _)| *i);
+        }
+        let pending = queue.len();
+        let queue = Arc::new(Mutex::new(queue));
+        let (tx, rx) = mpsc::channel::<(usize, DomainReading)>();
+        for _ in 0..PARALLEL.min(pending) {
+            let (queue, tx, outstanding) = (queue.clone(), tx.clone(), self.outstanding.clone());
+            // Detached: a worker stuck in libvirt outlives this reading (see the type's documentation).
+            let spawned = std::thread::Builder::new()
+                .name("domain-reader".into())
+                .spawn(move || work(&queue, &tx, &outstanding));
+            if let Err(e) = spawned {
+                log::error!("cannot start a thread to read domains: {e}");
+            }
+        }
+        drop(tx);
+        let mut got = 0;
+        while got < pending {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((i, r)) => {
+                    results[i] = Some(r);
+                    got += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        // What was not read in time: in a worker (its call outstanding), or never started (taken off the queue,
+        // so that no worker starts it after the reading gave up).
+        let unstarted: Vec<usize> = lock(&queue).drain(..).map(|w| w.index).collect();
+        self.left_behind = results
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| r.is_none() && !unstarted.contains(i))
+            .filter_map(|(i, _)| who[i].1.clone())
+            .collect();
+        let waited = patience.as_secs_f64();
         let mut remembered = HashMap::new();
         let mut out = vec![];
-        for (i, r) in results {
+        for (i, r) in results.into_iter().enumerate() {
+            let (name, uuid, id) = &who[i];
+            let r = r.unwrap_or_else(|| {
+                let why = match unstarted.contains(&i) {
+                    true => format!("not read within {waited:.1} s: the other domains took the time"),
+                    false => format!("not answering: no answer within {waited:.1} s (its call is still outstanding)"),
+                };
+                log::warn!("{name}: {why}");
+                DomainReading {
+                    jobs: Some(DomainJobs {
+                        domain: name.clone(),
+                        jobs: Err(Error::Libvirt(why)),
+                    }),
+                    ..DomainReading::default()
+                }
+            });
             calls.add(r.calls);
-            if let (Some(key), Some(disks)) = (&keys[i], r.disks) {
-                remembered.insert(key.clone(), disks);
+            if let (Some(u), Some(id), Some(disks)) = (uuid, id, r.disks) {
+                remembered.insert((u.clone(), *id), disks);
             }
             if let Some(jobs) = r.jobs {
                 out.push(jobs);
@@ -200,6 +278,57 @@ impl HostReader {
             self.disks = remembered;
         }
         Ok((out, calls))
+    }
+}
+
+/// One domain to read.
+struct Work {
+    index: usize,
+    domain: super::api::OwnedDomain,
+    uuid: Option<String>,
+    known: Option<Vec<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Held for bookkeeping only, never across a call to libvirt.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A worker: reads domains off the queue until it is empty, each marked outstanding while its calls run.
+fn work(
+    queue: &Mutex<std::collections::VecDeque<Work>>,
+    tx: &mpsc::Sender<(usize, DomainReading)>,
+    outstanding: &Mutex<HashMap<String, Instant>>,
+) {
+    loop {
+        let Some(w) = lock(queue).pop_front() else { return };
+        if let Some(u) = &w.uuid {
+            lock(outstanding).insert(u.clone(), Instant::now());
+        }
+        // A panic reading one domain costs that domain's reading, never the reader or the others.
+        let dom = w.domain.domain();
+        let reading = std::panic::catch_unwind(AssertUnwindSafe(|| read_domain(&dom, w.known.as_deref())))
+            .unwrap_or_else(|p| panicked(&dom, p.as_ref()));
+        if let Some(u) = &w.uuid {
+            lock(outstanding).remove(u);
+        }
+        // The reading may have given up on this domain: then nobody listens.
+        let _ = tx.send((w.index, reading));
+    }
+}
+
+/// The reading of a domain whose earlier reading has not come back.
+fn not_answering(name: &str, since: Instant) -> DomainReading {
+    let secs = since.elapsed().as_secs_f64();
+    log::debug!("{name}: not answering: a call made {secs:.0} s ago has not returned (no other is made until it does)");
+    DomainReading {
+        jobs: Some(DomainJobs {
+            domain: name.to_string(),
+            jobs: Err(Error::Libvirt(format!(
+                "not answering: a call made {secs:.0} s ago has not returned"
+            ))),
+        }),
+        ..DomainReading::default()
     }
 }
 

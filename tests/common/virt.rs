@@ -758,3 +758,22 @@ impl Drop for UserNbd {
         }
     }
 }
+
+/// A process stopped with SIGSTOP (a QEMU "hung" on its storage, as libvirt sees it), continued when dropped,
+/// however the test ends: a domain's teardown needs its QEMU running.
+pub struct Stopped(u32);
+
+impl Stopped {
+    pub fn stop(pid: u32) -> Stopped {
+        // SAFETY: a signal to a process the test made (a domain's QEMU); `Drop` continues it.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: the process this value stopped.
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}

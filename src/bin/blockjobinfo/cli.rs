@@ -166,7 +166,8 @@ pub enum Command {
     /// libvirt finishes it; completing when a pull or commit reached its end). The rate and ETA come from
     /// successive samples: `--watch` shows them from its second screen on. With `--watch`, the list is redrawn
     /// in place every SECONDS (default 2) on a terminal, and printed anew each time otherwise; a domain or
-    /// socket that fails is reported on its line, and a lost libvirt connection is reopened.
+    /// socket that fails is reported on its line, and a lost libvirt connection is reopened. A domain or socket
+    /// that does not answer within 5 s is reported as not answering, and the others are shown.
     #[command(after_help = exit_codes())]
     List {
         #[command(flatten)]
@@ -218,7 +219,9 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 2048, requires = "listen", value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: u32,
         /// With --listen: the longest one scrape waits for libvirt (Prometheus's own scrape timeout, when it sends
-        /// a shorter one, wins); past it, the scrape answers `blockjobinfo_up 0`.
+        /// a shorter one, wins); past it, the scrape answers `blockjobinfo_up 0`. A domain (or socket) not read
+        /// within 70 % of it is reported as not answering (`blockjobinfo_domain_up 0`) and the others are served;
+        /// no other call is made on it until the one outstanding returns.
         #[arg(long, value_name = "SECONDS", default_value = "10", requires = "listen", value_parser = parse_seconds)]
         scrape_timeout: Duration,
     },

@@ -89,50 +89,99 @@ fn qemu_phase(j: &RawJob) -> &'static str {
     }
 }
 
+/// How long a reading waits for the domains or sockets that have not answered: past it, they are reported as not
+/// answering and the others are served (`metrics --listen` waits less, within its scrape timeout).
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
 /// Where `list` and `metrics` read: a libvirt connection (kept, reopened when lost) with what it remembers of the
-/// host's domains, or a glob of sockets.
+/// host's domains, or a glob of sockets; either way, within `patience`.
 pub enum Reader {
     Libvirt {
         uri: Option<String>,
-        conn: Option<(Connection, HostReader)>,
+        conn: Option<Connection>,
+        host: Option<HostReader>,
+        /// Connections a call was left outstanding on, with those domains: never used again (libvirt's client
+        /// may hold other calls behind the stuck one), closed once those calls have returned.
+        retired: Vec<(Connection, Vec<String>)>,
+        patience: Duration,
     },
     Qmp {
         pattern: String,
+        sockets: Sockets,
+        patience: Duration,
     },
 }
 
 impl Reader {
     pub fn new(hosts: &Hosts) -> Reader {
         match &hosts.qmp_glob {
-            Some(p) => Reader::Qmp { pattern: p.clone() },
+            Some(p) => Reader::Qmp {
+                pattern: p.clone(),
+                sockets: Sockets::default(),
+                patience: PATIENCE,
+            },
             None => Reader::Libvirt {
                 uri: hosts.connect.clone(),
                 conn: None,
+                host: None,
+                retired: vec![],
+                patience: PATIENCE,
             },
+        }
+    }
+
+    /// How long a reading waits for a domain or socket before it reports it as not answering.
+    pub fn set_patience(&mut self, d: Duration) {
+        match self {
+            Reader::Libvirt { patience, .. } | Reader::Qmp { patience, .. } => *patience = d,
         }
     }
 
     /// A new snapshot. An error is the whole host's (libvirt unreachable, a bad pattern).
     pub fn read(&mut self) -> Result<Snapshot, String> {
         match self {
-            Reader::Qmp { pattern } => read_qmp(pattern),
-            Reader::Libvirt { uri, conn } => {
-                if conn.as_ref().is_some_and(|(c, _)| !c.is_alive()) {
+            Reader::Qmp {
+                pattern,
+                sockets,
+                patience,
+            } => read_qmp(pattern, sockets, *patience),
+            Reader::Libvirt {
+                uri,
+                conn,
+                host,
+                retired,
+                patience,
+            } => {
+                // A retired connection is closed once its stuck calls have returned (closing it before would
+                // wait behind them).
+                if let Some(h) = host.as_ref() {
+                    retired.retain(|(_, stuck)| stuck.iter().any(|u| h.is_outstanding(u)));
+                }
+                if conn.as_ref().is_some_and(|c| !c.is_alive()) {
                     *conn = None; // libvirtd went away: open again
                 }
                 if conn.is_none() {
                     let c = virt::connect(uri.as_deref()).map_err(|e| e.to_string())?;
-                    let host = HostReader::new(&c);
-                    *conn = Some((c, host));
-                }
-                let (c, host) = conn.as_mut().expect("just opened");
-                match read_libvirt(c, host) {
-                    Ok(s) => Ok(s),
-                    Err(e) => {
-                        *conn = None;
-                        Err(e)
+                    match host.as_mut() {
+                        Some(h) => h.rebind(&c),
+                        None => *host = Some(HostReader::new(&c)),
                     }
+                    *conn = Some(c);
                 }
+                let (c, h) = (
+                    conn.as_ref().expect("just opened"),
+                    host.as_mut().expect("made with it"),
+                );
+                let read = read_libvirt(c, h, *patience);
+                match &read {
+                    Err(_) => *conn = None,
+                    Ok(_) if !h.left_behind().is_empty() => {
+                        let stuck = h.left_behind().to_vec();
+                        retired.push((conn.take().expect("in use"), stuck));
+                    }
+                    Ok(_) => {}
+                }
+                read
             }
         }
     }
@@ -140,19 +189,31 @@ impl Reader {
     /// What `list` names in its messages.
     pub fn describe(&self) -> String {
         match self {
-            Reader::Qmp { pattern } => format!("matching {pattern}"),
-            Reader::Libvirt { uri, conn } => conn
+            Reader::Qmp { pattern, .. } => format!("matching {pattern}"),
+            Reader::Libvirt { uri, conn, .. } => conn
                 .as_ref()
-                .and_then(|(c, _)| c.uri().ok())
+                .and_then(|c| c.uri().ok())
                 .or_else(|| uri.clone())
                 .unwrap_or_else(|| "libvirt's default URI".into()),
         }
     }
 }
 
-fn read_libvirt(conn: &Connection, host: &mut HostReader) -> Result<Snapshot, String> {
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // Closing a connection with a call still stuck on it would wait behind that call (deregistering its events
+        // is a call too): those are left to the process's end.
+        if let Reader::Libvirt { retired, .. } = self {
+            for (c, _) in retired.drain(..) {
+                std::mem::forget(c);
+            }
+        }
+    }
+}
+
+fn read_libvirt(conn: &Connection, host: &mut HostReader, patience: Duration) -> Result<Snapshot, String> {
     let at = Instant::now();
-    let (domains, calls) = host.read(conn).map_err(|e| e.to_string())?;
+    let (domains, calls) = host.read(conn, patience).map_err(|e| e.to_string())?;
     log::debug!(
         "read {} running domains in {:.1} ms with {} calls to libvirt: {} list, {} XML, {} block job queries",
         domains.len(),
@@ -198,8 +259,27 @@ fn read_libvirt(conn: &Connection, host: &mut HostReader) -> Result<Snapshot, St
     Ok(snap)
 }
 
-fn read_qmp(pattern: &str) -> Result<Snapshot, String> {
+/// Sockets being read in a glob reading: a monitor that stalls is not read again until its reading (bounded by
+/// `GLOB_LIMITS`) has come back, so a stalled VM never holds more than one connection of ours.
+#[derive(Default)]
+pub struct Sockets {
+    outstanding: std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>>,
+}
+
+/// Sockets read at once. Each is a VM's own monitor: many at once cost each VM nothing more.
+const SOCKETS_AT_ONCE: usize = 16;
+
+type SocketReading = Result<Vec<blockjobinfo::JobReport>, String>;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Every socket matching `pattern`, read in parallel under one deadline (`patience`); each is opened only for as
+/// long as it is read (a monitor serves one client at a time, and the VM's manager needs it).
+fn read_qmp(pattern: &str, sockets: &Sockets, patience: Duration) -> Result<Snapshot, String> {
     let at = Instant::now();
+    let deadline = at + patience;
     let paths = glob::glob(pattern).map_err(|e| format!("--qmp-glob {pattern:?}: {e}"))?;
     let mut snap = Snapshot {
         kind: "socket",
@@ -209,12 +289,75 @@ fn read_qmp(pattern: &str) -> Result<Snapshot, String> {
         at,
         calls: None,
     };
-    for path in paths.flatten() {
-        let host = path.display().to_string();
+    let hosts: Vec<String> = paths.flatten().map(|p| p.display().to_string()).collect();
+    let mut readings: Vec<Option<SocketReading>> = (0..hosts.len()).map(|_| None).collect();
+    let queue: std::collections::VecDeque<usize> = {
+        let outstanding = lock(&sockets.outstanding);
+        (0..hosts.len())
+            .filter(|&i| match outstanding.get(&hosts[i]) {
+                Some(since) => {
+                    let secs = since.elapsed().as_secs_f64();
+                    readings[i] = Some(Err(format!(
+                        "not answering: a reading started {secs:.0} s ago has not come back"
+                    )));
+                    false
+                }
+                None => true,
+            })
+            .collect()
+    };
+    let pending = queue.len();
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+    let hosts_shared = std::sync::Arc::new(hosts.clone());
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, SocketReading)>();
+    for _ in 0..SOCKETS_AT_ONCE.min(pending) {
+        let (queue, tx, hosts, outstanding) = (
+            queue.clone(),
+            tx.clone(),
+            hosts_shared.clone(),
+            sockets.outstanding.clone(),
+        );
+        // Detached: a stalled socket's reading ends by its own limits, after this reading gave up on it.
+        let spawned = std::thread::Builder::new()
+            .name("socket-reader".into())
+            .spawn(move || loop {
+                let Some(i) = lock(&queue).pop_front() else { return };
+                let host = &hosts[i];
+                lock(&outstanding).insert(host.clone(), Instant::now());
+                let got = QmpSource::open_with(host, GLOB_LIMITS)
+                    .and_then(|src| src.all_reports(VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES))
+                    .map_err(|e| e.to_string());
+                lock(&outstanding).remove(host);
+                let _ = tx.send((i, got));
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start a thread to read sockets: {e}");
+        }
+    }
+    drop(tx);
+    let mut got = 0;
+    while got < pending {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((i, r)) => {
+                readings[i] = Some(r);
+                got += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    let unstarted: Vec<usize> = lock(&queue).drain(..).collect();
+    for (i, (host, reading)) in hosts.into_iter().zip(readings).enumerate() {
         snap.looked_at.push(host.clone());
-        let reports = QmpSource::open_with(&host, GLOB_LIMITS)
-            .and_then(|src| src.all_reports(VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES));
-        match reports {
+        let reading = reading.unwrap_or_else(|| {
+            Err(match unstarted.contains(&i) {
+                true => format!(
+                    "not read within {:.1} s: the other sockets took the time",
+                    patience.as_secs_f64()
+                ),
+                false => format!("not answering: no answer within {:.1} s", patience.as_secs_f64()),
+            })
+        });
+        match reading {
             Ok(reports) => snap.rows.extend(reports.into_iter().map(|r| Row {
                 host: host.clone(),
                 disk: r.raw.device.clone(),
@@ -229,10 +372,7 @@ fn read_qmp(pattern: &str) -> Result<Snapshot, String> {
                                      "speed": r.raw.speed, "ready": r.raw.ready, "status": r.raw.status,
                                      "paused": r.raw.paused, "io-status": r.raw.io_status}}),
             })),
-            Err(e) => snap.failures.push(Failure {
-                host,
-                error: e.to_string(),
-            }),
+            Err(error) => snap.failures.push(Failure { host, error }),
         }
     }
     Ok(snap)

@@ -58,7 +58,9 @@ pub fn render(read: &Result<Snapshot, String>, took: Duration) -> String {
         up.set(0);
         return encode(&reg);
     };
-    up.set(1);
+    // libvirt answered, even if some domains did not; a glob is down only when none of its sockets answered.
+    let none_read = snap.kind == "socket" && !snap.looked_at.is_empty() && snap.failures.len() >= snap.looked_at.len();
+    up.set(if none_read { 0 } else { 1 });
     let host = snap.kind; // "domain" or "socket"
                           // QMP's name for a job id; never `job` or `instance`, which are Prometheus's own target labels.
     let disk = if host == "domain" { "disk" } else { "device" };
@@ -275,7 +277,7 @@ fn serve(reader: Reader, serving: Serving) -> ExitCode {
         Ok(a) => eprintln!("blockjobinfo: serving metrics at {scheme}://{a}/metrics"),
         Err(e) => eprintln!("blockjobinfo: serving metrics ({e})"),
     }
-    let (requests, readings) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<String>>();
+    let (requests, readings) = std::sync::mpsc::channel::<Waiting>();
     std::thread::Builder::new()
         .name("reader".into())
         .spawn(move || reading(reader, &readings))
@@ -283,7 +285,10 @@ fn serve(reader: Reader, serving: Serving) -> ExitCode {
     let requests = Mutex::new(requests);
     let scrape: http::Scrape = std::sync::Arc::new(move |timeout: Duration| {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let _ = requests.lock().unwrap_or_else(|p| p.into_inner()).send(answer);
+        let _ = requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((timeout, answer));
         Box::pin(async move {
             let asked = Instant::now();
             match tokio::time::timeout(timeout, answered).await {
@@ -323,23 +328,31 @@ fn credential(path: &Path) -> std::path::PathBuf {
     }
 }
 
+/// A scrape waiting for a reading: its timeout, and where its answer goes.
+type Waiting = (Duration, tokio::sync::oneshot::Sender<String>);
+
 /// The one thread that reads the host: one reading at a time, started after the scrapes it answers arrived (a
 /// scrape never gets an older reading), shared by every scrape waiting for it; at most one per `MIN_GAP`. Scrapes
 /// that gave up meanwhile are not read for.
-fn reading(mut reader: Reader, requests: &std::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<String>>) {
+fn reading(mut reader: Reader, requests: &std::sync::mpsc::Receiver<Waiting>) {
     let mut last: Option<Instant> = None;
     // What the last reading said was wrong: a failure is logged when it starts or changes, and so is recovery,
     // so that a service's journal says why blockjobinfo_up is 0 without a line per scrape.
     let mut failing: Option<String> = None;
+    // The same for each domain or socket: why it is down, logged when that starts or changes, and its recovery.
+    let mut down: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     while let Ok(first) = requests.recv() {
         if let Some(at) = last {
             std::thread::sleep(MIN_GAP.saturating_sub(at.elapsed()));
         }
         let mut waiting: Vec<_> = std::iter::once(first).chain(requests.try_iter()).collect();
-        waiting.retain(|w| !w.is_closed());
-        if waiting.is_empty() {
+        waiting.retain(|(_, w)| !w.is_closed());
+        let Some(shortest) = waiting.iter().map(|(t, _)| *t).min() else {
             continue;
-        }
+        };
+        // Each scrape gets its answer within its timeout, what did not answer by then reported as such: the
+        // reading waits at most 70 % of the shortest (it may also have waited up to `MIN_GAP` to start).
+        reader.set_patience(shortest.mul_f64(0.7).max(Duration::from_millis(300)));
         let (snap, took) = read(&mut reader);
         last = Some(Instant::now());
         match (&snap, &failing) {
@@ -354,8 +367,31 @@ fn reading(mut reader: Reader, requests: &std::sync::mpsc::Receiver<tokio::sync:
             }
             (Ok(_), None) => {}
         }
+        if let Ok(snap) = &snap {
+            let now: std::collections::HashMap<String, String> = snap
+                .failures
+                .iter()
+                .map(|f| (f.host.clone(), f.error.clone()))
+                .collect();
+            for (host, why) in &now {
+                // "not answering" repeats with a growing age: the first such line says it.
+                let silent = |w: &str| w.trim_start_matches("libvirt: ").starts_with("not answering");
+                let same = down
+                    .get(host)
+                    .is_some_and(|before| before == why || (silent(before) && silent(why)));
+                if !same {
+                    eprintln!("blockjobinfo: {} {host}: {why}", snap.kind);
+                }
+            }
+            for host in down.keys().filter(|h| !now.contains_key(*h)) {
+                if snap.looked_at.contains(host) {
+                    eprintln!("blockjobinfo: {} {host} answers again", snap.kind);
+                }
+            }
+            down = now;
+        }
         let text = render(&snap, took);
-        for w in waiting {
+        for (_, w) in waiting {
             let _ = w.send(text.clone());
         }
     }

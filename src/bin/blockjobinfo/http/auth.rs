@@ -1,8 +1,9 @@
-//! Basic authentication against the web config's bcrypt hashes, as exporter-toolkit does it: one bcrypt at a
-//! time (each costs tens of milliseconds of CPU), and every outcome remembered, so that a scraper with the right
-//! password costs one bcrypt in all and a client guessing passwords queues behind its own guesses.
+//! Basic authentication against the web config's bcrypt hashes, as exporter-toolkit does it, every outcome
+//! remembered, so that a scraper with the right password costs one bcrypt in all. Each bcrypt costs tens of
+//! milliseconds of CPU: the server runs at most one per core, and bounds how many requests may wait for one
+//! (http/mod.rs); a flood of wrong guesses never evicts a right password from what is remembered.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
@@ -14,8 +15,12 @@ pub enum Verdict {
     Denied,
 }
 
-/// Outcomes remembered, at most this many (then forgotten all at once, as a bound, not a policy).
+/// Outcomes remembered, at most this many of each kind (then forgotten all at once, as a bound, not a policy).
 const REMEMBERED: usize = 1024;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A hash that matches no password, checked for unknown users so that their answer takes as long as a known
 /// user's: made once, at the same cost as a typical hash.
@@ -26,10 +31,11 @@ fn decoy() -> &'static str {
 
 pub struct Auth {
     users: BTreeMap<String, String>,
-    /// SHA-256 of (user, hash, password) -> whether it was allowed: no password is kept.
-    known: Mutex<HashMap<[u8; 32], bool>>,
-    /// Held while bcrypt runs: one at a time.
-    bcrypt: Mutex<()>,
+    /// SHA-256 of (user, hash, password) that were allowed: no password is kept. Apart from the denied ones, so
+    /// that guesses never push a right password out.
+    allowed: Mutex<HashSet<[u8; 32]>>,
+    /// The same, denied.
+    denied: Mutex<HashSet<[u8; 32]>>,
 }
 
 impl Auth {
@@ -37,8 +43,8 @@ impl Auth {
         (!users.is_empty()).then(|| {
             Arc::new(Auth {
                 users,
-                known: Mutex::new(HashMap::new()),
-                bcrypt: Mutex::new(()),
+                allowed: Mutex::new(HashSet::new()),
+                denied: Mutex::new(HashSet::new()),
             })
         })
     }
@@ -49,13 +55,14 @@ impl Auth {
             return Some(Verdict::Denied);
         };
         let key = self.key(&user, &password);
-        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        known
-            .get(&key)
-            .map(|ok| if *ok { Verdict::Allowed } else { Verdict::Denied })
+        if lock(&self.allowed).contains(&key) {
+            return Some(Verdict::Allowed);
+        }
+        lock(&self.denied).contains(&key).then_some(Verdict::Denied)
     }
 
-    /// The verdict, running bcrypt if needed: blocking, so run it off the server's threads.
+    /// The verdict, running bcrypt if needed: blocking, so run it off the server's threads (as many at once as
+    /// the server lets run: one per core).
     pub fn check(&self, header: Option<&[u8]>) -> Verdict {
         if let Some(v) = self.cached(header) {
             return v;
@@ -63,16 +70,13 @@ impl Auth {
         let (user, password) = header.and_then(credentials).expect("cached() handled a missing header");
         let key = self.key(&user, &password);
         let hash = self.users.get(&user);
-        let ok = {
-            let _one = self.bcrypt.lock().unwrap_or_else(|p| p.into_inner());
-            let matched = bcrypt::verify(&password, hash.map_or(decoy(), String::as_str)).unwrap_or(false);
-            hash.is_some() && matched
-        };
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let matched = bcrypt::verify(&password, hash.map_or(decoy(), String::as_str)).unwrap_or(false);
+        let ok = hash.is_some() && matched;
+        let mut known = lock(if ok { &self.allowed } else { &self.denied });
         if known.len() >= REMEMBERED {
             known.clear();
         }
-        known.insert(key, ok);
+        known.insert(key);
         if ok {
             Verdict::Allowed
         } else {

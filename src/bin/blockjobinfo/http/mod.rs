@@ -100,13 +100,18 @@ fn connection_room(wanted: usize) -> usize {
         .max(1)
 }
 
+/// The cores this process may run on: as many password checks run at once.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 /// Serves until the process ends. Errors only if the runtime cannot start.
 pub fn serve(listener: TcpListener, web: WebConfig, limits: Limits, site: Site) -> std::io::Result<()> {
     let max_connections = connection_room(limits.max_connections);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        // bcrypt runs there, one at a time (auth.rs): two threads at most, gone when idle.
-        .max_blocking_threads(2)
+        // bcrypt runs there (auth.rs): one per core at most, the threads gone when idle.
+        .max_blocking_threads(cores())
         .thread_keep_alive(Duration::from_secs(10))
         .build()?;
     rt.block_on(async move {
@@ -127,6 +132,7 @@ pub fn serve(listener: TcpListener, web: WebConfig, limits: Limits, site: Site) 
                 .collect(),
             bucket: web.rate_limit.map(Bucket::new),
             requests: Arc::new(Semaphore::new(limits.max_requests)),
+            checking: Arc::new(Semaphore::new((limits.max_requests / 2).max(1))),
             limits,
             site,
             idle: Mutex::new(BTreeMap::new()),
@@ -159,6 +165,9 @@ struct Shared {
     headers: Vec<(hyper::header::HeaderName, HeaderValue)>,
     bucket: Option<Mutex<Bucket>>,
     requests: Arc<Semaphore>,
+    /// Requests waiting for a password check (a bcrypt): at most half of `max_requests`, so that the rest stay
+    /// free for requests whose verdict is known (a scraper with the right password).
+    checking: Arc<Semaphore>,
     limits: Limits,
     site: Site,
     /// Connections waiting for a request, oldest first: the ones closed when `max_connections` is reached.
@@ -326,11 +335,28 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
             return text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
         }
     }
+    let busy = || {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "Limit of concurrent requests reached ({}), try again later.\n",
+                shared.limits.max_requests
+            ),
+        )
+    };
+    // A request counts toward `max_requests` from here, its password check included.
+    let Ok(_slot) = shared.requests.clone().try_acquire_owned() else {
+        return busy();
+    };
     if let Some(auth) = &shared.auth {
         let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes().to_vec());
         let verdict = match auth.cached(header.as_deref()) {
             Some(v) => v,
             None => {
+                // Waiting for a bcrypt: within the bound of such requests, or 503 at once.
+                let Ok(_checking) = shared.checking.clone().try_acquire_owned() else {
+                    return busy();
+                };
                 let auth = auth.clone();
                 tokio::task::spawn_blocking(move || auth.check(header.as_deref()))
                     .await
@@ -344,15 +370,6 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
             return r;
         }
     }
-    let Ok(_slot) = shared.requests.clone().try_acquire_owned() else {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "Limit of concurrent requests reached ({}), try again later.\n",
-                shared.limits.max_requests
-            ),
-        );
-    };
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
         r.headers_mut()

@@ -1,0 +1,139 @@
+//! Basic authentication under a flood: 1,500 requests at once, each with a different wrong password (bcrypt cost
+//! 10, a check costs tens of milliseconds of CPU). Every one is answered, 401 or 503, within 10 s: a request
+//! waiting for its check counts toward --max-requests, at most half of them wait for one, and the rest get 503 at
+//! once; checks run one per core at most. A scrape with the right password (its verdict remembered) gets 200
+//! within 1 s all along, and the guesses never push it out of what is remembered. Real qemu-storage-daemon
+//! behind the exporter, on every stack.
+
+#[macro_use]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::exporter::{bcrypt, Exporter};
+use common::*;
+use serde_json::json;
+
+/// One request with basic authentication: its status (0 if the connection failed) and when it was answered.
+fn request(address: &str, user: &str, password: &str) -> u16 {
+    use base64::Engine;
+    let Ok(mut s) = TcpStream::connect(address) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let head = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nAuthorization: Basic {token}\r\nConnection: close\r\n\r\n"
+    );
+    if s.write_all(head.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Room for this process's 1,500 sockets.
+fn raise_open_files() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: reading and raising this process's own limit, with a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur = l.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+    }
+}
+
+fn a_flood_of_wrong_passwords_is_answered_and_slows_no_right_one(s: &'static Stack) {
+    raise_open_files();
+    let mut qsd = Qsd::start(s);
+    qsd.ctl.start_sized(
+        "blockdev-mirror",
+        json!({"job-id": "copy", "device": "top", "target": "dst", "sync": "full", "speed": 64 * 1024}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "basic_auth_users:\n  prometheus: {}\n",
+            bcrypt("prometheus", "right horse")
+        ),
+    )
+    .unwrap();
+    let e = Exporter::start(&[
+        "--qmp-glob",
+        &qsd.lib_socket(),
+        "--listen",
+        "127.0.0.1:0",
+        "--web-config",
+        web.to_str().unwrap(),
+    ]);
+    // The right password, checked once before the flood: from then on its verdict is remembered.
+    assert_eq!(request(&e.address, "prometheus", "right horse"), 200, "{}", s.name);
+
+    let start = Instant::now();
+    let flood: Vec<_> = (0..1500)
+        .map(|i| {
+            let address = e.address.clone();
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || (request(&address, "prometheus", &format!("guess {i}")), start.elapsed()))
+                .unwrap()
+        })
+        .collect();
+    // Right scrapes all along the flood, each within 1 s.
+    let mut right = vec![];
+    while flood.iter().any(|t| !t.is_finished()) && start.elapsed() < Duration::from_secs(15) {
+        let t = Instant::now();
+        let code = request(&e.address, "prometheus", "right horse");
+        right.push((code, t.elapsed()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let guesses: Vec<(u16, Duration)> = flood.into_iter().map(|t| t.join().unwrap()).collect();
+    let (unauthorized, busy) = (
+        guesses.iter().filter(|(c, _)| *c == 401).count(),
+        guesses.iter().filter(|(c, _)| *c == 503).count(),
+    );
+    eprintln!(
+        "{}: 1500 wrong passwords: {unauthorized} x 401, {busy} x 503, the last answered after {:?}; {} right \
+         scrapes, the slowest {:?}",
+        s.name,
+        guesses.iter().map(|(_, t)| *t).max().unwrap(),
+        right.len(),
+        right.iter().map(|(_, t)| *t).max().unwrap_or_default()
+    );
+    assert_eq!(
+        unauthorized + busy,
+        1500,
+        "{}: every guess answered 401 or 503: {guesses:?}",
+        s.name
+    );
+    assert!(
+        guesses.iter().all(|(_, t)| *t < Duration::from_secs(10)),
+        "{}: every guess answered within 10 s",
+        s.name
+    );
+    assert!(unauthorized >= 20, "{}: checks did run: {unauthorized}", s.name);
+    assert!(right.len() >= 2, "{}: scrapes during the flood: {right:?}", s.name);
+    assert!(
+        right.iter().all(|(c, t)| *c == 200 && *t < Duration::from_secs(1)),
+        "{}: the right password during the flood: {right:?}",
+        s.name
+    );
+    // And still remembered after it.
+    let t = Instant::now();
+    assert_eq!(request(&e.address, "prometheus", "right horse"), 200, "{}", s.name);
+    assert!(t.elapsed() < Duration::from_secs(1), "{}", s.name);
+}
+
+on_each_stack!(a_flood_of_wrong_passwords_is_answered_and_slows_no_right_one);
