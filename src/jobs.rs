@@ -78,6 +78,20 @@ pub(crate) fn raw(w: WireJob) -> RawJob {
 }
 
 /// Parses the text of a reply, whole (`{"return": [...]}`) or just the array.
+/// The most block jobs one reply may list: far beyond any real VM (a job per disk), far below what 10 MiB of
+/// reply could hold (about 10^5), each of which would be a series in the exporter.
+pub const MAX_JOBS: usize = 4096;
+
+/// `jobs` if there are not too many.
+pub fn at_most_max_jobs<T>(jobs: Vec<T>) -> Result<Vec<T>> {
+    match jobs.len() {
+        n if n > MAX_JOBS => Err(Error::Protocol(format!(
+            "QEMU listed {n} block jobs, over the limit of {MAX_JOBS}"
+        ))),
+        _ => Ok(jobs),
+    }
+}
+
 pub fn parse_reply_text(text: &str) -> Result<Vec<RawJob>> {
     if text.len() > MAX_MESSAGE {
         return Err(Error::TooLarge(MAX_MESSAGE));
@@ -90,13 +104,12 @@ pub fn parse_reply_text(text: &str) -> Result<Vec<RawJob>> {
         }
     };
     match text.trim_start().as_bytes().first() {
-        Some(b'[') => Ok(serde_json::from_str::<Vec<WireJob>>(text)
-            .map_err(malformed)?
+        Some(b'[') => Ok(at_most_max_jobs(serde_json::from_str::<Vec<WireJob>>(text).map_err(malformed)?)?
             .into_iter()
             .map(raw)
             .collect()),
         Some(b'{') => match serde_json::from_str::<WholeReply>(text).map_err(malformed)? {
-            WholeReply { ret: Some(jobs), .. } => Ok(jobs.into_iter().map(raw).collect()),
+            WholeReply { ret: Some(jobs), .. } => Ok(at_most_max_jobs(jobs)?.into_iter().map(raw).collect()),
             WholeReply { error: Some(e), .. } => Err(Error::Qmp {
                 class: e.class,
                 desc: e.desc,
@@ -150,6 +163,19 @@ pub fn select<'a>(jobs: &'a [RawJob], device: &str) -> Result<Option<&'a RawJob>
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_reply_of_more_jobs_than_the_limit_is_refused() {
+        let reply = |n: usize| {
+            let jobs: Vec<_> = (0..n)
+                .map(|i| json!({"type": "mirror", "device": format!("j{i}"), "len": 10, "offset": 5, "speed": 0}))
+                .collect();
+            json!({ "return": jobs }).to_string()
+        };
+        assert_eq!(parse_reply_text(&reply(MAX_JOBS)).unwrap().len(), MAX_JOBS);
+        let e = parse_reply_text(&reply(MAX_JOBS + 1)).unwrap_err();
+        assert!(e.to_string().contains("over the limit of 4096"), "{e}");
+    }
 
     fn entry(device: &str) -> Value {
         json!({"type": "mirror", "device": device, "len": 10, "offset": 5, "speed": 0, "ready": false,

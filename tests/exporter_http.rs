@@ -291,10 +291,31 @@ fn a_malformed_web_config_is_one_line_exit_2_and_nothing_served() {
             "http_server_config:\n  headers:\n    Server: x\n".into(),
             "http_server_config.headers.Server: this header cannot be set",
         ),
+        // exporter-toolkit's rule: a client CA without a policy would require nothing.
+        (
+            format!("{tls}  client_ca_file: ca.pem\n"),
+            "tls_server_config.client_auth_type: a client CA is set without a client auth policy",
+        ),
+        // A value HTTP cannot carry would vanish from every answer.
+        (
+            "http_server_config:\n  headers:\n    Content-Security-Policy: \"default-src 'self'\\u0007\"\n".into(),
+            "http_server_config.headers.Content-Security-Policy: not a value an HTTP header can carry",
+        ),
     ];
     for (yaml, want) in cases {
         let line = refused(dir.path(), &yaml);
         assert!(line.contains(want), "{yaml:?}: {line}");
+    }
+    // A secret in the wrong place is named by its key and position, never printed.
+    for yaml in [
+        "basic_auth_users: \"SECRET-hunter2-x1\"\n",
+        "tls_server_config: SECRET-hunter2-x1\n",
+        "rate_limit:\n  interval: SECRET-hunter2-x1\n  burst: 1\n",
+        "rate_limit:\n  interval: 1s\n  burst: SECRET-hunter2-x1\n",
+        "http_server_config:\n  headers:\n    X-Frame-Options: SECRET-hunter2-x1\n",
+    ] {
+        let line = refused(dir.path(), yaml);
+        assert!(!line.contains("SECRET"), "{yaml:?}: {line}");
     }
     // An unreadable file, and one that is not there.
     let out = Command::new(env!("CARGO_BIN_EXE_blockjobinfo"))

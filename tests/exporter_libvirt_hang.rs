@@ -6,34 +6,12 @@
 #[macro_use]
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::checks::{parse_metrics, sample};
 use common::exporter::{eventually, get, Exporter};
-use common::virt::{self, Domain};
+use common::virt::{self, Domain, Stopped};
 use common::*;
-
-/// Stops the stack's session libvirtd; continues it when dropped, whatever the test did.
-struct Stopped(u32);
-
-impl Stopped {
-    fn stop(s: &Stack) -> Stopped {
-        let pid = virt::daemon_pid(s).unwrap_or_else(|| panic!("{}: no session daemon", s.name));
-        assert!(Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success());
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
-    }
-}
 
 fn up_and_job(text: &str, dom: &str) -> (f64, bool) {
     let m = parse_metrics(text);
@@ -63,7 +41,13 @@ fn a_hung_libvirtd_is_blockjobinfo_up_0_within_the_scrape_timeout(s: &'static St
         (1.0, true)
     );
 
-    let stopped = Stopped::stop(s);
+    // A second one, with room for three scrapes at once, for the queue of scrapes waiting for a reading.
+    let mut c = virt::as_user(s, &s.tool());
+    c.args(["metrics", "-c", "qemu:///session", "--listen", "127.0.0.1:0", "--max-requests", "3"]);
+    let small = Exporter::spawn(c);
+    assert_eq!(get(&small.address, "/metrics", &[]).status, 200);
+
+    let stopped = Stopped::stop(virt::daemon_pid(s).unwrap_or_else(|| panic!("{}: no session daemon", s.name)));
     for _ in 0..3 {
         let t = Instant::now();
         let r = get(&e.address, "/metrics", &[]);
@@ -79,9 +63,27 @@ fn a_hung_libvirtd_is_blockjobinfo_up_0_within_the_scrape_timeout(s: &'static St
     // The endpoint itself is unaffected.
     assert_eq!(get(&e.address, "/", &[]).status, 200);
 
+    // Scrapes that give up (Prometheus's timeout, 0.3 s) while a reading hangs stay queued for it: at most
+    // --max-requests of them; past that, 503 at once, not a queue that grows at the request rate.
+    let quick = ["X-Prometheus-Scrape-Timeout-Seconds: 0.3"];
+    let codes: Vec<(u16, Duration)> = (0..8)
+        .map(|_| {
+            let t = Instant::now();
+            let r = get(&small.address, "/metrics", &quick);
+            (r.status, t.elapsed())
+        })
+        .collect();
+    let busy: Vec<&(u16, Duration)> = codes.iter().filter(|(c, _)| *c == 503).collect();
+    assert!(busy.len() >= 3, "{}: {codes:?}", s.name);
+    assert!(busy.iter().all(|(_, t)| *t < Duration::from_millis(200)), "{}: {codes:?}", s.name);
+    assert!(codes.iter().all(|(c, _)| *c == 200 || *c == 503), "{}: {codes:?}", s.name);
+
     drop(stopped);
     eventually("the job is back once libvirtd runs", Duration::from_secs(60), || {
         up_and_job(&get(&e.address, "/metrics", &[]).body, &dom.name) == (1.0, true)
+    });
+    eventually("the small one serves again", Duration::from_secs(60), || {
+        get(&small.address, "/metrics", &[]).status == 200
     });
 }
 

@@ -104,6 +104,37 @@ fn reply_larger_than_the_limit() {
 }
 
 #[test]
+fn a_huge_event_is_refused_not_kept() {
+    let fake = faulty_then_healthy(1, |c, _| {
+        let pad = "x".repeat(100 * 1024);
+        c.send(format!("{{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {{\"id\": \"{pad}\"}}}}\r\n").as_bytes());
+    });
+    fails_then_recovers(
+        &fake,
+        |e| matches!(e, Error::Protocol(m) if m.contains("over the 64 KiB limit")),
+    );
+}
+
+#[test]
+fn more_jobs_than_the_limit_are_refused() {
+    let fake = faulty_then_healthy(1, |c, cmd| {
+        let one = json!({"type": "mirror", "device": "j", "len": 10, "offset": 5, "speed": 0, "ready": false});
+        let many: Vec<Value> = (0..5000)
+            .map(|i| {
+                let mut j = one.clone();
+                j["device"] = json!(format!("j{i}"));
+                j
+            })
+            .collect();
+        c.reply(cmd, Value::Array(many));
+    });
+    fails_then_recovers(
+        &fake,
+        |e| matches!(e, Error::Protocol(m) if m.contains("5000 block jobs, over the limit of 4096")),
+    );
+}
+
+#[test]
 fn stalled_reply_times_out() {
     let fake = faulty_then_healthy(1, |c, _| {
         c.send(b"{\"return\": ");

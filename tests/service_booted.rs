@@ -164,6 +164,25 @@ fn the_service_under_a_booted_systemd(s: &'static Stack) {
         .sh("journalctl -q -o cat -u blockjobinfo-exporter")
         .contains("reading the host works again"));
 
+    // A web config with a mistake: exit status 2, its one line in the journal, and no restart every 5 s.
+    b.sh(
+        "set -e
+         printf 'nonsense: 1\\n' > /etc/blockjobinfo-bad.yml
+         chmod 0644 /etc/blockjobinfo-bad.yml
+         sed -i 's|^BLOCKJOBINFO_EXPORTER_ARGS=.*|BLOCKJOBINFO_EXPORTER_ARGS=\"-c qemu:///system --listen 127.0.0.1:9477 --web-config /etc/blockjobinfo-bad.yml\"|' \
+             /etc/default/blockjobinfo-exporter
+         systemctl restart blockjobinfo-exporter || true",
+    );
+    eventually("the bad config stops the service", Duration::from_secs(20), || {
+        b.sh("systemctl show -p ActiveState --value blockjobinfo-exporter").trim() == "failed"
+    });
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(b.sh("systemctl show -p NRestarts --value blockjobinfo-exporter").trim(), "0");
+    assert_eq!(b.sh("systemctl show -p ExecMainStatus --value blockjobinfo-exporter").trim(), "2");
+    assert!(b
+        .sh("journalctl -q -o cat -u blockjobinfo-exporter")
+        .contains("unknown field `nonsense`"));
+
     // TLS and basic authentication as the operators' documentation sets them up: root-only files handed to the
     // dynamic user as systemd credentials, a relative --web-config.
     b.sh(&format!(

@@ -51,6 +51,9 @@ struct Message<T> {
     error: Option<ReplyError>,
 }
 
+/// The largest event kept (QEMU's are a few hundred bytes).
+pub const MAX_EVENT: usize = 64 * 1024;
+
 /// A command as it goes on the wire: `{"execute":"NAME"}` and its arguments, if any. No `id`: QEMU answers a
 /// monitor's commands in order (out-of-band execution is never negotiated), and an id costs QEMU tens of
 /// microseconds per command (BENCHMARKS.md).
@@ -318,6 +321,14 @@ impl Reader {
         let text = std::str::from_utf8(raw)
             .map_err(|e| Error::Protocol(format!("malformed JSON from QEMU: not UTF-8 ({e})")))?;
         let got = match kind(text)? {
+            // QEMU's events are a few hundred bytes; a huge one is a peer to stop reading, not to hold.
+            Kind::Event if raw.len() > MAX_EVENT => {
+                return Err(Error::Protocol(format!(
+                    "a QMP event of {} bytes, over the {} KiB limit",
+                    raw.len(),
+                    MAX_EVENT / 1024
+                )))
+            }
             Kind::Event => Incoming::Event(parse_object(raw)?),
             Kind::Reply(r) => Incoming::Reply(r),
         };

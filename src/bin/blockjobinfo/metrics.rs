@@ -190,7 +190,11 @@ fn read(reader: &mut Reader) -> (Result<Snapshot, String>, Duration) {
 }
 
 /// Writes `text` beside `path`, then renames it over `path`: a reader sees the old file or the new one, whole.
+/// The file beside it has a random name and is created anew (`O_CREAT|O_EXCL`, which never follows a symlink):
+/// whoever can write to the directory (node_exporter's textfile directory is its user's) cannot make a root
+/// cron job write through a link of theirs. Mode 0644, for the collector to read.
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -199,17 +203,17 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut f = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)?;
+    // Whatever the umask.
+    f.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    f.write_all(text.as_bytes())?;
+    f.as_file().sync_all()?;
+    // On failure the file beside it is removed with `f`.
+    f.persist(path).map(|_| ()).map_err(|e| e.error)
 }
 
 /// How `metrics --listen` serves: where, with which web config and within which bounds.
@@ -277,7 +281,9 @@ fn serve(reader: Reader, serving: Serving) -> ExitCode {
         Ok(a) => eprintln!("blockjobinfo: serving metrics at {scheme}://{a}/metrics"),
         Err(e) => eprintln!("blockjobinfo: serving metrics ({e})"),
     }
-    let (requests, readings) = std::sync::mpsc::channel::<Waiting>();
+    // Scrapes waiting for a reading, those that gave up included until a reading takes them: bounded, so that a
+    // reading that never returns cannot make them pile up at the request rate.
+    let (requests, readings) = std::sync::mpsc::sync_channel::<Waiting>(serving.limits.max_requests);
     std::thread::Builder::new()
         .name("reader".into())
         .spawn(move || reading(reader, &readings))
@@ -285,13 +291,14 @@ fn serve(reader: Reader, serving: Serving) -> ExitCode {
     let requests = Mutex::new(requests);
     let scrape: http::Scrape = std::sync::Arc::new(move |timeout: Duration| {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let _ = requests
+        let queued = requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .send((timeout, answer));
+            .try_send((timeout, answer));
         Box::pin(async move {
+            queued.ok()?;
             let asked = Instant::now();
-            match tokio::time::timeout(timeout, answered).await {
+            Some(match tokio::time::timeout(timeout, answered).await {
                 Ok(Ok(text)) => text,
                 // The reading is stuck (a libvirtd that hangs, say): this scrape says so in time, and the reader
                 // answers the next scrape once it is free.
@@ -302,7 +309,7 @@ fn serve(reader: Reader, serving: Serving) -> ExitCode {
                     )),
                     asked.elapsed(),
                 ),
-            }
+            })
         })
     });
     let site = http::Site {

@@ -22,15 +22,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A hash that matches no password, checked for unknown users so that their answer takes as long as a known
-/// user's: made once, at the same cost as a typical hash.
-fn decoy() -> &'static str {
-    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DECOY.get_or_init(|| bcrypt::hash("blockjobinfo decoy", 10).expect("bcrypt of a constant"))
+/// The cost most of the users' hashes have (10, bcrypt's usual, if none can be read): an unknown user is checked
+/// against a hash of that cost, so that the time of an answer does not tell a known user from an unknown one.
+fn usual_cost(users: &BTreeMap<String, String>) -> u32 {
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for hash in users.values() {
+        if let Ok(parts) = hash.parse::<bcrypt::HashParts>() {
+            *counts.entry(parts.get_cost()).or_default() += 1;
+        }
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n).map_or(10, |(cost, _)| cost)
 }
 
 pub struct Auth {
     users: BTreeMap<String, String>,
+    /// A hash that matches no password, at the users' usual cost: made on first need.
+    decoy: std::sync::OnceLock<String>,
     /// SHA-256 of (user, hash, password) that were allowed: no password is kept. Apart from the denied ones, so
     /// that guesses never push a right password out.
     allowed: Mutex<HashSet<[u8; 32]>>,
@@ -43,6 +50,7 @@ impl Auth {
         (!users.is_empty()).then(|| {
             Arc::new(Auth {
                 users,
+                decoy: std::sync::OnceLock::new(),
                 allowed: Mutex::new(HashSet::new()),
                 denied: Mutex::new(HashSet::new()),
             })
@@ -70,7 +78,12 @@ impl Auth {
         let (user, password) = header.and_then(credentials).expect("cached() handled a missing header");
         let key = self.key(&user, &password);
         let hash = self.users.get(&user);
-        let matched = bcrypt::verify(&password, hash.map_or(decoy(), String::as_str)).unwrap_or(false);
+        let decoy = || {
+            self.decoy.get_or_init(|| {
+                bcrypt::hash("blockjobinfo decoy", usual_cost(&self.users)).expect("bcrypt of a constant")
+            })
+        };
+        let matched = bcrypt::verify(&password, hash.map_or_else(decoy, String::as_str)).unwrap_or(false);
         let ok = hash.is_some() && matched;
         let mut known = lock(if ok { &self.allowed } else { &self.denied });
         if known.len() >= REMEMBERED {
@@ -132,6 +145,20 @@ mod tests {
         assert_eq!(auth.check(None), Verdict::Denied);
         assert_eq!(auth.check(Some(b"Bearer abc")), Verdict::Denied);
         assert_eq!(auth.check(Some(b"Basic !!!")), Verdict::Denied);
+    }
+
+    #[test]
+    fn an_unknown_user_costs_what_a_known_one_does() {
+        let users = BTreeMap::from([
+            ("a".to_string(), bcrypt::hash("x", 5).unwrap()),
+            ("b".to_string(), bcrypt::hash("y", 5).unwrap()),
+            ("c".to_string(), bcrypt::hash("z", 4).unwrap()),
+        ]);
+        assert_eq!(usual_cost(&users), 5);
+        let auth = Auth::new(users).unwrap();
+        assert_eq!(auth.check(Some(&header("nobody", "x"))), Verdict::Denied);
+        let decoy: bcrypt::HashParts = auth.decoy.get().unwrap().parse().unwrap();
+        assert_eq!(decoy.get_cost(), 5, "the decoy has the users' cost");
     }
 
     #[test]

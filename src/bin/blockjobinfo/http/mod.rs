@@ -48,7 +48,8 @@ pub struct Limits {
 }
 
 /// `/metrics`' answer for a scrape that may take at most the given time: the exposition text.
-pub type Scrape = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
+/// A scrape: the exposition text, or None when the readings are too far behind to take it (503 at once).
+pub type Scrape = Arc<dyn Fn(Duration) -> Pin<Box<dyn Future<Output = Option<String>> + Send>> + Send + Sync>;
 
 /// What is served: a landing page at `/` and the metrics at `/metrics`; every other path is 404.
 pub struct Site {
@@ -100,9 +101,9 @@ fn connection_room(wanted: usize) -> usize {
         .max(1)
 }
 
-/// The cores this process may run on: as many password checks run at once.
+/// Password checks at once: one per core this process may run on, four at most (the unit's task bound).
 fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(4)
 }
 
 /// Serves until the process ends. Errors only if the runtime cannot start.
@@ -385,7 +386,12 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
         }
         "/metrics" => {
             let timeout = scrape_timeout(&req, shared.site.scrape_timeout);
-            let body = (shared.site.metrics)(timeout).await;
+            let Some(body) = (shared.site.metrics)(timeout).await else {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The readings of the host are behind (one does not return), try again later.\n",
+                );
+            };
             let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -113,14 +113,57 @@ pub fn load(path: &Path) -> Result<WebConfig, String> {
         File::default()
     } else {
         serde_saphyr::from_str(&text).map_err(|e| {
-            // The parser's own words and position, without its drawing of the source.
+            // The parser's own words and position, without its drawing of the source, and without the value it
+            // found: a key or password at the wrong indentation must not end up in the journal.
             let why = e.without_snippet().to_string();
-            at("", &one_line(why.strip_prefix("error: ").unwrap_or(&why)))
+            at("", &without_values(&one_line(why.strip_prefix("error: ").unwrap_or(&why))))
         })?
     };
     // Relative file names are relative to the configuration's own directory, as in exporter-toolkit.
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     check(file, &dir).map_err(|Bad(key, why)| at(&key, &why))
+}
+
+/// A parser message with the values it quotes left out: serde names a found value after "invalid type: " or
+/// "invalid value: " (`string "..."`, `integer `5``); keys (`unknown field `x``) stay.
+fn without_values(msg: &str) -> String {
+    let mut out = String::new();
+    let mut rest = msg;
+    while let Some(at) = ["invalid type: ", "invalid value: "]
+        .iter()
+        .filter_map(|p| rest.find(p).map(|i| (i, p.len())))
+        .min()
+    {
+        let (i, len) = at;
+        out.push_str(&rest[..i + len]);
+        rest = &rest[i + len..];
+        // The kind of value (`string`, `integer`, `map`), then its quoted text, if any.
+        let kind_end = rest.find(['"', '`', ',']).unwrap_or(rest.len());
+        out.push_str(rest[..kind_end].trim_end());
+        rest = &rest[kind_end..];
+        if let Some(q) = rest.chars().next().filter(|c| *c == '"' || *c == '`') {
+            rest = rest[1..].find(q).map_or("", |end| &rest[end + 2..]);
+        }
+    }
+    out.push_str(rest);
+    // Anything else quoted with double quotes is a value too.
+    let mut clean = String::new();
+    let mut quoted = false;
+    for c in out.chars() {
+        match (c, quoted) {
+            ('"', false) => {
+                quoted = true;
+                clean.push_str("\"…");
+            }
+            ('"', true) => {
+                quoted = false;
+                clean.push('"');
+            }
+            (_, true) => {}
+            (c, false) => clean.push(c),
+        }
+    }
+    clean
 }
 
 fn one_line(s: &str) -> String {
@@ -146,10 +189,7 @@ fn check(file: File, dir: &Path) -> Result<WebConfig, Bad> {
     let rate_limit = match &file.rate_limit {
         Some(r) => {
             let interval = parse_duration(&r.interval).ok_or_else(|| {
-                bad(
-                    "rate_limit.interval",
-                    format!("'{}' is not a duration such as 1s or 100ms", r.interval),
-                )
+                bad("rate_limit.interval", "not a duration such as 1s or 100ms")
             })?;
             (!interval.is_zero()).then_some(RateLimit {
                 interval,
@@ -186,7 +226,15 @@ fn header_value(name: &str, value: &str) -> Result<String, Bad> {
     if !allowed.is_empty() && !allowed.contains(&value) {
         return Err(bad(
             &format!("http_server_config.headers.{name}"),
-            format!("'{value}' is not one of {allowed:?}"),
+            format!("not one of {allowed:?}"),
+        ));
+    }
+    // A value HTTP cannot carry (a control character, a line break) would be dropped from every answer: the
+    // operator's HSTS or CSP would silently vanish.
+    if hyper::header::HeaderValue::from_str(value).is_err() {
+        return Err(bad(
+            &format!("http_server_config.headers.{name}"),
+            "not a value an HTTP header can carry (control characters, line breaks or non-ASCII)",
         ));
     }
     Ok(value.to_string())
@@ -286,6 +334,15 @@ fn tls(t: Tls, dir: &Path) -> Result<ServerConfig, Bad> {
         &t.client_ca,
         &k("client_ca"),
     )?;
+    // As exporter-toolkit: a client CA with no policy is a mistake (the operator means to require certificates,
+    // and would get none asked for).
+    if ca.is_some() && t.client_auth_type.is_none() {
+        return Err(bad(
+            &k("client_auth_type"),
+            "a client CA is set without a client auth policy: set it (RequireAndVerifyClientCert to require \
+             client certificates)",
+        ));
+    }
     let auth = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
     let builder = match auth {
         "NoClientCert" => builder.with_no_client_auth(),
