@@ -104,10 +104,12 @@ pub fn parse_reply_text(text: &str) -> Result<Vec<RawJob>> {
         }
     };
     match text.trim_start().as_bytes().first() {
-        Some(b'[') => Ok(at_most_max_jobs(serde_json::from_str::<Vec<WireJob>>(text).map_err(malformed)?)?
-            .into_iter()
-            .map(raw)
-            .collect()),
+        Some(b'[') => Ok(
+            at_most_max_jobs(serde_json::from_str::<Vec<WireJob>>(text).map_err(malformed)?)?
+                .into_iter()
+                .map(raw)
+                .collect(),
+        ),
         Some(b'{') => match serde_json::from_str::<WholeReply>(text).map_err(malformed)? {
             WholeReply { ret: Some(jobs), .. } => Ok(at_most_max_jobs(jobs)?.into_iter().map(raw).collect()),
             WholeReply { error: Some(e), .. } => Err(Error::Qmp {

@@ -43,7 +43,15 @@ fn a_hung_libvirtd_is_blockjobinfo_up_0_within_the_scrape_timeout(s: &'static St
 
     // A second one, with room for three scrapes at once, for the queue of scrapes waiting for a reading.
     let mut c = virt::as_user(s, &s.tool());
-    c.args(["metrics", "-c", "qemu:///session", "--listen", "127.0.0.1:0", "--max-requests", "3"]);
+    c.args([
+        "metrics",
+        "-c",
+        "qemu:///session",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-requests",
+        "3",
+    ]);
     let small = Exporter::spawn(c);
     assert_eq!(get(&small.address, "/metrics", &[]).status, 200);
 
@@ -75,8 +83,16 @@ fn a_hung_libvirtd_is_blockjobinfo_up_0_within_the_scrape_timeout(s: &'static St
         .collect();
     let busy: Vec<&(u16, Duration)> = codes.iter().filter(|(c, _)| *c == 503).collect();
     assert!(busy.len() >= 3, "{}: {codes:?}", s.name);
-    assert!(busy.iter().all(|(_, t)| *t < Duration::from_millis(200)), "{}: {codes:?}", s.name);
-    assert!(codes.iter().all(|(c, _)| *c == 200 || *c == 503), "{}: {codes:?}", s.name);
+    assert!(
+        busy.iter().all(|(_, t)| *t < Duration::from_millis(200)),
+        "{}: {codes:?}",
+        s.name
+    );
+    assert!(
+        codes.iter().all(|(c, _)| *c == 200 || *c == 503),
+        "{}: {codes:?}",
+        s.name
+    );
 
     drop(stopped);
     eventually("the job is back once libvirtd runs", Duration::from_secs(60), || {

@@ -5,7 +5,8 @@
 //!   says why, once. Scrape after scrape, the exporter holds one call on it, no more: its threads do not grow.
 //!   Once its QEMU runs again, it is back by the next scrapes.
 //! - `list` answers within its patience, showing the domain as not answering and the others' jobs; `list
-//!   --watch` goes on redrawing the others.
+//!   --watch` goes on redrawing the others; `wait -c --timeout 2` on it times out (exit 5) and `info -c` gives up
+//!   after 10 s (exit 6), though libvirt's call on it never returns.
 
 #[macro_use]
 mod common;
@@ -142,6 +143,45 @@ fn a_stopped_qemu_costs_only_its_own_domain(s: &'static Stack) {
             s.name
         );
     }
+
+    // `wait -c` and `info -c` on the stopped domain: within their bounds (the wait's own timeout, 10 s for info),
+    // although libvirt's call on it never returns.
+    let t = Instant::now();
+    let out = virt::tool(
+        s,
+        &[
+            "wait",
+            "-c",
+            "qemu:///session",
+            &sick.name,
+            "vda",
+            "--gone",
+            "--timeout",
+            "2",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}: wait: {out:?}", s.name);
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "{}: wait took {:?}",
+        s.name,
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let out = virt::tool(s, &["info", "-c", "qemu:///session", &sick.name, "vda"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{}: info: {err}", s.name);
+    assert!(err.contains("not answering"), "{}: info: {err}", s.name);
+    assert!(
+        t.elapsed() < Duration::from_secs(14),
+        "{}: info took {:?}",
+        s.name,
+        t.elapsed()
+    );
 
     // Running again: back by the next scrapes, and the log says so.
     drop(stopped);

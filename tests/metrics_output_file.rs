@@ -31,7 +31,11 @@ fn the_file_beside_the_output_is_created_anew_never_through_a_link() {
         .status()
         .expect("strace (make deps installs it)");
     assert!(status.success());
-    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n", "written through a link");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious\n",
+        "written through a link"
+    );
     let meta = std::fs::symlink_metadata(&out).unwrap();
     assert!(meta.file_type().is_file(), "a regular file, renamed into place");
     assert_eq!(meta.mode() & 0o777, 0o644);

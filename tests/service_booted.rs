@@ -174,11 +174,20 @@ fn the_service_under_a_booted_systemd(s: &'static Stack) {
          systemctl restart blockjobinfo-exporter || true",
     );
     eventually("the bad config stops the service", Duration::from_secs(20), || {
-        b.sh("systemctl show -p ActiveState --value blockjobinfo-exporter").trim() == "failed"
+        b.sh("systemctl show -p ActiveState --value blockjobinfo-exporter")
+            .trim()
+            == "failed"
     });
     std::thread::sleep(Duration::from_secs(7));
-    assert_eq!(b.sh("systemctl show -p NRestarts --value blockjobinfo-exporter").trim(), "0");
-    assert_eq!(b.sh("systemctl show -p ExecMainStatus --value blockjobinfo-exporter").trim(), "2");
+    assert_eq!(
+        b.sh("systemctl show -p NRestarts --value blockjobinfo-exporter").trim(),
+        "0"
+    );
+    assert_eq!(
+        b.sh("systemctl show -p ExecMainStatus --value blockjobinfo-exporter")
+            .trim(),
+        "2"
+    );
     assert!(b
         .sh("journalctl -q -o cat -u blockjobinfo-exporter")
         .contains("unknown field `nonsense`"));

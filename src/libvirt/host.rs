@@ -122,7 +122,7 @@ pub struct HostReader {
     epoch: Arc<AtomicU64>,
     seen: u64,
     remember: bool,
-    /// Domains (by UUID) with a reading still in a worker.
+    /// Domain runs (`UUID/id`) with a reading still in a worker.
     outstanding: Outstanding,
     /// The domains the last reading left a call outstanding on.
     left_behind: Vec<String>,
@@ -153,19 +153,20 @@ impl HostReader {
                 moved.fetch_add(1, Ordering::SeqCst);
             })
             .is_ok();
-        self.disks.clear();
+        // The disks remembered stay: they are keyed by domain and run (UUID and id), and a device event on either
+        // connection forgets them.
     }
 
-    /// The domains (UUIDs) the last reading left a call outstanding on. libvirt's client can then hold other calls
+    /// The domain runs (`UUID/id`) the last reading left a call outstanding on. libvirt's client can then hold other calls
     /// on the same connection behind that one (seen with libvirt 9.0: calls on healthy domains that never
     /// return, a few readings later), so the caller reads through a new connection from then on.
     pub fn left_behind(&self) -> &[String] {
         &self.left_behind
     }
 
-    /// Whether a call on this domain (UUID) is still outstanding.
-    pub fn is_outstanding(&self, uuid: &str) -> bool {
-        lock(&self.outstanding).contains_key(uuid)
+    /// Whether a call on this domain run (`UUID/id`, as `left_behind` names it) is still outstanding.
+    pub fn is_outstanding(&self, run: &str) -> bool {
+        lock(&self.outstanding).contains_key(run)
     }
 
     /// Every running domain's block jobs (bandwidth in bytes/s) in libvirt's order of domains and the XML's order
@@ -198,7 +199,9 @@ impl HostReader {
             let outstanding = lock(&self.outstanding);
             for (i, d) in domains.into_iter().enumerate() {
                 let (name, uuid, id) = &who[i];
-                if let Some(since) = uuid.as_ref().and_then(|u| outstanding.get(u)) {
+                // A run of the domain (its UUID and id): a domain restarted meanwhile is another run.
+                let run = run_of(uuid, id);
+                if let Some(since) = run.as_ref().and_then(|r| outstanding.get(r)) {
                     results[i] = Some(not_answering(name, *since));
                     continue;
                 }
@@ -209,7 +212,7 @@ impl HostReader {
                 queue.push_back(Work {
                     index: i,
                     domain: d,
-                    uuid: uuid.clone(),
+                    run,
                     known,
                 });
             }
@@ -245,7 +248,7 @@ impl HostReader {
             .iter()
             .enumerate()
             .filter(|(i, r)| r.is_none() && !unstarted.contains(i))
-            .filter_map(|(i, _)| who[i].1.clone())
+            .filter_map(|(i, _)| run_of(&who[i].1, &who[i].2))
             .collect();
         let waited = patience.as_secs_f64();
         let mut remembered = HashMap::new();
@@ -281,11 +284,17 @@ impl HostReader {
     }
 }
 
+/// A run of a domain: its UUID and id (a domain restarted is another run, with another id).
+fn run_of(uuid: &Option<String>, id: &Option<u32>) -> Option<String> {
+    Some(format!("{}/{}", uuid.as_ref()?, (*id)?))
+}
+
 /// One domain to read.
 struct Work {
     index: usize,
     domain: super::api::OwnedDomain,
-    uuid: Option<String>,
+    /// `run_of` the domain: what `outstanding` is keyed by.
+    run: Option<String>,
     known: Option<Vec<String>>,
 }
 
@@ -302,15 +311,15 @@ fn work(
 ) {
     loop {
         let Some(w) = lock(queue).pop_front() else { return };
-        if let Some(u) = &w.uuid {
-            lock(outstanding).insert(u.clone(), Instant::now());
+        if let Some(r) = &w.run {
+            lock(outstanding).insert(r.clone(), Instant::now());
         }
         // A panic reading one domain costs that domain's reading, never the reader or the others.
         let dom = w.domain.domain();
         let reading = std::panic::catch_unwind(AssertUnwindSafe(|| read_domain(&dom, w.known.as_deref())))
             .unwrap_or_else(|p| panicked(&dom, p.as_ref()));
-        if let Some(u) = &w.uuid {
-            lock(outstanding).remove(u);
+        if let Some(r) = &w.run {
+            lock(outstanding).remove(r);
         }
         // The reading may have given up on this domain: then nobody listens.
         let _ = tx.send((w.index, reading));

@@ -220,8 +220,9 @@ pub enum Command {
         max_connections: u32,
         /// With --listen: the longest one scrape waits for libvirt (Prometheus's own scrape timeout, when it sends
         /// a shorter one, wins); past it, the scrape answers `blockjobinfo_up 0`. A domain (or socket) not read
-        /// within 70 % of it is reported as not answering (`blockjobinfo_domain_up 0`) and the others are served;
-        /// no other call is made on it until the one outstanding returns.
+        /// within 80 % of the time the scrape has left (at least 1 s) is reported as not answering
+        /// (`blockjobinfo_domain_up 0`) and the others are served; no other call is made on it until the one
+        /// outstanding returns.
         #[arg(long, value_name = "SECONDS", default_value = "10", requires = "listen", value_parser = parse_seconds)]
         scrape_timeout: Duration,
     },

@@ -177,7 +177,9 @@ impl Reader {
                     Err(_) => *conn = None,
                     Ok(_) if !h.left_behind().is_empty() => {
                         let stuck = h.left_behind().to_vec();
-                        retired.push((conn.take().expect("in use"), stuck));
+                        let old = conn.take().expect("in use");
+                        old.stop_keepalive();
+                        retired.push((old, stuck));
                     }
                     Ok(_) => {}
                 }

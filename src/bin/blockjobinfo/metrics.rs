@@ -294,7 +294,7 @@ fn serve(reader: Reader, serving: Serving) -> ExitCode {
         let queued = requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .try_send((timeout, answer));
+            .try_send((Instant::now() + timeout, answer));
         Box::pin(async move {
             queued.ok()?;
             let asked = Instant::now();
@@ -335,8 +335,11 @@ fn credential(path: &Path) -> std::path::PathBuf {
     }
 }
 
-/// A scrape waiting for a reading: its timeout, and where its answer goes.
-type Waiting = (Duration, tokio::sync::oneshot::Sender<String>);
+/// The least a reading waits for a domain or socket, whatever a scrape's timeout.
+const MIN_PATIENCE: Duration = Duration::from_secs(1);
+
+/// A scrape waiting for a reading: when it gives up, and where its answer goes.
+type Waiting = (Instant, tokio::sync::oneshot::Sender<String>);
 
 /// The one thread that reads the host: one reading at a time, started after the scrapes it answers arrived (a
 /// scrape never gets an older reading), shared by every scrape waiting for it; at most one per `MIN_GAP`. Scrapes
@@ -354,12 +357,15 @@ fn reading(mut reader: Reader, requests: &std::sync::mpsc::Receiver<Waiting>) {
         }
         let mut waiting: Vec<_> = std::iter::once(first).chain(requests.try_iter()).collect();
         waiting.retain(|(_, w)| !w.is_closed());
-        let Some(shortest) = waiting.iter().map(|(t, _)| *t).min() else {
+        let Some(soonest) = waiting.iter().map(|(t, _)| *t).min() else {
             continue;
         };
         // Each scrape gets its answer within its timeout, what did not answer by then reported as such: the
-        // reading waits at most 70 % of the shortest (it may also have waited up to `MIN_GAP` to start).
-        reader.set_patience(shortest.mul_f64(0.7).max(Duration::from_millis(300)));
+        // reading waits at most 80 % of the time the soonest one has left (it may have waited for the reading
+        // before and for `MIN_GAP`), and at least a second: a client asking for less cannot make every slow
+        // domain read as not answering.
+        let left = soonest.saturating_duration_since(Instant::now());
+        reader.set_patience(left.mul_f64(0.8).max(MIN_PATIENCE));
         let (snap, took) = read(&mut reader);
         last = Some(Instant::now());
         match (&snap, &failing) {

@@ -17,6 +17,24 @@ use crate::print::{fail, outcome, print_info, Form, JsonAnswer, Progress, Shown}
 /// Without an event, the state is read again this often, in case one was missed.
 const SAFETY_POLL: Duration = Duration::from_secs(2);
 
+/// How long `info -c` waits for libvirt: a QEMU that does not answer its monitor holds libvirt's call for as long
+/// as it does not.
+const INFO_PATIENCE: Duration = Duration::from_secs(10);
+
+/// `f` (calls to libvirt) on a thread of its own, given up at `deadline` (None: waited for): libvirt cannot
+/// cancel a call, so one given up on is left to its thread, and the process ends soon after.
+fn within<T: Send + 'static>(deadline: Option<Instant>, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let Some(d) = deadline else { return Some(f()) };
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("libvirt-call".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .ok()?;
+    rx.recv_timeout(d.saturating_duration_since(Instant::now())).ok()
+}
+
 /// libvirt's `virConnectDomainEventBlockJobStatus`.
 const COMPLETED: i32 = 0;
 const FAILED: i32 = 1;
@@ -98,14 +116,21 @@ pub fn info(uri: Option<&str>, domain: &str, disk: Option<&str>, raw: bool, json
     } else {
         0
     };
-    let jobs = (|| {
-        let conn = connect(uri)?;
-        let dom = conn.lookup(domain)?;
-        host::domain_jobs(&dom.domain(), flags, disk)
-    })();
+    let (uri_owned, domain_owned, disk_owned) = (uri.map(str::to_string), domain.to_string(), disk.map(str::to_string));
+    let jobs = within(Some(Instant::now() + INFO_PATIENCE), move || {
+        let conn = connect(uri_owned.as_deref())?;
+        let dom = conn.lookup(&domain_owned)?;
+        host::domain_jobs(&dom.domain(), flags, disk_owned.as_deref())
+    });
     let jobs = match jobs {
-        Ok(j) => j,
-        Err(e) => return fail(&e),
+        Some(Ok(j)) => j,
+        Some(Err(e)) => return fail(&e),
+        None => {
+            return fail(&Error::Libvirt(format!(
+                "not answering: no answer within {} s (the domain's QEMU does not answer its monitor?)",
+                INFO_PATIENCE.as_secs()
+            )))
+        }
     };
     let shown: Vec<Shown> = jobs
         .iter()
@@ -135,12 +160,22 @@ pub fn wait(
         Err(e) => return fail(&e),
     };
     let dom = match conn.lookup(domain) {
-        Ok(d) => d,
+        Ok(d) => std::sync::Arc::new(d),
         Err(e) => return fail(&e),
     };
-    let target = match target_of(&dom, disk) {
-        Ok(t) => t,
-        Err(e) => return fail(&e),
+    // Its XML too may wait for the domain's job lock, held by a call on a QEMU that does not answer.
+    let named = {
+        let (dom, disk) = (dom.clone(), disk.to_string());
+        within(deadline, move || target_of(&dom, &disk))
+    };
+    let target = match named {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => return fail(&e),
+        None => {
+            let code = outcome(&Outcome::TimedOut, "Block job", disk, until, timeout, verbose);
+            std::mem::forget(conn);
+            return code;
+        }
     };
     let (tx, rx) = mpsc::channel();
     let wanted = target.clone();
@@ -159,11 +194,23 @@ pub fn wait(
         outcome(&o, label, disk, until, timeout, verbose)
     };
     loop {
-        let job = match current(&dom, &target) {
-            Ok(j) => j,
-            Err(e) => {
+        // Bounded by the wait's own timeout: libvirt's call on a QEMU that does not answer does not return.
+        let asked = {
+            let (dom, target) = (dom.clone(), target.clone());
+            within(deadline, move || current(&dom, &target))
+        };
+        let job = match asked {
+            Some(Ok(j)) => j,
+            Some(Err(e)) => {
                 progress.finish();
                 return fail(&e);
+            }
+            None => {
+                let code = end(Outcome::TimedOut, label, &progress);
+                // Deregistering and closing would wait behind the call given up on: left to the process's end.
+                std::mem::forget(_registration);
+                std::mem::forget(conn);
+                return code;
             }
         };
         // An event already queued says how the job ended better than its absence does.

@@ -83,7 +83,7 @@ impl Auth {
                 bcrypt::hash("blockjobinfo decoy", usual_cost(&self.users)).expect("bcrypt of a constant")
             })
         };
-        let matched = bcrypt::verify(&password, hash.map_or_else(decoy, String::as_str)).unwrap_or(false);
+        let matched = bcrypt::verify(&password, hash.map_or_else(|| decoy().as_str(), String::as_str)).unwrap_or(false);
         let ok = hash.is_some() && matched;
         let mut known = lock(if ok { &self.allowed } else { &self.denied });
         if known.len() >= REMEMBERED {

@@ -103,7 +103,9 @@ fn connection_room(wanted: usize) -> usize {
 
 /// Password checks at once: one per core this process may run on, four at most (the unit's task bound).
 fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(4)
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(4)
 }
 
 /// Serves until the process ends. Errors only if the runtime cannot start.
@@ -354,14 +356,18 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
         let verdict = match auth.cached(header.as_deref()) {
             Some(v) => v,
             None => {
-                // Waiting for a bcrypt: within the bound of such requests, or 503 at once.
-                let Ok(_checking) = shared.checking.clone().try_acquire_owned() else {
+                // Waiting for a bcrypt: within the bound of such requests, or 503 at once. The check holds its
+                // permit itself, so that a client that hangs up does not free it while its bcrypt still waits.
+                let Ok(checking) = shared.checking.clone().try_acquire_owned() else {
                     return busy();
                 };
                 let auth = auth.clone();
-                tokio::task::spawn_blocking(move || auth.check(header.as_deref()))
-                    .await
-                    .unwrap_or(Verdict::Denied)
+                tokio::task::spawn_blocking(move || {
+                    let _checking = checking;
+                    auth.check(header.as_deref())
+                })
+                .await
+                .unwrap_or(Verdict::Denied)
             }
         };
         if verdict == Verdict::Denied {

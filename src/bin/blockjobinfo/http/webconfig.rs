@@ -116,7 +116,10 @@ pub fn load(path: &Path) -> Result<WebConfig, String> {
             // The parser's own words and position, without its drawing of the source, and without the value it
             // found: a key or password at the wrong indentation must not end up in the journal.
             let why = e.without_snippet().to_string();
-            at("", &without_values(&one_line(why.strip_prefix("error: ").unwrap_or(&why))))
+            at(
+                "",
+                &without_values(&one_line(why.strip_prefix("error: ").unwrap_or(&why))),
+            )
         })?
     };
     // Relative file names are relative to the configuration's own directory, as in exporter-toolkit.
@@ -188,9 +191,8 @@ fn check(file: File, dir: &Path) -> Result<WebConfig, Bad> {
     }
     let rate_limit = match &file.rate_limit {
         Some(r) => {
-            let interval = parse_duration(&r.interval).ok_or_else(|| {
-                bad("rate_limit.interval", "not a duration such as 1s or 100ms")
-            })?;
+            let interval = parse_duration(&r.interval)
+                .ok_or_else(|| bad("rate_limit.interval", "not a duration such as 1s or 100ms"))?;
             (!interval.is_zero()).then_some(RateLimit {
                 interval,
                 burst: r.burst.max(1),
