@@ -50,7 +50,7 @@ pub fn parse_jobs(value: &Value) -> Result<Vec<RawJob>> {
 #[derive(Deserialize)]
 struct WholeReply {
     #[serde(rename = "return")]
-    ret: Option<Vec<WireJob>>,
+    ret: Option<WireJobs>,
     error: Option<QmpError>,
 }
 
@@ -82,13 +82,32 @@ pub(crate) fn raw(w: WireJob) -> RawJob {
 /// reply could hold (about 10^5), each of which would be a series in the exporter.
 pub const MAX_JOBS: usize = 4096;
 
-/// `jobs` if there are not too many.
-pub fn at_most_max_jobs<T>(jobs: Vec<T>) -> Result<Vec<T>> {
-    match jobs.len() {
-        n if n > MAX_JOBS => Err(Error::Protocol(format!(
-            "QEMU listed {n} block jobs, over the limit of {MAX_JOBS}"
-        ))),
-        _ => Ok(jobs),
+/// A `query-block-jobs` return of at most `MAX_JOBS` entries, refused while it is parsed (before more are held;
+/// over QMP the connection is then dropped, as for any reply that cannot be read).
+pub(crate) struct WireJobs(pub(crate) Vec<WireJob>);
+
+impl<'de> Deserialize<'de> for WireJobs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Jobs;
+        impl<'de> serde::de::Visitor<'de> for Jobs {
+            type Value = WireJobs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a list of block jobs")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<WireJobs, A::Error> {
+                let mut jobs = Vec::new();
+                while let Some(j) = seq.next_element::<WireJob>()? {
+                    if jobs.len() == MAX_JOBS {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {MAX_JOBS} block jobs in one reply, the limit"
+                        )));
+                    }
+                    jobs.push(j);
+                }
+                Ok(WireJobs(jobs))
+            }
+        }
+        d.deserialize_seq(Jobs)
     }
 }
 
@@ -104,14 +123,14 @@ pub fn parse_reply_text(text: &str) -> Result<Vec<RawJob>> {
         }
     };
     match text.trim_start().as_bytes().first() {
-        Some(b'[') => Ok(
-            at_most_max_jobs(serde_json::from_str::<Vec<WireJob>>(text).map_err(malformed)?)?
-                .into_iter()
-                .map(raw)
-                .collect(),
-        ),
+        Some(b'[') => Ok(serde_json::from_str::<WireJobs>(text)
+            .map_err(malformed)?
+            .0
+            .into_iter()
+            .map(raw)
+            .collect()),
         Some(b'{') => match serde_json::from_str::<WholeReply>(text).map_err(malformed)? {
-            WholeReply { ret: Some(jobs), .. } => Ok(at_most_max_jobs(jobs)?.into_iter().map(raw).collect()),
+            WholeReply { ret: Some(jobs), .. } => Ok(jobs.0.into_iter().map(raw).collect()),
             WholeReply { error: Some(e), .. } => Err(Error::Qmp {
                 class: e.class,
                 desc: e.desc,
@@ -176,7 +195,7 @@ mod tests {
         };
         assert_eq!(parse_reply_text(&reply(MAX_JOBS)).unwrap().len(), MAX_JOBS);
         let e = parse_reply_text(&reply(MAX_JOBS + 1)).unwrap_err();
-        assert!(e.to_string().contains("over the limit of 4096"), "{e}");
+        assert!(e.to_string().contains("more than 4096 block jobs"), "{e}");
     }
 
     fn entry(device: &str) -> Value {

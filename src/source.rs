@@ -330,8 +330,8 @@ fn commits_are_active(mirror_tops: usize, commit_tops: usize, mirrors: usize, co
 
 /// Every block job QEMU lists now, on `monitor`.
 pub(crate) fn query_jobs(monitor: &Monitor) -> Result<Vec<RawJob>> {
-    let wire: Vec<jobs::WireJob> = monitor.execute("query-block-jobs")?;
-    Ok(jobs::at_most_max_jobs(wire)?.into_iter().map(jobs::raw).collect())
+    let wire: jobs::WireJobs = monitor.execute("query-block-jobs")?;
+    Ok(wire.0.into_iter().map(jobs::raw).collect())
 }
 
 impl std::fmt::Debug for QmpSource {

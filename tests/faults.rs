@@ -130,7 +130,7 @@ fn more_jobs_than_the_limit_are_refused() {
     });
     fails_then_recovers(
         &fake,
-        |e| matches!(e, Error::Protocol(m) if m.contains("5000 block jobs, over the limit of 4096")),
+        |e| matches!(e, Error::Protocol(m) if m.contains("more than 4096 block jobs in one reply")),
     );
 }
 
