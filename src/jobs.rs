@@ -77,10 +77,9 @@ pub(crate) fn raw(w: WireJob) -> RawJob {
     }
 }
 
-/// Parses the text of a reply, whole (`{"return": [...]}`) or just the array.
 /// The most block jobs one reply may list: far beyond any real VM (a job per disk), far below what 10 MiB of
 /// reply could hold (about 10^5), each of which would be a series in the exporter.
-pub const MAX_JOBS: usize = 4096;
+pub(crate) const MAX_JOBS: usize = 4096;
 
 /// A `query-block-jobs` return of at most `MAX_JOBS` entries, refused while it is parsed (before more are held;
 /// over QMP the connection is then dropped, as for any reply that cannot be read).
@@ -111,6 +110,7 @@ impl<'de> Deserialize<'de> for WireJobs {
     }
 }
 
+/// Parses the text of a reply, whole (`{"return": [...]}`) or just the array.
 pub fn parse_reply_text(text: &str) -> Result<Vec<RawJob>> {
     if text.len() > MAX_MESSAGE {
         return Err(Error::TooLarge(MAX_MESSAGE));

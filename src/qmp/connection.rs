@@ -52,7 +52,7 @@ struct Message<T> {
 }
 
 /// The largest event kept (QEMU's are a few hundred bytes).
-pub const MAX_EVENT: usize = 64 * 1024;
+pub(crate) const MAX_EVENT: usize = 64 * 1024;
 
 /// A command as it goes on the wire: `{"execute":"NAME"}` and its arguments, if any. No `id`: QEMU answers a
 /// monitor's commands in order (out-of-band execution is never negotiated), and an id costs QEMU tens of
