@@ -160,7 +160,7 @@ fn active_commit_window_and_ready(s: &'static Stack) {
     let mut qsd = Qsd::start(s);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
     // Committing the active layer is a mirror underneath: one burst, then the rate-limit pause (the window),
-    // then ready. QEMU calls it "commit"; only libvirt's own record can say "active commit".
+    // then ready. QEMU calls it "commit"; its `mirror_top` filter says "active commit" (src/source.rs).
     qsd.ctl.ok(
         "block-commit",
         json!({"job-id": "ac", "device": "top", "base-node": "mid", "speed": SPEED}),
@@ -168,7 +168,7 @@ fn active_commit_window_and_ready(s: &'static Stack) {
     let seen = observe(
         &src,
         "ac",
-        VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT,
+        VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT,
         Some(&mut qsd.ctl),
         Duration::from_secs(60),
     );

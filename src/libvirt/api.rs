@@ -538,14 +538,6 @@ impl Connection {
         unsafe { take_string((self.lv.client.get_uri)(self.ptr)) }.ok_or_else(|| Error::Libvirt(self.lv.last_error()))
     }
 
-    /// Stops keepalive on a connection no longer used (it stops locally: no call to libvirtd). A call stuck on it
-    /// then stays where it is, holding what it holds, rather than failing when keepalive gives up and being made
-    /// again on another connection.
-    pub fn stop_keepalive(&self) {
-        // SAFETY: an open connection; an interval of 0 or less stops keepalive.
-        unsafe { (self.lv.client.set_keep_alive)(self.ptr, -1, 0) };
-    }
-
     /// Whether the connection still works (false once libvirtd went away).
     pub fn is_alive(&self) -> bool {
         // SAFETY: an open connection.

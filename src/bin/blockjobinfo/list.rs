@@ -177,9 +177,9 @@ impl Reader {
                     Err(_) => *conn = None,
                     Ok(_) if !h.left_behind().is_empty() => {
                         let stuck = h.left_behind().to_vec();
-                        let old = conn.take().expect("in use");
-                        old.stop_keepalive();
-                        retired.push((old, stuck));
+                        // Its keepalive goes on: it is what wakes libvirt 9.0's client for the healthy calls
+                        // that were caught behind the stuck one on it (they then return, and are not stranded).
+                        retired.push((conn.take().expect("in use"), stuck));
                     }
                     Ok(_) => {}
                 }
