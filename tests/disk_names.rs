@@ -92,32 +92,19 @@ fn names_resolve_as_libvirt_resolves_them(s: &'static Stack) {
             assert_eq!(virsh_error(&o), libvirts, "{what}: the drop-in's {source} source");
         }
         let info = tool(&dom, &["info", "-c", "qemu:///session", &dom.name, name]);
-        let ready = tool(
-            &dom,
-            &[
+        let [ready, gone] = ["--ready", "--gone"].map(|until| {
+            let args = [
                 "wait",
                 "-c",
                 "qemu:///session",
                 &dom.name,
                 name,
-                "--ready",
+                until,
                 "--timeout",
                 "1",
-            ],
-        );
-        let gone = tool(
-            &dom,
-            &[
-                "wait",
-                "-c",
-                "qemu:///session",
-                &dom.name,
-                name,
-                "--gone",
-                "--timeout",
-                "1",
-            ],
-        );
+            ];
+            tool(&dom, &args)
+        });
         match &libvirts {
             Some(e) => {
                 refused += 1;

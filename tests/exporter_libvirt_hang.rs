@@ -25,34 +25,14 @@ fn up_and_job(text: &str, dom: &str) -> (f64, bool) {
 fn a_hung_libvirtd_is_blockjobinfo_up_0_within_the_scrape_timeout(s: &'static Stack) {
     let dom = Domain::create(s, "bjt-hang", 4);
     dom.start_copy(64 * 1024, 256 * 1024);
-    let mut c = virt::as_user(s, &s.tool());
-    c.args([
-        "metrics",
-        "-c",
-        "qemu:///session",
-        "--listen",
-        "127.0.0.1:0",
-        "--scrape-timeout",
-        "2",
-    ]);
-    let e = Exporter::spawn(c);
+    let e = Exporter::of_session(s, &[], &["--scrape-timeout", "2"]);
     assert_eq!(
         up_and_job(&get(&e.address, "/metrics", &[]).body, &dom.name),
         (1.0, true)
     );
 
     // A second one, with room for three scrapes at once, for the queue of scrapes waiting for a reading.
-    let mut c = virt::as_user(s, &s.tool());
-    c.args([
-        "metrics",
-        "-c",
-        "qemu:///session",
-        "--listen",
-        "127.0.0.1:0",
-        "--max-requests",
-        "3",
-    ]);
-    let small = Exporter::spawn(c);
+    let small = Exporter::of_session(s, &[], &["--max-requests", "3"]);
     assert_eq!(get(&small.address, "/metrics", &[]).status, 200);
 
     let stopped = Stopped::stop(virt::daemon_pid(s).unwrap_or_else(|| panic!("{}: no session daemon", s.name)));

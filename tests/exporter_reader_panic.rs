@@ -6,7 +6,7 @@
 mod common;
 
 use common::exporter::{get, Exporter};
-use common::virt::{self, Domain};
+use common::virt::Domain;
 use common::*;
 
 fn a_panic_reading_one_domain_costs_only_that_domain(s: &'static Stack) {
@@ -14,18 +14,14 @@ fn a_panic_reading_one_domain_costs_only_that_domain(s: &'static Stack) {
     let well = Domain::create(s, "bjt-pwell", 4);
     sick.start_copy(64 * 1024, 256 * 1024);
     well.start_copy(64 * 1024, 256 * 1024);
-    let mut c = virt::as_user(s, "env");
-    c.arg(format!("BLOCKJOBINFO_TEST_PANIC_DOMAIN={}", sick.name));
-    c.arg("BLOCKJOBINFO_LOG=error");
-    c.args([
-        s.tool().as_str(),
-        "metrics",
-        "-c",
-        "qemu:///session",
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    let e = Exporter::spawn(c);
+    let e = Exporter::of_session(
+        s,
+        &[
+            format!("BLOCKJOBINFO_TEST_PANIC_DOMAIN={}", sick.name),
+            "BLOCKJOBINFO_LOG=error".into(),
+        ],
+        &[],
+    );
     for round in 0..3 {
         let r = get(&e.address, "/metrics", &[]);
         assert_eq!(r.status, 200, "{}: round {round}", s.name);

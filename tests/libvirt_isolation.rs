@@ -37,19 +37,7 @@ fn a_stopped_qemu_costs_only_its_own_domain(s: &'static Stack) {
     }
     let sick = &doms[1];
     let qemu = sick.qemu_pid().expect("the sick domain's QEMU");
-    let mut c = virt::as_user(s, "env");
-    c.arg("BLOCKJOBINFO_LOG=warn");
-    c.args([
-        s.tool().as_str(),
-        "metrics",
-        "-c",
-        "qemu:///session",
-        "--listen",
-        "127.0.0.1:0",
-        "--scrape-timeout",
-        "5",
-    ]);
-    let e = Exporter::spawn(c);
+    let e = Exporter::of_session(s, &["BLOCKJOBINFO_LOG=warn".into()], &["--scrape-timeout", "5"]);
     let first = get(&e.address, "/metrics", &[]);
     assert_eq!(
         up(&first.body, &sick.name),

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::checks::raw_numbers;
 use common::exporter::{bcrypt, curl, eventually, tls_material, Exporter};
-use common::virt::{self, Domain, Preload, Stopped};
+use common::virt::{Domain, Preload, Stopped};
 use common::*;
 use serde_json::{json, Value};
 
@@ -173,9 +173,7 @@ fn the_fleet_in_a_real_prometheus(s: &'static Stack) {
     // Host B: the stack's libvirt, a copy held at 1 byte/s (its first buffer copied, then still).
     let dom = Domain::create(s, "bjt-fleet", 2);
     dom.start_copy(1, 256 * 1024);
-    let mut b_cmd = virt::as_user(s, &s.tool());
-    b_cmd.args(["metrics", "-c", "qemu:///session", "--listen", "127.0.0.1:0"]);
-    let b = Exporter::spawn(b_cmd);
+    let b = Exporter::of_session(s, &[], &[]);
 
     // Host C: TLS and basic authentication, a copy paused on request.
     let mut paused = daemon(

@@ -64,6 +64,16 @@ impl Exporter {
         }
     }
 
+    /// `metrics -c qemu:///session --listen 127.0.0.1:0 EXTRA` on the stack's session libvirt, run as its test
+    /// user with the environment `env` (`NAME=value` each).
+    pub fn of_session(s: &super::Stack, env: &[String], extra: &[&str]) -> Exporter {
+        let mut c = super::virt::as_user(s, "env");
+        c.args(env).arg(s.tool());
+        c.args(["metrics", "-c", "qemu:///session", "--listen", "127.0.0.1:0"])
+            .args(extra);
+        Exporter::spawn(c)
+    }
+
     /// The exporter's own process: the child, or its descendant called `blockjobinfo` when a launcher (runuser,
     /// a chroot) started it.
     pub fn pid(&self) -> u32 {
