@@ -179,6 +179,17 @@ const char *bji_last_error(void);
  */
 const char *bji_version(void);
 
+/**
+ * Chooses the drop-in's source for every later `virDomainGetBlockJobInfo` call in this process: `"auto"`,
+ * `"qmp"`, `"passthrough"`, `"native"` or `"libvirt"`, over `BLOCKJOBINFO_SOURCE`. The environment is read
+ * once, when the library is loaded, so this is how a program switches at run time. Returns 0, or -1 for NULL
+ * or an unknown name (see `bji_last_error()`).
+ *
+ * # Safety
+ * `source` is NULL or a NUL-terminated string.
+ */
+int bji_dropin_set_source(const char *source);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -45,6 +45,9 @@ pub enum Error {
     /// The environment asks for something that cannot work.
     #[error("configuration: {0}")]
     Config(String),
+    /// The process on the other end of a QMP socket is not the one expected there.
+    #[error("refusing the QMP peer at {address}: {why}")]
+    Peer { address: String, why: String },
     #[error("refusing to send '{0}': blockjobinfo only sends qmp_capabilities and query-* commands")]
     Forbidden(String),
 }

@@ -112,6 +112,7 @@ fn clear_last_error() {
 /// error (never unwinding into C), and an `Err` becomes the function's failure value plus `bji_last_error()`.
 macro_rules! export {
     ($fail:expr, $body:expr) => {{
+        read_environment();
         crate::logging::init();
         clear_last_error();
         match catch_unwind(AssertUnwindSafe(|| -> Result<_> { $body })) {
@@ -128,6 +129,28 @@ macro_rules! export {
         }
     }};
 }
+
+/// The process runs with more privilege than whoever set its environment (setuid, setgid, capabilities).
+fn secure_execution() -> bool {
+    // SAFETY: getauxval only reads the auxiliary vector the kernel gave the process.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// Takes the environment's snapshot (once), ignoring it under `AT_SECURE`.
+fn read_environment() {
+    crate::environment::init(secure_execution());
+}
+
+/// The snapshot is taken when the shared library is loaded: before the host program's `main`, so before
+/// any thread of its own could `setenv` (a library that is `dlopen`ed takes it at its first call instead).
+extern "C" fn read_environment_at_load() {
+    // A constructor must not unwind into the loader.
+    let _ = catch_unwind(read_environment);
+}
+
+#[used]
+#[link_section = ".init_array"]
+static READ_ENVIRONMENT_AT_LOAD: extern "C" fn() = read_environment_at_load;
 
 /// A required C string argument.
 ///
@@ -362,6 +385,23 @@ pub extern "C" fn bji_version() -> *const c_char {
     VERSION.as_ptr()
 }
 
+/// Chooses the drop-in's source for every later `virDomainGetBlockJobInfo` call in this process: `"auto"`,
+/// `"qmp"`, `"passthrough"`, `"native"` or `"libvirt"`, over `BLOCKJOBINFO_SOURCE`. The environment is read
+/// once, when the library is loaded, so this is how a program switches at run time. Returns 0, or -1 for NULL
+/// or an unknown name (see `bji_last_error()`).
+///
+/// # Safety
+/// `source` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bji_dropin_set_source(source: *const c_char) -> c_int {
+    export!(-1, {
+        // SAFETY: forwarded contract.
+        let source = unsafe { c_str(source, "source") }?;
+        crate::libvirt::interposer::choose(source)?;
+        Ok(0)
+    })
+}
+
 /// The drop-in replacement for libvirt's `virDomainGetBlockJobInfo` (LD_PRELOAD, or linked before -lvirt).
 /// Same signature and contract; the answer follows blockjobinfo's rules from the source `BLOCKJOBINFO_SOURCE`
 /// names, and libvirt itself answers (and reports errors) for everything else.
@@ -375,6 +415,7 @@ pub unsafe extern "C" fn virDomainGetBlockJobInfo(
     info: *mut virDomainBlockJobInfo,
     flags: c_uint,
 ) -> c_int {
+    read_environment();
     crate::logging::init();
     if !info.is_null() {
         // SAFETY: non-NULL and writable by the caller's contract. libvirt zeroes it first too.

@@ -30,11 +30,11 @@ impl Log for StderrLog {
     fn flush(&self) {}
 }
 
-/// Reads `BLOCKJOBINFO_LOG` once. Does nothing if the host program installed a `log` logger of its own.
+/// Reads `BLOCKJOBINFO_LOG` once (from [`crate::environment`]). Does nothing if the host program installed a `log` logger of its own.
 pub fn init() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let level = match std::env::var("BLOCKJOBINFO_LOG")
+        let level = match crate::environment::var("BLOCKJOBINFO_LOG")
             .unwrap_or_default()
             .to_ascii_lowercase()
             .as_str()

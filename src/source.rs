@@ -27,6 +27,8 @@ pub struct JobReport {
 pub struct QmpSource {
     address: Address,
     limits: Limits,
+    /// The process that must be listening at the address, when one is required.
+    peer_pid: Option<u32>,
     /// Grace timer in ms; `NO_GRACE` when off.
     grace_ms: AtomicU64,
     /// The monitor of the process that made it (see `monitor`).
@@ -77,9 +79,17 @@ impl QmpSource {
 
     /// A source that connects at its first call (and again after `close_if_idle`).
     pub fn lazy(address: &str, limits: Limits) -> Result<QmpSource> {
+        QmpSource::lazy_from(address, limits, None)
+    }
+
+    /// As `lazy`, for a Unix socket on which only process `pid` may listen: a connection to any other is
+    /// refused (`Error::Peer`) before anything is asked. For a caller that knows which process serves the
+    /// socket (the drop-in knows a domain's QEMU from libvirt).
+    pub fn lazy_from(address: &str, limits: Limits, peer_pid: Option<u32>) -> Result<QmpSource> {
         let address = Address::parse(address)?;
         Ok(QmpSource {
-            monitor: Mutex::new(Arc::new(Monitor::new(address.clone(), limits))),
+            monitor: Mutex::new(Arc::new(Monitor::new(address.clone(), limits, peer_pid))),
+            peer_pid,
             monitor_pid: AtomicU32::new(std::process::id()),
             address,
             limits,
@@ -103,7 +113,7 @@ impl QmpSource {
             lock_briefly(&self.monitor)
         };
         let Some(mut m) = guard else {
-            let own = Arc::new(Monitor::new(self.address.clone(), self.limits));
+            let own = Arc::new(Monitor::new(self.address.clone(), self.limits, self.peer_pid));
             // This lock too could be stuck from fork() (a parent itself in this path then): the monitor is then
             // one `close` cannot reach, and its call ends by its own timeout.
             if let Some(mut strays) = lock_briefly(&self.strays) {
@@ -119,7 +129,7 @@ impl QmpSource {
         };
         if m.pid() != pid {
             // Dropping the parent's closes this process's copies of its sockets, never shuts them down.
-            *m = Arc::new(Monitor::new(self.address.clone(), self.limits));
+            *m = Arc::new(Monitor::new(self.address.clone(), self.limits, self.peer_pid));
             self.monitor_pid.store(pid, Ordering::Release);
             // A close that came meanwhile saw the parent's monitor, and skipped it.
             if self.closed.load(Ordering::Acquire) {

@@ -117,14 +117,14 @@ fn a_compatible_addition_is_reported_and_passes() {
     // As a later release would add it: in a new node that inherits this one.
     let map = the_map().replace(
         "LIBVIRT_0.9.4 {",
-        "BLOCKJOBINFO_0.2 {\n    global:\n        bji_future_function;\n} BLOCKJOBINFO_0.1;\n\nLIBVIRT_0.9.4 {",
+        "BLOCKJOBINFO_0.9 {\n    global:\n        bji_future_function;\n} BLOCKJOBINFO_0.2;\n\nLIBVIRT_0.9.4 {",
     );
     let so = variant(dir.path(), "added", &map, obj.to_str().unwrap());
     let o = script(&["check", so.to_str().unwrap()], &[]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(
-        t.contains("1 Added") && t.contains("bji_future_function@@BLOCKJOBINFO_0.2"),
+        t.contains("1 Added") && t.contains("bji_future_function@@BLOCKJOBINFO_0.9"),
         "{t}"
     );
     assert!(t.contains("make abi"), "{t}");

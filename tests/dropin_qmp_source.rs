@@ -1,6 +1,7 @@
 //! The drop-in's `qmp` source and its connection: one that cannot answer falls back to `native` and says so,
-//! a socket template that names no domain is refused, and a long-lived process gives the domain's monitor back
-//! once idle (a monitor serves one client at a time).
+//! a socket template that names no domain is refused, only the domain's own QEMU is believed (another process
+//! listening at its path is refused), and a long-lived process gives the domain's monitor back once idle (a
+//! monitor serves one client at a time).
 
 #[macro_use]
 mod common;
@@ -9,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::virt::{self, Domain, Preload};
-use common::Stack;
+use common::{Recorder, Stack};
 
 /// A qmp source that cannot answer falls back to native, says so in the log, and still answers as libvirt.
 fn a_failing_qmp_source_falls_back_to_native_and_logs_it(s: &'static Stack) {
@@ -49,6 +50,70 @@ fn a_failing_qmp_source_falls_back_to_native_and_logs_it(s: &'static Stack) {
     let out = blockjob_with(&dom.real_qmp_socket());
     assert_eq!(String::from_utf8_lossy(&out.stdout), plain);
     assert!(String::from_utf8_lossy(&out.stderr).contains("must contain {name} or {uuid}"));
+}
+
+/// The socket's peer must be the domain's QEMU (libvirt's pid file for it): a process listening at the
+/// templated path in its place, here a proxy that passes QEMU's real answers through, is refused before it is
+/// asked anything, and the answer is native's. The real socket is believed.
+fn only_the_domains_own_qemu_is_believed(s: &'static Stack) {
+    let dom = Domain::create(s, "bjt-peer", 1);
+    let plain = dom.job_raw(Preload::No);
+    let impostor_dir = s.tempdir();
+    std::fs::set_permissions(impostor_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let impostor = Recorder::start_at(
+        impostor_dir.path().join(format!("{}.qmp", dom.name)).to_str().unwrap(),
+        &dom.real_qmp_socket(),
+    );
+    let blockjob_with = |template: String| {
+        let mut c = dom.as_user("env");
+        c.args([
+            format!("LD_PRELOAD={}", s.library()),
+            "BLOCKJOBINFO_SOURCE=qmp".into(),
+            format!("BLOCKJOBINFO_QMP_SOCKET={template}"),
+            "BLOCKJOBINFO_LOG=debug".into(),
+        ]);
+        c.args([
+            "virsh",
+            "-q",
+            "-c",
+            "qemu:///session",
+            "blockjob",
+            &dom.name,
+            "vda",
+            "--raw",
+        ]);
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    let (answer, log) = blockjob_with(virt::qmp_template());
+    assert_eq!(answer, plain, "{}", s.name);
+    // "Qmp: QEMU lists no job" or "Qmp: disk vda: QEMU job ...": QEMU's own answer was read.
+    assert!(
+        log.contains("debug: Qmp: "),
+        "{}: the real socket did not answer: {log}",
+        s.name
+    );
+    assert!(!log.contains("falling back"), "{}: {log}", s.name);
+
+    let (answer, log) = blockjob_with(format!("{}/{{name}}.qmp", s.inside(impostor_dir.path())));
+    assert_eq!(answer, plain, "{}", s.name);
+    assert!(
+        log.contains("refusing the QMP peer") && log.contains("falling back to native"),
+        "{}: the impostor was not refused: {log}",
+        s.name
+    );
+    assert!(!log.contains("debug: Qmp: "), "{}: {log}", s.name);
+    assert!(
+        impostor.commands().is_empty(),
+        "{}: the impostor was asked {:?}",
+        s.name,
+        impostor.commands()
+    );
 }
 
 /// A long-lived process gives the domain's monitor back after the idle timeout: another client is served.
@@ -92,5 +157,6 @@ fn the_qmp_connection_is_released_when_idle(s: &'static Stack) {
 
 on_each_stack!(
     a_failing_qmp_source_falls_back_to_native_and_logs_it,
+    only_the_domains_own_qemu_is_believed,
     the_qmp_connection_is_released_when_idle,
 );

@@ -19,6 +19,7 @@ type GetBlockJobInfoFn = unsafe extern "C" fn(DomainPtr, *const c_char, *mut vir
 type GetNameFn = unsafe extern "C" fn(DomainPtr) -> *const c_char;
 type GetUuidStringFn = unsafe extern "C" fn(DomainPtr, *mut c_char) -> c_int;
 type GetIdFn = unsafe extern "C" fn(DomainPtr) -> c_uint;
+type GetConnectFn = unsafe extern "C" fn(DomainPtr) -> ConnectPtr;
 type GetXmlDescFn = unsafe extern "C" fn(DomainPtr, c_uint) -> *mut c_char;
 type ResetLastErrorFn = unsafe extern "C" fn();
 type GetLastErrorMessageFn = unsafe extern "C" fn() -> *const c_char;
@@ -85,6 +86,7 @@ pub struct Libvirt {
     get_name: GetNameFn,
     get_uuid_string: GetUuidStringFn,
     get_id: GetIdFn,
+    get_connect: GetConnectFn,
     get_xml_desc: GetXmlDescFn,
     reset_last_error: ResetLastErrorFn,
     last_error_message: GetLastErrorMessageFn,
@@ -181,6 +183,7 @@ impl Libvirt {
                 get_name: symbol(h, c"virDomainGetName")?,
                 get_uuid_string: symbol(h, c"virDomainGetUUIDString")?,
                 get_id: symbol(h, c"virDomainGetID")?,
+                get_connect: symbol(h, c"virDomainGetConnect")?,
                 get_xml_desc: symbol(h, c"virDomainGetXMLDesc")?,
                 reset_last_error: symbol(h, c"virResetLastError")?,
                 last_error_message: symbol(h, c"virGetLastErrorMessage")?,
@@ -365,6 +368,17 @@ impl Domain<'_> {
         // SAFETY: a valid handle.
         let id = unsafe { (self.lv.get_id)(self.ptr) };
         (id != c_uint::MAX).then_some(id)
+    }
+
+    /// The URI of the connection the domain was looked up on (libvirt's canonical form).
+    pub fn connection_uri(&self) -> Result<String> {
+        // SAFETY: a valid handle; libvirt returns its connection without a new reference (not to be freed).
+        let conn = unsafe { (self.lv.get_connect)(self.ptr) };
+        if conn.is_null() {
+            return Err(Error::Libvirt(self.lv.last_error()));
+        }
+        // SAFETY: the domain's open connection; libvirt returns a malloc'd string or NULL.
+        unsafe { take_string((self.lv.client.get_uri)(conn)) }.ok_or_else(|| Error::Libvirt(self.lv.last_error()))
     }
 
     /// Whether the domain still runs: `Some(false)` once it stopped or is gone, None if libvirt cannot say.

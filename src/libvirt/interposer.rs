@@ -6,12 +6,14 @@
 //! - `auto` (default): `qmp` when a socket is configured and answers, else `native`;
 //! - `libvirt`: libvirt's own function, untouched.
 //!
+//! The environment is read once per process ([`crate::environment`]); a program switches with [`choose`].
+//!
 //! Whatever fails falls back to `native`, and `native` to libvirt's own answer: never worse than libvirt.
 
 use std::collections::HashMap;
 use std::ffi::{c_int, c_uint, CStr};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::abi::virDomainBlockJobInfo;
@@ -35,22 +37,62 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
-    /// `BLOCKJOBINFO_SOURCE`, read at every call so a long-lived process can be switched.
-    pub fn from_env() -> SourceKind {
-        match std::env::var("BLOCKJOBINFO_SOURCE").unwrap_or_default().as_str() {
+    /// A source's name, as `BLOCKJOBINFO_SOURCE` and `bji_dropin_set_source()` spell it.
+    pub fn parse(name: &str) -> Option<SourceKind> {
+        Some(match name {
             "" | "auto" => SourceKind::Auto,
             "qmp" => SourceKind::Qmp,
             "passthrough" => SourceKind::Passthrough,
             "native" => SourceKind::Native,
             "libvirt" => SourceKind::Libvirt,
-            other => {
+            _ => return None,
+        })
+    }
+
+    /// The source in use: the one a program chose with [`choose`], else `BLOCKJOBINFO_SOURCE` as it was
+    /// when the environment was read (once: see [`crate::environment`]).
+    pub fn current() -> SourceKind {
+        if let Some(chosen) = SourceKind::from_u8(CHOSEN.load(Ordering::Acquire)) {
+            return chosen;
+        }
+        static FROM_ENV: OnceLock<SourceKind> = OnceLock::new();
+        *FROM_ENV.get_or_init(|| {
+            let name = crate::environment::var("BLOCKJOBINFO_SOURCE").unwrap_or_default();
+            SourceKind::parse(name).unwrap_or_else(|| {
                 log::warn!(
-                    "BLOCKJOBINFO_SOURCE={other:?} is not one of auto, qmp, passthrough, native, libvirt: using auto"
+                    "BLOCKJOBINFO_SOURCE={name:?} is not one of auto, qmp, passthrough, native, libvirt: using auto"
                 );
                 SourceKind::Auto
-            }
-        }
+            })
+        })
     }
+
+    fn from_u8(v: u8) -> Option<SourceKind> {
+        [
+            SourceKind::Auto,
+            SourceKind::Qmp,
+            SourceKind::Passthrough,
+            SourceKind::Native,
+            SourceKind::Libvirt,
+        ]
+        .get(usize::from(v))
+        .copied()
+    }
+}
+
+/// A program's own choice of source ([`choose`]); `u8::MAX` until it makes one.
+static CHOSEN: AtomicU8 = AtomicU8::new(u8::MAX);
+
+/// Chooses the source for every later call in this process, over `BLOCKJOBINFO_SOURCE`: a program that wants
+/// to switch at run time says so through the API, never through its environment, which is read once.
+pub fn choose(name: &str) -> Result<()> {
+    let kind = SourceKind::parse(name).ok_or_else(|| {
+        Error::InvalidArg(format!(
+            "unknown source {name:?}: expected auto, qmp, passthrough, native or libvirt"
+        ))
+    })?;
+    CHOSEN.store(kind as u8, Ordering::Release);
+    Ok(())
 }
 
 /// The interposed `virDomainGetBlockJobInfo`, once the C layer has let libvirt reject whatever it would
@@ -64,7 +106,7 @@ pub fn get_block_job_info(
     let Ok(disk_name) = disk.to_str() else {
         return dom.real_block_job_info(disk, flags);
     };
-    let kind = SourceKind::from_env();
+    let kind = SourceKind::current();
     let from = match kind {
         SourceKind::Libvirt => return dom.real_block_job_info(disk, flags),
         SourceKind::Native => return native(dom, disk, disk_name, flags),
@@ -166,8 +208,11 @@ fn raw_answer(dom: &Domain<'_>, disk_name: &str, flags: c_uint, from: Raw) -> Re
     let jobs = match from {
         Raw::Qmp => {
             let template = qmp_template().ok_or_else(|| Error::Config("BLOCKJOBINFO_QMP_SOCKET is not set".into()))?;
-            let path = socket_path(&template, &dom.name()?, &key.uuid)?;
-            pooled(&path)?.query_jobs()?
+            let name = dom.name()?;
+            let path = socket_path(template, &name, &key.uuid)?;
+            // Only the domain's own QEMU may answer for it: another domain's QEMU could listen at this path.
+            let pid = qemu_pid(&dom.connection_uri()?, &name)?;
+            pooled(&path, pid)?.query_jobs()?
         }
         Raw::Passthrough => jobs::parse_reply_text(&dom.qemu_monitor_command(QUERY_BLOCK_JOBS)?)?,
     };
@@ -228,25 +273,77 @@ fn resolve_disk(dom: &Domain<'_>, key: &DomainKey, name: &str) -> Result<Option<
 }
 
 /// `BLOCKJOBINFO_QMP_SOCKET`, when set and not empty.
-fn qmp_template() -> Option<String> {
-    std::env::var("BLOCKJOBINFO_QMP_SOCKET").ok().filter(|t| !t.is_empty())
+fn qmp_template() -> Option<&'static str> {
+    crate::environment::var("BLOCKJOBINFO_QMP_SOCKET").filter(|t| !t.is_empty())
 }
 
 /// The template with the domain filled in. It must name the domain: one path for every domain would read
-/// one domain's jobs as another's.
+/// one domain's jobs as another's. A name that would leave its place in the path (`.`, `..`, a `/`) is
+/// refused, and so is a TCP address, whose peer cannot be checked.
 fn socket_path(template: &str, name: &str, uuid: &str) -> Result<String> {
     if !template.contains("{name}") && !template.contains("{uuid}") {
         return Err(Error::Config(format!(
             "BLOCKJOBINFO_QMP_SOCKET={template:?} must contain {{name}} or {{uuid}}"
         )));
     }
+    if template.starts_with("tcp:") {
+        return Err(Error::Config(format!(
+            "BLOCKJOBINFO_QMP_SOCKET={template:?} must be a Unix socket: the process behind a TCP port cannot be checked"
+        )));
+    }
+    if template.contains("{name}") && (name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0'])) {
+        return Err(Error::Config(format!(
+            "domain name {name:?} cannot be part of a socket path"
+        )));
+    }
     Ok(template.replace("{name}", name).replace("{uuid}", uuid))
+}
+
+/// The pid of the domain's QEMU, from the pid file libvirt's QEMU driver writes for it
+/// (`<stateDir>/<name>.pid`). libvirt writes it as the daemon's user, before QEMU drops to its own: no other
+/// domain's QEMU can write it. Only a local `qemu` connection has one.
+fn qemu_pid(uri: &str, name: &str) -> Result<u32> {
+    let dir = qemu_state_dir(uri)?;
+    let file = dir.join(format!("{name}.pid"));
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| Error::Config(format!("cannot read libvirt's pid file {}: {e}", file.display())))?;
+    text.trim()
+        .parse()
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| Error::Config(format!("{} holds no pid", file.display())))
+}
+
+/// Where libvirt's QEMU driver keeps its run-time state for `uri` (`cfg->stateDir`).
+fn qemu_state_dir(uri: &str) -> Result<std::path::PathBuf> {
+    let unsupported = || {
+        Error::Config(format!(
+            "the qmp source needs a local qemu:///system or qemu:///session connection, not {uri:?}"
+        ))
+    };
+    let rest = uri.strip_prefix("qemu").ok_or_else(unsupported)?;
+    let rest = rest.strip_prefix("+unix").unwrap_or(rest);
+    let rest = rest.strip_prefix(":///").ok_or_else(unsupported)?;
+    match rest.split('?').next().unwrap_or_default() {
+        "system" => Ok("/run/libvirt/qemu".into()),
+        "session" => Ok(session_runtime_dir().ok_or_else(unsupported)?.join("libvirt/qemu/run")),
+        _ => Err(unsupported()),
+    }
+}
+
+/// glib's user runtime directory, as a session libvirt finds it: `$XDG_RUNTIME_DIR`, else the user's cache
+/// directory (`$XDG_CACHE_HOME`, else `$HOME/.cache`).
+fn session_runtime_dir() -> Option<std::path::PathBuf> {
+    use crate::environment::var;
+    let set = |v: Option<&'static str>| v.filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    set(var("XDG_RUNTIME_DIR"))
+        .or_else(|| set(var("XDG_CACHE_HOME")))
+        .or_else(|| set(var("HOME")).map(|h| h.join(".cache")))
 }
 
 /// A monitor serves one client at a time: give it back after this long without a call.
 fn idle_timeout() -> Duration {
-    let ms = std::env::var("BLOCKJOBINFO_QMP_IDLE_MS")
-        .ok()
+    let ms = crate::environment::var("BLOCKJOBINFO_QMP_IDLE_MS")
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000u64);
     Duration::from_millis(ms.max(10))
@@ -259,18 +356,20 @@ const INTERPOSER_LIMITS: Limits = Limits {
     max_message: crate::qmp::MAX_MESSAGE,
 };
 
-static POOL: Mutex<Option<HashMap<String, Arc<QmpSource>>>> = Mutex::new(None);
+/// Sources by socket path and the QEMU that must serve it (a restarted domain's new QEMU gets a new source).
+static POOL: Mutex<Option<HashMap<(String, u32), Arc<QmpSource>>>> = Mutex::new(None);
 /// The process whose idle-closing thread runs (0: none); a forked child has none of its parent's threads.
 static REAPER_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-fn pooled(path: &str) -> Result<Arc<QmpSource>> {
+fn pooled(path: &str, pid: u32) -> Result<Arc<QmpSource>> {
     let mut pool = lock_briefly(&POOL).ok_or_else(|| Error::Config("QMP connection pool busy".into()))?;
     let pool = pool.get_or_insert_with(HashMap::new);
-    let src = match pool.get(path) {
+    let key = (path.to_string(), pid);
+    let src = match pool.get(&key) {
         Some(s) => s.clone(),
         None => {
-            let s = Arc::new(QmpSource::lazy(path, INTERPOSER_LIMITS)?);
-            pool.insert(path.to_string(), s.clone());
+            let s = Arc::new(QmpSource::lazy_from(path, INTERPOSER_LIMITS, Some(pid))?);
+            pool.insert(key, s.clone());
             s
         }
     };
@@ -311,5 +410,30 @@ mod tests {
         assert_eq!(socket_path("/run/{name}.qmp", "vm1", "u-1").unwrap(), "/run/vm1.qmp");
         assert_eq!(socket_path("/run/{uuid}/{name}", "vm1", "u-1").unwrap(), "/run/u-1/vm1");
         assert!(socket_path("/run/one.qmp", "vm1", "u-1").is_err());
+        for name in [".", "..", "a/b", ""] {
+            assert!(socket_path("/run/{name}/qmp.sock", name, "u-1").is_err(), "{name:?}");
+        }
+        assert!(socket_path("/run/{uuid}/qmp.sock", "..", "u-1").is_ok());
+        assert!(socket_path("tcp:localhost:{name}", "4444", "u-1").is_err());
+    }
+
+    #[test]
+    fn libvirts_state_directories() {
+        assert_eq!(
+            qemu_state_dir("qemu:///system").unwrap(),
+            std::path::Path::new("/run/libvirt/qemu")
+        );
+        assert_eq!(
+            qemu_state_dir("qemu+unix:///system?socket=/x").unwrap(),
+            std::path::Path::new("/run/libvirt/qemu")
+        );
+        for remote in [
+            "qemu+ssh://host/system",
+            "qemu://host/system",
+            "lxc:///system",
+            "qemu:///embed?root=/r",
+        ] {
+            assert!(qemu_state_dir(remote).is_err(), "{remote}");
+        }
     }
 }

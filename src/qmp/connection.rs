@@ -124,8 +124,9 @@ pub enum Kind<R> {
 }
 
 impl Connection {
-    /// Connects, reads the greeting and negotiates capabilities, all within `limits.connect_timeout`.
-    pub fn open(address: &Address, limits: Limits) -> Result<Connection> {
+    /// Connects, reads the greeting and negotiates capabilities, all within `limits.connect_timeout`. With
+    /// `peer_pid`, the process listening must be that one, checked before a byte is read or written.
+    pub fn open(address: &Address, limits: Limits, peer_pid: Option<u32>) -> Result<Connection> {
         let deadline = Instant::now() + limits.connect_timeout;
         let connect_err = |source| Error::Connect {
             address: address.to_string(),
@@ -161,6 +162,16 @@ impl Connection {
                 Stream::Tcp(s)
             }
         };
+        let found = stream.peer_pid();
+        if let Some(want) = peer_pid.filter(|&p| found != Some(p)) {
+            return Err(Error::Peer {
+                address: address.to_string(),
+                why: format!(
+                    "it is process {}, not {want} as required",
+                    found.map_or("unknown".into(), |p| p.to_string())
+                ),
+            });
+        }
         let stream = Arc::new(stream);
         let mut conn = Connection {
             writer: Writer {

@@ -37,6 +37,8 @@ const MAX_KEPT_EVENT_BYTES: usize = 16 * 1024 * 1024;
 pub struct Monitor {
     address: Address,
     limits: Limits,
+    /// The process that must be on the other end of every connection, when one is required.
+    peer_pid: Option<u32>,
     /// The process that made it: only that one may shut its sockets down.
     pid: u32,
     state: Mutex<State>,
@@ -91,10 +93,11 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Monitor {
-    pub fn new(address: Address, limits: Limits) -> Monitor {
+    pub fn new(address: Address, limits: Limits, peer_pid: Option<u32>) -> Monitor {
         Monitor {
             address,
             limits,
+            peer_pid,
             pid: std::process::id(),
             state: Mutex::new(State {
                 closed: false,
@@ -313,7 +316,7 @@ impl Monitor {
             return Ok(st);
         }
         drop(st);
-        let made = Connection::open(&self.address, self.limits);
+        let made = Connection::open(&self.address, self.limits, self.peer_pid);
         let mut st = lock(&self.state);
         let fail = |mut st: MutexGuard<'_, State>, e| {
             st.busy = false;

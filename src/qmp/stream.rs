@@ -28,6 +28,16 @@ impl Interrupter {
 }
 
 impl Stream {
+    /// The process that listens on the other end of a Unix socket (`SO_PEERCRED`: who called `listen`);
+    /// `None` for TCP, whose peer has no process here.
+    pub(super) fn peer_pid(&self) -> Option<u32> {
+        match self {
+            Stream::Unix(s) => rustix::net::sockopt::socket_peercred(s)
+                .ok()
+                .map(|c| c.pid.as_raw_nonzero().get() as u32),
+            Stream::Tcp(_) => None,
+        }
+    }
     pub(super) fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
         match self {
             Stream::Unix(s) => s.set_read_timeout(Some(t)),

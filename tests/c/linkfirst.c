@@ -3,13 +3,15 @@
  *
  *   linkfirst DOMAIN DISK SOURCE...
  *
- * For each SOURCE (BLOCKJOBINFO_SOURCE), prints "SOURCE rc=R type=T bandwidth=B cur=C end=E" for DISK and
+ * For each SOURCE (chosen with bji_dropin_set_source: the environment is read once, at load), prints "SOURCE rc=R type=T bandwidth=B cur=C end=E" for DISK and
  * "SOURCE rc=R code=C message=M" for a disk that does not exist. */
 #include <stdio.h>
 #include <stdlib.h>
 
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
+
+#include "blockjobinfo.h"
 
 static void quiet(void *opaque, virErrorPtr err)
 {
@@ -31,7 +33,10 @@ int main(int argc, char **argv)
         return 1;
     }
     for (int i = 3; i < argc; i++) {
-        setenv("BLOCKJOBINFO_SOURCE", argv[i], 1);
+        if (bji_dropin_set_source(argv[i]) != 0) {
+            fprintf(stderr, "error: %s\n", bji_last_error());
+            return 1;
+        }
         virDomainBlockJobInfo info;
         int rc = virDomainGetBlockJobInfo(dom, argv[2], &info, 0);
         printf("%s rc=%d type=%d bandwidth=%lu cur=%llu end=%llu\n", argv[i], rc, info.type, info.bandwidth,

@@ -658,6 +658,7 @@ pub fn build_linkfirst(dom: &Domain) -> String {
     let out = Command::new("cc")
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-D_POSIX_C_SOURCE=200809L"])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/linkfirst.c"))
+        .arg(concat!("-I", env!("CARGO_MANIFEST_DIR"), "/include"))
         .arg("-o")
         .arg(&exe)
         .arg("-L")

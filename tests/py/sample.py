@@ -3,14 +3,14 @@
 
     sample.py DOMAIN DISK UNTIL SECONDS SOURCES OUTPUT
 
-Each sample asks libvirt itself (BLOCKJOBINFO_SOURCE=libvirt), then every source in SOURCES (comma-separated),
+Each sample asks libvirt itself (source libvirt), then every source in SOURCES (comma-separated),
 then libvirt again, with flags 0 and VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES, and prints one JSON line. The
-source is switched through the environment between calls, so all answers come from one process within
+source is switched through the library's bji_dropin_set_source between calls, so all answers come from one process within
 milliseconds. Samples go to the file OUTPUT. UNTIL is "ready" (stop after a few samples in the mirroring phase) or "gone" (stop when there
 is no job).
 """
+import ctypes
 import json
-import os
 import sys
 import time
 
@@ -18,12 +18,22 @@ import libvirt
 
 name, disk, until, seconds, sources = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5].split(",")
 out = open(sys.argv[6], "w")
+# The preloaded library reads its environment once, at load: a program switches sources through its API.
+_set_source = ctypes.CDLL(None).bji_dropin_set_source
+_set_source.argtypes = [ctypes.c_char_p]
+
+
+def choose(source):
+    if _set_source(source.encode()) != 0:
+        raise SystemExit(f"bji_dropin_set_source({source!r}) failed")
+
+
 libvirt.registerErrorHandler(lambda *_: None, None)  # errors are for the caller, not stderr
 dom = libvirt.open("qemu:///session").lookupByName(name)
 
 
 def ask(source, flags):
-    os.environ["BLOCKJOBINFO_SOURCE"] = source
+    choose(source)
     return dom.blockJobInfo(disk, flags)
 
 

@@ -1,0 +1,35 @@
+//! The library's `BLOCKJOBINFO_*` variables, and those that say where a session libvirt keeps its state
+//! (`XDG_RUNTIME_DIR`, `XDG_CACHE_HOME`, `HOME`), read from the environment once per process.
+//!
+//! The drop-in runs inside other people's programs: reading the environment at every call would race a
+//! `setenv` in another thread of the host (glibc's `getenv` is not safe against it), and a program running
+//! with more privilege than its caller (`AT_SECURE`: setuid, setgid, file capabilities) must not let that
+//! caller steer it. So the variables are copied once, at load when the C library's constructor runs (before
+//! the host's `main`, while it has one thread), or at the first use otherwise; under `AT_SECURE` none is read.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+const SESSION_DIRS: [&str; 3] = ["XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "HOME"];
+
+static VARS: OnceLock<HashMap<String, String>> = OnceLock::new();
+
+/// Takes the snapshot, unless one was already taken. `secure` is the process's `AT_SECURE`: the caller
+/// that can ask the kernel tells it (the C layer); a program linking the Rust library gets `false`.
+pub fn init(secure: bool) {
+    VARS.get_or_init(|| {
+        if secure {
+            return HashMap::new();
+        }
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| k.starts_with("BLOCKJOBINFO_") || SESSION_DIRS.contains(&k.as_str()))
+            .collect()
+    });
+}
+
+/// `name` as it was when the snapshot was taken; `None` when unset, not UTF-8, or ignored under `AT_SECURE`.
+pub fn var(name: &str) -> Option<&'static str> {
+    init(false);
+    VARS.get()?.get(name).map(String::as_str)
+}
