@@ -357,7 +357,9 @@ const INTERPOSER_LIMITS: Limits = Limits {
 };
 
 /// Sources by socket path and the QEMU that must serve it (a restarted domain's new QEMU gets a new source).
-static POOL: Mutex<Option<HashMap<(String, u32), Arc<QmpSource>>>> = Mutex::new(None);
+static POOL: Mutex<Option<HashMap<PoolKey, Arc<QmpSource>>>> = Mutex::new(None);
+/// A socket's path and the pid of the QEMU that must serve it.
+type PoolKey = (String, u32);
 /// The process whose idle-closing thread runs (0: none); a forked child has none of its parent's threads.
 static REAPER_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
