@@ -22,7 +22,7 @@ pub mod wait;
 pub use abi::*;
 pub use error::{Error, Result};
 pub use jobs::{parse_jobs, parse_reply_text, select};
-pub use qmp::{Address, Limits, QemuVersion};
+pub use qmp::{Address, Limits, Peer, QemuVersion};
 pub use source::{JobReport, QmpSource};
 pub use translate::{translate, NoReadyPolicy, Observation, RawJob};
 pub use wait::{Outcome, Until, Waited};

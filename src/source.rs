@@ -10,7 +10,7 @@ use crate::abi::{virDomainBlockJobInfo, VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT}
 use crate::error::Error;
 use crate::error::Result;
 use crate::jobs;
-use crate::qmp::{Address, Limits, Monitor, QemuVersion};
+use crate::qmp::{Address, Limits, Monitor, Peer, QemuVersion};
 use crate::translate::{self, NoReadyPolicy, Observation, RawJob};
 
 /// A job as QEMU reported it and as libvirt would report it, from one reply.
@@ -27,8 +27,8 @@ pub struct JobReport {
 pub struct QmpSource {
     address: Address,
     limits: Limits,
-    /// The process that must be listening at the address, when one is required.
-    peer_pid: Option<u32>,
+    /// Who must be listening at the address, when that is required.
+    peer: Option<Peer>,
     /// Grace timer in ms; `NO_GRACE` when off.
     grace_ms: AtomicU64,
     /// The monitor of the process that made it (see `monitor`).
@@ -72,7 +72,12 @@ impl QmpSource {
 
     /// Connects now, so that a wrong address fails here and not at the first query.
     pub fn open_with(address: &str, limits: Limits) -> Result<QmpSource> {
-        let src = QmpSource::lazy(address, limits)?;
+        QmpSource::open_from(address, limits, None)
+    }
+
+    /// `open_with`, where only `peer` may be listening (see `lazy_from`).
+    pub fn open_from(address: &str, limits: Limits, peer: Option<Peer>) -> Result<QmpSource> {
+        let src = QmpSource::lazy_from(address, limits, peer)?;
         src.monitor()?.connect()?;
         Ok(src)
     }
@@ -82,14 +87,14 @@ impl QmpSource {
         QmpSource::lazy_from(address, limits, None)
     }
 
-    /// As `lazy`, for a Unix socket on which only process `pid` may listen: a connection to any other is
-    /// refused (`Error::Peer`) before anything is asked. For a caller that knows which process serves the
-    /// socket (the drop-in knows a domain's QEMU from libvirt).
-    pub fn lazy_from(address: &str, limits: Limits, peer_pid: Option<u32>) -> Result<QmpSource> {
+    /// As `lazy`, for a Unix socket on which only `peer` may listen: a connection to anyone else is refused
+    /// (`Error::Peer`) before anything is asked. For a caller that knows who serves the socket (the drop-in
+    /// knows a domain's QEMU from libvirt).
+    pub fn lazy_from(address: &str, limits: Limits, peer: Option<Peer>) -> Result<QmpSource> {
         let address = Address::parse(address)?;
         Ok(QmpSource {
-            monitor: Mutex::new(Arc::new(Monitor::new(address.clone(), limits, peer_pid))),
-            peer_pid,
+            monitor: Mutex::new(Arc::new(Monitor::new(address.clone(), limits, peer.clone()))),
+            peer,
             monitor_pid: AtomicU32::new(std::process::id()),
             address,
             limits,
@@ -113,7 +118,7 @@ impl QmpSource {
             lock_briefly(&self.monitor)
         };
         let Some(mut m) = guard else {
-            let own = Arc::new(Monitor::new(self.address.clone(), self.limits, self.peer_pid));
+            let own = Arc::new(Monitor::new(self.address.clone(), self.limits, self.peer.clone()));
             // This lock too could be stuck from fork() (a parent itself in this path then): the monitor is then
             // one `close` cannot reach, and its call ends by its own timeout.
             if let Some(mut strays) = lock_briefly(&self.strays) {
@@ -129,7 +134,7 @@ impl QmpSource {
         };
         if m.pid() != pid {
             // Dropping the parent's closes this process's copies of its sockets, never shuts them down.
-            *m = Arc::new(Monitor::new(self.address.clone(), self.limits, self.peer_pid));
+            *m = Arc::new(Monitor::new(self.address.clone(), self.limits, self.peer.clone()));
             self.monitor_pid.store(pid, Ordering::Release);
             // A close that came meanwhile saw the parent's monitor, and skipped it.
             if self.closed.load(Ordering::Acquire) {

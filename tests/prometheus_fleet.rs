@@ -165,8 +165,9 @@ fn the_fleet_in_a_real_prometheus(s: &'static Stack) {
     });
     let host_a = dir.path().join("host-a");
     std::fs::create_dir(&host_a).unwrap();
-    std::os::unix::fs::symlink(trickle.lib_socket(), host_a.join("trickle.qmp")).unwrap();
-    std::os::unix::fs::symlink(steady.lib_socket(), host_a.join("steady.qmp")).unwrap();
+    // The daemons' sockets themselves: --qmp-glob never follows a link.
+    std::fs::hard_link(trickle.lib_socket(), host_a.join("trickle.qmp")).unwrap();
+    std::fs::hard_link(steady.lib_socket(), host_a.join("steady.qmp")).unwrap();
     let glob_a = format!("{}/*.qmp", host_a.display());
     let a = Exporter::start(&["--qmp-glob", &glob_a, "--listen", "127.0.0.1:0"]);
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::abi::virDomainBlockJobInfo;
 use crate::error::{Error, Result};
 use crate::jobs;
-use crate::qmp::Limits;
+use crate::qmp::{Limits, Peer};
 use crate::source::{lock_briefly, QmpSource};
 use crate::translate::{self, NoReadyPolicy, Observation};
 
@@ -370,7 +370,7 @@ fn pooled(path: &str, pid: u32) -> Result<Arc<QmpSource>> {
     let src = match pool.get(&key) {
         Some(s) => s.clone(),
         None => {
-            let s = Arc::new(QmpSource::lazy_from(path, INTERPOSER_LIMITS, Some(pid))?);
+            let s = Arc::new(QmpSource::lazy_from(path, INTERPOSER_LIMITS, Some(Peer::Process(pid)))?);
             pool.insert(key, s.clone());
             s
         }

@@ -18,6 +18,30 @@ use crate::error::{Error, Result};
 /// How late a read may time out past its deadline, in exchange for not re-arming the socket every call.
 const READ_TIMEOUT_SLACK: Duration = Duration::from_millis(50);
 
+/// Who must be listening on a Unix socket, checked (`SO_PEERCRED`) before a byte is read or written: a
+/// TCP peer, which has no process here, never passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// That process (a domain's QEMU, as libvirt knows it).
+    Process(u32),
+    /// A process of one of these users.
+    Users(Vec<u32>),
+}
+
+impl Peer {
+    fn check(&self, found: Option<(u32, u32)>) -> std::result::Result<(), String> {
+        let Some((pid, uid)) = found else {
+            return Err("its process cannot be told".into());
+        };
+        match self {
+            Peer::Process(want) if pid == *want => Ok(()),
+            Peer::Process(want) => Err(format!("it is process {pid}, not {want} as required")),
+            Peer::Users(uids) if uids.contains(&uid) => Ok(()),
+            Peer::Users(uids) => Err(format!("its process {pid} runs as uid {uid}, not one of {uids:?}")),
+        }
+    }
+}
+
 /// Time and size bounds of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -125,8 +149,8 @@ pub enum Kind<R> {
 
 impl Connection {
     /// Connects, reads the greeting and negotiates capabilities, all within `limits.connect_timeout`. With
-    /// `peer_pid`, the process listening must be that one, checked before a byte is read or written.
-    pub fn open(address: &Address, limits: Limits, peer_pid: Option<u32>) -> Result<Connection> {
+    /// `peer`, whoever listens must be that, checked before a byte is read or written.
+    pub fn open(address: &Address, limits: Limits, peer: Option<&Peer>) -> Result<Connection> {
         let deadline = Instant::now() + limits.connect_timeout;
         let connect_err = |source| Error::Connect {
             address: address.to_string(),
@@ -162,15 +186,11 @@ impl Connection {
                 Stream::Tcp(s)
             }
         };
-        let found = stream.peer_pid();
-        if let Some(want) = peer_pid.filter(|&p| found != Some(p)) {
-            return Err(Error::Peer {
+        if let Some(peer) = peer {
+            peer.check(stream.peer()).map_err(|why| Error::Peer {
                 address: address.to_string(),
-                why: format!(
-                    "it is process {}, not {want} as required",
-                    found.map_or("unknown".into(), |p| p.to_string())
-                ),
-            });
+                why,
+            })?;
         }
         let stream = Arc::new(stream);
         let mut conn = Connection {

@@ -10,7 +10,7 @@ mod monitor;
 mod stream;
 
 pub use address::Address;
-pub use connection::{Connection, Limits, QemuVersion};
+pub use connection::{Connection, Limits, Peer, QemuVersion};
 pub use framing::MessageBuffer;
 pub use monitor::{Heard, Listener, Monitor};
 pub use stream::Interrupter;

@@ -25,7 +25,7 @@ use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use super::connection::{reply_kind, Incoming, Kind, Reader, Writer};
-use super::{Address, Connection, Interrupter, Limits, QemuVersion};
+use super::{Address, Connection, Interrupter, Limits, Peer, QemuVersion};
 use crate::error::{Error, Result};
 
 /// Events kept for listeners (older ones are dropped first, and a listener that missed some is told so).
@@ -37,8 +37,8 @@ const MAX_KEPT_EVENT_BYTES: usize = 16 * 1024 * 1024;
 pub struct Monitor {
     address: Address,
     limits: Limits,
-    /// The process that must be on the other end of every connection, when one is required.
-    peer_pid: Option<u32>,
+    /// Who must be on the other end of every connection, when that is required.
+    peer: Option<Peer>,
     /// The process that made it: only that one may shut its sockets down.
     pid: u32,
     state: Mutex<State>,
@@ -93,11 +93,11 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Monitor {
-    pub fn new(address: Address, limits: Limits, peer_pid: Option<u32>) -> Monitor {
+    pub fn new(address: Address, limits: Limits, peer: Option<Peer>) -> Monitor {
         Monitor {
             address,
             limits,
-            peer_pid,
+            peer,
             pid: std::process::id(),
             state: Mutex::new(State {
                 closed: false,
@@ -316,7 +316,7 @@ impl Monitor {
             return Ok(st);
         }
         drop(st);
-        let made = Connection::open(&self.address, self.limits, self.peer_pid);
+        let made = Connection::open(&self.address, self.limits, self.peer.as_ref());
         let mut st = lock(&self.state);
         let fail = |mut st: MutexGuard<'_, State>, e| {
             st.busy = false;

@@ -28,13 +28,13 @@ impl Interrupter {
 }
 
 impl Stream {
-    /// The process that listens on the other end of a Unix socket (`SO_PEERCRED`: who called `listen`);
-    /// `None` for TCP, whose peer has no process here.
-    pub(super) fn peer_pid(&self) -> Option<u32> {
+    /// The process that listens on the other end of a Unix socket and its user (`SO_PEERCRED`: who called
+    /// `listen`); `None` for TCP, whose peer has no process here.
+    pub(super) fn peer(&self) -> Option<(u32, u32)> {
         match self {
             Stream::Unix(s) => rustix::net::sockopt::socket_peercred(s)
                 .ok()
-                .map(|c| c.pid.as_raw_nonzero().get() as u32),
+                .map(|c| (c.pid.as_raw_nonzero().get() as u32, c.uid.as_raw())),
             Stream::Tcp(_) => None,
         }
     }

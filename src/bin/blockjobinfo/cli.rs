@@ -93,9 +93,45 @@ pub struct Hosts {
     #[arg(short = 'c', long = "connect", value_name = "URI", conflicts_with = "qmp_glob")]
     pub connect: Option<String>,
     /// QMP sockets instead of libvirt, one per VM, as a glob (`/run/qemu-server/*.qmp`). A socket that is busy
-    /// or dead is reported on its line.
+    /// or dead is reported on its line. Only a socket itself (not a symbolic link), owned by root or a QEMU
+    /// user (--qmp-user), in a directory no one else can write, and served by a process of those users, is
+    /// read; any other match is logged once and never read.
     #[arg(long, value_name = "PATTERN")]
     pub qmp_glob: Option<String>,
+    /// With --qmp-glob: a user QEMU runs as, whose sockets are trusted beside root's and this program's own
+    /// user's (repeatable; default libvirt-qemu, if it exists).
+    #[arg(long = "qmp-user", value_name = "USER", value_parser = user_id, requires = "qmp_glob")]
+    pub qmp_users: Vec<u32>,
+    /// With --qmp-glob: at most this many sockets are read (the first, in the glob's order); the rest are
+    /// logged and left.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sockets: u32,
+}
+
+/// A user name or uid, as the system's user database knows it.
+fn user_id(s: &str) -> Result<u32, String> {
+    if let Ok(uid) = s.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(s) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => Err(format!("no user {s:?}")),
+        Err(e) => Err(format!("cannot look up user {s:?}: {e}")),
+    }
+}
+
+/// The users whose sockets a glob trusts: root, this program's own user, and `--qmp-user`'s (default
+/// libvirt-qemu, QEMU's user under Debian's libvirt, if it exists).
+pub fn trusted_socket_users(hosts: &Hosts) -> Vec<u32> {
+    let mut users = vec![0, nix::unistd::geteuid().as_raw()];
+    if hosts.qmp_users.is_empty() {
+        users.extend(user_id("libvirt-qemu").ok());
+    } else {
+        users.extend(&hosts.qmp_users);
+    }
+    users.sort_unstable();
+    users.dedup();
+    users
 }
 
 #[derive(Subcommand)]

@@ -11,7 +11,7 @@ use blockjobinfo::libvirt::api::Connection;
 use blockjobinfo::libvirt::host::{Calls, HostReader};
 use blockjobinfo::libvirt::xml::Mirror;
 use blockjobinfo::translate::{percent, type_label};
-use blockjobinfo::{Limits, QmpSource, RawJob, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES};
+use blockjobinfo::{Limits, Peer, QmpSource, RawJob, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES};
 use serde_json::{json, Value};
 
 use crate::cli::Hosts;
@@ -117,7 +117,7 @@ impl Reader {
         match &hosts.qmp_glob {
             Some(p) => Reader::Qmp {
                 pattern: p.clone(),
-                sockets: Sockets::default(),
+                sockets: Sockets::new(crate::cli::trusted_socket_users(hosts), hosts.max_sockets as usize),
                 patience: PATIENCE,
             },
             None => Reader::Libvirt {
@@ -262,10 +262,62 @@ fn read_libvirt(conn: &Connection, host: &mut HostReader, patience: Duration) ->
 }
 
 /// Sockets being read in a glob reading: a monitor that stalls is not read again until its reading (bounded by
-/// `GLOB_LIMITS`) has come back, so a stalled VM never holds more than one connection of ours.
-#[derive(Default)]
+/// `GLOB_LIMITS`) has come back, so a stalled VM never holds more than one connection of ours. Whoever can
+/// create entries where the glob looks could otherwise fake jobs, choose label values or stall readings, so
+/// a match is read only if `admit` trusts it, and at most `max` are read.
 pub struct Sockets {
     outstanding: std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>>,
+    /// Users trusted to own a socket, its directory, and to serve it.
+    users: Vec<u32>,
+    max: usize,
+    /// Matches refused (or past `max`) so far, each logged once.
+    refused: std::collections::HashSet<String>,
+}
+
+impl Sockets {
+    pub fn new(users: Vec<u32>, max: usize) -> Sockets {
+        Sockets {
+            outstanding: Default::default(),
+            users,
+            max,
+            refused: Default::default(),
+        }
+    }
+
+    /// Logs a refused match, the first time only.
+    fn refuse(&mut self, path: &str, why: &str) {
+        if self.refused.insert(path.to_string()) {
+            eprintln!("blockjobinfo: warning: --qmp-glob: {path}: not read: {why}");
+        }
+    }
+
+    /// Why `path` must not be read, if it must not: it is a socket itself, owned by a trusted user, in a
+    /// directory owned by one that no one else can write (so no one else can put a socket there).
+    fn admit(&self, path: &std::path::Path) -> Result<(), String> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+        if meta.file_type().is_symlink() {
+            return Err("a symbolic link".into());
+        }
+        if !meta.file_type().is_socket() {
+            return Err("not a socket".into());
+        }
+        if !self.users.contains(&meta.uid()) {
+            return Err(format!("owned by uid {}, not a trusted user (--qmp-user)", meta.uid()));
+        }
+        let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+        let dir_meta = std::fs::metadata(dir).map_err(|e| format!("its directory: {e}"))?;
+        if !self.users.contains(&dir_meta.uid()) {
+            return Err(format!("in a directory owned by uid {}", dir_meta.uid()));
+        }
+        if dir_meta.mode() & 0o002 != 0 {
+            return Err("in a directory anyone can write".into());
+        }
+        if dir_meta.mode() & 0o020 != 0 && dir_meta.gid() != 0 {
+            return Err(format!("in a directory group {} can write", dir_meta.gid()));
+        }
+        Ok(())
+    }
 }
 
 /// Sockets read at once. Each is a VM's own monitor: many at once cost each VM nothing more.
@@ -279,7 +331,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Every socket matching `pattern`, read in parallel under one deadline (`patience`); each is opened only for as
 /// long as it is read (a monitor serves one client at a time, and the VM's manager needs it).
-fn read_qmp(pattern: &str, sockets: &Sockets, patience: Duration) -> Result<Snapshot, String> {
+fn read_qmp(pattern: &str, sockets: &mut Sockets, patience: Duration) -> Result<Snapshot, String> {
     let at = Instant::now();
     let deadline = at + patience;
     let paths = glob::glob(pattern).map_err(|e| format!("--qmp-glob {pattern:?}: {e}"))?;
@@ -291,7 +343,22 @@ fn read_qmp(pattern: &str, sockets: &Sockets, patience: Duration) -> Result<Snap
         at,
         calls: None,
     };
-    let hosts: Vec<String> = paths.flatten().map(|p| p.display().to_string()).collect();
+    let mut hosts: Vec<String> = vec![];
+    for path in paths.flatten() {
+        let name = path.display().to_string();
+        if hosts.len() == sockets.max {
+            sockets.refuse(
+                &name,
+                &format!("more than {} sockets match (--max-sockets)", sockets.max),
+            );
+            continue;
+        }
+        match sockets.admit(&path) {
+            Ok(()) => hosts.push(name),
+            Err(why) => sockets.refuse(&name, &why),
+        }
+    }
+    let peer = Peer::Users(sockets.users.clone());
     let mut readings: Vec<Option<SocketReading>> = (0..hosts.len()).map(|_| None).collect();
     let queue: std::collections::VecDeque<usize> = {
         let outstanding = lock(&sockets.outstanding);
@@ -313,11 +380,12 @@ fn read_qmp(pattern: &str, sockets: &Sockets, patience: Duration) -> Result<Snap
     let hosts_shared = std::sync::Arc::new(hosts.clone());
     let (tx, rx) = std::sync::mpsc::channel::<(usize, SocketReading)>();
     for _ in 0..SOCKETS_AT_ONCE.min(pending) {
-        let (queue, tx, hosts, outstanding) = (
+        let (queue, tx, hosts, outstanding, peer) = (
             queue.clone(),
             tx.clone(),
             hosts_shared.clone(),
             sockets.outstanding.clone(),
+            peer.clone(),
         );
         // Detached: a stalled socket's reading ends by its own limits, after this reading gave up on it.
         let spawned = std::thread::Builder::new()
@@ -326,7 +394,8 @@ fn read_qmp(pattern: &str, sockets: &Sockets, patience: Duration) -> Result<Snap
                 let Some(i) = lock(&queue).pop_front() else { return };
                 let host = &hosts[i];
                 lock(&outstanding).insert(host.clone(), Instant::now());
-                let got = QmpSource::open_with(host, GLOB_LIMITS)
+                // Whoever serves it must be trusted too: a socket's owner says who made it, not who listens.
+                let got = QmpSource::open_from(host, GLOB_LIMITS, Some(peer.clone()))
                     .and_then(|src| src.all_reports(VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES))
                     .map_err(|e| e.to_string());
                 lock(&outstanding).remove(host);
