@@ -8,7 +8,7 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     echo "installing cargo-fuzz (crates.io)" >&2
     cargo +nightly install cargo-fuzz --locked
 fi
-for target in qmp_stream translate_reply; do
+for target in qmp_stream translate_reply web_config http_request; do
     scratch=target/fuzz-corpus/$target
     mkdir -p "$scratch"
     echo "fuzzing $target for ${seconds}s" >&2

@@ -6,6 +6,11 @@ use std::path::Path;
 
 use blockjobinfo::{ffi, fuzzing, virDomainBlockJobInfo};
 
+// The tool's HTTP side and web config loader, as the fuzz targets include them.
+#[allow(dead_code)]
+#[path = "../src/bin/blockjobinfo/http/mod.rs"]
+mod http;
+
 fn inputs(target: &str) -> Vec<Vec<u8>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut out = vec![];
@@ -40,5 +45,19 @@ fn translate_reply_inputs() {
         let rc = unsafe { ffi::bji_translate_reply(text.as_ptr(), c"j".as_ptr(), &mut info, flags) };
         assert!((-1..=1).contains(&rc));
         assert!(info.cur <= info.end);
+    }
+}
+
+#[test]
+fn web_config_inputs() {
+    for data in inputs("web_config") {
+        http::webconfig::fuzz_config(&data);
+    }
+}
+
+#[test]
+fn http_request_inputs() {
+    for data in inputs("http_request") {
+        http::fuzz_request(&data);
     }
 }

@@ -222,6 +222,44 @@ fn the_service_under_a_booted_systemd(s: &'static Stack) {
     assert_eq!(curl(&["--cacert", ca], https).0, 401);
     assert_eq!(curl(&[], URL).0, 400, "plain HTTP on the TLS port");
 
+    // A web config the service reads in place (not a credential, which systemd copies once, at start): a
+    // password revoked in the file is refused without a restart, and `systemctl reload` reads it again.
+    b.sh(&format!(
+        "set -e
+         printf 'basic_auth_users:\\n  prometheus: %s\\n' '{}' > /etc/blockjobinfo-auth.yml
+         chmod 0644 /etc/blockjobinfo-auth.yml
+         rm /etc/systemd/system/blockjobinfo-exporter.service.d/tls.conf
+         sed -i 's|^BLOCKJOBINFO_EXPORTER_ARGS=.*|BLOCKJOBINFO_EXPORTER_ARGS=\"-c qemu:///system --listen 127.0.0.1:9477 --web-config /etc/blockjobinfo-auth.yml\"|' \
+             /etc/default/blockjobinfo-exporter
+         systemctl daemon-reload
+         systemctl restart blockjobinfo-exporter",
+        bcrypt("prometheus", "first horse")
+    ));
+    eventually("the first password works", Duration::from_secs(30), || {
+        curl(&["-u", "prometheus:first horse"], URL).0 == 200
+    });
+    b.sh(&format!(
+        "set -e
+         printf 'basic_auth_users:\\n  prometheus: %s\\n' '{}' > /etc/blockjobinfo-auth.new
+         chmod 0644 /etc/blockjobinfo-auth.new
+         mv /etc/blockjobinfo-auth.new /etc/blockjobinfo-auth.yml",
+        bcrypt("prometheus", "second horse")
+    ));
+    eventually("the first password is revoked", Duration::from_secs(15), || {
+        curl(&["-u", "prometheus:first horse"], URL).0 == 401
+    });
+    assert_eq!(curl(&["-u", "prometheus:second horse"], URL).0, 200);
+    b.sh("systemctl reload blockjobinfo-exporter");
+    eventually("systemctl reload reads it again", Duration::from_secs(15), || {
+        b.sh("journalctl -q -o cat -u blockjobinfo-exporter")
+            .contains("read again (SIGHUP)")
+    });
+    assert_eq!(
+        b.sh("systemctl show -p NRestarts --value blockjobinfo-exporter").trim(),
+        "0",
+        "reloaded, not restarted"
+    );
+
     // Purged: stopped, and gone with its unit and its defaults.
     b.sh(&format!("apt-get purge -y -q {}", PACKAGES.join(" ")));
     let active = b

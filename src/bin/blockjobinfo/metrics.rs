@@ -259,8 +259,9 @@ const LANDING: &str = "<!DOCTYPE html>
 /// Serves `/metrics` until killed. The web config is checked whole before the socket is opened; a mistake is one
 /// line and exit status 2, with nothing served.
 fn serve(reader: Reader, serving: Serving) -> ExitCode {
-    let web = match serving.web_config {
-        Some(path) => match http::webconfig::load(&credential(path)) {
+    let web_config = serving.web_config.map(credential);
+    let web = match &web_config {
+        Some(path) => match http::webconfig::load(path) {
             Ok(w) => w,
             Err(e) => {
                 eprintln!("blockjobinfo: error: {e}");
@@ -317,7 +318,7 @@ fn serve(reader: Reader, serving: Serving) -> ExitCode {
         metrics: scrape,
         scrape_timeout: serving.scrape_timeout,
     };
-    match http::serve(listener, web, serving.limits, site) {
+    match http::serve(listener, web, web_config, serving.limits, site) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("blockjobinfo: error: {e}");

@@ -6,7 +6,10 @@
 //!   included) or of its previous answer, and read each answer within it too;
 //! - size: a request head over 8 KiB is refused with 431;
 //! - concurrency: at most `max_requests` requests are answered at once, the rest get 503 at once;
-//! - TLS (rustls) and basic authentication from an exporter-toolkit web config (`webconfig`, `auth`).
+//! - TLS (rustls) and basic authentication from an exporter-toolkit web config (`webconfig`, `auth`), read
+//!   again when it or a file it names changes, or on SIGHUP: a new certificate or a revoked password takes
+//!   effect without a restart (a connection keeps the TLS it began with; every request is checked by the
+//!   config in force when it arrives). A config that no longer reads is reported and the one in force kept.
 //!
 //! What `/metrics` answers is the caller's (`metrics.rs`).
 
@@ -108,19 +111,20 @@ fn cores() -> usize {
         .min(4)
 }
 
-/// Serves until the process ends. Errors only if the runtime cannot start.
-pub fn serve(listener: TcpListener, web: WebConfig, limits: Limits, site: Site) -> std::io::Result<()> {
-    let max_connections = connection_room(limits.max_connections);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        // bcrypt runs there (auth.rs): one per core at most, the threads gone when idle.
-        .max_blocking_threads(cores())
-        .thread_keep_alive(Duration::from_secs(10))
-        .build()?;
-    rt.block_on(async move {
-        listener.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        let shared = Arc::new(Shared {
+/// How often the web config's files are looked at for a change.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// What a web config makes of a request: TLS for new connections, authentication, headers, a rate limit.
+struct Web {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    auth: Option<Arc<Auth>>,
+    headers: Vec<(hyper::header::HeaderName, HeaderValue)>,
+    bucket: Option<Mutex<Bucket>>,
+}
+
+impl Web {
+    fn new(web: &WebConfig) -> Web {
+        Web {
             tls: web.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             auth: Auth::new(web.users.clone()),
             headers: web
@@ -134,14 +138,78 @@ pub fn serve(listener: TcpListener, web: WebConfig, limits: Limits, site: Site) 
                 })
                 .collect(),
             bucket: web.rate_limit.map(Bucket::new),
-            requests: Arc::new(Semaphore::new(limits.max_requests)),
-            checking: Arc::new(Semaphore::new((limits.max_requests / 2).max(1))),
-            limits,
-            site,
-            idle: Mutex::new(BTreeMap::new()),
-            next: AtomicU64::new(0),
-            open: std::sync::atomic::AtomicUsize::new(0),
-        });
+        }
+    }
+}
+
+/// Reads the web config at `path` again on SIGHUP, or when one of its files changes; forever.
+async fn watch_web_config(shared: Arc<Shared>, path: std::path::PathBuf, mut files: Vec<std::path::PathBuf>) {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| eprintln!("blockjobinfo: SIGHUP cannot reload the web config: {e}"))
+        .ok();
+    let mut seen = webconfig::stamp(&files);
+    loop {
+        let why = tokio::select! {
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => "SIGHUP",
+            _ = tokio::time::sleep(WATCH_EVERY) => {
+                if webconfig::stamp(&files) == seen {
+                    continue;
+                }
+                "it changed"
+            }
+        };
+        // What is read is at least this new: a change made while it is read is seen next time.
+        let before = webconfig::stamp(&files);
+        let from = path.clone();
+        match tokio::task::spawn_blocking(move || webconfig::load(&from)).await {
+            Ok(Ok(web)) => {
+                // Other files named now (a new certificate's name): theirs are the stamps to compare with.
+                seen = if web.files == files {
+                    before
+                } else {
+                    webconfig::stamp(&web.files)
+                };
+                files = web.files.clone();
+                *shared.web.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Web::new(&web));
+                eprintln!("blockjobinfo: web config {} read again ({why})", path.display());
+            }
+            Ok(Err(e)) => {
+                seen = before;
+                eprintln!("blockjobinfo: error: {e}; the web config in force is kept");
+            }
+            Err(e) => eprintln!("blockjobinfo: error: reading the web config again: {e}"),
+        }
+    }
+}
+
+/// Serves until the process ends. With `web_config`, the file `web` was read from, it is read again as it
+/// changes. Errors only if the runtime cannot start.
+pub fn serve(
+    listener: TcpListener,
+    web: WebConfig,
+    web_config: Option<std::path::PathBuf>,
+    limits: Limits,
+    site: Site,
+) -> std::io::Result<()> {
+    let max_connections = connection_room(limits.max_connections);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        // bcrypt runs there (auth.rs): one per core at most, the threads gone when idle.
+        .max_blocking_threads(cores())
+        .thread_keep_alive(Duration::from_secs(10))
+        .build()?;
+    rt.block_on(async move {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let shared = Shared::new(&web, limits, site);
+        if let Some(path) = web_config {
+            tokio::spawn(watch_web_config(shared.clone(), path, web.files.clone()));
+        }
         loop {
             let (stream, _) = match listener.accept().await {
                 Ok(c) => c,
@@ -163,10 +231,8 @@ pub fn serve(listener: TcpListener, web: WebConfig, limits: Limits, site: Site) 
 }
 
 struct Shared {
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    auth: Option<Arc<Auth>>,
-    headers: Vec<(hyper::header::HeaderName, HeaderValue)>,
-    bucket: Option<Mutex<Bucket>>,
+    /// The web config in force.
+    web: std::sync::RwLock<Arc<Web>>,
     requests: Arc<Semaphore>,
     /// Requests waiting for a password check (a bcrypt): at most half of `max_requests`, so that the rest stay
     /// free for requests whose verdict is known (a scraper with the right password).
@@ -180,6 +246,23 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(web: &WebConfig, limits: Limits, site: Site) -> Arc<Shared> {
+        Arc::new(Shared {
+            web: std::sync::RwLock::new(Arc::new(Web::new(web))),
+            requests: Arc::new(Semaphore::new(limits.max_requests)),
+            checking: Arc::new(Semaphore::new((limits.max_requests / 2).max(1))),
+            limits,
+            site,
+            idle: Mutex::new(BTreeMap::new()),
+            next: AtomicU64::new(0),
+            open: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    fn web(&self) -> Arc<Web> {
+        self.web.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Marks a connection idle (waiting for a request); the key orders it among the idle ones.
     fn set_idle(&self, close: &Arc<Notify>) -> u64 {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
@@ -249,8 +332,10 @@ async fn connection(stream: tokio::net::TcpStream, conn: Arc<Tracked>) {
     let shared = conn.shared.clone();
     // The deadline for the next request head (None while a request is being answered).
     let (deadline_tx, mut deadline_rx) = watch::channel(Some(Instant::now() + shared.limits.request_timeout));
+    // The TLS in force when the connection came: a reload serves connections that come later.
+    let web = shared.web();
     let serve = async {
-        match &shared.tls {
+        match &web.tls {
             None => http(stream, &conn, &deadline_tx).await,
             Some(acceptor) => {
                 if plain_http_on_tls(&stream).await {
@@ -325,15 +410,17 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 async fn answer(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let mut response = route(shared, req).await;
-    for (name, value) in &shared.headers {
+    // The config in force when the request came: a password revoked since is refused.
+    let web = shared.web();
+    let mut response = route(shared, &web, req).await;
+    for (name, value) in &web.headers {
         response.headers_mut().insert(name.clone(), value.clone());
     }
     response
 }
 
-async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if let Some(bucket) = &shared.bucket {
+async fn route(shared: &Arc<Shared>, web: &Web, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(bucket) = &web.bucket {
         if !bucket.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
         }
@@ -351,7 +438,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
     let Ok(_slot) = shared.requests.clone().try_acquire_owned() else {
         return busy();
     };
-    if let Some(auth) = &shared.auth {
+    if let Some(auth) = &web.auth {
         let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes().to_vec());
         let verdict = match auth.cached(header.as_deref()) {
             Some(v) => v,
@@ -447,5 +534,60 @@ impl Bucket {
         } else {
             false
         }
+    }
+}
+
+/// The body of the HTTP fuzz target (fuzz/) and of its regressions (tests/fuzz_regressions.rs): `data`, as a
+/// client sends it, through hyper's parser and `route`, with basic authentication on. Nothing panics, whatever
+/// comes back is an HTTP/1.x answer, and the metrics are only ever given to the right password.
+#[allow(dead_code)] // not called by the tool itself
+pub fn fuzz_request(data: &[u8]) {
+    use std::sync::OnceLock;
+    use tokio::io::AsyncReadExt;
+    // The cheapest bcrypt cost: a check per input must not take a quarter of a second.
+    static HASH: OnceLock<String> = OnceLock::new();
+    let hash = HASH.get_or_init(|| bcrypt::hash("p", 4).expect("bcrypt"));
+    let mut web = WebConfig::plain();
+    web.users.insert("u".into(), hash.clone());
+    web.headers.push(("X-Frame-Options".into(), "deny".into()));
+    let site = Site {
+        landing: "landing\n".into(),
+        metrics: Arc::new(|_| Box::pin(async { Some("the_metric 1\n".to_string()) })),
+        scrape_timeout: Duration::from_secs(1),
+    };
+    let limits = Limits {
+        max_requests: 4,
+        max_connections: 4,
+        request_timeout: Duration::from_secs(2),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let answer = rt.block_on(async {
+        let conn = Tracked::new(Shared::new(&web, limits, site));
+        let (mut client, server) = tokio::io::duplex(MAX_HEAD * 4);
+        let (deadline, _) = watch::channel(None);
+        let talk = async {
+            let _ = client.write_all(data).await;
+            let _ = client.shutdown().await;
+            let mut answer = vec![];
+            let _ = (&mut client).take(1 << 20).read_to_end(&mut answer).await;
+            answer
+        };
+        let serve = async {
+            http(server, &conn, &deadline).await;
+        };
+        tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(serve, talk).1 })
+            .await
+            .expect("a request is answered or closed within its timeout")
+    });
+    if !answer.is_empty() {
+        // HTTP/1.0 to a client that speaks it.
+        assert!(answer.starts_with(b"HTTP/1."), "{:?}", String::from_utf8_lossy(&answer));
+    }
+    // "u:p", in base64: the metrics never go to a request without it.
+    if answer.windows(b"the_metric".len()).any(|w| w == b"the_metric") {
+        assert!(data.windows(4).any(|w| w == b"dTpw"), "metrics without the password");
     }
 }

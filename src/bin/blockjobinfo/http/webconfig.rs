@@ -22,6 +22,32 @@ pub struct WebConfig {
     pub users: BTreeMap<String, String>,
     pub headers: Vec<(String, String)>,
     pub rate_limit: Option<RateLimit>,
+    /// The files it was read from: the config and the certificate, key and CA files it names (watched for
+    /// changes while serving).
+    pub files: Vec<PathBuf>,
+}
+
+/// What a file looks like from outside: a change to it (a rewrite, a rename over it, a new certificate) shows.
+pub type Stamp = Vec<Option<(u64, u64, i64, i64, i64, i64, u64)>>;
+
+/// The stamps of `files` now (None for one that cannot be looked at).
+pub fn stamp(files: &[PathBuf]) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    files
+        .iter()
+        .map(|f| {
+            let m = std::fs::metadata(f).ok()?;
+            Some((
+                m.dev(),
+                m.ino(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+                m.size(),
+            ))
+        })
+        .collect()
 }
 
 /// A token bucket: one request every `interval`, with bursts of `burst`.
@@ -39,6 +65,7 @@ impl WebConfig {
             users: BTreeMap::new(),
             headers: vec![],
             rate_limit: None,
+            files: vec![],
         }
     }
 }
@@ -108,11 +135,23 @@ pub fn load(path: &Path) -> Result<WebConfig, String> {
         }
     };
     let text = std::fs::read_to_string(path).map_err(|e| at("", &format!("cannot read it: {e}")))?;
+    parse(&text, path)
+}
+
+/// Checks `text`, the contents of the web config at `path` (whose directory relative file names are in).
+pub fn parse(text: &str, path: &Path) -> Result<WebConfig, String> {
+    let at = |key: &str, why: &str| {
+        if key.is_empty() {
+            format!("web config {}: {why}", path.display())
+        } else {
+            format!("web config {}: {key}: {why}", path.display())
+        }
+    };
     // An empty file is an empty configuration, as in exporter-toolkit.
     let file: File = if text.trim().is_empty() {
         File::default()
     } else {
-        serde_saphyr::from_str(&text).map_err(|e| {
+        serde_saphyr::from_str(text).map_err(|e| {
             // The parser's own words and position, without its drawing of the source, and without the value it
             // found: a key or password at the wrong indentation must not end up in the journal.
             let why = e.without_snippet().to_string();
@@ -124,7 +163,18 @@ pub fn load(path: &Path) -> Result<WebConfig, String> {
     };
     // Relative file names are relative to the configuration's own directory, as in exporter-toolkit.
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    check(file, &dir).map_err(|Bad(key, why)| at(&key, &why))
+    let mut files = vec![path.to_path_buf()];
+    if let Some(t) = &file.tls_server_config {
+        files.extend(
+            [&t.cert_file, &t.key_file, &t.client_ca_file]
+                .into_iter()
+                .flatten()
+                .map(|f| dir.join(f)),
+        );
+    }
+    let mut web = check(file, &dir).map_err(|Bad(key, why)| at(&key, &why))?;
+    web.files = files;
+    Ok(web)
 }
 
 /// A parser message with the values it quotes left out: serde names a found value after "invalid type: " or
@@ -209,6 +259,7 @@ fn check(file: File, dir: &Path) -> Result<WebConfig, Bad> {
         users: file.basic_auth_users,
         headers,
         rate_limit,
+        files: vec![],
     })
 }
 
@@ -463,6 +514,17 @@ fn curves(p: &CryptoProvider, names: &[String]) -> Result<Vec<&'static dyn rustl
                 .ok_or_else(|| bad("tls_server_config.curve_preferences", format!("{name} is not offered")))
         })
         .collect()
+}
+
+/// The body of the web config fuzz target (fuzz/) and of its regressions (tests/fuzz_regressions.rs): any
+/// text is a config or one line that says what is wrong, never a panic.
+#[allow(dead_code)] // not called by the tool itself
+pub fn fuzz_config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Err(e) = parse(&text, Path::new("/nonexistent/web.yml")) {
+        assert!(!e.contains('\n'), "more than one line: {e:?}");
+        assert!(e.starts_with("web config /nonexistent/web.yml: "), "{e:?}");
+    }
 }
 
 #[cfg(test)]
