@@ -1,0 +1,129 @@
+//! A QMP peer that sends too much costs the client a clear error, never its memory: the peak RSS of `list`
+//! (getrusage of a fresh parent) stays bounded against a reply of 100,000 jobs, a reply that never ends, a flood
+//! of oversized events and a flood of small ones. The peer is a fake: no QEMU sends these.
+
+mod common;
+
+use std::process::Command;
+
+use common::fake::FakeQmp;
+use common::lib_dir;
+use serde_json::json;
+
+/// The bound on the tool's peak RSS. A healthy reading takes about a tenth of it; each flood below would take
+/// hundreds of MiB if what it sends were kept.
+const MAX_RSS_KIB: u64 = 64 * 1024;
+
+/// `blockjobinfo list --qmp-glob SOCKET` under a parent that reports its child's peak RSS: (RSS in KiB, all
+/// the tool printed).
+fn list_of(fake: &FakeQmp) -> (u64, String) {
+    let wrapper = "import resource, subprocess, sys\n\
+                   p = subprocess.run(sys.argv[1:], capture_output=True)\n\
+                   sys.stdout.buffer.write(p.stdout + p.stderr)\n\
+                   print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n";
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", wrapper])
+        .arg(lib_dir().join("blockjobinfo"))
+        .args(["list", "--qmp-glob", &fake.path])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rss = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MAXRSS_KIB "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no RSS: {text}"));
+    (rss, text)
+}
+
+fn one_job(i: usize) -> serde_json::Value {
+    json!({"type": "mirror", "device": format!("j{i}"), "len": 10, "offset": 5, "speed": 0})
+}
+
+fn bounded(what: &str, fake: &FakeQmp, error: &str) {
+    let (rss, text) = list_of(fake);
+    assert!(
+        text.contains(error),
+        "{what}: no {error:?} in: {}",
+        &text[..text.len().min(4000)]
+    );
+    assert!(rss < MAX_RSS_KIB, "{what}: peak RSS {rss} KiB");
+    eprintln!("{what}: peak RSS {rss} KiB");
+}
+
+#[test]
+fn a_healthy_reading_for_comparison() {
+    let fake = FakeQmp::start(|_, c| {
+        if c.handshake() {
+            c.serve(&json!([one_job(0)]));
+        }
+    });
+    bounded("healthy", &fake, "j0");
+}
+
+#[test]
+fn a_reply_of_100000_jobs() {
+    let fake = FakeQmp::start(|_, c| {
+        if c.handshake() {
+            c.serve(&serde_json::Value::Array((0..100_000).map(one_job).collect()));
+        }
+    });
+    bounded("100,000 jobs", &fake, "more than 4096 block jobs in one reply");
+}
+
+#[test]
+fn a_reply_that_never_ends() {
+    let fake = FakeQmp::start(|_, c| {
+        if c.handshake() && c.command().is_some() {
+            c.send(b"{\"return\": [{\"device\": \"");
+            let chunk = vec![b'x'; 1 << 20];
+            // 1 GiB, or until the client hangs up.
+            for _ in 0..1024 {
+                if !c.send(&chunk) {
+                    return;
+                }
+            }
+        }
+    });
+    bounded("a reply without end", &fake, "larger than the 10485760 byte limit");
+}
+
+#[test]
+fn a_flood_of_oversized_events() {
+    let fake = FakeQmp::start(|_, c| {
+        if c.handshake() && c.command().is_some() {
+            let pad = "x".repeat(1 << 20);
+            let event = format!("{{\"event\": \"BLOCK_JOB_READY\", \"data\": {{\"device\": \"{pad}\"}}}}\r\n");
+            for _ in 0..1024 {
+                if !c.send(event.as_bytes()) {
+                    return;
+                }
+            }
+        }
+    });
+    bounded("1 GiB of 1 MiB events", &fake, "over the 64 KiB limit");
+}
+
+#[test]
+fn a_flood_of_small_events_before_the_reply() {
+    let fake = FakeQmp::start(|_, c| {
+        if c.handshake() {
+            if let Some(cmd) = c.command() {
+                let event = format!(
+                    "{{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {{\"id\": \"{}\", \"status\": \"running\"}}}}\r\n",
+                    "y".repeat(400)
+                );
+                let burst = event.repeat(1000);
+                // About 45 MB of events (four times the bound; read within the tool's 2 s), then the answer.
+                for _ in 0..100 {
+                    if !c.send(burst.as_bytes()) {
+                        return;
+                    }
+                }
+                c.reply(&cmd, json!([one_job(0)]));
+                c.serve(&json!([one_job(0)]));
+            }
+        }
+    });
+    bounded("45 MB of small events", &fake, "j0");
+}
