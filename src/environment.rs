@@ -4,11 +4,24 @@
 //! The drop-in runs inside other people's programs: reading the environment at every call would race a
 //! `setenv` in another thread of the host (glibc's `getenv` is not safe against it), and a program running
 //! with more privilege than its caller (`AT_SECURE`: setuid, setgid, file capabilities) must not let that
-//! caller steer it. So the variables are copied once, at load when the C library's constructor runs (before
-//! the host's `main`, while it has one thread), or at the first use otherwise; under `AT_SECURE` none is read.
+//! caller steer it. So the variables are copied once: when the shared library is loaded (by its constructor:
+//! before the host's `main` for a preloaded or linked library, while it has one thread; inside `dlopen` for
+//! one loaded later, whose host's other threads may then run), or at the first use by a Rust program linking
+//! the crate. Under `AT_SECURE` none is read.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
+
+/// `AT_SECURE` from `/proc/self/auxv` (native-endian pairs of words: type, value).
+fn at_secure_from_proc() -> Option<bool> {
+    const AT_SECURE: usize = 23;
+    const WORD: usize = std::mem::size_of::<usize>();
+    let auxv = std::fs::read("/proc/self/auxv").ok()?;
+    auxv.chunks_exact(2 * WORD).find_map(|pair| {
+        let word = |b: &[u8]| usize::from_ne_bytes(b.try_into().expect("a word"));
+        (word(&pair[..WORD]) == AT_SECURE).then(|| word(&pair[WORD..]) != 0)
+    })
+}
 
 const SESSION_DIRS: [&str; 3] = ["XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "HOME"];
 
@@ -30,6 +43,10 @@ pub fn init(secure: bool) {
 
 /// `name` as it was when the snapshot was taken; `None` when unset, not UTF-8, or ignored under `AT_SECURE`.
 pub fn var(name: &str) -> Option<&'static str> {
-    init(false);
+    // Without the C layer's constructor (a Rust program linking the crate): AT_SECURE from the kernel's
+    // auxiliary vector as /proc shows it; unreadable, the environment is not trusted.
+    if VARS.get().is_none() {
+        init(at_secure_from_proc().unwrap_or(true));
+    }
     VARS.get()?.get(name).map(String::as_str)
 }

@@ -141,8 +141,9 @@ fn read_environment() {
     crate::environment::init(secure_execution());
 }
 
-/// The snapshot is taken when the shared library is loaded: before the host program's `main`, so before
-/// any thread of its own could `setenv` (a library that is `dlopen`ed takes it at its first call instead).
+/// The snapshot is taken when the shared library is loaded: before the host program's `main` for a preloaded
+/// or linked library, so before any thread of its own could `setenv` (a library that is `dlopen`ed later takes
+/// it inside `dlopen`, while the host's threads run).
 extern "C" fn read_environment_at_load() {
     // A constructor must not unwind into the loader.
     let _ = catch_unwind(read_environment);

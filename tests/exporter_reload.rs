@@ -88,6 +88,24 @@ fn a_changed_web_config_takes_effect_without_a_restart(s: &'static Stack) {
     assert!(line.contains("missing.pem"), "{}: {line}", s.name);
     assert_eq!(ask(&next_ca, "prometheus:new horse"), 200, "{}", s.name);
 
+    // One that would serve plain HTTP, or let anyone in, where TLS and passwords were (a file caught half
+    // written reads so): not taken.
+    replace(
+        &web,
+        &format!(
+            "basic_auth_users:\n  prometheus: {}\n",
+            bcrypt("prometheus", "new horse")
+        ),
+    );
+    said(&e, "not taken: it turns TLS off");
+    replace(
+        &web,
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n",
+    );
+    said(&e, "not taken: it turns basic authentication off");
+    assert_eq!(ask(&next_ca, "prometheus:wrong"), 401, "{}", s.name);
+    assert_eq!(ask(&next_ca, "prometheus:new horse"), 200, "{}", s.name);
+
     // SIGHUP reads it again, changed or not.
     replace(&web, &config(&bcrypt("prometheus", "third horse")));
     said(&e, "read again (it changed)");
@@ -101,4 +119,29 @@ fn a_changed_web_config_takes_effect_without_a_restart(s: &'static Stack) {
     assert_eq!(ask(&next_ca, "prometheus:new horse"), 401, "{}", s.name);
 }
 
-on_each_stack!(a_changed_web_config_takes_effect_without_a_restart);
+/// Without a web config, SIGHUP (a `systemctl reload` of the packaged unit) is taken, said so, and never ends
+/// the service.
+fn sighup_without_a_web_config_ends_nothing(s: &'static Stack) {
+    let qsd = Qsd::start(s);
+    let e = Exporter::start(&["--qmp-glob", &qsd.lib_socket(), "--listen", "127.0.0.1:0"]);
+    let url = format!("http://{}/metrics", e.address);
+    for _ in 0..3 {
+        let hup = std::process::Command::new("kill")
+            .args(["-HUP", &e.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(hup.success());
+        said(&e, "SIGHUP: there is no web config to read again");
+    }
+    assert_eq!(
+        curl(&[], &url).0,
+        200,
+        "{}: the exporter did not survive SIGHUP",
+        s.name
+    );
+}
+
+on_each_stack!(
+    a_changed_web_config_takes_effect_without_a_restart,
+    sighup_without_a_web_config_ends_nothing,
+);

@@ -39,12 +39,15 @@ job = {"device": "fake", "type": "mirror", "len": 10, "offset": 10, "ready": Tru
        "auto-dismiss": True}
 while True:
     c, _ = s.accept(); f = c.makefile("rw")
-    f.write(json.dumps({"QMP": {"version": {"qemu": {"major": 9, "minor": 0, "micro": 0}, "package": ""},
-                                "capabilities": []}}) + "\n"); f.flush()
-    for line in f:
-        name = json.loads(line).get("execute")
-        f.write(json.dumps({"return": [job] if name == "query-block-jobs" else {} if name == "qmp_capabilities" else []}) + "\n")
-        f.flush()
+    try:
+        f.write(json.dumps({"QMP": {"version": {"qemu": {"major": 9, "minor": 0, "micro": 0}, "package": ""},
+                                    "capabilities": []}}) + "\n"); f.flush()
+        for line in f:
+            name = json.loads(line).get("execute")
+            f.write(json.dumps({"return": [job] if name == "query-block-jobs" else {} if name == "qmp_capabilities" else []}) + "\n")
+            f.flush()
+    except OSError:
+        pass  # a client that left at once: the next one
 "#;
     let mut child = Command::new("setpriv");
     child
@@ -95,14 +98,25 @@ fn only_trusted_sockets_are_read(s: &'static Stack) {
     let _others = UnixListener::bind(dir.join("others.qmp")).unwrap();
     chown(&dir.join("others.qmp"), NOBODY);
     let _impostor = impostor(root.path(), &dir.join("impostor.qmp"));
-    // A directory anyone can write, holding a real monitor.
+    // Real monitors where someone else could have put them: a directory anyone can write (not sticky), one
+    // of another user, one another group can write, and a directory reached through another user's link.
     let open = root.path().join("open");
-    std::fs::create_dir(&open).unwrap();
-    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::hard_link(daemons[1].lib_socket(), open.join("vm3.qmp")).unwrap();
+    let nobodys = root.path().join("nobodys");
+    let grouped = root.path().join("grouped");
+    for (d, mode) in [(&open, 0o777), (&nobodys, 0o755), (&grouped, 0o775)] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::fs::hard_link(daemons[1].lib_socket(), d.join("vm3.qmp")).unwrap();
+    }
+    chown(&nobodys, NOBODY);
+    std::os::unix::fs::chown(&grouped, Some(0), Some(NOBODY)).unwrap();
+    let linked = root.path().join("linked");
+    std::os::unix::fs::symlink(&dir, &linked).unwrap();
+    std::os::unix::fs::lchown(&linked, Some(NOBODY), Some(NOBODY)).unwrap();
 
+    // The default users (root, this program's, libvirt-qemu): root's sockets are read.
     let glob = format!("{}/*/*.qmp", root.path().display());
-    let e = Exporter::start(&["--qmp-glob", &glob, "--listen", "127.0.0.1:0", "--qmp-user", "root"]);
+    let e = Exporter::start(&["--qmp-glob", &glob, "--listen", "127.0.0.1:0"]);
     let path = |d: &Path, n: &str| d.join(n).display().to_string();
     for round in 0..3 {
         let r = get(&e.address, "/metrics", &[]);
@@ -127,7 +141,15 @@ fn only_trusted_sockets_are_read(s: &'static Stack) {
                 r.body
             );
         }
-        assert_eq!(up(&path(&open, "vm3.qmp")), None, "{}: {}", s.name, r.body);
+        for d in [&open, &nobodys, &grouped] {
+            assert_eq!(up(&path(d, "vm3.qmp")), None, "{}: {d:?}: {}", s.name, r.body);
+        }
+        assert!(
+            !r.body.contains(&path(&linked, "")),
+            "{}: read through the link: {}",
+            s.name,
+            r.body
+        );
         // Trusted as a file, refused as a peer: it is a socket that does not answer, and its job is never seen.
         assert_eq!(up(&path(&dir, "impostor.qmp")), Some(0.0), "{}: {}", s.name, r.body);
         assert!(
@@ -143,11 +165,23 @@ fn only_trusted_sockets_are_read(s: &'static Stack) {
         (path(&dir, "link.qmp"), "a symbolic link"),
         (path(&dir, "plain.qmp"), "not a socket"),
         (path(&dir, "others.qmp"), &format!("owned by uid {NOBODY}")),
-        (path(&open, "vm3.qmp"), "in a directory anyone can write"),
+        (path(&open, "vm3.qmp"), "a directory anyone can write on the way"),
+        (
+            path(&nobodys, "vm3.qmp"),
+            &format!("a directory of uid {NOBODY} on the way"),
+        ),
+        (
+            path(&grouped, "vm3.qmp"),
+            &format!("a directory group {NOBODY} can write on the way"),
+        ),
+        (
+            path(&linked, "vm1.qmp"),
+            &format!("a symbolic link of uid {NOBODY} on the way"),
+        ),
     ] {
         let lines: Vec<&String> = log
             .iter()
-            .filter(|l| l.contains(&format!("{refused}: not read: {why}")))
+            .filter(|l| l.contains(&format!("{refused:?}: not read: {why}")))
             .collect();
         assert_eq!(
             lines.len(),
@@ -172,11 +206,28 @@ fn only_trusted_sockets_are_read(s: &'static Stack) {
     assert_eq!(up(&path(&dir, "vm1.qmp")), Some(1.0), "{}: {body}", s.name);
     assert_eq!(up(&path(&dir, "vm2.qmp")), None, "{}: {body}", s.name);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("vm2.qmp: not read: more than 1 sockets match"),
+        String::from_utf8_lossy(&out.stderr).contains("vm2.qmp\": not read: more than 1 sockets match"),
         "{}: {}",
         s.name,
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // --qmp-user trusts another user's sockets: nobody's is then read (and, never accepting, does not answer).
+    let others = path(&dir, "others.qmp");
+    for (users, read) in [(&[][..], false), (&["--qmp-user", "nobody"][..], true)] {
+        let mut args = vec!["metrics", "--qmp-glob", &others];
+        args.extend(users);
+        let out = run_tool(&args);
+        let m = parse_metrics(&String::from_utf8_lossy(&out.stdout));
+        let up = sample(&m, "blockjobinfo_socket_up", &[("socket", &others)]);
+        assert_eq!(
+            up.is_some(),
+            read,
+            "{}: {users:?}: {}",
+            s.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 on_each_stack!(only_trusted_sockets_are_read);

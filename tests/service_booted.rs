@@ -104,6 +104,18 @@ fn the_service_under_a_booted_systemd(s: &'static Stack) {
         b.sh(&format!("getent passwd {uid} | cut -d: -f1")).trim(),
         "blockjobinfo-exporter"
     );
+    // `systemctl reload` of the default install (no web config): taken, and the same process serves on.
+    b.sh("systemctl reload blockjobinfo-exporter");
+    eventually("the reload is taken", Duration::from_secs(15), || {
+        b.sh("journalctl -q -o cat -u blockjobinfo-exporter")
+            .contains("SIGHUP: there is no web config to read again")
+    });
+    assert_eq!(
+        b.sh("systemctl show -p MainPID --value blockjobinfo-exporter").trim(),
+        pid,
+        "{}: the reload ended the service",
+        s.name
+    );
     // On loopback alone, by default.
     let listening = b.sh("ss -Hltn 'sport = :9477'");
     assert!(

@@ -296,7 +296,14 @@ fn socket_path(template: &str, name: &str, uuid: &str) -> Result<String> {
             "domain name {name:?} cannot be part of a socket path"
         )));
     }
-    Ok(template.replace("{name}", name).replace("{uuid}", uuid))
+    let path = template.replace("{name}", name).replace("{uuid}", uuid);
+    // Whatever the name: an absolute path, never an address of another kind.
+    if !path.starts_with('/') {
+        return Err(Error::Config(format!(
+            "BLOCKJOBINFO_QMP_SOCKET={template:?} must be an absolute path, not {path:?}"
+        )));
+    }
+    Ok(path)
 }
 
 /// The pid of the domain's QEMU, from the pid file libvirt's QEMU driver writes for it
@@ -417,6 +424,10 @@ mod tests {
         }
         assert!(socket_path("/run/{uuid}/qmp.sock", "..", "u-1").is_ok());
         assert!(socket_path("tcp:localhost:{name}", "4444", "u-1").is_err());
+        // A name that would make the address another kind, or a relative path.
+        assert!(socket_path("{name}", "tcp:evil:4444", "u-1").is_err());
+        assert!(socket_path("{name}.qmp", "vm1", "u-1").is_err());
+        assert!(socket_path("unix:/run/{name}.qmp", "vm1", "u-1").is_err());
     }
 
     #[test]

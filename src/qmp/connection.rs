@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::framing::{parse_object, MessageBuffer};
-use super::stream::{connect_unix, Interrupter, Stream};
+use super::stream::{connect_unix, Interrupter, Listener, Stream};
 use super::{is_read_only_command, Address, MAX_MESSAGE};
 use crate::error::{Error, Result};
 
@@ -29,15 +29,27 @@ pub enum Peer {
 }
 
 impl Peer {
-    fn check(&self, found: Option<(u32, u32)>) -> std::result::Result<(), String> {
-        let Some((pid, uid)) = found else {
+    fn check(&self, found: Option<Listener>) -> std::result::Result<(), String> {
+        let Some(l) = found else {
             return Err("its process cannot be told".into());
         };
+        let shown = |p: Option<u32>| p.map_or("unknown".into(), |p| p.to_string());
         match self {
-            Peer::Process(want) if pid == *want => Ok(()),
-            Peer::Process(want) => Err(format!("it is process {pid}, not {want} as required")),
-            Peer::Users(uids) if uids.contains(&uid) => Ok(()),
-            Peer::Users(uids) => Err(format!("its process {pid} runs as uid {uid}, not one of {uids:?}")),
+            // The process itself, not a pid number that may have passed to it from a listener that exited
+            // (where the kernel offers a pidfd; before Linux 6.5, the number alone).
+            Peer::Process(want) => match l.now {
+                Some(Some(now)) if now == *want => Ok(()),
+                Some(None) => Err(format!("the process that listened there ({}) has exited", shown(l.pid))),
+                Some(Some(now)) => Err(format!("it is process {now}, not {want} as required")),
+                None if l.pid == Some(*want) => Ok(()),
+                None => Err(format!("it is process {}, not {want} as required", shown(l.pid))),
+            },
+            Peer::Users(uids) if uids.contains(&l.uid) => Ok(()),
+            Peer::Users(uids) => Err(format!(
+                "its process {} runs as uid {}, not one of {uids:?}",
+                shown(l.pid),
+                l.uid
+            )),
         }
     }
 }

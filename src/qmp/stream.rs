@@ -28,15 +28,17 @@ impl Interrupter {
 }
 
 impl Stream {
-    /// The process that listens on the other end of a Unix socket and its user (`SO_PEERCRED`: who called
-    /// `listen`); `None` for TCP, whose peer has no process here.
-    pub(super) fn peer(&self) -> Option<(u32, u32)> {
-        match self {
-            Stream::Unix(s) => rustix::net::sockopt::socket_peercred(s)
-                .ok()
-                .map(|c| (c.pid.as_raw_nonzero().get() as u32, c.uid.as_raw())),
-            Stream::Tcp(_) => None,
-        }
+    /// Who listens on the other end of a Unix socket; `None` for TCP, whose peer has no process here.
+    pub(super) fn peer(&self) -> Option<Listener> {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let Stream::Unix(s) = self else { return None };
+        let cred = getsockopt(s, sockopt::PeerCredentials).ok()?;
+        Some(Listener {
+            uid: cred.uid(),
+            // 0: a process in another pid namespace.
+            pid: u32::try_from(cred.pid()).ok().filter(|&p| p > 0),
+            now: getsockopt(s, sockopt::PeerPidfd).ok().map(|fd| pid_of(&fd)),
+        })
     }
     pub(super) fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
         match self {
@@ -74,6 +76,26 @@ impl Stream {
         }
         Ok(())
     }
+}
+
+/// The process on the other end of a Unix socket, as the kernel recorded it when the socket was made to listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Listener {
+    pub uid: u32,
+    /// Its pid then (`SO_PEERCRED`): the number may have passed to another process since.
+    pub pid: Option<u32>,
+    /// Its pid now, through a pidfd of that very process (`SO_PEERPIDFD`, Linux 6.5): `Some(None)` once it has
+    /// exited; `None` where the kernel cannot say.
+    pub now: Option<Option<u32>>,
+}
+
+/// The pid a pidfd's process has now (`/proc/self/fdinfo`): `None` once it has exited, or outside our pid
+/// namespace.
+fn pid_of(fd: &std::os::fd::OwnedFd) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    let pid: i64 = info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse().ok()?;
+    u32::try_from(pid).ok().filter(|&p| p > 0)
 }
 
 /// `connect()` on a Unix socket blocks, with no timeout, while the listener's backlog is full, and QEMU's

@@ -99,7 +99,7 @@ pub struct Hosts {
     #[arg(long, value_name = "PATTERN")]
     pub qmp_glob: Option<String>,
     /// With --qmp-glob: a user QEMU runs as, whose sockets are trusted beside root's and this program's own
-    /// user's (repeatable; default libvirt-qemu, if it exists).
+    /// user's (repeatable; default libvirt-qemu and qemu, those that exist: Debian's and Fedora's).
     #[arg(long = "qmp-user", value_name = "USER", value_parser = user_id, requires = "qmp_glob")]
     pub qmp_users: Vec<u32>,
     /// With --qmp-glob: at most this many sockets are read (the first, in the glob's order); the rest are
@@ -121,11 +121,11 @@ fn user_id(s: &str) -> Result<u32, String> {
 }
 
 /// The users whose sockets a glob trusts: root, this program's own user, and `--qmp-user`'s (default
-/// libvirt-qemu, QEMU's user under Debian's libvirt, if it exists).
+/// libvirt-qemu and qemu, QEMU's user under Debian's and Fedora's libvirt, those that exist).
 pub fn trusted_socket_users(hosts: &Hosts) -> Vec<u32> {
     let mut users = vec![0, nix::unistd::geteuid().as_raw()];
     if hosts.qmp_users.is_empty() {
-        users.extend(user_id("libvirt-qemu").ok());
+        users.extend(["libvirt-qemu", "qemu"].iter().filter_map(|u| user_id(u).ok()));
     } else {
         users.extend(&hosts.qmp_users);
     }

@@ -284,15 +284,27 @@ impl Sockets {
         }
     }
 
-    /// Logs a refused match, the first time only.
+    /// Logs a refused match, the first time only (the path quoted: a name cannot forge a line of the log). Past
+    /// `MAX_REMEMBERED` refusals, new ones go unsaid.
     fn refuse(&mut self, path: &str, why: &str) {
+        const MAX_REMEMBERED: usize = 4096;
+        if self.refused.len() >= MAX_REMEMBERED {
+            return;
+        }
         if self.refused.insert(path.to_string()) {
-            eprintln!("blockjobinfo: warning: --qmp-glob: {path}: not read: {why}");
+            eprintln!("blockjobinfo: warning: --qmp-glob: {path:?}: not read: {why}");
+            if self.refused.len() == MAX_REMEMBERED {
+                eprintln!(
+                    "blockjobinfo: warning: --qmp-glob: {MAX_REMEMBERED} paths refused: later ones are not logged"
+                );
+            }
         }
     }
 
-    /// Why `path` must not be read, if it must not: it is a socket itself, owned by a trusted user, in a
-    /// directory owned by one that no one else can write (so no one else can put a socket there).
+    /// Why `path` must not be read, if it must not: it is a socket itself, owned by a trusted user, and no one
+    /// else can have put it, or anything on the way to it, where it is: every directory on its path is owned by
+    /// a trusted user and writable by no one else (unless sticky, as /tmp, where no one else can replace what
+    /// a trusted user made), and any symbolic link on the way (/var/run) is a trusted user's.
     fn admit(&self, path: &std::path::Path) -> Result<(), String> {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
         let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
@@ -305,16 +317,23 @@ impl Sockets {
         if !self.users.contains(&meta.uid()) {
             return Err(format!("owned by uid {}, not a trusted user (--qmp-user)", meta.uid()));
         }
-        let dir = path.parent().unwrap_or(std::path::Path::new("/"));
-        let dir_meta = std::fs::metadata(dir).map_err(|e| format!("its directory: {e}"))?;
-        if !self.users.contains(&dir_meta.uid()) {
-            return Err(format!("in a directory owned by uid {}", dir_meta.uid()));
-        }
-        if dir_meta.mode() & 0o002 != 0 {
-            return Err("in a directory anyone can write".into());
-        }
-        if dir_meta.mode() & 0o020 != 0 && dir_meta.gid() != 0 {
-            return Err(format!("in a directory group {} can write", dir_meta.gid()));
+        for dir in path.ancestors().skip(1).filter(|d| !d.as_os_str().is_empty()) {
+            let at = |why: String| format!("{why}: {}", dir.display());
+            let link = std::fs::symlink_metadata(dir).map_err(|e| at(e.to_string()))?;
+            if link.file_type().is_symlink() && !self.users.contains(&link.uid()) {
+                return Err(at(format!("a symbolic link of uid {} on the way", link.uid())));
+            }
+            let d = std::fs::metadata(dir).map_err(|e| at(e.to_string()))?;
+            if !self.users.contains(&d.uid()) {
+                return Err(at(format!("a directory of uid {} on the way", d.uid())));
+            }
+            let sticky = d.mode() & 0o1000 != 0;
+            if d.mode() & 0o002 != 0 && !sticky {
+                return Err(at("a directory anyone can write on the way".into()));
+            }
+            if d.mode() & 0o020 != 0 && d.gid() != 0 && !sticky {
+                return Err(at(format!("a directory group {} can write on the way", d.gid())));
+            }
         }
         Ok(())
     }
@@ -344,8 +363,21 @@ fn read_qmp(pattern: &str, sockets: &mut Sockets, patience: Duration) -> Result<
         calls: None,
     };
     let mut hosts: Vec<String> = vec![];
+    // Matches looked at, at most: a directory of a million entries costs one reading a bounded time.
+    let mut looked = 0;
     for path in paths.flatten() {
         let name = path.display().to_string();
+        looked += 1;
+        if looked > sockets.max * 4 {
+            sockets.refuse(
+                pattern,
+                &format!(
+                    "it matches more than {} paths; the rest are not looked at",
+                    sockets.max * 4
+                ),
+            );
+            break;
+        }
         if hosts.len() == sockets.max {
             sockets.refuse(
                 &name,

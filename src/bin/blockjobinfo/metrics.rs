@@ -259,6 +259,14 @@ const LANDING: &str = "<!DOCTYPE html>
 /// Serves `/metrics` until killed. The web config is checked whole before the socket is opened; a mistake is one
 /// line and exit status 2, with nothing served.
 fn serve(reader: Reader, serving: Serving) -> ExitCode {
+    // First: from here on, SIGHUP reads the web config again and never ends the service.
+    let server = match http::Server::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("blockjobinfo: error: {e}");
+            return ExitCode::from(6);
+        }
+    };
     let web_config = serving.web_config.map(credential);
     let web = match &web_config {
         Some(path) => match http::webconfig::load(path) {
@@ -318,7 +326,7 @@ fn serve(reader: Reader, serving: Serving) -> ExitCode {
         metrics: scrape,
         scrape_timeout: serving.scrape_timeout,
     };
-    match http::serve(listener, web, web_config, serving.limits, site) {
+    match server.serve(listener, web, web_config, serving.limits, site) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("blockjobinfo: error: {e}");

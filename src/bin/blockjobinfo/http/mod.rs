@@ -142,12 +142,31 @@ impl Web {
     }
 }
 
-/// Reads the web config at `path` again on SIGHUP, or when one of its files changes; forever.
-async fn watch_web_config(shared: Arc<Shared>, path: std::path::PathBuf, mut files: Vec<std::path::PathBuf>) {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| eprintln!("blockjobinfo: SIGHUP cannot reload the web config: {e}"))
-        .ok();
+/// Why a web config read again cannot take the place of the one in force: it would serve plain HTTP where TLS
+/// was, or let anyone in where passwords were. A file caught half-written reads so; an operator who means it
+/// restarts the service.
+fn weakens(old: &Web, new: &WebConfig) -> Option<&'static str> {
+    if old.tls.is_some() && new.tls.is_none() {
+        return Some("it turns TLS off (restart the service to do that)");
+    }
+    if old.auth.is_some() && new.users.is_empty() {
+        return Some("it turns basic authentication off (restart the service to do that)");
+    }
+    None
+}
+
+/// SIGHUP reads the web config at `path` again; so does a change to one of its files, once the files have
+/// stood still for one look (a file being written is not read half-way). Without a web config, SIGHUP is
+/// taken and says so: it never ends the service. Forever.
+async fn watch_web_config(
+    shared: Arc<Shared>,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+    path: Option<std::path::PathBuf>,
+    mut files: Vec<std::path::PathBuf>,
+) {
     let mut seen = webconfig::stamp(&files);
+    // A change seen at the last look, read once it looks the same at the next.
+    let mut settling: Option<webconfig::Stamp> = None;
     loop {
         let why = tokio::select! {
             Some(()) = async {
@@ -156,12 +175,23 @@ async fn watch_web_config(shared: Arc<Shared>, path: std::path::PathBuf, mut fil
                     None => std::future::pending().await,
                 }
             } => "SIGHUP",
-            _ = tokio::time::sleep(WATCH_EVERY) => {
-                if webconfig::stamp(&files) == seen {
+            _ = tokio::time::sleep(WATCH_EVERY), if path.is_some() => {
+                let now = webconfig::stamp(&files);
+                if now == seen {
+                    settling = None;
+                    continue;
+                }
+                if settling.as_ref() != Some(&now) {
+                    settling = Some(now);
                     continue;
                 }
                 "it changed"
             }
+        };
+        settling = None;
+        let Some(path) = &path else {
+            eprintln!("blockjobinfo: SIGHUP: there is no web config to read again");
+            continue;
         };
         // What is read is at least this new: a change made while it is read is seen next time.
         let before = webconfig::stamp(&files);
@@ -175,6 +205,13 @@ async fn watch_web_config(shared: Arc<Shared>, path: std::path::PathBuf, mut fil
                     webconfig::stamp(&web.files)
                 };
                 files = web.files.clone();
+                if let Some(why_not) = weakens(&shared.web(), &web) {
+                    eprintln!(
+                        "blockjobinfo: error: web config {}: not taken: {why_not}; the web config in force is kept",
+                        path.display()
+                    );
+                    continue;
+                }
                 *shared.web.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Web::new(&web));
                 eprintln!("blockjobinfo: web config {} read again ({why})", path.display());
             }
@@ -187,47 +224,71 @@ async fn watch_web_config(shared: Arc<Shared>, path: std::path::PathBuf, mut fil
     }
 }
 
-/// Serves until the process ends. With `web_config`, the file `web` was read from, it is read again as it
-/// changes. Errors only if the runtime cannot start.
-pub fn serve(
-    listener: TcpListener,
-    web: WebConfig,
-    web_config: Option<std::path::PathBuf>,
-    limits: Limits,
-    site: Site,
-) -> std::io::Result<()> {
-    let max_connections = connection_room(limits.max_connections);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        // bcrypt runs there (auth.rs): one per core at most, the threads gone when idle.
-        .max_blocking_threads(cores())
-        .thread_keep_alive(Duration::from_secs(10))
-        .build()?;
-    rt.block_on(async move {
-        listener.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        let shared = Shared::new(&web, limits, site);
-        if let Some(path) = web_config {
-            tokio::spawn(watch_web_config(shared.clone(), path, web.files.clone()));
-        }
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of descriptors or memory for a moment: the listener stays, the loop goes on.
-                    eprintln!("blockjobinfo: accepting a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            if shared.open.load(Ordering::Relaxed) >= max_connections && !shared.evict_oldest_idle() {
-                continue; // every connection is busy with a request: this one is closed at once
+/// The exporter's runtime, made before anything else of the service: SIGHUP is taken from then on, so that a
+/// `systemctl reload` never ends the service, however early it comes.
+pub struct Server {
+    rt: tokio::runtime::Runtime,
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Server {
+    pub fn new() -> std::io::Result<Server> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            // bcrypt runs there (auth.rs): one per core at most, the threads gone when idle.
+            .max_blocking_threads(cores())
+            .thread_keep_alive(Duration::from_secs(10))
+            .build()?;
+        let hangup = {
+            let _in = rt.enter();
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| eprintln!("blockjobinfo: SIGHUP cannot be taken: {e}"))
+                .ok()
+        };
+        Ok(Server { rt, hangup })
+    }
+
+    /// Serves until the process ends. With `web_config`, the file `web` was read from, it is read again as it
+    /// changes. Errors only if the listener cannot be used.
+    pub fn serve(
+        self,
+        listener: TcpListener,
+        web: WebConfig,
+        web_config: Option<std::path::PathBuf>,
+        limits: Limits,
+        site: Site,
+    ) -> std::io::Result<()> {
+        let max_connections = connection_room(limits.max_connections);
+        let Server { rt, hangup } = self;
+        rt.block_on(async move {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let shared = Shared::new(&web, limits, site);
+            tokio::spawn(watch_web_config(shared.clone(), hangup, web_config, web.files.clone()));
+            accept(listener, shared, max_connections).await
+        })
+    }
+}
+
+/// Takes connections until the process ends.
+async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>, max_connections: usize) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors or memory for a moment: the listener stays, the loop goes on.
+                eprintln!("blockjobinfo: accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-            let _ = stream.set_nodelay(true);
-            // Counted open from here, before its task runs: a burst of connections cannot overshoot the bound.
-            tokio::spawn(connection(stream, Tracked::new(shared.clone())));
+        };
+        if shared.open.load(Ordering::Relaxed) >= max_connections && !shared.evict_oldest_idle() {
+            continue; // every connection is busy with a request: this one is closed at once
         }
-    })
+        let _ = stream.set_nodelay(true);
+        // Counted open from here, before its task runs: a burst of connections cannot overshoot the bound.
+        tokio::spawn(connection(stream, Tracked::new(shared.clone())));
+    }
 }
 
 struct Shared {
@@ -586,8 +647,17 @@ pub fn fuzz_request(data: &[u8]) {
         // HTTP/1.0 to a client that speaks it.
         assert!(answer.starts_with(b"HTTP/1."), "{:?}", String::from_utf8_lossy(&answer));
     }
-    // "u:p", in base64: the metrics never go to a request without it.
+    // "u:p", in base64, in an Authorization header: the metrics never go to a request without it.
     if answer.windows(b"the_metric".len()).any(|w| w == b"the_metric") {
-        assert!(data.windows(4).any(|w| w == b"dTpw"), "metrics without the password");
+        let lower = data.to_ascii_lowercase();
+        let needle = b"authorization:";
+        let authorized = lower.windows(needle.len()).enumerate().any(|(i, w)| {
+            w == needle
+                && data[i + needle.len()..]
+                    .split(|&b| b == b'\n')
+                    .next()
+                    .is_some_and(|v| v.windows(4).any(|w| w == b"dTpw"))
+        });
+        assert!(authorized, "metrics without the password");
     }
 }
