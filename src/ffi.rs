@@ -115,7 +115,10 @@ macro_rules! export {
         read_environment();
         crate::logging::init();
         clear_last_error();
-        match catch_unwind(AssertUnwindSafe(|| -> Result<_> { $body })) {
+        match catch_unwind(AssertUnwindSafe(|| -> Result<_> {
+            crate::fuzzing::panic_if_asked("export");
+            $body
+        })) {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 set_last_error(&e.to_string());

@@ -1,7 +1,15 @@
-//! The bodies of the fuzz targets (fuzz/), kept here so tests/fuzz_regressions.rs replays every saved input
-//! through exactly the same code. Not part of the API.
+//! Test hooks: the bodies of the fuzz targets (fuzz/), kept here so tests/fuzz_regressions.rs replays every
+//! saved input through exactly the same code, and a panic on request (debug builds only). Not part of the API.
 
 use crate::qmp::MessageBuffer;
+
+/// Panics where `BLOCKJOBINFO_TEST_PANIC` names `place` ("export": every `bji_*` function; "interposer": the
+/// drop-in), so that the tests can show no panic crosses into C. Debug builds only: a release build has none.
+pub fn panic_if_asked(place: &str) {
+    if cfg!(debug_assertions) && crate::environment::var("BLOCKJOBINFO_TEST_PANIC") == Some(place) {
+        panic!("BLOCKJOBINFO_TEST_PANIC={place}");
+    }
+}
 use crate::translate::KNOWN_FLAGS;
 
 /// Arbitrary bytes, cut into reads of a size the first byte picks, through the QMP stream reader: no panic,

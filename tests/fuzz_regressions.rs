@@ -45,6 +45,10 @@ fn translate_reply_inputs() {
         let rc = unsafe { ffi::bji_translate_reply(text.as_ptr(), c"j".as_ptr(), &mut info, flags) };
         assert!((-1..=1).contains(&rc));
         assert!(info.cur <= info.end);
+        // A failure is a refusal of the input, never a panic caught at the boundary.
+        // SAFETY: the library's NUL-terminated, thread-local last error.
+        let error = unsafe { std::ffi::CStr::from_ptr(ffi::bji_last_error()) }.to_string_lossy();
+        assert!(rc != -1 || !error.contains("panic"), "{error}");
     }
 }
 

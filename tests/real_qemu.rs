@@ -249,6 +249,12 @@ fn sampling_a_whole_mirror_never_reports_done_early(s: &'static Stack) {
         }
     );
     assert!(seen.ready > 0, "{seen:?}");
+    // The 4 s pause with offset == len is sampled every run: a run that never saw it would prove nothing.
+    assert!(
+        seen.window > 0,
+        "{}: the offset == len window was never sampled: {seen:?}",
+        s.name
+    );
     if let (Some(w), Some(r)) = (seen.window_from, seen.ready_from) {
         s.record(
             "window",

@@ -115,3 +115,51 @@ fn a_stack_that_could_not_be_made_fails_its_tests() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains(&reason), "{stderr}");
 }
+
+/// Every test that takes a stack runs on every stack: each `fn NAME(s: &'static Stack)` of a test file is
+/// listed in that file's `on_each_stack!` (or `on_each_root_stack!`, for the stacks that boot a container), or
+/// called by one that is, and no test picks one stack by name. The host stack alone is used only where the host itself is the point.
+#[test]
+fn every_stack_test_runs_on_every_stack() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut checked = 0;
+    for e in std::fs::read_dir(&dir).unwrap().filter_map(Result::ok) {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "rs") {
+            continue;
+        }
+        let file = path.file_name().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let listed: Vec<&str> = ["on_each_stack!(", "on_each_root_stack!("]
+            .iter()
+            .flat_map(|m| text.split(m).skip(1).map(|rest| rest.split_once(')').unwrap().0))
+            .flat_map(|names| names.split(',').map(str::trim).filter(|n| !n.is_empty()))
+            .collect();
+        for line in text.lines() {
+            let Some(rest) = line.trim_start().strip_prefix("fn ") else {
+                continue;
+            };
+            if !rest.contains("(s: &'static Stack)") {
+                continue;
+            }
+            let name = rest.split('(').next().unwrap();
+            // Listed, or a part of one that is (called by it).
+            let called = text.matches(&format!("{name}(")).count() > 1;
+            assert!(
+                listed.contains(&name) || called,
+                "{file}: {name} takes a stack but runs on none"
+            );
+            checked += 1;
+        }
+        if file != "stacks.rs" {
+            assert!(!text.contains("Stack::named("), "{file} picks a stack by name");
+        }
+        if text.contains("host_stack()") && file != "stacks.rs" {
+            assert!(
+                ["symbols.rs", "system_libvirt_host.rs"].contains(&file.as_str()),
+                "{file} runs on the host stack alone"
+            );
+        }
+    }
+    assert!(checked > 50, "{checked} stack tests: the scan found too few");
+}

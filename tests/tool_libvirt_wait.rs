@@ -52,12 +52,20 @@ fn wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone(s: &'static Stack
         waiter.0.try_wait().unwrap().is_none(),
         "the waiter returned before the copy was ready"
     );
+    // The waiter's exit time is taken by a thread that does nothing else, while this one reads QEMU's event:
+    // neither waits for the other, so the waiter's time is when it ended, before or after the event.
+    let child = std::mem::replace(&mut waiter.0, std::process::Command::new("true").spawn().unwrap());
+    let exited = std::thread::spawn(move || {
+        let mut child = child;
+        let status = child.wait().unwrap();
+        (status, wall_us())
+    });
     dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--bandwidth", "0"]);
     let ready = events.wait_event("BLOCK_JOB_READY", Duration::from_secs(120));
-    let status = waiter.0.wait().unwrap();
-    let returned = wall_us();
+    let (status, returned) = exited.join().unwrap();
     assert!(status.success(), "wait --ready: {status}");
     let late = returned - event_us(&ready);
+    assert!(late > 0, "wait -c returned {} us before QEMU's BLOCK_JOB_READY", -late);
     assert!(
         late < 500_000,
         "wait -c returned {late} us after QEMU's BLOCK_JOB_READY"

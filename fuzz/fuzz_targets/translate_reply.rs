@@ -15,4 +15,8 @@ fuzz_target!(|data: &[u8]| {
     assert!((-1..=1).contains(&rc));
     assert!(rc == 1 || info == virDomainBlockJobInfo::default());
     assert!(info.cur <= info.end);
+    // A failure is a refusal of the input, never a panic caught at the boundary.
+    // SAFETY: the library's NUL-terminated, thread-local last error.
+    let error = unsafe { std::ffi::CStr::from_ptr(ffi::bji_last_error()) };
+    assert!(rc != -1 || !error.to_string_lossy().contains("panic"), "{error:?}");
 });

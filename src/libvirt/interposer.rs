@@ -103,6 +103,7 @@ pub fn get_block_job_info(
     disk: &CStr,
     flags: c_uint,
 ) -> (c_int, virDomainBlockJobInfo) {
+    crate::fuzzing::panic_if_asked("interposer");
     let Ok(disk_name) = disk.to_str() else {
         return dom.real_block_job_info(disk, flags);
     };
@@ -145,6 +146,7 @@ pub fn get_block_job_info(
 fn native(dom: &Domain<'_>, disk: &CStr, disk_name: &str, flags: c_uint) -> (c_int, virDomainBlockJobInfo) {
     let (rc, answer) = dom.real_block_job_info(disk, flags);
     if rc != 1 {
+        log::debug!("native: disk {disk_name}: libvirt returned {rc} (no job, or libvirt's error)");
         return (rc, answer);
     }
     if !native::needs_mirror_state(&answer) {
@@ -396,9 +398,27 @@ fn start_reaper() {
         .name("bji-qmp-idle".into())
         .spawn(move || loop {
             std::thread::sleep((idle / 2).max(Duration::from_millis(20)));
+            // Closing waits for the monitor's turn: done outside the pool's lock, which callers take briefly
+            // (held across closes, it made them fall back to native: "pool busy").
+            let sources: Vec<(PoolKey, Arc<QmpSource>)> = match crate::source::lock(&POOL).as_ref() {
+                Some(map) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                None => continue,
+            };
+            // Unused by any caller (the pool's and this loop's references only), and now closed.
+            let closed: Vec<PoolKey> = sources
+                .iter()
+                .filter(|(_, src)| Arc::strong_count(src) == 2 && !src.close_if_idle(idle))
+                .map(|(k, _)| k.clone())
+                .collect();
+            drop(sources);
             let mut pool = crate::source::lock(&POOL);
             let Some(map) = pool.as_mut() else { continue };
-            map.retain(|_, src| Arc::strong_count(src) > 1 || src.close_if_idle(idle));
+            for key in closed {
+                // A caller that took it meanwhile keeps it (it reconnects by itself).
+                if map.get(&key).is_some_and(|src| Arc::strong_count(src) == 1) {
+                    map.remove(&key);
+                }
+            }
             if map.is_empty() {
                 // Decided under the pool lock, so a caller adding a source afterwards starts a new thread.
                 REAPER_PID.store(0, Ordering::Release);

@@ -317,6 +317,52 @@ pub fn virsh_ok(s: &Stack, p: Preload, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// The debug line by which a source shows it answered a `virDomainGetBlockJobInfo` call itself: QEMU's list
+/// read (`Qmp: `, `Passthrough: `, either a job or "lists no job"), or libvirt's answer and the XML (`native: `).
+pub fn answered_line(source: &str) -> &'static str {
+    match source {
+        "qmp" | "auto" => "debug: Qmp: ",
+        "passthrough" => "debug: Passthrough: ",
+        "native" => "debug: native: ",
+        other => panic!("no answer line for source {other}"),
+    }
+}
+
+/// Checks the debug log (BLOCKJOBINFO_LOG=debug) of preloaded calls: the library loaded, each of `sources`
+/// answered itself at least once, and no source fell back but for a monitor busy with another client (QEMU
+/// serves one at a time; the sampler and virsh poll the same one). Without this, "ours == libvirt's" would also
+/// hold for a library that never loaded or a source that always fell back to libvirt's own answer.
+pub fn assert_answered(log: &str, sources: &[&str], what: &str) {
+    assert!(
+        log.contains("blockjobinfo["),
+        "{what}: the library never logged (not loaded?): {log}"
+    );
+    for s in sources {
+        assert!(
+            log.contains(answered_line(s)),
+            "{what}: source {s} never answered itself: {log}"
+        );
+    }
+    for line in log.lines().filter(|l| l.contains("falling back")) {
+        let busy = line.contains("waiting for the QMP greeting") || line.contains("serves one client at a time");
+        assert!(busy, "{what}: a source fell back: {line}");
+    }
+}
+
+/// `virsh ARGS` preloaded with `source`, logging at debug: its output and the library's log (for
+/// `assert_answered`).
+pub fn virsh_through(s: &Stack, source: &'static str, args: &[&str]) -> (String, String) {
+    setup(s);
+    let mut c = session_command(s, "env");
+    c.args(preload_env(s, Preload::Source(source)));
+    c.arg("BLOCKJOBINFO_LOG=debug");
+    c.args(["virsh", "-q", "-c", "qemu:///session"]).args(args);
+    let o = c.output().unwrap();
+    let log = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{}: virsh {args:?} ({source}): {log}", s.name);
+    (String::from_utf8(o.stdout).unwrap(), log)
+}
+
 /// virsh's arguments for a shallow copy of `domain`'s vda onto the existing overlay `dest`, throttled to
 /// `bytes_per_s` (`--transient-job`, as Nova copies).
 pub fn copy_args(domain: &str, dest: &str, bytes_per_s: u64) -> Vec<String> {
@@ -690,10 +736,12 @@ pub fn run_linkfirst(exe: &str, dom: &Domain, sources: &[&str]) -> std::collecti
     c.args([exe, dom.name.as_str(), "vda"]).args(sources);
     let out = c.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // Proof that the call went through blockjobinfo: its debug log.
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("blockjobinfo["),
-        "not interposed"
+    // Proof that the calls went through blockjobinfo, and that each source answered itself.
+    let answering: Vec<&str> = sources.iter().copied().filter(|s| *s != "libvirt").collect();
+    assert_answered(
+        &String::from_utf8_lossy(&out.stderr),
+        &answering,
+        &format!("{}: linkfirst", dom.stack.name),
     );
     let mut map: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
     for line in String::from_utf8(out.stdout).unwrap().lines() {
