@@ -14,7 +14,7 @@ STAGE := $(CURDIR)/target/stage
 
 FUZZ_SECONDS ?= 15
 
-.PHONY: all deps stacks build release man lint test demo header install deb abi fuzz fuzz-check soak bench clean
+.PHONY: all deps stacks build release man lint test demo header install deb abi fuzz fuzz-check soak bench mutants clean
 
 all: build
 
@@ -50,6 +50,11 @@ fuzz-check:
 
 fuzz:
 	scripts/fuzz.sh 300
+
+# Mutation testing of the pure layers with the fast tests (about 5 minutes); survivors must be listed, with why,
+# in mutants/equivalent.txt (tests/mutants_list.rs checks in `make test` that the list still fits the code).
+mutants:
+	scripts/mutants.sh run
 
 # The benchmarks (release build) on every stack (BJI_STACKS=deb12 for the host's alone), written to
 # BENCHMARKS.md above its hand-written part; see that file.

@@ -186,6 +186,27 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn what_a_reply_may_be_and_how_it_fails() {
+        // A reply of exactly the limit is read; the limit is the size of the text.
+        let mut text = String::from("[");
+        text.push_str(&" ".repeat(MAX_MESSAGE - 2));
+        text.push(']');
+        assert_eq!(text.len(), MAX_MESSAGE);
+        assert!(parse_reply_text(&text).unwrap().is_empty());
+        text.push(' ');
+        assert!(matches!(parse_reply_text(&text), Err(Error::TooLarge(MAX_MESSAGE))));
+        // Not JSON, or cut short: the caller's text is wrong.
+        for bad in ["[x]", "[{", "{\"return\": ["] {
+            assert!(matches!(parse_reply_text(bad), Err(Error::InvalidArg(_))), "{bad}");
+        }
+        // JSON of the wrong shape: QEMU's reply is.
+        match parse_reply_text(r#"{"return": 5}"#) {
+            Err(Error::Protocol(m)) => assert!(m.contains("expected a list of block jobs"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_reply_of_more_jobs_than_the_limit_is_refused() {
         let reply = |n: usize| {
             let jobs: Vec<_> = (0..n)

@@ -284,7 +284,34 @@ mod tests {
     }
 
     #[test]
+    fn bandwidth_in_mib_per_second_rounds_up_as_libvirt_does() {
+        // Literal bytes: the module's MIB is what is being checked.
+        let speed = |bytes: u64| {
+            translate(
+                Observation::Listed(&job("mirror", 1, 2, bytes, None)),
+                None,
+                0,
+                NoReadyPolicy::Libvirt,
+            )
+            .unwrap()
+            .bandwidth
+        };
+        assert_eq!(speed(1_048_576), 1);
+        assert_eq!(speed(1_048_577), 2);
+        assert_eq!(speed(3 * 1_048_576), 3);
+        assert_eq!(speed(2048), 1);
+    }
+
+    #[test]
     fn labels_and_percentages_as_virsh_prints_them() {
+        for (t, label) in [
+            (VIR_DOMAIN_BLOCK_JOB_TYPE_PULL, "Block Pull"),
+            (VIR_DOMAIN_BLOCK_JOB_TYPE_COPY, "Block Copy"),
+            (VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT, "Block Commit"),
+            (VIR_DOMAIN_BLOCK_JOB_TYPE_BACKUP, "Backup"),
+        ] {
+            assert_eq!(type_label(t), label);
+        }
         assert_eq!(
             type_label(VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT),
             "Active Block Commit"

@@ -437,6 +437,11 @@ mod tests {
     #[test]
     fn judging_a_listed_job() {
         assert_eq!(judge(&raw("running", Some(false), None), Until::Ready), None);
+        // Concluded once ready (a pivot, or an abort after ready, before auto-dismiss): ready was reached.
+        assert_eq!(
+            judge(&raw("concluded", Some(true), None), Until::Ready),
+            Some(Outcome::Reached)
+        );
         assert_eq!(
             judge(&raw("ready", Some(true), None), Until::Ready),
             Some(Outcome::Reached)

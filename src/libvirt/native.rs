@@ -50,6 +50,20 @@ mod tests {
     }
 
     #[test]
+    fn only_done_and_empty_answers_need_the_xml() {
+        for (cur, end, needs) in [
+            (0, 0, true),
+            (1, 0, true),
+            (2, 2, true),
+            (3, 2, true),
+            (0, 2, false),
+            (1, 2, false),
+        ] {
+            assert_eq!(needs_mirror_state(&info(cur, end)), needs, "{cur}/{end}");
+        }
+    }
+
+    #[test]
     fn corrections() {
         let cases = [
             (info(5, 10), None, (5, 10)),
