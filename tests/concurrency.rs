@@ -85,8 +85,11 @@ fn fork_while_calls_are_in_flight(s: &'static Stack) {
         reply_timeout: Duration::from_secs(5),
         ..Limits::default()
     };
-    let src = Arc::new(QmpSource::open_with(&qsd.lib_socket(), limits).unwrap());
+    // Every connection to the monitor is seen, with the process that made it.
+    let rec = Recorder::start(qsd.dir.path(), &qsd.lib_socket());
+    let src = Arc::new(QmpSource::open_with(&rec.path, limits).unwrap());
     let own = qsd.extra_socket(0);
+    let mut children = vec![];
     std::thread::scope(|s| {
         for _ in 0..8 {
             let src = src.clone();
@@ -102,6 +105,7 @@ fn fork_while_calls_are_in_flight(s: &'static Stack) {
                 unsafe { libc::_exit(code) };
             }
             assert!(pid > 0);
+            children.push(pid as u32);
             let deadline = Instant::now() + Duration::from_secs(20);
             let status = loop {
                 let mut status = 0;
@@ -120,6 +124,35 @@ fn fork_while_calls_are_in_flight(s: &'static Stack) {
         }
     });
     hammer(&src, 10);
+    // The parent's connections carried the parent's calls and nothing else: a child that spoke on them would
+    // have added its query (and taken an answer meant for a parent's thread). Each child that asked asked on a
+    // connection of its own.
+    let parent = std::process::id();
+    let by_connection = rec.commands_by_connection();
+    let queries = |c: &Vec<String>| c.iter().filter(|n| *n == "query-block-jobs").count();
+    let parents: usize = by_connection
+        .iter()
+        .filter(|(p, _)| *p == parent)
+        .map(|(_, c)| queries(c))
+        .sum();
+    assert_eq!(
+        parents,
+        8 * calls() + 10,
+        "{}: the parent's connections carried other calls",
+        s.name
+    );
+    for (pid, _) in &by_connection {
+        assert!(
+            *pid == parent || children.contains(pid),
+            "{}: a connection from {pid}",
+            s.name
+        );
+    }
+    assert!(
+        by_connection.iter().any(|(p, _)| children.contains(p)),
+        "{}: no child connected: each would have spoken on the parent's",
+        s.name
+    );
 }
 
 fn child(src: &QmpSource, own_socket: &str) -> i32 {

@@ -432,6 +432,8 @@ impl Control {
 pub struct Recorder {
     pub path: String,
     sent: Arc<Mutex<Vec<u8>>>,
+    /// What each connection sent, with the pid of the process that connected.
+    by_connection: Arc<Mutex<Vec<(u32, Arc<Mutex<Vec<u8>>>)>>>,
     clients: Arc<Mutex<Vec<UnixStream>>>,
     /// While set, a new client is accepted but not yet connected to the upstream.
     held: Arc<(Mutex<bool>, std::sync::Condvar)>,
@@ -456,9 +458,15 @@ impl Recorder {
         let open = clients.clone();
         let held = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let hold = held.clone();
+        let by_connection = Arc::new(Mutex::new(Vec::new()));
+        let connections = by_connection.clone();
         thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
+                let pid = nix::sys::socket::getsockopt(&client, nix::sys::socket::sockopt::PeerCredentials)
+                    .map_or(0, |c| c.pid() as u32);
+                let mine = Arc::new(Mutex::new(Vec::new()));
+                connections.lock().unwrap().push((pid, mine.clone()));
                 open.lock().unwrap().push(client.try_clone().unwrap());
                 let (flag, changed) = &*hold;
                 let _released = changed.wait_while(flag.lock().unwrap(), |h| *h).unwrap();
@@ -477,6 +485,7 @@ impl Recorder {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
                                 rec.lock().unwrap().extend_from_slice(&buf[..n]);
+                                mine.lock().unwrap().extend_from_slice(&buf[..n]);
                                 if s.write_all(&buf[..n]).is_err() {
                                     break;
                                 }
@@ -490,6 +499,7 @@ impl Recorder {
         Recorder {
             path,
             sent,
+            by_connection,
             clients,
             held,
         }
@@ -514,19 +524,33 @@ impl Recorder {
         }
     }
 
-    /// The `execute` names of every command sent so far.
-    pub fn commands(&self) -> Vec<String> {
-        let bytes = self.sent.lock().unwrap().clone();
-        serde_json::Deserializer::from_slice(&bytes)
-            .into_iter::<Value>()
-            .map(|v| {
-                v.expect("the library sends valid JSON")["execute"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
+    /// The `execute` names sent on each connection so far, with the pid of the process that connected.
+    pub fn commands_by_connection(&self) -> Vec<(u32, Vec<String>)> {
+        self.by_connection
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(pid, sent)| (*pid, names(&sent.lock().unwrap())))
             .collect()
     }
+
+    /// The `execute` names of every command sent so far.
+    pub fn commands(&self) -> Vec<String> {
+        names(&self.sent.lock().unwrap())
+    }
+}
+
+/// The `execute` names in bytes a client sent.
+fn names(bytes: &[u8]) -> Vec<String> {
+    serde_json::Deserializer::from_slice(bytes)
+        .into_iter::<Value>()
+        .map(|v| {
+            v.expect("the library sends valid JSON")["execute"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
 }
 
 /// Where the shared library is, for C programs: linked from the staticlib cargo just built (as `make build`
