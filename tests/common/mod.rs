@@ -428,12 +428,15 @@ impl Control {
     }
 }
 
+/// A client of a `Recorder`: the pid of the process that connected, and what it sent.
+type Connected = (u32, Arc<Mutex<Vec<u8>>>);
+
 /// A Unix-socket proxy in front of the library's monitor that records every byte the library sends.
 pub struct Recorder {
     pub path: String,
     sent: Arc<Mutex<Vec<u8>>>,
     /// What each connection sent, with the pid of the process that connected.
-    by_connection: Arc<Mutex<Vec<(u32, Arc<Mutex<Vec<u8>>>)>>>,
+    by_connection: Arc<Mutex<Vec<Connected>>>,
     clients: Arc<Mutex<Vec<UnixStream>>>,
     /// While set, a new client is accepted but not yet connected to the upstream.
     held: Arc<(Mutex<bool>, std::sync::Condvar)>,
