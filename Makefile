@@ -14,7 +14,7 @@ STAGE := $(CURDIR)/target/stage
 
 FUZZ_SECONDS ?= 15
 
-.PHONY: all deps stacks build release man lint test demo header install deb abi fuzz fuzz-check soak bench mutants clean
+.PHONY: all deps stacks build release man lint test demo header install deb abi fuzz fuzz-check soak bench mutants test-breaks clean
 
 all: build
 
@@ -55,6 +55,10 @@ fuzz:
 # in mutants/equivalent.txt (tests/mutants_list.rs checks in `make test` that the list still fits the code).
 mutants:
 	scripts/mutants.sh run
+
+# Each guarantee turned off in turn must turn its guard tests red (part of `make test`).
+test-breaks:
+	CARGO="$(CARGO)" scripts/test-breaks.sh
 
 # The benchmarks (release build) on every stack (BJI_STACKS=deb12 for the host's alone), written to
 # BENCHMARKS.md above its hand-written part; see that file.

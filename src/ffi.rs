@@ -115,10 +115,17 @@ macro_rules! export {
         read_environment();
         crate::logging::init();
         clear_last_error();
-        match catch_unwind(AssertUnwindSafe(|| -> Result<_> {
+        let body = || -> Result<_> {
             crate::fuzzing::panic_if_asked("export");
             $body
-        })) {
+        };
+        // `make test-breaks`: without the catch, a panic unwinds into C (and aborts the program).
+        let caught = if crate::environment::broken("catch") {
+            Ok(body())
+        } else {
+            catch_unwind(AssertUnwindSafe(body))
+        };
+        match caught {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 set_last_error(&e.to_string());
@@ -441,9 +448,14 @@ pub unsafe extern "C" fn virDomainGetBlockJobInfo(
     let disk_name = unsafe { CStr::from_ptr(disk) };
     // SAFETY: the caller's domain handle, valid during its call.
     let domain = unsafe { lv.domain(dom) };
-    match catch_unwind(AssertUnwindSafe(|| {
-        crate::libvirt::interposer::get_block_job_info(&domain, lv, disk_name, flags)
-    })) {
+    let answer = || crate::libvirt::interposer::get_block_job_info(&domain, lv, disk_name, flags);
+    // `make test-breaks`: without the catch, a panic unwinds into libvirt's caller (and aborts it).
+    let caught = if crate::environment::broken("catch") {
+        Ok(answer())
+    } else {
+        catch_unwind(AssertUnwindSafe(answer))
+    };
+    match caught {
         Ok((rc, answer)) => {
             // SAFETY: checked non-NULL above; writable by contract.
             unsafe { info.write(answer) };

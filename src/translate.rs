@@ -117,6 +117,9 @@ pub fn progress(offset: u64, len: u64, ready: Option<bool>, policy: NoReadyPolic
     // offset never passes len in a sane QEMU; if one does, the job is at its end, not beyond it.
     let cur = offset.min(len);
     if len == 0 {
+        if crate::environment::broken("zero") {
+            return (cur, len);
+        }
         return match (ready, policy) {
             (Some(false), _) => (0, 1),
             (Some(true), _) => (1, 1),
@@ -130,7 +133,7 @@ pub fn progress(offset: u64, len: u64, ready: Option<bool>, policy: NoReadyPolic
             }
         };
     }
-    if cur == len && ready == Some(false) {
+    if cur == len && ready == Some(false) && !crate::environment::broken("window") {
         return (len - 1, len);
     }
     (cur, len)

@@ -103,7 +103,8 @@ fn only_trusted_sockets_are_read(s: &'static Stack) {
     let open = root.path().join("open");
     let nobodys = root.path().join("nobodys");
     let grouped = root.path().join("grouped");
-    for (d, mode) in [(&open, 0o777), (&nobodys, 0o755), (&grouped, 0o775)] {
+    let sticky = root.path().join("sticky");
+    for (d, mode) in [(&open, 0o777), (&sticky, 0o1777), (&nobodys, 0o755), (&grouped, 0o775)] {
         std::fs::create_dir(d).unwrap();
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
         std::fs::hard_link(daemons[1].lib_socket(), d.join("vm3.qmp")).unwrap();
@@ -141,7 +142,7 @@ fn only_trusted_sockets_are_read(s: &'static Stack) {
                 r.body
             );
         }
-        for d in [&open, &nobodys, &grouped] {
+        for d in [&open, &sticky, &nobodys, &grouped] {
             assert_eq!(up(&path(d, "vm3.qmp")), None, "{}: {d:?}: {}", s.name, r.body);
         }
         assert!(

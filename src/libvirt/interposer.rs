@@ -108,6 +108,10 @@ pub fn get_block_job_info(
         return dom.real_block_job_info(disk, flags);
     };
     let kind = SourceKind::current();
+    if crate::environment::broken("fallback") && kind != SourceKind::Libvirt {
+        // Every source silently replaced by libvirt's own answer.
+        return dom.real_block_job_info(disk, flags);
+    }
     let from = match kind {
         SourceKind::Libvirt => return dom.real_block_job_info(disk, flags),
         SourceKind::Native => return native(dom, disk, disk_name, flags),

@@ -13,6 +13,9 @@ pub fn needs_mirror_state(answer: &virDomainBlockJobInfo) -> bool {
 
 /// libvirt's answer for a job that exists, corrected by the disk's `<mirror>` (None: the disk has none).
 pub fn correct(answer: virDomainBlockJobInfo, mirror: Option<&Mirror>) -> virDomainBlockJobInfo {
+    if crate::environment::broken("window") || crate::environment::broken("zero") {
+        return answer;
+    }
     let mut out = answer;
     if !needs_mirror_state(&answer) {
         return out;

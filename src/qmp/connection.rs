@@ -39,7 +39,10 @@ impl Peer {
             // (where the kernel offers a pidfd; before Linux 6.5, the number alone).
             Peer::Process(want) => match l.now {
                 Some(Some(now)) if now == *want => Ok(()),
-                Some(None) => Err(format!("the process that listened there ({}) has exited", shown(l.pid))),
+                Some(None) => Err(format!(
+                    "the process that listened there ({}) has exited, or cannot be told from here",
+                    shown(l.pid)
+                )),
                 Some(Some(now)) => Err(format!("it is process {now}, not {want} as required")),
                 None if l.pid == Some(*want) => Ok(()),
                 None => Err(format!("it is process {}, not {want} as required", shown(l.pid))),

@@ -37,7 +37,14 @@ impl Stream {
             uid: cred.uid(),
             // 0: a process in another pid namespace.
             pid: u32::try_from(cred.pid()).ok().filter(|&p| p > 0),
-            now: getsockopt(s, sockopt::PeerPidfd).ok().map(|fd| pid_of(&fd)),
+            now: match getsockopt(s, sockopt::PeerPidfd) {
+                Ok(fd) => Some(pid_of(&fd)),
+                // A kernel before 6.5: it cannot say.
+                Err(nix::errno::Errno::ENOPROTOOPT) => None,
+                // Kernels before 6.17 fail so once the listener's maker has exited and been reaped; any other
+                // failure says nothing either: not the live process asked for.
+                Err(_) => Some(None),
+            },
         })
     }
     pub(super) fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
@@ -85,7 +92,7 @@ pub(crate) struct Listener {
     /// Its pid then (`SO_PEERCRED`): the number may have passed to another process since.
     pub pid: Option<u32>,
     /// Its pid now, through a pidfd of that very process (`SO_PEERPIDFD`, Linux 6.5): `Some(None)` once it has
-    /// exited; `None` where the kernel cannot say.
+    /// exited (or when it cannot be told in this pid namespace); `None` where the kernel has no such option.
     pub now: Option<Option<u32>>,
 }
 

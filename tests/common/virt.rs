@@ -279,12 +279,23 @@ pub enum Preload {
 pub fn preload_env(s: &Stack, p: Preload) -> Vec<String> {
     match p {
         Preload::No => vec![],
-        Preload::Source(src) => vec![
+        Preload::Source(src) => [
             format!("LD_PRELOAD={}", s.library()),
             format!("BLOCKJOBINFO_SOURCE={src}"),
             format!("BLOCKJOBINFO_QMP_SOCKET={}", qmp_template()),
-        ],
+        ]
+        .into_iter()
+        .chain(test_break_env())
+        .collect(),
     }
+}
+
+/// `make test-breaks`' switch (BLOCKJOBINFO_TEST_BREAK), passed on to the preloaded library of a command run
+/// as the test user (whose environment is otherwise its own).
+pub fn test_break_env() -> Option<String> {
+    std::env::var("BLOCKJOBINFO_TEST_BREAK")
+        .ok()
+        .map(|v| format!("BLOCKJOBINFO_TEST_BREAK={v}"))
 }
 
 /// `blockjobinfo ARGS`, the tool copied where the stack's test user can run it, as that user.
@@ -733,6 +744,7 @@ pub fn run_linkfirst(exe: &str, dom: &Domain, sources: &[&str]) -> std::collecti
         format!("BLOCKJOBINFO_QMP_SOCKET={}", qmp_template()),
         "BLOCKJOBINFO_LOG=debug".into(),
     ]);
+    c.args(test_break_env());
     c.args([exe, dom.name.as_str(), "vda"]).args(sources);
     let out = c.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -317,8 +317,13 @@ impl Sockets {
         if !self.users.contains(&meta.uid()) {
             return Err(format!("owned by uid {}, not a trusted user (--qmp-user)", meta.uid()));
         }
-        for dir in path.ancestors().skip(1).filter(|d| !d.as_os_str().is_empty()) {
-            let at = |why: String| format!("{why}: {}", dir.display());
+        for (n, dir) in path
+            .ancestors()
+            .skip(1)
+            .filter(|d| !d.as_os_str().is_empty())
+            .enumerate()
+        {
+            let at = |why: String| format!("{why}: {dir:?}");
             let link = std::fs::symlink_metadata(dir).map_err(|e| at(e.to_string()))?;
             if link.file_type().is_symlink() && !self.users.contains(&link.uid()) {
                 return Err(at(format!("a symbolic link of uid {} on the way", link.uid())));
@@ -327,7 +332,9 @@ impl Sockets {
             if !self.users.contains(&d.uid()) {
                 return Err(at(format!("a directory of uid {} on the way", d.uid())));
             }
-            let sticky = d.mode() & 0o1000 != 0;
+            // Sticky (as /tmp) protects what a trusted user made there, further up the path; the socket's own
+            // directory must be no one else's to write in at all.
+            let sticky = d.mode() & 0o1000 != 0 && n > 0;
             if d.mode() & 0o002 != 0 && !sticky {
                 return Err(at("a directory anyone can write on the way".into()));
             }

@@ -226,10 +226,19 @@ pub struct Serving<'a> {
 }
 
 pub fn run(hosts: &Hosts, output: Option<&Path>, serving: Option<Serving>) -> ExitCode {
-    let mut reader = Reader::new(hosts);
     if let Some(serving) = serving {
-        return serve(reader, serving);
+        // First: from here on, SIGHUP reads the web config again and never ends the service (making the
+        // reader may look users up, which can take a while).
+        let server = match http::Server::new() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("blockjobinfo: error: {e}");
+                return ExitCode::from(6);
+            }
+        };
+        return serve(server, Reader::new(hosts), serving);
     }
+    let mut reader = Reader::new(hosts);
     let (snap, took) = read(&mut reader);
     let text = render(&snap, took);
     let written = match output {
@@ -258,15 +267,7 @@ const LANDING: &str = "<!DOCTYPE html>
 
 /// Serves `/metrics` until killed. The web config is checked whole before the socket is opened; a mistake is one
 /// line and exit status 2, with nothing served.
-fn serve(reader: Reader, serving: Serving) -> ExitCode {
-    // First: from here on, SIGHUP reads the web config again and never ends the service.
-    let server = match http::Server::new() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("blockjobinfo: error: {e}");
-            return ExitCode::from(6);
-        }
-    };
+fn serve(server: http::Server, reader: Reader, serving: Serving) -> ExitCode {
     let web_config = serving.web_config.map(credential);
     let web = match &web_config {
         Some(path) => match http::webconfig::load(path) {

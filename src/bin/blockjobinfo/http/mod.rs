@@ -116,6 +116,8 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// What a web config makes of a request: TLS for new connections, authentication, headers, a rate limit.
 struct Web {
+    /// What it protects, which a config read again may not lower.
+    strength: webconfig::Strength,
     tls: Option<tokio_rustls::TlsAcceptor>,
     auth: Option<Arc<Auth>>,
     headers: Vec<(hyper::header::HeaderName, HeaderValue)>,
@@ -125,6 +127,7 @@ struct Web {
 impl Web {
     fn new(web: &WebConfig) -> Web {
         Web {
+            strength: web.strength,
             tls: web.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             auth: Auth::new(web.users.clone()),
             headers: web
@@ -140,19 +143,6 @@ impl Web {
             bucket: web.rate_limit.map(Bucket::new),
         }
     }
-}
-
-/// Why a web config read again cannot take the place of the one in force: it would serve plain HTTP where TLS
-/// was, or let anyone in where passwords were. A file caught half-written reads so; an operator who means it
-/// restarts the service.
-fn weakens(old: &Web, new: &WebConfig) -> Option<&'static str> {
-    if old.tls.is_some() && new.tls.is_none() {
-        return Some("it turns TLS off (restart the service to do that)");
-    }
-    if old.auth.is_some() && new.users.is_empty() {
-        return Some("it turns basic authentication off (restart the service to do that)");
-    }
-    None
 }
 
 /// SIGHUP reads the web config at `path` again; so does a change to one of its files, once the files have
@@ -198,6 +188,18 @@ async fn watch_web_config(
         let from = path.clone();
         match tokio::task::spawn_blocking(move || webconfig::load(&from)).await {
             Ok(Ok(web)) => {
+                // A file caught half-written, or an operator's slip, would serve less than is served now:
+                // plain HTTP where TLS was, anyone where passwords were. Not taken; a restart takes it.
+                if let Some(why_not) = shared.web().strength.lowered_by(&web.strength) {
+                    eprintln!(
+                        "blockjobinfo: error: web config {}: not taken: {why_not} (restart the service to do \
+                         that); the web config in force is kept",
+                        path.display()
+                    );
+                    // The files in force are still the ones to watch; this change has been seen.
+                    seen = webconfig::stamp(&files);
+                    continue;
+                }
                 // Other files named now (a new certificate's name): theirs are the stamps to compare with.
                 seen = if web.files == files {
                     before
@@ -205,13 +207,6 @@ async fn watch_web_config(
                     webconfig::stamp(&web.files)
                 };
                 files = web.files.clone();
-                if let Some(why_not) = weakens(&shared.web(), &web) {
-                    eprintln!(
-                        "blockjobinfo: error: web config {}: not taken: {why_not}; the web config in force is kept",
-                        path.display()
-                    );
-                    continue;
-                }
                 *shared.web.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Web::new(&web));
                 eprintln!("blockjobinfo: web config {} read again ({why})", path.display());
             }

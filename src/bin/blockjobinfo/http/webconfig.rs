@@ -25,6 +25,36 @@ pub struct WebConfig {
     /// The files it was read from: the config and the certificate, key and CA files it names (watched for
     /// changes while serving).
     pub files: Vec<PathBuf>,
+    pub strength: Strength,
+}
+
+/// How much a config protects: a config read again while serving may not lower any of it (a file caught
+/// half-written could).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Strength {
+    pub tls: bool,
+    /// 0: none asked; 1: verified if given; 2: required and verified.
+    pub client_certs: u8,
+    /// The lowest TLS version offered (12 or 13; 0 without TLS).
+    pub min_tls: u8,
+    pub passwords: bool,
+}
+
+impl Strength {
+    /// What `new` gives up of `self`, if anything.
+    pub fn lowered_by(&self, new: &Strength) -> Option<&'static str> {
+        if self.tls && !new.tls {
+            Some("it turns TLS off")
+        } else if new.client_certs < self.client_certs {
+            Some("it asks for fewer client certificates")
+        } else if self.tls && new.min_tls < self.min_tls {
+            Some("it lowers the minimum TLS version")
+        } else if self.passwords && !new.passwords {
+            Some("it turns basic authentication off")
+        } else {
+            None
+        }
+    }
 }
 
 /// What a file looks like from outside: a change to it (a rewrite, a rename over it, a new certificate) shows.
@@ -66,6 +96,7 @@ impl WebConfig {
             headers: vec![],
             rate_limit: None,
             files: vec![],
+            strength: Strength::default(),
         }
     }
 }
@@ -250,6 +281,24 @@ fn check(file: File, dir: &Path) -> Result<WebConfig, Bad> {
         }
         None => None,
     };
+    let strength = Strength {
+        tls: file.tls_server_config.is_some(),
+        client_certs: match file
+            .tls_server_config
+            .as_ref()
+            .and_then(|t| t.client_auth_type.as_deref())
+        {
+            Some("RequireAndVerifyClientCert") => 2,
+            Some("VerifyClientCertIfGiven") => 1,
+            _ => 0,
+        },
+        min_tls: match &file.tls_server_config {
+            Some(t) if t.min_version.as_deref() == Some("TLS13") => 13,
+            Some(_) => 12,
+            None => 0,
+        },
+        passwords: !file.basic_auth_users.is_empty(),
+    };
     let tls = match file.tls_server_config {
         Some(t) => Some(Arc::new(tls(t, dir)?)),
         None => None,
@@ -260,6 +309,7 @@ fn check(file: File, dir: &Path) -> Result<WebConfig, Bad> {
         headers,
         rate_limit,
         files: vec![],
+        strength,
     })
 }
 
@@ -529,6 +579,33 @@ pub fn fuzz_config(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use super::Strength;
+
+    #[test]
+    fn a_config_read_again_may_not_protect_less() {
+        let full = Strength {
+            tls: true,
+            client_certs: 2,
+            min_tls: 13,
+            passwords: true,
+        };
+        assert_eq!(full.lowered_by(&full), None);
+        let less = |f: fn(&mut Strength)| {
+            let mut s = full;
+            f(&mut s);
+            full.lowered_by(&s)
+        };
+        assert_eq!(less(|s| s.tls = false), Some("it turns TLS off"));
+        assert_eq!(
+            less(|s| s.client_certs = 1),
+            Some("it asks for fewer client certificates")
+        );
+        assert_eq!(less(|s| s.min_tls = 12), Some("it lowers the minimum TLS version"));
+        assert_eq!(less(|s| s.passwords = false), Some("it turns basic authentication off"));
+        // More is always taken.
+        assert_eq!(Strength::default().lowered_by(&full), None);
+    }
+
     use super::parse_duration;
     use std::time::Duration;
 
