@@ -43,6 +43,7 @@ test: deps stacks build lint
 	$(MAKE) deb
 	$(MAKE) fuzz-check
 	BJI_STAGE=$(STAGE) CARGO="$(CARGO)" scripts/gate.sh
+	$(MAKE) test-breaks
 
 # Short fuzz runs (part of `make test`); `make fuzz` runs each target for 5 minutes.
 fuzz-check:

@@ -51,17 +51,22 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Locks a mutex that is only ever held for a moment, without waiting long: in a forked child, a lock a
-/// parent thread held at fork() is never released, and the caller then does without.
+/// Locks a mutex that is only ever held for a moment, without waiting long (100 ms at most): in a forked
+/// child, a lock a parent thread held at fork() is never released, and the caller then does without. A count
+/// of yields was not enough: on a loaded machine a holder descheduled for a moment outlasted it.
 pub(crate) fn lock_briefly<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
-    for _ in 0..1000 {
+    let start = Instant::now();
+    loop {
         match m.try_lock() {
             Ok(g) => return Some(g),
             Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
-            Err(TryLockError::WouldBlock) => std::thread::yield_now(),
+            Err(TryLockError::WouldBlock) if start.elapsed() < Duration::from_millis(1) => std::thread::yield_now(),
+            Err(TryLockError::WouldBlock) if start.elapsed() < Duration::from_millis(100) => {
+                std::thread::sleep(Duration::from_micros(200))
+            }
+            Err(TryLockError::WouldBlock) => return None,
         }
     }
-    None
 }
 
 impl QmpSource {

@@ -417,10 +417,11 @@ fn start_reaper() {
             drop(sources);
             let mut pool = crate::source::lock(&POOL);
             let Some(map) = pool.as_mut() else { continue };
+            let mut gone = vec![];
             for key in closed {
                 // A caller that took it meanwhile keeps it (it reconnects by itself).
                 if map.get(&key).is_some_and(|src| Arc::strong_count(src) == 1) {
-                    map.remove(&key);
+                    gone.extend(map.remove(&key));
                 }
             }
             if map.is_empty() {
@@ -428,6 +429,9 @@ fn start_reaper() {
                 REAPER_PID.store(0, Ordering::Release);
                 return;
             }
+            drop(pool);
+            // Dropped outside the lock.
+            drop(gone);
         });
     if spawned.is_err() {
         REAPER_PID.store(0, Ordering::Release);

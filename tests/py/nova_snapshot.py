@@ -7,8 +7,9 @@ Each round does what Nova's _live_snapshot does: a shallow, reuse-external copy 
 qcow2 over BASE) with blockRebase(COPY | SHALLOW | REUSE_EXT), polls every 0.5 s until the job is "complete",
 aborts it (a plain cancel of a ready mirror leaves a point-in-time copy) and compares the copy with the disk.
 "Complete" is decided the way Nova did in 2016, from the numbers alone (no job, or cur == end): exactly the
-check that cancelled too early. Before aborting, the script checks that libvirt's own record says the mirror
-is ready (<mirror ready='yes'>). Prints one JSON line per round; exits non-zero on any violation.
+check that cancelled too early. Right after the poll says complete, QEMU itself must say the job is ready
+(query-block-jobs through libvirt's monitor passthrough); before aborting, libvirt's own record must say so too
+(<mirror ready='yes'>). Prints one JSON line per round; exits non-zero on any violation.
 """
 import json
 import subprocess
@@ -17,6 +18,7 @@ import time
 import xml.etree.ElementTree as ET
 
 import libvirt
+import libvirt_qemu
 
 name, disk, base, dest, rounds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 libvirt.registerErrorHandler(lambda *_: None, None)
@@ -28,6 +30,15 @@ def is_job_complete():
     if not status:
         return True, status
     return status["cur"] == status["end"], status
+
+
+def qemu_ready():
+    """QEMU's own word, asked right after the poll said complete: a library that said so in the offset == len
+    window is caught while QEMU still says not ready (a correct one said so only once QEMU had). Asked through
+    libvirt's monitor passthrough, past the library."""
+    reply = json.loads(libvirt_qemu.qemuMonitorCommand(dom, '{"execute": "query-block-jobs"}', 0))
+    jobs = [j for j in reply["return"] if disk in j["device"]]
+    return not jobs or bool(jobs[0].get("ready"))
 
 
 def mirror_ready():
@@ -56,6 +67,7 @@ for r in range(rounds):
         complete, status = is_job_complete()
         polls.append(status)
         if complete:
+            qemu_said_ready = qemu_ready()
             break
         if time.time() - started > 120:
             print(json.dumps({"round": r, "error": "never complete", "last": status}), flush=True)
@@ -67,8 +79,8 @@ for r in range(rounds):
     while dom.blockJobInfo(disk, 0):
         time.sleep(0.05)
     cmp = subprocess.run(["qemu-img", "compare", "-U", source_file(), dest], capture_output=True, text=True)
-    ok = ready and status and cmp.returncode == 0
+    ok = qemu_said_ready and ready and status and cmp.returncode == 0
     failed |= not ok
-    print(json.dumps({"round": r, "ready_at_abort": ready, "final": status, "polls": len(polls),
+    print(json.dumps({"round": r, "qemu_ready_when_complete": qemu_said_ready, "ready_at_abort": ready, "final": status, "polls": len(polls),
                       "first": polls[0], "compare": cmp.returncode, "compare_out": cmp.stdout.strip()}), flush=True)
 sys.exit(1 if failed else 0)
