@@ -148,7 +148,7 @@ impl Full {
                 "-t",
                 "tmpfs",
                 "-o",
-                "size=1M,mode=0777",
+                "size=3M,mode=0777",
                 "bjt-full",
             ])
             .arg(&at)
@@ -169,7 +169,8 @@ impl Drop for Full {
 }
 
 fn wait_c_reports_a_job_that_fails(s: &'static Stack) {
-    // A full copy onto a 1 MiB filesystem: QEMU's mirror fails with ENOSPC, libvirt says FAILED.
+    // A full copy of 4 MiB of data onto a 3 MiB filesystem: QEMU's mirror fails with ENOSPC once let go (3 MiB, not
+    // 1: the mirror's first burst, before its rate limit bites, must not fill it), and libvirt says FAILED.
     let dom = Domain::create(s, "bjt-lfail", 4);
     let full = Full::mount(s, dom.host_path("full"));
     let dest = dom.path("full/copy.raw");
