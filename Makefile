@@ -12,7 +12,7 @@ TARGET := $(or $(CARGO_TARGET_DIR),target)
 # Where `make test` stages an install to test it.
 STAGE := $(CURDIR)/target/stage
 
-FUZZ_SECONDS ?= 15
+FUZZ_SECONDS ?= 10
 
 .PHONY: all deps stacks build release man lint test demo header install deb abi fuzz fuzz-check soak bench mutants test-breaks clean
 
