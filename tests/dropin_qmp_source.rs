@@ -17,24 +17,13 @@ fn a_failing_qmp_source_falls_back_to_native_and_logs_it(s: &'static Stack) {
     let dom = Domain::create(s, "bjt-fallback", 1);
     let plain = dom.job_raw(Preload::No);
     let blockjob_with = |template: &str| {
-        let mut c = dom.as_user("env");
-        c.args([
+        let env = [
             format!("LD_PRELOAD={}", s.library()),
             "BLOCKJOBINFO_SOURCE=qmp".into(),
             format!("BLOCKJOBINFO_QMP_SOCKET={template}"),
             "BLOCKJOBINFO_LOG=warn".into(),
-        ]);
-        c.args([
-            "virsh",
-            "-q",
-            "-c",
-            "qemu:///session",
-            "blockjob",
-            &dom.name,
-            "vda",
-            "--raw",
-        ]);
-        c.output().unwrap()
+        ];
+        virt::virsh_with_env(s, &env, &["blockjob", &dom.name, "vda", "--raw"])
     };
     let out = blockjob_with("/nonexistent/{name}.qmp");
     assert!(out.status.success());
@@ -65,24 +54,13 @@ fn only_the_domains_own_qemu_is_believed(s: &'static Stack) {
         &dom.real_qmp_socket(),
     );
     let blockjob_with = |template: String| {
-        let mut c = dom.as_user("env");
-        c.args([
+        let env = [
             format!("LD_PRELOAD={}", s.library()),
             "BLOCKJOBINFO_SOURCE=qmp".into(),
             format!("BLOCKJOBINFO_QMP_SOCKET={template}"),
             "BLOCKJOBINFO_LOG=debug".into(),
-        ]);
-        c.args([
-            "virsh",
-            "-q",
-            "-c",
-            "qemu:///session",
-            "blockjob",
-            &dom.name,
-            "vda",
-            "--raw",
-        ]);
-        let out = c.output().unwrap();
+        ];
+        let out = virt::virsh_with_env(s, &env, &["blockjob", &dom.name, "vda", "--raw"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         (
             String::from_utf8_lossy(&out.stdout).to_string(),

@@ -40,23 +40,12 @@ fn a_panic_in_the_drop_in_is_libvirts_answer(s: &'static Stack) {
     let dom = Domain::create(s, "bjt-panic", 4);
     dom.start_copy(256 * 1024, 256 * 1024);
     let blockjob = |panic: bool| {
-        let mut c = dom.as_user("env");
-        c.args(common::virt::preload_env(s, Preload::Source("native")));
-        c.arg("BLOCKJOBINFO_LOG=error");
+        let mut env = common::virt::preload_env(s, Preload::Source("native"));
+        env.push("BLOCKJOBINFO_LOG=error".into());
         if panic {
-            c.arg("BLOCKJOBINFO_TEST_PANIC=interposer");
+            env.push("BLOCKJOBINFO_TEST_PANIC=interposer".into());
         }
-        c.args([
-            "virsh",
-            "-q",
-            "-c",
-            "qemu:///session",
-            "blockjob",
-            &dom.name,
-            "vda",
-            "--raw",
-        ]);
-        let out = c.output().unwrap();
+        let out = common::virt::virsh_with_env(s, &env, &["blockjob", &dom.name, "vda", "--raw"]);
         assert!(
             out.status.success(),
             "{}: {}",

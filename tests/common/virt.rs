@@ -317,6 +317,16 @@ fn session_virsh(s: &Stack, p: Preload, args: &[&str]) -> Output {
     c.output().unwrap()
 }
 
+/// `virsh ARGS` on the session libvirt as the test user, with `env` (`NAME=value`, the library's variables as
+/// a test chooses them).
+pub fn virsh_with_env(s: &Stack, env: &[String], args: &[&str]) -> Output {
+    setup(s);
+    let mut c = session_command(s, "env");
+    c.args(env);
+    c.args(["virsh", "-q", "-c", "qemu:///session"]).args(args);
+    c.output().unwrap()
+}
+
 pub fn virsh_ok(s: &Stack, p: Preload, args: &[&str]) -> String {
     let o = virsh(s, p, args);
     assert!(
@@ -363,12 +373,9 @@ pub fn assert_answered(log: &str, sources: &[&str], what: &str) {
 /// `virsh ARGS` preloaded with `source`, logging at debug: its output and the library's log (for
 /// `assert_answered`).
 pub fn virsh_through(s: &Stack, source: &'static str, args: &[&str]) -> (String, String) {
-    setup(s);
-    let mut c = session_command(s, "env");
-    c.args(preload_env(s, Preload::Source(source)));
-    c.arg("BLOCKJOBINFO_LOG=debug");
-    c.args(["virsh", "-q", "-c", "qemu:///session"]).args(args);
-    let o = c.output().unwrap();
+    let mut env = preload_env(s, Preload::Source(source));
+    env.push("BLOCKJOBINFO_LOG=debug".into());
+    let o = virsh_with_env(s, &env, args);
     let log = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(o.status.success(), "{}: virsh {args:?} ({source}): {log}", s.name);
     (String::from_utf8(o.stdout).unwrap(), log)

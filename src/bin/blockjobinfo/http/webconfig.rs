@@ -158,14 +158,8 @@ fn bad(key: &str, why: impl std::fmt::Display) -> Bad {
 
 /// Reads and checks `path`. The error is the one line to print: `web config FILE: KEY: what is wrong`.
 pub fn load(path: &Path) -> Result<WebConfig, String> {
-    let at = |key: &str, why: &str| {
-        if key.is_empty() {
-            format!("web config {}: {why}", path.display())
-        } else {
-            format!("web config {}: {key}: {why}", path.display())
-        }
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| at("", &format!("cannot read it: {e}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("web config {}: cannot read it: {e}", path.display()))?;
     parse(&text, path)
 }
 
