@@ -63,9 +63,17 @@ fn a_healthy_reading_for_comparison() {
 
 #[test]
 fn a_reply_of_100000_jobs() {
-    let fake = FakeQmp::start(|_, c| {
+    // Written once before the fake starts: made per query (a debug build serializing 7 MB under a loaded
+    // machine), it outlasted the tool's 2 s reply window, and the test saw a timeout instead of the cap.
+    let jobs = serde_json::Value::Array((0..100_000).map(one_job).collect()).to_string();
+    let fake = FakeQmp::start(move |_, c| {
         if c.handshake() {
-            c.serve(&serde_json::Value::Array((0..100_000).map(one_job).collect()));
+            while let Some(cmd) = c.command() {
+                let id = cmd.get("id").map(|id| format!(", \"id\": {id}")).unwrap_or_default();
+                if !c.send(format!("{{\"return\": {jobs}{id}}}\r\n").as_bytes()) {
+                    return;
+                }
+            }
         }
     });
     bounded("100,000 jobs", &fake, "more than 4096 block jobs in one reply");
