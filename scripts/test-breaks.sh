@@ -29,6 +29,7 @@ guard window real_qemu "$stack::sampling_a_whole_mirror_never_reports_done_early
 guard window libvirt_stack "$stack::copy_job_agrees_with_libvirt_in_every_phase_for_qmp_and_native"
 guard window dropin_clients "$stack::nova_live_snapshot_aborts_only_when_ready_and_the_copy_is_equal"
 guard zero properties "never_done_before_ready"
+guard zero real_qemu "$stack::a_just_started_mirror_is_never_reported_done"
 guard fallback libvirt_stack "$stack::copy_job_agrees_with_libvirt_in_every_phase_for_qmp_and_native"
 guard fallback dropin_clients "$stack::errors_and_empty_answers_are_libvirts_own"
 guard catch panic_boundary "a_panic_in_every_export_is_an_error_and_the_program_goes_on"

@@ -205,7 +205,11 @@ pub struct Qsd {
     child: Option<Child>,
     pub ctl: Control,
     extra: usize,
+    slow: bool,
 }
+
+/// The size of the `slow` node: 8 L2 tables of metadata, which its throttle lets QEMU read in about 2 s.
+pub const SLOW_IMAGE: u64 = 4 << 30;
 
 impl Qsd {
     pub fn start(s: &'static Stack) -> Qsd {
@@ -214,17 +218,61 @@ impl Qsd {
 
     /// With `extra` more library monitors, `lib-0.sock` ... (a monitor serves one client at a time).
     pub fn start_with_monitors(s: &'static Stack, extra: usize) -> Qsd {
+        Qsd::start_with(s, extra, false)
+    }
+
+    /// With two more nodes: `slow`, a 4 GiB qcow2 whose clusters are all allocated (metadata preallocation),
+    /// read through throttle group `slow-tg` at 256 KiB/s, and `slow-dst`, an empty image of its size. A
+    /// `sync: top` mirror of `slow` scans its allocation before QEMU sizes the job, so every stack's QEMU reports
+    /// `0/0`, not ready, for about 2 s: the state Eric Blake's 0/0 rule is about, which otherwise lasts
+    /// milliseconds on QEMU 11.1 and never shows on 7.2 or 10.0. `unthrottle` lets the rest run at once.
+    pub fn start_with_slow_source(s: &'static Stack) -> Qsd {
+        Qsd::start_with(s, 0, true)
+    }
+
+    fn start_with(s: &'static Stack, extra: usize, slow: bool) -> Qsd {
         let dir = s.tempdir();
-        make_images(s, &s.inside(dir.path()));
+        let inside = s.inside(dir.path());
+        make_images(s, &inside);
+        if slow {
+            let size = SLOW_IMAGE.to_string();
+            run(s.root_command("qemu-img").args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "preallocation=metadata",
+                &format!("{inside}/slow.qcow2"),
+                &size,
+            ]));
+            run(s.root_command("qemu-img").args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                &format!("{inside}/slow-dst.qcow2"),
+                &size,
+            ]));
+        }
         let mut qsd = Qsd {
             stack: s,
             dir,
             child: None,
             ctl: Control::dummy(),
             extra,
+            slow,
         };
         qsd.spawn();
         qsd
+    }
+
+    /// Lifts the `slow` node's throttle (an empty `limits` would change nothing: each limit is named).
+    pub fn unthrottle(&mut self) {
+        self.ctl.ok(
+            "qom-set",
+            json!({"path": "slow-tg", "property": "limits", "value": {"bps-read": 0}}),
+        );
     }
 
     pub fn extra_socket(&self, i: usize) -> String {
@@ -281,6 +329,24 @@ impl Qsd {
             args.push("--blockdev".into());
             let backing = backing.map_or(String::new(), |b| format!(",backing={b}"));
             args.push(format!("driver=qcow2,node-name={node},file={node}-file{backing}"));
+        }
+        if self.slow {
+            for arg in [
+                "--object".to_string(),
+                "throttle-group,id=slow-tg,x-bps-read=262144".to_string(),
+                "--blockdev".into(),
+                format!("driver=file,node-name=slow-file,filename={}", p("slow.qcow2")),
+                "--blockdev".into(),
+                "driver=throttle,node-name=slow-throttle,throttle-group=slow-tg,file=slow-file".into(),
+                "--blockdev".into(),
+                "driver=qcow2,node-name=slow,file=slow-throttle".into(),
+                "--blockdev".into(),
+                format!("driver=file,node-name=slow-dst-file,filename={}", p("slow-dst.qcow2")),
+                "--blockdev".into(),
+                "driver=qcow2,node-name=slow-dst,file=slow-dst-file".into(),
+            ] {
+                args.push(arg);
+            }
         }
         let mut cmd = self.stack.root_command("qemu-storage-daemon");
         cmd.args(&args)
