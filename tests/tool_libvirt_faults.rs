@@ -68,34 +68,59 @@ fn a_restarted_libvirtd_under_watch_and_domains_destroyed_while_read_are_lines_n
         "a new daemon serves the session"
     );
 
-    // 2. Domains destroyed while list and metrics read the host: every run ends well, and every line is a job
-    //    or an error of its own.
-    let doomed: Vec<Domain> = (0..3).map(|i| Domain::create(s, &format!("bjt-ldoom{i}"), 1)).collect();
-    let names: Vec<String> = doomed.iter().map(|d| d.name.clone()).collect();
-    std::thread::scope(|sc| {
-        let destroyer = sc.spawn(|| {
-            for d in &doomed {
-                std::thread::sleep(Duration::from_millis(300));
-                d.virsh_ok(Preload::No, &["destroy", &d.name]);
-            }
-        });
-        let mut runs = 0;
-        while !destroyer.is_finished() || runs < 3 {
-            let o = tool(s, &["list", "-c", URI, "--json"]).output().unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            for line in String::from_utf8(o.stdout).unwrap().lines() {
-                let v: Value = serde_json::from_str(line).unwrap();
-                assert!(v.get("cur").is_some() || v.get("error").is_some(), "{v}");
-            }
-            let m = tool(s, &["metrics", "-c", URI]).output().unwrap();
-            assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
-            assert!(String::from_utf8_lossy(&m.stdout).contains("blockjobinfo_up 1"));
-            runs += 1;
+    // 2. A domain destroyed while `list` and `metrics` read it: the reading of that domain is held
+    //    (BLOCKJOBINFO_TEST_HOLD_DOMAIN, debug builds) until the destroy, so the two overlap for certain. The run
+    //    ends well, the destroyed domain is left out, the live copy is there, and the log says why.
+    for (i, (args, lists)) in [
+        (&["list", "-c", URI, "--json"][..], "\"domain\":"),
+        (&["metrics", "-c", URI][..], "blockjobinfo_up 1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let doomed = Domain::create(s, &format!("bjt-ldoom{i}"), 1);
+        let mut run = virt::as_user(s, "env");
+        run.arg(format!("BLOCKJOBINFO_TEST_HOLD_DOMAIN={}", doomed.name))
+            .arg("BLOCKJOBINFO_LOG=debug")
+            .arg(s.tool())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut run = Reaper(run.spawn().unwrap());
+        let mut err = std::io::BufReader::new(run.0.stderr.take().unwrap());
+        let mut log = String::new();
+        while !log.contains("held by BLOCKJOBINFO_TEST_HOLD_DOMAIN") {
+            let n = std::io::BufRead::read_line(&mut err, &mut log).unwrap();
+            assert!(
+                n > 0,
+                "{}: {args:?} ended before it read {}: {log}",
+                s.name,
+                doomed.name
+            );
         }
-    });
-    let after = String::from_utf8(tool(s, &["list", "-c", URI, "--json"]).output().unwrap().stdout).unwrap();
-    for n in &names {
-        assert!(!after.contains(n.as_str()), "{n} was destroyed: {after}");
+        doomed.virsh_ok(Preload::No, &["destroy", &doomed.name]);
+        std::io::Read::read_to_string(&mut err, &mut log).unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(run.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+        let status = run.0.wait().unwrap();
+        assert!(status.success(), "{}: {args:?}: {status}: {log}", s.name);
+        assert!(
+            log.contains(&format!("{}: stopped while it was read, left out", doomed.name)),
+            "{}: {args:?}: the destroy did not overlap the reading: {log}",
+            s.name
+        );
+        assert!(!out.contains(&doomed.name), "{}: {args:?}: {out}", s.name);
+        assert!(
+            out.contains(&dom.name) && out.contains(lists),
+            "{}: {args:?}: {out}",
+            s.name
+        );
+        if i == 0 {
+            for line in out.lines() {
+                let v: Value = serde_json::from_str(line).unwrap();
+                assert!(v.get("cur").is_some(), "{}: {v}", s.name);
+            }
+        }
     }
     let _ = dom.virsh(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
 }

@@ -387,6 +387,15 @@ fn read_domain(dom: &Domain<'_>, known: Option<&[String]>) -> DomainReading {
     if cfg!(debug_assertions) && std::env::var_os("BLOCKJOBINFO_TEST_PANIC_DOMAIN").is_some_and(|d| d == *name) {
         panic!("injected by BLOCKJOBINFO_TEST_PANIC_DOMAIN");
     }
+    // Fault injection for the tests, in debug builds only: the reading of this domain waits (at most 20 s) until
+    // it no longer runs, so that a destroy overlaps the reading for certain.
+    if cfg!(debug_assertions) && std::env::var_os("BLOCKJOBINFO_TEST_HOLD_DOMAIN").is_some_and(|d| d == *name) {
+        log::warn!("{name}: held by BLOCKJOBINFO_TEST_HOLD_DOMAIN until it stops");
+        let until = Instant::now() + Duration::from_secs(20);
+        while dom.is_active() == Some(true) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let mut xml_disks: Option<Vec<xml::Disk>> = None;
     let result = (|| -> Result<Vec<DiskJob>> {
         let targets: Vec<String> = match known {
@@ -436,7 +445,9 @@ fn read_domain(dom: &Domain<'_>, known: Option<&[String]>) -> DomainReading {
         Ok(jobs)
     })();
     match result {
-        Err(_) if dom.is_active() == Some(false) => {} // stopped or gone meanwhile: left out
+        Err(e) if dom.is_active() == Some(false) => {
+            log::debug!("{name}: stopped while it was read, left out ({e})");
+        }
         Err(_) if known.is_some() => {
             // The remembered disks may be out of date (a disk unplugged, its event not seen yet): read afresh.
             let again = read_domain(dom, None);
