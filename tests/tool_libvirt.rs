@@ -143,11 +143,24 @@ fn list_info_and_metrics_agree_with_libvirt_on_several_jobs_at_once(s: &'static 
     );
     assert!(human.starts_with("vda: Active Block Commit: [100 %]"), "{human}");
 
-    // metrics: parsed by the python client's parser, with the jobs and their states.
+    // metrics: parsed by the python client's parser, with the jobs and their states, and libvirt's own
+    // numbers (virsh, before and after the reading; bandwidth in bytes).
+    let libvirt_bytes = |dom: &Domain| {
+        let raw = dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--raw", "--bytes"]);
+        let bandwidth: u64 = raw
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("bandwidth="))
+            .unwrap_or_else(|| panic!("{raw}"))
+            .parse()
+            .unwrap();
+        (raw_numbers(&raw), bandwidth)
+    };
+    let before: Vec<_> = doms.iter().map(|(dom, ..)| libvirt_bytes(dom)).collect();
     let text = ok(tool(s, &["metrics", "-c", URI]).output().unwrap(), "metrics");
+    let after: Vec<_> = doms.iter().map(|(dom, ..)| libvirt_bytes(dom)).collect();
     let m = parse_metrics(&text);
     assert_eq!(sample(&m, "blockjobinfo_up", &[]), Some(1.0));
-    for (dom, label, phase) in &doms {
+    for (i, (dom, label, phase)) in doms.iter().enumerate() {
         let d = [("domain", dom.name.as_str()), ("disk", "vda")];
         let kind = match *label {
             "Block Copy" => "copy",
@@ -166,9 +179,26 @@ fn list_info_and_metrics_agree_with_libvirt_on_several_jobs_at_once(s: &'static 
         assert_eq!(sample(&m, "blockjobinfo_domain_up", &[d[0]]), Some(1.0));
         let ready = sample(&m, "blockjobinfo_block_job_ready", &d).unwrap();
         assert_eq!(ready, if *phase == "mirroring" { 1.0 } else { 0.0 });
+        let cur = sample(&m, "blockjobinfo_block_job_cursor_bytes", &d).unwrap();
+        let end = sample(&m, "blockjobinfo_block_job_end_bytes", &d).unwrap();
+        agrees(
+            &format!("metrics of {}", dom.name),
+            (label, cur as u64, end as u64),
+            &before[i].0,
+            &after[i].0,
+        );
         let ratio = sample(&m, "blockjobinfo_block_job_progress_ratio", &d).unwrap();
-        assert!((0.0..=1.0).contains(&ratio));
-        assert!(sample(&m, "blockjobinfo_block_job_end_bytes", &d).unwrap() > 0.0);
+        assert!(
+            (ratio - cur / end).abs() < 1e-9,
+            "{}: ratio {ratio}, {cur} / {end}",
+            dom.name
+        );
+        assert_eq!(
+            sample(&m, "blockjobinfo_block_job_bandwidth_limit_bytes_per_second", &d),
+            Some(before[i].1 as f64),
+            "{}: libvirt's bandwidth in bytes/s",
+            dom.name
+        );
     }
     for family in m.values() {
         assert!(
