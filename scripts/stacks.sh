@@ -302,7 +302,7 @@ report_tables() {
         echo "$line"
     done <<'EOF'
 mirror-fields|fields of a mirror job in `query-block-jobs`
-fresh-mirror|a mirror read at once after `blockdev-mirror` in a new qemu-storage-daemon
+fresh-mirror|a mirror whose source QEMU scans slowly (metadata read at 256 KiB/s), read as fast as the library answers
 window|length of the `offset == len && !ready` window: 8 MiB mirror at 2 MiB/s, one burst (qemu-storage-daemon)
 libvirt-window|libvirt's own `virsh blockjob --raw` inside the window (shallow `virsh blockcopy`)
 job-copy|libvirt's QMP job name: `virsh blockcopy`

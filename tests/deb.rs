@@ -56,6 +56,37 @@ fn files_of(debs: &[PathBuf]) -> Vec<String> {
     files
 }
 
+/// The packaged (release) library and tool carry none of the test-only switches (`BLOCKJOBINFO_TEST_BREAK`,
+/// `_PANIC`, `_PANIC_DOMAIN`, `_HOLD_DOMAIN`): they are compiled out, not merely unset.
+#[test]
+fn the_packaged_binaries_have_no_test_switches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut binaries = 0;
+    for deb in debs() {
+        let x = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(x.success(), "dpkg-deb -x {}", deb.display());
+    }
+    for path in files_of(&debs()) {
+        let host = dir.path().join(path.trim_start_matches('/'));
+        if !(path.contains("/lib/") && path.contains(".so") || path.ends_with("/bin/blockjobinfo")) || host.is_symlink()
+        {
+            continue;
+        }
+        let bytes = std::fs::read(&host).unwrap();
+        binaries += 1;
+        assert!(
+            !bytes.windows(18).any(|w| w == b"BLOCKJOBINFO_TEST_"),
+            "{path} names a test-only switch"
+        );
+    }
+    assert!(binaries >= 2, "the library and the tool were looked at: {binaries}");
+}
+
 /// Purges the packages when the test ends, passed or failed: nothing of them stays on the stack.
 struct Installed(&'static Stack);
 

@@ -23,6 +23,73 @@ fn virsh_raw(dom: &Domain) -> (String, u64, u64) {
     raw_numbers(&dom.job_raw(Preload::No))
 }
 
+/// libvirt's own numbers for a job (`virsh blockjob --raw --bytes`): (type, cur, end), and the bandwidth in
+/// bytes/s.
+fn libvirt_bytes(dom: &Domain) -> ((String, u64, u64), u64) {
+    let raw = dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--raw", "--bytes"]);
+    let bandwidth: u64 = raw
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("bandwidth="))
+        .unwrap_or_else(|| panic!("{raw}"))
+        .parse()
+        .unwrap();
+    (raw_numbers(&raw), bandwidth)
+}
+
+/// An exposition (parsed by the python client's parser) against libvirt's numbers read just before and after
+/// it: each job's type and phase, readiness, cursor and end within virsh's, the ratio their quotient, and the
+/// bandwidth virsh's. The parsed families, returned.
+fn metrics_agree(
+    text: &str,
+    doms: &[(&Domain, &str, &str)],
+    before: &[((String, u64, u64), u64)],
+    after: &[((String, u64, u64), u64)],
+) -> std::collections::BTreeMap<String, Value> {
+    let m = parse_metrics(text);
+    assert_eq!(sample(&m, "blockjobinfo_up", &[]), Some(1.0));
+    for (i, (dom, label, phase)) in doms.iter().enumerate() {
+        let d = [("domain", dom.name.as_str()), ("disk", "vda")];
+        let kind = match *label {
+            "Block Copy" => "copy",
+            "Active Block Commit" => "active_commit",
+            _ => "pull",
+        };
+        assert_eq!(
+            sample(
+                &m,
+                "blockjobinfo_block_job_info",
+                &[d[0], d[1], ("type", kind), ("phase", phase)]
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(sample(&m, "blockjobinfo_domain_up", &[d[0]]), Some(1.0));
+        let ready = sample(&m, "blockjobinfo_block_job_ready", &d).unwrap();
+        assert_eq!(ready, if *phase == "mirroring" { 1.0 } else { 0.0 });
+        let cur = sample(&m, "blockjobinfo_block_job_cursor_bytes", &d).unwrap();
+        let end = sample(&m, "blockjobinfo_block_job_end_bytes", &d).unwrap();
+        agrees(
+            &format!("metrics of {}", dom.name),
+            (label, cur as u64, end as u64),
+            &before[i].0,
+            &after[i].0,
+        );
+        let ratio = sample(&m, "blockjobinfo_block_job_progress_ratio", &d).unwrap();
+        assert!(
+            (ratio - cur / end).abs() < 1e-9,
+            "{}: ratio {ratio}, {cur} / {end}",
+            dom.name
+        );
+        assert_eq!(
+            sample(&m, "blockjobinfo_block_job_bandwidth_limit_bytes_per_second", &d),
+            Some(before[i].1 as f64),
+            "{}: libvirt's bandwidth in bytes/s",
+            dom.name
+        );
+    }
+    m
+}
+
 /// Three domains, a job each: a throttled copy (running for minutes), an active commit (in its mirroring
 /// phase at once), a throttled pull (running for a minute).
 struct Jobs {
@@ -145,61 +212,10 @@ fn list_info_and_metrics_agree_with_libvirt_on_several_jobs_at_once(s: &'static 
 
     // metrics: parsed by the python client's parser, with the jobs and their states, and libvirt's own
     // numbers (virsh, before and after the reading; bandwidth in bytes).
-    let libvirt_bytes = |dom: &Domain| {
-        let raw = dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--raw", "--bytes"]);
-        let bandwidth: u64 = raw
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("bandwidth="))
-            .unwrap_or_else(|| panic!("{raw}"))
-            .parse()
-            .unwrap();
-        (raw_numbers(&raw), bandwidth)
-    };
     let before: Vec<_> = doms.iter().map(|(dom, ..)| libvirt_bytes(dom)).collect();
     let text = ok(tool(s, &["metrics", "-c", URI]).output().unwrap(), "metrics");
     let after: Vec<_> = doms.iter().map(|(dom, ..)| libvirt_bytes(dom)).collect();
-    let m = parse_metrics(&text);
-    assert_eq!(sample(&m, "blockjobinfo_up", &[]), Some(1.0));
-    for (i, (dom, label, phase)) in doms.iter().enumerate() {
-        let d = [("domain", dom.name.as_str()), ("disk", "vda")];
-        let kind = match *label {
-            "Block Copy" => "copy",
-            "Active Block Commit" => "active_commit",
-            _ => "pull",
-        };
-        assert_eq!(
-            sample(
-                &m,
-                "blockjobinfo_block_job_info",
-                &[d[0], d[1], ("type", kind), ("phase", phase)]
-            ),
-            Some(1.0),
-            "{text}"
-        );
-        assert_eq!(sample(&m, "blockjobinfo_domain_up", &[d[0]]), Some(1.0));
-        let ready = sample(&m, "blockjobinfo_block_job_ready", &d).unwrap();
-        assert_eq!(ready, if *phase == "mirroring" { 1.0 } else { 0.0 });
-        let cur = sample(&m, "blockjobinfo_block_job_cursor_bytes", &d).unwrap();
-        let end = sample(&m, "blockjobinfo_block_job_end_bytes", &d).unwrap();
-        agrees(
-            &format!("metrics of {}", dom.name),
-            (label, cur as u64, end as u64),
-            &before[i].0,
-            &after[i].0,
-        );
-        let ratio = sample(&m, "blockjobinfo_block_job_progress_ratio", &d).unwrap();
-        assert!(
-            (ratio - cur / end).abs() < 1e-9,
-            "{}: ratio {ratio}, {cur} / {end}",
-            dom.name
-        );
-        assert_eq!(
-            sample(&m, "blockjobinfo_block_job_bandwidth_limit_bytes_per_second", &d),
-            Some(before[i].1 as f64),
-            "{}: libvirt's bandwidth in bytes/s",
-            dom.name
-        );
-    }
+    let m = metrics_agree(&text, &doms, &before, &after);
     for family in m.values() {
         assert!(
             !family["help"].as_str().unwrap().is_empty(),
@@ -258,10 +274,12 @@ fn list_info_and_metrics_agree_with_libvirt_on_several_jobs_at_once(s: &'static 
         .and_then(|a| a.strip_suffix("/metrics"))
         .unwrap_or_else(|| panic!("{first}"))
         .to_string();
+    let before: Vec<_> = doms.iter().map(|(dom, ..)| libvirt_bytes(dom)).collect();
     let bodies: Vec<String> = std::thread::scope(|sc| {
         let handles: Vec<_> = (0..6).map(|_| sc.spawn(|| http_get(&address, "/metrics"))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    let after: Vec<_> = doms.iter().map(|(dom, ..)| libvirt_bytes(dom)).collect();
     for body in &bodies {
         let (head, text) = body.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -270,8 +288,7 @@ fn list_info_and_metrics_agree_with_libvirt_on_several_jobs_at_once(s: &'static 
                 .contains("content-type: text/plain; version=0.0.4"),
             "{head}"
         );
-        let m = parse_metrics(text);
-        assert_eq!(sample(&m, "blockjobinfo_up", &[]), Some(1.0));
+        metrics_agree(text, &doms, &before, &after);
     }
     let durations: std::collections::BTreeSet<&str> = bodies
         .iter()

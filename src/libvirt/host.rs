@@ -174,6 +174,11 @@ impl HostReader {
     /// meanwhile is left out (it costs the reading nothing but itself). A domain not read within `patience`
     /// carries an error saying so (see the type's documentation).
     pub fn read(&mut self, conn: &Connection, patience: Duration) -> Result<(Vec<DomainJobs>, Calls)> {
+        // A held domain (below) waits for a destroy however slow, never "not answering".
+        let patience = match cfg!(debug_assertions) && crate::environment::var(HOLD).is_some() {
+            true => patience.max(Duration::from_secs(30)),
+            false => patience,
+        };
         let deadline = Instant::now() + patience;
         let mut calls = Calls {
             list: 1,
@@ -341,6 +346,13 @@ fn not_answering(name: &str, since: Instant) -> DomainReading {
     }
 }
 
+/// Fault injection for the tests, in debug builds only: the domain whose reading waits until it stops.
+const HOLD: &str = "BLOCKJOBINFO_TEST_HOLD_DOMAIN";
+
+fn held(name: &str) -> bool {
+    cfg!(debug_assertions) && crate::environment::var(HOLD) == Some(name)
+}
+
 /// What reading one domain gave: its jobs (None: it stopped or vanished meanwhile), its disks to remember, and
 /// the calls it took.
 #[derive(Default)]
@@ -384,12 +396,12 @@ fn read_domain(dom: &Domain<'_>, known: Option<&[String]>) -> DomainReading {
         }
     };
     // Fault injection for the tests, in debug builds only: reading this domain panics.
-    if cfg!(debug_assertions) && std::env::var_os("BLOCKJOBINFO_TEST_PANIC_DOMAIN").is_some_and(|d| d == *name) {
+    if cfg!(debug_assertions) && crate::environment::var("BLOCKJOBINFO_TEST_PANIC_DOMAIN") == Some(name.as_str()) {
         panic!("injected by BLOCKJOBINFO_TEST_PANIC_DOMAIN");
     }
     // Fault injection for the tests, in debug builds only: the reading of this domain waits (at most 20 s) until
     // it no longer runs, so that a destroy overlaps the reading for certain.
-    if cfg!(debug_assertions) && std::env::var_os("BLOCKJOBINFO_TEST_HOLD_DOMAIN").is_some_and(|d| d == *name) {
+    if held(&name) {
         log::warn!("{name}: held by BLOCKJOBINFO_TEST_HOLD_DOMAIN until it stops");
         let until = Instant::now() + Duration::from_secs(20);
         while dom.is_active() == Some(true) && Instant::now() < until {

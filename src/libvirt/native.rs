@@ -80,6 +80,9 @@ mod tests {
             (info(10, 10), None, (10, 10)),
             // Work done and no end: no arithmetic on the 0.
             (info(5, 0), Some(mirror(None)), (0, 1)),
+            // ... unless nothing says the mirror is not ready: libvirt's numbers stand.
+            (info(5, 0), None, (5, 0)),
+            (info(5, 0), Some(mirror(Some("yes"))), (5, 0)),
             (info(u64::MAX, 0), Some(mirror(Some("abort"))), (0, 1)),
         ];
         for (answer, m, want) in cases {

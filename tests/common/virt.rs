@@ -349,6 +349,12 @@ pub fn answered_line(source: &str) -> &'static str {
     }
 }
 
+/// Whether the debug log of one preloaded call shows `source` answering it itself: its answer line, and no
+/// fallback.
+pub fn answered_itself(log: &str, source: &str) -> bool {
+    log.contains(answered_line(source)) && !log.contains("falling back")
+}
+
 /// Checks the debug log (BLOCKJOBINFO_LOG=debug) of preloaded calls: the library loaded, each of `sources`
 /// answered itself at least once, and no source fell back but for a monitor busy with another client (QEMU
 /// serves one at a time; the sampler and virsh poll the same one). Without this, "ours == libvirt's" would also

@@ -4,13 +4,16 @@
     sample.py DOMAIN DISK UNTIL SECONDS SOURCES OUTPUT
 
 Each sample asks libvirt itself (source libvirt), then every source in SOURCES (comma-separated),
-then libvirt again, with flags 0 and VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES, and prints one JSON line. The
+then libvirt again, with flags 0 and VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES, and prints one JSON line,
+with where in the library's log (this process's standard error, a file) each source's call wrote: the test
+checks that each answer was the source's own, not a fallback. The
 source is switched through the library's bji_dropin_set_source between calls, so all answers come from one process within
 milliseconds. Samples go to the file OUTPUT. UNTIL is "ready" (stop after a few samples in the mirroring phase) or "gone" (stop when there
 is no job).
 """
 import ctypes
 import json
+import os
 import sys
 import time
 
@@ -37,15 +40,24 @@ def ask(source, flags):
     return dom.blockJobInfo(disk, flags)
 
 
+def ask_logged(source, flags):
+    """The answer, and the [start, end) of what the call wrote to the log (the library writes fd 2 itself)."""
+    start = os.lseek(2, 0, os.SEEK_CUR)
+    answer = ask(source, flags)
+    return answer, [start, os.lseek(2, 0, os.SEEK_CUR)]
+
+
 deadline = time.time() + seconds
 ready_samples = 0
 while time.time() < deadline:
     for flags in (0, libvirt.VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES):
         before = ask("libvirt", flags)
-        ours = {s: ask(s, flags) for s in sources}
+        logged = {s: ask_logged(s, flags) for s in sources}
         after = ask("libvirt", flags)
-        print(json.dumps({"t": round(time.time(), 3), "flags": flags, "before": before, "after": after, "ours": ours}),
-              file=out, flush=True)
+        ours = {s: a for s, (a, _) in logged.items()}
+        logs = {s: span for s, (_, span) in logged.items()}
+        print(json.dumps({"t": round(time.time(), 3), "flags": flags, "before": before, "after": after, "ours": ours,
+                          "logs": logs}), file=out, flush=True)
     if before and before["end"] > 0 and before["cur"] == before["end"]:
         ready_samples += 1
     if (until == "ready" and ready_samples >= 5) or (until == "gone" and not before and not after):

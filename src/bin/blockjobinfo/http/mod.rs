@@ -191,13 +191,14 @@ async fn watch_web_config(
                 // A file caught half-written, or an operator's slip, would serve less than is served now:
                 // plain HTTP where TLS was, anyone where passwords were. Not taken; a restart takes it.
                 if let Some(why_not) = shared.web().strength.lowered_by(&web.strength) {
+                    // This change has been seen, and none after it: the stamp from before the reading (one taken
+                    // now could already hold the next change, made once this line is read, and miss it).
+                    seen = before;
                     eprintln!(
                         "blockjobinfo: error: web config {}: not taken: {why_not} (restart the service to do \
                          that); the web config in force is kept",
                         path.display()
                     );
-                    // The files in force are still the ones to watch; this change has been seen.
-                    seen = webconfig::stamp(&files);
                     continue;
                 }
                 // Other files named now (a new certificate's name): theirs are the stamps to compare with.
