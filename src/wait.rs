@@ -236,8 +236,34 @@ impl QmpSource {
     ) -> Result<Waited> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let monitor = self.monitor()?;
-        wait_on(&monitor, device, until, deadline, every, &mut progress)
+        wait_on(&monitor, device, until, deadline, every, &mut progress, None)
     }
+
+    /// As [`QmpSource::wait`], also asking `interrupted` at least every `check_every` (between QEMU's events,
+    /// without a query): once it says so, the wait ends with [`Error::Interrupted`]. For a host language's
+    /// signals and cancellation (Python's Ctrl-C, an asyncio task cancelled).
+    pub fn wait_interruptible(
+        &self,
+        device: &str,
+        until: Until,
+        timeout: Option<Duration>,
+        check_every: Duration,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Waited> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let monitor = self.monitor()?;
+        let stop = Stop {
+            every: check_every.max(Duration::from_millis(1)),
+            interrupted,
+        };
+        wait_on(&monitor, device, until, deadline, None, &mut |_| {}, Some(stop))
+    }
+}
+
+/// What an interruptible wait asks, and how often.
+struct Stop<'a> {
+    every: Duration,
+    interrupted: &'a mut dyn FnMut() -> bool,
 }
 
 fn wait_on(
@@ -247,6 +273,7 @@ fn wait_on(
     deadline: Option<Instant>,
     every: Option<Duration>,
     progress: &mut dyn FnMut(&JobReport),
+    mut stop: Option<Stop<'_>>,
 ) -> Result<Waited> {
     let done = |outcome, last, event| Ok(Waited { outcome, last, event });
     // Listening first: whatever happens after this point is heard.
@@ -291,9 +318,17 @@ fn wait_on(
         if deadline.is_some_and(|d| now >= d) {
             return done(Outcome::TimedOut, Some(last), None);
         }
+        if let Some(s) = stop.as_mut() {
+            if (s.interrupted)() {
+                return Err(Error::Interrupted);
+            }
+        }
         let wake = now + every.unwrap_or(safety);
         let wake = deadline.map_or(wake, |d| d.min(wake));
-        let heard = match listener.next(wake) {
+        // An interruptible wait also wakes to ask; woken for that alone, it asks and listens again.
+        let listen_until = stop.as_ref().map_or(wake, |s| wake.min(now + s.every));
+        let heard = match listener.next(listen_until) {
+            Ok(Heard::Quiet) if listen_until < wake => continue,
             // The connection was lost while QEMU may well live on (a monitor that dropped its client, or another
             // caller's command that timed out and dropped it): the query below connects again and says how
             // things stand. At most once a second, so that a peer that keeps dropping its clients ends the wait

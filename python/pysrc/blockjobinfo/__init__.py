@@ -1,0 +1,232 @@
+"""How far is a QEMU block job, and is it done or mirroring? libvirt's answer, never ``cur == end`` before ready.
+
+The answers are ``virDomainGetBlockJobInfo()``'s, with Eric Blake's rules (docs/rules.md): a mirror QEMU has not
+called ready is never reported done, and a job QEMU has not sized yet (``0/0``) is ``0/1``. The rules, the QMP
+connection and the waits are the Rust library's; this package maps them to Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+from typing import Any, List, NamedTuple, Optional
+
+from . import _native
+from ._native import (
+    AmbiguousJobError,
+    BlockJobInfoError,
+    QemuError,
+    QmpConnectionError,
+    QmpProtocolError,
+    QmpTimeoutError,
+    SourceClosedError,
+)
+
+__all__ = [
+    "AmbiguousJobError",
+    "BlockJobInfo",
+    "BlockJobInfoError",
+    "JobType",
+    "Outcome",
+    "OutcomeKind",
+    "QemuError",
+    "QmpConnectionError",
+    "QmpProtocolError",
+    "QmpSource",
+    "QmpTimeoutError",
+    "RawJob",
+    "SourceClosedError",
+    "libvirt_info",
+    "translate",
+]
+
+
+class JobType(enum.IntEnum):
+    """libvirt's ``virDomainBlockJobType``."""
+
+    UNKNOWN = 0
+    PULL = 1
+    COPY = 2
+    COMMIT = 3
+    ACTIVE_COMMIT = 4
+    BACKUP = 5
+
+
+class RawJob(NamedTuple):
+    """The job as QEMU's ``query-block-jobs`` listed it."""
+
+    type: str
+    device: str
+    offset: int
+    len: int
+    speed: int
+    ready: Optional[bool]
+    status: Optional[str]
+    error: Optional[str]
+    paused: Optional[bool]
+    io_status: Optional[str]
+
+
+class BlockJobInfo(NamedTuple):
+    """libvirt's ``virDomainBlockJobInfo``: ``type``, ``bandwidth`` (MiB/s, or bytes/s when asked), ``cur``, ``end``.
+
+    ``raw`` is what QEMU said, when the answer came from QEMU (None from ``translate`` and ``libvirt_info``).
+    """
+
+    type: int
+    bandwidth: int
+    cur: int
+    end: int
+    raw: Optional[RawJob] = None
+
+    @property
+    def done(self) -> bool:
+        """``cur == end`` with ``end > 0``: finished, or a mirror in its mirroring phase (QEMU said ready)."""
+        return self.end > 0 and self.cur == self.end
+
+
+def _info(t: Any) -> BlockJobInfo:
+    type_, bandwidth, cur, end, raw = t
+    try:
+        type_ = JobType(type_)
+    except ValueError:
+        pass
+    return BlockJobInfo(type_, bandwidth, cur, end, RawJob(*raw))
+
+
+class OutcomeKind(enum.Enum):
+    """How a wait ended; the same endings as ``bji_wait`` in C."""
+
+    REACHED = "reached"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    GONE_BEFORE_READY = "gone_before_ready"
+    TIMED_OUT = "timed_out"
+
+
+class Outcome(NamedTuple):
+    """The end of a wait: how (``kind``), QEMU's error text when it ``FAILED``, the job's last known state and the
+    QEMU event that decided it (with QEMU's ``timestamp``), if one did."""
+
+    kind: OutcomeKind
+    error: Optional[str]
+    last: Optional[BlockJobInfo]
+    event: Optional[dict]  # type: ignore[type-arg]
+
+    def __bool__(self) -> bool:
+        return self.kind is OutcomeKind.REACHED
+
+
+def _until(until: object) -> str:
+    if not isinstance(until, str):
+        raise TypeError(f'until must be a str, "ready" or "gone", not {type(until).__name__}')
+    if until not in ("ready", "gone"):
+        raise ValueError(f'until must be "ready" or "gone", not {until!r}')
+    return until
+
+
+def _timeout(timeout: Optional[float]) -> Optional[float]:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if not timeout >= 0 or timeout == float("inf"):
+        raise ValueError(f"timeout must be a finite number of seconds, not negative: {timeout}")
+    return float(timeout)
+
+
+class QmpSource:
+    """Block jobs of one QEMU process (or qemu-storage-daemon), read over its QMP monitor.
+
+    ``address`` is the monitor's socket path, ``unix:PATH`` or ``tcp:HOST:PORT``. It connects at once, within
+    ``timeout`` seconds, which also bounds each reply. Any number of threads may share one source; a wait holds
+    nothing between its queries, so other threads' calls go on. The library only reads: it sends QEMU nothing but
+    ``qmp_capabilities`` and ``query-*`` commands.
+    """
+
+    def __init__(self, address: str, *, timeout: float = 10.0) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+        self._src = _native.QmpSource(address, timeout=float(timeout))
+        self.address = address
+
+    def __enter__(self) -> "QmpSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the connection; a wait blocked on it raises SourceClosedError."""
+        self._src.close()
+
+    def qemu_version(self) -> "tuple[int, int, int]":
+        """QEMU's (major, minor, micro), from its greeting."""
+        return self._src.qemu_version()  # type: ignore[no-any-return]
+
+    def info(self, device: str, *, bandwidth_bytes: bool = False) -> Optional[BlockJobInfo]:
+        """The job ``device`` names (QEMU's job id or its device), as libvirt answers; None when there is none."""
+        t = self._src.info(device, bandwidth_bytes=bool(bandwidth_bytes))
+        return None if t is None else _info(t)
+
+    def jobs(self, *, bandwidth_bytes: bool = False) -> List[BlockJobInfo]:
+        """Every job QEMU lists, in its order."""
+        return [_info(t) for t in self._src.jobs(bandwidth_bytes=bool(bandwidth_bytes))]
+
+    def wait(self, device: str, until: str = "ready", timeout: Optional[float] = None) -> Outcome:
+        """Waits until the job is ready (``"ready"``: a mirror in its mirroring phase) or has left QEMU's list
+        (``"gone"``), woken by QEMU's events. ``timeout`` (seconds; None waits for ever) passing first is the
+        outcome ``TIMED_OUT``, not an exception. The GIL is released meanwhile; Ctrl-C interrupts it."""
+        return self._wait(device, _until(until), _timeout(timeout), None)
+
+    async def wait_async(self, device: str, until: str = "ready", timeout: Optional[float] = None) -> Outcome:
+        """``wait`` for asyncio: runs on the loop's default executor and never blocks the loop. Cancelling the
+        task ends the wait (within 20 ms) and raises CancelledError."""
+        until_, timeout_ = _until(until), _timeout(timeout)
+        token = _native.CancelToken()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, self._wait, device, until_, timeout_, token)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            token.cancel()
+            try:
+                await future
+            except BaseException:
+                pass
+            raise
+
+    def _wait(self, device: str, until: str, timeout: Optional[float], token: Any) -> Outcome:
+        kind, error, last, event = self._src.wait(device, until, timeout, token)
+        if token is not None and token.cancelled:
+            raise asyncio.CancelledError()
+        return Outcome(
+            OutcomeKind(kind),
+            error,
+            None if last is None else _info(last),
+            None if event is None else json.loads(event),
+        )
+
+
+def translate(reply: Any, device: str, *, bandwidth_bytes: bool = False) -> Optional[BlockJobInfo]:
+    """The rules applied to a ``query-block-jobs`` reply (its JSON text, the whole reply as a dict, or its
+    ``return`` list): the job ``device`` names, as libvirt answers; None when there is none."""
+    t = _native.translate(reply, device, bandwidth_bytes=bool(bandwidth_bytes))
+    if t is None:
+        return None
+    type_, bandwidth, cur, end = t
+    try:
+        type_ = JobType(type_)
+    except ValueError:
+        pass
+    return BlockJobInfo(type_, bandwidth, cur, end)
+
+
+def libvirt_info(domain: Any, disk: str, flags: int = 0) -> Optional[BlockJobInfo]:
+    """libvirt's answer for a python-libvirt ``virDomain``'s ``disk``, corrected by the domain XML's ``<mirror>``
+    as the drop-in's ``native`` source does, for programs that cannot preload the library: a copy or an active
+    commit whose ``<mirror>`` is not ``ready='yes'`` is never reported done. None when the disk has no job."""
+    from ._libvirt import corrected
+
+    return corrected(domain, disk, flags)

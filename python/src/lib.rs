@@ -1,0 +1,360 @@
+//! `blockjobinfo._native`: the library's answers and waits for Python. Thin on purpose: the rules, the QMP
+//! connection and the wait are the library's; this maps them to Python values and exceptions, and releases the
+//! GIL around everything that blocks. The Python-facing types (`BlockJobInfo`, `Outcome`, `QmpSource`'s
+//! context manager and `wait_async`) live in `pysrc/blockjobinfo/__init__.py`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use blockjobinfo::libvirt::{native, xml};
+use blockjobinfo::{
+    virDomainBlockJobInfo, Error, JobReport, Limits, Outcome, Until, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES,
+};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+create_exception!(_native, BlockJobInfoError, PyException, "Every error of blockjobinfo.");
+create_exception!(
+    _native,
+    QmpConnectionError,
+    BlockJobInfoError,
+    "QEMU cannot be reached, or the connection broke, or the peer is refused."
+);
+create_exception!(
+    _native,
+    QmpTimeoutError,
+    BlockJobInfoError,
+    "QEMU did not answer in time."
+);
+create_exception!(
+    _native,
+    QmpProtocolError,
+    BlockJobInfoError,
+    "What came from QEMU is not QMP as expected (malformed, too large, too many jobs)."
+);
+create_exception!(
+    _native,
+    QemuError,
+    BlockJobInfoError,
+    "QEMU answered a query with an error."
+);
+create_exception!(
+    _native,
+    AmbiguousJobError,
+    BlockJobInfoError,
+    "The device names more than one block job."
+);
+create_exception!(
+    _native,
+    SourceClosedError,
+    BlockJobInfoError,
+    "The source was closed, or the wait interrupted."
+);
+
+/// How often a wait looks up from QEMU's events to see whether Python wants it to stop (Ctrl-C, a cancelled
+/// task): well within the 100 ms a user expects.
+const CHECK_EVERY: Duration = Duration::from_millis(20);
+
+/// The library's error as the Python exception of its kind, with the library's message.
+fn to_py(e: Error) -> PyErr {
+    let text = e.to_string();
+    match e {
+        Error::InvalidArg(_) => PyValueError::new_err(text),
+        Error::Connect { .. } | Error::Io { .. } | Error::Eof(_) | Error::Peer { .. } => {
+            QmpConnectionError::new_err(text)
+        }
+        Error::Timeout { .. } => QmpTimeoutError::new_err(text),
+        Error::Protocol(_) | Error::TooLarge(_) => QmpProtocolError::new_err(text),
+        Error::Qmp { .. } => QemuError::new_err(text),
+        Error::Ambiguous { .. } => AmbiguousJobError::new_err(text),
+        Error::Interrupted => SourceClosedError::new_err(text),
+        _ => BlockJobInfoError::new_err(text),
+    }
+}
+
+fn flags(bandwidth_bytes: bool) -> u32 {
+    if bandwidth_bytes {
+        VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES as u32
+    } else {
+        0
+    }
+}
+
+/// A seconds value from Python: finite and not negative.
+fn seconds(what: &str, s: f64) -> PyResult<Duration> {
+    if !s.is_finite() || s < 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be a finite number of seconds, not negative: {s}"
+        )));
+    }
+    Duration::try_from_secs_f64(s).map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
+}
+
+/// One job as a plain tuple for the Python side: (type, bandwidth, cur, end, raw), raw being QEMU's fields.
+type ReportTuple = (i32, u64, u64, u64, RawTuple);
+/// (job type, device, offset, len, speed, ready, status, error, paused, io_status), as QEMU said them.
+type RawTuple = (
+    String,
+    String,
+    u64,
+    u64,
+    u64,
+    Option<bool>,
+    Option<String>,
+    Option<String>,
+    Option<bool>,
+    Option<String>,
+);
+
+fn report_tuple(r: &JobReport) -> ReportTuple {
+    let raw = &r.raw;
+    (
+        r.info.type_,
+        u64::from(r.info.bandwidth),
+        u64::from(r.info.cur),
+        u64::from(r.info.end),
+        (
+            raw.job_type.clone(),
+            raw.device.clone(),
+            raw.offset,
+            raw.len,
+            raw.speed,
+            raw.ready,
+            raw.status.clone(),
+            raw.error.clone(),
+            raw.paused,
+            raw.io_status.clone(),
+        ),
+    )
+}
+
+/// A flag a thread raises to make a wait on another thread stop (asyncio's cancellation).
+#[pyclass(module = "blockjobinfo._native", frozen)]
+struct CancelToken(AtomicBool);
+
+#[pymethods]
+impl CancelToken {
+    #[new]
+    fn new() -> Self {
+        CancelToken(AtomicBool::new(false))
+    }
+
+    fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The library's `QmpSource`: one QMP connection shared by every thread that uses it.
+#[pyclass(module = "blockjobinfo._native", name = "QmpSource", frozen)]
+struct PySource {
+    inner: blockjobinfo::QmpSource,
+}
+
+#[pymethods]
+impl PySource {
+    /// Connects at once (within `timeout` seconds), so that a wrong address is an error here.
+    #[new]
+    #[pyo3(signature = (address, *, timeout = 10.0))]
+    fn new(py: Python<'_>, address: &Bound<'_, PyAny>, timeout: f64) -> PyResult<Self> {
+        let address: String = address
+            .extract()
+            .map_err(|_| PyTypeError::new_err("address must be a str (a socket path, unix:PATH or tcp:HOST:PORT)"))?;
+        let t = seconds("timeout", timeout)?;
+        if t.is_zero() {
+            return Err(PyValueError::new_err("timeout must be more than 0 seconds"));
+        }
+        let limits = Limits {
+            connect_timeout: t,
+            reply_timeout: t,
+            ..Limits::default()
+        };
+        let inner = py
+            .detach(|| blockjobinfo::QmpSource::open_with(&address, limits))
+            .map_err(to_py)?;
+        Ok(PySource { inner })
+    }
+
+    /// The job `device` names (QEMU's job id or its device), or None when it has none.
+    #[pyo3(signature = (device, *, bandwidth_bytes = false))]
+    fn info(&self, py: Python<'_>, device: &Bound<'_, PyAny>, bandwidth_bytes: bool) -> PyResult<Option<ReportTuple>> {
+        let device = device_name(device)?;
+        let r = py
+            .detach(|| self.inner.job_report(&device, flags(bandwidth_bytes)))
+            .map_err(to_py)?;
+        Ok(r.as_ref().map(report_tuple))
+    }
+
+    /// Every job QEMU lists, in its order.
+    #[pyo3(signature = (*, bandwidth_bytes = false))]
+    fn jobs(&self, py: Python<'_>, bandwidth_bytes: bool) -> PyResult<Vec<ReportTuple>> {
+        let all = py
+            .detach(|| self.inner.all_reports(flags(bandwidth_bytes)))
+            .map_err(to_py)?;
+        Ok(all.iter().map(report_tuple).collect())
+    }
+
+    /// Waits for the job, with the GIL released: (outcome, QEMU's error text, last state, the deciding event as
+    /// JSON text). Ctrl-C (on the main thread) or `token.cancel()` ends it within CHECK_EVERY.
+    #[pyo3(signature = (device, until, timeout = None, token = None))]
+    #[allow(clippy::type_complexity)]
+    fn wait(
+        &self,
+        py: Python<'_>,
+        device: &Bound<'_, PyAny>,
+        until: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+        token: Option<Py<CancelToken>>,
+    ) -> PyResult<(&'static str, Option<String>, Option<ReportTuple>, Option<String>)> {
+        let device = device_name(device)?;
+        let until = match until.extract::<String>().as_deref() {
+            Ok("ready") => Until::Ready,
+            Ok("gone") => Until::Gone,
+            Ok(other) => {
+                return Err(PyValueError::new_err(format!(
+                    "until must be \"ready\" or \"gone\", not {other:?}"
+                )))
+            }
+            Err(_) => return Err(PyTypeError::new_err("until must be a str: \"ready\" or \"gone\"")),
+        };
+        let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
+        // Ctrl-C: Python runs its signal handlers only with the GIL, so the wait takes it briefly to ask.
+        let mut signal: Option<PyErr> = None;
+        let waited = py.detach(|| {
+            let mut interrupted = || {
+                if token.as_ref().is_some_and(|t| t.get().0.load(Ordering::SeqCst)) {
+                    return true;
+                }
+                match Python::attach(|py| py.check_signals()) {
+                    Ok(()) => false,
+                    Err(e) => {
+                        signal = Some(e);
+                        true
+                    }
+                }
+            };
+            self.inner
+                .wait_interruptible(&device, until, timeout, CHECK_EVERY, &mut interrupted)
+        });
+        let waited = match waited {
+            Ok(w) => w,
+            Err(Error::Interrupted) if signal.is_some() => return Err(signal.take().expect("a signal")),
+            Err(e) => return Err(to_py(e)),
+        };
+        let (outcome, error) = match waited.outcome {
+            Outcome::Reached => ("reached", None),
+            Outcome::Failed(e) => ("failed", Some(e)),
+            Outcome::Cancelled => ("cancelled", None),
+            Outcome::GoneBeforeReady => ("gone_before_ready", None),
+            Outcome::TimedOut => ("timed_out", None),
+        };
+        Ok((
+            outcome,
+            error,
+            waited.last.as_ref().map(report_tuple),
+            waited.event.map(|e| e.to_string()),
+        ))
+    }
+
+    /// Closes the connection; a wait blocked on it ends with SourceClosedError.
+    fn close(&self) {
+        self.inner.close();
+    }
+
+    /// QEMU's version from its greeting: (major, minor, micro).
+    fn qemu_version(&self, py: Python<'_>) -> PyResult<(u64, u64, u64)> {
+        let v = py.detach(|| self.inner.qemu_version()).map_err(to_py)?;
+        Ok((v.major, v.minor, v.micro))
+    }
+}
+
+/// A device name from Python: a str without NUL.
+fn device_name(device: &Bound<'_, PyAny>) -> PyResult<String> {
+    let d: String = device
+        .extract()
+        .map_err(|_| PyTypeError::new_err(format!("device must be a str, not {}", type_name(device))))?;
+    if d.is_empty() || d.contains('\0') {
+        return Err(PyValueError::new_err("device must be a non-empty str without NUL"));
+    }
+    Ok(d)
+}
+
+fn type_name(v: &Bound<'_, PyAny>) -> String {
+    v.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The rules applied to the text of a `query-block-jobs` reply: (type, bandwidth, cur, end) or None.
+#[pyfunction]
+#[pyo3(signature = (reply, device, *, bandwidth_bytes = false))]
+fn translate(
+    reply: &Bound<'_, PyAny>,
+    device: &Bound<'_, PyAny>,
+    bandwidth_bytes: bool,
+) -> PyResult<Option<(i32, u64, u64, u64)>> {
+    let text: String = if let Ok(s) = reply.extract::<String>() {
+        s
+    } else if reply.is_instance_of::<PyDict>() || reply.is_instance_of::<pyo3::types::PyList>() {
+        let json = reply.py().import("json")?;
+        json.call_method1("dumps", (reply,))?.extract()?
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "reply must be a str (the reply's JSON text), a dict or a list, not {}",
+            type_name(reply)
+        )));
+    };
+    let device = device_name(device)?;
+    let info = blockjobinfo::translate_reply(&text, &device, flags(bandwidth_bytes)).map_err(to_py)?;
+    Ok(info.map(|i| (i.type_, u64::from(i.bandwidth), u64::from(i.cur), u64::from(i.end))))
+}
+
+/// libvirt's answer (type, bandwidth, cur, end) for `disk`, corrected by the domain XML's `<mirror>` as the
+/// drop-in's `native` source does: a copy or active commit whose mirror is not `ready='yes'` is never done.
+#[pyfunction]
+fn correct_by_xml(type_: i32, bandwidth: u64, cur: u64, end: u64, xml: &str, disk: &str) -> PyResult<(i32, u64, u64, u64)> {
+    let answer = virDomainBlockJobInfo {
+        type_,
+        bandwidth: bandwidth
+            .try_into()
+            .map_err(|_| PyValueError::new_err(format!("bandwidth {bandwidth} does not fit unsigned long")))?,
+        cur,
+        end,
+    };
+    let c = if native::needs_mirror_state(&answer) {
+        let disks = xml::disks(xml).map_err(to_py)?;
+        let mirror = xml::find(&disks, disk).and_then(|d| d.mirror.clone());
+        native::correct(answer, mirror.as_ref())
+    } else {
+        answer
+    };
+    Ok((c.type_, u64::from(c.bandwidth), c.cur, c.end))
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<PySource>()?;
+    m.add_class::<CancelToken>()?;
+    m.add_function(wrap_pyfunction!(translate, m)?)?;
+    m.add_function(wrap_pyfunction!(correct_by_xml, m)?)?;
+    for (name, e) in [
+        ("BlockJobInfoError", py.get_type::<BlockJobInfoError>()),
+        ("QmpConnectionError", py.get_type::<QmpConnectionError>()),
+        ("QmpTimeoutError", py.get_type::<QmpTimeoutError>()),
+        ("QmpProtocolError", py.get_type::<QmpProtocolError>()),
+        ("QemuError", py.get_type::<QemuError>()),
+        ("AmbiguousJobError", py.get_type::<AmbiguousJobError>()),
+        ("SourceClosedError", py.get_type::<SourceClosedError>()),
+    ] {
+        m.add(name, e)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+"""A real qemu-storage-daemon per test, with a control connection of the test's own (tests/common/mod.rs's Qsd,
+in Python): `top` (8 MiB of data) and `dst` (empty, the same size), monitors ctl.sock and lib.sock."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+
+MIB = 1 << 20
+IMAGE = 8 * MIB
+STACK = os.environ.get("BJI_STACK", "host")
+
+
+def run(*args: str) -> None:
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+
+
+class Control:
+    """The test's own QMP connection: starts and ends jobs, and hears QEMU's events."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(30)
+        self.sock.connect(path)
+        self.reader = self.sock.makefile("rb")
+        self.events: List[Dict[str, Any]] = []
+        assert "QMP" in self._read()
+        self.ok("qmp_capabilities")
+
+    def _read(self) -> Dict[str, Any]:
+        line = self.reader.readline()
+        assert line, "the control connection closed"
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def cmd(self, name: str, **args: Any) -> Dict[str, Any]:
+        self.sock.sendall(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
+        while True:
+            v = self._read()
+            if "event" in v:
+                self.events.append(v)
+                continue
+            return v
+
+    def ok(self, name: str, **args: Any) -> Any:
+        v = self.cmd(name, **args)
+        assert "return" in v, f"{name} {args}: {v}"
+        return v["return"]
+
+    def jobs(self) -> List[Dict[str, Any]]:
+        return self.ok("query-block-jobs")  # type: ignore[no-any-return]
+
+    def wait_event(self, name: str, timeout: float = 30) -> Dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, e in enumerate(self.events):
+                if e["event"] == name:
+                    return self.events.pop(i)
+            assert time.monotonic() < deadline, f"no {name} within {timeout} s"
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                v = self._read()
+            except (socket.timeout, TimeoutError):
+                continue
+            finally:
+                self.sock.settimeout(30)
+            if "event" in v:
+                self.events.append(v)
+
+    def wait_gone(self, job: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while any(j["device"] == job for j in self.jobs()):
+            assert time.monotonic() < deadline, f"{job} still listed"
+            time.sleep(0.02)
+
+
+class Qsd:
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        top, dst = self.path("top.qcow2"), self.path("dst.qcow2")
+        run("qemu-img", "create", "-q", "-f", "qcow2", top, str(IMAGE))
+        run("qemu-io", "-c", f"write -P 0x33 0 {IMAGE}", top)
+        run("qemu-img", "create", "-q", "-f", "qcow2", dst, str(IMAGE))
+        args = ["qemu-storage-daemon"]
+        for mon in ("ctl", "lib"):
+            args += ["--chardev", f"socket,id={mon},path={self.path(mon + '.sock')},server=on,wait=off",
+                     "--monitor", f"chardev={mon}"]
+        for node, image in (("top", top), ("dst", dst)):
+            args += ["--blockdev", f"driver=file,node-name={node}-file,filename={image}",
+                     "--blockdev", f"driver=qcow2,node-name={node},file={node}-file"]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not (os.path.exists(self.path("ctl.sock")) and os.path.exists(self.path("lib.sock"))):
+            assert time.monotonic() < deadline and self.proc.poll() is None, "qemu-storage-daemon did not start"
+            time.sleep(0.01)
+        self.ctl = Control(self.path("ctl.sock"))
+        self.lib = self.path("lib.sock")
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def mirror(self, speed: int, job: str = "m", target: str = "dst", **extra: Any) -> None:
+        """A copy of `top` throttled to `speed`: one burst, then `offset == len`, not ready, until ready."""
+        self.ctl.ok("blockdev-mirror", **{"job-id": job, "device": "top", "target": target, "sync": "full",
+                                          "speed": speed, **extra})
+        deadline = time.monotonic() + 10
+        while not any(j["device"] == job and j["len"] > 0 for j in self.ctl.jobs()):
+            assert time.monotonic() < deadline, "the job was never sized"
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def qsd() -> Iterator[Qsd]:
+    with tempfile.TemporaryDirectory(prefix="bji-py-") as d:
+        q = Qsd(d)
+        try:
+            yield q
+        finally:
+            q.stop()
+
+
+def stack_says(what: str) -> str:
+    """Messages name the stack the test ran on."""
+    return f"{STACK}: {what}"
+
+
+def job(offset: int, length: int, ready: Optional[bool], **extra: Any) -> Dict[str, Any]:
+    j: Dict[str, Any] = {"type": "mirror", "device": "m", "offset": offset, "len": length, "speed": 0,
+                         "busy": False, "paused": False, "io-status": "ok", "status": "running"}
+    if ready is not None:
+        j["ready"] = ready
+    j.update(extra)
+    return j

@@ -1,0 +1,109 @@
+"""A wait never blocks another call: threads sharing one source, asyncio, and Ctrl-C."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+from blockjobinfo import OutcomeKind, QmpSource
+from conftest import MIB, stack_says
+
+
+def test_eight_threads_share_one_source_while_one_waits(qsd):
+    with QmpSource(qsd.lib) as src:
+        qsd.mirror(2 * MIB)
+        answers, errors = [], []
+        stop = threading.Event()
+
+        def reader():
+            try:
+                while not stop.is_set():
+                    info = src.info("m")
+                    assert info is not None and (info.done == bool(info.raw.ready)), info
+                    answers.append(info)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=reader) for _ in range(7)]
+        for t in threads:
+            t.start()
+        out = src.wait("m", "ready", timeout=60)  # the eighth thread
+        counted = len(answers)
+        time.sleep(0.2)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors
+        assert out.kind is OutcomeKind.REACHED
+        assert counted > 70, stack_says(f"only {counted} answers while the wait waited")
+
+
+def test_wait_async_leaves_the_loop_running(qsd):
+    async def main():
+        with QmpSource(qsd.lib) as src:
+            qsd.mirror(2 * MIB)
+            ticks = 0
+
+            async def tick():
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            started = time.monotonic()
+            out = await src.wait_async("m", "ready", timeout=60)
+            waited = time.monotonic() - started
+            ticker.cancel()
+            assert out.kind is OutcomeKind.REACHED
+            # The copy takes seconds; the loop ticked all along (at least a tick per 50 ms of the wait).
+            assert waited > 1 and ticks > waited * 20, stack_says(f"{ticks} ticks in {waited:.1f} s")
+
+            # A cancelled wait ends, and the source goes on.
+            qsd.ctl.ok("block-job-cancel", device="m")
+            qsd.ctl.wait_gone("m")
+            qsd.mirror(64 * 1024, job="n")
+            task = asyncio.create_task(src.wait_async("n", "ready"))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            try:
+                await task
+                raise AssertionError("not cancelled")
+            except asyncio.CancelledError:
+                pass
+            assert src.info("n") is not None
+
+    asyncio.run(main())
+
+
+def test_ctrl_c_interrupts_a_wait(qsd):
+    qsd.mirror(64 * 1024)
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from blockjobinfo import QmpSource
+        src = QmpSource({qsd.lib!r})
+        print("waiting", flush=True)
+        try:
+            src.wait("m", "ready", timeout=60)
+        except KeyboardInterrupt:
+            print("interrupted", time.monotonic(), flush=True)
+            sys.exit(3)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "waiting"
+    time.sleep(0.5)
+    sent = time.monotonic()
+    os.kill(child.pid, signal.SIGINT)
+    line = child.stdout.readline().split()
+    assert child.wait(30) == 3, line
+    assert line[0] == "interrupted"
+    took = float(line[1]) - sent
+    print(stack_says(f"Ctrl-C ended the wait in {took * 1000:.1f} ms"))
+    # The wait looks every 20 ms; a loaded machine gets a wide margin here (the measure is printed above).
+    assert took < 1.0, stack_says(f"Ctrl-C took {took:.3f} s")
