@@ -13,8 +13,13 @@ TARGET := $(or $(CARGO_TARGET_DIR),target)
 STAGE := $(CURDIR)/target/stage
 
 FUZZ_SECONDS ?= 10
+# The Python package's build tools (maturin, mypy, from PyPI), apart from the system's Python.
+PYVENV := $(TARGET)/pyvenv
+# `make wheel` builds a release wheel; `make test` a debug one (built on the debug tree it already has, in
+# seconds rather than minutes: the same code, for its tests).
+WHEEL_PROFILE ?= --release
 
-.PHONY: all deps stacks build release man lint test demo header install deb abi fuzz fuzz-check soak bench mutants test-breaks clean
+.PHONY: all deps stacks build release man lint test demo header install deb abi fuzz fuzz-check soak bench mutants test-breaks wheel clean
 
 all: build
 
@@ -33,7 +38,7 @@ build:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Every stack of tests/stacks.conf (the host's Debian 12 packages, cached Debian 13 and 14 roots, prepared in
 # the background while the rest builds); BJI_STACKS=deb12 for the host's alone. scripts/gate.sh also runs the
@@ -41,9 +46,20 @@ lint:
 test: deps stacks build lint
 	$(MAKE) install DESTDIR=$(STAGE) PREFIX=/usr
 	$(MAKE) deb
+	$(MAKE) wheel WHEEL_PROFILE=
 	$(MAKE) fuzz-check
 	BJI_STAGE=$(STAGE) CARGO="$(CARGO)" scripts/gate.sh
 	$(MAKE) test-breaks
+
+# The Python package: an abi3 wheel (CPython 3.9 and later) and its sdist in target/wheels, built with maturin;
+# pip's and pytest's wheels in target/wheelhouse, for the stacks' venvs (tests/python_package.rs).
+wheel:
+	test -x $(PYVENV)/bin/maturin || { /usr/bin/python3 -m venv $(PYVENV) && \
+		$(PYVENV)/bin/pip install -q 'maturin>=1.5,<2' 'mypy>=1' 'pytest>=7'; }
+	rm -f $(TARGET)/wheels/blockjobinfo-*
+	$(PYVENV)/bin/maturin build -q $(WHEEL_PROFILE) -m python/Cargo.toml -o $(TARGET)/wheels --interpreter /usr/bin/python3
+	$(PYVENV)/bin/maturin sdist -m python/Cargo.toml -o $(TARGET)/wheels
+	$(PYVENV)/bin/pip download -q -d $(TARGET)/wheelhouse pip pytest qemu.qmp
 
 # Short fuzz runs (part of `make test`); `make fuzz` runs each target for 5 minutes.
 fuzz-check:

@@ -299,12 +299,73 @@ fn main() {
     std::fs::write(out.join("BENCHMARKS.md"), &md).unwrap();
 }
 
+/// From Python, in a venv of the stack's own Python: `QmpSource.info()` from the wheel, and a plain qemu.qmp
+/// (PyPI) `query-block-jobs` round trip, in alternating rounds on monitors 3 and 4; set against the C call
+/// (`persistent`, measured just before).
+fn python_rows(stack: &'static Stack, qsd: &Qsd, r: &mut Report, persistent: &Stats, n: usize) {
+    let dir = stack.tempdir();
+    let python = common::pyvenv::venv(stack, dir.path(), false, &["qemu.qmp"]);
+    let script = dir.path().join("py_info.py");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/py_info.py"), &script).unwrap();
+    let inside = |p: &str| stack.inside(Path::new(p));
+    let rounds = 20;
+    let per = (n / rounds).max(1).to_string();
+    let out = common::pyvenv::run(
+        stack,
+        "py_info.py",
+        &[
+            &python,
+            &stack.inside(&script),
+            &inside(&qsd.extra_socket(3)),
+            &inside(&qsd.extra_socket(4)),
+            "copy-vda-libvirt-1-format",
+            &per,
+            &rounds.to_string(),
+        ],
+    );
+    let (mut ours, mut qmp) = (vec![], vec![]);
+    for line in out.lines() {
+        match line.split_once(' ') {
+            Some(("ours", ns)) => ours.push(ns.parse().unwrap()),
+            Some(("qmp", ns)) => qmp.push(ns.parse().unwrap()),
+            _ => {}
+        }
+    }
+    let version = common::pyvenv::run(
+        stack,
+        "python",
+        &[&python, "-c", "import sys; print(sys.version.split()[0])"],
+    );
+    let (ours, qmp) = (stats(ours), stats(qmp));
+    r.latency(
+        "Python: `QmpSource.info()` (the wheel), persistent source",
+        &ours,
+        &format!("Python {}, alternating rounds with qemu.qmp", version.trim()),
+    );
+    r.latency(
+        "Python: qemu.qmp `execute('query-block-jobs')`, persistent connection",
+        &qmp,
+        "qemu.qmp from PyPI, asyncio: a plain round trip, no rules",
+    );
+    let ratio = ours.median / persistent.median;
+    r.target(
+        "Python info() <= 1.2x the C call",
+        format!("{ratio:.3}x ({:.1} against {:.1} us)", ours.median, persistent.median),
+        ratio <= 1.2,
+    );
+    r.target(
+        "Python info() faster than qemu.qmp's round trip",
+        format!("{:.1} against {:.1} us", ours.median, qmp.median),
+        ours.median < qmp.median,
+    );
+}
+
 /// The floor and `bji_get_block_job_info` on one qemu-storage-daemon of `stack`, then memory and threads.
 fn qmp_part(stack: &'static Stack, r: &mut Report, opts: &Opts) {
     let n = if opts.quick { 20 } else { 20_000 };
     // One daemon, one throttled job that stays in its copying phase, a monitor per client.
     let work = tempfile::tempdir().unwrap();
-    let mut qsd = Qsd::start_with_monitors(stack, 3);
+    let mut qsd = Qsd::start_with_monitors(stack, 5);
     qsd.ctl.ok(
         "blockdev-mirror",
         json!({"job-id": "copy-vda-libvirt-1-format", "device": "top", "target": "dst", "sync": "full",
@@ -401,6 +462,7 @@ fn qmp_part(stack: &'static Stack, r: &mut Report, opts: &Opts) {
         &fresh,
         "connect, greeting, negotiation",
     );
+    python_rows(stack, &qsd, r, &persistent, n);
 
     // Memory: no growth over many calls.
     let m_get = if opts.quick { 100 } else { 100_000 };

@@ -11,12 +11,13 @@ set -euo pipefail
 # groff-base and man-db lint and render the manual pages; python3-prometheus-client, prometheus-node-exporter
 # and prometheus (server and promtool) read the metrics the tool writes, and prometheus-libvirt-exporter, a
 # peer, is measured beside it; apache2-utils (htpasswd), openssl and curl make and try the web config's
-# credentials; iproute2 (ss) shows what listens; strace shows how `metrics --output` opens its file.
+# credentials; iproute2 (ss) shows what listens; strace shows how `metrics --output` opens its file;
+# python3-venv holds the Python package's build tools (make wheel).
 packages=(qemu-system-common qemu-system-x86 qemu-utils libvirt-dev libvirt-clients libvirt-daemon
           libvirt-daemon-driver-qemu libvirt-daemon-system dbus polkitd python3-libvirt gcc-multilib pkg-config
           valgrind mmdebstrap curl systemd systemd-container libnss-systemd debhelper dpkg-dev lintian
           abigail-tools mandoc groff-base man-db python3-prometheus-client prometheus-node-exporter prometheus
-          prometheus-libvirt-exporter apache2-utils openssl iproute2 strace)
+          prometheus-libvirt-exporter apache2-utils openssl iproute2 strace python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do

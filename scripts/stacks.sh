@@ -301,6 +301,7 @@ report_tables() {
         for s in $names; do line+=" $(row "$s" "$k") |"; done
         echo "$line"
     done <<'EOF'
+python|the Python the wheel was installed into and tested with (tests/python_package.rs)
 mirror-fields|fields of a mirror job in `query-block-jobs`
 fresh-mirror|a mirror whose source QEMU scans slowly (metadata read at 256 KiB/s), read as fast as the library answers
 window|length of the `offset == len && !ready` window: 8 MiB mirror at 2 MiB/s, one burst (qemu-storage-daemon)

@@ -212,6 +212,41 @@ fn timeout_and_close_from_another_thread(s: &'static Stack) {
     assert!(matches!(src.all_reports(0), Err(Error::Interrupted)));
 }
 
+/// An interruptible wait (for a host language's Ctrl-C and cancellation) asks often and polls QEMU never: it
+/// ends with `Interrupted` soon after it is told to, sends no query for its looks, and otherwise ends as any
+/// wait does.
+fn an_interruptible_wait_asks_often_and_never_polls(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
+    let rec = Recorder::start(qsd.dir.path(), &qsd.lib_socket());
+    let src = QmpSource::open(&rec.path).unwrap();
+    slow_mirror(&mut qsd, "m", 64 * 1024);
+    let before = rec.commands().len();
+    let started = Instant::now();
+    let mut looks = 0;
+    let result = src.wait_interruptible("m", Until::Ready, None, Duration::from_millis(20), &mut || {
+        looks += 1;
+        started.elapsed() >= Duration::from_millis(1000)
+    });
+    let took = started.elapsed();
+    assert!(matches!(result, Err(Error::Interrupted)), "{}: {result:?}", s.name);
+    assert!(took < Duration::from_millis(1500), "{}: {took:?}", s.name);
+    // About one look per 20 ms, and only the wait's own first query (plus a version check) sent.
+    assert!(looks >= 20, "{}: {looks} looks in {took:?}", s.name);
+    let queries = rec.commands().len() - before;
+    assert!(queries <= 3, "{}: {queries} queries: {:?}", s.name, rec.commands());
+    // Never told to stop, it ends as a wait ends.
+    let waited = src
+        .wait_interruptible(
+            "m",
+            Until::Ready,
+            Some(Duration::from_millis(300)),
+            Duration::from_millis(20),
+            &mut || false,
+        )
+        .unwrap();
+    assert_eq!(waited.outcome, Outcome::TimedOut);
+}
+
 /// QEMU announces readiness while the wait's first query is in flight: the event must not be lost.
 #[test]
 fn an_event_during_the_first_query_is_not_missed() {
@@ -277,5 +312,6 @@ on_each_stack!(
     a_failed_job_reports_qemus_error_text,
     a_stream_that_completes_is_gone,
     timeout_and_close_from_another_thread,
+    an_interruptible_wait_asks_often_and_never_polls,
     no_such_job,
 );

@@ -2,6 +2,8 @@
 //! connection and the wait are the library's; this maps them to Python values and exceptions, and releases the
 //! GIL around everything that blocks. The Python-facing types (`BlockJobInfo`, `Outcome`, `QmpSource`'s
 //! context manager and `wait_async`) live in `pysrc/blockjobinfo/__init__.py`.
+// `c_ulong` is u64 here and u32 on 32-bit targets: the conversions are not useless everywhere.
+#![allow(clippy::useless_conversion)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -76,7 +78,7 @@ fn to_py(e: Error) -> PyErr {
 
 fn flags(bandwidth_bytes: bool) -> u32 {
     if bandwidth_bytes {
-        VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES as u32
+        VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES
     } else {
         0
     }
@@ -319,7 +321,14 @@ fn translate(
 /// libvirt's answer (type, bandwidth, cur, end) for `disk`, corrected by the domain XML's `<mirror>` as the
 /// drop-in's `native` source does: a copy or active commit whose mirror is not `ready='yes'` is never done.
 #[pyfunction]
-fn correct_by_xml(type_: i32, bandwidth: u64, cur: u64, end: u64, xml: &str, disk: &str) -> PyResult<(i32, u64, u64, u64)> {
+fn correct_by_xml(
+    type_: i32,
+    bandwidth: u64,
+    cur: u64,
+    end: u64,
+    xml: &str,
+    disk: &str,
+) -> PyResult<(i32, u64, u64, u64)> {
     let answer = virDomainBlockJobInfo {
         type_,
         bandwidth: bandwidth

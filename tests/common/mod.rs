@@ -17,6 +17,7 @@ pub mod cbuild;
 pub mod checks;
 pub mod exporter;
 pub mod fake;
+pub mod pyvenv;
 #[macro_use]
 pub mod stack;
 pub mod system;

@@ -163,7 +163,7 @@ class QmpSource:
 
     def qemu_version(self) -> "tuple[int, int, int]":
         """QEMU's (major, minor, micro), from its greeting."""
-        return self._src.qemu_version()  # type: ignore[no-any-return]
+        return self._src.qemu_version()
 
     def info(self, device: str, *, bandwidth_bytes: bool = False) -> Optional[BlockJobInfo]:
         """The job ``device`` names (QEMU's job id or its device), as libvirt answers; None when there is none."""

@@ -15,7 +15,7 @@ from conftest import MIB, stack_says
 
 def test_eight_threads_share_one_source_while_one_waits(qsd):
     with QmpSource(qsd.lib) as src:
-        qsd.mirror(2 * MIB)
+        qsd.mirror(4 * MIB)
         answers, errors = [], []
         stop = threading.Event()
 
@@ -45,7 +45,7 @@ def test_eight_threads_share_one_source_while_one_waits(qsd):
 def test_wait_async_leaves_the_loop_running(qsd):
     async def main():
         with QmpSource(qsd.lib) as src:
-            qsd.mirror(2 * MIB)
+            qsd.mirror(4 * MIB)
             ticks = 0
 
             async def tick():
@@ -106,4 +106,4 @@ def test_ctrl_c_interrupts_a_wait(qsd):
     took = float(line[1]) - sent
     print(stack_says(f"Ctrl-C ended the wait in {took * 1000:.1f} ms"))
     # The wait looks every 20 ms; a loaded machine gets a wide margin here (the measure is printed above).
-    assert took < 1.0, stack_says(f"Ctrl-C took {took:.3f} s")
+    assert took < 0.5, stack_says(f"Ctrl-C took {took:.3f} s")

@@ -87,7 +87,8 @@ def test_every_ending(qsd, ending):
             qsd.ctl.ok("blockdev-backup", **{"job-id": "m", "device": "top", "target": "dst", "sync": "full",
                                              "speed": 8 * MIB})
         elif ending != "missing":
-            qsd.mirror(2 * MIB)
+            # Before ready: 4 s of window to cancel in; after ready: a short window.
+            qsd.mirror(2 * MIB if ending == "cancel_before_ready" else 16 * MIB)
             if ending in ("cancel_after_ready", "pivot"):
                 assert src.wait("m", "ready", timeout=60)
         ended = []
@@ -105,10 +106,10 @@ def test_every_ending(qsd, ending):
 
 def test_an_io_error_fails_the_wait(qsd):
     with QmpSource(qsd.lib) as src:
-        # Writes at 4 MiB and beyond fail with EIO, about four seconds into a 1 MiB/s copy.
+        # Writes at 4 MiB and beyond fail with EIO, about two seconds into a 2 MiB/s copy.
         qsd.ctl.ok("blockdev-add", driver="blkdebug", **{"node-name": "bad"}, image="dst",
                    **{"inject-error": [{"event": "pwritev", "errno": 5, "sector": 8192}]})
-        qsd.mirror(MIB, target="bad", **{"on-target-error": "report"})
+        qsd.mirror(2 * MIB, target="bad", **{"on-target-error": "report"})
         out = src.wait("m", "ready", timeout=60)
         assert out.kind is OutcomeKind.FAILED, stack_says(str(out))
         assert "Input/output error" in out.error or "I/O error" in out.error, out

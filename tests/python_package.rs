@@ -1,0 +1,178 @@
+//! The Python package as a user gets it: the wheel `make wheel` built (target/wheels) installed with pip into a
+//! fresh venv of each stack's own Python, then its pytest suite (tests/py/package) run there against the
+//! stack's own qemu-storage-daemon. pip and pytest come from the wheels `make wheel` fetched beside it
+//! (target/wheelhouse): the stacks have no network and no python3-venv.
+
+#[macro_use]
+mod common;
+
+use std::path::Path;
+
+use common::pyvenv::{run, venv, wheels};
+use common::virt::{self, Domain};
+use common::*;
+
+fn the_wheel_installs_and_its_tests_pass_on_the_stacks_python(s: &'static Stack) {
+    let dir = s.tempdir();
+    let python = venv(s, dir.path(), false, &["pytest"]);
+    let tests = dir.path().join("tests");
+    std::fs::create_dir(&tests).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/package");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "py") {
+            std::fs::copy(&p, tests.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let version = run(
+        s,
+        "python",
+        &[&python, "-c", "import sys; print(sys.version.split()[0])"],
+    );
+    let out = run(
+        s,
+        "pytest",
+        &[
+            &python,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-rA",
+            &s.inside(&tests),
+        ],
+    );
+    eprintln!(
+        "{}: Python {}: {}",
+        s.name,
+        version.trim(),
+        out.lines().last().unwrap_or("")
+    );
+    s.record("python", version.trim());
+    assert!(out.contains(" passed"), "{}: {out}", s.name);
+    assert!(!out.contains("skipped"), "{}: nothing may be skipped: {out}", s.name);
+}
+
+/// `libvirt_info` beside python-libvirt's own answer, on a real domain with a throttled copy, as the test user
+/// with the session libvirtd: where libvirt answered the same before and after, the helper gave that answer; it
+/// is never done while the XML read right after says the mirror is not ready; running, the window and ready
+/// were all sampled.
+fn the_libvirt_helper_agrees_with_libvirt_on_a_copy(s: &'static Stack) {
+    let dom = Domain::create(s, "bjt-pyhelper", 6);
+    let dir = s.tempdir();
+    // The test user reads the venv and the script.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let python = venv(s, dir.path(), true, &[]);
+    let script = dir.path().join("libvirt_helper.py");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/libvirt_helper.py"),
+        &script,
+    )
+    .unwrap();
+    // 512 KiB/s in 2 MiB steps: each step and the window after the last one last 4 s.
+    dom.start_copy(512 * 1024, 2 * 1024 * 1024);
+    let out = virt::as_user(s, &python)
+        .args([&s.inside(&script), dom.name.as_str(), "vda", "90"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}: {text}{}",
+        s.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (mut running, mut window, mut ready) = (0, 0, 0);
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ours = &v["ours"];
+        let (cur, end) = (ours["cur"].as_u64().unwrap(), ours["end"].as_u64().unwrap());
+        if cur == end && end > 0 {
+            assert_eq!(
+                v["xml_ready"], true,
+                "{}: done before the XML said ready: {line}",
+                s.name
+            );
+        }
+        if v["before"] != v["after"] {
+            continue;
+        }
+        for k in ["type", "bandwidth", "cur", "end"] {
+            assert_eq!(ours[k], v["before"][k], "{}: {k}: {line}", s.name);
+        }
+        match (cur, end) {
+            _ if cur == end => ready += 1,
+            _ if cur + 1 == end => window += 1,
+            _ => running += 1,
+        }
+    }
+    assert!(
+        running > 0 && window > 0 && ready > 0,
+        "{}: running {running}, window {window}, ready {ready}",
+        s.name
+    );
+    let _ = dom.virsh(virt::Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
+}
+
+on_each_stack!(
+    the_wheel_installs_and_its_tests_pass_on_the_stacks_python,
+    the_libvirt_helper_agrees_with_libvirt_on_a_copy,
+);
+
+/// The package is typed (`py.typed`, stubs for the native module): the package itself and a typed program using
+/// it are clean under `mypy --strict` (mypy from `make wheel`'s tools).
+#[test]
+fn the_package_is_clean_under_mypy_strict() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mypy = root.join("target/pyvenv/bin/mypy");
+    assert!(mypy.is_file(), "{}: `make wheel` installs it", mypy.display());
+    let cache = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(&mypy)
+        .args(["--strict", "--cache-dir"])
+        .arg(cache.path())
+        .arg("blockjobinfo")
+        .arg(root.join("tests/py/typed_usage.py"))
+        .env("MYPYPATH", root.join("python/pysrc"))
+        .current_dir(root.join("python/pysrc"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "mypy --strict: {text}");
+    assert!(text.contains("Success: no issues found in 4 source files"), "{text}");
+}
+
+/// The Python binding stays out of the C library and the tool: no PyO3 symbol in either, where the wheel's
+/// extension module (the detector's control) has many; and the module links no libpython (Python loads it).
+#[test]
+fn neither_the_library_nor_the_tool_links_the_binding() {
+    let (wheel, _) = wheels();
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("_native.abi3.so");
+    let out = std::process::Command::new("unzip")
+        .arg("-p")
+        .arg(&wheel)
+        .arg("blockjobinfo/_native.abi3.so")
+        .output()
+        .unwrap();
+    assert!(out.status.success() && !out.stdout.is_empty(), "{}", wheel.display());
+    std::fs::write(&module, &out.stdout).unwrap();
+    let pyo3_symbols = |path: &Path| -> usize {
+        let nm = std::process::Command::new("nm").arg("-C").arg(path).output().unwrap();
+        assert!(nm.status.success(), "nm {}", path.display());
+        String::from_utf8_lossy(&nm.stdout).matches("pyo3::").count()
+    };
+    assert!(pyo3_symbols(&module) > 10, "the detector sees PyO3 where it is linked");
+    for file in ["libblockjobinfo.so", "blockjobinfo"] {
+        assert_eq!(pyo3_symbols(&lib_dir().join(file)), 0, "{file} links PyO3");
+    }
+    let needed = std::process::Command::new("readelf")
+        .arg("-d")
+        .arg(&module)
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&needed.stdout).contains("libpython"),
+        "the module links libpython"
+    );
+}
