@@ -79,7 +79,7 @@ test-breaks:
 
 # The benchmarks (release build) on every stack (BJI_STACKS=deb12 for the host's alone), written to
 # BENCHMARKS.md above its hand-written part; see that file.
-bench: deps
+bench: deps wheel
 	$(CARGO) build --release --all-targets
 	scripts/link-so.sh $(TARGET)/release
 	scripts/bench.sh

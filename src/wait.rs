@@ -234,7 +234,7 @@ impl QmpSource {
         every: Option<Duration>,
         mut progress: impl FnMut(&JobReport),
     ) -> Result<Waited> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let monitor = self.monitor()?;
         wait_on(&monitor, device, until, deadline, every, &mut progress, None)
     }
@@ -250,7 +250,12 @@ impl QmpSource {
         check_every: Duration,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Waited> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too far away to be an instant waits for ever.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        // Told to stop before it began (a task cancelled at once): nothing is sent.
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
         let monitor = self.monitor()?;
         let stop = Stop {
             every: check_every.max(Duration::from_millis(1)),
@@ -313,6 +318,7 @@ fn wait_on(
     if pivots && was_ready {
         before = std::mem::take(&mut candidate);
     }
+    let mut woke_to_ask: Option<Instant> = None;
     loop {
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
@@ -323,12 +329,19 @@ fn wait_on(
                 return Err(Error::Interrupted);
             }
         }
-        let wake = now + every.unwrap_or(safety);
-        let wake = deadline.map_or(wake, |d| d.min(wake));
+        // Woken only to ask whether to stop, the wait keeps the time it was to wake at: the safety re-read
+        // comes when it was due, however often it asks.
+        let wake = woke_to_ask.take().unwrap_or_else(|| {
+            let wake = now + every.unwrap_or(safety);
+            deadline.map_or(wake, |d| d.min(wake))
+        });
         // An interruptible wait also wakes to ask; woken for that alone, it asks and listens again.
         let listen_until = stop.as_ref().map_or(wake, |s| wake.min(now + s.every));
         let heard = match listener.next(listen_until) {
-            Ok(Heard::Quiet) if listen_until < wake => continue,
+            Ok(Heard::Quiet) if listen_until < wake => {
+                woke_to_ask = Some(wake);
+                continue;
+            }
             // The connection was lost while QEMU may well live on (a monitor that dropped its client, or another
             // caller's command that timed out and dropped it): the query below connects again and says how
             // things stand. At most once a second, so that a peer that keeps dropping its clients ends the wait

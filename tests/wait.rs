@@ -287,6 +287,40 @@ fn block_job_ready_counts_where_qemu_has_no_ready_field() {
     assert_eq!(waited.event.unwrap()["event"], "BLOCK_JOB_READY");
 }
 
+/// A QEMU before 2.12 sends no event for some changes: an interruptible wait, however often it looks up, still
+/// reads the list again when its safety re-read is due (5 s), and sees the job ready without any event.
+#[test]
+fn an_interruptible_wait_still_reads_again_when_no_event_comes() {
+    let started = Instant::now();
+    let fake = FakeQmp::start(move |_, c| {
+        if !c.greet_with(2, 11) {
+            return;
+        }
+        let caps = c.command().unwrap();
+        c.reply(&caps, json!({}));
+        while let Some(cmd) = c.command() {
+            // Ready after a second, and never an event about it.
+            let ready = started.elapsed() > Duration::from_secs(1);
+            let offset = if ready { 10 } else { 5 };
+            if !c.reply(&cmd, json!([job("m", offset, 10, Some(ready))])) {
+                return;
+            }
+        }
+    });
+    let src = QmpSource::open(&fake.path).unwrap();
+    let waited = src
+        .wait_interruptible(
+            "m",
+            Until::Ready,
+            Some(Duration::from_secs(20)),
+            Duration::from_millis(20),
+            &mut || false,
+        )
+        .unwrap();
+    assert_eq!(waited.outcome, Outcome::Reached, "{waited:?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+}
+
 fn no_such_job(s: &'static Stack) {
     let qsd = Qsd::start(s);
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();

@@ -84,11 +84,19 @@ fn flags(bandwidth_bytes: bool) -> u32 {
     }
 }
 
-/// A seconds value from Python: finite and not negative.
+/// The longest timeout taken (about 31 years): a deadline further away would not be a point in time.
+const MAX_SECONDS: f64 = 1e9;
+
+/// A seconds value from Python: finite, not negative, at most MAX_SECONDS.
 fn seconds(what: &str, s: f64) -> PyResult<Duration> {
     if !s.is_finite() || s < 0.0 {
         return Err(PyValueError::new_err(format!(
             "{what} must be a finite number of seconds, not negative: {s}"
+        )));
+    }
+    if s > MAX_SECONDS {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be at most {MAX_SECONDS:e} seconds (None waits for ever): {s}"
         )));
     }
     Duration::try_from_secs_f64(s).map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
@@ -203,8 +211,8 @@ impl PySource {
     }
 
     /// Waits for the job, with the GIL released: (outcome, QEMU's error text, last state, the deciding event as
-    /// JSON text). Ctrl-C (on the main thread) or `token.cancel()` ends it within CHECK_EVERY.
-    #[pyo3(signature = (device, until, timeout = None, token = None))]
+    /// JSON text). `token.cancel()` ends it within CHECK_EVERY; on the main thread (`main`), so does Ctrl-C.
+    #[pyo3(signature = (device, until, timeout = None, token = None, main = false))]
     #[allow(clippy::type_complexity)]
     fn wait(
         &self,
@@ -213,6 +221,7 @@ impl PySource {
         until: &Bound<'_, PyAny>,
         timeout: Option<f64>,
         token: Option<Py<CancelToken>>,
+        main: bool,
     ) -> PyResult<(&'static str, Option<String>, Option<ReportTuple>, Option<String>)> {
         let device = device_name(device)?;
         let until = match until.extract::<String>().as_deref() {
@@ -226,12 +235,16 @@ impl PySource {
             Err(_) => return Err(PyTypeError::new_err("until must be a str: \"ready\" or \"gone\"")),
         };
         let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
-        // Ctrl-C: Python runs its signal handlers only with the GIL, so the wait takes it briefly to ask.
+        // Ctrl-C: Python runs its signal handlers on the main thread alone, and only with the GIL, so a wait on
+        // the main thread takes it briefly to ask; a wait on another thread never takes it.
         let mut signal: Option<PyErr> = None;
         let waited = py.detach(|| {
             let mut interrupted = || {
                 if token.as_ref().is_some_and(|t| t.get().0.load(Ordering::SeqCst)) {
                     return true;
+                }
+                if !main {
+                    return false;
                 }
                 match Python::attach(|py| py.check_signals()) {
                     Ok(()) => false,

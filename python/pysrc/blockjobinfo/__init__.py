@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
-from typing import Any, List, NamedTuple, Optional
+import threading
+from typing import Any, Dict, List, NamedTuple, Optional
 
 from . import _native
 from ._native import (
@@ -22,6 +23,12 @@ from ._native import (
     QmpTimeoutError,
     SourceClosedError,
 )
+
+# The exceptions are the native module's; they are known, and pickled, by this package's name.
+for _e in (AmbiguousJobError, BlockJobInfoError, QemuError, QmpConnectionError, QmpProtocolError, QmpTimeoutError,
+           SourceClosedError):
+    _e.__module__ = __name__
+del _e
 
 __all__ = [
     "AmbiguousJobError",
@@ -112,7 +119,7 @@ class Outcome(NamedTuple):
     kind: OutcomeKind
     error: Optional[str]
     last: Optional[BlockJobInfo]
-    event: Optional[dict]  # type: ignore[type-arg]
+    event: Optional[Dict[str, Any]]
 
     def __bool__(self) -> bool:
         return self.kind is OutcomeKind.REACHED
@@ -133,6 +140,8 @@ def _timeout(timeout: Optional[float]) -> Optional[float]:
         raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
     if not timeout >= 0 or timeout == float("inf"):
         raise ValueError(f"timeout must be a finite number of seconds, not negative: {timeout}")
+    if timeout > 1e9:
+        raise ValueError(f"timeout must be at most 1e9 seconds (None waits for ever): {timeout}")
     return float(timeout)
 
 
@@ -178,27 +187,46 @@ class QmpSource:
         """Waits until the job is ready (``"ready"``: a mirror in its mirroring phase) or has left QEMU's list
         (``"gone"``), woken by QEMU's events. ``timeout`` (seconds; None waits for ever) passing first is the
         outcome ``TIMED_OUT``, not an exception. The GIL is released meanwhile; Ctrl-C interrupts it."""
-        return self._wait(device, _until(until), _timeout(timeout), None)
+        main = threading.current_thread() is threading.main_thread()
+        return self._wait(device, _until(until), _timeout(timeout), None, main)
 
     async def wait_async(self, device: str, until: str = "ready", timeout: Optional[float] = None) -> Outcome:
-        """``wait`` for asyncio: runs on the loop's default executor and never blocks the loop. Cancelling the
-        task ends the wait (within 20 ms) and raises CancelledError."""
+        """``wait`` for asyncio: runs on a thread of its own and never blocks the loop (nor the loop's default
+        executor). Cancelling the task raises CancelledError at once and ends the wait within 20 ms."""
         until_, timeout_ = _until(until), _timeout(timeout)
         token = _native.CancelToken()
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, self._wait, device, until_, timeout_, token)
+        future: "asyncio.Future[Outcome]" = loop.create_future()
+
+        def settle(result: Any, error: Optional[BaseException]) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def run() -> None:
+            result: Any = None
+            error: Optional[BaseException] = None
+            try:
+                result = self._wait(device, until_, timeout_, token, False)
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+                error = e
+            try:
+                loop.call_soon_threadsafe(settle, result, error)
+            except RuntimeError:
+                pass  # the loop is closed: nobody awaits it any more
+
+        threading.Thread(target=run, name="blockjobinfo-wait", daemon=True).start()
         try:
-            return await asyncio.shield(future)
+            return await future
         except asyncio.CancelledError:
             token.cancel()
-            try:
-                await future
-            except BaseException:
-                pass
             raise
 
-    def _wait(self, device: str, until: str, timeout: Optional[float], token: Any) -> Outcome:
-        kind, error, last, event = self._src.wait(device, until, timeout, token)
+    def _wait(self, device: str, until: str, timeout: Optional[float], token: Any, main: bool) -> Outcome:
+        kind, error, last, event = self._src.wait(device, until, timeout, token, main)
         if token is not None and token.cancelled:
             raise asyncio.CancelledError()
         return Outcome(

@@ -27,6 +27,11 @@ def test_bad_arguments(qsd):
             src.wait("m", "done")
         with pytest.raises(TypeError):
             src.wait("m", 1)
+        # Too far away to be a point in time: an error, never a panic.
+        with pytest.raises(ValueError, match="at most"):
+            src.wait("m", "ready", timeout=1e19)
+    with pytest.raises(ValueError, match="at most"):
+        QmpSource(qsd.lib, timeout=1e19)
     with pytest.raises(TypeError):
         QmpSource(b"/x")
     with pytest.raises(ValueError):
@@ -117,3 +122,17 @@ def test_a_closed_source_ends_a_wait(qsd):
     t.join(10)
     assert ended and "closed" in str(ended[0])
 
+
+
+def test_exceptions_are_the_packages_and_pickle():
+    import pickle
+
+    try:
+        QmpSource("/nonexistent/qmp.sock", timeout=1)
+    except blockjobinfo.QmpConnectionError as e:
+        assert type(e).__module__ == "blockjobinfo"
+        again = pickle.loads(pickle.dumps(e))
+        assert type(again) is blockjobinfo.QmpConnectionError and str(again) == str(e)
+    else:
+        raise AssertionError("connected to nothing")
+    assert issubclass(blockjobinfo.QmpTimeoutError, blockjobinfo.BlockJobInfoError)

@@ -67,16 +67,24 @@ def test_a_wait_that_times_out_is_an_outcome(qsd):
         assert time.monotonic() - started >= 0.3
 
 
-@pytest.mark.parametrize("ending", ["cancel_before_ready", "cancel_after_ready", "pivot", "backup", "missing"])
-def test_every_ending(qsd, ending):
-    want = {
-        "cancel_before_ready": OutcomeKind.CANCELLED,
+@pytest.mark.parametrize(
+    "ending,until,want,event",
+    [
+        ("cancel_before_ready", "gone", OutcomeKind.CANCELLED, "BLOCK_JOB_CANCELLED"),
         # libvirt tells a ready copy cancelled without a pivot as CANCELED (QEMU says completed).
-        "cancel_after_ready": OutcomeKind.CANCELLED,
-        "pivot": OutcomeKind.REACHED,
-        "backup": OutcomeKind.REACHED,
-        "missing": OutcomeKind.REACHED,
-    }[ending]
+        ("cancel_after_ready", "gone", OutcomeKind.CANCELLED, "BLOCK_JOB_COMPLETED"),
+        ("pivot", "gone", OutcomeKind.REACHED, "BLOCK_JOB_COMPLETED"),
+        ("backup", "gone", OutcomeKind.REACHED, "BLOCK_JOB_COMPLETED"),
+        ("missing", "gone", OutcomeKind.REACHED, None),
+        # Waiting for ready: a job that ends without being ready, and one that is not there.
+        ("cancel_before_ready", "ready", OutcomeKind.CANCELLED, "BLOCK_JOB_CANCELLED"),
+        ("backup", "ready", OutcomeKind.GONE_BEFORE_READY, "BLOCK_JOB_COMPLETED"),
+        ("missing", "ready", OutcomeKind.GONE_BEFORE_READY, None),
+    ],
+)
+def test_every_ending(qsd, ending, until, want, event):
+    """Each ending as `bji_wait` tells it (its `BJI_WAIT_*` codes are these kinds), decided by the event the
+    wait heard while it waited (a wait that began after the job was gone would hear none)."""
     # `top` is exported over NBD, as a daemon serves its images: the export is what a pivot moves, and what
     # tells a ready copy's two endings apart.
     qsd.ctl.ok("nbd-server-start", addr={"type": "unix", "data": {"path": qsd.path("nbd.sock")}})
@@ -92,7 +100,7 @@ def test_every_ending(qsd, ending):
             if ending in ("cancel_after_ready", "pivot"):
                 assert src.wait("m", "ready", timeout=60)
         ended = []
-        t = threading.Thread(target=lambda: ended.append(src.wait("m", "gone", timeout=60)))
+        t = threading.Thread(target=lambda: ended.append(src.wait("m", until, timeout=60)))
         t.start()
         time.sleep(0.5)
         if ending.startswith("cancel"):
@@ -101,7 +109,29 @@ def test_every_ending(qsd, ending):
             qsd.ctl.ok("block-job-complete", device="m")
         t.join(70)
         assert ended, stack_says(f"{ending}: the wait did not end")
-        assert ended[0].kind is want, stack_says(f"{ending}: {ended[0]}")
+        out = ended[0]
+        assert out.kind is want, stack_says(f"{ending}, until {until}: {out}")
+        got = None if out.event is None else out.event["event"]
+        assert got == event, stack_says(f"{ending}, until {until}: decided by {got}: {out}")
+
+
+def test_qemu_that_dies_during_a_wait_is_an_exception(qsd):
+    with QmpSource(qsd.lib) as src:
+        qsd.mirror(64 * 1024)
+        raised = []
+
+        def wait():
+            try:
+                src.wait("m", "ready", timeout=60)
+            except blockjobinfo.BlockJobInfoError as e:
+                raised.append(e)
+
+        t = threading.Thread(target=wait)
+        t.start()
+        time.sleep(0.3)
+        qsd.stop()
+        t.join(30)
+        assert raised, stack_says("the wait outlived its QEMU without an exception")
 
 
 def test_an_io_error_fails_the_wait(qsd):
