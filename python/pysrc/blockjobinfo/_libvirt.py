@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 def corrected(domain: Any, disk: str, flags: int = 0) -> Optional["BlockJobInfo"]:
-    from . import BlockJobInfo, JobType
+    from . import _answer
 
     if not isinstance(disk, str):
         raise TypeError(f"disk must be a str, not {type(disk).__name__}")
@@ -21,11 +21,4 @@ def corrected(domain: Any, disk: str, flags: int = 0) -> Optional["BlockJobInfo"
     if not info:
         return None
     xml = domain.XMLDesc(0)
-    type_, bandwidth, cur, end = _native.correct_by_xml(
-        info["type"], info["bandwidth"], info["cur"], info["end"], xml, disk
-    )
-    try:
-        type_ = JobType(type_)
-    except ValueError:
-        pass
-    return BlockJobInfo(type_, bandwidth, cur, end)
+    return _answer(*_native.correct_by_xml(info["type"], info["bandwidth"], info["cur"], info["end"], xml, disk))

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -128,6 +129,22 @@ def qsd() -> Iterator[Qsd]:
             yield q
         finally:
             q.stop()
+
+
+def wait_in_thread(src: Any, device: str, until: str) -> "tuple[threading.Thread, List[Any]]":
+    """`src.wait(device, until, timeout=60)` started on a thread of its own: the thread, and a list that gets the
+    wait's outcome, or the exception it raised."""
+    got: List[Any] = []
+
+    def run() -> None:
+        try:
+            got.append(src.wait(device, until, timeout=60))
+        except Exception as e:  # noqa: BLE001 - for the test to look at
+            got.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, got
 
 
 def stack_says(what: str) -> str:

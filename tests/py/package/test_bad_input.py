@@ -6,13 +6,14 @@ import resource
 import socket
 import tempfile
 import threading
+import time
 import tracemalloc
 
 import pytest
 
 import blockjobinfo
 from blockjobinfo import QmpSource, translate
-from conftest import job
+from conftest import job, wait_in_thread
 
 
 def test_bad_arguments(qsd):
@@ -105,22 +106,11 @@ def test_memory_is_flat_over_100000_calls(qsd):
 def test_a_closed_source_ends_a_wait(qsd):
     src = QmpSource(qsd.lib)
     qsd.mirror(64 * 1024)
-    ended = []
-
-    def wait():
-        try:
-            src.wait("m", "ready", timeout=60)
-        except blockjobinfo.SourceClosedError as e:
-            ended.append(e)
-
-    t = threading.Thread(target=wait)
-    t.start()
-    import time
-
+    t, ended = wait_in_thread(src, "m", "ready")
     time.sleep(0.3)
     src.close()
     t.join(10)
-    assert ended and "closed" in str(ended[0])
+    assert ended and isinstance(ended[0], blockjobinfo.SourceClosedError) and "closed" in str(ended[0]), ended
 
 
 

@@ -1,14 +1,13 @@
 """Answers and waits on a real qemu-storage-daemon: the throttled mirror's window, a wait for ready and for gone,
 and every ending told as `bji_wait` tells it."""
 
-import threading
 import time
 
 import pytest
 
 import blockjobinfo
 from blockjobinfo import JobType, OutcomeKind, QmpSource
-from conftest import IMAGE, MIB, stack_says
+from conftest import IMAGE, MIB, stack_says, wait_in_thread
 
 
 def test_a_throttled_mirror_is_never_done_before_ready(qsd):
@@ -48,9 +47,7 @@ def test_wait_for_ready_then_gone(qsd):
         # The event that decided it: QEMU's BLOCK_JOB_READY, or its JOB_STATUS_CHANGE to ready (sent first).
         assert out.event["event"] == "BLOCK_JOB_READY" or out.event["data"]["status"] == "ready", out
         assert qsd.ctl.jobs()[0]["ready"] is True
-        ended = []
-        t = threading.Thread(target=lambda: ended.append(src.wait("m", "gone", timeout=60)))
-        t.start()
+        t, ended = wait_in_thread(src, "m", "gone")
         time.sleep(0.5)
         qsd.ctl.ok("block-job-complete", device="m")
         t.join(70)
@@ -99,9 +96,7 @@ def test_every_ending(qsd, ending, until, want, event):
             qsd.mirror(2 * MIB if ending == "cancel_before_ready" else 16 * MIB)
             if ending in ("cancel_after_ready", "pivot"):
                 assert src.wait("m", "ready", timeout=60)
-        ended = []
-        t = threading.Thread(target=lambda: ended.append(src.wait("m", until, timeout=60)))
-        t.start()
+        t, ended = wait_in_thread(src, "m", until)
         time.sleep(0.5)
         if ending.startswith("cancel"):
             qsd.ctl.ok("block-job-cancel", device="m")
@@ -118,20 +113,13 @@ def test_every_ending(qsd, ending, until, want, event):
 def test_qemu_that_dies_during_a_wait_is_an_exception(qsd):
     with QmpSource(qsd.lib) as src:
         qsd.mirror(64 * 1024)
-        raised = []
-
-        def wait():
-            try:
-                src.wait("m", "ready", timeout=60)
-            except blockjobinfo.BlockJobInfoError as e:
-                raised.append(e)
-
-        t = threading.Thread(target=wait)
-        t.start()
+        t, raised = wait_in_thread(src, "m", "ready")
         time.sleep(0.3)
         qsd.stop()
         t.join(30)
-        assert raised, stack_says("the wait outlived its QEMU without an exception")
+        assert raised and isinstance(raised[0], blockjobinfo.BlockJobInfoError), stack_says(
+            f"the wait outlived its QEMU without an exception: {raised}"
+        )
 
 
 def test_an_io_error_fails_the_wait(qsd):
