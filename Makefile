@@ -50,6 +50,7 @@ test: deps stacks build lint
 	$(MAKE) fuzz-check
 	BJI_STAGE=$(STAGE) CARGO="$(CARGO)" scripts/gate.sh
 	$(MAKE) test-breaks
+	scripts/mutants.sh if-changed
 
 # The Python package: an abi3 wheel (CPython 3.9 and later) and its sdist in target/wheels, built with maturin;
 # pip's and pytest's wheels in target/wheelhouse, for the stacks' venvs (tests/python_package.rs).
@@ -70,6 +71,7 @@ fuzz:
 
 # Mutation testing of the pure layers with the fast tests (about 5 minutes); survivors must be listed, with why,
 # in mutants/equivalent.txt (tests/mutants_list.rs checks in `make test` that the list still fits the code).
+# `make test` runs it again whenever a mutated file changed since the run recorded in mutants/covered.sha256.
 mutants:
 	scripts/mutants.sh run
 

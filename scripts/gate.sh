@@ -5,16 +5,22 @@
 # fails if anything was left behind.
 #
 #   BJI_STACKS=deb12,deb14   only these stacks of tests/stacks.conf (quick local work); default: all of them
+#   BJI_STACKS_REQUIRED=...  stacks that must be among them (CI names every one): a missing one fails the gate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 checkout=$(pwd -P)
 
 selected=$(scripts/stacks.sh names)
+# The stacks a run must cover (CI names them all): one not selected fails here, before anything runs.
+for need in ${BJI_STACKS_REQUIRED:+${BJI_STACKS_REQUIRED//,/ }}; do
+    echo " $selected " | tr '\n' ' ' | grep -q " $need " ||
+        { echo "== the stack $need must be tested (BJI_STACKS_REQUIRED) but is not selected: ${selected//$'\n'/ }" >&2; exit 1; }
+done
 
 . scripts/guard.sh gate
 
-# A root that could not be made was reported in one line; its stack's tests fail with that line.
-scripts/stacks.sh prepare-wait || echo "== some stacks could not be prepared: their tests will fail" >&2
+# A root that could not be made was reported in one line; its lane fails at once with that line (lanes.sh).
+scripts/stacks.sh prepare-wait || echo "== some stacks could not be prepared: their lanes fail" >&2
 # The facts the README shows are this run's alone (a stack not run reads "(not run)"), but for the figures of the
 # last `make soak`, which the gate does not repeat.
 [ -d target/stacks ] && find target/stacks -type f ! -name soak -delete

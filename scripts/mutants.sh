@@ -3,12 +3,15 @@
 # job) with the fast tests, which need no QEMU: every mutant must be caught, or listed in
 # mutants/equivalent.txt with why it changes nothing.
 #
-#   mutants.sh run     (make mutants) runs cargo-mutants; fails on a survivor that is not listed
+#   mutants.sh run         (make mutants) runs cargo-mutants; fails on a survivor that is not listed, on a
+#                          baseline that fails, and on a run that caught nothing; records what it covered
+#   mutants.sh if-changed  (make test) the same, when a mutated file changed since the recorded run
 # (tests/mutants_list.rs, in `make test`, fails when a listed mutant's line has changed: the list is then stale.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mode=${1:?usage: mutants.sh run}
+mode=${1:?usage: mutants.sh run|if-changed}
 list=mutants/equivalent.txt
+mutated=(src/translate.rs src/jobs.rs src/libvirt/native.rs src/libvirt/xml.rs src/qmp/framing.rs src/wait.rs)
 filters=(
     -f src/translate.rs -f src/jobs.rs -f src/libvirt/native.rs -f src/libvirt/xml.rs -f src/qmp/framing.rs
     -f src/wait.rs
@@ -18,31 +21,57 @@ if ! cargo mutants --version >/dev/null 2>&1; then
     echo "installing cargo-mutants (crates.io)" >&2
     cargo install cargo-mutants --locked
 fi
-# The listed mutants: the name before " # why".
+# The listed mutants: the name before " # `the line's code` # why".
 listed() { grep -v '^#' "$list" | grep -v '^$' | sed 's/ # .*//'; }
+if [ "$mode" = if-changed ]; then
+    # `make test`: a run only when a mutated file changed since the run recorded in mutants/covered.sha256.
+    if [ -f mutants/covered.sha256 ] && sha256sum --quiet -c mutants/covered.sha256 >/dev/null 2>&1 &&
+        [ "$(awk '{print $2}' mutants/covered.sha256)" = "$(printf '%s\n' "${mutated[@]}")" ]; then
+        echo "mutants: ${mutated[*]} are as the last run covered them (mutants/covered.sha256)"
+        exit 0
+    fi
+    echo "mutants: a mutated file changed since the last run: running it" >&2
+    mode=run
+fi
 case $mode in
 run)
     out=target/mutants
+    # No result of an earlier run may stand in for this one's.
+    rm -rf "$out/mutants.out" "$out/mutants.out.old"
     mkdir -p "$out"
     # The library alone (not the tool's dependencies), without debug info, and its unit tests: fast, no QEMU.
+    # cargo-mutants exits 0 (all caught), 2 (some missed) or 3 (some timed out) after a real run; 4 means the
+    # tests failed on the unmutated tree, 1 a usage or internal error: nothing was tested, and that is a failure.
     CARGO_PROFILE_DEV_DEBUG=0 CARGO_PROFILE_TEST_DEBUG=0 \
         cargo mutants "${filters[@]}" --output "$out" --no-shuffle -j 2 \
-        --cargo-arg=--no-default-features --cargo-arg=--lib || true
+        --cargo-arg=--no-default-features --cargo-arg=--lib && rc=0 || rc=$?
+    case $rc in
+    0 | 2 | 3) ;;
+    4) echo "mutants: the tests fail on the unmutated tree (cargo-mutants exit 4): nothing was tested" >&2; exit 1 ;;
+    *) echo "mutants: cargo-mutants failed (exit $rc): nothing was tested" >&2; exit 1 ;;
+    esac
     missed=$out/mutants.out/missed.txt
-    [ -f "$missed" ] || { echo "mutants: no results in $out" >&2; exit 1; }
+    caught=$out/mutants.out/caught.txt
+    [ -f "$missed" ] && [ -f "$caught" ] || { echo "mutants: no results in $out" >&2; exit 1; }
+    [ -s "$caught" ] || { echo "mutants: not one mutant was caught: the tests did not run" >&2; exit 1; }
     unexplained=$(grep -vxF -f <(listed) "$missed" || true)
     for f in caught missed unviable timeout; do
         printf '%s: %s\n' "$f" "$( (cat "$out/mutants.out/$f.txt" 2>/dev/null || true) | wc -l)"
     done
     echo "equivalent (listed): $(listed | wc -l)"
     if [ -n "$unexplained" ]; then
-        echo "mutants: survivors neither caught nor listed in $list:" >&2
-        echo "$unexplained" >&2
+        echo "mutants: survivors neither caught nor listed in $list (each: the mutant, then the line it changes):" >&2
+        while IFS= read -r m; do
+            f=${m%%:*} rest=${m#*:} l=${rest%%:*}
+            printf '%s # `%s`\n' "$m" "$(sed -n "${l}p" "$f" | sed 's/^ *//')" >&2
+        done <<<"$unexplained"
         exit 1
     fi
+    # What this run covered, so that tests/mutants_list.rs can tell when the mutated files changed since.
+    sha256sum "${mutated[@]}" >mutants/covered.sha256
     ;;
 *)
-    echo "usage: mutants.sh run" >&2
+    echo "usage: mutants.sh run|if-changed" >&2
     exit 2
     ;;
 esac

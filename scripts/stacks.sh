@@ -8,6 +8,7 @@
 #   stacks.sh prepare-start     the same in the background (`make test` starts it before it builds)
 #   stacks.sh prepare-wait      wait for prepare-start, print what it said, and fail as it failed
 #   stacks.sh versions          each stack's QEMU, libvirt and python-libvirt versions
+#   stacks.sh fresh NAME        fail, saying why, unless NAME's root is the one its recipe makes now
 #   stacks.sh report            the facts the suite recorded per stack, also written into the README
 #   stacks.sh stop              stop every process the tests left running (test users', and any marked BJI_GATE)
 #   stacks.sh check             fail if any such process, or any mount inside the cache, is left
@@ -76,13 +77,36 @@ users_of() {
     echo "$1 $1-lv $1-no"
 }
 
+# What a root is made from: a root made from another recipe is stale.
+recipe_of() { echo "v3 $1 $PACKAGES users $(users_of "$2")"; }
+
+# Whether a stack's root is the one its recipe makes now: nothing printed and 0 if so (and for the host's
+# packages), else the cause in one line and 1. A rebuild that failed leaves the old root in place, with a `failed`
+# file: that root is stale, whatever it holds.
+fresh() {
+    local name suite user index root
+    read -r name suite user index < <(all_stacks | awk -v n="$1" '$1 == n')
+    [ -n "${name:-}" ] || { echo "$1: no such stack in $CONF"; return 1; }
+    [ "$suite" = host ] && return 0
+    root=$(root_of "$name")
+    if [ -f "$CACHE/$name/failed" ]; then
+        echo "$name: its root is stale or missing: $(cat "$CACHE/$name/failed")"
+        return 1
+    fi
+    [ -f "$root/.bji-stack" ] || { echo "$name: its root is not prepared at $root (scripts/stacks.sh prepare)"; return 1; }
+    if [ "$(head -n 1 "$root/.bji-stack")" != "$(recipe_of "$suite" "$user")" ]; then
+        echo "$name: its root at $root was made from another recipe (scripts/stacks.sh prepare makes it again)"
+        return 1
+    fi
+}
+
 # Makes one stack's root, or keeps the cached one; on failure, says why in one line (also kept in the stack's
-# `failed` file, which its tests report).
+# `failed` file, which its tests and its lane report: the old root, if any, is not used).
 prepare_one() {
     local name=$1 suite=$2 user=$3 index=$4
     local dir=$CACHE/$name root recipe mirror release rc new log why
     root=$(root_of "$name")
-    recipe="v3 $suite $PACKAGES users $(users_of "$user")"
+    recipe=$(recipe_of "$suite" "$user")
     if [ -f "$root/.bji-stack" ] && [ "$(head -n 1 "$root/.bji-stack")" = "$recipe" ]; then
         rm -f "$dir/failed"
         echo "$name: reusing $root"
@@ -334,6 +358,10 @@ report() {
     tables=$(report_tables)
     echo "$tables"
     fill README.md tested-with "$tables"
+    if [ -f target/stacks/lanes-took ]; then
+        fill README.md lanes-took "$(cat target/stacks/lanes-took)"
+        fill docs/testing.md lanes-took "$(cat target/stacks/lanes-took)"
+    fi
 }
 
 # What the last `make soak` saw on each stack (target/stacks/<stack>/soak), into docs/testing.md.
@@ -373,10 +401,11 @@ prepare-wait)
     prepare
     ;;
 versions) versions ;;
+fresh) fresh "${2:?usage: stacks.sh fresh NAME}" ;;
 report) report ;;
 soak-report) soak_report ;;
 stop) stop ;;
 check) check ;;
 clean) clean ;;
-*) echo "usage: $0 names|prepare|prepare-start|prepare-wait|versions|report|soak-report|stop|check|clean" >&2; exit 2 ;;
+*) echo "usage: $0 names|prepare|prepare-start|prepare-wait|versions|fresh NAME|report|soak-report|stop|check|clean" >&2; exit 2 ;;
 esac

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # make test-breaks: each guarantee turned off in turn (BLOCKJOBINFO_TEST_BREAK, debug builds only) must turn
-# the tests that guard it red: the real-QEMU, drop-in and Nova-flow tests, on one stack (BJI_BREAK_STACK,
-# default deb12). Passes only if every one of them fails with its rule off.
+# the tests that guard it red, for the right reason, on every stack under test (scripts/stacks.sh names). Each
+# guard runs twice: first as it is, where it must pass (a guard that fails anyway proves nothing), then with its
+# rule off, where it must fail with the rule's own assertion, matched in its output (a compile error, a lock
+# clash, a missing root or a timeout is not a bite). The stacks run side by side, as the gate's lanes do.
 #
 #   window    the offset == len rule (cur == end - 1 until QEMU says ready)
 #   zero      0/0 read as 0/1
@@ -9,33 +11,67 @@
 #   catch     the catch at the C boundary (a panic forced with BLOCKJOBINFO_TEST_PANIC)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-stack=${BJI_BREAK_STACK:-deb12}
 logs=target/test-breaks
+rm -rf "$logs"
 mkdir -p "$logs"
-failed_as_they_must=0
-passed_anyway=()
-# rule, then a test binary and the one test in it (exact name).
-guard() {
-    local rule=$1 bin=$2 test=$3
-    local log=$logs/$rule-$bin-${test//::/-}.log
-    if BLOCKJOBINFO_TEST_BREAK="$rule" ${CARGO:-cargo} test -q --test "$bin" -- --exact "$test" >"$log" 2>&1; then
-        passed_anyway+=("$rule: $bin $test (log: $log)")
+
+# The guards: rule, test binary, test (`@::` is each stack's prefix; a name without it runs once), then the
+# text its failure must show with the rule off.
+guards() {
+    cat <<'EOF'
+window	real_qemu	@::sampling_a_whole_mirror_never_reports_done_early	cur == end before ready
+window	libvirt_stack	@::copy_job_agrees_with_libvirt_in_every_phase_for_qmp_and_native	preloaded with source qmp disagrees with libvirt's own
+window	dropin_clients	@::nova_live_snapshot_aborts_only_when_ready_and_the_copy_is_equal	"qemu_ready_when_complete": false
+zero	properties	never_done_before_ready	done before ready
+zero	real_qemu	@::a_just_started_mirror_is_never_reported_done	QEMU's 0/0 before the job is sized
+fallback	libvirt_stack	@::copy_job_agrees_with_libvirt_in_every_phase_for_qmp_and_native	phases seen by virsh: {}
+fallback	dropin_clients	@::errors_and_empty_answers_are_libvirts_own	never answered itself
+catch	panic_boundary	a_panic_in_every_export_is_an_error_and_the_program_goes_on	a panic crossed the C boundary
+catch	panic_boundary	@::a_panic_in_the_drop_in_is_libvirts_answer	panic in a function that cannot unwind
+EOF
+}
+
+# One guard: RULE BIN TEST PATTERN; one line in $logs/results, "ok ..." or "BAD ...".
+one() {
+    local rule=$1 bin=$2 test=$3 pattern=$4 base=$logs/$rule-$2-${3//::/-}
+    if ! ${CARGO:-cargo} test -q --test "$bin" -- --exact "$test" >"$base.clean.log" 2>&1; then
+        echo "BAD $rule: $bin $test fails with its rule on, so its failure proves nothing (log: $base.clean.log)"
+    elif BLOCKJOBINFO_TEST_BREAK="$rule" ${CARGO:-cargo} test -q --test "$bin" -- --exact "$test" \
+        >"$base.broken.log" 2>&1; then
+        echo "BAD $rule: $bin $test passes with its rule off: it guards nothing (log: $base.broken.log)"
+    elif ! grep -qF -- "$pattern" "$base.broken.log"; then
+        echo "BAD $rule: $bin $test failed with its rule off, but not on the rule's assertion ('$pattern' is not in" \
+            "$base.broken.log)"
     else
-        echo "test-breaks: $rule off: $bin $test fails, as it must"
-        failed_as_they_must=$((failed_as_they_must + 1))
+        echo "ok $rule: $bin $test passes as it is and fails with its rule off on '$pattern'"
     fi
 }
-guard window real_qemu "$stack::sampling_a_whole_mirror_never_reports_done_early"
-guard window libvirt_stack "$stack::copy_job_agrees_with_libvirt_in_every_phase_for_qmp_and_native"
-guard window dropin_clients "$stack::nova_live_snapshot_aborts_only_when_ready_and_the_copy_is_equal"
-guard zero properties "never_done_before_ready"
-guard zero real_qemu "$stack::a_just_started_mirror_is_never_reported_done"
-guard fallback libvirt_stack "$stack::copy_job_agrees_with_libvirt_in_every_phase_for_qmp_and_native"
-guard fallback dropin_clients "$stack::errors_and_empty_answers_are_libvirts_own"
-guard catch panic_boundary "a_panic_in_every_export_is_an_error_and_the_program_goes_on"
-guard catch panic_boundary "$stack::a_panic_in_the_drop_in_is_libvirts_answer"
-if [ ${#passed_anyway[@]} -gt 0 ]; then
-    printf 'test-breaks: passed with its rule off (it guards nothing): %s\n' "${passed_anyway[@]}" >&2
+
+# Built once, before the lanes start (cargo's build lock would otherwise serialise them on the first build).
+${CARGO:-cargo} test --no-run -q >"$logs/build.log" 2>&1 || { cat "$logs/build.log"; exit 1; }
+
+# A lane per stack for the stack's guards, and one for the guards of no stack.
+lane() {
+    local stack=$1 rule bin test pattern
+    while IFS=$'\t' read -r rule bin test pattern; do
+        case $test in
+        @::*) [ "$stack" = none ] && continue; test=$stack::${test#@::} ;;
+        *) [ "$stack" = none ] || continue ;;
+        esac
+        one "$rule" "$bin" "$test" "$pattern"
+    done < <(guards) >"$logs/lane-$stack"
+}
+pids=()
+for s in $(scripts/stacks.sh names) none; do
+    lane "$s" &
+    pids+=($!)
+done
+wait "${pids[@]}"
+cat "$logs"/lane-*
+good=$(cat "$logs"/lane-* | grep -c '^ok ')
+bad=$(cat "$logs"/lane-* | grep -c '^BAD ')
+if [ "$bad" -gt 0 ] || [ "$good" -eq 0 ]; then
+    echo "test-breaks: $bad of $((good + bad)) guards did not bite for the right reason" >&2
     exit 1
 fi
-echo "test-breaks: all $failed_as_they_must guard tests fail with their rule off"
+echo "test-breaks: all $good guards pass as they are and fail on their own assertion with their rule off"

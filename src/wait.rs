@@ -306,6 +306,8 @@ fn wait_on(
     if let Some(outcome) = judge(job, until) {
         return done(outcome, Some(last), None);
     }
+    // A line a supervisor (or a test) can wait for instead of sleeping: listening, state read, not done.
+    log::debug!("wait: waiting for job '{id}' ({until:?})");
     let pivots = until == Until::Gone && matches!(job.job_type.as_str(), "mirror" | "commit");
     let mut was_ready = is_ready(job);
     let mut before = BTreeMap::new();

@@ -195,51 +195,55 @@ fn many_waits_share_one_source(s: &'static Stack) {
         "blockdev-add",
         json!({"driver": "qcow2", "node-name": "dst2", "file": {"driver": "file", "filename": dst2}}),
     );
+    // Both held at 64 KiB/s (8 MiB: two minutes) until the calls below are done, so that no wait can end
+    // before them; then let go.
     qsd.ctl.start_sized(
         "blockdev-mirror",
-        json!({"job-id": "job0", "device": "top", "target": "dst", "sync": "full", "speed": 2 * MIB,
+        json!({"job-id": "job0", "device": "top", "target": "dst", "sync": "full", "speed": 64 * 1024,
                "buf-size": 256 * 1024}),
     );
     qsd.ctl.start_sized(
         "blockdev-backup",
-        json!({"job-id": "job1", "device": "base", "target": "dst2", "sync": "full", "speed": 2 * MIB}),
+        json!({"job-id": "job1", "device": "base", "target": "dst2", "sync": "full", "speed": 64 * 1024}),
     );
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
-    let waits_done = std::sync::atomic::AtomicUsize::new(0);
-    let calls_meanwhile = std::sync::atomic::AtomicUsize::new(0);
     let outcomes = std::thread::scope(|sc| {
         let wait = |job: &'static str, until: Until| {
-            let (src, done) = (&src, &waits_done);
-            sc.spawn(move || {
-                let w = src.wait(job, until, Some(Duration::from_secs(60))).unwrap();
-                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                (job, until, w.outcome)
-            })
+            (job, until, started_wait(sc, &src, job, until, Duration::from_secs(120)))
         };
         let ready: Vec<_> = (0..3).map(|_| wait("job0", Until::Ready)).collect();
         let gone0: Vec<_> = (0..2).map(|_| wait("job0", Until::Gone)).collect();
         let gone1: Vec<_> = (0..2).map(|_| wait("job1", Until::Gone)).collect();
-        // Calls meanwhile: each answers while all seven waits are still waiting.
-        std::thread::sleep(Duration::from_millis(300));
-        for _ in 0..50 {
-            let before = waits_done.load(std::sync::atomic::Ordering::SeqCst);
+        // Calls meanwhile: every one answers while all seven waits are still waiting.
+        for i in 0..50 {
             let info = src.block_job_info("job0", 0).unwrap().expect("job0");
-            assert!(info.end > 0);
-            if before == 0 && waits_done.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                calls_meanwhile.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
+            assert!(info.end > 0 && info.cur < info.end, "{}: call {i}: {info:?}", s.name);
+            let ended: Vec<_> = ready
+                .iter()
+                .chain(&gone0)
+                .chain(&gone1)
+                .filter(|(_, _, h)| h.is_finished())
+                .map(|(j, u, _)| format!("{j} {u:?}"))
+                .collect();
+            assert!(
+                ended.is_empty(),
+                "{}: call {i}: waits ended while held: {ended:?}",
+                s.name
+            );
         }
-        let mut got: Vec<_> = ready.into_iter().map(|h| h.join().unwrap()).collect();
+        for job in ["job0", "job1"] {
+            qsd.ctl.ok("block-job-set-speed", json!({"device": job, "speed": 0}));
+        }
+        let join = |(j, u, h): (&'static str, Until, std::thread::ScopedJoinHandle<'_, _>)| {
+            let w: blockjobinfo::Result<Waited> = h.join().unwrap();
+            (j, u, w.unwrap().outcome)
+        };
+        let mut got: Vec<_> = ready.into_iter().map(join).collect();
         // The mirror is ready: cancelled by force, it ends as cancelled.
         qsd.ctl.ok("block-job-cancel", json!({"device": "job0", "force": true}));
-        got.extend(gone0.into_iter().chain(gone1).map(|h| h.join().unwrap()));
+        got.extend(gone0.into_iter().chain(gone1).map(join));
         got
     });
-    assert!(
-        calls_meanwhile.load(std::sync::atomic::Ordering::SeqCst) > 0,
-        "{}: calls answered while the waits waited",
-        s.name
-    );
     for (job, until, outcome) in outcomes {
         let want = match (job, until) {
             ("job0", Until::Ready) | ("job1", _) => Outcome::Reached,

@@ -108,12 +108,11 @@ fn ending(dom: &Domain, start: &[String], ready_first: bool, end: &[&str]) -> (O
     }
     let src = QmpSource::open(&dom.real_qmp_socket()).unwrap();
     let outcome = std::thread::scope(|sc| {
-        let waiting = sc.spawn(|| src.wait("vda", Until::Gone, Some(Duration::from_secs(60))).unwrap());
-        std::thread::sleep(Duration::from_millis(700));
+        let waiting = started_wait(sc, &src, "vda", Until::Gone, Duration::from_secs(60));
         if !end.is_empty() {
             dom.virsh_ok(Preload::No, end);
         }
-        waiting.join().unwrap().outcome
+        waiting.join().unwrap().unwrap().outcome
     });
     (outcome, events.ending())
 }
@@ -250,12 +249,11 @@ fn two_copies_end_each_their_own_way(s: &'static Stack) {
     });
     let src = QmpSource::open(&dom.real_qmp_socket()).unwrap();
     let ours = std::thread::scope(|sc| {
-        let waiting = sc.spawn(|| src.wait("vda", Until::Gone, Some(Duration::from_secs(60))).unwrap());
-        std::thread::sleep(Duration::from_millis(700));
+        let waiting = started_wait(sc, &src, "vda", Until::Gone, Duration::from_secs(60));
         dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vdb", "--pivot"]);
         std::thread::sleep(Duration::from_millis(300));
         dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
-        waiting.join().unwrap().outcome
+        waiting.join().unwrap().unwrap().outcome
     });
     let libvirts = events.ending_of(Some("vda"));
     eprintln!(

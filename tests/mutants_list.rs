@@ -1,6 +1,7 @@
 //! The committed list of equivalent mutants (mutants/equivalent.txt, explained in `make mutants`) still names
-//! code that exists: each entry's line still holds, at its column, the token the mutant replaces. A line that
-//! changed makes the list stale, and this fails until `make mutants` is run again and the list updated.
+//! code that exists: each entry's line is still, to the letter, the line it was judged on, and holds at its
+//! column the token the mutant replaces. A line that changed makes the list stale, and this fails until `make
+//! mutants` is run again and the list updated.
 
 use std::path::Path;
 
@@ -10,8 +11,11 @@ fn every_listed_equivalent_mutant_is_still_in_the_code() {
     let list = std::fs::read_to_string(root.join("mutants/equivalent.txt")).unwrap();
     let mut entries = 0;
     for line in list.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
-        let (mutant, why) = line
-            .split_once(" # ")
+        let (mutant, rest) = line
+            .split_once(" # `")
+            .unwrap_or_else(|| panic!("no line of code given: {line}"));
+        let (code, why) = rest
+            .split_once("` # ")
             .unwrap_or_else(|| panic!("no reason given: {line}"));
         assert!(why.len() > 10, "a reason, in words: {line}");
         // "src/x.rs:L:C: replace TOKEN with OTHER in FUNCTION"
@@ -36,6 +40,12 @@ fn every_listed_equivalent_mutant_is_still_in_the_code() {
             .lines()
             .nth(l - 1)
             .unwrap_or_else(|| panic!("{file} has no line {l}: {line}"));
+        // The whole line, to the letter: a line that kept its token but changed around it is another mutant.
+        assert_eq!(
+            source.trim(),
+            code,
+            "{file}:{l} is no longer the line the mutant was judged on: the list is stale, run `make mutants`"
+        );
         assert!(
             source.chars().skip(c - 1).collect::<String>().starts_with(token),
             "{file}:{l}:{c} no longer holds `{token}` ({source:?}): the list is stale, run `make mutants`"

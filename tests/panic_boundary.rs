@@ -25,9 +25,19 @@ fn a_panic_in_every_export_is_an_error_and_the_program_goes_on() {
             c.env("BLOCKJOBINFO_TEST_PANIC", "export");
         }
         let out = output(&mut c);
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string())
+        let said = format!(
+            "{}; stdout: {}; stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), said)
     };
     let (code, text) = run(true);
+    assert!(
+        code.is_some(),
+        "the program died: a panic crossed the C boundary: {text}"
+    );
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("survived ok=1"), "{text}");
     // The control: without the panic, the calls do what they do (no panic text anywhere).

@@ -58,9 +58,7 @@ fn ending(
     }
     let src = QmpSource::open(&qsd.lib_socket()).unwrap();
     std::thread::scope(|sc| {
-        let waiting = sc.spawn(|| src.wait("job0", Until::Gone, Some(Duration::from_secs(60))).unwrap());
-        // Time for the wait to read the job's state, so that the ending comes during the wait.
-        std::thread::sleep(Duration::from_millis(700));
+        let waiting = started_wait(sc, &src, "job0", Until::Gone, Duration::from_secs(60));
         if ready == Ready::During {
             qsd.ctl.wait_event("BLOCK_JOB_READY", Duration::from_secs(30));
         }
@@ -75,7 +73,7 @@ fn ending(
             }
             qsd.ctl.ok("job-dismiss", json!({"id": "job0"}));
         }
-        waiting.join().unwrap().outcome
+        waiting.join().unwrap().unwrap().outcome
     })
 }
 

@@ -116,6 +116,56 @@ fn a_stack_that_could_not_be_made_fails_its_tests() {
     assert!(stderr.contains(&reason), "{stderr}");
 }
 
+/// A rebuild that failed leaves the old root where it was: that root is stale. Its tests fail with the failed
+/// rebuild's line (never run on the old root), and `stacks.sh fresh`, which each lane of the gate asks first,
+/// says so; so it does for a root made from another recipe.
+#[test]
+fn a_stale_root_fails_its_tests_and_its_lane() {
+    let cache = tempfile::tempdir().unwrap();
+    let stack = Stack::all()
+        .iter()
+        .find(|s| s.suite != "host")
+        .expect("a stack made from a Debian suite");
+    let dir = cache.path().join(stack.name);
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    let fresh = || {
+        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stacks.sh"))
+            .args(["fresh", stack.name])
+            .env("BJI_STACK_CACHE", cache.path())
+            .env_remove("BJI_STACKS")
+            .output()
+            .unwrap()
+    };
+    // Made from another recipe.
+    std::fs::write(dir.join("root/.bji-stack"), "v2 an older recipe\n").unwrap();
+    let out = fresh();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("was made from another recipe"),
+        "{out:?}"
+    );
+    // The old root, and the rebuild that failed.
+    let reason = format!(
+        "{}: cannot make the Debian {} root: package x is not in it (test)",
+        stack.name, stack.suite
+    );
+    std::fs::write(dir.join("failed"), format!("{reason}\n")).unwrap();
+    let out = fresh();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&reason), "{out:?}");
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_looks_up_every_stack", "--nocapture"])
+        .env("BJI_STACK_CACHE", cache.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    assert!(!child.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("its root is stale") && stderr.contains(&reason),
+        "{stderr}"
+    );
+}
+
 /// Every test that takes a stack runs on every stack: each `fn NAME(s: &'static Stack)` of a test file is
 /// listed in that file's `on_each_stack!` (or `on_each_root_stack!`, for the stacks that boot a container), or
 /// called by one that is, and no test picks one stack by name. The host stack alone is used only where the host itself is the point.

@@ -1,21 +1,22 @@
-//! `wait -c` on the test user's session libvirtd: woken by libvirt's block job events (it returns right after
-//! QEMU's `BLOCK_JOB_READY`, well before its safety poll), and it reports a cancel (exit 3), a job that fails
+//! `wait -c` on the test user's session libvirtd: it answers ready only after QEMU said so (its
+//! `JOB_STATUS_CHANGE` to ready, what libvirt acts on), and it reports a cancel (exit 3), a job that fails
 //! (exit 1, from a full copy onto a 1 MiB tmpfs), a job gone, and nothing to wait for (exit 4).
 
 #[macro_use]
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use common::checks::ok;
 use common::virt::{self, tool, Domain, Preload};
+use common::watched::Watched;
 use common::*;
 use serde_json::Value;
 
 const URI: &str = "qemu:///session";
 
-/// QEMU's `BLOCK_JOB_READY` time, in microseconds since the epoch, from an event on the domain's own monitor.
+/// A QMP event's time, in microseconds since the epoch.
 fn event_us(ev: &Value) -> i64 {
     ev["timestamp"]["seconds"].as_i64().unwrap() * 1_000_000 + ev["timestamp"]["microseconds"].as_i64().unwrap()
 }
@@ -27,60 +28,66 @@ fn wall_us() -> i64 {
         .as_micros() as i64
 }
 
-/// A copy onto a new overlay `file`, held at 1 byte/s, and `wait -c --ready` started on it.
-fn held_copy_waited_for(s: &Stack, dom: &Domain, file: &str) -> Reaper {
-    let args = dom.copy_args(file, 1);
-    let args = virt::strs(&args);
-    dom.virsh_ok(Preload::No, &args);
-    Reaper(
-        tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    )
+/// A copy onto a new overlay `file`, held at 1 byte/s with a 64 KiB buffer (its first burst moves 64 KiB of the
+/// 2 MiB to copy, so it cannot be ready until let go), and `wait -c --ready` started on it: returned once it
+/// says it waits (subscribed to libvirt's events, the job read, not ready).
+fn held_copy_waited_for(s: &Stack, dom: &Domain, file: &str, qemu: &mut Control) -> Watched {
+    let mut args = dom.copy_args(file, 1);
+    args.extend(["--buf-size".to_string(), "65536".to_string()]);
+    dom.virsh_ok(Preload::No, &virt::strs(&args));
+    let mut waiter = Watched::spawn(
+        "wait -c --ready",
+        tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"]).env("BLOCKJOBINFO_LOG", "debug"),
+    );
+    waiter.wait_line("wait: waiting for disk vda", Duration::from_secs(60), || {
+        format!("QEMU's jobs: {:?}", qemu.jobs())
+    });
+    waiter
 }
 
 fn wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone(s: &'static Stack) {
-    // Ready: the copy is throttled until the waiter waits, then let go; the waiter returns right after
-    // QEMU's BLOCK_JOB_READY (libvirt's event follows it), well before its 2 s safety poll.
+    // Ready: the copy is held until the waiter says it waits, then let go. libvirt learns of ready from QEMU's
+    // JOB_STATUS_CHANGE to "ready" (its blockdev code ignores BLOCK_JOB_READY), which QEMU stamps right after
+    // the job's state changes: the waiter may not return before that stamp, whatever the machine's load.
     let dom = Domain::create(s, "bjt-lwait", 2);
-    let mut events = Control::connect(&dom.real_qmp_socket());
-    let mut waiter = held_copy_waited_for(s, &dom, "w.qcow2");
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        waiter.0.try_wait().unwrap().is_none(),
-        "the waiter returned before the copy was ready"
-    );
+    let mut qemu = Control::connect(&dom.real_qmp_socket());
+    let waiter = held_copy_waited_for(s, &dom, "w.qcow2", &mut qemu);
     // The waiter's exit time is taken by a thread that does nothing else, while this one reads QEMU's event:
     // neither waits for the other, so the waiter's time is when it ended, before or after the event.
-    let child = std::mem::replace(&mut waiter.0, std::process::Command::new("true").spawn().unwrap());
     let exited = std::thread::spawn(move || {
-        let mut child = child;
-        let status = child.wait().unwrap();
-        (status, wall_us())
+        let done = waiter.finish();
+        (done, wall_us())
     });
     dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--bandwidth", "0"]);
-    let ready = events.wait_event("BLOCK_JOB_READY", Duration::from_secs(120));
-    let (status, returned) = exited.join().unwrap();
-    assert!(status.success(), "wait --ready: {status}");
-    let late = returned - event_us(&ready);
-    assert!(late > 0, "wait -c returned {} us before QEMU's BLOCK_JOB_READY", -late);
-    assert!(
-        late < 500_000,
-        "wait -c returned {late} us after QEMU's BLOCK_JOB_READY"
+    let ready = qemu.wait_event_where(
+        "JOB_STATUS_CHANGE",
+        |d| d["status"] == "ready",
+        Duration::from_secs(120),
     );
-    eprintln!("{}: wait -c returned {late} us after BLOCK_JOB_READY", s.name);
+    let (done, returned) = exited.join().unwrap();
+    assert!(
+        done.status.success(),
+        "wait --ready: {done}; QEMU's jobs: {:?}",
+        qemu.jobs()
+    );
+    let late = returned - event_us(&ready);
+    assert!(
+        late > 0,
+        "wait -c returned {} us before QEMU's JOB_STATUS_CHANGE to ready: {done}; QEMU's jobs: {:?}",
+        -late,
+        qemu.jobs()
+    );
+    assert!(!done.stderr.contains("panicked"), "{done}");
+    eprintln!("{}: wait -c returned {late} us after JOB_STATUS_CHANGE (ready)", s.name);
 
     // Cancelled while waited for: exit 3, as in QMP mode.
     dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
     dom.wait_no_job(Duration::from_secs(60));
-    let mut waiter = held_copy_waited_for(s, &dom, "c.qcow2");
-    std::thread::sleep(Duration::from_millis(1500));
+    let waiter = held_copy_waited_for(s, &dom, "c.qcow2", &mut qemu);
     dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
-    let out = output_of(&mut waiter);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("was cancelled"));
+    let done = waiter.finish();
+    assert_eq!(done.status.code(), Some(3), "{done}");
+    assert!(done.stderr.contains("was cancelled"), "{done}");
     dom.wait_no_job(Duration::from_secs(60));
 
     // Gone: a pull runs to its end; --gone returns 0 once libvirt says it completed.
@@ -174,33 +181,21 @@ fn wait_c_reports_a_job_that_fails(s: &'static Stack) {
     let dom = Domain::create(s, "bjt-lfail", 4);
     let full = Full::mount(s, dom.host_path("full"));
     let dest = dom.path("full/copy.raw");
-    dom.virsh_ok(
-        Preload::No,
-        &virt::strs(&virt::crawling_raw_copy_args(&dom.name, &dest)),
+    // A 64 KiB buffer: the first burst cannot reach the filesystem's end before the waiter waits.
+    let mut args = virt::crawling_raw_copy_args(&dom.name, &dest);
+    args.extend(["--buf-size".to_string(), "65536".to_string()]);
+    dom.virsh_ok(Preload::No, &virt::strs(&args));
+    let mut waiter = Watched::spawn(
+        "wait -c --ready",
+        tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"]).env("BLOCKJOBINFO_LOG", "debug"),
     );
-    let mut waiter = Reaper(
-        tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(1500));
-    if waiter.0.try_wait().unwrap().is_some() {
-        let out = output_of(&mut waiter);
-        panic!(
-            "the waiter returned early ({:?}): {}{}; virsh says {:?}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            dom.job_raw(Preload::No)
-        );
-    }
+    waiter.wait_line("wait: waiting for disk vda", Duration::from_secs(60), || {
+        format!("virsh says {:?}", dom.job_raw(Preload::No))
+    });
     dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--bandwidth", "0"]);
-    let out = output_of(&mut waiter);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("Block Copy 'vda' failed"), "{err}");
+    let done = waiter.finish();
+    assert_eq!(done.status.code(), Some(1), "{done}");
+    assert!(done.stderr.contains("Block Copy 'vda' failed"), "{done}");
     drop(full);
 }
 

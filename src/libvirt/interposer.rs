@@ -108,6 +108,9 @@ pub fn get_block_job_info(
         return dom.real_block_job_info(disk, flags);
     };
     let kind = SourceKind::current();
+    // Says the drop-in was called, before anything can fall back: a silent fallback then shows as a source
+    // that never answered itself, not as a library that never loaded.
+    log::debug!("drop-in: disk {disk_name}: source {kind:?}");
     if crate::environment::broken("fallback") && kind != SourceKind::Libvirt {
         // Every source silently replaced by libvirt's own answer.
         return dom.real_block_job_info(disk, flags);

@@ -22,6 +22,7 @@ pub mod pyvenv;
 pub mod stack;
 pub mod system;
 pub mod virt;
+pub mod watched;
 
 pub use stack::Stack;
 
@@ -486,6 +487,25 @@ impl Control {
         }
     }
 
+    /// The first event `name` whose data `pred` accepts (others stay queued).
+    pub fn wait_event_where(&mut self, name: &str, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.events.iter().position(|e| e["event"] == name && pred(&e["data"])) {
+                return self.events.remove(i);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no matching {name} event within {timeout:?}: {:?}",
+                self.events
+            );
+            let v = self.read();
+            if v.get("event").is_some() {
+                self.events.push(v);
+            }
+        }
+    }
+
     pub fn wait_gone(&mut self, job: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.jobs().iter().any(|j| j["device"] == job) {
@@ -682,4 +702,30 @@ pub fn run_on_pty(mut cmd: Command) -> (std::process::ExitStatus, String) {
         }
     };
     (status, String::from_utf8_lossy(&screen).into_owned())
+}
+
+/// `src.wait(device, until, timeout)` on a thread of `sc`, returned once the wait has read the job (its first
+/// progress report: it listens from then on), so that what the test does next happens during the wait, on any
+/// machine, with no sleep.
+pub fn started_wait<'scope>(
+    sc: &'scope thread::Scope<'scope, '_>,
+    src: &'scope blockjobinfo::QmpSource,
+    device: &'scope str,
+    until: blockjobinfo::Until,
+    timeout: Duration,
+) -> thread::ScopedJoinHandle<'scope, blockjobinfo::Result<blockjobinfo::Waited>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiting = sc.spawn(move || {
+        src.wait_with_progress(device, until, Some(timeout), None, |_| {
+            let _ = tx.send(());
+        })
+    });
+    if rx.recv_timeout(timeout).is_err() {
+        // Ended without reading a job (or never read one): the caller sees its result.
+        assert!(
+            waiting.is_finished(),
+            "the wait for {device} read nothing within {timeout:?}"
+        );
+    }
+    waiting
 }

@@ -68,6 +68,10 @@ impl Stack {
             .find(|s| s.name == name)
             .unwrap_or_else(|| panic!("no stack {name} in tests/stacks.conf"));
         if let Some(root) = &s.root {
+            // A rebuild that failed leaves the old root beside its `failed` file: stale, never used.
+            if let Ok(why) = std::fs::read_to_string(cache().join(name).join("failed")) {
+                panic!("{name}: its root is stale: {}", why.trim());
+            }
             if !root.join(".bji-stack").is_file() {
                 // What `scripts/stacks.sh prepare` said, which names the stack and its suite.
                 let why = std::fs::read_to_string(cache().join(name).join("failed")).unwrap_or_else(|_| {

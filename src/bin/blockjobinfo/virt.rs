@@ -189,6 +189,7 @@ pub fn wait(
     };
     let mut progress = Progress::new(verbose);
     let mut label = "Block job";
+    let mut said_waiting = false;
     let end = |o: Outcome, label: &str, progress: &Progress| {
         progress.finish();
         outcome(&o, label, disk, until, timeout, verbose)
@@ -236,6 +237,11 @@ pub fn wait(
                 };
                 return end(o, label, &progress);
             }
+        }
+        if !said_waiting {
+            // A line a supervisor (or a test) can wait for instead of sleeping: subscribed, state read, not done.
+            log::debug!("wait: waiting for disk {disk} of {domain} ({until:?})");
+            said_waiting = true;
         }
         let mut pause = if verbose {
             Duration::from_millis(500)
