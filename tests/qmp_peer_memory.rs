@@ -17,14 +17,20 @@ const MAX_RSS_KIB: u64 = 64 * 1024;
 /// `blockjobinfo list --qmp-glob SOCKET` under a parent that reports its child's peak RSS: (RSS in KiB, all
 /// the tool printed).
 fn list_of(fake: &FakeQmp) -> (u64, String) {
+    tool_rss(&["list", "--qmp-glob", &fake.path])
+}
+
+/// The tool with `args` under a parent that reports its child's peak RSS: (RSS in KiB, all the tool printed).
+fn tool_rss(args: &[&str]) -> (u64, String) {
     let wrapper = "import resource, subprocess, sys\n\
                    p = subprocess.run(sys.argv[1:], capture_output=True)\n\
                    sys.stdout.buffer.write(p.stdout + p.stderr)\n\
-                   print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n";
+                   print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+                   print('EXIT', p.returncode)\n";
     let out = Command::new("/usr/bin/python3")
         .args(["-c", wrapper])
         .arg(lib_dir().join("blockjobinfo"))
-        .args(["list", "--qmp-glob", &fake.path])
+        .args(args)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -134,4 +140,46 @@ fn a_flood_of_small_events_before_the_reply() {
         }
     });
     bounded("9 MB of small events", &fake, "j0");
+}
+
+/// A wait keeps the events it may need, and no more: 64 MB of small events about other jobs arrive while it
+/// waits (each is kept until the cap, 1,024 events or 16 MiB, drops the oldest), then its own job's
+/// BLOCK_JOB_READY. It still answers, and its peak RSS stays bounded; without the cap it would keep them all.
+#[test]
+fn a_wait_flooded_with_small_events() {
+    let fake = FakeQmp::start(|_, c| {
+        if !c.handshake() {
+            return;
+        }
+        let Some(first) = c.command() else { return };
+        let job = |ready: bool| {
+            json!([{"type": "mirror", "device": "j0", "len": 10, "offset": if ready { 10 } else { 5 }, "speed": 0,
+                    "ready": ready, "status": if ready { "ready" } else { "running" }}])
+        };
+        c.reply(&first, job(false));
+        let event = format!(
+            "{{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {{\"id\": \"{}\", \"status\": \"running\"}}, \
+             \"timestamp\": {{\"seconds\": 1, \"microseconds\": 0}}}}\r\n",
+            "y".repeat(400)
+        );
+        let burst = event.repeat(1000);
+        for _ in 0..140 {
+            if !c.send(burst.as_bytes()) {
+                return;
+            }
+        }
+        c.send(
+            b"{\"event\": \"BLOCK_JOB_READY\", \"data\": {\"device\": \"j0\", \"len\": 10, \"offset\": 10, \
+              \"speed\": 0, \"type\": \"mirror\"}, \"timestamp\": {\"seconds\": 2, \"microseconds\": 0}}\r\n",
+        );
+        c.serve(&job(true));
+    });
+    let (rss, text) = tool_rss(&["wait", "--qmp", &fake.path, "j0", "--ready", "--timeout", "120"]);
+    assert!(
+        text.contains("\nEXIT 0"),
+        "the wait did not end ready: {}",
+        &text[..text.len().min(4000)]
+    );
+    assert!(rss < MAX_RSS_KIB, "a flooded wait: peak RSS {rss} KiB");
+    eprintln!("a wait under 64 MB of small events: peak RSS {rss} KiB");
 }
