@@ -19,7 +19,7 @@ PYVENV := $(TARGET)/pyvenv
 # seconds rather than minutes: the same code, for its tests).
 WHEEL_PROFILE ?= --release
 
-.PHONY: all deps stacks build release man lint test demo header install deb abi fuzz fuzz-check soak bench mutants test-breaks wheel clean
+.PHONY: all deps stacks build release man lint test demo header install deb abi fuzz fuzz-check soak bench mutants test-breaks wheel asan clean
 
 all: build
 
@@ -43,7 +43,7 @@ lint:
 # Every stack of tests/stacks.conf (the host's Debian 12 packages, cached Debian 13 and 14 roots, prepared in
 # the background while the rest builds); BJI_STACKS=deb12 for the host's alone. scripts/gate.sh also runs the
 # suite from a root-only view of the checkout and fails if a test left anything.
-test: deps stacks build lint
+test: deps stacks build lint asan
 	$(MAKE) install DESTDIR=$(STAGE) PREFIX=/usr
 	$(MAKE) deb
 	$(MAKE) wheel WHEEL_PROFILE=
@@ -61,6 +61,12 @@ wheel:
 	$(PYVENV)/bin/maturin build -q $(WHEEL_PROFILE) -m python/Cargo.toml -o $(TARGET)/wheels --interpreter /usr/bin/python3
 	$(PYVENV)/bin/maturin sdist -m python/Cargo.toml -o $(TARGET)/wheels
 	$(PYVENV)/bin/pip download -q -d $(TARGET)/wheelhouse pip pytest qemu.qmp
+
+# The library instrumented by nightly Rust for AddressSanitizer (its own target directory), for the close/fork
+# stress harness (tests/c_shared_source.rs): ASan then checks the Rust code's loads and stores, not only C's.
+asan:
+	RUSTFLAGS="-Zsanitizer=address" $(CARGO) +nightly build --lib --target x86_64-unknown-linux-gnu \
+		--target-dir $(TARGET)/asan
 
 # Short fuzz runs (part of `make test`); `make fuzz` runs each target for 5 minutes.
 fuzz-check:

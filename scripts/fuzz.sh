@@ -12,6 +12,13 @@ for target in qmp_stream translate_reply web_config http_request; do
     scratch=target/fuzz-corpus/$target
     mkdir -p "$scratch"
     echo "fuzzing $target for ${seconds}s" >&2
-    (cd fuzz && cargo +nightly fuzz run "$target" "../$scratch" "corpus/$target" -- \
-        -max_total_time="$seconds" -rss_limit_mb=1024 -print_final_stats=1 2>&1 | tail -n 12)
+    log=target/fuzz-$target.log
+    # The whole output is kept: a crash's report (its input, its stack) is printed whole, the rest cut short.
+    if ! (cd fuzz && cargo +nightly fuzz run "$target" "../$scratch" "corpus/$target" -- \
+        -max_total_time="$seconds" -rss_limit_mb=1024 -print_final_stats=1) >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "fuzz: $target failed (its whole output above, and in $log)" >&2
+        exit 1
+    fi
+    tail -n 12 "$log"
 done

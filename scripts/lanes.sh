@@ -28,8 +28,11 @@ selected=$(scripts/stacks.sh names)
 common=()
 for n in $all; do common+=(--skip "$n::"); done
 
-mkdir -p target/lanes
-rm -f target/lanes/*
+# Where the lanes' logs and the run's facts go (BJI_LANES_OUT: a test of this script runs it apart).
+out=${BJI_LANES_OUT:-target}
+lanes=$out/lanes
+mkdir -p "$lanes"
+rm -f "$lanes"/*
 
 # lane NAME BENCH-ARGS ARGS...: every binary with ARGS, in order, then the benchmark's quick pass with
 # BENCH-ARGS (it keeps `make bench` working; on the lane's own stack, whose users no other lane touches); the
@@ -37,65 +40,74 @@ rm -f target/lanes/*
 lane() {
     local name=$1 bench=$2 rc=0 bin why
     shift 2
+    # A stack whose root is stale or was never made fails its lane at once, naming the cause.
+    if [ "$name" != common ] && ! why=$(scripts/stacks.sh fresh "$name" 2>&1); then
+        echo "== lane $name: ${why:-its root could not be checked}" >"$lanes/$name.log"
+        echo 1 >"$lanes/$name.rc"
+        return
+    fi
+    # What the lane must run: every test its filters select, listed by each binary itself.
+    for bin in $binaries; do
+        "$bin" --list "$@" 2>/dev/null | sed -n "s|^\(.*\): test\$|$(basename "$bin") \1|p"
+    done >"$lanes/$name.expected"
     {
-        # A stack whose root is stale or was never made fails its lane at once, naming the cause.
-        if [ "$name" != common ] && ! why=$(scripts/stacks.sh fresh "$name"); then
-            echo "== lane $name: $why"
-            echo 1 >"target/lanes/$name.rc.tmp"
-            exit 0
-        fi
-        # What the lane must run: every test its filters select, listed by each binary itself.
-        for bin in $binaries; do
-            "$bin" --list "$@" 2>/dev/null | sed -n "s|^\(.*\): test\$|$(basename "$bin") \1|p"
-        done >"target/lanes/$name.expected"
         for bin in $binaries; do
             echo "     Running $(basename "$bin")"
             "$bin" "$@" || rc=1
         done
         echo "     Running the benchmark's quick pass ($bench)"
         # shellcheck disable=SC2086 # the arguments are words
-        ./target/debug/examples/bench --quick $bench >/dev/null || { rc=1; echo "the benchmark's quick pass FAILED"; }
-    } >"target/lanes/$name.log" 2>&1
-    [ -f "target/lanes/$name.rc.tmp" ] && rc=1 && rm -f "target/lanes/$name.rc.tmp"
-    echo "$rc" >"target/lanes/$name.rc"
+        ${BJI_BENCH:-./target/debug/examples/bench} --quick $bench >/dev/null ||
+            { rc=1; echo "the benchmark's quick pass FAILED"; }
+    } >"$lanes/$name.log" 2>&1
+    echo "$rc" >"$lanes/$name.rc"
 }
 
 started=$(date +%s)
-pids=()
+declare -A pid_of
 for n in $selected; do
     lane "$n" "--stacks $n --only qmp,wait,libvirt,events,list" "$n::" "$@" &
-    pids+=($!)
+    pid_of[$n]=$!
 done
 lane common "--stacks none --only cpu" "${common[@]}" "$@" &
-pids+=($!)
+pid_of[common]=$!
 
-# Each lane's output whole, in the order they end.
+# Each lane's output whole, in the order they end. A lane that died without saying how it ended is a failure,
+# never a wait without end.
 rc=0
 left=$(echo $selected common)
 while [ -n "$left" ]; do
     for n in $left; do
-        [ -f "target/lanes/$n.rc" ] || continue
-        echo "$n $(( $(date +%s) - started ))" >>target/lanes/took
+        if [ ! -f "$lanes/$n.rc" ]; then
+            kill -0 "${pid_of[$n]}" 2>/dev/null && continue
+            # Ended: its status file may have been written just now.
+            if [ ! -f "$lanes/$n.rc" ]; then
+                echo 1 >"$lanes/$n.rc"
+                echo "== lane $n ended without a status" >>"$lanes/$n.log"
+            fi
+        fi
+        echo "$n $(( $(date +%s) - started ))" >>"$lanes/took"
         echo "== lane $n ($(( $(date +%s) - started )) s)"
-        cat "target/lanes/$n.log"
-        [ "$(cat "target/lanes/$n.rc")" = 0 ] || { rc=1; echo "== lane $n FAILED"; }
+        cat "$lanes/$n.log"
+        [ "$(cat "$lanes/$n.rc")" = 0 ] || { rc=1; echo "== lane $n FAILED"; }
         left=$(echo " $left " | sed "s/ $n / /; s/^ *//; s/ *$//")
     done
     [ -n "$left" ] && sleep 1
 done
-wait "${pids[@]}"
+wait "${pid_of[@]}"
 # How long the lanes took, for the docs (scripts/stacks.sh report writes it where they quote it).
-mkdir -p target/stacks
-sort -k2 -n target/lanes/took | tail -n 1 | {
+mkdir -p "$out/stacks"
+sort -k2 -n "$lanes/took" | tail -n 1 | {
     read -r lane secs
     echo "the lanes took $secs s (the longest, $lane), on $(date -u +%Y-%m-%d) with $(nproc) cores"
-} >target/stacks/lanes-took
+} >"$out/stacks/lanes-took"
 
 # One summary: every lane's totals, then every failure by name. A lane passes only if every test its filters
 # select ran and passed (each binary's own list), at least as many as tests/lanes.floor says (an empty list, or
 # a stack whose tests vanished, is not green), and a stack's lane recorded the versions it tested.
-/usr/bin/python3 - $selected common <<'PY' || rc=1
+LANES=$lanes FACTS=$out/stacks /usr/bin/python3 - $selected common <<'PY' || rc=1
 import os, re, sys
+lanes, facts_dir = os.environ["LANES"], os.environ["FACTS"]
 floor = {}
 for line in open("tests/lanes.floor"):
     if line.strip() and not line.startswith("#"):
@@ -104,32 +116,43 @@ for line in open("tests/lanes.floor"):
 total = {"passed": 0, "failed": 0, "ignored": 0}
 failed, bad = [], []
 for lane in sys.argv[1:]:
-    text = open(f"target/lanes/{lane}.log", errors="replace").read()
+    text = open(f"{lanes}/{lane}.log", errors="replace").read()
     for m in re.finditer(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored", text):
         for k, v in zip(("passed", "failed", "ignored"), m.groups()):
             total[k] += int(v)
     failed += [f"{lane}: {name}" for name in re.findall(r"^test (\S+) \.\.\. FAILED$", text, re.M)]
-    # Each binary's section of the log: what it said of each of its tests.
-    ok, ignored = set(), set()
+    # Each binary's section of the log, and its closing line: every test its list names must have run (passed
+    # or ignored), none failed. Counted from the closing line, which no child's output can break up.
+    results = {}
     for part in re.split(r"^     Running ", text, flags=re.M)[1:]:
         binary = part.split("\n", 1)[0].strip()
-        ok |= {(binary, t) for t in re.findall(r"^test (\S+) \.\.\. ok$", part, re.M)}
-        ignored |= {(binary, t) for t in re.findall(r"^test (\S+) \.\.\. ignored", part, re.M)}
+        m = re.search(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) ignored", part)
+        results[binary] = tuple(map(int, m.groups())) if m else None
     try:
-        expected = [tuple(l.split(" ", 1)) for l in open(f"target/lanes/{lane}.expected").read().splitlines()]
+        expected = [tuple(l.split(" ", 1)) for l in open(f"{lanes}/{lane}.expected").read().splitlines()]
     except FileNotFoundError:
         expected = []
-    missing = [f"{b} {t}" for b, t in expected if (b, t) not in ok and (b, t) not in ignored]
-    passed = sum(1 for e in expected if e in ok)
+    listed = {}
+    for b, _ in expected:
+        listed[b] = listed.get(b, 0) + 1
+    missing, passed = [], 0
+    for b, n in sorted(listed.items()):
+        r = results.get(b)
+        if r is None:
+            missing.append(f"{b}: no closing line (it did not run, or died)")
+        elif r[0] + r[2] != n or r[1] != 0:
+            missing.append(f"{b}: {r[0]} passed, {r[1]} failed, {r[2]} ignored of the {n} it lists")
+        else:
+            passed += r[0]
     need = floor["common" if lane == "common" else "stack"]
     if missing:
-        bad.append(f"lane {lane}: {len(missing)} of its {len(expected)} tests did not run or pass: " + ", ".join(missing[:10]))
+        bad.append(f"lane {lane}: not every listed test ran and passed: " + "; ".join(missing[:10]))
     if passed < need:
         bad.append(f"lane {lane}: {passed} tests passed, fewer than its floor of {need} (tests/lanes.floor)")
     if lane != "common":
         facts = {}
         for k in ("qemu", "qemu-system", "libvirt", "python-libvirt"):
-            p = f"target/stacks/{lane}/{k}"
+            p = f"{facts_dir}/{lane}/{k}"
             facts[k] = open(p).read().strip() if os.path.exists(p) else None
         if None in facts.values():
             bad.append(f"lane {lane}: no versions recorded ({', '.join(k for k, v in facts.items() if v is None)}): its stack tests did not run")

@@ -12,25 +12,31 @@ cd "$(dirname "$0")/.."
 mode=${1:?usage: mutants.sh run|if-changed}
 list=mutants/equivalent.txt
 mutated=(src/translate.rs src/jobs.rs src/libvirt/native.rs src/libvirt/xml.rs src/qmp/framing.rs src/wait.rs)
-filters=(
-    -f src/translate.rs -f src/jobs.rs -f src/libvirt/native.rs -f src/libvirt/xml.rs -f src/qmp/framing.rs
-    -f src/wait.rs
-    --re '^src/(translate|jobs|libvirt/native|libvirt/xml|qmp/framing)\.rs:|^src/wait\.rs:.*\bjudge\b'
-)
-if ! cargo mutants --version >/dev/null 2>&1; then
-    echo "installing cargo-mutants (crates.io)" >&2
-    cargo install cargo-mutants --locked
+filters=()
+for f in "${mutated[@]}"; do filters+=(-f "$f"); done
+# All of them but the wait's I/O: its verdict on a listed job (`judge`) alone.
+filters+=(--re '^src/(translate|jobs|libvirt/native|libvirt/xml|qmp/framing)\.rs:|^src/wait\.rs:.*\bjudge\b')
+# Pinned: another version may name or count mutants otherwise.
+version=27.1.0
+if [ "$(cargo mutants --version 2>/dev/null)" != "cargo-mutants $version" ]; then
+    echo "installing cargo-mutants $version (crates.io)" >&2
+    cargo install cargo-mutants --locked --version "$version"
 fi
 # The listed mutants: the name before " # `the line's code` # why".
 listed() { grep -v '^#' "$list" | grep -v '^$' | sed 's/ # .*//'; }
+# What a run's verdict rests on: the library's sources and unit tests (src/, but the tool), the lock file, the
+# list of equivalent mutants, this script and the version that ran.
+covered() {
+    git ls-files -z src Cargo.lock "$list" scripts/mutants.sh | grep -zv '^src/bin/' | xargs -0 sha256sum
+    echo "cargo-mutants $version"
+}
 if [ "$mode" = if-changed ]; then
-    # `make test`: a run only when a mutated file changed since the run recorded in mutants/covered.sha256.
-    if [ -f mutants/covered.sha256 ] && sha256sum --quiet -c mutants/covered.sha256 >/dev/null 2>&1 &&
-        [ "$(awk '{print $2}' mutants/covered.sha256)" = "$(printf '%s\n' "${mutated[@]}")" ]; then
-        echo "mutants: ${mutated[*]} are as the last run covered them (mutants/covered.sha256)"
+    # `make test`: a run only when what a run rests on changed since the one recorded in mutants/covered.sha256.
+    if [ -f mutants/covered.sha256 ] && [ "$(covered)" = "$(cat mutants/covered.sha256)" ]; then
+        echo "mutants: the library, its tests and the list are as the last run covered them (mutants/covered.sha256)"
         exit 0
     fi
-    echo "mutants: a mutated file changed since the last run: running it" >&2
+    echo "mutants: the library, its tests or the list changed since the last recorded run: running it" >&2
     mode=run
 fi
 case $mode in
@@ -41,7 +47,8 @@ run)
     mkdir -p "$out"
     # The library alone (not the tool's dependencies), without debug info, and its unit tests: fast, no QEMU.
     # cargo-mutants exits 0 (all caught), 2 (some missed) or 3 (some timed out) after a real run; 4 means the
-    # tests failed on the unmutated tree, 1 a usage or internal error: nothing was tested, and that is a failure.
+    # tests failed on the unmutated tree, 1 a usage error, 70 an internal error: nothing was tested, and that is
+    # a failure.
     CARGO_PROFILE_DEV_DEBUG=0 CARGO_PROFILE_TEST_DEBUG=0 \
         cargo mutants "${filters[@]}" --output "$out" --no-shuffle -j 2 \
         --cargo-arg=--no-default-features --cargo-arg=--lib && rc=0 || rc=$?
@@ -67,8 +74,8 @@ run)
         done <<<"$unexplained"
         exit 1
     fi
-    # What this run covered, so that tests/mutants_list.rs can tell when the mutated files changed since.
-    sha256sum "${mutated[@]}" >mutants/covered.sha256
+    # What this run covered, so that `make test` runs it again when any of it changes (commit the file).
+    covered >mutants/covered.sha256
     ;;
 *)
     echo "usage: mutants.sh run|if-changed" >&2

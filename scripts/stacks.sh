@@ -85,7 +85,7 @@ recipe_of() { echo "v3 $1 $PACKAGES users $(users_of "$2")"; }
 # file: that root is stale, whatever it holds.
 fresh() {
     local name suite user index root
-    read -r name suite user index < <(all_stacks | awk -v n="$1" '$1 == n')
+    read -r name suite user index < <(all_stacks | awk -v n="$1" '$1 == n') || true
     [ -n "${name:-}" ] || { echo "$1: no such stack in $CONF"; return 1; }
     [ "$suite" = host ] && return 0
     root=$(root_of "$name")

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::cbuild::{cc, output};
+use common::cbuild::{self, cc, output};
+use common::watched::Watched;
 use common::*;
 use serde_json::json;
 
@@ -64,6 +65,14 @@ fn a_wait_never_blocks_another_threads_call(s: &'static Stack) {
     // The call answered while the wait was still waiting: it did not wait for the wait.
     assert_eq!(field(&text, "info", "rc"), "1", "{text}");
     assert_eq!(field(&text, "info", "wait_done_when_info_returned"), "0", "{text}");
+    // And at once: a call queued behind the wait would take the wait's whole length (about 8 s, a 1 MiB/s mirror
+    // of 8 MiB); measured 1-3 ms here.
+    let info_ms: f64 = field(&text, "info", "info_ms").parse().unwrap();
+    assert!(
+        info_ms < 2000.0,
+        "{}: the call beside the wait took {info_ms} ms: {text}",
+        s.name
+    );
     let (cur, end): (u64, u64) = (
         field(&text, "info", "cur").parse().unwrap(),
         field(&text, "info", "end").parse().unwrap(),
@@ -75,22 +84,24 @@ fn a_wait_never_blocks_another_threads_call(s: &'static Stack) {
     eprintln!("{}: {}", s.name, text.lines().next().unwrap());
 }
 
-/// `shared_source SOCKET wait JOB UNTIL MS`, started; its output once `during` has run (after the program
-/// printed nothing yet and has had `settle` to start waiting).
+/// `shared_source SOCKET wait JOB UNTIL MS`, started; its output once `during` has run, which it does as soon
+/// as the library says the wait waits (its debug line: connected, the job read, listening), so that the ending
+/// comes during the wait (with auto-dismiss off, a cancel seen first in the concluded listing is still
+/// CANCELLED, as it should be).
 fn wait_while(exe: &Path, qsd: &mut Qsd, until: &str, ms: u32, during: impl FnOnce(&mut Control)) -> String {
-    let child = Command::new(exe)
-        .args([qsd.lib_socket().as_str(), "wait", "job0", until, &ms.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = Reaper(child);
-    // Time to connect and read the job's state, so that the ending comes during the wait (with auto-dismiss off,
-    // a cancel seen first in the concluded listing is still CANCELLED, as it should be).
-    std::thread::sleep(Duration::from_millis(700));
-    during(&mut qsd.ctl);
-    let out = output_of(&mut child);
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut child = Watched::spawn(
+        "shared_source wait",
+        Command::new(exe)
+            .args([qsd.lib_socket().as_str(), "wait", "job0", until, &ms.to_string()])
+            .env("BLOCKJOBINFO_LOG", "debug"),
+    );
+    // A wait that ends at once (a job already failed) says no such line: nothing then happens during it.
+    if child.line_or_end("wait: waiting for job 'job0'", Duration::from_secs(60), || {
+        format!("QEMU's jobs: {:?}", qsd.ctl.jobs())
+    }) {
+        during(&mut qsd.ctl);
+    }
+    child.finish().stdout
 }
 
 fn a_cancel_before_ready_is_cancelled_with_auto_dismiss_off_and_on(s: &'static Stack) {
@@ -103,7 +114,15 @@ fn a_cancel_before_ready_is_cancelled_with_auto_dismiss_off_and_on(s: &'static S
             ctl.ok("block-job-cancel", json!({"device": "job0"}));
             if !auto_dismiss {
                 // As libvirt does once the job concluded.
-                std::thread::sleep(Duration::from_millis(500));
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while !ctl.jobs().iter().any(|j| j["status"] == "concluded") {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "job0 never concluded: {:?}",
+                        ctl.jobs()
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 ctl.ok("job-dismiss", json!({"id": "job0"}));
             }
         });
@@ -199,7 +218,14 @@ fn a_forked_child_closes_at_once_and_the_parents_wait_goes_on(s: &'static Stack)
     // The child's call made a connection of its own, which the monitor does not serve while the parent holds it.
     assert_eq!(field(&text, "child call", "rc"), "-1", "{text}");
     assert!(field(&text, "child call", "error").contains("timed out"), "{text}");
-    // Its close returned under the alarm, and it exited normally.
+    // Its close returned at once (measured 0 ms; a close that waited for calls in flight would take up to its 6 s
+    // bound, and the alarm at 5 s would kill it), and it exited normally.
+    let close_ms: f64 = field(&text, "child close_ms", "close_ms").parse().unwrap();
+    assert!(
+        close_ms < 1000.0,
+        "{}: the child's close took {close_ms} ms: {text}",
+        s.name
+    );
     assert_eq!(field(&text, "child exited", "signalled"), "0", "{text}");
     assert_eq!(field(&text, "child exited", "status"), "0", "{text}");
     // The parent's wait, on the socket the child never touched, ended as it should.
@@ -250,7 +276,8 @@ fn a_monitor_that_died_between_calls_is_an_error_not_sigpipe(s: &'static Stack) 
     assert!(seen.contains("survived"), "{seen}");
 }
 
-/// The stress harness: a crawling mirror (never ready), `close_stress` built with `sanitizer`.
+/// The stress harness: a crawling mirror (never ready), `close_stress` built with `sanitizer` against the
+/// shared library.
 fn close_under_eight_threads(s: &'static Stack, sanitizer: &str) {
     let dir = tempfile::tempdir().unwrap();
     let exe = build(
@@ -258,10 +285,56 @@ fn close_under_eight_threads(s: &'static Stack, sanitizer: &str) {
         "close_stress",
         &["-g", "-fno-omit-frame-pointer", &format!("-fsanitize={sanitizer}")],
     );
+    stress(s, sanitizer, &exe);
+}
+
+/// The library built by nightly Rust with `-Zsanitizer=address` (`make asan`, which `make test` runs first).
+fn asan_library() -> PathBuf {
+    let lib = cbuild::root().join("target/asan/x86_64-unknown-linux-gnu/debug/libblockjobinfo.a");
+    assert!(
+        lib.is_file(),
+        "{} is missing: `make asan` builds it (`make test` does)",
+        lib.display()
+    );
+    lib
+}
+
+/// The same harness linked with the library that nightly Rust instrumented for AddressSanitizer: the Rust
+/// code's own loads and stores are checked too, not only the C side's. (ThreadSanitizer is not done so: without
+/// the standard library's sources it cannot be instrumented, and its futex-based locks would read as races.)
+fn close_under_eight_threads_with_address_sanitizer_in_the_rust_code_too(s: &'static Stack) {
+    let lib = asan_library();
+    // Instrumented: the library's objects call AddressSanitizer's checks.
+    let nm = std::process::Command::new("nm").arg("-u").arg(&lib).output().unwrap();
+    let undefined = String::from_utf8_lossy(&nm.stdout);
+    assert!(
+        undefined.contains("__asan_report_load") && undefined.contains("__asan_report_store"),
+        "{} is not instrumented by AddressSanitizer",
+        lib.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("close_stress_rust_asan");
+    let out = std::process::Command::new("cc")
+        .args(cbuild::STRICT)
+        .args(["-g", "-fno-omit-frame-pointer", "-fsanitize=address", "-I"])
+        .arg(cbuild::root().join("include"))
+        .arg(cbuild::root().join("tests/c/close_stress.c"))
+        .arg(&lib)
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    stress(s, "address (Rust too)", &exe);
+}
+
+/// Runs the built harness `exe` 1,000 rounds against a crawling mirror; every thread ends, every call after a
+/// close fails, and no sanitizer says a word.
+fn stress(s: &'static Stack, sanitizer: &str, exe: &Path) {
     let mut qsd = Qsd::start(s);
     mirror(&mut qsd, "dst", 1, json!({}));
     let out = output(
-        Command::new(&exe)
+        Command::new(exe)
             .args([qsd.lib_socket().as_str(), "job0", "1000"])
             .env("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=0")
             .env(
@@ -282,6 +355,14 @@ fn close_under_eight_threads(s: &'static Stack, sanitizer: &str) {
     );
     // Every blocked call was woken at once: no close waited out its 6 s bound for a call to leave, and no thread
     // outlived the close by more than a moment (its wait would have run 30 s).
+    // The closes did come while waits were blocked: each fifth round closes once all four waiters are inside
+    // bji_wait, on a mirror no wait can see the end of.
+    let woken: u64 = field(&stdout, "rounds", "woken_waits").parse().unwrap();
+    assert!(
+        woken >= 200,
+        "{}: {sanitizer}: only {woken} waits were ended by a close: {stdout}",
+        s.name
+    );
     let slowest: f64 = field(&stdout, "rounds", "slowest_close_ms").parse().unwrap();
     assert!(slowest < 3000.0, "{}: {sanitizer}: a close took {slowest} ms", s.name);
     let slowest_end: f64 = field(&stdout, "rounds", "slowest_end_ms").parse().unwrap();
@@ -308,5 +389,6 @@ on_each_stack!(
     a_forked_child_closes_at_once_and_the_parents_wait_goes_on,
     a_monitor_that_died_between_calls_is_an_error_not_sigpipe,
     close_under_eight_threads_with_address_sanitizer,
+    close_under_eight_threads_with_address_sanitizer_in_the_rust_code_too,
     close_under_eight_threads_with_thread_sanitizer,
 );

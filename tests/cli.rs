@@ -4,9 +4,10 @@
 #[macro_use]
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::watched::{Finished, Watched};
 use common::*;
 use serde_json::json;
 
@@ -163,16 +164,11 @@ fn wait_exit_codes(s: &'static Stack) {
     );
 
     // Cancelled (3): another client cancels while the tool waits.
-    let child = Command::new(env!("CARGO_BIN_EXE_blockjobinfo"))
-        .args(["wait", "--qmp", &sock, "m", "--ready", "--timeout", "60"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    qsd.ctl.ok("block-job-cancel", json!({"device": "m"}));
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stderr), "blockjobinfo: Block Copy 'm' was cancelled\n");
+    let out = waited_while(&sock, "m", || {
+        qsd.ctl.ok("block-job-cancel", json!({"device": "m"}));
+    });
+    assert_eq!(out.status.code(), Some(3), "{out}");
+    assert_eq!(said(&out), "blockjobinfo: Block Copy 'm' was cancelled\n", "{out}");
 
     // Failed (1): the target runs out of space once the rate limit is lifted.
     qsd.ctl.wait_gone("m", Duration::from_secs(30));
@@ -184,19 +180,42 @@ fn wait_exit_codes(s: &'static Stack) {
         "blockdev-mirror",
         json!({"job-id": "f", "device": "top", "target": "full", "sync": "full", "speed": 64 * 1024}),
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_blockjobinfo"))
-        .args(["wait", "--qmp", &sock, "f", "--ready", "--timeout", "60"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    qsd.ctl.ok("block-job-set-speed", json!({"device": "f", "speed": 0}));
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let out = waited_while(&sock, "f", || {
+        qsd.ctl.ok("block-job-set-speed", json!({"device": "f", "speed": 0}));
+    });
+    assert_eq!(out.status.code(), Some(1), "{out}");
     assert_eq!(
-        text(&out.stderr),
-        "blockjobinfo: Block Copy 'f' failed: No space left on device\n"
+        said(&out),
+        "blockjobinfo: Block Copy 'f' failed: No space left on device\n",
+        "{out}"
     );
+}
+
+/// `wait --qmp SOCK JOB --ready` with its debug log: `during` runs once it says it waits (the job read, its
+/// events heard from then on); then its end.
+fn waited_while(sock: &str, job: &str, during: impl FnOnce()) -> Finished {
+    let mut w = Watched::spawn(
+        "wait --qmp",
+        Command::new(env!("CARGO_BIN_EXE_blockjobinfo"))
+            .args(["wait", "--qmp", sock, job, "--ready", "--timeout", "60"])
+            .env("BLOCKJOBINFO_LOG", "debug"),
+    );
+    w.wait_line(
+        &format!("wait: waiting for job '{job}'"),
+        Duration::from_secs(60),
+        String::new,
+    );
+    during();
+    w.finish()
+}
+
+/// What the tool itself said on stderr, without the library's log lines.
+fn said(out: &Finished) -> String {
+    out.stderr
+        .lines()
+        .filter(|l| !l.starts_with("blockjobinfo["))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// `wait --ready --verbose` on the mirror `m` of `qsd`.

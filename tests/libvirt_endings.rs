@@ -29,15 +29,7 @@ impl Events {
     fn start(dom: &Domain) -> Events {
         let mut child = dom
             .as_user("virsh")
-            .args([
-                "-c",
-                "qemu:///session",
-                "event",
-                "--domain",
-                &dom.name,
-                "--event",
-                "block-job-2",
-            ])
+            .args(["-c", "qemu:///session", "event", "--domain", &dom.name, "--all"])
             .args(["--loop", "--timeout", "120"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -50,12 +42,26 @@ impl Events {
                 let _ = tx.send(l);
             }
         });
-        // virsh registers its callback before it prints anything; give it a moment to connect.
-        std::thread::sleep(Duration::from_millis(500));
-        Events {
+        let events = Events {
             _child: Reaper(child),
             lines,
+        };
+        // virsh prints nothing when its callbacks are registered: an event of another kind (the description
+        // changed) is heard once they are, so no block job event can come before virsh listens.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            dom.virsh_ok(
+                Preload::No,
+                &["desc", &dom.name, "--live", "--new-desc", "bji: listening?"],
+            );
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "{}: virsh event heard no event within 60 s", dom.name);
+            match events.lines.recv_timeout(left.min(Duration::from_secs(2))) {
+                Ok(l) if l.contains("'metadata-change'") => break,
+                _ => continue,
+            }
         }
+        events
     }
 
     /// The ending libvirt reported (`completed`, `failed`, `canceled`), skipping `ready`.
@@ -72,7 +78,7 @@ impl Events {
                 .lines
                 .recv_timeout(left)
                 .expect("libvirt's block job event within 60 s");
-            if disk.is_some_and(|d| !line.contains(&format!(" {d} "))) {
+            if !line.contains("'block-job-2'") || disk.is_some_and(|d| !line.contains(&format!(" {d} "))) {
                 continue;
             }
             let word = line.split_whitespace().last().unwrap_or("").to_lowercase();

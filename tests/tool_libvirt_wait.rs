@@ -1,4 +1,5 @@
-//! `wait -c` on the test user's session libvirtd: it answers ready only after QEMU said so (its
+//! `wait -c` on the test user's session libvirtd: woken by libvirt's block job events (its safety re-read is
+//! switched off, so nothing else could end the wait in time), it answers ready only after QEMU said so (its
 //! `JOB_STATUS_CHANGE` to ready, what libvirt acts on), and it reports a cancel (exit 3), a job that fails
 //! (exit 1, from a full copy onto a 1 MiB tmpfs), a job gone, and nothing to wait for (exit 4).
 
@@ -37,7 +38,10 @@ fn held_copy_waited_for(s: &Stack, dom: &Domain, file: &str, qemu: &mut Control)
     dom.virsh_ok(Preload::No, &virt::strs(&args));
     let mut waiter = Watched::spawn(
         "wait -c --ready",
-        tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"]).env("BLOCKJOBINFO_LOG", "debug"),
+        tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"])
+            .env("BLOCKJOBINFO_LOG", "debug")
+            // No safety re-read: only libvirt's event can end this wait before its time-out.
+            .env("BLOCKJOBINFO_TEST_NO_SAFETY_POLL", "1"),
     );
     waiter.wait_line("wait: waiting for disk vda", Duration::from_secs(60), || {
         format!("QEMU's jobs: {:?}", qemu.jobs())
@@ -47,8 +51,9 @@ fn held_copy_waited_for(s: &Stack, dom: &Domain, file: &str, qemu: &mut Control)
 
 fn wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone(s: &'static Stack) {
     // Ready: the copy is held until the waiter says it waits, then let go. libvirt learns of ready from QEMU's
-    // JOB_STATUS_CHANGE to "ready" (its blockdev code ignores BLOCK_JOB_READY), which QEMU stamps right after
-    // the job's state changes: the waiter may not return before that stamp, whatever the machine's load.
+    // JOB_STATUS_CHANGE to "ready" (it has no handler for BLOCK_JOB_READY), which QEMU 7.2 and later builds and
+    // stamps under the job lock that also changes the state: the waiter may not return before that stamp,
+    // whatever the machine's load.
     let dom = Domain::create(s, "bjt-lwait", 2);
     let mut qemu = Control::connect(&dom.real_qmp_socket());
     let waiter = held_copy_waited_for(s, &dom, "w.qcow2", &mut qemu);

@@ -11,6 +11,7 @@
 #include <blockjobinfo.h>
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,8 @@ struct worker {
     long calls;
     long after_close_ok;
     int *closed;
+    int *entered; /* waiters that have entered bji_wait at least once this round */
+    long woken;   /* waits that began before the close and ended with it */
 };
 
 static void *work(void *arg)
@@ -38,11 +41,17 @@ static void *work(void *arg)
     for (;;) {
         virDomainBlockJobInfo info;
         int closed_before = __atomic_load_n(w->closed, __ATOMIC_SEQ_CST);
+        if (w->waits && w->calls == 0)
+            __atomic_add_fetch(w->entered, 1, __ATOMIC_SEQ_CST);
         int rc = w->waits ? bji_wait(w->src, w->job, BJI_WAIT_READY, 30000, &info)
                           : bji_get_block_job_info(w->src, w->job, &info, 0);
         w->calls++;
-        if (rc < 0)
+        if (rc < 0) {
+            /* A wait of the crawling mirror ends only by the close (or its 30 s). */
+            if (w->waits && !closed_before)
+                w->woken++;
             return NULL;
+        }
         if (closed_before)
             w->after_close_ok++;
     }
@@ -55,7 +64,7 @@ int main(int argc, char **argv)
         return 2;
     }
     int rounds = atoi(argv[3]);
-    long calls = 0, wrong = 0;
+    long calls = 0, wrong = 0, woken = 0;
     double slowest = 0, slowest_end = 0;
     for (int r = 0; r < rounds; r++) {
         bji_source *src = bji_open_qmp(argv[1], 0);
@@ -63,15 +72,21 @@ int main(int argc, char **argv)
             fprintf(stderr, "round %d: open: %s\n", r, bji_last_error());
             return 1;
         }
-        int closed = 0;
+        int closed = 0, entered = 0;
         struct worker w[8];
         pthread_t t[8];
         for (int i = 0; i < 8; i++) {
-            w[i] = (struct worker){src, argv[2], i % 2, 0, 0, &closed};
+            w[i] = (struct worker){src, argv[2], i % 2, 0, 0, &closed, &entered, 0};
             pthread_create(&t[i], NULL, work, &w[i]);
         }
-        /* 0 to 3 ms: some calls are starting, some running, some waiting. */
-        struct timespec delay = {0, (long)(r % 4) * 1000000L};
+        /* 0 to 3 ms: some calls are starting, some running, some waiting. Every fifth round, once all four
+         * waiters are inside bji_wait and 20 ms more: most of them blocked on the mirror that never ends. */
+        struct timespec delay = {0, (long)(r % 5) * 1000000L};
+        if (r % 5 == 4) {
+            while (__atomic_load_n(&entered, __ATOMIC_SEQ_CST) < 4)
+                sched_yield();
+            delay.tv_nsec = 20000000L;
+        }
         nanosleep(&delay, NULL);
         double start = now();
         bji_close(src);
@@ -83,11 +98,13 @@ int main(int argc, char **argv)
             pthread_join(t[i], NULL);
             calls += w[i].calls;
             wrong += w[i].after_close_ok;
+            woken += w[i].woken;
         }
         if (now() - start > slowest_end)
             slowest_end = now() - start;
     }
-    printf("rounds=%d calls=%ld succeeded_after_close=%ld slowest_close_ms=%.0f slowest_end_ms=%.0f\n", rounds,
-           calls, wrong, slowest * 1000, slowest_end * 1000);
+    printf("rounds=%d calls=%ld succeeded_after_close=%ld woken_waits=%ld slowest_close_ms=%.0f "
+           "slowest_end_ms=%.0f\n",
+           rounds, calls, wrong, woken, slowest * 1000, slowest_end * 1000);
     return wrong == 0 ? 0 : 1;
 }

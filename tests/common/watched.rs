@@ -42,7 +42,9 @@ impl std::fmt::Display for Finished {
 impl Watched {
     /// Starts `cmd` (stdin closed, stdout and stderr read here); `what` names it in failures.
     pub fn spawn(what: &str, cmd: &mut Command) -> Watched {
-        let mut child = cmd
+        // A group of its own: runuser, unshare and chroot stand between the test and the program, and a kill
+        // must reach the program too.
+        let mut child = std::os::unix::process::CommandExt::process_group(cmd, 0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -70,10 +72,11 @@ impl Watched {
     ) -> std::thread::JoinHandle<()> {
         std::thread::spawn(move || {
             let mut r = BufReader::new(pipe);
-            let mut line = String::new();
+            let mut line = Vec::new();
             loop {
                 line.clear();
-                let n = r.read_line(&mut line).unwrap_or(0);
+                // Bytes, not UTF-8: whatever the program writes is drained and shown.
+                let n = r.read_until(b'\n', &mut line).unwrap_or(0);
                 let (m, cv) = &*said;
                 let mut s = m.lock().unwrap();
                 if n == 0 {
@@ -81,7 +84,8 @@ impl Watched {
                     cv.notify_all();
                     return;
                 }
-                if is_err { &mut s.err } else { &mut s.out }.push_str(&line);
+                let text = String::from_utf8_lossy(&line);
+                if is_err { &mut s.err } else { &mut s.out }.push_str(&text);
                 cv.notify_all();
             }
         })
@@ -101,12 +105,30 @@ impl Watched {
     /// status, if it exits (closes both pipes) or `timeout` passes first; `state` adds what the test knows
     /// then (QEMU's view of the job, say).
     pub fn wait_line(&mut self, needle: &str, timeout: Duration, state: impl FnOnce() -> String) {
+        self.wait_line_or_end(needle, timeout, false, state);
+    }
+
+    /// As `wait_line`, but its end (both pipes closed) before the line is an answer too: whether the line came.
+    pub fn line_or_end(&mut self, needle: &str, timeout: Duration, state: impl FnOnce() -> String) -> bool {
+        self.wait_line_or_end(needle, timeout, true, state)
+    }
+
+    fn wait_line_or_end(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+        end_answers: bool,
+        state: impl FnOnce() -> String,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.said;
         let mut s = m.lock().unwrap();
         loop {
             if s.out.lines().chain(s.err.lines()).any(|l| l.contains(needle)) {
-                return;
+                return true;
+            }
+            if end_answers && s.closed == 2 {
+                return false;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if s.closed == 2 || left.is_zero() {
@@ -134,9 +156,26 @@ impl Watched {
         self.child.try_wait().unwrap()
     }
 
-    /// Its exit status and whole output, waiting for it to end.
+    /// Its exit status and whole output, waiting for it to end (at most 5 minutes: then it is killed, and the
+    /// test fails with what it said).
     pub fn finish(mut self) -> Finished {
-        let status = self.child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                self.kill_group();
+                let (out, err) = self.so_far();
+                panic!(
+                    "{}: still running after 5 minutes; stdout: {out:?}; stderr: {err:?}",
+                    self.what
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Whatever it left in its group (a daemonised grandchild) would hold the pipes open.
+        self.kill_group();
         for r in self.readers.drain(..) {
             let _ = r.join();
         }
@@ -145,8 +184,16 @@ impl Watched {
     }
 }
 
+impl Watched {
+    fn kill_group(&self) {
+        // SAFETY: kill(2) with a negative pid signals the group the child leads; no memory is touched.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+    }
+}
+
 impl Drop for Watched {
     fn drop(&mut self) {
+        self.kill_group();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

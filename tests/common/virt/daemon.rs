@@ -164,7 +164,7 @@ pub fn session_daemon_pid(s: &Stack, daemon: &str) -> Option<u32> {
     std::fs::read_to_string(&file).ok()?.trim().parse().ok()
 }
 
-/// After a test killed the session libvirtd: waits (10 s at most) until it is gone, then starts it again, as
+/// After a test killed the session libvirtd: waits (60 s at most) until it is gone, then starts it again, as
 /// its supervisor would.
 pub fn revive(s: &Stack, killed: u32) {
     // A killed daemon ends in milliseconds; 60 s leaves room for a machine whose cores are all taken.
