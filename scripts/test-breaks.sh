@@ -22,6 +22,7 @@ guards() {
 window	real_qemu	@::sampling_a_whole_mirror_never_reports_done_early	cur == end before ready
 window	libvirt_stack	@::copy_job_agrees_with_libvirt_in_every_phase_for_qmp_and_native	preloaded with source qmp disagrees with libvirt's own
 window	dropin_clients	@::nova_live_snapshot_aborts_only_when_ready_and_the_copy_is_equal	"qemu_ready_when_complete": false
+window	native_old_libvirt	@::native_corrects_a_libvirt_that_does_not	native through the old libvirt
 zero	properties	never_done_before_ready	done before ready
 zero	real_qemu	@::a_just_started_mirror_is_never_reported_done	QEMU's 0/0 before the job is sized
 fallback	libvirt_stack	@::copy_job_agrees_with_libvirt_in_every_phase_for_qmp_and_native	never answered itself

@@ -407,3 +407,29 @@ impl Drop for Stopped {
         unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
     }
 }
+
+/// tests/c/old_libvirt.c, a stand-in for a libvirt before 5.6 (QEMU's numbers uncorrected), built on the host as
+/// a shared library in the domain's directory, where the test user can load it; its in-stack path, for
+/// `BLOCKJOBINFO_TEST_OLD_LIBVIRT`.
+pub fn build_old_libvirt(dom: &Domain) -> String {
+    let so = dom.host_path("old_libvirt.so");
+    let out = Command::new("cc")
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-Wpedantic",
+            "-shared",
+            "-fPIC",
+            "-o",
+        ])
+        .arg(&so)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/old_libvirt.c"))
+        .arg("-ldl")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::set_permissions(&so, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    dom.stack.inside(&so)
+}
