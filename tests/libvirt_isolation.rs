@@ -89,8 +89,9 @@ fn a_stopped_qemu_costs_only_its_own_domain(s: &'static Stack) {
         threads.push(e.threads_and_rss().0);
     }
     // One call outstanding on the stopped domain, however many scrapes: the threads do not grow with them.
+    // (Counted while detached readers may still be ending: the counts may fall; they may not climb.)
     assert!(
-        threads.iter().max() == threads.last() && threads[threads.len() - 1] <= threads[1] + 1,
+        threads[1..].iter().all(|&n| n <= threads[1] + 1),
         "{}: the exporter's threads, scrape after scrape: {threads:?}",
         s.name
     );

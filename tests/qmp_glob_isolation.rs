@@ -67,7 +67,9 @@ fn three_sick_sockets_cost_only_themselves(s: &'static Stack) {
         let r = get(&e.address, "/metrics", &[]);
         let took = t.elapsed();
         assert_eq!(r.status, 200, "{}: round {round}", s.name);
-        assert!(took < Duration::from_secs(2), "{}: round {round} took {took:?}", s.name);
+        // The scrape gives up on the sick sockets at its 2 s; a scrape that waited for them would take the 5 s
+        // a reading waits for a socket (list::PATIENCE) or more. 4 s leaves 2 s for a loaded machine.
+        assert!(took < Duration::from_secs(4), "{}: round {round} took {took:?}", s.name);
         let m = parse_metrics(&r.body);
         assert_eq!(sample(&m, "blockjobinfo_up", &[]), Some(1.0), "{}: {}", s.name, r.body);
         for (_, path) in &healthy {
