@@ -77,7 +77,7 @@ fuzz:
 
 # Mutation testing of the pure layers with the fast tests (about 5 minutes); survivors must be listed, with why,
 # in mutants/equivalent.txt (tests/mutants_list.rs checks in `make test` that the list still fits the code).
-# `make test` runs it again whenever a mutated file changed since the run recorded in mutants/covered.sha256.
+# `make test` runs it again whenever what it rests on changed since the run recorded in mutants/covered.sha256.
 mutants:
 	scripts/mutants.sh run
 

@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 checkout=$(pwd -P)
 
+# The lanes' test seams (tests/gate_lanes.rs) never come from the environment of a real run.
+unset BJI_BENCH BJI_LANES_OUT
 selected=$(scripts/stacks.sh names)
 # The stacks a run must cover (CI names them all): one not selected fails here, before anything runs.
 for need in ${BJI_STACKS_REQUIRED:+${BJI_STACKS_REQUIRED//,/ }}; do

@@ -18,16 +18,13 @@ for f in "${mutated[@]}"; do filters+=(-f "$f"); done
 filters+=(--re '^src/(translate|jobs|libvirt/native|libvirt/xml|qmp/framing)\.rs:|^src/wait\.rs:.*\bjudge\b')
 # Pinned: another version may name or count mutants otherwise.
 version=27.1.0
-if [ "$(cargo mutants --version 2>/dev/null)" != "cargo-mutants $version" ]; then
-    echo "installing cargo-mutants $version (crates.io)" >&2
-    cargo install cargo-mutants --locked --version "$version"
-fi
 # The listed mutants: the name before " # `the line's code` # why".
 listed() { grep -v '^#' "$list" | grep -v '^$' | sed 's/ # .*//'; }
-# What a run's verdict rests on: the library's sources and unit tests (src/, but the tool), the lock file, the
-# list of equivalent mutants, this script and the version that ran.
+# What a run's verdict rests on: the library's sources and unit tests (src/, but the tool, tracked or new), the
+# manifest, the lock file and build.rs, the list of equivalent mutants, this script and the version that ran.
 covered() {
-    git ls-files -z src Cargo.lock "$list" scripts/mutants.sh | grep -zv '^src/bin/' | xargs -0 sha256sum
+    git ls-files -z --cached --others --exclude-standard src Cargo.toml Cargo.lock build.rs "$list" \
+        scripts/mutants.sh | grep -zv '^src/bin/' | sort -zu | xargs -0 sha256sum
     echo "cargo-mutants $version"
 }
 if [ "$mode" = if-changed ]; then
@@ -41,6 +38,10 @@ if [ "$mode" = if-changed ]; then
 fi
 case $mode in
 run)
+    if [ "$(cargo mutants --version 2>/dev/null)" != "cargo-mutants $version" ]; then
+        echo "installing cargo-mutants $version (crates.io)" >&2
+        cargo install cargo-mutants --locked --version "$version"
+    fi
     out=target/mutants
     # No result of an earlier run may stand in for this one's.
     rm -rf "$out/mutants.out" "$out/mutants.out.old"

@@ -97,6 +97,60 @@ fn a_binary_that_runs_fewer_tests_than_it_lists_fails_its_lane() {
     );
 }
 
+#[test]
+fn a_failing_or_hanging_binary_fails_its_lane_and_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let failing = dir.path().join("failing-0123");
+    script(
+        &failing,
+        r#"case "$1" in --list) printf 'a: test\n' ;; *) echo 'test a ... FAILED'; echo 'test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out'; exit 101 ;; esac"#,
+    );
+    let hanging = dir.path().join("hanging-0123");
+    script(
+        &hanging,
+        r#"case "$1" in --list) printf 'b: test\n' ;; *) exec sleep 600 ;; esac"#,
+    );
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lanes.sh"))
+        .env("CARGO", {
+            let cargo = dir.path().join("cargo");
+            script(
+                &cargo,
+                &[&failing, &hanging]
+                    .iter()
+                    .map(|b| {
+                        format!(
+                            "echo '{{\"reason\":\"compiler-artifact\",\"executable\":\"{}\",\"profile\":{{\"test\":true}}}}'",
+                            b.display()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
+            cargo
+        })
+        .env("BJI_BENCH", "/bin/true")
+        .env("BJI_LANES_OUT", dir.path().join("out"))
+        .env("BJI_STACK_CACHE", dir.path().join("cache"))
+        .env("BJI_STACKS", the_host_stack())
+        .env("BJI_BINARY_TIMEOUT", "3")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAILED common: a"), "{text}");
+    assert!(
+        text.contains("== hanging-0123 did not end within 3 s: killed"),
+        "{text}"
+    );
+    assert!(text.contains("== lane common FAILED"), "{text}");
+}
+
 /// The host's stack, whose lane needs no root: only the lane of no stack is under test here.
 fn the_host_stack() -> String {
     let conf = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stacks.conf")).unwrap();

@@ -206,7 +206,7 @@ fn timeout_and_close_from_another_thread(s: &'static Stack) {
     assert!(waited.last.unwrap().info.cur < IMAGE);
 
     let (t, result) = std::thread::scope(|sc| {
-        let waiter = started_wait(sc, &src, "m", Until::Gone, Duration::from_secs(3600));
+        let waiter = started_wait(sc, &src, "m", Until::Gone, Duration::from_secs(120));
         let t = Instant::now();
         src.close();
         (t, waiter.join().unwrap())

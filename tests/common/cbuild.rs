@@ -68,7 +68,7 @@ pub fn cdylib_dir() -> PathBuf {
 }
 
 /// The newest modification time of the library's sources (the tool's, in src/bin, do not go into it).
-fn newest_library_source(dir: &Path) -> SystemTime {
+pub fn newest_library_source(dir: &Path) -> SystemTime {
     std::fs::read_dir(dir)
         .unwrap()
         .filter_map(Result::ok)

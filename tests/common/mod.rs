@@ -740,8 +740,12 @@ pub fn started_wait<'scope>(
     });
     // Disconnected: the wait ended before its first report (an error, or no such job), which the caller's join
     // shows; only a wait that neither reported nor ended is a failure here.
-    if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(timeout) {
-        panic!("the wait for {device} read nothing within {timeout:?}");
+    // A minute for its first report: a wait that reads its job takes milliseconds. Failing, the test leaves the
+    // scope only once the wait itself ends (its own `timeout`): the message is printed first.
+    let first = timeout.min(Duration::from_secs(60));
+    if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(first) {
+        eprintln!("the wait for {device} read nothing within {first:?}");
+        panic!("the wait for {device} read nothing within {first:?}");
     }
     waiting
 }

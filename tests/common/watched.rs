@@ -17,6 +17,8 @@ struct Said {
 /// A child killed and reaped when dropped, its stdout and stderr collected by two threads.
 pub struct Watched {
     child: Child,
+    /// Its group was killed after it ended: never again (the group's number may be another's by then).
+    group_done: bool,
     said: Arc<(Mutex<Said>, Condvar)>,
     readers: Vec<std::thread::JoinHandle<()>>,
     what: String,
@@ -44,6 +46,8 @@ impl Watched {
     pub fn spawn(what: &str, cmd: &mut Command) -> Watched {
         // A group of its own: runuser, unshare and chroot stand between the test and the program, and a kill
         // must reach the program too.
+        // And it dies with the test (a killed test binary leaves nothing running).
+        super::die_with_parent(cmd);
         let mut child = std::os::unix::process::CommandExt::process_group(cmd, 0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -59,6 +63,7 @@ impl Watched {
         ];
         Watched {
             child,
+            group_done: false,
             said,
             readers,
             what: what.to_string(),
@@ -174,8 +179,10 @@ impl Watched {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        // Whatever it left in its group (a daemonised grandchild) would hold the pipes open.
+        // Whatever it left in its group (a daemonised grandchild) would hold the pipes open. The group outlives
+        // its leader while it has members, so its number is not yet anyone else's.
         self.kill_group();
+        self.group_done = true;
         for r in self.readers.drain(..) {
             let _ = r.join();
         }
@@ -193,7 +200,9 @@ impl Watched {
 
 impl Drop for Watched {
     fn drop(&mut self) {
-        self.kill_group();
+        if !self.group_done {
+            self.kill_group();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
