@@ -89,7 +89,7 @@ fn a_binary_that_runs_fewer_tests_than_it_lists_fails_its_lane() {
         &fake,
         r#"case "$1" in --list) printf 'a: test\nb: test\n' ;; *) echo 'test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out' ;; esac"#,
     );
-    let (code, text) = lanes(dir.path(), &the_host_stack(), &[&fake]);
+    let (code, text) = lanes(dir.path(), &host_named_in_conf(), &[&fake]);
     assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("NOT GREEN: lane common: not every listed test ran and passed: fake-0123: 1 passed, 0 failed, 0 ignored of the 2 it lists"),
@@ -133,7 +133,7 @@ fn a_failing_or_hanging_binary_fails_its_lane_and_is_named() {
         .env("BJI_BENCH", "/bin/true")
         .env("BJI_LANES_OUT", dir.path().join("out"))
         .env("BJI_STACK_CACHE", dir.path().join("cache"))
-        .env("BJI_STACKS", the_host_stack())
+        .env("BJI_STACKS", host_named_in_conf())
         .env("BJI_BINARY_TIMEOUT", "3")
         .output()
         .unwrap();
@@ -152,7 +152,7 @@ fn a_failing_or_hanging_binary_fails_its_lane_and_is_named() {
 }
 
 /// The host's stack, whose lane needs no root: only the lane of no stack is under test here.
-fn the_host_stack() -> String {
+fn host_named_in_conf() -> String {
     let conf = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stacks.conf")).unwrap();
     conf.lines()
         .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
