@@ -15,6 +15,11 @@ fn script(path: &Path, text: &str) {
 /// lanes.sh for `stacks` in a cache of its own, with `binaries` as the test binaries `cargo` reports; its
 /// (exit status, everything it printed).
 fn lanes(dir: &Path, stacks: &str, binaries: &[&Path]) -> (Option<i32>, String) {
+    lanes_with(dir, stacks, binaries, &[])
+}
+
+/// `lanes` with more variables for lanes.sh.
+fn lanes_with(dir: &Path, stacks: &str, binaries: &[&Path], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let cargo = dir.join("cargo");
     let lines: String = binaries
         .iter()
@@ -34,6 +39,7 @@ fn lanes(dir: &Path, stacks: &str, binaries: &[&Path]) -> (Option<i32>, String) 
         .env("BJI_LANES_OUT", dir.join("out"))
         .env("BJI_STACK_CACHE", dir.join("cache"))
         .env("BJI_STACKS", stacks)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = format!(
@@ -44,15 +50,25 @@ fn lanes(dir: &Path, stacks: &str, binaries: &[&Path]) -> (Option<i32>, String) 
     (out.status.code(), text)
 }
 
-/// A stack made from a Debian suite (its root lives in the cache).
-fn a_root_stack() -> String {
+/// The first stack of tests/stacks.conf whose suite `is_host` or not: its name.
+fn stack_named_in_conf(is_host: bool) -> String {
     let conf = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stacks.conf")).unwrap();
     conf.lines()
         .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|w| w[1] != "host")
+        .find(|w| (w[1] == "host") == is_host)
         .map(|w| w[0].to_string())
-        .expect("a root stack in tests/stacks.conf")
+        .expect("such a stack in tests/stacks.conf")
+}
+
+/// A stack made from a Debian suite (its root lives in the cache).
+fn a_root_stack() -> String {
+    stack_named_in_conf(false)
+}
+
+/// The host's stack, whose lane needs no root: only the lane of no stack is under test there.
+fn host_named_in_conf() -> String {
+    stack_named_in_conf(true)
 }
 
 #[test]
@@ -110,54 +126,17 @@ fn a_failing_or_hanging_binary_fails_its_lane_and_is_named() {
         &hanging,
         r#"case "$1" in --list) printf 'b: test\n' ;; *) exec sleep 600 ;; esac"#,
     );
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lanes.sh"))
-        .env("CARGO", {
-            let cargo = dir.path().join("cargo");
-            script(
-                &cargo,
-                &[&failing, &hanging]
-                    .iter()
-                    .map(|b| {
-                        format!(
-                            "echo '{{\"reason\":\"compiler-artifact\",\"executable\":\"{}\",\"profile\":{{\"test\":true}}}}'",
-                            b.display()
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            );
-            cargo
-        })
-        .env("BJI_BENCH", "/bin/true")
-        .env("BJI_LANES_OUT", dir.path().join("out"))
-        .env("BJI_STACK_CACHE", dir.path().join("cache"))
-        .env("BJI_STACKS", host_named_in_conf())
-        .env("BJI_BINARY_TIMEOUT", "3")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (code, text) = lanes_with(
+        dir.path(),
+        &host_named_in_conf(),
+        &[&failing, &hanging],
+        &[("BJI_BINARY_TIMEOUT", "3")],
     );
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("FAILED common: a"), "{text}");
     assert!(
         text.contains("== hanging-0123 did not end within 3 s: killed"),
         "{text}"
     );
     assert!(text.contains("== lane common FAILED"), "{text}");
-}
-
-/// The host's stack, whose lane needs no root: only the lane of no stack is under test here.
-fn host_named_in_conf() -> String {
-    let conf = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stacks.conf")).unwrap();
-    conf.lines()
-        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|w| w[1] == "host")
-        .map(|w| w[0].to_string())
-        .expect("a host stack in tests/stacks.conf")
 }

@@ -91,13 +91,31 @@ fn child_looks_up_every_stack() {
     }
 }
 
+/// The first stack made from a Debian suite.
+fn a_root_stack() -> &'static Stack {
+    Stack::all()
+        .iter()
+        .find(|s| s.suite != "host")
+        .expect("a stack made from a Debian suite")
+}
+
+/// `child_looks_up_every_stack` in a child process with `cache` as the stacks' cache: what it printed on stderr,
+/// which must be a failure.
+fn every_stack_looked_up_in(cache: &Path) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_looks_up_every_stack", "--nocapture"])
+        .env("BJI_STACK_CACHE", cache)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{stderr}");
+    stderr
+}
+
 #[test]
 fn a_stack_that_could_not_be_made_fails_its_tests() {
     let cache = tempfile::tempdir().unwrap();
-    let root_stack = Stack::all()
-        .iter()
-        .find(|s| s.suite != "host")
-        .expect("a stack made from a Debian suite");
+    let root_stack = a_root_stack();
     let reason = format!(
         "{}: cannot make the Debian {} root: no archive reachable at http://127.0.0.1:9/debian (test)",
         root_stack.name, root_stack.suite
@@ -106,13 +124,7 @@ fn a_stack_that_could_not_be_made_fails_its_tests() {
         std::fs::create_dir_all(cache.path().join(s.name)).unwrap();
         std::fs::write(cache.path().join(s.name).join("failed"), format!("{reason}\n")).unwrap();
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "child_looks_up_every_stack", "--nocapture"])
-        .env("BJI_STACK_CACHE", cache.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = every_stack_looked_up_in(cache.path());
     assert!(stderr.contains(&reason), "{stderr}");
 }
 
@@ -122,10 +134,7 @@ fn a_stack_that_could_not_be_made_fails_its_tests() {
 #[test]
 fn a_stale_root_fails_its_tests_and_its_lane() {
     let cache = tempfile::tempdir().unwrap();
-    let stack = Stack::all()
-        .iter()
-        .find(|s| s.suite != "host")
-        .expect("a stack made from a Debian suite");
+    let stack = a_root_stack();
     let dir = cache.path().join(stack.name);
     std::fs::create_dir_all(dir.join("root")).unwrap();
     let fresh = || {
@@ -153,13 +162,7 @@ fn a_stale_root_fails_its_tests_and_its_lane() {
     let out = fresh();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(&reason), "{out:?}");
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "child_looks_up_every_stack", "--nocapture"])
-        .env("BJI_STACK_CACHE", cache.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&child.stderr);
-    assert!(!child.status.success(), "{stderr}");
+    let stderr = every_stack_looked_up_in(cache.path());
     assert!(
         stderr.contains("its root is stale") && stderr.contains(&reason),
         "{stderr}"
