@@ -117,16 +117,20 @@ fn a_huge_event_is_refused_not_kept() {
 
 #[test]
 fn more_jobs_than_the_limit_are_refused() {
-    let fake = faulty_then_healthy(1, |c, cmd| {
-        let one = json!({"type": "mirror", "device": "j", "len": 10, "offset": 5, "speed": 0, "ready": false});
-        let many: Vec<Value> = (0..5000)
-            .map(|i| {
-                let mut j = one.clone();
-                j["device"] = json!(format!("j{i}"));
-                j
-            })
-            .collect();
-        c.reply(cmd, Value::Array(many));
+    // Made once, before the fake starts: made after the query came (a debug build serialising 5,000 jobs on a
+    // loaded machine), it once outlasted the 500 ms reply window, and the test saw a time-out instead of the cap.
+    let one = json!({"type": "mirror", "device": "j", "len": 10, "offset": 5, "speed": 0, "ready": false});
+    let many: Vec<Value> = (0..5000)
+        .map(|i| {
+            let mut j = one.clone();
+            j["device"] = json!(format!("j{i}"));
+            j
+        })
+        .collect();
+    let many = Value::Array(many).to_string();
+    let fake = faulty_then_healthy(1, move |c, cmd| {
+        let id = cmd.get("id").map(|id| format!(", \"id\": {id}")).unwrap_or_default();
+        c.send(format!("{{\"return\": {many}{id}}}\r\n").as_bytes());
     });
     fails_then_recovers(
         &fake,
