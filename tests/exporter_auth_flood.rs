@@ -93,7 +93,7 @@ fn a_flood_of_wrong_passwords_is_answered_and_slows_no_right_one(s: &'static Sta
                 .unwrap()
         })
         .collect();
-    // Right scrapes all along the flood, each within 1 s.
+    // Right scrapes all along the flood, each answered at once (bound below).
     let mut right = vec![];
     while flood.iter().any(|t| !t.is_finished()) && start.elapsed() < Duration::from_secs(15) {
         let t = Instant::now();
@@ -127,8 +127,12 @@ fn a_flood_of_wrong_passwords_is_answered_and_slows_no_right_one(s: &'static Sta
     );
     assert!(unauthorized >= 20, "{}: checks did run: {unauthorized}", s.name);
     assert!(right.len() >= 2, "{}: scrapes during the flood: {right:?}", s.name);
+    // Every one 200 (a locked-out password would get 503 or 401), and none held up behind the checks of the wrong
+    // ones: measured 50-180 ms during the flood on a loaded 2-core machine, and 1.06 s once for the first, sent
+    // while 1,500 connections were being made; 3 s leaves room for that, and a scrape queued behind bcrypt checks
+    // (about 60 ms each, four at a time, 1,500 of them) would take far longer.
     assert!(
-        right.iter().all(|(c, t)| *c == 200 && *t < Duration::from_secs(1)),
+        right.iter().all(|(c, t)| *c == 200 && *t < Duration::from_secs(3)),
         "{}: the right password during the flood: {right:?}",
         s.name
     );
