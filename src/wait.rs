@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::jobs;
-use crate::qmp::{Heard, Monitor};
+use crate::qmp::{Heard, Monitor, QemuVersion};
 use crate::source::{named_nodes, query_jobs, JobReport, QmpSource};
 use crate::translate::{self, NoReadyPolicy, Observation, RawJob};
 
@@ -89,14 +89,24 @@ fn stopped_on_error(raw: &RawJob) -> Option<String> {
     })
 }
 
-/// Whether the job's listed state already decides the wait.
-fn judge(raw: &RawJob, until: Until) -> Option<Outcome> {
+/// Whether a job of `job_type` that ended without an error must have been ready: a mirror, from QEMU 2.12.1 on
+/// (`block-job-complete` needs ready, and a cancel before ready ends with "Operation canceled"; 2.12.0 lists no
+/// `error`, so a cancel or failure there looks like a good end). QEMU lists a concluded job with `ready: false`
+/// (`job_is_ready` is false past ready), so the listing alone cannot tell a pivot on ready from a job that
+/// never was. An active commit is `commit`, as a plain one is: only the wait's own sight of it tells.
+fn mirror_ended_ready(job_type: &str, v: QemuVersion) -> bool {
+    job_type == "mirror" && (v.major, v.minor, v.micro) >= (2, 12, 1)
+}
+
+/// Whether the job's listed state already decides the wait (`was_ready`: the job is known to have been ready,
+/// by the wait's own sight or `mirror_ended_ready`).
+fn judge(raw: &RawJob, until: Until, was_ready: bool) -> Option<Outcome> {
     if finished(raw) {
         return Some(match (&raw.error, until) {
             (Some(e), _) if e == CANCELED => Outcome::Cancelled,
             (Some(e), _) => Outcome::Failed(e.clone()),
             (None, Until::Gone) => Outcome::Reached,
-            (None, Until::Ready) if is_ready(raw) => Outcome::Reached,
+            (None, Until::Ready) if was_ready || is_ready(raw) => Outcome::Reached,
             (None, Until::Ready) => Outcome::GoneBeforeReady,
         });
     }
@@ -178,6 +188,68 @@ fn job_devices(m: &Monitor) -> Result<BTreeMap<String, String>> {
         .into_iter()
         .filter(|(_, file)| filtered.contains(&file.as_str()))
         .collect())
+}
+
+/// The guest devices of the job's own node, with the image each shows: those whose node the job's id names, or
+/// whose drive it is. QEMU names a job it was given no id for after its drive (`drive-mirror`, pre-blockdev
+/// libvirt's `drive-virtio-disk0`), and libvirt names a copy and an active commit after the disk's node
+/// (`copy-vda-libvirt-1-format`). Empty when the id names no device's node (a client's own id, a plain
+/// commit's top image, a disk behind a filter node): the job's users are then told from its filter
+/// (`job_devices`, `settle`).
+fn own_users(list: &[Value], id: &str) -> BTreeMap<String, String> {
+    let named = |node: &str| !node.is_empty() && (id == node || id.ends_with(&format!("-{node}")));
+    let mut best: Option<&str> = None;
+    let mut own = BTreeMap::new();
+    for d in list {
+        let (Some(name), Some(inserted)) = (
+            d.get("qdev")
+                .or_else(|| d.get("device"))
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty()),
+            d.get("inserted"),
+        ) else {
+            continue;
+        };
+        let (Some(node), Some(file)) = (
+            inserted.get("node-name").and_then(Value::as_str),
+            inserted.get("file").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let drive = d.get("device").and_then(Value::as_str).filter(|n| !n.is_empty());
+        let key = if drive == Some(id) { id } else { node };
+        if !(drive == Some(id) || named(node)) {
+            continue;
+        }
+        // The longest name the id ends with is the job's ("-libvirt-11-format" over "-format").
+        match best {
+            Some(b) if b.len() > key.len() => continue,
+            Some(b) if b.len() < key.len() => own.clear(),
+            _ => {}
+        }
+        best = Some(key);
+        own.insert(name.to_string(), file.to_string());
+    }
+    own
+}
+
+/// A job whose own users are known (`own_users`) and that ended well after ready (never called otherwise: a
+/// plain commit leaves its device on the same image, and is no cancel): completed (a pivot) if they
+/// show another image now, cancelled after ready (as libvirt tells an abort) if they show the one they showed
+/// while it ran. A user that left tells nothing; with none left, QEMU's own word (completed) stands.
+fn settle_own(m: &Monitor, outcome: Outcome, own: &BTreeMap<String, String>) -> Result<Outcome> {
+    if outcome != Outcome::Reached {
+        return Ok(outcome);
+    }
+    let after = devices(m)?;
+    let stayed: Vec<bool> = own
+        .iter()
+        .filter_map(|(name, file)| after.get(name).map(|now| now == file))
+        .collect();
+    Ok(match stayed.is_empty() || !stayed.iter().all(|s| *s) {
+        true => Outcome::Reached,
+        false => Outcome::Cancelled,
+    })
 }
 
 /// A ready mirror or active commit that ended well: cancelled, as libvirt tells an abort after ready, if its users
@@ -285,9 +357,10 @@ fn wait_on(
     let mut listener = m.listen();
     // A wait for gone on a mirror or active commit tells a pivot from an abort after ready by the job's devices
     // (`settle`), seen before the query that first shows it ready: a pivot right after cannot hide.
-    let mut candidate = match until {
-        Until::Gone => job_devices(m)?,
-        Until::Ready => BTreeMap::new(),
+    // The devices as they were before the job could end, for its own users (`own_users`) once its id is known.
+    let (mut candidate, blocks) = match until {
+        Until::Gone => (job_devices(m)?, m.execute::<Vec<Value>>("query-block")?),
+        Until::Ready => (BTreeMap::new(), vec![]),
     };
     let jobs = query_jobs(m)?;
     listener.follow();
@@ -303,16 +376,30 @@ fn wait_on(
     let id = job.device.clone();
     let mut last = report(job, 0)?;
     progress(&last);
-    if let Some(outcome) = judge(job, until) {
+    let v = m.version()?;
+    if let Some(outcome) = judge(job, until, mirror_ended_ready(&job.job_type, v)) {
         return done(outcome, Some(last), None);
     }
     // A line a supervisor (or a test) can wait for instead of sleeping: listening, state read, not done.
     log::debug!("wait: waiting for job '{id}' ({until:?})");
     let pivots = until == Until::Gone && matches!(job.job_type.as_str(), "mirror" | "commit");
+    // Known by the job's own node, its users decide a pivot whatever other jobs do (`settle_own`); else they are
+    // told from its filter, narrowed as other jobs end.
+    let own = match pivots {
+        true => own_users(&blocks, &id),
+        false => BTreeMap::new(),
+    };
+    let settle = |m: &Monitor, outcome: Outcome, before: &BTreeMap<String, String>, was_ready: bool| match (
+        own.is_empty(),
+        was_ready,
+    ) {
+        (true, _) => settle(m, outcome, before),
+        (false, true) => settle_own(m, outcome, &own),
+        (false, false) => Ok(outcome),
+    };
     let mut was_ready = is_ready(job);
     let mut before = BTreeMap::new();
     let (mut reconnected, mut refollow): (Option<Instant>, bool) = (None, false);
-    let v = m.version()?;
     let safety = match (v.major, v.minor) < (2, 12) {
         true => SAFETY_REQUERY_OLD_QEMU,
         false => SAFETY_REQUERY,
@@ -362,7 +449,7 @@ fn wait_on(
             Heard::Event(ev) => {
                 if event_job(&ev) != Some(id.as_str()) {
                     // Another job ended: its users are no longer this job's candidates (`settle`).
-                    if pivots && ends_a_job(&ev) && !(before.is_empty() && candidate.is_empty()) {
+                    if pivots && own.is_empty() && ends_a_job(&ev) && !(before.is_empty() && candidate.is_empty()) {
                         let still = job_devices(m)?;
                         before.retain(|name, _| still.contains_key(name));
                         candidate.retain(|name, _| still.contains_key(name));
@@ -380,12 +467,21 @@ fn wait_on(
             "BLOCK_JOB_CANCELLED" => return done(Outcome::Cancelled, Some(last), event),
             "BLOCK_JOB_COMPLETED" => {
                 let data = &event.as_ref().expect("an event")["data"];
+                let job_type = data.get("type").and_then(Value::as_str).unwrap_or("");
                 let outcome = match data.get("error").and_then(Value::as_str) {
                     Some(e) if e == CANCELED => Outcome::Cancelled,
                     Some(e) => Outcome::Failed(e.to_string()),
-                    None if until == Until::Ready => Outcome::GoneBeforeReady,
+                    None if until == Until::Ready => match was_ready || mirror_ended_ready(job_type, v) {
+                        true => Outcome::Reached,
+                        false => Outcome::GoneBeforeReady,
+                    },
                     // A ready job that pivoted nothing was cancelled after ready, as libvirt tells it.
-                    None => settle(m, Outcome::Reached, &before)?,
+                    None => settle(
+                        m,
+                        Outcome::Reached,
+                        &before,
+                        was_ready || mirror_ended_ready(job_type, v),
+                    )?,
                 };
                 return done(outcome, Some(last), event);
             }
@@ -429,9 +525,9 @@ fn wait_on(
                             before = std::mem::take(&mut candidate);
                         }
                         was_ready |= ready_now;
-                        if let Some(outcome) = judge(j, until) {
+                        if let Some(outcome) = judge(j, until, was_ready || mirror_ended_ready(&j.job_type, v)) {
                             let outcome = match finished(j) {
-                                true => settle(m, outcome, &before)?,
+                                true => settle(m, outcome, &before, was_ready || mirror_ended_ready(&j.job_type, v))?,
                                 false => outcome,
                             };
                             return done(outcome, Some(last), event);
@@ -448,7 +544,7 @@ fn wait_on(
                     }
                     // Gone without an event heard (a QEMU that sends none, or events missed).
                     None => {
-                        let outcome = settle(m, gone_outcome(until, was_ready), &before)?;
+                        let outcome = settle(m, gone_outcome(until, was_ready), &before, was_ready)?;
                         return done(outcome, Some(last), None);
                     }
                 }
@@ -486,51 +582,67 @@ mod tests {
 
     #[test]
     fn judging_a_listed_job() {
-        assert_eq!(judge(&raw("running", Some(false), None), Until::Ready), None);
+        assert_eq!(judge(&raw("running", Some(false), None), Until::Ready, false), None);
         // Concluded once ready (a pivot, or an abort after ready, before auto-dismiss): ready was reached.
         assert_eq!(
-            judge(&raw("concluded", Some(true), None), Until::Ready),
+            judge(&raw("concluded", Some(true), None), Until::Ready, false),
             Some(Outcome::Reached)
         );
         assert_eq!(
-            judge(&raw("ready", Some(true), None), Until::Ready),
+            judge(&raw("ready", Some(true), None), Until::Ready, false),
             Some(Outcome::Reached)
         );
-        assert_eq!(judge(&raw("ready", Some(true), None), Until::Gone), None);
+        assert_eq!(judge(&raw("ready", Some(true), None), Until::Gone, false), None);
         assert_eq!(
-            judge(&raw("concluded", Some(false), None), Until::Gone),
+            judge(&raw("concluded", Some(false), None), Until::Gone, false),
             Some(Outcome::Reached)
         );
+        // QEMU 7.2 lists a concluded job `ready: false`, pivoted on ready or not. A mirror ends well only once
+        // ready; a stream or commit that never was, and a wait that saw it ready, are told apart by what the
+        // wait knows.
         assert_eq!(
-            judge(&raw("concluded", Some(false), None), Until::Ready),
+            judge(&raw("concluded", Some(false), None), Until::Ready, false),
             Some(Outcome::GoneBeforeReady)
         );
+        let v = |major, minor, micro| QemuVersion { major, minor, micro };
+        assert!(mirror_ended_ready("mirror", v(2, 12, 1)) && mirror_ended_ready("mirror", v(7, 2, 0)));
+        assert!(!mirror_ended_ready("mirror", v(2, 12, 0)) && !mirror_ended_ready("commit", v(11, 1, 0)));
+        let mut commit = raw("concluded", Some(false), None);
+        commit.job_type = "commit".into();
+        assert_eq!(judge(&commit, Until::Ready, false), Some(Outcome::GoneBeforeReady));
+        assert_eq!(judge(&commit, Until::Ready, true), Some(Outcome::Reached));
+        commit.job_type = "stream".into();
+        assert_eq!(judge(&commit, Until::Ready, false), Some(Outcome::GoneBeforeReady));
         assert_eq!(
             judge(
                 &raw("concluded", Some(false), Some("No space left on device")),
-                Until::Gone
+                Until::Gone,
+                false
             ),
             Some(Outcome::Failed("No space left on device".into()))
         );
         // A cancel before ready, with auto-dismiss off: concluded, with QEMU's ECANCELED text.
         assert_eq!(
-            judge(&raw("concluded", Some(false), Some(CANCELED)), Until::Gone),
+            judge(&raw("concluded", Some(false), Some(CANCELED)), Until::Gone, false),
             Some(Outcome::Cancelled)
         );
         // Paused while ready is still ready, as QEMU and libvirt count it.
         assert_eq!(
-            judge(&raw("standby", Some(true), None), Until::Ready),
+            judge(&raw("standby", Some(true), None), Until::Ready, false),
             Some(Outcome::Reached)
         );
-        assert_eq!(judge(&raw("standby", None, None), Until::Ready), Some(Outcome::Reached));
+        assert_eq!(
+            judge(&raw("standby", None, None), Until::Ready, false),
+            Some(Outcome::Reached)
+        );
         // Paused by QEMU on an I/O error: failed, whichever event announced it.
         let mut stopped = raw("paused", Some(false), None);
         stopped.paused = Some(true);
         stopped.io_status = Some("failed".into());
-        assert!(matches!(judge(&stopped, Until::Ready), Some(Outcome::Failed(_))));
-        assert!(matches!(judge(&stopped, Until::Gone), Some(Outcome::Failed(_))));
+        assert!(matches!(judge(&stopped, Until::Ready, false), Some(Outcome::Failed(_))));
+        assert!(matches!(judge(&stopped, Until::Gone, false), Some(Outcome::Failed(_))));
         // Paused on request is not a failure.
         stopped.io_status = Some("ok".into());
-        assert_eq!(judge(&stopped, Until::Gone), None);
+        assert_eq!(judge(&stopped, Until::Gone, false), None);
     }
 }

@@ -113,23 +113,62 @@ fn header_coexists_with_libvirts_in_either_order() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
-/// Starts a daemon with a throttled mirror under libvirt's job id for disk vda.
+/// Starts a daemon with a throttled mirror under libvirt's job id for disk vda. Its `speed` (2 MiB/s, which the
+/// programs check) alone would let it get ready after 4 s, sooner than a program under valgrind on a loaded
+/// machine reaches its "not ready yet" check; the target behind a 64 KiB/s write throttle keeps it copying for
+/// minutes (FACTS §14), whatever the machine's load, until `run_test_api` lifts it.
 fn daemon_with_copy_job(s: &'static Stack) -> Qsd {
     let mut qsd = Qsd::start(s);
+    qsd.ctl.ok(
+        "object-add",
+        json!({"qom-type": "throttle-group", "id": "dst-tg", "limits": {"bps-write": 64 * 1024}}),
+    );
+    qsd.ctl.ok(
+        "blockdev-add",
+        json!({"driver": "throttle", "node-name": "dst-slow", "throttle-group": "dst-tg", "file": "dst"}),
+    );
     qsd.ctl.start_sized(
         "blockdev-mirror",
-        json!({"job-id": "copy-vda-libvirt-1-format", "device": "top", "target": "dst", "sync": "full",
+        json!({"job-id": "copy-vda-libvirt-1-format", "device": "top", "target": "dst-slow", "sync": "full",
                "speed": 2 * MIB, "buf-size": MIB}),
     );
     qsd
+}
+
+/// Runs test_api (`run(socket, go_file)`) on a new `daemon_with_copy_job`, and lifts the target's throttle once
+/// the program has created its go file: its checks of a job not ready yet are then done, and its wait for ready
+/// may end.
+fn run_test_api(s: &'static Stack, run: impl FnOnce(&str, &Path) -> Output + Send) -> Output {
+    let mut qsd = daemon_with_copy_job(s);
+    let go = qsd.dir.path().join("go");
+    let socket = qsd.lib_socket();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let ctl = &mut qsd.ctl;
+        let (go, done) = (&go, &done);
+        scope.spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if go.exists() {
+                    ctl.ok(
+                        "qom-set",
+                        json!({"path": "dst-tg", "property": "limits", "value": {"bps-write": 0}}),
+                    );
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        });
+        let out = run(&socket, go);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        out
+    })
 }
 
 fn c_test_program_passes_against_real_qemu(s: &'static Stack) {
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("test_api");
     cc(Some(&exe), &["tests/c/test_api.c"], &[]).unwrap();
-    let qsd = daemon_with_copy_job(s);
-    let out = output(Command::new(&exe).arg(qsd.lib_socket()));
+    let out = run_test_api(s, |sock, go| output(Command::new(&exe).arg(sock).arg(go)));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -232,11 +271,11 @@ fn c_test_program_and_examples_are_clean_under_valgrind(s: &'static Stack) {
     cc(Some(&test_api), &["tests/c/test_api.c"], &["-g"]).unwrap();
     cc(Some(&blockjob), &["c-examples/blockjob.c"], &["-g"]).unwrap();
     cc(Some(&translate), &["c-examples/translate.c"], &["-g"]).unwrap();
-    let qsd = daemon_with_copy_job(s);
-    let out = under_valgrind(&test_api, &[qsd.lib_socket().as_str()], None);
+    let out = run_test_api(s, |sock, go| {
+        under_valgrind(&test_api, &[sock, go.to_str().unwrap()], None)
+    });
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains(" passed, 0 failed"));
-    drop(qsd);
     let qsd = daemon_with_copy_job(s);
     let out = under_valgrind(&blockjob, &[qsd.lib_socket().as_str(), "vda", "--raw"], None);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(" type=Block Copy\n"));
@@ -264,12 +303,14 @@ fn c_test_program_passes_with_address_and_undefined_behaviour_sanitizers(s: &'st
         "-fno-sanitize-recover=all",
     ];
     cc(Some(&exe), &["tests/c/test_api.c"], &sanitize).unwrap();
-    let qsd = daemon_with_copy_job(s);
-    let out = output(
-        Command::new(&exe)
-            .arg(qsd.lib_socket())
-            .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0"),
-    );
+    let out = run_test_api(s, |sock, go| {
+        output(
+            Command::new(&exe)
+                .arg(sock)
+                .arg(go)
+                .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0"),
+        )
+    });
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),

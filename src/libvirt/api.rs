@@ -38,6 +38,8 @@ type LookupByNameFn = unsafe extern "C" fn(ConnectPtr, *const c_char) -> DomainP
 type DomainFreeFn = unsafe extern "C" fn(DomainPtr) -> c_int;
 type IsActiveFn = unsafe extern "C" fn(DomainPtr) -> c_int;
 type EventVoidFn = unsafe extern "C" fn() -> c_int;
+type TimeoutCallbackFn = unsafe extern "C" fn(c_int, *mut c_void);
+type EventAddTimeoutFn = unsafe extern "C" fn(c_int, TimeoutCallbackFn, *mut c_void, Option<FreeCallbackFn>) -> c_int;
 type BlockJobCallbackFn = unsafe extern "C" fn(ConnectPtr, DomainPtr, *const c_char, c_int, c_int, *mut c_void);
 type DeviceCallbackFn = unsafe extern "C" fn(ConnectPtr, DomainPtr, *const c_char, *mut c_void);
 type FreeCallbackFn = unsafe extern "C" fn(*mut c_void);
@@ -76,6 +78,7 @@ struct ClientFns {
     last_error_code: Option<GetLastErrorCodeFn>,
     event_register_default_impl: EventVoidFn,
     event_run_default_impl: EventVoidFn,
+    event_add_timeout: EventAddTimeoutFn,
     event_register_any: EventRegisterAnyFn,
     event_deregister_any: EventDeregisterAnyFn,
 }
@@ -95,7 +98,13 @@ pub struct Libvirt {
     client: ClientFns,
     /// Whether the default event loop runs (a thread of ours), for events.
     event_loop: OnceLock<std::result::Result<(), String>>,
+    /// Asks the event loop's thread to end (`stop_event_loop`); it says so on the channel as it ends.
+    event_loop_stop: std::sync::atomic::AtomicBool,
+    event_loop_ended: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
+
+/// libvirt for a program that talks to it itself, once `load_library` loaded it.
+static LOADED: OnceLock<std::result::Result<Libvirt, String>> = OnceLock::new();
 
 fn dl_error() -> String {
     // SAFETY: dlerror returns NULL or a NUL-terminated thread-local string.
@@ -149,7 +158,6 @@ impl Libvirt {
     /// libvirt for a program that talks to it itself (the tool): loads `libvirt.so.0`, once. The error says
     /// plainly when libvirt is not installed.
     pub fn load_library() -> Result<&'static Libvirt> {
-        static LOADED: OnceLock<std::result::Result<Libvirt, String>> = OnceLock::new();
         LOADED
             .get_or_init(|| {
                 // SAFETY: loading libvirt runs its constructors, which are made to run in any program.
@@ -223,10 +231,13 @@ impl Libvirt {
                     last_error_code: symbol(h, c"virGetLastErrorCode").ok(),
                     event_register_default_impl: symbol(h, c"virEventRegisterDefaultImpl")?,
                     event_run_default_impl: symbol(h, c"virEventRunDefaultImpl")?,
+                    event_add_timeout: symbol(h, c"virEventAddTimeout")?,
                     event_register_any: symbol(h, c"virConnectDomainEventRegisterAny")?,
                     event_deregister_any: symbol(h, c"virConnectDomainEventDeregisterAny")?,
                 },
                 event_loop: OnceLock::new(),
+                event_loop_stop: std::sync::atomic::AtomicBool::new(false),
+                event_loop_ended: std::sync::Mutex::new(None),
             }
         };
         // Were it ours, every fallback would recurse forever: the function must live in another object than
@@ -249,19 +260,45 @@ impl Libvirt {
                     return Err(self.last_error());
                 }
                 let run = self.client.event_run_default_impl;
+                let (ended, on_end) = std::sync::mpsc::channel();
+                *self.event_loop_ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(on_end);
                 std::thread::Builder::new()
                     .name("bji-libvirt-events".into())
-                    // SAFETY: the default loop is registered above; one thread runs it, forever.
-                    .spawn(move || loop {
-                        if unsafe { run() } < 0 {
-                            std::thread::sleep(std::time::Duration::from_millis(100));
+                    // SAFETY: the default loop is registered above; one thread runs it until asked to stop.
+                    .spawn(move || {
+                        while !self.event_loop_stop.load(std::sync::atomic::Ordering::SeqCst) {
+                            if unsafe { run() } < 0 {
+                                std::thread::sleep(std::time::Duration::from_millis(100));
+                            }
                         }
+                        let _ = ended.send(());
                     })
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             })
             .clone()
             .map_err(Error::Libvirt)
+    }
+
+    /// libvirt as `load_library` loaded it, if it did.
+    pub fn library_if_loaded() -> Option<&'static Libvirt> {
+        LOADED.get().and_then(|l| l.as_ref().ok())
+    }
+
+    /// Ends the event loop's thread, if it runs, waiting for it at most `patience`; true once it has ended. A
+    /// program calls this before it exits, as virsh does: a thread still inside libvirt while the process runs
+    /// its exit handlers can find libvirt's and its libraries' state freed under it.
+    pub fn stop_event_loop(&self, patience: std::time::Duration) -> bool {
+        let Some(ended) = self.event_loop_ended.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return true;
+        };
+        self.event_loop_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // A timer due at once wakes the loop from its wait, and then on every turn: the thread sees the flag.
+        // SAFETY: the loop is registered; the callback does nothing, and no data is passed or freed.
+        if unsafe { (self.client.event_add_timeout)(0, wake_the_loop, std::ptr::null_mut(), None) } < 0 {
+            return false;
+        }
+        ended.recv_timeout(patience).is_ok()
     }
 
     /// A read-only connection (all the tool needs: it never changes a domain). `uri` None is libvirt's default
@@ -458,6 +495,9 @@ impl Domain<'_> {
 
 /// libvirt's error handler for programs that report errors themselves (from `virGetLastErrorMessage`).
 unsafe extern "C" fn ignore_error(_user_data: *mut c_void, _error: *mut c_void) {}
+
+/// A timer's callback that only wakes libvirt's event loop (`stop_event_loop`).
+unsafe extern "C" fn wake_the_loop(_timer: c_int, _opaque: *mut c_void) {}
 
 /// Whether two code addresses lie in the same loaded object.
 fn same_object(a: *const c_void, b: *const c_void) -> bool {

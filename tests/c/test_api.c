@@ -1,8 +1,10 @@
 /* Every function of the C API, argument errors included, against a real qemu-storage-daemon.
  *
- *   test_api QMP_SOCKET
+ *   test_api QMP_SOCKET GO_FILE
  *
- * The socket's QEMU runs one throttled mirror with libvirt's job id "copy-vda-libvirt-1-format" at 2 MiB/s.
+ * The socket's QEMU runs one throttled mirror with libvirt's job id "copy-vda-libvirt-1-format" at 2 MiB/s,
+ * its target held back so that it cannot get ready on its own. Once the checks that need it not ready are done,
+ * the program creates GO_FILE, the test then lifts the hold, and the program waits for ready.
  * Prints "N passed, N failed" and exits non-zero on any failure.
  */
 #define _GNU_SOURCE
@@ -282,8 +284,8 @@ static void test_export_without_libvirt(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: test_api QMP_SOCKET\n");
+    if (argc != 3) {
+        fprintf(stderr, "usage: test_api QMP_SOCKET GO_FILE\n");
         return 2;
     }
     sock = argv[1];
@@ -297,6 +299,10 @@ int main(int argc, char **argv)
         test_get(src);
         test_grace(src);
         test_threads(src);
+        FILE *go = fopen(argv[2], "w");
+        CHECK(go != NULL);
+        if (go)
+            fclose(go);
         test_wait(src);
     }
     test_fork();

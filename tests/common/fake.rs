@@ -67,6 +67,31 @@ impl FakeConn {
         }
     }
 
+    /// Reads one command and answers it as QEMU in state `answers` would (an object of command name to its
+    /// `return` value; a command it lacks is CommandNotFound). Returns the command's name, None once the client
+    /// left.
+    pub fn answer(&mut self, answers: &Value) -> Option<String> {
+        let cmd = self.command()?;
+        let name = cmd["execute"].as_str().unwrap_or("").to_string();
+        let sent = match answers.get(&name) {
+            Some(ret) => self.reply(&cmd, ret.clone()),
+            None => {
+                let mut r = json!({"error": {"class": "CommandNotFound", "desc": format!("The command {name} has not been found")}});
+                if let Some(id) = cmd.get("id") {
+                    r["id"] = id.clone();
+                }
+                self.send(format!("{r}\r\n").as_bytes())
+            }
+        };
+        sent.then_some(name)
+    }
+
+    /// Sends QEMU's event `name` with `data`.
+    pub fn event(&mut self, name: &str, data: Value) -> bool {
+        let e = json!({"event": name, "data": data, "timestamp": {"seconds": 1, "microseconds": 0}});
+        self.send(format!("{e}\r\n").as_bytes())
+    }
+
     /// Answers every query with `jobs` until the client leaves.
     pub fn serve(&mut self, jobs: &Value) {
         while let Some(c) = self.command() {

@@ -26,13 +26,16 @@ const INFO_PATIENCE: Duration = Duration::from_secs(10);
 fn within<T: Send + 'static>(deadline: Option<Instant>, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     let Some(d) = deadline else { return Some(f()) };
     let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
+    let call = std::thread::Builder::new()
         .name("libvirt-call".into())
         .spawn(move || {
             let _ = tx.send(f());
         })
         .ok()?;
-    rx.recv_timeout(d.saturating_duration_since(Instant::now())).ok()
+    let answer = rx.recv_timeout(d.saturating_duration_since(Instant::now())).ok()?;
+    // It has answered: let it end (libvirt frees its per-thread state) before the process may exit.
+    let _ = call.join();
+    Some(answer)
 }
 
 /// libvirt's `virConnectDomainEventBlockJobStatus`.

@@ -1,0 +1,204 @@
+//! How a wait tells a job's ending when endings race: a pivot the moment a copy is ready, and two copies ending
+//! back to back. These interleavings are exact races real QEMU cannot be made to produce on demand, so a QMP
+//! peer scripted as QEMU 7.2 speaks plays them (libvirt starts every job with auto-dismiss off, and QEMU 7.2
+//! lists a concluded job with `ready: false`).
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use blockjobinfo::*;
+use common::fake::{FakeConn, FakeQmp};
+use serde_json::{json, Value};
+
+/// A `query-block-jobs` entry of a job libvirt started (auto-dismiss off).
+fn listed(id: &str, job_type: &str, status: &str, ready: bool) -> Value {
+    json!({"type": job_type, "device": id, "len": 100, "offset": if status == "running" { 50 } else { 100 },
+           "speed": 0, "busy": false, "paused": false, "io-status": "ok", "status": status, "ready": ready,
+           "auto-finalize": true, "auto-dismiss": false})
+}
+
+/// The events QEMU sends for `id` going from `from` through `statuses`, with BLOCK_JOB_READY after `ready` and
+/// BLOCK_JOB_COMPLETED (no error) before `concluded`, in QEMU's order.
+fn lifecycle(c: &mut FakeConn, id: &str, job_type: &str, statuses: &[&str]) {
+    for status in statuses {
+        if *status == "concluded" {
+            c.event(
+                "BLOCK_JOB_COMPLETED",
+                json!({"device": id, "type": job_type, "len": 100, "offset": 100, "speed": 0}),
+            );
+        }
+        c.event("JOB_STATUS_CHANGE", json!({"id": id, "status": status}));
+        if *status == "ready" {
+            c.event(
+                "BLOCK_JOB_READY",
+                json!({"device": id, "type": job_type, "len": 100, "offset": 100, "speed": 0}),
+            );
+        }
+    }
+}
+
+/// Serves `before` until the wait's first `query-block-jobs`, sends `events`, then serves `after`.
+fn scene(before: Value, events: impl Fn(&mut FakeConn) + Send + Sync + 'static, after: Value) -> FakeQmp {
+    scene_on((7, 2), before, events, after)
+}
+
+/// As `scene`, as QEMU `version` (major, minor) speaks.
+fn scene_on(
+    version: (u64, u64),
+    before: Value,
+    events: impl Fn(&mut FakeConn) + Send + Sync + 'static,
+    after: Value,
+) -> FakeQmp {
+    FakeQmp::start(move |_, c| {
+        if !c.greet_with(version.0, version.1) {
+            return;
+        }
+        match c.command() {
+            Some(caps) if c.reply(&caps, json!({})) => {}
+            _ => return,
+        }
+        loop {
+            match c.answer(&before).as_deref() {
+                Some("query-block-jobs") => break,
+                Some(_) => {}
+                None => return,
+            }
+        }
+        events(c);
+        while c.answer(&after).is_some() {}
+    })
+}
+
+/// A copy (or an active commit, which QEMU lists as `commit`) turns ready and is completed at once, as `virsh
+/// blockcopy --pivot` or any controller that completes on ready does: the wait's confirming query finds it
+/// concluded, `ready: false`. libvirt says READY, then COMPLETED; the wait for ready has reached it.
+fn pivot_on_ready(job_type: &str) {
+    let id = "copy-vda-libvirt-1-format";
+    let jt = job_type.to_string();
+    let fake = scene(
+        json!({"query-block-jobs": [listed(id, job_type, "running", false)]}),
+        move |c| lifecycle(c, id, &jt, &["ready", "waiting", "pending", "concluded"]),
+        json!({"query-block-jobs": [listed(id, job_type, "concluded", false)]}),
+    );
+    let src = QmpSource::open(&fake.path).unwrap();
+    let waited = src.wait(id, Until::Ready, Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(waited.outcome, Outcome::Reached, "{job_type}: {waited:?}");
+}
+
+#[test]
+fn a_copy_pivoted_the_moment_it_is_ready_has_reached_ready() {
+    pivot_on_ready("mirror");
+}
+
+#[test]
+fn an_active_commit_completed_the_moment_it_is_ready_has_reached_ready() {
+    pivot_on_ready("commit");
+}
+
+/// A stream never becomes ready: ending well, it is gone before ready (the model's other side).
+#[test]
+fn a_pull_that_ends_was_never_ready() {
+    let id = "pull-vda-libvirt-1-format";
+    let fake = scene(
+        json!({"query-block-jobs": [listed(id, "stream", "running", false)]}),
+        move |c| lifecycle(c, id, "stream", &["waiting", "pending", "concluded"]),
+        json!({"query-block-jobs": [listed(id, "stream", "concluded", false)]}),
+    );
+    let src = QmpSource::open(&fake.path).unwrap();
+    let waited = src.wait(id, Until::Ready, Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(waited.outcome, Outcome::GoneBeforeReady, "{waited:?}");
+}
+
+/// A guest's disk as `query-block` lists it (`-blockdev`: no drive name, the node and the image it shows).
+fn disk(n: usize, node: &str, file: &str) -> Value {
+    json!({"device": "", "qdev": format!("/machine/peripheral/virtio-disk{n}/virtio-backend"),
+           "inserted": {"node-name": node, "file": file, "drv": "qcow2"}})
+}
+
+/// The mirror filter QEMU puts above a copied node (`query-named-block-nodes`), showing its child's image.
+fn filter(n: usize, file: &str) -> Value {
+    json!({"node-name": format!("#block{n}"), "drv": "mirror_top", "file": file})
+}
+
+/// Two ready copies, of vda and vdb, end back to back: vda's is pivoted and vdb's aborted (a controller that
+/// pivots one disk and aborts another in one loop). libvirt's block-job-2 events say COMPLETED for vda and
+/// CANCELED for vdb; a wait for each one's end says the same, whichever job's ending it hears first.
+#[test]
+fn two_copies_ending_back_to_back_each_get_their_own_verdict() {
+    let (vda, vdb) = ("copy-vda-libvirt-1-format", "copy-vdb-libvirt-2-format");
+    let before = json!({
+        "query-block-jobs": [listed(vda, "mirror", "ready", true), listed(vdb, "mirror", "ready", true)],
+        "query-block": [disk(0, "libvirt-1-format", "/vm/a.qcow2"), disk(1, "libvirt-2-format", "/vm/b.qcow2")],
+        "query-named-block-nodes": [filter(1, "/vm/a.qcow2"), filter(2, "/vm/b.qcow2")],
+        "query-block-exports": [],
+    });
+    let after = json!({
+        "query-block-jobs": [listed(vda, "mirror", "concluded", false), listed(vdb, "mirror", "concluded", false)],
+        "query-block": [disk(0, "libvirt-3-format", "/vm/a-copy.qcow2"), disk(1, "libvirt-2-format", "/vm/b.qcow2")],
+        "query-named-block-nodes": [],
+        "query-block-exports": [],
+    });
+    for (wait_for, expected) in [(vdb, Outcome::Cancelled), (vda, Outcome::Reached)] {
+        let fake = scene(
+            before.clone(),
+            move |c| {
+                lifecycle(c, vda, "mirror", &["waiting", "pending", "concluded"]);
+                lifecycle(c, vdb, "mirror", &["waiting", "pending", "concluded"]);
+            },
+            after.clone(),
+        );
+        let src = QmpSource::open(&fake.path).unwrap();
+        let waited = src.wait(wait_for, Until::Gone, Some(Duration::from_secs(20))).unwrap();
+        assert_eq!(waited.outcome, expected, "the wait for {wait_for}: {waited:?}");
+        // Its own node decided it: no query after another job's ending.
+        let asked = fake.commands();
+        assert!(
+            asked.iter().filter(|c| *c == "query-named-block-nodes").count() <= 1,
+            "{asked:?}"
+        );
+    }
+}
+
+/// A copy already concluded when the wait begins (pivoted on ready a moment before), listed `ready: false` with
+/// no event to hear: from QEMU 2.12.1 a mirror ends well only once ready, so it has reached ready; QEMU 2.12.0
+/// lists no `error`, so there a cancelled one looks the same, and the wait does not claim it.
+#[test]
+fn a_copy_concluded_before_the_wait_began_was_ready_where_qemu_says_so() {
+    let id = "copy-vda-libvirt-1-format";
+    for (version, expected) in [((7, 2), Outcome::Reached), ((2, 12), Outcome::GoneBeforeReady)] {
+        let concluded = json!({"query-block-jobs": [listed(id, "mirror", "concluded", false)]});
+        let fake = scene_on(version, concluded.clone(), |_| {}, concluded);
+        let src = QmpSource::open(&fake.path).unwrap();
+        let waited = src.wait(id, Until::Ready, Some(Duration::from_secs(20))).unwrap();
+        assert_eq!(waited.outcome, expected, "QEMU {version:?}: {waited:?}");
+    }
+}
+
+/// A plain commit, named after its drive as QEMU names a job started without an id, never ready, ends well:
+/// its device still shows its image, which for a copy would mean an abort after ready; for a job that was never
+/// ready it means nothing, and the wait for its end has reached it.
+#[test]
+fn a_plain_commit_named_by_its_drive_that_ends_well_is_no_cancel() {
+    let id = "drive-virtio-disk0";
+    let drive = json!([{"device": id, "qdev": "/machine/peripheral/virtio-disk0/virtio-backend",
+                        "inserted": {"node-name": "#block100", "file": "/vm/top.qcow2", "drv": "qcow2"}}]);
+    let before = json!({"query-block-jobs": [listed(id, "commit", "running", false)], "query-block": drive,
+                        "query-named-block-nodes": [], "query-block-exports": []});
+    let after = json!({"query-block-jobs": [listed(id, "commit", "concluded", false)], "query-block": drive,
+                       "query-named-block-nodes": [], "query-block-exports": []});
+    for (until, expected) in [
+        (Until::Gone, Outcome::Reached),
+        (Until::Ready, Outcome::GoneBeforeReady),
+    ] {
+        let fake = scene(
+            before.clone(),
+            move |c| lifecycle(c, id, "commit", &["waiting", "pending", "concluded"]),
+            after.clone(),
+        );
+        let src = QmpSource::open(&fake.path).unwrap();
+        let waited = src.wait(id, until, Some(Duration::from_secs(20))).unwrap();
+        assert_eq!(waited.outcome, expected, "{until:?}: {waited:?}");
+    }
+}
