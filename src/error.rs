@@ -68,11 +68,20 @@ impl Error {
         }
     }
 
+    /// A command that never got its turn on a shared monitor (others' commands were in flight all its timeout):
+    /// nothing was sent, and the connection is untouched.
+    pub fn is_no_turn(&self) -> bool {
+        matches!(self, Error::Timeout { what, .. } if *what == NO_TURN)
+    }
+
     /// The connection is still in step after this error (QEMU answered, just not with success).
     pub fn keeps_connection(&self) -> bool {
         matches!(self, Error::Qmp { .. })
     }
 }
+
+/// What a command that found no turn on a shared monitor timed out waiting for.
+pub(crate) const NO_TURN: &str = "the monitor (another command was in flight all that time)";
 
 /// What a caught panic said (its `&str` or `String` payload), for an error message.
 pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {

@@ -17,6 +17,7 @@ pub mod logging;
 pub mod qmp;
 pub mod source;
 pub mod translate;
+pub mod verdict;
 pub mod wait;
 
 pub use abi::*;

@@ -354,6 +354,12 @@ pub(crate) fn query_jobs(monitor: &Monitor) -> Result<Vec<RawJob>> {
     Ok(wire.0.into_iter().map(jobs::raw).collect())
 }
 
+/// As `query_jobs`, for a wait: its place in the queue kept as `patience` says.
+pub(crate) fn query_jobs_by(monitor: &Monitor, patience: &crate::qmp::Patience<'_>) -> Result<Vec<RawJob>> {
+    let wire: jobs::WireJobs = monitor.execute_queued("query-block-jobs", None, Some(patience))?;
+    Ok(wire.0.into_iter().map(jobs::raw).collect())
+}
+
 impl std::fmt::Debug for QmpSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QmpSource").field("address", &self.address).finish()

@@ -2,10 +2,8 @@
 //!
 //! A wait listens before it reads the current state, so an event that comes meanwhile is not missed; it holds
 //! nothing between its queries (other threads' calls go on, and any thread that reads the socket hands it the
-//! events); every event about its job is confirmed with a query. The endings are told as libvirt tells them
-//! (`virConnectDomainEventBlockJobStatus`): a cancel is CANCELLED even where QEMU lists the concluded job with
-//! its "Operation canceled" error, a job QEMU paused on an I/O error has FAILED, and a ready job that ends without
-//! a pivot (a cancel after ready) is CANCELLED.
+//! events); every event about its job is confirmed with a query. What it hears and reads decides the verdict in
+//! `verdict` (pure); this file does the I/O, and reads the devices that tell a pivot from a cancel after ready.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,30 +12,11 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::jobs;
-use crate::qmp::{Heard, Monitor, QemuVersion};
-use crate::source::{named_nodes, query_jobs, JobReport, QmpSource};
+use crate::qmp::{Heard, Monitor, Patience};
+use crate::source::{query_jobs_by, JobReport, QmpSource};
 use crate::translate::{self, NoReadyPolicy, Observation, RawJob};
-
-/// What to wait for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Until {
-    /// QEMU says the job is ready (a mirror or active commit in its mirroring phase).
-    Ready,
-    /// The job has left QEMU's list (or concluded, for jobs that wait to be dismissed).
-    Gone,
-}
-
-/// How a wait ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Reached,
-    /// The job ended with an error, or QEMU paused it on one: QEMU's text.
-    Failed(String),
-    Cancelled,
-    /// Waiting for ready, the job ended (or was never there) without becoming ready.
-    GoneBeforeReady,
-    TimedOut,
-}
+use crate::verdict::{self, Next, Verdict};
+pub use crate::verdict::{Outcome, Until};
 
 /// The end of a wait: how, the job's last known state, and the QEMU event that decided it (with QEMU's
 /// `timestamp`), if one did.
@@ -65,68 +44,40 @@ fn report(raw: &RawJob, flags: u32) -> Result<JobReport> {
     Ok(JobReport { raw: raw.clone(), info })
 }
 
-/// QEMU's text for a cancelled job's error (`job_update_rc`: strerror(ECANCELED), in QEMU's C locale), compared
-/// as text: this process's own strerror would follow the caller's locale.
-const CANCELED: &str = "Operation canceled";
-
-/// Whether QEMU is done with the job: `concluded` (waiting to be dismissed) or `null`.
-fn finished(raw: &RawJob) -> bool {
-    matches!(raw.status.as_deref(), Some("concluded" | "null"))
-}
-
-/// Whether the job is in its mirroring phase: QEMU's `ready`, or its status `ready` or `standby` (paused while
-/// ready), as libvirt counts them.
-fn is_ready(raw: &RawJob) -> bool {
-    raw.ready == Some(true) || matches!(raw.status.as_deref(), Some("ready" | "standby"))
-}
-
-/// A job QEMU paused on an I/O error (`on-*-error=stop|enospc`): what failed, in QEMU's words.
-fn stopped_on_error(raw: &RawJob) -> Option<String> {
-    let io = raw.io_status.as_deref().filter(|s| *s != "ok")?;
-    (raw.paused == Some(true) || raw.status.as_deref() == Some("paused")).then(|| match io {
-        "nospace" => "No space left on device; QEMU paused the job".to_string(),
-        other => format!("I/O error ({other}); QEMU paused the job"),
-    })
-}
-
-/// Whether a job of `job_type` that ended without an error must have been ready: a mirror, from QEMU 2.12.1 on
-/// (`block-job-complete` needs ready, and a cancel before ready ends with "Operation canceled"; 2.12.0 lists no
-/// `error`, so a cancel or failure there looks like a good end). QEMU lists a concluded job with `ready: false`
-/// (`job_is_ready` is false past ready), so the listing alone cannot tell a pivot on ready from a job that
-/// never was. An active commit is `commit`, as a plain one is: only the wait's own sight of it tells.
-fn mirror_ended_ready(job_type: &str, v: QemuVersion) -> bool {
-    job_type == "mirror" && (v.major, v.minor, v.micro) >= (2, 12, 1)
-}
-
-/// Whether the job's listed state already decides the wait (`was_ready`: the job is known to have been ready,
-/// by the wait's own sight or `mirror_ended_ready`).
-fn judge(raw: &RawJob, until: Until, was_ready: bool) -> Option<Outcome> {
-    if finished(raw) {
-        return Some(match (&raw.error, until) {
-            (Some(e), _) if e == CANCELED => Outcome::Cancelled,
-            (Some(e), _) => Outcome::Failed(e.clone()),
-            (None, Until::Gone) => Outcome::Reached,
-            (None, Until::Ready) if was_ready || is_ready(raw) => Outcome::Reached,
-            (None, Until::Ready) => Outcome::GoneBeforeReady,
-        });
-    }
-    if until == Until::Ready && is_ready(raw) {
-        return Some(Outcome::Reached);
-    }
-    stopped_on_error(raw).map(Outcome::Failed)
-}
-
 /// The job id an event is about, if it is about a job.
 fn event_job(ev: &Value) -> Option<&str> {
     let data = ev.get("data")?;
     data.get("device").or_else(|| data.get("id")).and_then(Value::as_str)
 }
 
+/// A wait's commands on the shared monitor: each keeps its place in the queue up to the wait's deadline (`by`),
+/// as its queries of the job list do.
+struct Asker<'a> {
+    m: &'a Monitor,
+    patience: Patience<'a>,
+}
+
+impl Asker<'_> {
+    fn ask<T: serde::de::DeserializeOwned>(&self, name: &str, arguments: Option<&Value>) -> Result<T> {
+        self.m.execute_queued(name, arguments, Some(&self.patience))
+    }
+
+    /// `query-named-block-nodes`, flat where QEMU knows the flag (5.0); none on a QEMU without the command.
+    fn nodes(&self) -> Result<Vec<Value>> {
+        let flat = serde_json::json!({"flat": true});
+        let args = (self.m.version()?.major >= 5).then_some(&flat);
+        match self.ask("query-named-block-nodes", args) {
+            Err(Error::Qmp { class, .. }) if class == "CommandNotFound" => Ok(vec![]),
+            r => r,
+        }
+    }
+}
+
 /// The image each user of the block layer shows: a guest's devices (`query-block`, implicit filter nodes
 /// hidden) and a qemu-storage-daemon's exports (`query-block-exports`, QEMU 5.2 and later; an export is named
 /// `export:ID`). A pivot moves these users onto the copy; an abort after ready leaves them where they were.
-fn devices(m: &Monitor) -> Result<BTreeMap<String, String>> {
-    let list: Vec<Value> = m.execute("query-block")?;
+fn devices(a: &Asker<'_>) -> Result<BTreeMap<String, String>> {
+    let list: Vec<Value> = a.ask("query-block", None)?;
     let mut users: BTreeMap<String, String> = list
         .iter()
         .filter_map(|d| {
@@ -139,7 +90,7 @@ fn devices(m: &Monitor) -> Result<BTreeMap<String, String>> {
             Some((name.to_string(), file.to_string()))
         })
         .collect();
-    let exports: Vec<Value> = match m.execute("query-block-exports") {
+    let exports: Vec<Value> = match a.ask("query-block-exports", None) {
         Ok(e) => e,
         // A QEMU before 5.2 has no such command, and no exports to show.
         Err(Error::Qmp { class, .. }) if class == "CommandNotFound" => return Ok(users),
@@ -148,7 +99,7 @@ fn devices(m: &Monitor) -> Result<BTreeMap<String, String>> {
     if exports.is_empty() {
         return Ok(users);
     }
-    let nodes = named_nodes(m)?;
+    let nodes = a.nodes()?;
     let file_of = |node: &str| {
         nodes
             .iter()
@@ -174,8 +125,8 @@ fn devices(m: &Monitor) -> Result<BTreeMap<String, String>> {
 /// listed until it ends; `query-block` hides that implicit filter, but `query-named-block-nodes` lists it with
 /// its child's file: the users showing that file are under a job. Which job is not said: see `settle`. Empty
 /// on a QEMU before 2.9, which has no such filter.
-fn job_devices(m: &Monitor) -> Result<BTreeMap<String, String>> {
-    let nodes = named_nodes(m)?;
+fn job_devices(a: &Asker<'_>) -> Result<BTreeMap<String, String>> {
+    let nodes = a.nodes()?;
     let filtered: Vec<&str> = nodes
         .iter()
         .filter(|n| n.get("drv").and_then(Value::as_str) == Some("mirror_top"))
@@ -184,7 +135,7 @@ fn job_devices(m: &Monitor) -> Result<BTreeMap<String, String>> {
     if filtered.is_empty() {
         return Ok(BTreeMap::new());
     }
-    Ok(devices(m)?
+    Ok(devices(a)?
         .into_iter()
         .filter(|(_, file)| filtered.contains(&file.as_str()))
         .collect())
@@ -237,11 +188,11 @@ fn own_users(list: &[Value], id: &str) -> BTreeMap<String, String> {
 /// plain commit leaves its device on the same image, and is no cancel): completed (a pivot) if they
 /// show another image now, cancelled after ready (as libvirt tells an abort) if they show the one they showed
 /// while it ran. A user that left tells nothing; with none left, QEMU's own word (completed) stands.
-fn settle_own(m: &Monitor, outcome: Outcome, own: &BTreeMap<String, String>) -> Result<Outcome> {
+fn settle_own(a: &Asker<'_>, outcome: Outcome, own: &BTreeMap<String, String>) -> Result<Outcome> {
     if outcome != Outcome::Reached {
         return Ok(outcome);
     }
-    let after = devices(m)?;
+    let after = devices(a)?;
     let stayed: Vec<bool> = own
         .iter()
         .filter_map(|(name, file)| after.get(name).map(|now| now == file))
@@ -257,12 +208,12 @@ fn settle_own(m: &Monitor, outcome: Outcome, own: &BTreeMap<String, String>) -> 
 /// told (no user of its own, or none left): QEMU's own word. `before` holds the users that were under a filter
 /// while the job ran and that no other job's end has taken out; those still under one belong to jobs that run
 /// on, and the job's own are the rest.
-fn settle(m: &Monitor, outcome: Outcome, before: &BTreeMap<String, String>) -> Result<Outcome> {
+fn settle(a: &Asker<'_>, outcome: Outcome, before: &BTreeMap<String, String>) -> Result<Outcome> {
     if outcome != Outcome::Reached || before.is_empty() {
         return Ok(outcome);
     }
-    let running = job_devices(m)?;
-    let after = devices(m)?;
+    let running = job_devices(a)?;
+    let after = devices(a)?;
     // A user that left (a disk unplugged, an export deleted) tells nothing either way.
     let own: Vec<(&String, &String, &String)> = before
         .iter()
@@ -276,6 +227,19 @@ fn settle(m: &Monitor, outcome: Outcome, before: &BTreeMap<String, String>) -> R
         true => Outcome::Cancelled,
         false => Outcome::Reached,
     })
+}
+
+/// A ready copy or active commit that ended well: pivoted (completed) or cancelled after ready, by its own
+/// users where they are known, else by those its filter showed.
+fn pivot_or_cancel(
+    a: &Asker<'_>,
+    own: &BTreeMap<String, String>,
+    before: &BTreeMap<String, String>,
+) -> Result<Outcome> {
+    match own.is_empty() {
+        true => settle(a, Outcome::Reached, before),
+        false => settle_own(a, Outcome::Reached, own),
+    }
 }
 
 /// Whether an event says a job (any) has ended.
@@ -343,7 +307,36 @@ struct Stop<'a> {
     interrupted: &'a mut dyn FnMut() -> bool,
 }
 
+/// QEMU's list for a wait, its place in the shared monitor's queue kept up to the wait's deadline (other
+/// callers' commands may hold the monitor longer than one reply timeout); None when the deadline came first.
+fn patiently(a: &Asker<'_>) -> Result<Option<Vec<RawJob>>> {
+    match query_jobs_by(a.m, &a.patience) {
+        Err(e) if e.is_no_turn() => Ok(None),
+        r => r.map(Some),
+    }
+}
+
 fn wait_on(
+    m: &Monitor,
+    device: &str,
+    until: Until,
+    deadline: Option<Instant>,
+    every: Option<Duration>,
+    progress: &mut dyn FnMut(&JobReport),
+    stop: Option<Stop<'_>>,
+) -> Result<Waited> {
+    match waiting(m, device, until, deadline, every, progress, stop) {
+        // The wait's own deadline came while one of its commands queued: a timeout, as any other.
+        Err(e) if e.is_no_turn() => Ok(Waited {
+            outcome: Outcome::TimedOut,
+            last: None,
+            event: None,
+        }),
+        r => r,
+    }
+}
+
+fn waiting(
     m: &Monitor,
     device: &str,
     until: Until,
@@ -353,70 +346,72 @@ fn wait_on(
     mut stop: Option<Stop<'_>>,
 ) -> Result<Waited> {
     let done = |outcome, last, event| Ok(Waited { outcome, last, event });
+    // An interruptible wait is asked while its commands queue too (never with the monitor's lock held).
+    let check_every = stop.as_ref().map(|s| s.every);
+    let asked = std::cell::RefCell::new(stop.as_mut().map(|s| &mut *s.interrupted));
+    let interrupted = || asked.borrow_mut().as_mut().is_some_and(|f| f());
+    let a = &Asker {
+        m,
+        patience: Patience {
+            until: deadline,
+            interrupted: check_every.map(|every| (&interrupted as &dyn Fn() -> bool, every)),
+        },
+    };
     // Listening first: whatever happens after this point is heard.
     let mut listener = m.listen();
     // A wait for gone on a mirror or active commit tells a pivot from an abort after ready by the job's devices
-    // (`settle`), seen before the query that first shows it ready: a pivot right after cannot hide.
-    // The devices as they were before the job could end, for its own users (`own_users`) once its id is known.
+    // (`settle`), seen before the query that first shows it ready: a pivot right after cannot hide. The devices
+    // as they were before the job could end give its own users (`own_users`) once its id is known.
     let (mut candidate, blocks) = match until {
-        Until::Gone => (job_devices(m)?, m.execute::<Vec<Value>>("query-block")?),
+        Until::Gone => (job_devices(a)?, a.ask::<Vec<Value>>("query-block", None)?),
         Until::Ready => (BTreeMap::new(), vec![]),
     };
-    let jobs = query_jobs(m)?;
+    let Some(jobs) = patiently(a)? else {
+        return done(Outcome::TimedOut, None, None);
+    };
     listener.follow();
     let Some(job) = jobs::select(&jobs, device)? else {
-        return match until {
-            Until::Gone => done(Outcome::Reached, None, None),
-            Until::Ready => {
-                log::info!("wait: no block job '{device}'");
-                done(Outcome::GoneBeforeReady, None, None)
-            }
-        };
+        if until == Until::Ready {
+            log::info!("wait: no block job '{device}'");
+        }
+        return done(verdict::not_listed(until), None, None);
     };
+    let v = m.version()?;
+    // Known by the job's own node, its users decide a pivot whatever other jobs do (`settle_own`); else they are
+    // told from its filter, narrowed as other jobs end. Its own users under a mirror filter make it a copy or an
+    // active commit, which ends well only once ready.
+    let own = match until == Until::Gone && matches!(job.job_type.as_str(), "mirror" | "commit") {
+        true => own_users(&blocks, &job.device),
+        false => BTreeMap::new(),
+    };
+    let mirrored = !own.is_empty() && own.keys().all(|name| candidate.contains_key(name));
+    let (mut verdict, next) = Verdict::start(until, v, job, mirrored);
     let id = job.device.clone();
     let mut last = report(job, 0)?;
     progress(&last);
-    let v = m.version()?;
-    if let Some(outcome) = judge(job, until, mirror_ended_ready(&job.job_type, v)) {
+    if let Next::Done(outcome) = next {
         return done(outcome, Some(last), None);
     }
     // A line a supervisor (or a test) can wait for instead of sleeping: listening, state read, not done.
     log::debug!("wait: waiting for job '{id}' ({until:?})");
-    let pivots = until == Until::Gone && matches!(job.job_type.as_str(), "mirror" | "commit");
-    // Known by the job's own node, its users decide a pivot whatever other jobs do (`settle_own`); else they are
-    // told from its filter, narrowed as other jobs end.
-    let own = match pivots {
-        true => own_users(&blocks, &id),
-        false => BTreeMap::new(),
-    };
-    let settle = |m: &Monitor, outcome: Outcome, before: &BTreeMap<String, String>, was_ready: bool| match (
-        own.is_empty(),
-        was_ready,
-    ) {
-        (true, _) => settle(m, outcome, before),
-        (false, true) => settle_own(m, outcome, &own),
-        (false, false) => Ok(outcome),
-    };
-    let mut was_ready = is_ready(job);
+    let pivots = verdict.pivots();
     let mut before = BTreeMap::new();
+    if pivots && verdict.was_ready() {
+        before = std::mem::take(&mut candidate);
+    }
     let (mut reconnected, mut refollow): (Option<Instant>, bool) = (None, false);
     let safety = match (v.major, v.minor) < (2, 12) {
         true => SAFETY_REQUERY_OLD_QEMU,
         false => SAFETY_REQUERY,
     };
-    if pivots && was_ready {
-        before = std::mem::take(&mut candidate);
-    }
     let mut woke_to_ask: Option<Instant> = None;
     loop {
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
             return done(Outcome::TimedOut, Some(last), None);
         }
-        if let Some(s) = stop.as_mut() {
-            if (s.interrupted)() {
-                return Err(Error::Interrupted);
-            }
+        if interrupted() {
+            return Err(Error::Interrupted);
         }
         // Woken only to ask whether to stop, the wait keeps the time it was to wake at: the safety re-read
         // comes when it was due, however often it asks.
@@ -425,7 +420,7 @@ fn wait_on(
             deadline.map_or(wake, |d| d.min(wake))
         });
         // An interruptible wait also wakes to ask; woken for that alone, it asks and listens again.
-        let listen_until = stop.as_ref().map_or(wake, |s| wake.min(now + s.every));
+        let listen_until = check_every.map_or(wake, |every| wake.min(now + every));
         let heard = match listener.next(listen_until) {
             Ok(Heard::Quiet) if listen_until < wake => {
                 woke_to_ask = Some(wake);
@@ -445,204 +440,95 @@ fn wait_on(
             }
             r => r?,
         };
-        let (event, name) = match heard {
+        let was_ready = verdict.was_ready();
+        let (event, mut next) = match heard {
             Heard::Event(ev) => {
                 if event_job(&ev) != Some(id.as_str()) {
                     // Another job ended: its users are no longer this job's candidates (`settle`).
                     if pivots && own.is_empty() && ends_a_job(&ev) && !(before.is_empty() && candidate.is_empty()) {
-                        let still = job_devices(m)?;
+                        let still = job_devices(a)?;
                         before.retain(|name, _| still.contains_key(name));
                         candidate.retain(|name, _| still.contains_key(name));
                     }
                     continue;
                 }
-                let name = ev.get("event").and_then(Value::as_str).unwrap_or("").to_string();
+                let name = ev.get("event").and_then(Value::as_str).unwrap_or("");
                 log::debug!("wait: {name} for job '{id}'");
-                (Some((*ev).clone()), name)
+                let next = verdict.event(&ev);
+                (Some((*ev).clone()), next)
             }
-            // Nothing happened, or events were missed: the list says how things stand.
-            Heard::Quiet | Heard::Missed => (None, String::new()),
+            // Nothing happened: the list says how things stand.
+            Heard::Quiet => (None, verdict.quiet()),
+            // Events were missed, or the connection lost: the same, and a job gone meanwhile is not guessed at.
+            Heard::Missed => (None, verdict.missed()),
         };
-        match name.as_str() {
-            "BLOCK_JOB_CANCELLED" => return done(Outcome::Cancelled, Some(last), event),
-            "BLOCK_JOB_COMPLETED" => {
-                let data = &event.as_ref().expect("an event")["data"];
-                let job_type = data.get("type").and_then(Value::as_str).unwrap_or("");
-                let outcome = match data.get("error").and_then(Value::as_str) {
-                    Some(e) if e == CANCELED => Outcome::Cancelled,
-                    Some(e) => Outcome::Failed(e.to_string()),
-                    None if until == Until::Ready => match was_ready || mirror_ended_ready(job_type, v) {
-                        true => Outcome::Reached,
-                        false => Outcome::GoneBeforeReady,
-                    },
-                    // A ready job that pivoted nothing was cancelled after ready, as libvirt tells it.
-                    None => settle(
-                        m,
-                        Outcome::Reached,
-                        &before,
-                        was_ready || mirror_ended_ready(job_type, v),
-                    )?,
-                };
-                return done(outcome, Some(last), event);
-            }
-            "BLOCK_JOB_READY" if until == Until::Ready => {
-                // A QEMU without `ready` (before 2.2) says so only with this event.
-                if let Some(j) = query_jobs(m)?.iter().find(|j| j.device == id) {
+        if pivots && !was_ready && verdict.was_ready() {
+            before = std::mem::take(&mut candidate);
+        }
+        if next == Next::ReadyByEvent {
+            // Decided by QEMU's event; the list is read once more for the report only.
+            if let Ok(Some(jobs)) = patiently(a) {
+                if let Some(j) = jobs.iter().find(|j| j.device == id) {
                     last = report(j, 0)?;
                     progress(&last);
                 }
-                return done(Outcome::Reached, Some(last), event);
             }
-            "" | "BLOCK_JOB_READY" | "BLOCK_JOB_ERROR" | "JOB_STATUS_CHANGE" | "BLOCK_JOB_PENDING" => {
-                // An event that says ready counts, even if the job is gone or concluded by the query below (an
-                // abort the moment it turned ready); QEMU before 2.2 says ready only with its event.
-                let said_ready = name == "BLOCK_JOB_READY"
-                    || matches!(
-                        event
-                            .as_ref()
-                            .and_then(|e| e.pointer("/data/status"))
-                            .and_then(Value::as_str),
-                        Some("ready" | "standby")
-                    );
-                if pivots && !was_ready && said_ready {
-                    before = std::mem::take(&mut candidate);
+            return done(Outcome::Reached, Some(last), event);
+        }
+        let mut event = event;
+        if next == Next::Query {
+            // Confirm with QEMU's list. Events that come meanwhile are heard next; nothing is lost.
+            let Some(jobs) = patiently(a)? else {
+                return done(Outcome::TimedOut, Some(last), None);
+            };
+            let gap = refollow;
+            if refollow {
+                // Listening on the connection that answered: the new one.
+                listener.follow();
+                refollow = false;
+            }
+            let listed = jobs.iter().find(|j| j.device == id);
+            let was_ready = verdict.was_ready();
+            match listed {
+                Some(j) => {
+                    last = report(j, 0)?;
+                    progress(&last);
+                    next = verdict.listed(listed, gap);
                 }
-                was_ready |= said_ready;
-                // Confirm with QEMU's list. Events that come meanwhile are heard next; nothing is lost.
-                let jobs = query_jobs(m)?;
-                let gap = refollow;
-                if refollow {
-                    // Listening on the connection that answered: the new one.
-                    listener.follow();
-                    refollow = false;
-                }
-                match jobs.iter().find(|j| j.device == id) {
-                    Some(j) => {
-                        last = report(j, 0)?;
-                        progress(&last);
-                        let ready_now = is_ready(j) || said_ready;
-                        if pivots && !was_ready && ready_now {
-                            before = std::mem::take(&mut candidate);
-                        }
-                        was_ready |= ready_now;
-                        if let Some(outcome) = judge(j, until, was_ready || mirror_ended_ready(&j.job_type, v)) {
-                            let outcome = match finished(j) {
-                                true => settle(m, outcome, &before, was_ready || mirror_ended_ready(&j.job_type, v))?,
-                                false => outcome,
-                            };
-                            return done(outcome, Some(last), event);
+                // Gone: its ending events may already be in the log (read with the reply, maybe on a new
+                // connection): they tell, before anything is concluded from its absence. Only what is there
+                // now: a connection lost again meanwhile ends the look, not the wait.
+                None => {
+                    next = Next::Listen;
+                    while let Ok(Heard::Event(ev)) = listener.next(Instant::now()) {
+                        if event_job(&ev) == Some(id.as_str()) {
+                            next = verdict.event(&ev);
+                            if !matches!(next, Next::Query | Next::Listen) {
+                                event = Some((*ev).clone());
+                                break;
+                            }
                         }
                     }
-                    // Gone, and an event tells how: BLOCK_JOB_COMPLETED or _CANCELLED is heard next.
-                    None if !name.is_empty() => {}
-                    // Gone while there was no connection: its events went with it, and guessing would be
-                    // wrong as often as right.
-                    None if gap => {
-                        return Err(Error::Protocol(format!(
-                            "the connection to QEMU was lost while block job '{id}' ended: how it ended is unknown"
-                        )));
-                    }
-                    // Gone without an event heard (a QEMU that sends none, or events missed).
-                    None => {
-                        let outcome = settle(m, gone_outcome(until, was_ready), &before, was_ready)?;
-                        return done(outcome, Some(last), None);
+                    if matches!(next, Next::Query | Next::Listen) {
+                        next = verdict.listed(None, gap);
                     }
                 }
             }
-            _ => {}
+            if pivots && !was_ready && verdict.was_ready() {
+                before = std::mem::take(&mut candidate);
+            }
         }
-    }
-}
-
-fn gone_outcome(until: Until, was_ready: bool) -> Outcome {
-    match until {
-        Until::Gone => Outcome::Reached,
-        Until::Ready if was_ready => Outcome::Reached,
-        Until::Ready => Outcome::GoneBeforeReady,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn raw(status: &str, ready: Option<bool>, error: Option<&str>) -> RawJob {
-        RawJob {
-            job_type: "mirror".into(),
-            device: "j".into(),
-            len: 10,
-            offset: 10,
-            speed: 0,
-            ready,
-            status: Some(status.into()),
-            error: error.map(str::to_string),
-            ..Default::default()
+        match next {
+            Next::Done(outcome) => return done(outcome, Some(last), event),
+            Next::ReadyByEvent => return done(Outcome::Reached, Some(last), event),
+            Next::Settle => return done(pivot_or_cancel(a, &own, &before)?, Some(last), event),
+            Next::Unknown => {
+                return Err(Error::Protocol(format!(
+                    "events were lost (the connection to QEMU, or too many at once) while block job '{id}' \
+                     ended: how it ended is unknown"
+                )));
+            }
+            Next::Query | Next::Listen => {}
         }
-    }
-
-    #[test]
-    fn judging_a_listed_job() {
-        assert_eq!(judge(&raw("running", Some(false), None), Until::Ready, false), None);
-        // Concluded once ready (a pivot, or an abort after ready, before auto-dismiss): ready was reached.
-        assert_eq!(
-            judge(&raw("concluded", Some(true), None), Until::Ready, false),
-            Some(Outcome::Reached)
-        );
-        assert_eq!(
-            judge(&raw("ready", Some(true), None), Until::Ready, false),
-            Some(Outcome::Reached)
-        );
-        assert_eq!(judge(&raw("ready", Some(true), None), Until::Gone, false), None);
-        assert_eq!(
-            judge(&raw("concluded", Some(false), None), Until::Gone, false),
-            Some(Outcome::Reached)
-        );
-        // QEMU 7.2 lists a concluded job `ready: false`, pivoted on ready or not. A mirror ends well only once
-        // ready; a stream or commit that never was, and a wait that saw it ready, are told apart by what the
-        // wait knows.
-        assert_eq!(
-            judge(&raw("concluded", Some(false), None), Until::Ready, false),
-            Some(Outcome::GoneBeforeReady)
-        );
-        let v = |major, minor, micro| QemuVersion { major, minor, micro };
-        assert!(mirror_ended_ready("mirror", v(2, 12, 1)) && mirror_ended_ready("mirror", v(7, 2, 0)));
-        assert!(!mirror_ended_ready("mirror", v(2, 12, 0)) && !mirror_ended_ready("commit", v(11, 1, 0)));
-        let mut commit = raw("concluded", Some(false), None);
-        commit.job_type = "commit".into();
-        assert_eq!(judge(&commit, Until::Ready, false), Some(Outcome::GoneBeforeReady));
-        assert_eq!(judge(&commit, Until::Ready, true), Some(Outcome::Reached));
-        commit.job_type = "stream".into();
-        assert_eq!(judge(&commit, Until::Ready, false), Some(Outcome::GoneBeforeReady));
-        assert_eq!(
-            judge(
-                &raw("concluded", Some(false), Some("No space left on device")),
-                Until::Gone,
-                false
-            ),
-            Some(Outcome::Failed("No space left on device".into()))
-        );
-        // A cancel before ready, with auto-dismiss off: concluded, with QEMU's ECANCELED text.
-        assert_eq!(
-            judge(&raw("concluded", Some(false), Some(CANCELED)), Until::Gone, false),
-            Some(Outcome::Cancelled)
-        );
-        // Paused while ready is still ready, as QEMU and libvirt count it.
-        assert_eq!(
-            judge(&raw("standby", Some(true), None), Until::Ready, false),
-            Some(Outcome::Reached)
-        );
-        assert_eq!(
-            judge(&raw("standby", None, None), Until::Ready, false),
-            Some(Outcome::Reached)
-        );
-        // Paused by QEMU on an I/O error: failed, whichever event announced it.
-        let mut stopped = raw("paused", Some(false), None);
-        stopped.paused = Some(true);
-        stopped.io_status = Some("failed".into());
-        assert!(matches!(judge(&stopped, Until::Ready, false), Some(Outcome::Failed(_))));
-        assert!(matches!(judge(&stopped, Until::Gone, false), Some(Outcome::Failed(_))));
-        // Paused on request is not a failure.
-        stopped.io_status = Some("ok".into());
-        assert_eq!(judge(&stopped, Until::Gone, false), None);
     }
 }

@@ -1,8 +1,9 @@
 //! Every way a libvirt block job ends, told by the library's wait as libvirt's own block job event tells it
 //! (`virsh event --event block-job-2`): a copy aborted before ready (CANCELED), a ready copy aborted without a
 //! pivot (CANCELED, where QEMU itself says completed), a ready copy pivoted (COMPLETED), a pull that completes
-//! (COMPLETED), an active commit aborted once ready (CANCELED) or pivoted (COMPLETED), two copies at once (one
-//! pivoted, then the other aborted: each its own ending), and a copy whose target fails a write (FAILED). The
+//! (COMPLETED), an active commit aborted once ready (CANCELED) or pivoted (COMPLETED), two copies (one pivoted,
+//! the other aborted, 300 ms apart and at the same moment: each its own ending), a copy pivoted the moment it is
+//! ready (READY, then COMPLETED), and a copy whose target fails a write (FAILED). The
 //! wait reads the domain's own QMP monitor; libvirt starts every job with auto-dismiss off and never sets
 //! `on-target-error` (QEMU's default, `report`).
 
@@ -67,6 +68,47 @@ impl Events {
     /// The ending libvirt reported (`completed`, `failed`, `canceled`), skipping `ready`.
     fn ending(&self) -> String {
         self.ending_of(None)
+    }
+
+    /// The endings libvirt reported for each of `disks` (read in one pass: another disk's line is not lost).
+    fn endings_of(&self, disks: &[&str]) -> std::collections::BTreeMap<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut endings = std::collections::BTreeMap::new();
+        while endings.len() < disks.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("libvirt's endings for {disks:?} within 60 s, after {endings:?}"));
+            let Some(disk) = disks.iter().find(|d| line.contains(&format!(" {d} "))) else {
+                continue;
+            };
+            let word = line.split_whitespace().last().unwrap_or("").to_lowercase();
+            if line.contains("'block-job-2'") && word != "ready" {
+                endings.insert(disk.to_string(), word);
+            }
+        }
+        endings
+    }
+
+    /// Every word libvirt said of one disk's job up to its ending (`ready`, then `completed`, say).
+    fn words_of(&self, disk: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut words = vec![];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("libvirt's ending for {disk} within 60 s, after {words:?}"));
+            if !line.contains("'block-job-2'") || !line.contains(&format!(" {disk} ")) {
+                continue;
+            }
+            words.push(line.split_whitespace().last().unwrap_or("").to_lowercase());
+            if words.last().is_some_and(|w| w != "ready") {
+                return words;
+            }
+        }
     }
 
     /// The same for one disk's job (virsh's line says `... for vda completed`).
@@ -191,7 +233,8 @@ fn every_ending_is_told_as_libvirt_tells_it(s: &'static Stack) {
         committed.wait_no_job(Duration::from_secs(30));
     }
 
-    two_copies_end_each_their_own_way(s);
+    two_copies_end_each_their_own_way(s, false);
+    two_copies_end_each_their_own_way(s, true);
 
     // A copy onto an NBD export whose node fails writes at 6 MiB, on a domain of its own: libvirt's blockcopy
     // takes no blkdebug target, but it does take a network one (what a copy to another host's storage is).
@@ -221,10 +264,12 @@ fn every_ending_is_told_as_libvirt_tells_it(s: &'static Stack) {
     assert!(why.contains("Input/output error"), "{}: QEMU's error: {why}", s.name);
 }
 
-/// Two disks copied at once, both ready; vdb pivoted, then vda aborted while a wait on vda runs: each job's
-/// ending is its own (the wait must not take vdb's pivot for vda's).
-fn two_copies_end_each_their_own_way(s: &'static Stack) {
-    let dom = Domain::create_with_disks(s, "bjt-endtwo", 4, &|dir| {
+/// Two disks copied at once, both ready; vdb pivoted and vda aborted while a wait on each runs, 300 ms apart or
+/// (`together`) at the same moment: each job's ending is its own (a wait must not take the other's pivot for its
+/// own), as libvirt's events for each disk say.
+fn two_copies_end_each_their_own_way(s: &'static Stack, together: bool) {
+    let name = if together { "bjt-endboth" } else { "bjt-endtwo" };
+    let dom = Domain::create_with_disks(s, name, 4, &|dir| {
         let o = virt::as_user(s, "qemu-img")
             .args(["create", "-q", "-f", "raw", &format!("{dir}/second.raw"), "4M"])
             .output()
@@ -254,24 +299,81 @@ fn two_copies_end_each_their_own_way(s: &'static Stack) {
         dom.xml().matches("ready='yes'").count() == 2
     });
     let src = QmpSource::open(&dom.real_qmp_socket()).unwrap();
-    let ours = std::thread::scope(|sc| {
-        let waiting = started_wait(sc, &src, "vda", Until::Gone, Duration::from_secs(60));
-        dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vdb", "--pivot"]);
-        std::thread::sleep(Duration::from_millis(300));
-        dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
-        waiting.join().unwrap().unwrap().outcome
+    let pivot = ["blockjob", dom.name.as_str(), "vdb", "--pivot"];
+    let abort = ["blockjob", dom.name.as_str(), "vda", "--abort"];
+    let (on_vda, on_vdb) = std::thread::scope(|sc| {
+        let vda = started_wait(sc, &src, "vda", Until::Gone, Duration::from_secs(60));
+        let vdb = started_wait(sc, &src, "vdb", Until::Gone, Duration::from_secs(60));
+        if together {
+            let (dom, pivot) = (&dom, &pivot);
+            let pivoting = sc.spawn(move || dom.virsh_ok(Preload::No, pivot));
+            dom.virsh_ok(Preload::No, &abort);
+            pivoting.join().unwrap();
+        } else {
+            dom.virsh_ok(Preload::No, &pivot);
+            std::thread::sleep(Duration::from_millis(300));
+            dom.virsh_ok(Preload::No, &abort);
+        }
+        (
+            vda.join().unwrap().unwrap().outcome,
+            vdb.join().unwrap().unwrap().outcome,
+        )
     });
-    let libvirts = events.ending_of(Some("vda"));
+    let how = if together { "at once" } else { "300 ms apart" };
+    let theirs = events.endings_of(&["vda", "vdb"]);
+    for (disk, ours) in [("vda", on_vda), ("vdb", on_vdb)] {
+        let libvirts = &theirs[disk];
+        eprintln!(
+            "{}: vdb pivoted and vda aborted {how}: bji_wait on {disk} {ours:?}, libvirt {libvirts}",
+            s.name
+        );
+        assert_eq!(libvirts_word(&ours), libvirts, "{}: {disk}, {how}: {ours:?}", s.name);
+    }
+}
+
+/// A copy pivoted the moment it is ready (`virsh blockcopy --wait --pivot`, as any controller that completes on
+/// ready): libvirt says READY, then COMPLETED, and a wait for ready that began before has reached it, decided by
+/// QEMU's event (the wait's confirming query may already find the job concluded, `ready: false`).
+fn a_copy_pivoted_on_ready_has_reached_ready(s: &'static Stack) {
+    let dom = Domain::create(s, "bjt-endpivot", 4);
+    let events = Events::start(&dom);
+    // Crawling (64 KiB/s, 64 KiB a step: a minute for the 4 MiB) until the wait runs; then unthrottled.
+    let mut copy = dom.copy_args("p.qcow2", 64 * 1024);
+    copy.extend(["--buf-size", "65536", "--wait", "--pivot"].map(str::to_string));
+    let mut virsh = Reaper(
+        dom.as_user("virsh")
+            .args(["-c", "qemu:///session"])
+            .args(&copy)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("the copy is listed", Duration::from_secs(30), || {
+        dom.xml().contains("<mirror")
+    });
+    let src = QmpSource::open(&dom.real_qmp_socket()).unwrap();
+    let waited = std::thread::scope(|sc| {
+        let waiting = started_wait(sc, &src, "vda", Until::Ready, Duration::from_secs(60));
+        dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--bandwidth", "0"]);
+        waiting.join().unwrap().unwrap()
+    });
+    let pivoted = output_of(&mut virsh);
+    assert!(
+        pivoted.status.success(),
+        "{}: virsh blockcopy --wait --pivot: {}",
+        s.name,
+        String::from_utf8_lossy(&pivoted.stderr)
+    );
+    let words = events.words_of("vda");
     eprintln!(
-        "{}: vdb pivoted, then vda aborted: bji_wait on vda {ours:?}, libvirt {libvirts}",
+        "{}: a copy pivoted on ready: bji_wait {waited:?}, libvirt {words:?}",
         s.name
     );
-    assert_eq!(
-        libvirts_word(&ours),
-        libvirts,
-        "{}: vda after vdb's pivot: {ours:?}",
-        s.name
-    );
+    assert_eq!(words, ["ready", "completed"], "{}: libvirt's events", s.name);
+    assert_eq!(waited.outcome, Outcome::Reached, "{}: {waited:?}", s.name);
+    // Decided by an event: the wait began before the copy was ready.
+    assert!(waited.event.is_some(), "{}: {waited:?}", s.name);
 }
 
 /// A raw image behind a `blkdebug` node whose writes at 6 MiB fail with EIO (past the first seconds of a 1 MiB/s
@@ -306,4 +408,7 @@ impl FailingTarget {
     }
 }
 
-on_each_stack!(every_ending_is_told_as_libvirt_tells_it);
+on_each_stack!(
+    every_ending_is_told_as_libvirt_tells_it,
+    a_copy_pivoted_on_ready_has_reached_ready
+);

@@ -202,3 +202,71 @@ fn a_plain_commit_named_by_its_drive_that_ends_well_is_no_cancel() {
         assert_eq!(waited.outcome, expected, "{until:?}: {waited:?}");
     }
 }
+
+/// The connection is lost mid-wait, and the job ends as the wait connects again: its BLOCK_JOB_COMPLETED comes
+/// on the new connection, before the reply of the query that finds it gone (auto-dismiss on). The event in hand
+/// decides; "unknown" is only for an ending no event tells.
+#[test]
+fn an_ending_heard_on_the_new_connection_decides_after_a_reconnect() {
+    let fake = FakeQmp::start(|n, c| {
+        if !c.handshake() {
+            return;
+        }
+        let mut stream = listed("m", "stream", "running", false);
+        stream["auto-dismiss"] = true.into();
+        if n == 0 {
+            let state = json!({"query-block-jobs": [stream], "query-named-block-nodes": [], "query-block": []});
+            while c.answer(&state).is_some_and(|name| name != "query-block-jobs") {}
+            std::thread::sleep(Duration::from_millis(200));
+            c.writer_shutdown();
+            return;
+        }
+        let Some(query) = c.command() else { return };
+        c.event(
+            "BLOCK_JOB_COMPLETED",
+            json!({"device": "m", "type": "stream", "len": 100, "offset": 100, "speed": 0}),
+        );
+        c.reply(&query, json!([]));
+        c.serve(&json!([]));
+    });
+    let src = QmpSource::open(&fake.path).unwrap();
+    let waited = src.wait("m", Until::Gone, Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(waited.outcome, Outcome::Reached, "{waited:?}");
+    assert_eq!(waited.event.unwrap()["event"], "BLOCK_JOB_COMPLETED");
+    assert_eq!(fake.connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// A re-read for progress (every 500 ms) finds the job gone, and its ending came just before that reply: the
+/// cancel in the log decides, not a guess from the absence (auto-dismiss on).
+#[test]
+fn a_reread_that_finds_the_job_gone_reads_its_ending_first() {
+    let fake = FakeQmp::start(|_, c| {
+        if !c.handshake() {
+            return;
+        }
+        let mut stream = listed("m", "stream", "running", false);
+        stream["auto-dismiss"] = true.into();
+        let state = json!({"query-block-jobs": [stream], "query-named-block-nodes": [], "query-block": []});
+        while c.answer(&state).is_some_and(|name| name != "query-block-jobs") {}
+        let Some(reread) = c.command() else { return };
+        c.event("JOB_STATUS_CHANGE", json!({"id": "m", "status": "aborting"}));
+        c.event(
+            "BLOCK_JOB_CANCELLED",
+            json!({"device": "m", "type": "stream", "len": 100, "offset": 50, "speed": 0}),
+        );
+        c.event("JOB_STATUS_CHANGE", json!({"id": "m", "status": "concluded"}));
+        c.reply(&reread, json!([]));
+        c.serve(&json!([]));
+    });
+    let src = QmpSource::open(&fake.path).unwrap();
+    let waited = src
+        .wait_with_progress(
+            "m",
+            Until::Gone,
+            Some(Duration::from_secs(20)),
+            Some(Duration::from_millis(500)),
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!(waited.outcome, Outcome::Cancelled, "{waited:?}");
+}

@@ -106,6 +106,9 @@ pub struct Libvirt {
 /// libvirt for a program that talks to it itself, once `load_library` loaded it.
 static LOADED: OnceLock<std::result::Result<Libvirt, String>> = OnceLock::new();
 
+/// A call into libvirt was given up on and may still run on its thread (`give_up_call`).
+static GIVEN_UP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn dl_error() -> String {
     // SAFETY: dlerror returns NULL or a NUL-terminated thread-local string.
     let e = unsafe { libc::dlerror() };
@@ -299,6 +302,27 @@ impl Libvirt {
             return false;
         }
         ended.recv_timeout(patience).is_ok()
+    }
+
+    /// Notes that a call into libvirt was given up on (its thread may stay inside libvirt until the process
+    /// ends): `exit` then skips the exit handlers that would free libvirt's state under it.
+    pub fn give_up_call() {
+        GIVEN_UP.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Ends the process with `code` (0 to 255) once no thread of libvirt's may run on: the event loop stopped
+    /// (`stop_event_loop`) and no call given up on. Otherwise, standard output and error flushed, it ends at once
+    /// (`_exit`), without the exit handlers a thread still inside libvirt could race.
+    pub fn exit(&self, code: u8) -> ! {
+        let stopped = self.stop_event_loop(std::time::Duration::from_secs(2));
+        if stopped && !GIVEN_UP.load(std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(code.into());
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: ends the process; nothing runs after it.
+        unsafe { libc::_exit(code.into()) }
     }
 
     /// A read-only connection (all the tool needs: it never changes a domain). `uri` None is libvirt's default

@@ -12,7 +12,7 @@ mod stream;
 pub use address::Address;
 pub use connection::{Connection, Limits, Peer, QemuVersion};
 pub use framing::MessageBuffer;
-pub use monitor::{Heard, Listener, Monitor};
+pub use monitor::{Heard, Listener, Monitor, Patience};
 pub use stream::Interrupter;
 
 /// libvirt refuses monitor replies over 10 MiB; so do we.

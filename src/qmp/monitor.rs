@@ -5,7 +5,7 @@
 //! - The connection's two halves live in `State`, under a lock held only for bookkeeping, never across I/O. A
 //!   thread takes a half out to use it and puts it back.
 //! - Commands queue in arrival order; the first may send once no command is in flight. Each waits at most its
-//!   own timeout, for the command ahead of it and for its reply.
+//!   own timeout for its turn (failing then without touching the connection), and as long again for its reply.
 //! - Whoever needs a message reads the socket: a command's caller, for its reply (the fast path: no thread
 //!   hand-off), or a listener, for events. Whoever reads routes what it reads: events to the log every listener
 //!   reads from, a reply to the command waiting for it. Only one thread reads at a time.
@@ -77,6 +77,15 @@ struct Link {
     interrupter: Interrupter,
 }
 
+/// How long a wait's command keeps its place in the queue, and what may end its waiting sooner.
+pub struct Patience<'a> {
+    /// Up to when (None: as long as it takes).
+    pub until: Option<Instant>,
+    /// Asked at least this often while it queues (never with the monitor's lock held): true ends the command
+    /// with `Error::Interrupted`, its place given up and nothing sent.
+    pub interrupted: Option<(&'a dyn Fn() -> bool, Duration)>,
+}
+
 /// What a listener heard.
 #[derive(Debug)]
 pub enum Heard {
@@ -127,7 +136,7 @@ impl Monitor {
     /// Connects now unless connected.
     pub fn connect(&self) -> Result<QemuVersion> {
         let deadline = Instant::now() + self.limits.connect_timeout;
-        let (st, _) = self.turn(deadline, self.limits.connect_timeout)?;
+        let (st, _) = self.turn(deadline, self.limits.connect_timeout, None)?;
         let mut st = self.connected(st)?;
         let version = st.link.as_ref().map(|l| l.version).unwrap_or_default();
         st.busy = false;
@@ -151,10 +160,22 @@ impl Monitor {
 
     /// As `execute`, with the command's `arguments`.
     pub fn execute_with<T: serde::de::DeserializeOwned>(&self, name: &str, arguments: Option<&Value>) -> Result<T> {
-        match self.execute_once(name, arguments) {
+        self.execute_queued(name, arguments, None)
+    }
+
+    /// As `execute_with`, keeping its place in the queue until `turn_by` (a wait's own deadline; None: as long
+    /// as it takes) rather than its reply timeout: a caller that gave up and queued again would go to the back
+    /// each time, and behind a steady crowd never get a turn. The reply still has the reply timeout.
+    pub fn execute_queued<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        arguments: Option<&Value>,
+        turn_by: Option<&Patience<'_>>,
+    ) -> Result<T> {
+        match self.execute_once(name, arguments, turn_by) {
             Err((e, true)) if e.is_disconnect() && !lock(&self.state).closed => {
                 log::info!("{}: QEMU closed the connection ({e}); reconnecting once", self.address);
-                self.execute_once(name, arguments).map_err(|(e, _)| e)
+                self.execute_once(name, arguments, turn_by).map_err(|(e, _)| e)
             }
             r => r.map_err(|(e, _)| e),
         }
@@ -165,10 +186,22 @@ impl Monitor {
         &self,
         name: &str,
         arguments: Option<&Value>,
+        turn_by: Option<&Patience<'_>>,
     ) -> std::result::Result<T, (Error, bool)> {
         let limit = self.limits.reply_timeout;
+        // A year stands for "as long as it takes" (an Instant cannot be infinite).
+        let (by, interrupted) = match turn_by {
+            None => (Instant::now() + limit, None),
+            Some(p) => (
+                p.until
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600)),
+                p.interrupted,
+            ),
+        };
+        let (st, _) = self.turn(by, limit, interrupted).map_err(|e| (e, false))?;
+        // Time spent queued is not time QEMU took: the reply gets the whole limit from when its turn came, so a
+        // command whose turn came late never drops the shared connection for a reply it gave QEMU no time for.
         let deadline = Instant::now() + limit;
-        let (st, _) = self.turn(deadline, limit).map_err(|e| (e, false))?;
         let reused = st.link.is_some();
         let mut st = self.connected(st).map_err(|e| (e, false))?;
         let generation = st.generation;
@@ -276,7 +309,12 @@ impl Monitor {
 
     /// Waits for this caller's turn to send (the command ahead of it answered), at most until `deadline`.
     /// Returns with `busy` set: the caller now owns the right to send, and must clear it.
-    fn turn(&self, deadline: Instant, limit: Duration) -> Result<(MutexGuard<'_, State>, u64)> {
+    fn turn(
+        &self,
+        deadline: Instant,
+        limit: Duration,
+        interrupted: Option<(&dyn Fn() -> bool, Duration)>,
+    ) -> Result<(MutexGuard<'_, State>, u64)> {
         let mut st = lock(&self.state);
         let ticket = st.next_ticket;
         st.next_ticket += 1;
@@ -290,7 +328,7 @@ impl Monitor {
                 return Ok((st, ticket));
             } else if Instant::now() >= deadline {
                 Some(Error::Timeout {
-                    what: "the monitor (another command was in flight all that time)",
+                    what: crate::error::NO_TURN,
                     ms: limit.as_millis(),
                 })
             } else {
@@ -301,12 +339,25 @@ impl Monitor {
                 self.changed.notify_all();
                 return Err(e);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let mut left = deadline.saturating_duration_since(Instant::now());
+            if let Some((_, every)) = interrupted {
+                left = left.min(every);
+            }
             st = self
                 .changed
                 .wait_timeout(st, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            if let Some((asked, _)) = interrupted {
+                drop(st);
+                let stop = asked();
+                st = lock(&self.state);
+                if stop {
+                    st.queue.retain(|t| *t != ticket);
+                    self.changed.notify_all();
+                    return Err(Error::Interrupted);
+                }
+            }
         }
     }
 

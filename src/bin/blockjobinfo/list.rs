@@ -207,6 +207,7 @@ impl Drop for Reader {
         // is a call too): those are left to the process's end.
         if let Reader::Libvirt { retired, .. } = self {
             for (c, _) in retired.drain(..) {
+                blockjobinfo::libvirt::api::Libvirt::give_up_call();
                 std::mem::forget(c);
             }
         }

@@ -104,8 +104,8 @@ fn main() -> ExitCode {
         },
     };
     // No thread of libvirt's may run on while the process exits (seen once: a heap corrupted at exit).
-    if let Some(lv) = blockjobinfo::libvirt::api::Libvirt::library_if_loaded() {
-        lv.stop_event_loop(Duration::from_secs(2));
+    match blockjobinfo::libvirt::api::Libvirt::library_if_loaded() {
+        Some(lv) => lv.exit((0..=u8::MAX).find(|c| ExitCode::from(*c) == code).unwrap_or(1)),
+        None => code,
     }
-    code
 }

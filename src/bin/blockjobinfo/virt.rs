@@ -32,7 +32,10 @@ fn within<T: Send + 'static>(deadline: Option<Instant>, f: impl FnOnce() -> T + 
             let _ = tx.send(f());
         })
         .ok()?;
-    let answer = rx.recv_timeout(d.saturating_duration_since(Instant::now())).ok()?;
+    let Ok(answer) = rx.recv_timeout(d.saturating_duration_since(Instant::now())) else {
+        Libvirt::give_up_call();
+        return None;
+    };
     // It has answered: let it end (libvirt frees its per-thread state) before the process may exit.
     let _ = call.join();
     Some(answer)
