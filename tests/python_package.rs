@@ -98,6 +98,20 @@ fn the_libvirt_helper_agrees_with_libvirt_on_a_copy(s: &'static Stack) {
         if v["before"] != v["after"] {
             continue;
         }
+        // libvirt answers from QEMU's live `ready`, and marks the XML ready only once it has processed QEMU's
+        // event: in between, libvirt says a/a while its XML says not ready, and the native rule (docs/rules.md)
+        // answers (a-1)/a until the XML agrees (seen on deb14).
+        let theirs = (v["before"]["cur"].as_u64(), v["before"]["end"].as_u64());
+        if theirs.0 == theirs.1 && theirs.1 > Some(0) && v["xml_ready"] == false {
+            assert_eq!(
+                (Some(cur + 1), Some(end)),
+                theirs,
+                "{}: XML not ready yet: {line}",
+                s.name
+            );
+            window += 1;
+            continue;
+        }
         for k in ["type", "bandwidth", "cur", "end"] {
             assert_eq!(ours[k], v["before"][k], "{}: {k}: {line}", s.name);
         }
