@@ -10,6 +10,8 @@
 #   zero      0/0 read as 0/1
 #   fallback  the drop-in's chosen source (silently replaced by libvirt's own answer)
 #   catch     the catch at the C boundary (a panic forced with BLOCKJOBINFO_TEST_PANIC)
+#   ending    QEMU's ready event decides a wait for ready (the later listing of a concluded job does not)
+#   own       a job's own devices tell its pivot (not another job's)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 logs=target/test-breaks
@@ -30,6 +32,10 @@ fallback	libvirt_stack	@::copy_job_agrees_with_libvirt_in_every_phase_for_qmp_an
 fallback	dropin_clients	@::errors_and_empty_answers_are_libvirts_own	never answered itself
 catch	panic_boundary	a_panic_in_every_export_is_an_error_and_the_program_goes_on	a panic crossed the C boundary
 catch	panic_boundary	@::a_panic_in_the_drop_in_is_libvirts_answer	panic in a function that cannot unwind
+ending	wait_endings	a_copy_pivoted_the_moment_it_is_ready_has_reached_ready	a mirror pivoted on ready, told otherwise
+ending	wait_endings	an_active_commit_completed_the_moment_it_is_ready_has_reached_ready	a commit pivoted on ready, told otherwise
+own	wait_endings	two_copies_ending_back_to_back_each_get_their_own_verdict	took another job's ending
+own	libvirt_endings	@::every_ending_is_told_as_libvirt_tells_it	vda, 300 ms apart: Reached
 EOF
 }
 

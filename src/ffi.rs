@@ -51,7 +51,7 @@ pub const BJI_WAIT_GONE_BEFORE_READY: c_int = 3;
 pub const BJI_WAIT_TIMEOUT: c_int = 4;
 
 /// The open sources, by handle. Held only to look up, insert or remove one.
-static SOURCES: Mutex<BTreeMap<usize, Arc<bji_source>>> = Mutex::new(BTreeMap::new());
+static SOURCES: Mutex<Table> = Mutex::new(BTreeMap::new());
 /// The next handle. Handles are never reused, so a stale one is never mistaken for a newer source.
 static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(1);
 
@@ -59,8 +59,38 @@ static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(1);
 /// taken the lock once (a parent thread may have held it at fork() and never lets go there).
 static TABLE_PID: AtomicU32 = AtomicU32::new(0);
 
-/// The table. Held only for a lookup, so waiting for it is brief; in a forked child, the first wait is bounded.
-fn sources() -> Result<MutexGuard<'static, BTreeMap<usize, Arc<bji_source>>>> {
+type Table = BTreeMap<usize, Arc<bji_source>>;
+
+thread_local! {
+    /// The table's lock, held by the thread that forks from just before fork() to just after, in both
+    /// processes (`pthread_atfork`): no other thread can be inside it then, so the child inherits it free.
+    static HELD_ACROSS_FORK: RefCell<Option<MutexGuard<'static, Table>>> = const { RefCell::new(None) };
+}
+
+extern "C" fn before_fork() {
+    // Bounded: a fork is never held up long (if the lock does not come, the child's first call is bounded).
+    let held = crate::source::lock_briefly(&SOURCES);
+    let _ = HELD_ACROSS_FORK.try_with(|h| h.try_borrow_mut().map(|mut h| *h = held));
+}
+
+extern "C" fn after_fork() {
+    let _ = HELD_ACROSS_FORK.try_with(|h| h.try_borrow_mut().map(|mut h| h.take()));
+}
+
+/// Registers the fork handlers once. glibc drops them when the library is unloaded (`dlclose`).
+fn hold_the_table_across_fork() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        // SAFETY: plain functions of this library that neither panic nor unwind; they only take and give back
+        // a lock the library owns.
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    });
+}
+
+/// The table. Held only for a lookup, so waiting for it is brief; in a forked child whose parent forked while
+/// one of its threads held it (the fork handlers waited too short), the first wait is bounded.
+fn sources() -> Result<MutexGuard<'static, Table>> {
+    hold_the_table_across_fork();
     let pid = std::process::id();
     let owner = TABLE_PID.load(Ordering::Acquire);
     if owner == pid

@@ -1,7 +1,7 @@
 //! `BLOCKJOBINFO_LOG=error|warn|info|debug`: the library's log lines on stderr, off by default. Kept tiny on
 //! purpose: this runs inside other people's processes (virsh, python), so it must not pull in a logging stack.
 
-use std::io::Write;
+use std::os::fd::AsFd;
 use std::sync::OnceLock;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -21,9 +21,17 @@ impl Log for StderrLog {
                 Level::Info => "info",
                 Level::Debug | Level::Trace => "debug",
             };
-            // One write per line, so lines from threads do not interleave.
+            // One write(2) per line, so lines from threads do not interleave, and without std's lock on
+            // stderr: a thread inside it at fork() would leave it held for good in the child.
             let line = format!("blockjobinfo[{}]: {level}: {}\n", std::process::id(), r.args());
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            let mut rest = line.as_bytes();
+            while !rest.is_empty() {
+                match nix::unistd::write(std::io::stderr().as_fd(), rest) {
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => rest = &rest[n..],
+                }
+            }
         }
     }
 

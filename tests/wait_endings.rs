@@ -84,7 +84,11 @@ fn pivot_on_ready(job_type: &str) {
     );
     let src = QmpSource::open(&fake.path).unwrap();
     let waited = src.wait(id, Until::Ready, Some(Duration::from_secs(20))).unwrap();
-    assert_eq!(waited.outcome, Outcome::Reached, "{job_type}: {waited:?}");
+    assert_eq!(
+        waited.outcome,
+        Outcome::Reached,
+        "a {job_type} pivoted on ready, told otherwise: {waited:?}"
+    );
 }
 
 #[test]
@@ -151,7 +155,10 @@ fn two_copies_ending_back_to_back_each_get_their_own_verdict() {
         );
         let src = QmpSource::open(&fake.path).unwrap();
         let waited = src.wait(wait_for, Until::Gone, Some(Duration::from_secs(20))).unwrap();
-        assert_eq!(waited.outcome, expected, "the wait for {wait_for}: {waited:?}");
+        assert_eq!(
+            waited.outcome, expected,
+            "the wait for {wait_for} took another job's ending: {waited:?}"
+        );
         // Its own node decided it: no query after another job's ending.
         let asked = fake.commands();
         assert!(

@@ -446,7 +446,12 @@ impl Monitor {
         let unused = !st.busy && !st.reading && st.listeners == 0 && st.queue.is_empty();
         if st.link.is_some() && unused && st.last_used.elapsed() >= idle {
             log::debug!("{}: closing the QMP connection, idle for {idle:?}", self.address);
-            st.link = None;
+            let link = st.link.take().expect("checked");
+            // Shut down, not only closed: a forked child's copy of the socket would otherwise keep QEMU's one
+            // monitor slot until it exits.
+            if std::process::id() == self.pid {
+                link.interrupter.interrupt();
+            }
             st.generation += 1;
         }
         st.link.is_some()
@@ -578,6 +583,17 @@ impl Listener<'_> {
                 }
             }
             m.changed.notify_all();
+        }
+    }
+}
+
+/// A monitor let go of in the process that made it shuts its connection down, whatever forked children hold.
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        if std::process::id() == self.pid {
+            if let Some(l) = self.state.get_mut().ok().and_then(|st| st.link.as_ref()) {
+                l.interrupter.interrupt();
+            }
         }
     }
 }
