@@ -12,6 +12,7 @@
 #   catch     the catch at the C boundary (a panic forced with BLOCKJOBINFO_TEST_PANIC)
 #   ending    QEMU's ready event decides a wait for ready (the later listing of a concluded job does not)
 #   own       a job's own devices tell its pivot (not another job's)
+#   series    the exporter's series keyed by their exact label values (not by the values joined)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 logs=target/test-breaks
@@ -36,6 +37,7 @@ ending	wait_endings	a_copy_pivoted_the_moment_it_is_ready_has_reached_ready	a mi
 ending	wait_endings	an_active_commit_completed_the_moment_it_is_ready_has_reached_ready	a commit pivoted on ready, told otherwise
 own	wait_endings	two_copies_ending_back_to_back_each_get_their_own_verdict	took another job's ending
 own	libvirt_endings	@::every_ending_is_told_as_libvirt_tells_it	vda, 300 ms apart: Reached
+series	exporter_series_identity	@::series_that_join_alike_keep_their_own_numbers	has no series of its own
 EOF
 }
 

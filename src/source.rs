@@ -98,7 +98,7 @@ impl QmpSource {
     pub fn lazy_from(address: &str, limits: Limits, peer: Option<Peer>) -> Result<QmpSource> {
         let address = Address::parse(address)?;
         Ok(QmpSource {
-            monitor: Mutex::new(Arc::new(Monitor::new(address.clone(), limits, peer.clone()))),
+            monitor: Mutex::new(Monitor::shared(address.clone(), limits, peer.clone())),
             peer,
             monitor_pid: AtomicU32::new(std::process::id()),
             address,
@@ -123,7 +123,7 @@ impl QmpSource {
             lock_briefly(&self.monitor)
         };
         let Some(mut m) = guard else {
-            let own = Arc::new(Monitor::new(self.address.clone(), self.limits, self.peer.clone()));
+            let own = Monitor::shared(self.address.clone(), self.limits, self.peer.clone());
             // This lock too could be stuck from fork() (a parent itself in this path then): the monitor is then
             // one `close` cannot reach, and its call ends by its own timeout.
             if let Some(mut strays) = lock_briefly(&self.strays) {
@@ -139,7 +139,7 @@ impl QmpSource {
         };
         if m.pid() != pid {
             // Dropping the parent's closes this process's copies of its sockets, never shuts them down.
-            *m = Arc::new(Monitor::new(self.address.clone(), self.limits, self.peer.clone()));
+            *m = Monitor::shared(self.address.clone(), self.limits, self.peer.clone());
             self.monitor_pid.store(pid, Ordering::Release);
             // A close that came meanwhile saw the parent's monitor, and skipped it.
             if self.closed.load(Ordering::Acquire) {

@@ -9,6 +9,10 @@
 //! - Whoever needs a message reads the socket: a command's caller, for its reply (the fast path: no thread
 //!   hand-off), or a listener, for events. Whoever reads routes what it reads: events to the log every listener
 //!   reads from, a reply to the command waiting for it. Only one thread reads at a time.
+//! - Between commands, a drain thread per connection reads what QEMU sends unasked (events), as libvirt's
+//!   event loop does: QEMU buffers events for a client without bound (BLOCK_IO_ERROR is not rate-limited), so a
+//!   connection nobody reads must not be left full. It reads only while no command is in flight and nobody
+//!   else reads, so a caller still reads its own reply.
 //! - A listener sleeps on the condition variable while another thread reads, and reads itself otherwise, up to
 //!   its own deadline. A command never waits for a listener: it writes while the listener reads, and the
 //!   listener hands the reply over.
@@ -18,7 +22,7 @@
 //! Invariants, and the tests that hold them: docs in ARCHITECTURE.md ("The shared monitor").
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use serde::de::IgnoredAny;
@@ -32,6 +36,10 @@ use crate::error::{Error, Result};
 const MAX_KEPT_EVENTS: usize = 1024;
 /// And their size on the wire, at most.
 const MAX_KEPT_EVENT_BYTES: usize = 16 * 1024 * 1024;
+/// How often an idle connection's drain thread looks at the monitor's state (it wakes at once for data).
+const DRAIN_TICK: Duration = Duration::from_secs(1);
+/// How long the drain thread keeps the reader for messages already arriving, once the socket said readable.
+const DRAIN_BURST: Duration = Duration::from_millis(5);
 
 /// A QMP monitor shared by threads. Made per process: a forked child makes its own (see `QmpSource`).
 pub struct Monitor {
@@ -41,6 +49,8 @@ pub struct Monitor {
     peer: Option<Peer>,
     /// The process that made it: only that one may shut its sockets down.
     pid: u32,
+    /// Itself, for the drain thread of each connection.
+    me: Weak<Monitor>,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -63,6 +73,10 @@ struct State {
     reply: Option<Vec<u8>>,
     /// A thread is reading the socket.
     reading: bool,
+    /// The one reading is the drain thread: the connection is idle all the same.
+    draining: bool,
+    /// The connection whose drain thread was started (at its first reply: one that never answered is dropped).
+    drained: u64,
     events: VecDeque<(u64, Arc<Value>, usize)>,
     event_bytes: usize,
     next_seq: u64,
@@ -102,11 +116,13 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Monitor {
-    pub fn new(address: Address, limits: Limits, peer: Option<Peer>) -> Monitor {
-        Monitor {
+    /// A monitor whose every connection is drained by a thread of its own between commands.
+    pub fn shared(address: Address, limits: Limits, peer: Option<Peer>) -> Arc<Monitor> {
+        Arc::new_cyclic(|me| Monitor {
             address,
             limits,
             peer,
+            me: me.clone(),
             pid: std::process::id(),
             state: Mutex::new(State {
                 closed: false,
@@ -118,6 +134,8 @@ impl Monitor {
                 busy: false,
                 reply: None,
                 reading: false,
+                draining: false,
+                drained: 0,
                 events: VecDeque::new(),
                 event_bytes: 0,
                 next_seq: 0,
@@ -125,7 +143,7 @@ impl Monitor {
                 last_used: Instant::now(),
             }),
             changed: Condvar::new(),
-        }
+        })
     }
 
     /// The process that made this monitor.
@@ -140,6 +158,8 @@ impl Monitor {
         let mut st = self.connected(st)?;
         let version = st.link.as_ref().map(|l| l.version).unwrap_or_default();
         st.busy = false;
+        // Capabilities answered: drained from now on, though no command may follow for a while.
+        self.start_drain(&mut st);
         self.changed.notify_all();
         Ok(version)
     }
@@ -229,6 +249,7 @@ impl Monitor {
             if let Some(raw) = st.reply.take() {
                 st.busy = false;
                 st.last_used = Instant::now();
+                self.start_drain(&mut st);
                 self.changed.notify_all();
                 drop(st);
                 let text = std::str::from_utf8(&raw).unwrap_or("");
@@ -271,6 +292,7 @@ impl Monitor {
                         }
                         st.busy = false;
                         st.last_used = Instant::now();
+                        self.start_drain(&mut st);
                         self.changed.notify_all();
                         r.map_err(|e| (e, reused))
                     }
@@ -393,6 +415,63 @@ impl Monitor {
         }
     }
 
+    /// Starts the drain thread of the current connection, once it has answered a command. Without a thread
+    /// (the process may be at its limit), the connection is read by its callers only.
+    fn start_drain(&self, st: &mut State) {
+        if st.link.is_none() || st.drained == st.generation {
+            return;
+        }
+        st.drained = st.generation;
+        let (me, generation) = (self.me.clone(), st.generation);
+        let started = std::thread::Builder::new()
+            .name("bji-qmp-drain".into())
+            .stack_size(256 * 1024)
+            .spawn(move || drain(me, generation));
+        if let Err(e) = started {
+            log::warn!("{}: no thread to read events between calls: {e}", self.address);
+        }
+    }
+
+    /// With the reader taken: reads one message until `until` and routes it (an event to the log, a reply to
+    /// the command in flight); any failure but a timeout drops the connection. Returns with the reader home.
+    fn read_one<'a>(&'a self, mut st: MutexGuard<'a, State>, until: Instant) -> MutexGuard<'a, State> {
+        let generation = st.generation;
+        let mut reader = take_reader(&mut st);
+        drop(st);
+        let left = until.saturating_duration_since(Instant::now());
+        let got = reader.next(until, left, "a QMP event", |text| {
+            #[derive(serde::Deserialize)]
+            struct Probe {
+                event: Option<IgnoredAny>,
+            }
+            let probe: Probe =
+                serde_json::from_str(text).map_err(|e| Error::Protocol(format!("malformed JSON from QEMU: {e}")))?;
+            Ok(match probe.event {
+                Some(_) => Kind::Event,
+                None => Kind::Reply(text.as_bytes().to_vec()),
+            })
+        });
+        let mut st = lock(&self.state);
+        give_back_reader(&mut st, generation, reader);
+        match got {
+            Ok(Incoming::Event(ev)) => self.record(&mut st, ev),
+            Ok(Incoming::Reply(raw)) if st.busy && st.reply.is_none() && st.generation == generation => {
+                st.reply = Some(raw);
+            }
+            Ok(Incoming::Reply(_)) => {
+                let e = Error::Protocol("a reply came while no command was in flight".into());
+                self.drop_link(&mut st, generation, &e);
+            }
+            Err(Error::Timeout { .. }) => {}
+            Err(e) => {
+                let e = if st.closed { Error::Interrupted } else { e };
+                self.drop_link(&mut st, generation, &e);
+            }
+        }
+        self.changed.notify_all();
+        st
+    }
+
     /// Forgets the connection of `generation` after `e`, waking whoever reads or writes on it.
     fn drop_link(&self, st: &mut State, generation: u64, e: &Error) {
         if st.generation != generation || st.link.is_none() {
@@ -443,7 +522,7 @@ impl Monitor {
         let Ok(mut st) = self.state.try_lock() else {
             return true;
         };
-        let unused = !st.busy && !st.reading && st.listeners == 0 && st.queue.is_empty();
+        let unused = !st.busy && (!st.reading || st.draining) && st.listeners == 0 && st.queue.is_empty();
         if st.link.is_some() && unused && st.last_used.elapsed() >= idle {
             log::debug!("{}: closing the QMP connection, idle for {idle:?}", self.address);
             let link = st.link.take().expect("checked");
@@ -483,6 +562,7 @@ fn take_reader(st: &mut State) -> Reader {
 /// Puts the reader back, unless its connection was dropped meanwhile (then it goes with it).
 fn give_back_reader(st: &mut State, generation: u64, reader: Reader) {
     st.reading = false;
+    st.draining = false;
     if st.generation == generation {
         if let Some(l) = st.link.as_mut() {
             l.reader = Some(reader);
@@ -551,39 +631,42 @@ impl Listener<'_> {
                     .0;
                 continue;
             }
-            let mut reader = take_reader(&mut st);
-            drop(st);
-            let got = reader.next(until, until - now, "a QMP event", |text| {
-                #[derive(serde::Deserialize)]
-                struct Probe {
-                    event: Option<IgnoredAny>,
-                }
-                let probe: Probe = serde_json::from_str(text)
-                    .map_err(|e| Error::Protocol(format!("malformed JSON from QEMU: {e}")))?;
-                Ok(match probe.event {
-                    Some(_) => Kind::Event,
-                    None => Kind::Reply(text.as_bytes().to_vec()),
-                })
-            });
-            st = lock(&m.state);
-            give_back_reader(&mut st, generation, reader);
-            match got {
-                Ok(Incoming::Event(ev)) => m.record(&mut st, ev),
-                Ok(Incoming::Reply(raw)) if st.busy && st.reply.is_none() && st.generation == generation => {
-                    st.reply = Some(raw);
-                }
-                Ok(Incoming::Reply(_)) => {
-                    let e = Error::Protocol("a reply came while no command was in flight".into());
-                    m.drop_link(&mut st, generation, &e);
-                }
-                Err(Error::Timeout { .. }) => {}
-                Err(e) => {
-                    let e = if st.closed { Error::Interrupted } else { e };
-                    m.drop_link(&mut st, generation, &e);
-                }
-            }
-            m.changed.notify_all();
+            st = m.read_one(st, until);
         }
+    }
+}
+
+/// The drain thread of a monitor's connection of `generation`: whenever the socket has something to read while
+/// no command is in flight and nobody reads, it reads what is there (events: kept for listeners, dropped
+/// otherwise). It ends with its connection, and holds the monitor only while it reads: a monitor let go of
+/// shuts its connection down, which wakes it.
+fn drain(me: Weak<Monitor>, generation: u64) {
+    loop {
+        let interrupter = {
+            let Some(m) = me.upgrade() else { return };
+            let st = lock(&m.state);
+            match st.link.as_ref() {
+                Some(l) if !st.closed && st.generation == generation => l.interrupter.clone(),
+                _ => return,
+            }
+        };
+        match interrupter.readable_within(DRAIN_TICK) {
+            None => return,
+            Some(false) => continue,
+            Some(true) => {}
+        }
+        let Some(m) = me.upgrade() else { return };
+        let mut st = lock(&m.state);
+        if st.busy || st.reading || !st.queue.is_empty() {
+            // A command's caller reads its own reply (and any event before it): wait for it to finish.
+            let _ = m.changed.wait_timeout(st, DRAIN_TICK);
+            continue;
+        }
+        if st.closed || st.generation != generation || st.link.is_none() {
+            return;
+        }
+        st.draining = true;
+        drop(m.read_one(st, Instant::now() + DRAIN_BURST));
     }
 }
 

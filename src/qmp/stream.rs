@@ -15,6 +15,7 @@ pub(super) enum Stream {
 /// Wakes a thread blocked on a connection from another thread. It does not keep the socket open: once the
 /// connection is dropped, the socket closes (QEMU sees its client leave) and interrupting does nothing. Only the
 /// process that opened the connection may use it: in a forked child the socket is the parent's too.
+#[derive(Clone)]
 pub struct Interrupter(pub(super) Weak<Stream>);
 
 impl Interrupter {
@@ -24,6 +25,24 @@ impl Interrupter {
             Some(Stream::Tcp(s)) => s.shutdown(std::net::Shutdown::Both),
             None => Ok(()),
         };
+    }
+}
+
+impl Interrupter {
+    /// Whether the socket has something to read (or has been shut down) within `t`; None once the connection
+    /// is gone. Reads nothing: whoever reads takes the connection's reader, under the monitor's lock.
+    pub(super) fn readable_within(&self, t: Duration) -> Option<bool> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let stream = self.0.upgrade()?;
+        let fd = match stream.as_ref() {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+        };
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        let ms = PollTimeout::from(u16::try_from(t.as_millis()).unwrap_or(u16::MAX));
+        // A signal (EINTR) reads as nothing yet: the caller looks again.
+        Some(matches!(poll(&mut fds, ms), Ok(n) if n > 0))
     }
 }
 

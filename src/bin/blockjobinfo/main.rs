@@ -8,6 +8,7 @@ use blockjobinfo::Until;
 use clap::Parser;
 
 mod cli;
+mod exposition;
 mod man;
 
 mod http;

@@ -9,9 +9,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use blockjobinfo::translate::type_label;
-use prometheus::{Encoder, GaugeVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::cli::Hosts;
+use crate::exposition::Exposition;
 use crate::http;
 use crate::list::{Reader, Snapshot};
 
@@ -32,155 +32,116 @@ fn type_value(t: i32) -> String {
     .to_string()
 }
 
-fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
-    let g = GaugeVec::new(Opts::new(name, help), labels).expect("a valid metric");
-    reg.register(Box::new(g.clone())).expect("registered once");
-    g
-}
-
 /// The exposition for one reading, or for a failed one (`blockjobinfo_up 0`).
 pub fn render(read: &Result<Snapshot, String>, took: Duration) -> String {
-    let reg = Registry::new();
-    let up = IntGauge::new(
+    let mut e = Exposition::default();
+    let up = e.gauge(
         "blockjobinfo_up",
         "Whether the last reading of the host worked: 1, or 0 when libvirt (or every QMP socket) could not be read.",
-    )
-    .expect("a valid metric");
-    reg.register(Box::new(up.clone())).expect("registered once");
-    let duration = prometheus::Gauge::new(
+        &[],
+    );
+    let duration = e.gauge(
         "blockjobinfo_scrape_duration_seconds",
         "How long reading the block jobs took.",
-    )
-    .expect("a valid metric");
-    reg.register(Box::new(duration.clone())).expect("registered once");
-    duration.set(took.as_secs_f64());
+        &[],
+    );
+    e.set(duration, &[], took.as_secs_f64());
     let Ok(snap) = read else {
-        up.set(0);
-        return encode(&reg);
+        e.set(up, &[], 0.0);
+        return e.render();
     };
     // libvirt answered, even if some domains did not; a glob is down only when none of its sockets answered.
     let none_read = snap.kind == "socket" && !snap.looked_at.is_empty() && snap.failures.len() >= snap.looked_at.len();
-    up.set(if none_read { 0 } else { 1 });
+    e.set(up, &[], if none_read { 0.0 } else { 1.0 });
     let host = snap.kind; // "domain" or "socket"
                           // QMP's name for a job id; never `job` or `instance`, which are Prometheus's own target labels.
     let disk = if host == "domain" { "disk" } else { "device" };
-    let target_up = gauge(
-        &reg,
+    let target_up = e.gauge(
         &format!("blockjobinfo_{host}_up"),
         &format!("Whether this {host}'s block jobs could be read: 1, or 0 (stopped meanwhile, not answering)."),
         &[host],
     );
-    let jobs = gauge(
-        &reg,
+    let jobs = e.gauge(
         &format!("blockjobinfo_{host}_block_jobs"),
         &format!("Block jobs of this {host}."),
         &[host],
     );
-    let info = gauge(
-        &reg,
+    let info = e.gauge(
         "blockjobinfo_block_job_info",
         "A block job: its type as libvirt names it and its phase (running, mirroring, pivoting, aborting, \
          completing, paused). Always 1.",
         &[host, disk, "type", "phase"],
     );
-    let cur = gauge(
-        &reg,
+    let cur = e.gauge(
         "blockjobinfo_block_job_cursor_bytes",
         "Work done (libvirt's cur), never equal to the end before the job is ready.",
         &[host, disk],
     );
-    let end = gauge(
-        &reg,
+    let end = e.gauge(
         "blockjobinfo_block_job_end_bytes",
         "Work to do in all (libvirt's end); it grows while the guest writes.",
         &[host, disk],
     );
-    let ratio = gauge(
-        &reg,
+    let ratio = e.gauge(
         "blockjobinfo_block_job_progress_ratio",
         "cur / end, from 0 to 1; 1 means done, or in the mirroring phase.",
         &[host, disk],
     );
-    let ready = gauge(
-        &reg,
+    let ready = e.gauge(
         "blockjobinfo_block_job_ready",
         "1 once a copy or active commit is in its mirroring phase (ready to pivot or finish), else 0.",
         &[host, disk],
     );
-    let bandwidth = gauge(
-        &reg,
+    let bandwidth = e.gauge(
         "blockjobinfo_block_job_bandwidth_limit_bytes_per_second",
         "The job's bandwidth limit; 0 is unlimited.",
         &[host, disk],
     );
     // QEMU's word on pauses: QMP sockets only (libvirt does not say).
-    let qmp = snap.rows.iter().any(|r| r.paused.is_some() || r.io_status.is_some());
-    let paused = qmp.then(|| {
-        gauge(
-            &reg,
-            "blockjobinfo_block_job_paused",
-            "1 while the job is paused (asked for, or by QEMU on an I/O error: see io_status), else 0. QMP sockets only.",
-            &[host, disk],
-        )
-    });
-    let io_status = qmp.then(|| {
-        gauge(
-            &reg,
-            "blockjobinfo_block_job_io_status",
-            "QEMU's io-status of the job: ok, or failed or nospace once an I/O error paused it. Always 1. QMP \
-             sockets only.",
-            &[host, disk, "io_status"],
-        )
-    });
+    let paused = e.gauge(
+        "blockjobinfo_block_job_paused",
+        "1 while the job is paused (asked for, or by QEMU on an I/O error: see io_status), else 0. QMP sockets only.",
+        &[host, disk],
+    );
+    let io_status = e.gauge(
+        "blockjobinfo_block_job_io_status",
+        "QEMU's io-status of the job: ok, or failed or nospace once an I/O error paused it. Always 1. QMP \
+         sockets only.",
+        &[host, disk, "io_status"],
+    );
     if let Some(calls) = snap.calls {
-        let c = gauge(
-            &reg,
+        let c = e.gauge(
             "blockjobinfo_scrape_libvirt_calls",
             "Calls the reading made to libvirt, by function: domains listed, XML read (only where a disk list or a \
              mirror's state is needed), block job queries.",
             &["call"],
         );
-        c.with_label_values(&["virConnectListAllDomains"])
-            .set(calls.list as f64);
-        c.with_label_values(&["virDomainGetXMLDesc"]).set(calls.xml as f64);
-        c.with_label_values(&["virDomainGetBlockJobInfo"])
-            .set(calls.job_info as f64);
+        e.set(c, &["virConnectListAllDomains"], calls.list as f64);
+        e.set(c, &["virDomainGetXMLDesc"], calls.xml as f64);
+        e.set(c, &["virDomainGetBlockJobInfo"], calls.job_info as f64);
     }
     for name in &snap.looked_at {
         let ok = !snap.failures.iter().any(|f| &f.host == name);
-        target_up.with_label_values(&[name]).set(if ok { 1.0 } else { 0.0 });
+        e.set(target_up, &[name], if ok { 1.0 } else { 0.0 });
         let n = snap.rows.iter().filter(|r| &r.host == name).count();
-        jobs.with_label_values(&[name]).set(n as f64);
+        e.set(jobs, &[name], n as f64);
     }
     for r in &snap.rows {
         let l = [r.host.as_str(), r.disk.as_str()];
-        info.with_label_values(&[&r.host, &r.disk, &type_value(r.job_type), r.phase])
-            .set(1.0);
-        cur.with_label_values(&l).set(r.cur as f64);
-        end.with_label_values(&l).set(r.end as f64);
-        ratio
-            .with_label_values(&l)
-            .set(if r.end == 0 { 0.0 } else { r.cur as f64 / r.end as f64 });
-        ready
-            .with_label_values(&l)
-            .set(if r.phase == "mirroring" { 1.0 } else { 0.0 });
-        bandwidth.with_label_values(&l).set(r.bandwidth as f64);
-        if let (Some(g), Some(p)) = (&paused, r.paused) {
-            g.with_label_values(&l).set(if p { 1.0 } else { 0.0 });
+        e.set(info, &[&r.host, &r.disk, &type_value(r.job_type), r.phase], 1.0);
+        e.set(cur, &l, r.cur as f64);
+        e.set(end, &l, r.end as f64);
+        e.set(ratio, &l, if r.end == 0 { 0.0 } else { r.cur as f64 / r.end as f64 });
+        e.set(ready, &l, if r.phase == "mirroring" { 1.0 } else { 0.0 });
+        e.set(bandwidth, &l, r.bandwidth as f64);
+        if let Some(p) = r.paused {
+            e.set(paused, &l, if p { 1.0 } else { 0.0 });
         }
-        if let (Some(g), Some(status)) = (&io_status, &r.io_status) {
-            g.with_label_values(&[&r.host, &r.disk, status]).set(1.0);
+        if let Some(status) = &r.io_status {
+            e.set(io_status, &[&r.host, &r.disk, status], 1.0);
         }
     }
-    encode(&reg)
-}
-
-fn encode(reg: &Registry) -> String {
-    let mut buf = Vec::new();
-    TextEncoder::new()
-        .encode(&reg.gather(), &mut buf)
-        .expect("text encoding");
-    String::from_utf8(buf).expect("the text format is UTF-8")
+    e.render()
 }
 
 fn read(reader: &mut Reader) -> (Result<Snapshot, String>, Duration) {
