@@ -19,6 +19,7 @@ pub mod source;
 pub mod translate;
 pub mod verdict;
 pub mod wait;
+pub mod watch;
 
 pub use abi::*;
 pub use error::{Error, Result};

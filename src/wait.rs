@@ -45,20 +45,20 @@ fn report(raw: &RawJob, flags: u32) -> Result<JobReport> {
 }
 
 /// The job id an event is about, if it is about a job.
-fn event_job(ev: &Value) -> Option<&str> {
+pub(crate) fn event_job(ev: &Value) -> Option<&str> {
     let data = ev.get("data")?;
     data.get("device").or_else(|| data.get("id")).and_then(Value::as_str)
 }
 
 /// A wait's commands on the shared monitor: each keeps its place in the queue up to the wait's deadline (`by`),
 /// as its queries of the job list do.
-struct Asker<'a> {
-    m: &'a Monitor,
-    patience: Patience<'a>,
+pub(crate) struct Asker<'a> {
+    pub(crate) m: &'a Monitor,
+    pub(crate) patience: Patience<'a>,
 }
 
 impl Asker<'_> {
-    fn ask<T: serde::de::DeserializeOwned>(&self, name: &str, arguments: Option<&Value>) -> Result<T> {
+    pub(crate) fn ask<T: serde::de::DeserializeOwned>(&self, name: &str, arguments: Option<&Value>) -> Result<T> {
         self.m.execute_queued(name, arguments, Some(&self.patience))
     }
 
@@ -125,7 +125,7 @@ fn devices(a: &Asker<'_>) -> Result<BTreeMap<String, String>> {
 /// listed until it ends; `query-block` hides that implicit filter, but `query-named-block-nodes` lists it with
 /// its child's file: the users showing that file are under a job. Which job is not said: see `settle`. Empty
 /// on a QEMU before 2.9, which has no such filter.
-fn job_devices(a: &Asker<'_>) -> Result<BTreeMap<String, String>> {
+pub(crate) fn job_devices(a: &Asker<'_>) -> Result<BTreeMap<String, String>> {
     let nodes = a.nodes()?;
     let filtered: Vec<&str> = nodes
         .iter()
@@ -147,7 +147,7 @@ fn job_devices(a: &Asker<'_>) -> Result<BTreeMap<String, String>> {
 /// (`copy-vda-libvirt-1-format`). Empty when the id names no device's node (a client's own id, a plain
 /// commit's top image, a disk behind a filter node): the job's users are then told from its filter
 /// (`job_devices`, `settle`).
-fn own_users(list: &[Value], id: &str) -> BTreeMap<String, String> {
+pub(crate) fn own_users(list: &[Value], id: &str) -> BTreeMap<String, String> {
     // `make test-breaks` (`own`): every device taken for the job's own, as before.
     let named = |node: &str| {
         !node.is_empty() && (id == node || id.ends_with(&format!("-{node}")) || crate::environment::broken("own"))
@@ -234,7 +234,7 @@ fn settle(a: &Asker<'_>, outcome: Outcome, before: &BTreeMap<String, String>) ->
 
 /// A ready copy or active commit that ended well: pivoted (completed) or cancelled after ready, by its own
 /// users where they are known, else by those its filter showed.
-fn pivot_or_cancel(
+pub(crate) fn pivot_or_cancel(
     a: &Asker<'_>,
     own: &BTreeMap<String, String>,
     before: &BTreeMap<String, String>,
@@ -312,7 +312,7 @@ struct Stop<'a> {
 
 /// QEMU's list for a wait, its place in the shared monitor's queue kept up to the wait's deadline (other
 /// callers' commands may hold the monitor longer than one reply timeout); None when the deadline came first.
-fn patiently(a: &Asker<'_>) -> Result<Option<Vec<RawJob>>> {
+pub(crate) fn patiently(a: &Asker<'_>) -> Result<Option<Vec<RawJob>>> {
     match query_jobs_by(a.m, &a.patience) {
         Err(e) if e.is_no_turn() => Ok(None),
         r => r.map(Some),

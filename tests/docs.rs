@@ -150,7 +150,7 @@ fn the_readme_is_short_and_each_page_says_what_its_reader_gets() {
 fn every_option_the_pages_show_exists() {
     let tool = env!("CARGO_BIN_EXE_blockjobinfo");
     let mut known = BTreeSet::new();
-    for command in ["info", "wait", "list", "metrics"] {
+    for command in ["info", "wait", "list", "metrics", "events"] {
         let help = Command::new(tool).args([command, "--help"]).output().unwrap();
         for word in String::from_utf8_lossy(&help.stdout).split(|c: char| c.is_whitespace() || c == ',' || c == '[') {
             if let Some(opt) = word.strip_prefix("--") {
@@ -171,6 +171,7 @@ fn every_option_the_pages_show_exists() {
                 "blockjobinfo wait",
                 "blockjobinfo list",
                 "blockjobinfo metrics",
+                "blockjobinfo events",
             ]
             .iter()
             .filter_map(|c| line.find(c))

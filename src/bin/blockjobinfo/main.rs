@@ -68,6 +68,7 @@ fn main() -> ExitCode {
                 (_, None) => usage("with libvirt, name the DOMAIN and its DISK"),
             }
         }
+        Command::Events { qmp, timeout } => qmp::events(qmp, *timeout),
         Command::List {
             hosts,
             json,

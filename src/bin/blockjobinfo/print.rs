@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use blockjobinfo::translate::{percent, type_label};
+use blockjobinfo::watch::{Happened, JobEvent};
 use blockjobinfo::{virDomainBlockJobInfo, Error, JobReport, Outcome, Until};
 use serde::Serialize;
 
@@ -248,4 +249,52 @@ pub(crate) fn outcome(
             ExitCode::from(5)
         }
     }
+}
+
+/// One line of `events`: what happened to which job, with QEMU's timestamp where an event told it.
+pub(crate) fn event_line(e: &JobEvent) -> String {
+    let mut line = serde_json::Map::new();
+    let mut put = |k: &str, v: serde_json::Value| {
+        line.insert(k.to_string(), v);
+    };
+    put("seq", e.seq.into());
+    let (event, outcome, error) = match &e.happened {
+        Happened::Watching { .. } => ("watching", None, None),
+        Happened::Started => ("start", None, None),
+        Happened::Ready => ("ready", None, None),
+        Happened::Ended(o) => match o {
+            Outcome::Failed(why) => ("end", Some("failed"), Some(why.as_str())),
+            Outcome::Cancelled => ("end", Some("canceled"), None),
+            _ => ("end", Some("completed"), None),
+        },
+        Happened::Vanished => ("vanished", Some("unknown"), None),
+        Happened::Gap(why) => ("gap", None, Some(why.as_str())),
+    };
+    put("event", event.into());
+    if !e.device.is_empty() {
+        put("device", e.device.clone().into());
+    }
+    if !e.job_type.is_empty() {
+        put("type", e.job_type.clone().into());
+    }
+    if let Some(o) = outcome {
+        put("outcome", o.into());
+    }
+    if let Some(why) = error {
+        put("error", why.into());
+    }
+    if let Happened::Watching { jobs } = e.happened {
+        put("jobs", jobs.into());
+    }
+    if let Some((seconds, microseconds)) = e.qemu_time {
+        put(
+            "qemu_timestamp",
+            serde_json::json!({"seconds": seconds, "microseconds": microseconds}),
+        );
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    put("time", serde_json::json!(now.as_secs_f64()));
+    serde_json::Value::Object(line).to_string()
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use blockjobinfo::{Error, QmpSource, Until, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES};
 
-use crate::print::{fail, json_line, outcome, print_info, Form, Progress, Shown};
+use crate::print::{event_line, fail, json_line, outcome, print_info, Form, Progress, Shown};
 
 fn open(address: &str) -> Result<QmpSource, ExitCode> {
     QmpSource::open(address).map_err(|e| match e {
@@ -65,4 +65,24 @@ pub(crate) fn wait(address: &str, device: &str, until: Until, timeout: Option<Du
         .as_ref()
         .map_or("Block job", |r| blockjobinfo::translate::type_label(r.info.type_));
     outcome(&waited.outcome, label, device, until, timeout, verbose)
+}
+
+pub(crate) fn events(address: &str, timeout: Option<Duration>) -> ExitCode {
+    let src = match open(address) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+    let mut stdout = std::io::stdout();
+    // A reader that went away (a closed pipe) ends the stream.
+    let watched = src.watch(deadline, &mut |e| {
+        use std::io::Write;
+        writeln!(stdout, "{}", event_line(e))
+            .and_then(|_| stdout.flush())
+            .is_ok()
+    });
+    match watched {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
 }

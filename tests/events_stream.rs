@@ -1,0 +1,240 @@
+//! `blockjobinfo events --qmp`: every job's life on a monitor, one JSON object per line, as it happens. On a
+//! qemu-storage-daemon on every stack (auto-dismiss off, as libvirt starts jobs; the copied node exported over
+//! NBD, which tells a pivot from an abort): a copy running before the stream began is first seen, turns ready
+//! and is aborted without a pivot (`canceled`, as libvirt tells it); a backup started meanwhile completes; a
+//! backup onto a target that fails writes ends `failed` with QEMU's error text; a copy pivoted once ready is
+//! `completed`; each ending carries QEMU's timestamp. Against a scripted peer (a connection dropped while QEMU lives on, which a real QEMU is not made
+//! to do on demand): the gap is told, and a job that left meanwhile has vanished, its ending unknown.
+
+#[macro_use]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::fake::{job, FakeQmp};
+use common::*;
+use serde_json::{json, Value};
+
+/// `events --qmp ADDRESS` running, its lines coming through a channel.
+struct Stream {
+    child: Reaper,
+    lines: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Stream {
+    fn start(address: &str) -> Stream {
+        let mut child = Reaper(
+            Command::new(lib_dir().join("blockjobinfo"))
+                .args(["events", "--qmp", address, "--timeout", "300"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        );
+        let out = child.0.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        Stream {
+            child,
+            lines,
+            seen: vec![],
+        }
+    }
+
+    /// The first line that `is`, already said or coming within 60 s.
+    fn until(&mut self, what: &str, is: impl Fn(&Value) -> bool) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| is(v)) {
+            return v.clone();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if is(&v) {
+                        return v;
+                    }
+                }
+                Err(e) => panic!("no line {what} ({e}); the stream said: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// What the stream said of `device`, in order: `event` (and `outcome`) of each line.
+    fn of(&self, device: &str) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter(|v| v["device"] == device)
+            .map(|v| match v["outcome"].as_str() {
+                Some(o) => format!("{} {o}", v["event"].as_str().unwrap()),
+                None => v["event"].as_str().unwrap().to_string(),
+            })
+            .collect()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.child.0.kill();
+    }
+}
+
+fn ended(device: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v["device"] == device && v["event"] == "end"
+}
+
+fn every_life_on_a_daemon_is_streamed(s: &'static Stack) {
+    let mut qsd = Qsd::start(s);
+    let sock = format!("{}/nbd.sock", s.inside(qsd.dir.path()));
+    qsd.ctl.ok(
+        "nbd-server-start",
+        json!({"addr": {"type": "unix", "data": {"path": sock}}}),
+    );
+    qsd.ctl.ok(
+        "block-export-add",
+        json!({"type": "nbd", "id": "e0", "node-name": "top"}),
+    );
+    let dst2 = s.inside(std::path::Path::new(&qsd.path("dst2.qcow2")));
+    let made = s
+        .root_command("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", &dst2, &IMAGE.to_string()])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    qsd.ctl.ok(
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": "dst2", "file": {"driver": "file", "filename": dst2}}),
+    );
+    // Writes at 4 MiB and beyond fail with EIO.
+    qsd.ctl.ok(
+        "blockdev-add",
+        json!({"driver": "blkdebug", "node-name": "bad", "image": "dst2",
+               "inject-error": [{"event": "pwritev", "errno": 5, "sector": 8192}]}),
+    );
+    // Crawling until it is let go.
+    qsd.ctl.start_sized(
+        "blockdev-mirror",
+        json!({"job-id": "copy0", "device": "top", "target": "dst", "sync": "full", "speed": 64 * 1024,
+               "auto-dismiss": false}),
+    );
+    let mut stream = Stream::start(&qsd.lib_socket());
+    let watching = stream.until("watching", |v| v["event"] == "watching");
+    assert_eq!(watching["jobs"], 1, "{}: {:#?}", s.name, stream.seen);
+
+    qsd.ctl.ok(
+        "blockdev-backup",
+        json!({"job-id": "back1", "device": "mid", "target": "dst2", "sync": "full", "auto-dismiss": false}),
+    );
+    stream.until("back1 ended", ended("back1"));
+    qsd.ctl.ok("job-dismiss", json!({"id": "back1"}));
+
+    qsd.ctl
+        .ok("block-job-set-speed", json!({"device": "copy0", "speed": 0}));
+    stream.until("copy0 ready", |v| v["device"] == "copy0" && v["event"] == "ready");
+    qsd.ctl.ok("block-job-cancel", json!({"device": "copy0"}));
+    stream.until("copy0 ended", ended("copy0"));
+    qsd.ctl.ok("job-dismiss", json!({"id": "copy0"}));
+
+    qsd.ctl.ok(
+        "blockdev-backup",
+        json!({"job-id": "fail2", "device": "base", "target": "bad", "sync": "full", "auto-dismiss": false}),
+    );
+    let failed = stream.until("fail2 ended", ended("fail2"));
+    qsd.ctl.ok("job-dismiss", json!({"id": "fail2"}));
+
+    qsd.ctl.ok(
+        "blockdev-mirror",
+        json!({"job-id": "copy3", "device": "top", "target": "dst", "sync": "full", "auto-dismiss": false}),
+    );
+    stream.until("copy3 ready", |v| v["device"] == "copy3" && v["event"] == "ready");
+    qsd.ctl.ok("block-job-complete", json!({"device": "copy3"}));
+    stream.until("copy3 ended", ended("copy3"));
+    qsd.ctl.ok("job-dismiss", json!({"id": "copy3"}));
+
+    for v in &stream.seen {
+        eprintln!("{}: {v}", s.name);
+    }
+    let said = |d: &str| stream.of(d);
+    assert_eq!(
+        said("copy0"),
+        ["start", "ready", "end canceled"],
+        "{}: {:#?}",
+        s.name,
+        stream.seen
+    );
+    assert_eq!(
+        said("back1"),
+        ["start", "end completed"],
+        "{}: {:#?}",
+        s.name,
+        stream.seen
+    );
+    assert_eq!(said("fail2"), ["start", "end failed"], "{}: {:#?}", s.name, stream.seen);
+    assert_eq!(
+        said("copy3"),
+        ["start", "ready", "end completed"],
+        "{}: {:#?}",
+        s.name,
+        stream.seen
+    );
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Input/output error")),
+        "{}: {failed}",
+        s.name
+    );
+    for v in stream.seen.iter().filter(|v| v["event"] == "end") {
+        assert!(v["qemu_timestamp"]["seconds"].as_u64().is_some(), "{}: {v}", s.name);
+    }
+    let seqs: Vec<u64> = stream.seen.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{}", s.name);
+}
+
+on_each_stack!(every_life_on_a_daemon_is_streamed);
+
+/// The first connection lists j0 running, then drops; the next lists nothing: the gap is told, and j0 has
+/// vanished, its ending unknown (it may have completed, failed or been cancelled meanwhile).
+#[test]
+fn a_job_gone_during_a_gap_has_vanished_never_a_success() {
+    let fake = FakeQmp::start(|n, c| {
+        if !c.handshake() {
+            return;
+        }
+        let jobs = if n == 0 {
+            json!([job("j0", 5, 10, None)])
+        } else {
+            json!([])
+        };
+        if let Some(cmd) = c.command() {
+            c.reply(&cmd, jobs.clone());
+        }
+        if n > 0 {
+            c.serve(&jobs);
+        }
+    });
+    let mut stream = Stream::start(&fake.path);
+    stream.until("j0 vanished", |v| v["device"] == "j0" && v["event"] == "vanished");
+    stream.until("watching again", |v| v["event"] == "watching" && v["jobs"] == 0);
+    assert_eq!(stream.of("j0"), ["start", "vanished unknown"], "{:#?}", stream.seen);
+    // In order: j0 seen, the gap, j0 vanished (a "watching" line may or may not come before the gap: the drop
+    // can be read before the first listing's events are).
+    let at = |is: &dyn Fn(&Value) -> bool| stream.seen.iter().position(is).unwrap();
+    let start = at(&|v| v["event"] == "start");
+    let gap = at(&|v| v["event"] == "gap");
+    let vanished = at(&|v| v["event"] == "vanished");
+    assert!(start < gap && gap < vanished, "{:#?}", stream.seen);
+}
