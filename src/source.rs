@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::ffi::c_uint;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::abi::{virDomainBlockJobInfo, VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT};
@@ -51,23 +51,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Locks a mutex that is only ever held for a moment, without waiting long (100 ms at most): in a forked
-/// child, a lock a parent thread held at fork() is never released, and the caller then does without. A count
-/// of yields was not enough: on a loaded machine a holder descheduled for a moment outlasted it.
-pub(crate) fn lock_briefly<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
-    let start = Instant::now();
-    loop {
-        match m.try_lock() {
-            Ok(g) => return Some(g),
-            Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
-            Err(TryLockError::WouldBlock) if start.elapsed() < Duration::from_millis(1) => std::thread::yield_now(),
-            Err(TryLockError::WouldBlock) if start.elapsed() < Duration::from_millis(100) => {
-                std::thread::sleep(Duration::from_micros(200))
-            }
-            Err(TryLockError::WouldBlock) => return None,
-        }
-    }
-}
+pub(crate) use crate::qmp::lock_briefly;
 
 impl QmpSource {
     /// Connects to `address` (`/path`, `unix:/path`, `tcp:host:port`) with default limits.
@@ -358,6 +342,13 @@ pub(crate) fn query_jobs(monitor: &Monitor) -> Result<Vec<RawJob>> {
 pub(crate) fn query_jobs_by(monitor: &Monitor, patience: &crate::qmp::Patience<'_>) -> Result<Vec<RawJob>> {
     let wire: jobs::WireJobs = monitor.execute_queued("query-block-jobs", None, Some(patience))?;
     Ok(wire.0.into_iter().map(jobs::raw).collect())
+}
+
+/// As `query_jobs_by`, on the connection as it is, with the reply's place among the events
+/// (`Monitor::execute_marked`).
+pub(crate) fn query_jobs_marked(monitor: &Monitor, patience: &crate::qmp::Patience<'_>) -> Result<(Vec<RawJob>, u64)> {
+    let (wire, mark): (jobs::WireJobs, u64) = monitor.execute_marked("query-block-jobs", None, Some(patience))?;
+    Ok((wire.0.into_iter().map(jobs::raw).collect(), mark))
 }
 
 impl std::fmt::Debug for QmpSource {

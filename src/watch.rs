@@ -4,8 +4,10 @@
 //! that left while nothing told how (events lost with a connection, or never sent) has vanished: its ending is
 //! unknown, never guessed.
 //!
-//! Listings and events are put in order by the listing's number: a listing is compared with what was known
-//! before it was asked, after the events that came before its reply have been heard.
+//! Listings and events are put in order by the reply's place among the events (`Monitor::execute_marked`): a
+//! listing is compared with what is known once the events QEMU sent before its reply, and none after, have
+//! been heard. A copy's devices are read before the listing that first shows it, so that a pivot right after
+//! it turns ready cannot hide.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -13,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::qmp::{Heard, Listener, Monitor, Patience};
-use crate::source::QmpSource;
+use crate::qmp::{Heard, Listener, Monitor, Patience, QemuVersion};
+use crate::source::{query_jobs_marked, QmpSource};
 use crate::translate::RawJob;
 use crate::verdict::{self, Outcome, Until, CANCELED};
 use crate::wait::{self, Asker};
@@ -65,15 +67,23 @@ struct Known {
     ready: bool,
     /// The number of the listing it was learned from: a later listing without it says it left.
     learned: u64,
-    /// Its users, for a ready copy's ending (`wait::pivot_or_cancel`).
+    /// A copy's or active commit's users, read before the listing that first showed it: its own (by the node
+    /// its id names), and those under a filter then, narrowed as other jobs end (`wait::pivot_or_cancel`).
     own: BTreeMap<String, String>,
-    before: BTreeMap<String, String>,
+    candidate: BTreeMap<String, String>,
+}
+
+/// The devices as they were before a listing: `query-block` and the users under a filter.
+struct Devices {
+    blocks: Vec<Value>,
+    under_filter: BTreeMap<String, String>,
 }
 
 struct Watch<'a, 's> {
     a: &'a Asker<'a>,
+    version: QemuVersion,
     jobs: BTreeMap<String, Known>,
-    /// Jobs whose ending was told but that QEMU may still list (`concluded`, auto-dismiss off).
+    /// Jobs whose ending was told, as long as QEMU still lists them `concluded` (auto-dismiss off).
     told_ended: BTreeSet<String>,
     listings: u64,
     seq: u64,
@@ -84,6 +94,18 @@ struct Watch<'a, 's> {
 fn timestamp(ev: &Value) -> Option<(u64, u64)> {
     let t = ev.get("timestamp")?;
     Some((t.get("seconds")?.as_u64()?, t.get("microseconds")?.as_u64()?))
+}
+
+fn pivots(job_type: &str) -> bool {
+    matches!(job_type, "mirror" | "commit")
+}
+
+/// A listing: its number, the jobs, and the reply's place among the events.
+struct Listing {
+    n: u64,
+    jobs: Vec<RawJob>,
+    mark: u64,
+    devices: Devices,
 }
 
 impl Watch<'_, '_> {
@@ -102,167 +124,203 @@ impl Watch<'_, '_> {
         self.stopped = !(self.sink)(&e);
     }
 
-    /// QEMU's list, numbered. None: the deadline came while it queued.
-    fn list(&mut self) -> Result<Option<(u64, Vec<RawJob>)>> {
+    /// The devices, then QEMU's list, numbered and marked. None: the deadline came while a command queued.
+    fn list(&mut self) -> Result<Option<Listing>> {
+        let devices = Devices {
+            blocks: self.a.ask("query-block", None)?,
+            under_filter: wait::job_devices(self.a)?,
+        };
         self.listings += 1;
         let n = self.listings;
-        Ok(wait::patiently(self.a)?.map(|l| (n, l)))
+        match query_jobs_marked(self.a.m, &self.a.patience) {
+            Err(e) if e.is_no_turn() => Ok(None),
+            r => r.map(|(jobs, mark)| Some(Listing { n, jobs, mark, devices })),
+        }
     }
 
-    fn start(&mut self, id: &str, job_type: &str, learned: u64, at: Option<(u64, u64)>) {
+    fn start(&mut self, id: &str, job_type: &str, learned: u64, devices: Option<&Devices>, at: Option<(u64, u64)>) {
         self.told_ended.remove(id);
+        let (own, candidate) = match devices {
+            Some(d) if pivots(job_type) => (wait::own_users(&d.blocks, id), d.under_filter.clone()),
+            _ => (BTreeMap::new(), BTreeMap::new()),
+        };
         self.jobs.insert(
             id.to_string(),
             Known {
                 job_type: job_type.to_string(),
                 ready: false,
                 learned,
-                own: BTreeMap::new(),
-                before: BTreeMap::new(),
+                own,
+                candidate,
             },
         );
         self.tell(id, job_type, Happened::Started, at);
     }
 
-    fn ready(&mut self, id: &str, at: Option<(u64, u64)>) -> Result<()> {
-        let Some(k) = self.jobs.get(id) else { return Ok(()) };
-        if k.ready {
-            return Ok(());
+    /// A job that events tell of before any listing showed it (gone before it could be listed): told first
+    /// seen, with what the event says of it.
+    fn seen(&mut self, id: &str, event_type: &str, at: Option<(u64, u64)>) {
+        if !self.jobs.contains_key(id) {
+            let learned = self.listings;
+            self.start(id, event_type, learned, None, at);
         }
-        let job_type = k.job_type.clone();
-        // A copy or active commit may end by a pivot or an abort: its users now tell which, later.
-        let (own, before) = match job_type.as_str() {
-            "mirror" | "commit" => {
-                let blocks: Vec<Value> = self.a.ask("query-block", None)?;
-                (wait::own_users(&blocks, id), wait::job_devices(self.a)?)
-            }
-            _ => (BTreeMap::new(), BTreeMap::new()),
-        };
-        if let Some(k) = self.jobs.get_mut(id) {
-            (k.ready, k.own, k.before) = (true, own, before);
-        }
-        self.tell(id, &job_type, Happened::Ready, at);
-        Ok(())
     }
 
-    /// The job ended: `outcome` as QEMU said it, `Reached` settled by its devices for a ready copy.
-    fn ended(&mut self, id: &str, job_type: &str, outcome: Outcome, at: Option<(u64, u64)>) -> Result<()> {
-        if self.told_ended.contains(id) {
+    fn ready(&mut self, id: &str, at: Option<(u64, u64)>) {
+        if let Some(k) = self.jobs.get_mut(id) {
+            if !k.ready {
+                k.ready = true;
+                let job_type = k.job_type.clone();
+                self.tell(id, &job_type, Happened::Ready, at);
+            }
+        }
+    }
+
+    /// The job ended: `outcome` as QEMU said it; a good end of a copy or active commit that was (or must have
+    /// been) ready is settled by its devices, and is unknown (vanished) where none were read while it ran.
+    fn ended(&mut self, id: &str, outcome: Outcome, at: Option<(u64, u64)>) -> Result<()> {
+        let Some(k) = self.jobs.get(id) else { return Ok(()) };
+        let job_type = k.job_type.clone();
+        let may_pivot = outcome == Outcome::Reached
+            && pivots(&job_type)
+            && (k.ready || verdict::mirror_ended_ready(&job_type, self.version));
+        let settled = match may_pivot {
+            false => Ok(Some(outcome)),
+            true if k.own.is_empty() && k.candidate.is_empty() => Ok(None),
+            true => wait::pivot_or_cancel(self.a, &k.own, &k.candidate).map(Some),
+        };
+        self.jobs.remove(id);
+        self.told_ended.insert(id.to_string());
+        // The devices could not be read (the connection lost): how it ended is unknown.
+        let told = match &settled {
+            Ok(Some(o)) => Happened::Ended(o.clone()),
+            _ => Happened::Vanished,
+        };
+        self.tell(id, &job_type, told, at);
+        if pivots(&job_type) {
+            self.narrow()?;
+        }
+        settled.map(|_| ())
+    }
+
+    /// Another job ended: its users are no longer those of the copies still running (`wait::pivot_or_cancel`).
+    fn narrow(&mut self) -> Result<()> {
+        if !self.jobs.values().any(|k| k.own.is_empty() && !k.candidate.is_empty()) {
             return Ok(());
         }
-        let known = self.jobs.remove(id);
-        let job_type = known.as_ref().map_or(job_type, |k| k.job_type.as_str()).to_string();
-        let outcome = match (&outcome, &known) {
-            (Outcome::Reached, Some(k)) if k.ready && matches!(job_type.as_str(), "mirror" | "commit") => {
-                wait::pivot_or_cancel(self.a, &k.own, &k.before)?
-            }
-            _ => outcome,
-        };
-        self.told_ended.insert(id.to_string());
-        self.tell(id, &job_type, Happened::Ended(outcome), at);
+        let still = wait::job_devices(self.a)?;
+        for k in self.jobs.values_mut().filter(|k| k.own.is_empty()) {
+            k.candidate.retain(|name, _| still.contains_key(name));
+        }
         Ok(())
     }
 
     /// A job not known yet, heard of by an event: QEMU's list says its type. Whether it is ready or done is
-    /// left to its events, which follow in the log (with QEMU's timestamps); gone already, its ending tells it.
-    fn learn(&mut self, id: &str, at: Option<(u64, u64)>) -> Result<()> {
-        let Some((n, list)) = self.list()? else { return Ok(()) };
-        if let Some(j) = list.iter().find(|j| j.device == id) {
-            self.start(id, &j.job_type, n, at);
+    /// left to its events, which follow in the log with QEMU's timestamps; gone already, its events tell it.
+    fn learn(&mut self, listener: &Listener<'_>, id: &str, at: Option<(u64, u64)>) -> Result<()> {
+        let Some(l) = self.list()? else { return Ok(()) };
+        if !listener.is_current() {
+            return Err(Error::Protocol("the connection was lost".into()));
+        }
+        if let Some(j) = l.jobs.iter().find(|j| j.device == id) {
+            self.start(id, &j.job_type.clone(), l.n, Some(&l.devices), at);
         }
         Ok(())
     }
 
-    /// What a listing says of a known job: ready, or ended (`concluded`, auto-dismiss off).
-    fn listed(&mut self, j: &RawJob) -> Result<()> {
-        if verdict::is_ready(j) {
-            self.ready(&j.device, None)?;
-        }
-        if verdict::finished(j) {
-            let was_ready = self.jobs.get(&j.device).is_some_and(|k| k.ready);
-            if let Some(o) = verdict::judge(j, Until::Gone, was_ready) {
-                self.ended(&j.device, &j.job_type, o, None)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn event(&mut self, ev: &Value) -> Result<()> {
+    fn event(&mut self, listener: &Listener<'_>, ev: &Value) -> Result<()> {
         let Some(id) = wait::event_job(ev).map(str::to_string) else {
             return Ok(());
         };
         let at = timestamp(ev);
         let data = ev.get("data").unwrap_or(&Value::Null);
-        let event_type = data.get("type").and_then(Value::as_str).unwrap_or("");
-        match ev.get("event").and_then(Value::as_str).unwrap_or("") {
-            "BLOCK_JOB_COMPLETED" => {
-                let outcome = match data.get("error").and_then(Value::as_str) {
-                    Some(e) if e == CANCELED => Outcome::Cancelled,
-                    Some(e) => Outcome::Failed(e.to_string()),
-                    None => Outcome::Reached,
-                };
-                self.ended(&id, event_type, outcome, at)
+        let event_type = data.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+        let name = ev.get("event").and_then(Value::as_str).unwrap_or("");
+        let ending = match name {
+            "BLOCK_JOB_COMPLETED" => Some(match data.get("error").and_then(Value::as_str) {
+                Some(e) if e == CANCELED => Outcome::Cancelled,
+                Some(e) => Outcome::Failed(e.to_string()),
+                None => Outcome::Reached,
+            }),
+            "BLOCK_JOB_CANCELLED" => Some(Outcome::Cancelled),
+            _ => None,
+        };
+        if let Some(outcome) = ending {
+            if self.told_ended.contains(&id) {
+                return Ok(());
             }
-            "BLOCK_JOB_CANCELLED" => self.ended(&id, event_type, Outcome::Cancelled, at),
+            self.seen(&id, &event_type, at);
+            return self.ended(&id, outcome, at);
+        }
+        match name {
             "BLOCK_JOB_READY" => {
                 if !self.jobs.contains_key(&id) {
-                    self.learn(&id, at)?;
+                    self.learn(listener, &id, at)?;
+                    self.seen(&id, &event_type, at);
                 }
-                self.ready(&id, at)
+                self.ready(&id, at);
             }
             "JOB_STATUS_CHANGE" => match data.get("status").and_then(Value::as_str) {
                 Some("created") => {
-                    // An id used again: a new job.
+                    // An id used again: a new job (an old one under it whose ending was not heard vanished).
                     self.told_ended.remove(&id);
-                    self.learn(&id, at)
+                    if let Some(old) = self.jobs.remove(&id) {
+                        self.tell(&id, &old.job_type, Happened::Vanished, None);
+                    }
+                    self.learn(listener, &id, at)?;
                 }
                 Some("ready" | "standby") if self.jobs.contains_key(&id) => self.ready(&id, at),
-                Some("concluded" | "null" | "aborting" | "waiting" | "pending") => Ok(()),
-                Some(_) if !self.jobs.contains_key(&id) && !self.told_ended.contains(&id) => self.learn(&id, at),
-                _ => Ok(()),
+                Some("running") if !self.jobs.contains_key(&id) && !self.told_ended.contains(&id) => {
+                    self.learn(listener, &id, at)?
+                }
+                _ => {}
             },
-            _ => Ok(()),
+            _ => {}
         }
+        Ok(())
     }
 
-    /// Hears the events already in the log (those that came before a listing's reply among them).
-    fn hear_pending(&mut self, listener: &mut Listener<'_>) -> Result<()> {
+    /// A listing against what is known, after the events QEMU sent before its reply (and none after): new
+    /// jobs started, listed states told, and jobs known before it that it lacks, their endings not heard,
+    /// vanished.
+    fn reconcile(&mut self, listener: &mut Listener<'_>, l: &Listing) -> Result<()> {
         loop {
-            match listener.next(Instant::now())? {
-                Heard::Event(ev) => self.event(&ev)?,
+            match listener.next_before(l.mark)? {
+                Heard::Event(ev) => self.event(listener, &ev)?,
                 Heard::Missed => continue,
-                Heard::Quiet => return Ok(()),
+                Heard::Quiet => break,
             }
         }
-    }
-
-    /// Listing `n` against what is known: new jobs started, listed states told, and jobs known before it that
-    /// it lacks (their endings not heard even after the events before it) vanished.
-    fn reconcile(&mut self, listener: &mut Listener<'_>, n: u64, list: &[RawJob]) -> Result<()> {
-        // Every event before the listing's reply is in the log and heard before a lost connection is: the
-        // listing is still told, and the loss after it.
-        let heard = self.hear_pending(listener);
-        self.told_ended.retain(|id| list.iter().any(|j| &j.device == id));
-        for j in list {
+        let listed = |id: &str| l.jobs.iter().find(|j| j.device == id);
+        self.told_ended.retain(|id| listed(id).is_some_and(verdict::finished));
+        for j in &l.jobs {
             if self.told_ended.contains(&j.device) {
                 continue;
             }
             if !self.jobs.contains_key(&j.device) {
-                self.start(&j.device, &j.job_type, n, None);
+                self.start(&j.device, &j.job_type, l.n, Some(&l.devices), None);
             }
-            self.listed(j)?;
+            if verdict::is_ready(j) {
+                self.ready(&j.device, None);
+            }
+            if verdict::finished(j) {
+                let was_ready = self.jobs.get(&j.device).is_some_and(|k| k.ready);
+                if let Some(o) = verdict::judge(j, Until::Gone, was_ready) {
+                    self.ended(&j.device, o, None)?;
+                }
+            }
         }
         let gone: Vec<(String, String)> = self
             .jobs
             .iter()
-            .filter(|(id, k)| k.learned < n && !list.iter().any(|j| &j.device == *id))
+            .filter(|(id, k)| k.learned < l.n && listed(id).is_none())
             .map(|(id, k)| (id.clone(), k.job_type.clone()))
             .collect();
         for (id, job_type) in gone {
             self.jobs.remove(&id);
             self.tell(&id, &job_type, Happened::Vanished, None);
         }
-        heard
+        Ok(())
     }
 }
 
@@ -281,6 +339,7 @@ impl QmpSource {
         };
         let mut w = Watch {
             a: &a,
+            version: m.version()?,
             jobs: BTreeMap::new(),
             told_ended: BTreeSet::new(),
             listings: 0,
@@ -298,14 +357,18 @@ impl QmpSource {
 /// Whether an error means the connection is gone (or cannot be made now) while the source is still open: a
 /// gap to ride through, not the end of the watch.
 fn lost(e: &Error) -> bool {
-    !matches!(e, Error::Interrupted | Error::Qmp { .. } | Error::InvalidArg(_))
+    !matches!(e, Error::Interrupted | Error::Qmp { .. } | Error::InvalidArg(_)) && !e.is_no_turn()
 }
 
 fn watching(m: &Monitor, w: &mut Watch<'_, '_>, deadline: Option<Instant>) -> Result<()> {
     let over = || deadline.is_some_and(|d| Instant::now() >= d);
     let mut connected_once = false;
-    let mut gap: Option<String> = None;
+    let mut in_gap = false;
     let mut last_try: Option<Instant> = None;
+    let reread = match (w.version.major, w.version.minor) < (2, 12) {
+        true => REREAD_OLD_QEMU,
+        false => REREAD,
+    };
     while !w.stopped && !over() {
         if let Some(t) = last_try {
             let next = t + RECONNECT_EVERY;
@@ -318,25 +381,13 @@ fn watching(m: &Monitor, w: &mut Watch<'_, '_>, deadline: Option<Instant>) -> Re
         last_try = Some(Instant::now());
         // Listening first: whatever happens after the listing is heard.
         let mut listener = m.listen();
-        // Before the listing: asked after it, a connection lost meanwhile would be made again in between.
-        let v = match m.version() {
-            Ok(v) => v,
-            Err(e) if !connected_once || !lost(&e) => return Err(e),
-            Err(e) => {
-                if gap.is_none() {
-                    gap = Some(e.to_string());
-                    w.tell("", "", Happened::Gap(e.to_string()), None);
-                }
-                continue;
-            }
-        };
-        let listed = match w.list() {
+        let listing = match w.list() {
             Ok(Some(l)) => l,
             Ok(None) => break,
             Err(e) if !connected_once || !lost(&e) => return Err(e),
             Err(e) => {
-                if gap.is_none() {
-                    gap = Some(e.to_string());
+                if !in_gap {
+                    in_gap = true;
                     w.tell("", "", Happened::Gap(e.to_string()), None);
                 }
                 continue;
@@ -344,13 +395,8 @@ fn watching(m: &Monitor, w: &mut Watch<'_, '_>, deadline: Option<Instant>) -> Re
         };
         connected_once = true;
         listener.follow();
-        let (n, list) = listed;
-        let reread = match (v.major, v.minor) < (2, 12) {
-            true => REREAD_OLD_QEMU,
-            false => REREAD,
-        };
         let run = (|| -> Result<()> {
-            w.reconcile(&mut listener, n, &list)?;
+            w.reconcile(&mut listener, &listing)?;
             let jobs = w.jobs.len();
             w.tell("", "", Happened::Watching { jobs }, None);
             while !w.stopped {
@@ -360,12 +406,16 @@ fn watching(m: &Monitor, w: &mut Watch<'_, '_>, deadline: Option<Instant>) -> Re
                 }
                 let wake = deadline.map_or(now + reread, |d| d.min(now + reread));
                 match listener.next(wake)? {
-                    Heard::Event(ev) => w.event(&ev)?,
+                    Heard::Event(ev) => w.event(&listener, &ev)?,
                     Heard::Quiet if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(()),
                     // Nothing for a while, or events lost: the list says how things stand.
                     Heard::Quiet | Heard::Missed => {
-                        let Some((n, list)) = w.list()? else { return Ok(()) };
-                        w.reconcile(&mut listener, n, &list)?;
+                        let Some(l) = w.list()? else { return Ok(()) };
+                        // Made again by a command meanwhile: the gap is told before what it hid.
+                        if !listener.is_current() {
+                            return Err(Error::Protocol("the connection was lost".into()));
+                        }
+                        w.reconcile(&mut listener, &l)?;
                     }
                 }
             }
@@ -375,9 +425,10 @@ fn watching(m: &Monitor, w: &mut Watch<'_, '_>, deadline: Option<Instant>) -> Re
             Ok(()) => break,
             Err(e) if lost(&e) => {
                 log::info!("watch: the connection was lost ({e}); connecting again");
-                gap = Some(e.to_string());
+                in_gap = true;
                 w.tell("", "", Happened::Gap(e.to_string()), None);
             }
+            Err(e) if e.is_no_turn() => break,
             Err(e) => return Err(e),
         }
     }

@@ -15,6 +15,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::fake::{job, FakeQmp};
+use common::scenes::{disk, filter, lifecycle, listed, scene};
 use common::*;
 use serde_json::{json, Value};
 
@@ -219,11 +220,13 @@ fn a_job_gone_during_a_gap_has_vanished_never_a_success() {
         } else {
             json!([])
         };
-        if let Some(cmd) = c.command() {
-            c.reply(&cmd, jobs.clone());
-        }
-        if n > 0 {
-            c.serve(&jobs);
+        let answers = json!({"query-block": [], "query-named-block-nodes": [], "query-block-exports": [],
+                             "query-block-jobs": jobs});
+        // The first connection ends once it has listed j0.
+        while let Some(name) = c.answer(&answers) {
+            if n == 0 && name == "query-block-jobs" {
+                return;
+            }
         }
     });
     let mut stream = Stream::start(&fake.path);
@@ -237,4 +240,81 @@ fn a_job_gone_during_a_gap_has_vanished_never_a_success() {
     let gap = at(&|v| v["event"] == "gap");
     let vanished = at(&|v| v["event"] == "vanished");
     assert!(start < gap && gap < vanished, "{:#?}", stream.seen);
+}
+
+/// Two ready copies of vda and vdb (libvirt's job names) end back to back, vda's pivoted and vdb's aborted, as
+/// a scripted QEMU 7.2 plays it: each is told its own ending, from the devices read before the copies were
+/// first listed (read after, a pivot would hide).
+#[test]
+fn two_copies_ending_back_to_back_are_each_told_their_own_way() {
+    let (vda, vdb) = ("copy-vda-libvirt-1-format", "copy-vdb-libvirt-2-format");
+    let before = json!({
+        "query-block-jobs": [listed(vda, "mirror", "ready", true), listed(vdb, "mirror", "ready", true)],
+        "query-block": [disk(0, "libvirt-1-format", "/vm/a.qcow2"), disk(1, "libvirt-2-format", "/vm/b.qcow2")],
+        "query-named-block-nodes": [filter(1, "/vm/a.qcow2"), filter(2, "/vm/b.qcow2")],
+        "query-block-exports": [],
+    });
+    let after = json!({
+        "query-block-jobs": [],
+        "query-block": [disk(0, "libvirt-3-format", "/vm/a-copy.qcow2"), disk(1, "libvirt-2-format", "/vm/b.qcow2")],
+        "query-named-block-nodes": [],
+        "query-block-exports": [],
+    });
+    let fake = scene(
+        before,
+        move |c| {
+            lifecycle(c, vda, "mirror", &["waiting", "pending", "concluded", "null"]);
+            lifecycle(c, vdb, "mirror", &["waiting", "pending", "concluded", "null"]);
+        },
+        after,
+    );
+    let mut stream = Stream::start(&fake.path);
+    stream.until("vdb ended", ended("copy-vdb-libvirt-2-format"));
+    stream.until("vda ended", ended("copy-vda-libvirt-1-format"));
+    assert_eq!(
+        stream.of(vda),
+        ["start", "ready", "end completed"],
+        "{:#?}",
+        stream.seen
+    );
+    assert_eq!(stream.of(vdb), ["start", "ready", "end canceled"], "{:#?}", stream.seen);
+}
+
+/// A copy whose id names no node (a client's own `job0`) is aborted the moment it turns ready: its filter,
+/// read before it was first listed, names its device, which still shows its image: `canceled`, not QEMU's
+/// word (completed).
+#[test]
+fn a_copy_aborted_on_ready_is_canceled_by_the_devices_read_before() {
+    let before = json!({
+        "query-block-jobs": [listed("job0", "mirror", "running", false)],
+        "query-block": [disk(0, "node0", "/vm/a.qcow2")],
+        "query-named-block-nodes": [filter(1, "/vm/a.qcow2")],
+        "query-block-exports": [],
+    });
+    let after = json!({
+        "query-block-jobs": [],
+        "query-block": [disk(0, "node0", "/vm/a.qcow2")],
+        "query-named-block-nodes": [],
+        "query-block-exports": [],
+    });
+    let fake = scene(
+        before,
+        |c| {
+            lifecycle(
+                c,
+                "job0",
+                "mirror",
+                &["ready", "waiting", "pending", "concluded", "null"],
+            )
+        },
+        after,
+    );
+    let mut stream = Stream::start(&fake.path);
+    stream.until("job0 ended", ended("job0"));
+    assert_eq!(
+        stream.of("job0"),
+        ["start", "ready", "end canceled"],
+        "{:#?}",
+        stream.seen
+    );
 }

@@ -118,9 +118,10 @@ fn a_flood_of_oversized_events() {
     bounded("1 GiB of 1 MiB events", &fake, "over the 64 KiB limit");
 }
 
-/// Five times the event log's cap (1,024 events) arrives before the reply to `info --qmp`: the tool drops the
-/// oldest and still answers. `info` waits QEMU's reply for 10 s (the library's default), not `list`'s 2 s: a
-/// debug build reading megabytes of events beside three stacks' tests once took longer than 2 s.
+/// 5,120 small events (2 MB) arrive before the reply to `info --qmp`: nobody listens, so none is kept, and the
+/// tool still answers with its memory flat. `info` waits QEMU's reply for 10 s (the library's default), not
+/// `list`'s 2 s: a debug build reading megabytes of events beside three stacks' tests once took longer than 2 s.
+/// The event log's cap, where a listener keeps events, is `a_wait_flooded_with_small_events`'s.
 #[test]
 fn a_flood_of_small_events_before_the_reply() {
     let fake = FakeQmp::start(|_, c| {

@@ -562,6 +562,8 @@ impl Drop for Connection {
 /// (`VIR_DOMAIN_BLOCK_JOB_COMPLETED` 0, `FAILED` 1, `CANCELED` 2, `READY` 3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockJobEvent {
+    /// The domain's name ("" where libvirt would not say).
+    pub domain: String,
     pub disk: String,
     pub job_type: c_int,
     pub status: c_int,
@@ -572,7 +574,7 @@ type Callback = Box<dyn Fn(BlockJobEvent) + Send + Sync>;
 /// libvirt calls this from its event loop thread; `opaque` is the `Callback` registered with it.
 unsafe extern "C" fn block_job_event(
     _conn: ConnectPtr,
-    _dom: DomainPtr,
+    dom: DomainPtr,
     disk: *const c_char,
     job_type: c_int,
     status: c_int,
@@ -585,8 +587,27 @@ unsafe extern "C" fn block_job_event(
     let callback = unsafe { &*(opaque as *const Callback) };
     // SAFETY: libvirt passes the disk as a NUL-terminated string for the length of the call.
     let disk = unsafe { CStr::from_ptr(disk) }.to_string_lossy().into_owned();
+    let domain = match (Libvirt::library_if_loaded(), dom.is_null()) {
+        (Some(lv), false) => {
+            // SAFETY: libvirt passes a domain valid for the length of the call; its name belongs to it.
+            let p = unsafe { (lv.get_name)(dom) };
+            match p.is_null() {
+                true => String::new(),
+                // SAFETY: non-NULL, NUL-terminated.
+                false => unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned(),
+            }
+        }
+        _ => String::new(),
+    };
     // No panic may unwind into libvirt's loop.
-    let _ = catch_unwind(AssertUnwindSafe(|| callback(BlockJobEvent { disk, job_type, status })));
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        callback(BlockJobEvent {
+            domain,
+            disk,
+            job_type,
+            status,
+        })
+    }));
 }
 
 type DeviceCallback = Box<dyn Fn() + Send + Sync>;
@@ -680,14 +701,30 @@ impl Connection {
         domain: &OwnedDomain,
         callback: impl Fn(BlockJobEvent) + Send + Sync + 'static,
     ) -> Result<EventRegistration<'_>> {
+        self.on_block_job_of(domain.ptr, callback)
+    }
+
+    /// As `on_block_job`, for every domain of the connection.
+    pub fn on_every_block_job(
+        &self,
+        callback: impl Fn(BlockJobEvent) + Send + Sync + 'static,
+    ) -> Result<EventRegistration<'_>> {
+        self.on_block_job_of(std::ptr::null_mut(), callback)
+    }
+
+    fn on_block_job_of(
+        &self,
+        domain: DomainPtr,
+        callback: impl Fn(BlockJobEvent) + Send + Sync + 'static,
+    ) -> Result<EventRegistration<'_>> {
         let boxed: Box<Callback> = Box::new(Box::new(callback));
         let opaque = Box::into_raw(boxed) as *mut c_void;
-        // SAFETY: an open connection and domain, a callback of the event's signature, and an opaque pointer
-        // libvirt frees with free_callback.
+        // SAFETY: an open connection and domain (or NULL: every domain), a callback of the event's signature, and
+        // an opaque pointer libvirt frees with free_callback.
         let id = unsafe {
             (self.lv.client.event_register_any)(
                 self.ptr,
-                domain.ptr,
+                domain,
                 EVENT_ID_BLOCK_JOB_2,
                 block_job_event as BlockJobCallbackFn as *const c_void,
                 opaque,

@@ -12,6 +12,7 @@ mod stream;
 pub use address::Address;
 pub use connection::{Connection, Limits, Peer, QemuVersion};
 pub use framing::MessageBuffer;
+pub(crate) use monitor::lock_briefly;
 pub use monitor::{Heard, Listener, Monitor, Patience};
 pub use stream::Interrupter;
 

@@ -22,7 +22,7 @@
 //! Invariants, and the tests that hold them: docs in ARCHITECTURE.md ("The shared monitor").
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 use serde::de::IgnoredAny;
@@ -71,6 +71,8 @@ struct State {
     busy: bool,
     /// The in-flight command's reply, when a thread other than its caller read it.
     reply: Option<Vec<u8>>,
+    /// The sequence number the next event logged after that reply gets.
+    reply_mark: u64,
     /// A thread is reading the socket.
     reading: bool,
     /// The one reading is the drain thread: the connection is idle all the same.
@@ -110,6 +112,24 @@ pub enum Heard {
     Quiet,
 }
 
+/// Locks a mutex that is only ever held for a moment, without waiting long (100 ms at most): in a forked
+/// child, a lock a parent thread held at fork() is never released, and the caller then does without. A count
+/// of yields was not enough: on a loaded machine a holder descheduled for a moment outlasted it.
+pub(crate) fn lock_briefly<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    let start = Instant::now();
+    loop {
+        match m.try_lock() {
+            Ok(g) => return Some(g),
+            Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) if start.elapsed() < Duration::from_millis(1) => std::thread::yield_now(),
+            Err(TryLockError::WouldBlock) if start.elapsed() < Duration::from_millis(100) => {
+                std::thread::sleep(Duration::from_micros(200))
+            }
+            Err(TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     // Held only for bookkeeping, whose every step leaves the state whole: a panic elsewhere cannot poison it.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -133,6 +153,7 @@ impl Monitor {
                 next_ticket: 0,
                 busy: false,
                 reply: None,
+                reply_mark: 0,
                 reading: false,
                 draining: false,
                 drained: 0,
@@ -195,10 +216,24 @@ impl Monitor {
         match self.execute_once(name, arguments, turn_by) {
             Err((e, true)) if e.is_disconnect() && !lock(&self.state).closed => {
                 log::info!("{}: QEMU closed the connection ({e}); reconnecting once", self.address);
-                self.execute_once(name, arguments, turn_by).map_err(|(e, _)| e)
+                self.execute_once(name, arguments, turn_by)
+                    .map(|(r, _)| r)
+                    .map_err(|(e, _)| e)
             }
-            r => r.map_err(|(e, _)| e),
+            r => r.map(|(r, _)| r).map_err(|(e, _)| e),
         }
+    }
+
+    /// As `execute_queued`, on the connection as it is (a lost one is an error, not made again), with the
+    /// reply's place among the events: every event QEMU sent before the reply has a sequence number below the
+    /// mark returned ([`Listener::next_before`]), every later one not.
+    pub fn execute_marked<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        arguments: Option<&Value>,
+        turn_by: Option<&Patience<'_>>,
+    ) -> Result<(T, u64)> {
+        self.execute_once(name, arguments, turn_by).map_err(|(e, _)| e)
     }
 
     /// The error, and whether the connection had been made before this command.
@@ -207,7 +242,7 @@ impl Monitor {
         name: &str,
         arguments: Option<&Value>,
         turn_by: Option<&Patience<'_>>,
-    ) -> std::result::Result<T, (Error, bool)> {
+    ) -> std::result::Result<(T, u64), (Error, bool)> {
         let limit = self.limits.reply_timeout;
         // A year stands for "as long as it takes" (an Instant cannot be infinite).
         let (by, interrupted) = match turn_by {
@@ -247,6 +282,7 @@ impl Monitor {
         loop {
             // A reply handed over counts even if the connection was dropped after it was read.
             if let Some(raw) = st.reply.take() {
+                let mark = st.reply_mark;
                 st.busy = false;
                 st.last_used = Instant::now();
                 self.start_drain(&mut st);
@@ -254,7 +290,7 @@ impl Monitor {
                 drop(st);
                 let text = std::str::from_utf8(&raw).unwrap_or("");
                 return match reply_kind::<T>(text, name) {
-                    Ok(Kind::Reply(r)) => r.map_err(|e| (e, reused)),
+                    Ok(Kind::Reply(r)) => r.map(|r| (r, mark)).map_err(|e| (e, reused)),
                     Ok(Kind::Event) => Err((Error::Protocol("an event handed over as a reply".into()), reused)),
                     Err(e) => {
                         let mut st = lock(&self.state);
@@ -294,7 +330,9 @@ impl Monitor {
                         st.last_used = Instant::now();
                         self.start_drain(&mut st);
                         self.changed.notify_all();
-                        r.map_err(|e| (e, reused))
+                        // The reader was this thread's: every event before the reply is logged, none after.
+                        let mark = st.next_seq;
+                        r.map(|r| (r, mark)).map_err(|e| (e, reused))
                     }
                     Err(e) => {
                         let e = if st.closed { Error::Interrupted } else { e };
@@ -457,6 +495,7 @@ impl Monitor {
             Ok(Incoming::Event(ev)) => self.record(&mut st, ev),
             Ok(Incoming::Reply(raw)) if st.busy && st.reply.is_none() && st.generation == generation => {
                 st.reply = Some(raw);
+                st.reply_mark = st.next_seq;
             }
             Ok(Incoming::Reply(_)) => {
                 let e = Error::Protocol("a reply came while no command was in flight".into());
@@ -519,7 +558,8 @@ impl Monitor {
     /// Lets go of the connection if it has been idle for `idle` and nobody uses or waits on it (a monitor
     /// serves one client at a time). Returns whether a connection is still held.
     pub fn close_if_idle(&self, idle: Duration) -> bool {
-        let Ok(mut st) = self.state.try_lock() else {
+        // Held only for bookkeeping (the drain thread's among it): a moment's wait, bounded.
+        let Some(mut st) = lock_briefly(&self.state) else {
             return true;
         };
         let unused = !st.busy && (!st.reading || st.draining) && st.listeners == 0 && st.queue.is_empty();
@@ -596,9 +636,25 @@ impl Listener<'_> {
         self.generation = Some(lock(&self.monitor.state).generation);
     }
 
+    /// Whether the connection followed is still the monitor's (not lost, nor made again by a command).
+    pub fn is_current(&self) -> bool {
+        let st = lock(&self.monitor.state);
+        st.link.is_some() && self.generation.is_none_or(|g| g == st.generation)
+    }
+
     /// The next event, `Heard::Missed` if the log dropped some this listener had not read, or `Heard::Quiet`
     /// at `until`. Reads the socket itself when no other thread does.
     pub fn next(&mut self, until: Instant) -> Result<Heard> {
+        self.next_within(until, u64::MAX)
+    }
+
+    /// The next event logged before `mark` (a reply's place, `Monitor::execute_marked`), or `Heard::Quiet` when
+    /// none is left: all of them are in the log already, since QEMU sent them before the reply.
+    pub fn next_before(&mut self, mark: u64) -> Result<Heard> {
+        self.next_within(Instant::now(), mark)
+    }
+
+    fn next_within(&mut self, until: Instant, mark: u64) -> Result<Heard> {
         let m = self.monitor;
         let mut st = lock(&m.state);
         loop {
@@ -612,8 +668,14 @@ impl Listener<'_> {
                 }
             }
             if let Some((seq, ev, _)) = st.events.iter().find(|(seq, _, _)| *seq >= self.cursor) {
+                if *seq >= mark {
+                    return Ok(Heard::Quiet);
+                }
                 self.cursor = seq + 1;
                 return Ok(Heard::Event(ev.clone()));
+            }
+            if mark != u64::MAX {
+                return Ok(Heard::Quiet);
             }
             let generation = st.generation;
             if self.generation.is_some_and(|g| g != generation) || st.link.is_none() {
@@ -641,6 +703,12 @@ impl Listener<'_> {
 /// otherwise). It ends with its connection, and holds the monitor only while it reads: a monitor let go of
 /// shuts its connection down, which wakes it.
 fn drain(me: Weak<Monitor>, generation: u64) {
+    // A library thread in someone else's process: the host's signals (its SIGALRM, say) go to its own threads.
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&nix::sys::signal::SigSet::all()),
+        None,
+    );
     loop {
         let interrupter = {
             let Some(m) = me.upgrade() else { return };
@@ -674,7 +742,8 @@ fn drain(me: Weak<Monitor>, generation: u64) {
 impl Drop for Monitor {
     fn drop(&mut self) {
         if std::process::id() == self.pid {
-            if let Some(l) = self.state.get_mut().ok().and_then(|st| st.link.as_ref()) {
+            let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+            if let Some(l) = st.link.as_ref() {
                 l.interrupter.interrupt();
             }
         }

@@ -262,21 +262,23 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", default_value = "10", requires = "listen", value_parser = parse_seconds)]
         scrape_timeout: Duration,
     },
-    /// Stream every block job's life on a QMP monitor, one JSON object per line, until stopped.
+    /// Stream every block job's life, one JSON object per line, until stopped.
     ///
-    /// Each line has `seq` (from 1), `event` and `time` (seconds since the epoch, when the tool told it), and
-    /// `qemu_timestamp` where a QEMU event told it: `watching` (the jobs listed when watching began, or began
-    /// again, all told: `jobs`), `start` (a job first seen: `device`, `type`), `ready` (mirroring phase), `end`
-    /// (`outcome`: `completed`, `failed` with QEMU's `error`, or `canceled`; a ready copy aborted without a pivot
-    /// is `canceled`, as libvirt tells it), `vanished` (left QEMU's list while nothing told how: `outcome`
-    /// `unknown`, never a guess) and `gap` (the connection was lost: `error`; it is made again, at most once a
-    /// second, and what happened meanwhile is read from QEMU's list). The monitor is held while watching: name
-    /// one of the VM's own, not a manager's only monitor.
+    /// With --qmp, the jobs of one QMP monitor, told by QEMU's events; with libvirt, those of every running
+    /// domain, told by libvirt's block job events and a reading of the host every 2 s (libvirt has no event for
+    /// a job's start). Each line has `seq` (from 1), `event` and `time` (seconds since the epoch, when the tool
+    /// told it), `domain` with libvirt, and `qemu_timestamp` where a QEMU event told it: `watching` (the jobs
+    /// there when watching began, or began again, all told: `jobs`), `start` (a job first seen: `device` (the
+    /// disk, with libvirt), `type`: QEMU's with --qmp, libvirt's word otherwise), `ready` (mirroring phase),
+    /// `end` (`outcome`: `completed`, `failed` with the `error` QEMU gave (libvirt's event gives none), or
+    /// `canceled`; a ready copy aborted without a pivot is `canceled`, as libvirt tells it), `vanished` (left
+    /// while nothing told how: `outcome` `unknown`, never a guess) and `gap` (the connection was lost: `error`;
+    /// it is made again, at most once a second, and a reading says what happened meanwhile). With --qmp the
+    /// monitor is held while watching: name one of the VM's own, not a manager's only monitor.
     #[command(after_help = exit_codes())]
     Events {
-        /// The QMP monitor: `/path`, `unix:/path` or `tcp:HOST:PORT`.
-        #[arg(long, value_name = "ADDRESS")]
-        qmp: String,
+        #[command(flatten)]
+        source: Source,
         /// Stop after this many seconds (fractions allowed); default: until stopped.
         #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
         timeout: Option<Duration>,

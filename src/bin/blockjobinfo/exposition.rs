@@ -108,7 +108,8 @@ fn escape(s: &str, quoted: bool) -> String {
     out
 }
 
-/// A sample value as Go's strconv formats it for Prometheus: `NaN`, `+Inf`, `-Inf`, or the shortest decimal.
+/// A sample value as Prometheus's parser reads it: `NaN`, `+Inf`, `-Inf`, or Rust's shortest decimal (never an
+/// exponent, where Go would write one: the same number).
 fn number(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()

@@ -68,7 +68,10 @@ fn main() -> ExitCode {
                 (_, None) => usage("with libvirt, name the DOMAIN and its DISK"),
             }
         }
-        Command::Events { qmp, timeout } => qmp::events(qmp, *timeout),
+        Command::Events { source, timeout } => match &source.qmp {
+            Some(address) => qmp::events(address, *timeout),
+            None => virt::events(source.connect.as_deref(), *timeout),
+        },
         Command::List {
             hosts,
             json,

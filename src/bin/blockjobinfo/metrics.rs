@@ -8,29 +8,15 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use blockjobinfo::translate::type_label;
-
 use crate::cli::Hosts;
 use crate::exposition::Exposition;
 use crate::http;
 use crate::list::{Reader, Snapshot};
+use crate::print::type_value;
 
 /// The least time between two readings of the host: scrapes that come faster wait for the next reading, never
 /// get an older one, and a flood of scrapes costs libvirtd at most a few readings a second.
 const MIN_GAP: Duration = Duration::from_millis(250);
-
-/// libvirt's job type in a label: `copy`, `pull`, `commit`, `active_commit`, `backup`, `unknown`.
-fn type_value(t: i32) -> String {
-    match type_label(t) {
-        "Block Pull" => "pull",
-        "Block Copy" => "copy",
-        "Block Commit" => "commit",
-        "Active Block Commit" => "active_commit",
-        "Backup" => "backup",
-        _ => "unknown",
-    }
-    .to_string()
-}
 
 /// The exposition for one reading, or for a failed one (`blockjobinfo_up 0`).
 pub fn render(read: &Result<Snapshot, String>, took: Duration) -> String {

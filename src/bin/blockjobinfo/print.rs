@@ -251,13 +251,22 @@ pub(crate) fn outcome(
     }
 }
 
-/// One line of `events`: what happened to which job, with QEMU's timestamp where an event told it.
+/// One line of `events` over QMP.
 pub(crate) fn event_line(e: &JobEvent) -> String {
+    told_line(None, e)
+}
+
+/// One line of `events`: what happened to which job (of which domain, under libvirt), with QEMU's timestamp
+/// where an event told it.
+pub(crate) fn told_line(domain: Option<&str>, e: &JobEvent) -> String {
     let mut line = serde_json::Map::new();
     let mut put = |k: &str, v: serde_json::Value| {
         line.insert(k.to_string(), v);
     };
     put("seq", e.seq.into());
+    if let Some(d) = domain {
+        put("domain", d.into());
+    }
     let (event, outcome, error) = match &e.happened {
         Happened::Watching { .. } => ("watching", None, None),
         Happened::Started => ("start", None, None),
@@ -297,4 +306,18 @@ pub(crate) fn event_line(e: &JobEvent) -> String {
         .unwrap_or_default();
     put("time", serde_json::json!(now.as_secs_f64()));
     serde_json::Value::Object(line).to_string()
+}
+
+/// libvirt's job type as a word (labels, `events`): `copy`, `pull`, `commit`, `active_commit`, `backup`,
+/// `unknown`.
+pub(crate) fn type_value(t: i32) -> String {
+    match type_label(t) {
+        "Block Pull" => "pull",
+        "Block Copy" => "copy",
+        "Block Commit" => "commit",
+        "Active Block Commit" => "active_commit",
+        "Backup" => "backup",
+        _ => "unknown",
+    }
+    .to_string()
 }

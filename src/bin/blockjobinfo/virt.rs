@@ -1,18 +1,21 @@
-//! The tool's libvirt mode: `info` and `wait` on a domain's disk, through the library's libvirt layer (libvirt
+//! The tool's libvirt mode: `info` and `wait` on a domain's disk, and `events` of every domain, through the library's libvirt layer (libvirt
 //! loaded at run time, a read-only connection, the `native` rules).
 
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use blockjobinfo::libvirt::api::{Connection, Libvirt, OwnedDomain};
+use blockjobinfo::libvirt::api::{BlockJobEvent, Connection, Libvirt, OwnedDomain};
 use blockjobinfo::libvirt::host::{self, DiskJob};
 use blockjobinfo::libvirt::xml;
 use blockjobinfo::translate::type_label;
+use blockjobinfo::watch::{Happened, JobEvent};
 use blockjobinfo::{Error, Outcome, Until, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES};
 use serde::Serialize;
 
-use crate::print::{fail, outcome, print_info, Form, JsonAnswer, Progress, Shown};
+use crate::cli::Hosts;
+use crate::list::{Reader, Snapshot};
+use crate::print::{fail, outcome, print_info, told_line, type_value, Form, JsonAnswer, Progress, Shown};
 
 /// Without an event, the state is read again this often, in case one was missed.
 const SAFETY_POLL: Duration = Duration::from_secs(2);
@@ -289,4 +292,254 @@ fn decide(status: i32, until: Until) -> Option<Outcome> {
         (CANCELED, _) => Some(Outcome::Cancelled),
         _ => None,
     }
+}
+
+/// A job `events -c` knows of.
+struct Known {
+    job_type: i32,
+    ready: bool,
+    /// The reading it was first seen in (or the one before it, when an event told it): a later reading
+    /// without it says it left.
+    learned: u64,
+    /// Readings since one first lacked it: it has vanished once two have (libvirt may still be sending its
+    /// ending, which is told instead).
+    missing: u8,
+}
+
+/// `events -c`: every block job of every running domain, as libvirt's block job events and readings of the
+/// host tell them.
+struct Told {
+    seq: u64,
+    jobs: std::collections::BTreeMap<(String, String), Known>,
+    /// Jobs whose ending was told, with the number of the reading under way then: a reading begun before it may
+    /// still list the job, one begun after shows a new job of the same disk.
+    ended: std::collections::BTreeMap<(String, String), u64>,
+    /// Readings begun.
+    readings: u64,
+    /// False once standard output is gone.
+    open: bool,
+}
+
+impl Told {
+    fn tell(&mut self, domain: &str, disk: &str, job_type: i32, happened: Happened) {
+        if !self.open {
+            return;
+        }
+        use std::io::Write;
+        self.seq += 1;
+        let e = JobEvent {
+            seq: self.seq,
+            device: disk.to_string(),
+            job_type: if domain.is_empty() {
+                String::new()
+            } else {
+                type_value(job_type)
+            },
+            happened,
+            qemu_time: None,
+        };
+        let domain = (!domain.is_empty()).then_some(domain);
+        let mut out = std::io::stdout();
+        self.open = writeln!(out, "{}", told_line(domain, &e))
+            .and_then(|_| out.flush())
+            .is_ok();
+    }
+
+    fn start(&mut self, key: &(String, String), job_type: i32, learned: u64) {
+        self.jobs.insert(
+            key.clone(),
+            Known {
+                job_type,
+                ready: false,
+                learned,
+                missing: 0,
+            },
+        );
+        self.tell(&key.0, &key.1, job_type, Happened::Started);
+    }
+
+    fn ready(&mut self, key: &(String, String)) {
+        if let Some(k) = self.jobs.get_mut(key) {
+            if !k.ready {
+                k.ready = true;
+                let t = k.job_type;
+                self.tell(&key.0, &key.1, t, Happened::Ready);
+            }
+        }
+    }
+
+    /// libvirt's block job event.
+    fn event(&mut self, ev: &BlockJobEvent) {
+        let key = (ev.domain.clone(), ev.disk.clone());
+        let outcome = match ev.status {
+            READY => {
+                if !self.jobs.contains_key(&key) {
+                    self.ended.remove(&key);
+                    self.start(&key, ev.job_type, self.readings);
+                }
+                return self.ready(&key);
+            }
+            COMPLETED => Outcome::Reached,
+            CANCELED => Outcome::Cancelled,
+            FAILED => Outcome::Failed("libvirt's event carries no reason (the domain's log has QEMU's)".into()),
+            _ => return,
+        };
+        // A job of the disk never seen (it started and ended between two readings): first seen now.
+        if !self.jobs.contains_key(&key) {
+            self.start(&key, ev.job_type, self.readings);
+        }
+        let job_type = self.jobs.remove(&key).map_or(ev.job_type, |k| k.job_type);
+        self.ended.insert(key.clone(), self.readings);
+        self.tell(&key.0, &key.1, job_type, Happened::Ended(outcome));
+    }
+
+    /// A reading of the host, after the events that came before it: new jobs started, ready ones told, and jobs
+    /// missing from two readings in a row without an ending told vanished.
+    fn reading(&mut self, snap: &Snapshot) {
+        let n = self.readings;
+        let listed = |key: &(String, String)| snap.rows.iter().any(|r| r.host == key.0 && r.disk == key.1);
+        for r in &snap.rows {
+            let key = (r.host.clone(), r.disk.clone());
+            match self.ended.get(&key) {
+                // Ended while this reading was under way: the row may be the job that ended.
+                Some(&told) if told >= n => continue,
+                Some(_) => {
+                    self.ended.remove(&key);
+                }
+                None => {}
+            }
+            match self.jobs.get_mut(&key) {
+                Some(k) => k.missing = 0,
+                None => self.start(&key, r.job_type, n),
+            }
+            if r.phase == "mirroring" {
+                self.ready(&key);
+            }
+        }
+        // A domain that could not be read says nothing of its jobs.
+        let unread = |key: &(String, String)| snap.failures.iter().any(|f| f.host == key.0);
+        let mut gone = vec![];
+        for (key, k) in self.jobs.iter_mut() {
+            if k.learned < n && !listed(key) && !unread(key) {
+                k.missing += 1;
+                if k.missing >= 2 {
+                    gone.push((key.clone(), k.job_type));
+                }
+            }
+        }
+        for (key, t) in gone {
+            self.jobs.remove(&key);
+            self.tell(&key.0, &key.1, t, Happened::Vanished);
+        }
+        // A reading begun after an ending shows the disk's next job: the ending no longer needs keeping.
+        self.ended.retain(|_, told| *told >= n);
+    }
+}
+
+/// How often `events -c` reads the host (libvirt has no event for a job's start, nor for one that vanished).
+const EVENTS_READING: Duration = Duration::from_secs(2);
+
+pub fn events(uri: Option<&str>, timeout: Option<Duration>) -> ExitCode {
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let over = || deadline.is_some_and(|d| Instant::now() >= d);
+    let hosts = Hosts {
+        connect: uri.map(str::to_string),
+        qmp_glob: None,
+        qmp_users: vec![],
+        max_sockets: 1,
+    };
+    let mut reader = Reader::new(&hosts);
+    let mut told = Told {
+        seq: 0,
+        jobs: Default::default(),
+        ended: Default::default(),
+        readings: 0,
+        open: true,
+    };
+    let mut connected_once = false;
+    let mut in_gap = false;
+    let mut last_try: Option<Instant> = None;
+    while told.open && !over() {
+        if let Some(t) = last_try {
+            std::thread::sleep((t + Duration::from_secs(1)).saturating_duration_since(Instant::now()));
+        }
+        last_try = Some(Instant::now());
+        let gap = |told: &mut Told, in_gap: &mut bool, why: String| {
+            if !*in_gap {
+                *in_gap = true;
+                told.tell("", "", 0, Happened::Gap(why));
+            }
+        };
+        let conn = match connect(uri) {
+            Ok(c) => c,
+            Err(e) if !connected_once => return fail(&e),
+            Err(e) => {
+                gap(&mut told, &mut in_gap, e.to_string());
+                continue;
+            }
+        };
+        let (tx, rx) = mpsc::channel();
+        let registration = match conn.on_every_block_job(move |ev| {
+            let _ = tx.send(ev);
+        }) {
+            Ok(r) => r,
+            Err(e) if !connected_once => return fail(&e),
+            Err(e) => {
+                gap(&mut told, &mut in_gap, e.to_string());
+                continue;
+            }
+        };
+        // Subscribed first: what happens after the reading is heard.
+        let mut read = |told: &mut Told| -> Result<(), String> {
+            told.readings += 1;
+            let snap = reader.read()?;
+            // The events that came before the reading was done: told first, so that a job that ended meanwhile
+            // is told by its event, not by its absence.
+            while let Ok(ev) = rx.try_recv() {
+                told.event(&ev);
+            }
+            told.reading(&snap);
+            Ok(())
+        };
+        match read(&mut told) {
+            Ok(()) => {}
+            Err(e) if !connected_once => {
+                eprintln!("blockjobinfo: error: {e}");
+                return ExitCode::from(1);
+            }
+            Err(e) => {
+                gap(&mut told, &mut in_gap, e);
+                continue;
+            }
+        }
+        connected_once = true;
+        in_gap = false;
+        let jobs = told.jobs.len();
+        told.tell("", "", 0, Happened::Watching { jobs });
+        let mut next_reading = Instant::now() + EVENTS_READING;
+        while told.open && !over() {
+            let mut until = next_reading;
+            if let Some(d) = deadline {
+                until = until.min(d);
+            }
+            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(ev) => told.event(&ev),
+                Err(mpsc::RecvTimeoutError::Timeout) if over() => break,
+                Err(_) => {
+                    next_reading = Instant::now() + EVENTS_READING;
+                    if !conn.is_alive() {
+                        gap(&mut told, &mut in_gap, "the connection to libvirt was lost".into());
+                        break;
+                    }
+                    if let Err(e) = read(&mut told) {
+                        gap(&mut told, &mut in_gap, e);
+                        break;
+                    }
+                }
+            }
+        }
+        drop(registration);
+        drop(conn);
+    }
+    ExitCode::SUCCESS
 }
