@@ -71,6 +71,11 @@ struct Known {
     /// its id names), and those under a filter then, narrowed as other jobs end (`wait::pivot_or_cancel`).
     own: BTreeMap<String, String>,
     candidate: BTreeMap<String, String>,
+    /// Its devices were read while it ran: a good end can be told a pivot or an abort.
+    observed: bool,
+    /// Its users are pooled with another copy's that ended meanwhile (neither id names a node): which of them
+    /// pivoted cannot be told.
+    ambiguous: bool,
 }
 
 /// The devices as they were before a listing: `query-block` and the users under a filter.
@@ -138,12 +143,15 @@ impl Watch<'_, '_> {
         }
     }
 
+    /// A job first seen, with the devices read before the listing that showed it running (None: first seen
+    /// ended, or told by an event alone).
     fn start(&mut self, id: &str, job_type: &str, learned: u64, devices: Option<&Devices>, at: Option<(u64, u64)>) {
         self.told_ended.remove(id);
         let (own, candidate) = match devices {
             Some(d) if pivots(job_type) => (wait::own_users(&d.blocks, id), d.under_filter.clone()),
             _ => (BTreeMap::new(), BTreeMap::new()),
         };
+        let observed = devices.is_some();
         self.jobs.insert(
             id.to_string(),
             Known {
@@ -152,6 +160,8 @@ impl Watch<'_, '_> {
                 learned,
                 own,
                 candidate,
+                observed,
+                ambiguous: false,
             },
         );
         self.tell(id, job_type, Happened::Started, at);
@@ -176,43 +186,70 @@ impl Watch<'_, '_> {
         }
     }
 
-    /// The job ended: `outcome` as QEMU said it; a good end of a copy or active commit that was (or must have
-    /// been) ready is settled by its devices, and is unknown (vanished) where none were read while it ran.
+    /// The job ended: `outcome` as QEMU said it. A good end of a copy or active commit that was (or must have
+    /// been) ready is a pivot or an abort, told by its devices; it is unknown (vanished) where they were never
+    /// read while it ran, where its users are pooled with another copy's that ended too (neither id names a
+    /// node), or where they cannot be read now.
     fn ended(&mut self, id: &str, outcome: Outcome, at: Option<(u64, u64)>) -> Result<()> {
         let Some(k) = self.jobs.get(id) else { return Ok(()) };
         let job_type = k.job_type.clone();
+        // A commit ends well unready only if it is a plain one, which only its filter (seen running) tells.
         let may_pivot = outcome == Outcome::Reached
             && pivots(&job_type)
-            && (k.ready || verdict::mirror_ended_ready(&job_type, self.version));
+            && (k.ready || verdict::mirror_ended_ready(&job_type, self.version) || !k.observed);
         let settled = match may_pivot {
             false => Ok(Some(outcome)),
-            true if k.own.is_empty() && k.candidate.is_empty() => Ok(None),
+            true if !k.observed => Ok(None),
+            true if k.own.is_empty() => self.apart(id).and_then(|alone| match alone {
+                false => Ok(None),
+                true => {
+                    let k = &self.jobs[id];
+                    wait::pivot_or_cancel(self.a, &k.own, &k.candidate).map(Some)
+                }
+            }),
             true => wait::pivot_or_cancel(self.a, &k.own, &k.candidate).map(Some),
         };
         self.jobs.remove(id);
-        self.told_ended.insert(id.to_string());
-        // The devices could not be read (the connection lost): how it ended is unknown.
+        // Before 2.12 QEMU never lists a concluded job, and an id used again says so with no event.
+        if (self.version.major, self.version.minor) >= (2, 12) {
+            self.told_ended.insert(id.to_string());
+        }
         let told = match &settled {
             Ok(Some(o)) => Happened::Ended(o.clone()),
             _ => Happened::Vanished,
         };
         self.tell(id, &job_type, told, at);
-        if pivots(&job_type) {
-            self.narrow()?;
-        }
         settled.map(|_| ())
     }
 
-    /// Another job ended: its users are no longer those of the copies still running (`wait::pivot_or_cancel`).
-    fn narrow(&mut self) -> Result<()> {
-        if !self.jobs.values().any(|k| k.own.is_empty() && !k.candidate.is_empty()) {
-            return Ok(());
+    /// Whether the users of `id`, a copy whose id names no node and that ended, are its own alone: those still
+    /// under a running copy's filter are that copy's (taken out of the running copies' candidates, as a wait
+    /// narrows them); those of another copy that has ended too cannot be told from its own, and both are then
+    /// unknown.
+    fn apart(&mut self, id: &str) -> Result<bool> {
+        if self.jobs[id].ambiguous {
+            return Ok(false);
         }
         let still = wait::job_devices(self.a)?;
-        for k in self.jobs.values_mut().filter(|k| k.own.is_empty()) {
-            k.candidate.retain(|name, _| still.contains_key(name));
+        let mine: BTreeSet<String> = self.jobs[id]
+            .candidate
+            .keys()
+            .filter(|n| !still.contains_key(*n))
+            .cloned()
+            .collect();
+        let mut alone = true;
+        for (other, k) in self.jobs.iter_mut() {
+            if other == id || !k.own.is_empty() {
+                continue;
+            }
+            if k.candidate.keys().any(|n| still.contains_key(n)) {
+                k.candidate.retain(|n, _| still.contains_key(n));
+            } else if k.candidate.keys().any(|n| mine.contains(n)) {
+                k.ambiguous = true;
+                alone = false;
+            }
         }
-        Ok(())
+        Ok(alone)
     }
 
     /// A job not known yet, heard of by an event: QEMU's list says its type. Whether it is ready or done is
@@ -223,7 +260,8 @@ impl Watch<'_, '_> {
             return Err(Error::Protocol("the connection was lost".into()));
         }
         if let Some(j) = l.jobs.iter().find(|j| j.device == id) {
-            self.start(id, &j.job_type.clone(), l.n, Some(&l.devices), at);
+            let devices = (!verdict::finished(j)).then_some(&l.devices);
+            self.start(id, &j.job_type.clone(), l.n, devices, at);
         }
         Ok(())
     }
@@ -283,11 +321,14 @@ impl Watch<'_, '_> {
     /// A listing against what is known, after the events QEMU sent before its reply (and none after): new
     /// jobs started, listed states told, and jobs known before it that it lacks, their endings not heard,
     /// vanished.
-    fn reconcile(&mut self, listener: &mut Listener<'_>, l: &Listing) -> Result<()> {
+    /// Returns whether events were lost meanwhile (the log overflowed): what they told after the listing is
+    /// then read from a new one.
+    fn reconcile(&mut self, listener: &mut Listener<'_>, l: &Listing) -> Result<bool> {
+        let mut lost = false;
         loop {
             match listener.next_before(l.mark)? {
                 Heard::Event(ev) => self.event(listener, &ev)?,
-                Heard::Missed => continue,
+                Heard::Missed => lost = true,
                 Heard::Quiet => break,
             }
         }
@@ -298,7 +339,9 @@ impl Watch<'_, '_> {
                 continue;
             }
             if !self.jobs.contains_key(&j.device) {
-                self.start(&j.device, &j.job_type, l.n, Some(&l.devices), None);
+                // Devices read before a listing that shows it ended tell nothing of how it ended.
+                let devices = (!verdict::finished(j)).then_some(&l.devices);
+                self.start(&j.device, &j.job_type, l.n, devices, None);
             }
             if verdict::is_ready(j) {
                 self.ready(&j.device, None);
@@ -320,7 +363,19 @@ impl Watch<'_, '_> {
             self.jobs.remove(&id);
             self.tell(&id, &job_type, Happened::Vanished, None);
         }
-        Ok(())
+        Ok(lost)
+    }
+
+    /// A listing, and others while events were lost meanwhile. None: the deadline came while a command queued.
+    fn settle_listing(&mut self, listener: &mut Listener<'_>, mut l: Listing) -> Result<Option<()>> {
+        while self.reconcile(listener, &l)? {
+            let Some(again) = self.list()? else { return Ok(None) };
+            if !listener.is_current() {
+                return Err(Error::Protocol("the connection was lost".into()));
+            }
+            l = again;
+        }
+        Ok(Some(()))
     }
 }
 
@@ -396,7 +451,9 @@ fn watching(m: &Monitor, w: &mut Watch<'_, '_>, deadline: Option<Instant>) -> Re
         connected_once = true;
         listener.follow();
         let run = (|| -> Result<()> {
-            w.reconcile(&mut listener, &listing)?;
+            if w.settle_listing(&mut listener, listing)?.is_none() {
+                return Ok(());
+            }
             let jobs = w.jobs.len();
             w.tell("", "", Happened::Watching { jobs }, None);
             while !w.stopped {
@@ -415,7 +472,9 @@ fn watching(m: &Monitor, w: &mut Watch<'_, '_>, deadline: Option<Instant>) -> Re
                         if !listener.is_current() {
                             return Err(Error::Protocol("the connection was lost".into()));
                         }
-                        w.reconcile(&mut listener, &l)?;
+                        if w.settle_listing(&mut listener, l)?.is_none() {
+                            return Ok(());
+                        }
                     }
                 }
             }

@@ -318,3 +318,65 @@ fn a_copy_aborted_on_ready_is_canceled_by_the_devices_read_before() {
         stream.seen
     );
 }
+
+/// Two copies whose ids name no node (`job0` on one disk, `job1` on another) end back to back, one aborted and
+/// one pivoted: their filters showed both disks, and once both are gone nothing tells which disk was whose. Each
+/// ending is unknown (vanished), never the other's.
+#[test]
+fn two_copies_known_by_their_filters_alone_ending_together_are_unknown() {
+    let before = json!({
+        "query-block-jobs": [listed("job0", "mirror", "ready", true), listed("job1", "mirror", "ready", true)],
+        "query-block": [disk(0, "node0", "/vm/a.qcow2"), disk(1, "node1", "/vm/b.qcow2")],
+        "query-named-block-nodes": [filter(1, "/vm/a.qcow2"), filter(2, "/vm/b.qcow2")],
+        "query-block-exports": [],
+    });
+    let after = json!({
+        "query-block-jobs": [],
+        "query-block": [disk(0, "node0", "/vm/a.qcow2"), disk(1, "node3", "/vm/b-copy.qcow2")],
+        "query-named-block-nodes": [],
+        "query-block-exports": [],
+    });
+    let fake = scene(
+        before,
+        |c| {
+            lifecycle(c, "job0", "mirror", &["waiting", "pending", "concluded", "null"]);
+            lifecycle(c, "job1", "mirror", &["waiting", "pending", "concluded", "null"]);
+        },
+        after,
+    );
+    let mut stream = Stream::start(&fake.path);
+    stream.until("job1 told", |v| v["device"] == "job1" && v["event"] == "vanished");
+    assert_eq!(
+        stream.of("job0"),
+        ["start", "ready", "vanished unknown"],
+        "{:#?}",
+        stream.seen
+    );
+    assert_eq!(
+        stream.of("job1"),
+        ["start", "ready", "vanished unknown"],
+        "{:#?}",
+        stream.seen
+    );
+}
+
+/// A copy first seen already concluded without an error (pivoted, or aborted after ready, before the stream
+/// began): its devices were never read while it ran, so how it ended is unknown.
+#[test]
+fn a_copy_first_seen_concluded_has_an_unknown_ending() {
+    let state = json!({
+        "query-block-jobs": [listed("copy-vda-libvirt-1-format", "mirror", "concluded", false)],
+        "query-block": [disk(0, "libvirt-3-format", "/vm/a-copy.qcow2")],
+        "query-named-block-nodes": [],
+        "query-block-exports": [],
+    });
+    let fake = scene(state.clone(), |_| {}, state);
+    let mut stream = Stream::start(&fake.path);
+    stream.until("watching", |v| v["event"] == "watching");
+    assert_eq!(
+        stream.of("copy-vda-libvirt-1-format"),
+        ["start", "vanished unknown"],
+        "{:#?}",
+        stream.seen
+    );
+}

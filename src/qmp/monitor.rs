@@ -224,8 +224,8 @@ impl Monitor {
         }
     }
 
-    /// As `execute_queued`, on the connection as it is (a lost one is an error, not made again), with the
-    /// reply's place among the events: every event QEMU sent before the reply has a sequence number below the
+    /// As `execute_queued`, not retried after a disconnect (a connection that is not there is made, as for any
+    /// command: a listener tells that from `Listener::is_current`), with the reply's place among the events: every event QEMU sent before the reply has a sequence number below the
     /// mark returned ([`Listener::next_before`]), every later one not.
     pub fn execute_marked<T: serde::de::DeserializeOwned>(
         &self,

@@ -289,7 +289,8 @@ pub(crate) fn told_line(domain: Option<&str>, e: &JobEvent) -> String {
     if let Some(o) = outcome {
         put("outcome", o.into());
     }
-    if let Some(why) = error {
+    // libvirt's failure carries no reason: no `error` then.
+    if let Some(why) = error.filter(|w| !w.is_empty()) {
         put("error", why.into());
     }
     if let Happened::Watching { jobs } = e.happened {

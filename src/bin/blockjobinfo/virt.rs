@@ -318,6 +318,8 @@ struct Told {
     readings: u64,
     /// False once standard output is gone.
     open: bool,
+    /// The next reading is the first after a gap: a job it lacks ended unseen, and has vanished at once.
+    after_gap: bool,
 }
 
 impl Told {
@@ -381,7 +383,8 @@ impl Told {
             }
             COMPLETED => Outcome::Reached,
             CANCELED => Outcome::Cancelled,
-            FAILED => Outcome::Failed("libvirt's event carries no reason (the domain's log has QEMU's)".into()),
+            // libvirt's event carries no reason (the domain's log has QEMU's).
+            FAILED => Outcome::Failed(String::new()),
             _ => return,
         };
         // A job of the disk never seen (it started and ended between two readings): first seen now.
@@ -422,7 +425,7 @@ impl Told {
         for (key, k) in self.jobs.iter_mut() {
             if k.learned < n && !listed(key) && !unread(key) {
                 k.missing += 1;
-                if k.missing >= 2 {
+                if k.missing >= 2 || self.after_gap {
                     gone.push((key.clone(), k.job_type));
                 }
             }
@@ -433,6 +436,7 @@ impl Told {
         }
         // A reading begun after an ending shows the disk's next job: the ending no longer needs keeping.
         self.ended.retain(|_, told| *told >= n);
+        self.after_gap = false;
     }
 }
 
@@ -455,6 +459,7 @@ pub fn events(uri: Option<&str>, timeout: Option<Duration>) -> ExitCode {
         ended: Default::default(),
         readings: 0,
         open: true,
+        after_gap: false,
     };
     let mut connected_once = false;
     let mut in_gap = false;
@@ -527,12 +532,17 @@ pub fn events(uri: Option<&str>, timeout: Option<Duration>) -> ExitCode {
                 Err(mpsc::RecvTimeoutError::Timeout) if over() => break,
                 Err(_) => {
                     next_reading = Instant::now() + EVENTS_READING;
-                    if !conn.is_alive() {
-                        gap(&mut told, &mut in_gap, "the connection to libvirt was lost".into());
-                        break;
-                    }
-                    if let Err(e) = read(&mut told) {
-                        gap(&mut told, &mut in_gap, e);
+                    let lost = match conn.is_alive() {
+                        false => Some("the connection to libvirt was lost".to_string()),
+                        true => read(&mut told).err(),
+                    };
+                    if let Some(why) = lost {
+                        // The events already here are real: told before the gap.
+                        while let Ok(ev) = rx.try_recv() {
+                            told.event(&ev);
+                        }
+                        gap(&mut told, &mut in_gap, why);
+                        told.after_gap = true;
                         break;
                     }
                 }
