@@ -55,7 +55,6 @@ const TOOL_ONLY: &[&str] = &[
     "roff",
     "indicatif",
     "console",
-    "prometheus",
     "glob",
     "hyper",
     "hyper_util",
