@@ -229,7 +229,8 @@ fn examples_print_like_virsh(s: &'static Stack) {
 }
 
 /// Runs `exe args` under valgrind memcheck and checks it found no error and nothing definitely lost (the
-/// program's own status is the caller's to check).
+/// program's own status is the caller's to check), but for what a forked child inherits of the parent's
+/// threads (tests/c/valgrind.supp).
 fn under_valgrind(exe: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut cmd = Command::new("valgrind");
     cmd.args([
@@ -239,6 +240,11 @@ fn under_valgrind(exe: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
         "--errors-for-leak-kinds=definite",
         "--show-leak-kinds=definite",
     ]);
+    // What a forked child inherits of the parent's drain threads (see the file).
+    cmd.arg(format!(
+        "--suppressions={}",
+        cbuild::root().join("tests/c/valgrind.supp").display()
+    ));
     cmd.arg(exe).args(args);
     let out = match stdin {
         None => cmd.stdin(Stdio::null()).output().unwrap(),

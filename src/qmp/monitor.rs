@@ -79,6 +79,9 @@ struct State {
     draining: bool,
     /// The connection whose drain thread was started (at its first reply: one that never answered is dropped).
     drained: u64,
+    /// The drain threads that may still run: `close` waits for them, so that none outlives it (a C program may
+    /// exit or unload the library right after).
+    drains: Vec<std::thread::JoinHandle<()>>,
     events: VecDeque<(u64, Arc<Value>, usize)>,
     event_bytes: usize,
     next_seq: u64,
@@ -157,6 +160,7 @@ impl Monitor {
                 reading: false,
                 draining: false,
                 drained: 0,
+                drains: Vec::new(),
                 events: VecDeque::new(),
                 event_bytes: 0,
                 next_seq: 0,
@@ -465,8 +469,12 @@ impl Monitor {
             .name("bji-qmp-drain".into())
             .stack_size(256 * 1024)
             .spawn(move || drain(me, generation));
-        if let Err(e) = started {
-            log::warn!("{}: no thread to read events between calls: {e}", self.address);
+        match started {
+            Ok(handle) => {
+                st.drains.retain(|h| !h.is_finished());
+                st.drains.push(handle);
+            }
+            Err(e) => log::warn!("{}: no thread to read events between calls: {e}", self.address),
         }
     }
 
@@ -581,12 +589,28 @@ impl Monitor {
     pub fn close(&self) {
         let mut st = lock(&self.state);
         st.closed = true;
-        if std::process::id() == self.pid {
+        let own = std::process::id() == self.pid;
+        if own {
             if let Some(l) = st.link.as_ref() {
                 l.interrupter.interrupt();
             }
         }
         self.changed.notify_all();
+        // Woken above (its socket shut down, or the state changed), each drain thread ends at once; waited
+        // for, at most 2 s, so that none outlives the close. A forked child has none of its parent's threads.
+        let drains = std::mem::take(&mut st.drains);
+        drop(st);
+        if own {
+            let by = Instant::now() + Duration::from_secs(2);
+            for h in drains {
+                while !h.is_finished() && Instant::now() < by {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                if h.is_finished() {
+                    let _ = h.join();
+                }
+            }
+        }
     }
 }
 
