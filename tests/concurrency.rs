@@ -184,17 +184,7 @@ fn child(src: &QmpSource, own_socket: &str) -> i32 {
 fn many_waits_share_one_source(s: &'static Stack) {
     let mut qsd = Qsd::start(s);
     // A second target, for a backup beside the mirror.
-    let dst2 = s.inside(std::path::Path::new(&qsd.path("dst2.qcow2")));
-    let out = s
-        .root_command("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", &dst2, &IMAGE.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    qsd.ctl.ok(
-        "blockdev-add",
-        json!({"driver": "qcow2", "node-name": "dst2", "file": {"driver": "file", "filename": dst2}}),
-    );
+    qsd.add_second_target();
     // Both held at 64 KiB/s (8 MiB: two minutes) until the calls below are done, so that no wait can end
     // before them; then let go.
     qsd.ctl.start_sized(

@@ -99,26 +99,8 @@ fn ended(device: &'static str) -> impl Fn(&Value) -> bool {
 
 fn every_life_on_a_daemon_is_streamed(s: &'static Stack) {
     let mut qsd = Qsd::start(s);
-    let sock = format!("{}/nbd.sock", s.inside(qsd.dir.path()));
-    qsd.ctl.ok(
-        "nbd-server-start",
-        json!({"addr": {"type": "unix", "data": {"path": sock}}}),
-    );
-    qsd.ctl.ok(
-        "block-export-add",
-        json!({"type": "nbd", "id": "e0", "node-name": "top"}),
-    );
-    let dst2 = s.inside(std::path::Path::new(&qsd.path("dst2.qcow2")));
-    let made = s
-        .root_command("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", &dst2, &IMAGE.to_string()])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    qsd.ctl.ok(
-        "blockdev-add",
-        json!({"driver": "qcow2", "node-name": "dst2", "file": {"driver": "file", "filename": dst2}}),
-    );
+    qsd.export_top();
+    qsd.add_second_target();
     // Writes at 4 MiB and beyond fail with EIO.
     qsd.ctl.ok(
         "blockdev-add",

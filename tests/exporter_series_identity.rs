@@ -22,17 +22,7 @@ fn escaped(v: &str) -> String {
 
 fn series_that_join_alike_keep_their_own_numbers(s: &'static Stack) {
     let mut qsd = Qsd::start_with_monitors(s, 2);
-    let dst2 = s.inside(std::path::Path::new(&qsd.path("dst2.qcow2")));
-    let made = s
-        .root_command("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", &dst2, &IMAGE.to_string()])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    qsd.ctl.ok(
-        "blockdev-add",
-        json!({"driver": "qcow2", "node-name": "dst2", "file": {"driver": "file", "filename": dst2}}),
-    );
+    qsd.add_second_target();
     // Crawling for minutes: both are still listed when the exporter reads them.
     qsd.ctl.start_sized(
         "blockdev-mirror",

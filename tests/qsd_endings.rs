@@ -18,15 +18,7 @@ use serde_json::{json, Value};
 /// A daemon whose `top` is exported over NBD.
 fn exporting_daemon(s: &'static Stack) -> Qsd {
     let mut qsd = Qsd::start(s);
-    let sock = format!("{}/nbd.sock", s.inside(qsd.dir.path()));
-    qsd.ctl.ok(
-        "nbd-server-start",
-        json!({"addr": {"type": "unix", "data": {"path": sock}}}),
-    );
-    qsd.ctl.ok(
-        "block-export-add",
-        json!({"type": "nbd", "id": "e0", "node-name": "top"}),
-    );
+    qsd.export_top();
     qsd
 }
 

@@ -270,6 +270,35 @@ impl Qsd {
         qsd
     }
 
+    /// A second empty target, node `dst2` (IMAGE bytes), for a job beside one onto `dst`.
+    pub fn add_second_target(&mut self) {
+        let dst2 = self.stack.inside(std::path::Path::new(&self.path("dst2.qcow2")));
+        let made = self
+            .stack
+            .root_command("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", &dst2, &IMAGE.to_string()])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        self.ctl.ok(
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": "dst2", "file": {"driver": "file", "filename": dst2}}),
+        );
+    }
+
+    /// `top` exported over NBD (export `e0`), as a daemon serves its images: the export is what a pivot moves.
+    pub fn export_top(&mut self) {
+        let sock = format!("{}/nbd.sock", self.stack.inside(self.dir.path()));
+        self.ctl.ok(
+            "nbd-server-start",
+            json!({"addr": {"type": "unix", "data": {"path": sock}}}),
+        );
+        self.ctl.ok(
+            "block-export-add",
+            json!({"type": "nbd", "id": "e0", "node-name": "top"}),
+        );
+    }
+
     /// Lifts the `slow` node's throttle (an empty `limits` would change nothing: each limit is named).
     pub fn unthrottle(&mut self) {
         self.ctl.ok(
