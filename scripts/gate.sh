@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The real part of `make test`: waits for the stacks' roots (`make test` starts preparing them before it
 # builds), then runs the suite and the benchmark's quick pass (scripts/lanes.sh: a lane per stack, side by side)
-# with the checkout readable by root alone, stops whatever the tests left running (also when interrupted), and
-# fails if anything was left behind.
+# with the checkout readable by root alone, then `make test-breaks` the same way, stops whatever the tests left
+# running (also when interrupted), and fails if anything was left behind.
 #
 #   BJI_STACKS=deb12,deb14   only these stacks of tests/stacks.conf (quick local work); default: all of them
 #   BJI_STACKS_REQUIRED=...  stacks that must be among them (CI names every one): a missing one fails the gate
@@ -67,4 +67,9 @@ run_private() {
 
 run_private scripts/lanes.sh
 
+# Each rule turned off in turn must turn its guards red for the right reason: from the same private view of the
+# checkout as the lanes (their lane logs stand for the guards' clean runs), and under this gate's watch, so
+# whatever a guard leaves running is stopped and fails the gate too. The report follows either way.
+run_private scripts/test-breaks.sh && rc=0 || rc=$?
 scripts/stacks.sh report
+exit "$rc"

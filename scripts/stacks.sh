@@ -362,6 +362,9 @@ report() {
         fill README.md lanes-took "$(cat target/stacks/lanes-took)"
         fill docs/testing.md lanes-took "$(cat target/stacks/lanes-took)"
     fi
+    if [ -f target/stacks/test-breaks-took ]; then
+        fill docs/testing.md test-breaks-took "$(cat target/stacks/test-breaks-took)"
+    fi
 }
 
 # What the last `make soak` saw on each stack (target/stacks/<stack>/soak), into docs/testing.md.

@@ -54,9 +54,10 @@ pub fn var(name: &str) -> Option<&'static str> {
 /// Whether `BLOCKJOBINFO_TEST_BREAK` turns off the guarantee `rule` (`window`: the `offset == len` rule;
 /// `zero`: `0/0` read as `0/1`; `fallback`: the drop-in's chosen source, which then falls back silently;
 /// `catch`: the catch at the C boundary; `ending`: QEMU's ready event over a later listing; `own`: a job's own
-/// devices, not every device, telling its pivot; `series`: the exporter's series by their exact labels). Debug
-/// builds only, for `make test-breaks`, which shows each guard test failing without its rule. A release build
-/// has no such switch.
+/// devices, not every device, telling its pivot; `series`: the exporter's series by their exact labels;
+/// `standby`: a ready job paused counted as ready; `memory`: not a rule, a heap overflow in `bji_close` that
+/// AddressSanitizer must see in the Rust code). Debug builds only, for `make test-breaks`, which shows each
+/// guard test failing without its rule. A release build has no such switch.
 pub fn broken(rule: &str) -> bool {
     cfg!(debug_assertions) && var("BLOCKJOBINFO_TEST_BREAK") == Some(rule)
 }

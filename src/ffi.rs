@@ -284,6 +284,13 @@ pub unsafe extern "C" fn bji_close(src: *mut bji_source) {
             return Ok(());
         };
         source.inner.close();
+        // `make test-breaks` (`memory`): a byte read past a heap buffer, which AddressSanitizer must report in
+        // the Rust code when the library is built for it (`make asan`). Debug builds only, under the switch.
+        if crate::environment::broken("memory") {
+            let buffer = Box::new([0u8; 16]);
+            // SAFETY: none, on purpose: the read is out of bounds, for the sanitizer to catch.
+            let _ = unsafe { std::ptr::read_volatile(buffer.as_ptr().add(buffer.len())) };
+        }
         if source.pid == std::process::id() {
             // The calls in progress hold the other references; closing woke each.
             let deadline = std::time::Instant::now() + Duration::from_secs(6);

@@ -45,6 +45,10 @@ pub fn finished(raw: &RawJob) -> bool {
 /// Whether the job is in its mirroring phase: QEMU's `ready`, or its status `ready` or `standby` (paused while
 /// ready), as libvirt counts them.
 pub fn is_ready(raw: &RawJob) -> bool {
+    // `make test-breaks` (`standby`): a ready job paused taken for one that is not ready.
+    if crate::environment::broken("standby") && matches!(raw.status.as_deref(), Some("standby")) {
+        return false;
+    }
     raw.ready == Some(true) || matches!(raw.status.as_deref(), Some("ready" | "standby"))
 }
 
@@ -277,7 +281,8 @@ mod tests {
     #[test]
     fn judging_a_listed_job() {
         assert_eq!(judge(&raw("running", Some(false), None), Until::Ready, false), None);
-        // Concluded once ready (a pivot, or an abort after ready, before auto-dismiss): ready was reached.
+        // Concluded once ready, as QEMU before 6.1 lists it (its `ready` flag stayed set; 6.1 on say `ready:
+        // false` for a concluded job, judged below): ready was reached.
         assert_eq!(
             judge(&raw("concluded", Some(true), None), Until::Ready, false),
             Some(Outcome::Reached)

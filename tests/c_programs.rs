@@ -41,7 +41,7 @@ fn layout_matches_libvirts_header_natively() {
         let exe = dir.path().join(name);
         cc(Some(&exe), &["tests/c/abi_layout.c"], &[defs]).unwrap();
         let out = output(&mut Command::new(&exe));
-        assert!(out.status.success());
+        assert!(out.status.success(), "{name}: {}", shown(&out));
         let c = parse_layout(&String::from_utf8(out.stdout).unwrap());
         assert_eq!(c, rust, "{name} C layout vs the Rust struct");
     }

@@ -87,7 +87,7 @@ fn errors_and_empty_answers_are_libvirts_own(s: &'static Stack) {
 
     // The C client, linked before libvirt, with no job: 0 and libvirt's error for an unknown disk.
     let exe = virt::build_linkfirst(&running);
-    let lines = virt::run_linkfirst(&exe, &running, &["libvirt", "native", "qmp", "passthrough"]);
+    let lines = virt::run_linkfirst(&exe, &running, &["libvirt", "native", "qmp", "passthrough"], false);
     for s in ["native", "qmp", "passthrough"] {
         assert_eq!(lines[s], lines["libvirt"], "{s}");
     }

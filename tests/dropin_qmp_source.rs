@@ -17,7 +17,15 @@ use common::{Recorder, Stack};
 /// A qmp source that cannot answer falls back to native, says so in the log, and still answers as libvirt.
 fn a_failing_qmp_source_falls_back_to_native_and_logs_it(s: &'static Stack) {
     let dom = Domain::create(s, "bjt-fallback", 1);
+    // A copy that stands still after its first 64 KiB (1 byte/s): the fallback has a job to answer for, so
+    // its answer is native's numbers, not an empty "no job" that any source or none would give.
+    dom.start_copy(1, 64 * 1024);
+    eventually("the copy's first step", Duration::from_secs(60), || {
+        let raw = dom.job_raw(Preload::No);
+        raw.contains("cur=") && raw_numbers(&raw).1 > 0
+    });
     let plain = dom.job_raw(Preload::No);
+    assert!(plain.contains("cur=65536"), "{}: {plain}", s.name);
     let blockjob_with = |template: &str| {
         let env = [
             format!("LD_PRELOAD={}", s.library()),
@@ -28,7 +36,7 @@ fn a_failing_qmp_source_falls_back_to_native_and_logs_it(s: &'static Stack) {
         virt::virsh_with_env(s, &env, &["blockjob", &dom.name, "vda", "--raw"])
     };
     let out = blockjob_with("/nonexistent/{name}.qmp");
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}: {}", s.name, common::shown(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), plain);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -39,8 +47,14 @@ fn a_failing_qmp_source_falls_back_to_native_and_logs_it(s: &'static Stack) {
 
     // A template that does not name the domain is refused, not used for every domain.
     let out = blockjob_with(&dom.real_qmp_socket());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), plain);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("must contain {name} or {uuid}"));
+    assert!(out.status.success(), "{}: {}", s.name, common::shown(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), plain, "{}", common::shown(&out));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("must contain {name} or {uuid}") && log.contains("falling back to native"),
+        "{}: {log}",
+        s.name
+    );
 }
 
 /// The socket's peer must be the domain's QEMU (libvirt's pid file for it): a process listening at the
@@ -71,7 +85,7 @@ fn only_the_domains_own_qemu_is_believed(s: &'static Stack) {
             "BLOCKJOBINFO_LOG=debug".into(),
         ];
         let out = virt::virsh_with_env(s, &env, &["blockjob", &dom.name, "vda", "--raw"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{}", common::shown(&out));
         (
             String::from_utf8_lossy(&out.stdout).to_string(),
             String::from_utf8_lossy(&out.stderr).to_string(),
@@ -111,7 +125,7 @@ fn the_qmp_connection_is_released_when_idle(s: &'static Stack) {
         "import libvirt, time, sys\n\
          d = libvirt.open('qemu:///session').lookupByName('{}')\n\
          print(d.blockJobInfo('vda', 0), flush=True)\n\
-         time.sleep(6)\n",
+         sys.stdin.readline()\n",
         dom.name
     );
     let mut c = dom.as_user("env");
@@ -123,14 +137,23 @@ fn the_qmp_connection_is_released_when_idle(s: &'static Stack) {
         "-c",
         &script,
     ]);
-    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // It lives, idle, until told to end (a line on its stdin): not on a timer the test could outrun.
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     // Wait for its one call, so that it holds the monitor.
     let mut first = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut first).unwrap();
     assert_eq!(first.trim(), "{}");
-    // While the process lives, idle, another client gets the monitor within the idle timeout (plus slack).
+    // While the process lives, idle, another client gets the monitor: once idle for 300 ms, at the drop-in's
+    // idle reaper's next look (every 150 ms): measured 450 ms on every stack; 3 s is 6x that. A monitor never
+    // given back would make this open time out at its 5 s.
     let t = Instant::now();
     let src = blockjobinfo::QmpSource::open(&dom.real_qmp_socket()).expect("the monitor was given back");
+    eprintln!("{}: the monitor given back after {:?}", s.name, t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert!(src.all_reports(0).unwrap().is_empty());
     assert!(
@@ -138,8 +161,9 @@ fn the_qmp_connection_is_released_when_idle(s: &'static Stack) {
         "the python process is still running"
     );
     drop(src);
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"\n").unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}: {}", s.name, common::shown(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("closing the QMP connection, idle for"));
 }
 

@@ -129,17 +129,18 @@ fn a_flood_of_wrong_passwords_is_answered_and_slows_no_right_one(s: &'static Sta
     assert!(right.len() >= 2, "{}: scrapes during the flood: {right:?}", s.name);
     // Every one 200 (a locked-out password would get 503 or 401), and none held up behind the checks of the wrong
     // ones: measured 50-180 ms during the flood on a loaded 2-core machine, and 1.06 s once for the first, sent
-    // while 1,500 connections were being made; 3 s leaves room for that, and a scrape queued behind bcrypt checks
-    // (about 60 ms each, four at a time, 1,500 of them) would take far longer.
+    // while 1,500 connections were being made; 6 s is 5x that, and a scrape queued behind the bcrypt checks
+    // (about 60 ms each, four at a time, 1,500 of them: over 20 s) would still take far longer.
     assert!(
-        right.iter().all(|(c, t)| *c == 200 && *t < Duration::from_secs(3)),
+        right.iter().all(|(c, t)| *c == 200 && *t < Duration::from_secs(6)),
         "{}: the right password during the flood: {right:?}",
         s.name
     );
-    // And still remembered after it.
+    // And still remembered after it: no bcrypt check (about 60 ms alone, measured) but a cached one (about 2 ms,
+    // measured after a flood): 1 s is far over that, and a check queued behind a flood's would miss it.
     let t = Instant::now();
     assert_eq!(request(&e.address, "prometheus", "right horse"), 200, "{}", s.name);
-    assert!(t.elapsed() < Duration::from_secs(1), "{}", s.name);
+    assert!(t.elapsed() < Duration::from_secs(1), "{}: {:?}", s.name, t.elapsed());
 }
 
 on_each_stack!(a_flood_of_wrong_passwords_is_answered_and_slows_no_right_one);

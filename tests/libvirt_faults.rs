@@ -19,7 +19,27 @@ fn start_poller(dom: &Domain, p: Preload, out: &str, seconds: u32) -> Child {
     c.args(virt::preload_env(dom.stack, p));
     c.args(["/usr/bin/python3", &dom.stack.file("tests/py/poll.py")]);
     c.args([dom.name.as_str(), &seconds.to_string(), &dom.path(out)]);
-    c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// Waits (60 s at most) until a poller has had its first answer: only then may the test break libvirt.
+fn answered(child: &mut Child) {
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) if line.trim() == "answered" => {}
+        got => {
+            let _ = child.kill();
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err);
+            panic!("the poller never answered ({got:?}): {:?}\n{err}", child.wait());
+        }
+    }
 }
 
 /// Waits for a poller and returns (answers before the fault, errors after it).
@@ -46,10 +66,12 @@ fn finish(child: Child, dom: &Domain, out: &str) -> (usize, BTreeSet<String>) {
 fn a_restarted_libvirtd_and_a_destroyed_domain_give_libvirts_own_errors(s: &'static Stack) {
     // 1. The session daemon dies between calls, then comes back.
     let dom = Domain::create(s, "bjt-restart", 1);
-    let plain = start_poller(&dom, Preload::No, "plain.json", 4);
-    let ours = start_poller(&dom, Preload::Source("qmp"), "ours.json", 4);
-    let native = start_poller(&dom, Preload::Source("native"), "native.json", 4);
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut plain = start_poller(&dom, Preload::No, "plain.json", 60);
+    let mut ours = start_poller(&dom, Preload::Source("qmp"), "ours.json", 60);
+    let mut native = start_poller(&dom, Preload::Source("native"), "native.json", 60);
+    for p in [&mut plain, &mut ours, &mut native] {
+        answered(p);
+    }
     let pid = virt::daemon_pid(s).expect("a session daemon runs");
     Command::new("kill").arg(pid.to_string()).status().unwrap();
     let (plain_ok, plain_errors) = finish(plain, &dom, "plain.json");
@@ -86,9 +108,10 @@ fn a_restarted_libvirtd_and_a_destroyed_domain_give_libvirts_own_errors(s: &'sta
     assert!(dom.virsh_ok(Preload::No, &["domstate", &dom.name]).contains("running"));
 
     // 2. The domain is destroyed while pollers run.
-    let plain = start_poller(&dom, Preload::No, "plain2.json", 3);
-    let ours = start_poller(&dom, Preload::Source("qmp"), "ours2.json", 3);
-    std::thread::sleep(Duration::from_millis(1000));
+    let mut plain = start_poller(&dom, Preload::No, "plain2.json", 60);
+    let mut ours = start_poller(&dom, Preload::Source("qmp"), "ours2.json", 60);
+    answered(&mut plain);
+    answered(&mut ours);
     dom.virsh_ok(Preload::No, &["destroy", &dom.name]);
     let (plain_ok, plain_errors) = finish(plain, &dom, "plain2.json");
     let (ours_ok, ours_errors) = finish(ours, &dom, "ours2.json");

@@ -37,7 +37,13 @@ fn lints_clean_and_renders(page: &Path) -> String {
         .env("MANWIDTH", "100")
         .output()
         .unwrap();
-    assert!(man.status.success(), "man -l {}", page.display());
+    assert!(
+        man.status.success(),
+        "man -l {}: {}: {}",
+        page.display(),
+        man.status,
+        String::from_utf8_lossy(&man.stderr)
+    );
     assert!(
         man.stderr.is_empty(),
         "man -l: {}",
@@ -51,7 +57,12 @@ fn tool(args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap();
-    assert!(o.status.success(), "blockjobinfo {args:?}");
+    assert!(
+        o.status.success(),
+        "blockjobinfo {args:?}: {}: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout).unwrap()
 }
 

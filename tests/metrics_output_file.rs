@@ -28,9 +28,15 @@ fn the_file_beside_the_output_is_created_anew_never_through_a_link() {
         .arg(env!("CARGO_BIN_EXE_blockjobinfo"))
         .args(["metrics", "--qmp-glob", "/nonexistent/*.qmp", "--output"])
         .arg(&out)
-        .status()
+        .output()
         .expect("strace (make deps installs it)");
-    assert!(status.success());
+    assert!(
+        status.status.success(),
+        "{}: {}{}",
+        status.status,
+        String::from_utf8_lossy(&status.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     assert_eq!(
         std::fs::read_to_string(&victim).unwrap(),
         "precious\n",

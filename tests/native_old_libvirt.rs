@@ -4,7 +4,9 @@
 //! QEMU's raw offset and len, read through the real libvirt's monitor passthrough; a debug build of the library
 //! takes libvirt's answer from it (BLOCKJOBINFO_TEST_OLD_LIBVIRT). Through it, inside the offset == len window,
 //! libvirt's answer says cur == end, and `native` must still say cur = end - 1, as the stack's own libvirt and
-//! the `qmp` source do; once ready, cur == end. On every stack.
+//! the `qmp` source do; once ready, cur == end. And at 0/0: a copy of an empty disk is sized 0 and ready at
+//! once, so QEMU says offset 0, len 0, ready; the stand-in then says 0/0, and `native` must say 1/1, as libvirt
+//! since 5.6 and the `qmp` source do. On every stack.
 
 #[macro_use]
 mod common;
@@ -12,6 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::checks::raw_numbers;
+use common::exporter::eventually;
 use common::virt::{self, Domain, Preload};
 use common::Stack;
 
@@ -22,19 +25,28 @@ enum Phase {
     Ready,
 }
 
+/// virsh's `args`, preloaded with `source` over the stand-in `standin`: its output and its debug log.
+fn through_old_libvirt(s: &'static Stack, standin: &str, source: &'static str, args: &[&str]) -> (String, String) {
+    let mut env = virt::preload_env(s, Preload::Source(source));
+    env.push(format!("BLOCKJOBINFO_TEST_OLD_LIBVIRT={standin}"));
+    env.push("BLOCKJOBINFO_LOG=debug".into());
+    let o = virt::virsh_with_env(s, &env, args);
+    let log = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        o.status.success(),
+        "{}: virsh ({source}) exited {}: {}{log}",
+        s.name,
+        o.status,
+        String::from_utf8_lossy(&o.stdout)
+    );
+    (String::from_utf8_lossy(&o.stdout).to_string(), log)
+}
+
 fn native_corrects_a_libvirt_that_does_not(s: &'static Stack) {
     let dom = Domain::create(s, "bjt-old", 6);
     let standin = virt::build_old_libvirt(&dom);
     let args = ["blockjob", dom.name.as_str(), "vda", "--raw"];
-    let through = |source: &'static str| {
-        let mut env = virt::preload_env(s, Preload::Source(source));
-        env.push(format!("BLOCKJOBINFO_TEST_OLD_LIBVIRT={standin}"));
-        env.push("BLOCKJOBINFO_LOG=debug".into());
-        let o = virt::virsh_with_env(s, &env, &args);
-        let log = String::from_utf8_lossy(&o.stderr).to_string();
-        assert!(o.status.success(), "{}: virsh ({source}): {log}", s.name);
-        (String::from_utf8_lossy(&o.stdout).to_string(), log)
-    };
+    let through = |source: &'static str| through_old_libvirt(s, &standin, source, &args);
     // One comparison: libvirt's own answer, the stand-in's, native's through it and qmp's, then libvirt's again;
     // its phase, or None where libvirt's answer moved meanwhile (nothing to compare with).
     let sample = || -> Option<Phase> {
@@ -119,4 +131,81 @@ fn native_corrects_a_libvirt_that_does_not(s: &'static Stack) {
     );
 }
 
-on_each_stack!(native_corrects_a_libvirt_that_does_not);
+/// A copy of an empty disk (vdb, 0 bytes): QEMU sizes it 0 and turns it ready at once, and lists it as offset 0,
+/// len 0, ready. libvirt since 5.6 says 1/1 (its 0/0 rule, with QEMU's `ready`); the stand-in says 0/0, as
+/// libvirts before it did, which reads as "not started" to some and "done" to others. `native` through the
+/// stand-in must say 1/1, from the XML's ready mirror, as `qmp` does.
+fn native_reads_an_old_libvirts_0_0_by_the_mirrors_state(s: &'static Stack) {
+    let dom = Domain::create_with_disks(s, "bjt-old0", 1, &|dir| {
+        let o = virt::as_user(s, "qemu-img")
+            .args(["create", "-q", "-f", "raw", &format!("{dir}/empty.raw"), "0"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        format!(
+            "    <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+             <source file='{dir}/empty.raw'/><target dev='vdb' bus='virtio'/></disk>\n"
+        )
+    });
+    let standin = virt::build_old_libvirt(&dom);
+    let copy = dom.path("empty-copy.raw");
+    dom.virsh_ok(
+        Preload::No,
+        &[
+            "blockcopy",
+            &dom.name,
+            "vdb",
+            &copy,
+            "--format",
+            "raw",
+            "--transient-job",
+        ],
+    );
+    eventually("the copy of the empty disk is ready", Duration::from_secs(60), || {
+        dom.xml().contains("ready='yes'")
+    });
+    let args = ["blockjob", dom.name.as_str(), "vdb", "--raw"];
+    let own = dom.virsh_ok(Preload::No, &args);
+    let (old, old_log) = through_old_libvirt(s, &standin, "libvirt", &args);
+    let (native, native_log) = through_old_libvirt(s, &standin, "native", &args);
+    let (qmp, qmp_log) = virt::virsh_through(s, "qmp", &args);
+    let jobs = dom.virsh(
+        Preload::No,
+        &["qemu-monitor-command", &dom.name, "{\"execute\":\"query-block-jobs\"}"],
+    );
+    let qemu = String::from_utf8_lossy(&jobs.stdout);
+    // QEMU's own word: sized 0, ready.
+    assert!(
+        qemu.contains("\"len\":0") && qemu.contains("\"offset\":0") && qemu.contains("\"ready\":true"),
+        "{}: QEMU: {qemu}",
+        s.name
+    );
+    let (_, cur, end) = raw_numbers(&own);
+    assert_eq!(
+        (cur, end),
+        (1, 1),
+        "{}: libvirt's own answer: {own} (QEMU: {qemu})",
+        s.name
+    );
+    assert!(
+        old_log.contains("QEMU offset=0 len=0") && raw_numbers(&old).1 == 0 && raw_numbers(&old).2 == 0,
+        "{}: the stand-in did not say QEMU's 0/0: {old}{old_log}",
+        s.name
+    );
+    assert_eq!(
+        native, own,
+        "{}: native through the old libvirt at 0/0: {native_log} (QEMU: {qemu})",
+        s.name
+    );
+    assert!(
+        native_log.contains("native: disk vdb: libvirt cur=0 end=0, XML mirror"),
+        "{}: native did not read the mirror's state: {native_log}",
+        s.name
+    );
+    assert_eq!(qmp, own, "{}: qmp: {qmp_log}", s.name);
+}
+
+on_each_stack!(
+    native_corrects_a_libvirt_that_does_not,
+    native_reads_an_old_libvirts_0_0_by_the_mirrors_state
+);

@@ -173,7 +173,7 @@ fn neither_the_library_nor_the_tool_links_the_binding() {
     std::fs::write(&module, &out.stdout).unwrap();
     let pyo3_symbols = |path: &Path| -> usize {
         let nm = std::process::Command::new("nm").arg("-C").arg(path).output().unwrap();
-        assert!(nm.status.success(), "nm {}", path.display());
+        assert!(nm.status.success(), "nm {}: {}", path.display(), shown(&nm));
         String::from_utf8_lossy(&nm.stdout).matches("pyo3::").count()
     };
     assert!(pyo3_symbols(&module) > 10, "the detector sees PyO3 where it is linked");

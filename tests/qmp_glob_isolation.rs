@@ -67,8 +67,10 @@ fn three_sick_sockets_cost_only_themselves(s: &'static Stack) {
         let r = get(&e.address, "/metrics", &[]);
         let took = t.elapsed();
         assert_eq!(r.status, 200, "{}: round {round}", s.name);
-        // The scrape gives up on the sick sockets at its 2 s; a scrape that waited for them would take the 5 s
-        // a reading waits for a socket (list::PATIENCE) or more. 4 s leaves 2 s for a loaded machine.
+        // The scrape gives up on the sick sockets within its 2 s (at 80 % of it, 1.6 s); a scrape that waited for
+        // them would take the 5 s a reading waits for a socket (list::PATIENCE) or more. The bound must sit
+        // between the two: 4 s, 2.5x the 1.6 s the scrape takes by design, as much as the 5 s allows. It is the
+        // scrape timeout's promise with room, not a speed target.
         assert!(took < Duration::from_secs(4), "{}: round {round} took {took:?}", s.name);
         let m = parse_metrics(&r.body);
         assert_eq!(sample(&m, "blockjobinfo_up", &[]), Some(1.0), "{}: {}", s.name, r.body);

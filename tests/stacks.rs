@@ -22,7 +22,7 @@ fn prepare(cache: &Path, conf_line: &str, env: &[(&str, &str)]) -> Output {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    assert!(!out.status.success(), "{conf_line}: prepared?");
+    assert!(!out.status.success(), "{conf_line}: prepared? {}", common::shown(&out));
     out
 }
 
@@ -148,7 +148,7 @@ fn a_stale_root_fails_its_tests_and_its_lane() {
     // Made from another recipe.
     std::fs::write(dir.join("root/.bji-stack"), "v2 an older recipe\n").unwrap();
     let out = fresh();
-    assert!(!out.status.success());
+    assert!(!out.status.success(), "{}", common::shown(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("was made from another recipe"),
         "{out:?}"
@@ -160,7 +160,7 @@ fn a_stale_root_fails_its_tests_and_its_lane() {
     );
     std::fs::write(dir.join("failed"), format!("{reason}\n")).unwrap();
     let out = fresh();
-    assert!(!out.status.success());
+    assert!(!out.status.success(), "{}", common::shown(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&reason), "{out:?}");
     let stderr = every_stack_looked_up_in(cache.path());
     assert!(

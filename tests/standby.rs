@@ -34,13 +34,18 @@ fn a_paused_ready_job_is_ready_everywhere(s: &'static Stack) {
     let info = src.block_job_info("job0", 0).unwrap().unwrap();
     assert_eq!(info.cur, info.end, "{}: standby is ready", s.name);
     let waited = src.wait("job0", Until::Ready, Some(Duration::from_secs(5))).unwrap();
-    assert_eq!(waited.outcome, blockjobinfo::Outcome::Reached, "{}", s.name);
+    assert_eq!(
+        waited.outcome,
+        blockjobinfo::Outcome::Reached,
+        "{}: a wait for ready on a paused ready job was not reached",
+        s.name
+    );
     drop(src);
 
     let pattern = qsd.path("lib.sock");
     let out = tool(&["list", "--qmp-glob", &pattern]);
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{listing}");
+    assert!(out.status.success(), "{}: {}", s.name, common::shown(&out));
     let line = listing
         .lines()
         .find(|l| l.contains("job0"))
@@ -48,6 +53,7 @@ fn a_paused_ready_job_is_ready_everywhere(s: &'static Stack) {
     assert!(line.trim_end().ends_with("mirroring"), "{}: {line}", s.name);
 
     let out = tool(&["metrics", "--qmp-glob", &pattern]);
+    assert!(out.status.success(), "{}: {}", s.name, common::shown(&out));
     let metrics = String::from_utf8_lossy(&out.stdout);
     for want in [
         format!("blockjobinfo_block_job_ready{{device=\"job0\",socket=\"{pattern}\"}} 1"),

@@ -6,13 +6,14 @@
 #[macro_use]
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::checks::{agrees, ok, parse_metrics, raw_numbers, sample};
 use common::exporter::eventually;
 use common::system::{SysDomain, System, URI};
 use common::virt::{self, Preload};
+use common::watched::Watched;
 use common::*;
 use serde_json::Value;
 
@@ -31,7 +32,11 @@ fn check_outside_group_libvirt(sys: &System) {
     );
     assert!(!groups.split_whitespace().any(|g| g == "libvirt"), "{groups}");
     let rw = sys.virsh(Some(sys.stack.user), Preload::No, &["list"]);
-    assert!(!rw.status.success(), "a read-write connection was allowed");
+    assert!(
+        !rw.status.success(),
+        "a read-write connection was allowed: {}",
+        common::shown(&rw)
+    );
 }
 
 /// libvirt's own numbers, as the monitoring user's `virsh -r` reads them.
@@ -123,18 +128,31 @@ fn list_info_and_metrics_agree_with_virsh_r(s: &'static Stack) {
     }
 }
 
-/// `wait -c DOMAIN vda --ready` as the monitoring user, in the background.
-fn waiter(sys: &System, dom: &SysDomain) -> Reaper {
-    Reaper(
-        tool(
-            sys,
-            &["wait", "-c", URI, &dom.name, "vda", "--ready", "--timeout", "120"],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap(),
-    )
+/// `wait -c DOMAIN vda --ready` as the monitoring user, in the background: returned once it says it waits
+/// (subscribed to libvirt's events, the job read, not ready), so that what the test does next is what it waits
+/// through.
+fn waiter(sys: &System, dom: &SysDomain) -> Watched {
+    // Its debug log says when it waits (`System::command` clears the caller's BLOCKJOBINFO_LOG).
+    let tool = sys.stack.tool();
+    let mut w = Watched::spawn(
+        "wait -c --ready",
+        sys.command(Some(sys.stack.user), "env").args([
+            "BLOCKJOBINFO_LOG=debug",
+            tool.as_str(),
+            "wait",
+            "-c",
+            URI,
+            &dom.name,
+            "vda",
+            "--ready",
+            "--timeout",
+            "120",
+        ]),
+    );
+    w.wait_line("wait: waiting for disk vda", Duration::from_secs(60), || {
+        format!("libvirt's job: {}", dom.job_raw(sys.stack.user))
+    });
+    w
 }
 
 fn wait_c_reports_ready_cancel_and_failure(s: &'static Stack) {
@@ -142,12 +160,11 @@ fn wait_c_reports_ready_cancel_and_failure(s: &'static Stack) {
     // Ready: a copy held at 1 byte/s while the waiter waits, then let go.
     let dom = SysDomain::create(sys, "bjs-wait", 2);
     dom.start_copy("w.qcow2", 1, 256 * 1024);
-    let mut w = waiter(sys, &dom);
-    std::thread::sleep(Duration::from_millis(1500));
+    let w = waiter(sys, &dom);
     sys.virsh_ok(None, Preload::No, &["blockjob", &dom.name, "vda", "--bandwidth", "0"]);
-    let out = output_of(&mut w);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = w.finish();
     let (_, cur, end) = virsh_raw(&dom);
+    assert_eq!(out.status.code(), Some(0), "{out}; libvirt's job: {cur}/{end}");
     assert!(end > 0 && cur == end, "ready, so libvirt says cur == end: {cur}/{end}");
 
     // Cancelled while waited for: exit 3.
@@ -156,26 +173,22 @@ fn wait_c_reports_ready_cancel_and_failure(s: &'static Stack) {
         dom.job_raw(s.user).trim().is_empty()
     });
     dom.start_copy("c.qcow2", 1, 256 * 1024);
-    let mut w = waiter(sys, &dom);
-    std::thread::sleep(Duration::from_millis(1500));
+    let w = waiter(sys, &dom);
     sys.virsh_ok(None, Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
-    let out = output_of(&mut w);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("was cancelled"), "{err}");
+    let out = w.finish();
+    assert_eq!(out.status.code(), Some(3), "{out}");
+    assert!(out.stderr.contains("was cancelled"), "{out}");
 
     // Failed: a full copy onto a 1 MiB tmpfs.
     let full = dom.path("full");
     sys.mount_tmpfs(&dom, &full, "1M");
     let args = virt::crawling_raw_copy_args(&dom.name, &format!("{full}/copy.raw"));
     sys.virsh_ok(None, Preload::No, &virt::strs(&args));
-    let mut w = waiter(sys, &dom);
-    std::thread::sleep(Duration::from_millis(1500));
+    let w = waiter(sys, &dom);
     sys.virsh_ok(None, Preload::No, &["blockjob", &dom.name, "vda", "--bandwidth", "0"]);
-    let out = output_of(&mut w);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("Block Copy 'vda' failed"), "{err}");
+    let out = w.finish();
+    assert_eq!(out.status.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("Block Copy 'vda' failed"), "{out}");
 }
 
 fn a_user_polkit_denies_gets_one_line_and_exit_6(s: &'static Stack) {
@@ -184,7 +197,11 @@ fn a_user_polkit_denies_gets_one_line_and_exit_6(s: &'static Stack) {
     let denied = s.denied_user();
     // polkit's rule is in force: libvirt's own client is refused too.
     let v = sys.virsh(Some(&denied), Preload::No, &["-r", "list"]);
-    assert!(!v.status.success(), "virsh -r as {denied} was allowed");
+    assert!(
+        !v.status.success(),
+        "virsh -r as {denied} was allowed: {}",
+        common::shown(&v)
+    );
     for args in [
         vec!["list", "-c", URI],
         vec!["list", "-c", URI, "--json"],

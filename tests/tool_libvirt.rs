@@ -332,7 +332,10 @@ fn list_info_and_metrics_agree_with_libvirt_on_several_jobs_at_once(s: &'static 
             break st;
         }
     };
-    assert!(status.success(), "the writer loop failed");
+    assert!(
+        status.success(),
+        "the writer loop failed: {status} (its stderr is the test's)"
+    );
     assert!(reads > 10, "the file was read while being rewritten ({reads} reads)");
     parse_metrics(&std::fs::read_to_string(&host_file).unwrap());
     let leftovers: Vec<_> = std::fs::read_dir(jobs.copy.host_path(""))

@@ -362,6 +362,8 @@ fn correct_by_xml(
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // BLOCKJOBINFO_LOG as C callers have it: the library's lines on stderr (reconnects, a wait's steps).
+    blockjobinfo::logging::init();
     let py = m.py();
     m.add_class::<PySource>()?;
     m.add_class::<CancelToken>()?;

@@ -13,19 +13,20 @@ pub fn needs_mirror_state(answer: &virDomainBlockJobInfo) -> bool {
 
 /// libvirt's answer for a job that exists, corrected by the disk's `<mirror>` (None: the disk has none).
 pub fn correct(answer: virDomainBlockJobInfo, mirror: Option<&Mirror>) -> virDomainBlockJobInfo {
-    if crate::environment::broken("window") || crate::environment::broken("zero") {
-        return answer;
-    }
     let mut out = answer;
     if !needs_mirror_state(&answer) {
         return out;
     }
     let ready = mirror.is_some_and(Mirror::is_ready);
     let (cur, end) = (answer.cur, answer.end);
+    // `make test-breaks` turns each rule off alone: `zero` the first branch, `window` the second.
     if cur == 0 && end == 0 {
+        if crate::environment::broken("zero") {
+            return answer;
+        }
         // A job exists but QEMU gave no progress: not started, or a no-op job that is ready.
         (out.cur, out.end) = if ready { (1, 1) } else { (0, 1) };
-    } else if cur >= end && mirror.is_some() && !ready {
+    } else if cur >= end && mirror.is_some() && !ready && !crate::environment::broken("window") {
         // Never cur == end before ready; libvirt's `end` of 0 with work done is nonsense, read as "just started".
         (out.cur, out.end) = if end == 0 { (0, 1) } else { (end - 1, end) };
     }

@@ -784,3 +784,201 @@ impl Drop for Listener<'_> {
         }
     }
 }
+
+/// The bookkeeping alone, with no connection: the event log's two bounds, what a listener hears and when it is
+/// told it missed some, a reply's mark, and the errors a lost connection gives its users.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn monitor() -> Arc<Monitor> {
+        Monitor::shared(Address::Unix("/nonexistent/qmp.sock".into()), Limits::default(), None)
+    }
+
+    fn log(m: &Monitor, ev: Value) {
+        m.record(&mut lock(&m.state), ev);
+    }
+
+    fn heard(h: Heard) -> Value {
+        match h {
+            Heard::Event(ev) => (*ev).clone(),
+            other => panic!("heard {other:?}, not an event"),
+        }
+    }
+
+    #[test]
+    fn nobody_listening_keeps_nothing_and_the_last_listener_clears_the_log() {
+        let m = monitor();
+        log(&m, json!({"event": "A"}));
+        assert!(lock(&m.state).events.is_empty());
+        let l = m.listen();
+        log(&m, json!({"event": "B"}));
+        assert_eq!(lock(&m.state).events.len(), 1);
+        drop(l);
+        let st = lock(&m.state);
+        assert_eq!((st.listeners, st.events.len(), st.event_bytes), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_listener_hears_in_order_what_came_before_a_mark_and_nothing_at_it() {
+        let m = monitor();
+        let mut l = m.listen();
+        for n in 0..3 {
+            log(&m, json!({"event": "E", "n": n}));
+        }
+        // The reply came after the first two: its mark is the third's number.
+        let mark = lock(&m.state).events[2].0;
+        assert_eq!(heard(l.next_before(mark).unwrap())["n"], 0);
+        assert_eq!(heard(l.next_before(mark).unwrap())["n"], 1);
+        assert!(matches!(l.next_before(mark).unwrap(), Heard::Quiet));
+        // A later mark lets the third through, then nothing more.
+        assert_eq!(heard(l.next_before(u64::MAX - 1).unwrap())["n"], 2);
+        assert!(matches!(l.next_before(u64::MAX - 1).unwrap(), Heard::Quiet));
+        // A second listener hears only what came after it began.
+        let mut late = m.listen();
+        log(&m, json!({"event": "E", "n": 3}));
+        assert_eq!(heard(late.next_before(u64::MAX - 1).unwrap())["n"], 3);
+        assert_eq!(heard(l.next_before(u64::MAX - 1).unwrap())["n"], 3);
+    }
+
+    #[test]
+    fn the_log_keeps_the_newest_events_by_count_and_says_what_was_missed() {
+        let m = monitor();
+        let mut l = m.listen();
+        for n in 0..MAX_KEPT_EVENTS + 5 {
+            log(&m, json!({"n": n}));
+        }
+        {
+            let st = lock(&m.state);
+            assert_eq!(st.events.len(), MAX_KEPT_EVENTS);
+            let sizes: usize = st.events.iter().map(|(_, _, n)| n).sum();
+            assert_eq!(st.event_bytes, sizes);
+        }
+        assert!(matches!(l.next_before(u64::MAX - 1).unwrap(), Heard::Missed));
+        assert_eq!(heard(l.next_before(u64::MAX - 1).unwrap())["n"], 5);
+        // Told once: the rest follows in order.
+        assert_eq!(heard(l.next_before(u64::MAX - 1).unwrap())["n"], 6);
+    }
+
+    #[test]
+    fn the_log_keeps_events_up_to_its_byte_bound_exactly() {
+        let m = monitor();
+        let mut l = m.listen();
+        // Two events of half the bound each (a JSON string: its text and two quotes) fill it exactly: both kept.
+        let half = "x".repeat(MAX_KEPT_EVENT_BYTES / 2 - 2);
+        log(&m, Value::String(half.clone()));
+        log(&m, Value::String(half));
+        assert_eq!(lock(&m.state).events.len(), 2);
+        assert_eq!(lock(&m.state).event_bytes, MAX_KEPT_EVENT_BYTES);
+        // One byte more drops the oldest, and the count of bytes follows.
+        log(&m, json!(1));
+        {
+            let st = lock(&m.state);
+            assert_eq!(st.events.len(), 2);
+            assert_eq!(st.event_bytes, MAX_KEPT_EVENT_BYTES / 2 + 1);
+        }
+        assert!(matches!(l.next_before(u64::MAX - 1).unwrap(), Heard::Missed));
+        assert!(heard(l.next_before(u64::MAX - 1).unwrap()).is_string());
+        assert_eq!(heard(l.next_before(u64::MAX - 1).unwrap()), json!(1));
+    }
+
+    /// A peer that greets and negotiates each connection as QEMU does, then says nothing more.
+    fn quiet_peer(dir: &tempfile::TempDir) -> Address {
+        use std::io::{BufRead, BufReader, Write};
+        let path = dir.path().join("qmp.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let greeting =
+                        r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}"#;
+                    let _ = writeln!(conn, "{greeting}");
+                    let mut lines = BufReader::new(conn.try_clone().unwrap()).lines();
+                    // Each command (capabilities, then none) gets an empty return; the socket's end ends it.
+                    while let Some(Ok(_)) = lines.next() {
+                        let _ = writeln!(conn, r#"{{"return": {{}}}}"#);
+                    }
+                });
+            }
+        });
+        Address::Unix(path)
+    }
+
+    #[test]
+    fn a_listener_of_a_connection_made_again_is_told_its_loss_and_a_current_one_hears_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Monitor::shared(quiet_peer(&dir), Limits::default(), None);
+        m.connect().unwrap();
+        let mut current = m.listen();
+        current.follow();
+        assert!(current.is_current());
+        // Nothing came: at its deadline, quiet, and at once.
+        let asked = Instant::now();
+        assert!(matches!(current.next(asked).unwrap(), Heard::Quiet));
+        assert!(asked.elapsed() < Duration::from_secs(5));
+        // The connection dropped and made again: the listener of the first one is told it is gone, though the
+        // monitor is connected; one following the new connection is not.
+        {
+            let mut st = lock(&m.state);
+            let g = st.generation;
+            m.drop_link(&mut st, g, &Error::Protocol("cut by the test".into()));
+        }
+        m.connect().unwrap();
+        assert!(!current.is_current());
+        let e = current.next(Instant::now()).unwrap_err();
+        assert!(
+            matches!(e, Error::Protocol(ref why) if why.contains("cut by the test")),
+            "{e:?}"
+        );
+        let mut next = m.listen();
+        next.follow();
+        assert!(next.is_current());
+        assert!(matches!(next.next(Instant::now()).unwrap(), Heard::Quiet));
+        m.close();
+    }
+
+    #[test]
+    fn a_lost_connection_is_its_users_error_and_a_closed_monitor_interrupts() {
+        let m = monitor();
+        let mut l = m.listen();
+        l.follow();
+        assert!(!l.is_current(), "no connection was ever made");
+        let past = Instant::now();
+        let e = l.next(past).unwrap_err();
+        assert!(
+            matches!(e, Error::Protocol(ref why) if why == "the connection was lost"),
+            "{e:?}"
+        );
+        {
+            let mut st = lock(&m.state);
+            let g = st.generation;
+            st.dropped = Some((g, "reset by peer".into(), false));
+            let e = dropped_error(&st, g);
+            assert!(
+                matches!(e, Error::Protocol(ref why) if why.contains("reset by peer")),
+                "{e:?}"
+            );
+            let e = dropped_error(&st, g + 1);
+            assert!(
+                matches!(e, Error::Protocol(ref why) if why == "the connection was lost"),
+                "{e:?}"
+            );
+            st.dropped = Some((g, "QEMU went away".into(), true));
+            assert!(matches!(dropped_error(&st, g), Error::Eof(_)));
+            // Another connection's end is not this one's.
+            let e = dropped_error(&st, g + 1);
+            assert!(
+                matches!(e, Error::Protocol(ref why) if why == "the connection was lost"),
+                "{e:?}"
+            );
+        }
+        // Events already logged are still heard before the loss is told.
+        log(&m, json!({"event": "LAST"}));
+        assert_eq!(heard(l.next(past).unwrap())["event"], "LAST");
+        m.close();
+        assert!(matches!(l.next(past), Err(Error::Interrupted)));
+        assert!(matches!(dropped_error(&lock(&m.state), 0), Error::Interrupted));
+    }
+}

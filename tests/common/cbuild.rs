@@ -92,3 +92,52 @@ pub fn output(cmd: &mut Command) -> Output {
         .output()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
+
+/// The library built by nightly Rust with `-Zsanitizer=address` (`make asan`, which `make test` runs first),
+/// refused if older than the library's sources, and checked to be instrumented: blockjobinfo's own objects in
+/// the archive (not only its dependencies') call AddressSanitizer's checks (`nm -A` names each symbol's member).
+pub fn asan_library() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let lib = target.join("asan/x86_64-unknown-linux-gnu/debug/libblockjobinfo.a");
+    let built = std::fs::metadata(&lib)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing: `make asan` builds it (`make test` does)", lib.display()));
+    assert!(
+        built >= newest_library_source(&root().join("src")),
+        "{} is older than src/: run `make asan` (`make test` does)",
+        lib.display()
+    );
+    let nm = Command::new("nm").args(["-A", "-u"]).arg(&lib).output().unwrap();
+    let undefined = String::from_utf8_lossy(&nm.stdout);
+    let ours = |check: &str| {
+        undefined
+            .lines()
+            .any(|l| l.contains(":blockjobinfo-") && l.contains(check))
+    };
+    assert!(
+        ours("__asan_report_load") && ours("__asan_report_store"),
+        "{}: blockjobinfo's own code is not instrumented by AddressSanitizer",
+        lib.display()
+    );
+    lib
+}
+
+/// Compiles the C program `source` into `exe` with AddressSanitizer, linked with the library nightly Rust
+/// instrumented for it: the Rust code's own loads and stores are checked too, not only the C side's.
+pub fn cc_with_rust_asan(exe: &Path, source: &str) {
+    let out = Command::new("cc")
+        .args(STRICT)
+        .args(["-g", "-fno-omit-frame-pointer", "-fsanitize=address", "-I"])
+        .arg(root().join("include"))
+        .arg(root().join(source))
+        .arg(asan_library())
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(exe)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{source}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

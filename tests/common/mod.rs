@@ -172,6 +172,16 @@ pub fn run_tool(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// A process's exit status, stdout and stderr, for an assertion's message: a failure says what it saw.
+pub fn shown(o: &std::process::Output) -> String {
+    format!(
+        "{}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// A child's whole output, once it exits (the guard still kills it if the test fails first).
 pub fn output_of(r: &mut Reaper) -> std::process::Output {
     let mut stdout = Vec::new();

@@ -288,7 +288,7 @@ impl Stack {
     /// `program --version`'s first line, run in the stack.
     pub fn version_of(&self, program: &str) -> String {
         let out = self.root_command(program).arg("--version").output().unwrap();
-        assert!(out.status.success(), "{program} --version");
+        assert!(out.status.success(), "{program} --version: {}", super::shown(&out));
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .next()

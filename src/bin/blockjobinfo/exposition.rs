@@ -168,13 +168,13 @@ mod tests {
     #[test]
     fn escaping_and_numbers() {
         let mut e = Exposition::default();
-        let g = e.gauge("m", "a \\ help\nline", &["l"]);
+        let g = e.gauge("m", "a \\ \"help\"\nline", &["l"]);
         e.set(g, &["q\"b\\n\nx"], 0.5);
         let h = e.gauge("n", "h", &[]);
         e.set(h, &[], f64::INFINITY);
         assert_eq!(
             e.render(),
-            "# HELP m a \\\\ help\\nline\n# TYPE m gauge\nm{l=\"q\\\"b\\\\n\\nx\"} 0.5\n\
+            "# HELP m a \\\\ \"help\"\\nline\n# TYPE m gauge\nm{l=\"q\\\"b\\\\n\\nx\"} 0.5\n\
              # HELP n h\n# TYPE n gauge\nn +Inf\n"
         );
         assert_eq!(number(f64::NAN), "NaN");

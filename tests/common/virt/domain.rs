@@ -306,8 +306,14 @@ pub fn build_linkfirst(dom: &Domain) -> String {
     dom.stack.inside(&exe)
 }
 
-/// Runs the link-first client; returns its lines per source, without the source name.
-pub fn run_linkfirst(exe: &str, dom: &Domain, sources: &[&str]) -> std::collections::BTreeMap<String, Vec<String>> {
+/// Runs the link-first client; returns its lines per source, without the source name. `with_job`: vda has a job
+/// (each source must then have answered it with its job line).
+pub fn run_linkfirst(
+    exe: &str,
+    dom: &Domain,
+    sources: &[&str],
+    with_job: bool,
+) -> std::collections::BTreeMap<String, Vec<String>> {
     let mut c = dom.as_user("env");
     c.args([
         format!("BLOCKJOBINFO_QMP_SOCKET={}", qmp_template()),
@@ -316,12 +322,13 @@ pub fn run_linkfirst(exe: &str, dom: &Domain, sources: &[&str]) -> std::collecti
     c.args(test_break_env());
     c.args([exe, dom.name.as_str(), "vda"]).args(sources);
     let out = c.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}", super::super::shown(&out));
     // Proof that the calls went through blockjobinfo, and that each source answered itself.
     let answering: Vec<&str> = sources.iter().copied().filter(|s| *s != "libvirt").collect();
     assert_answered(
         &String::from_utf8_lossy(&out.stderr),
         &answering,
+        with_job,
         &format!("{}: linkfirst", dom.stack.name),
     );
     let mut map: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();

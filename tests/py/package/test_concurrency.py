@@ -129,13 +129,21 @@ def test_ctrl_c_interrupts_a_wait(qsd):
             sys.exit(3)
         """
     )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    # The library's debug log (on stderr) says when the wait has begun: Ctrl-C comes inside it, not before.
+    env = dict(os.environ, BLOCKJOBINFO_LOG="debug")
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     assert child.stdout.readline().strip() == "waiting"
-    time.sleep(0.5)
+    said = []
+    while not any("wait: waiting for job 'm'" in line for line in said):
+        line = child.stderr.readline()
+        assert line, stack_says(f"the wait never began: {said}")
+        said.append(line)
     sent = time.monotonic()
     os.kill(child.pid, signal.SIGINT)
     line = child.stdout.readline().split()
-    assert child.wait(30) == 3, line
+    assert child.wait(30) == 3, (line, said, child.stderr.read())
     assert line[0] == "interrupted"
     took = float(line[1]) - sent
     print(stack_says(f"Ctrl-C ended the wait in {took * 1000:.1f} ms"))
