@@ -39,6 +39,8 @@ build:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	# The library as the Python module builds it (no tool, no C layer): clippy above unifies the features.
+	$(CARGO) clippy -p blockjobinfo --lib --no-default-features -- -D warnings
 
 # Every stack of tests/stacks.conf (the host's Debian 12 packages, cached Debian 13 and 14 roots, prepared in
 # the background while the rest builds); BJI_STACKS=deb12 for the host's alone. scripts/gate.sh also runs the
@@ -55,7 +57,7 @@ test: deps stacks build lint asan
 # pip's and pytest's wheels in target/wheelhouse, for the stacks' venvs (tests/python_package.rs).
 wheel:
 	test -x $(PYVENV)/bin/maturin || { /usr/bin/python3 -m venv $(PYVENV) && \
-		$(PYVENV)/bin/pip install -q 'maturin>=1.5,<2' 'mypy>=1' 'pytest>=7'; }
+		$(PYVENV)/bin/pip install -q 'maturin>=1.10,<2' 'mypy>=1' 'pytest>=7'; }
 	rm -f $(TARGET)/wheels/blockjobinfo-*
 	$(PYVENV)/bin/maturin build -q $(WHEEL_PROFILE) -m python/Cargo.toml -o $(TARGET)/wheels --interpreter /usr/bin/python3
 	$(PYVENV)/bin/maturin sdist -m python/Cargo.toml -o $(TARGET)/wheels

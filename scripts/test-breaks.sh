@@ -15,9 +15,14 @@
 #   series    the exporter's series keyed by their exact label values (not by the values joined)
 #   standby   a ready job paused (`standby`) is ready to a wait, `list` and `metrics`
 #   memory    (not a rule: a heap overflow made in the Rust code) AddressSanitizer sees the Rust code's accesses
+#
+# Seams for its own test (tests/gate_breaks.rs): BJI_LANES_OUT (where the lanes' logs are read and its own
+# written, as scripts/lanes.sh; never set by the gate) and CARGO (a stand-in cargo there; the Makefile's cargo
+# in the gate).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-logs=target/test-breaks
+out=${BJI_LANES_OUT:-target}
+logs=$out/test-breaks
 rm -rf "$logs"
 mkdir -p "$logs"
 
@@ -51,7 +56,7 @@ EOF
 passed_in_lane() {
     local lane=$1 bin=$2 test=$3 exe log
     exe=$(ls -t "${CARGO_TARGET_DIR:-target}"/debug/deps/"$bin"-* 2>/dev/null | grep -v '\.d$' | head -n 1)
-    log=target/lanes/$lane.log
+    log=$out/lanes/$lane.log
     [ -n "$exe" ] && [ -f "$log" ] && [ "$log" -nt "$exe" ] || return 1
     awk -v run="     Running $(basename "$exe")" -v want="test $test ... ok" '
         $0 == run { inside = 1; next }
@@ -110,9 +115,9 @@ per_stack=$(guards | grep -c $'\t@::')
 once=$(guards | grep -vc $'\t@::')
 want=$((per_stack * $(echo $stacks | wc -w) + once))
 # How long it took, for the docs (scripts/stacks.sh report writes it into docs/testing.md).
-mkdir -p target/stacks
+mkdir -p "$out/stacks"
 echo "\`make test-breaks\` took ${SECONDS} s ($want guards on $(echo $stacks | wc -w) stacks, $bad did not bite), on" \
-    "$(date -u +%F) with $(nproc) cores" >target/stacks/test-breaks-took
+    "$(date -u +%F) with $(nproc) cores" >"$out/stacks/test-breaks-took"
 if [ "$bad" -gt 0 ] || [ "$good" -ne "$want" ]; then
     echo "test-breaks: $good of the $want guards bit for the right reason ($bad did not)" >&2
     exit 1

@@ -77,14 +77,20 @@ extern "C" fn after_fork() {
     let _ = HELD_ACROSS_FORK.try_with(|h| h.try_borrow_mut().map(|mut h| h.take()));
 }
 
-/// Registers the fork handlers once. glibc drops them when the library is unloaded (`dlclose`).
+/// Registers the fork handlers once: at load (the constructor below), else at the first call. glibc drops them
+/// when the library is unloaded (`dlclose`). Never waits: a `Once` would, and a child forked while another thread
+/// of its parent was inside it waited forever at its first call (seen in the gate: 2 of 300 forks, the first
+/// calls racing the forks).
 fn hold_the_table_across_fork() {
-    static DONE: std::sync::Once = std::sync::Once::new();
-    DONE.call_once(|| {
+    static REGISTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    // Read first: a plain load on every call after the first, not a write that every thread's call would make.
+    // (Where the constructor did not run, a fork between another thread's swap and its registration goes
+    // unprotected: the child's first wait for the table is then bounded, 100 ms, never endless.)
+    if !REGISTERED.load(Ordering::Acquire) && !REGISTERED.swap(true, Ordering::AcqRel) {
         // SAFETY: plain functions of this library that neither panic nor unwind; they only take and give back
         // a lock the library owns.
         unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
-    });
+    }
 }
 
 /// The table. Held only for a lookup, so waiting for it is brief; in a forked child whose parent forked while
@@ -187,6 +193,10 @@ fn read_environment() {
 extern "C" fn read_environment_at_load() {
     // A constructor must not unwind into the loader.
     let _ = catch_unwind(read_environment);
+    // The logger and the fork handlers too, before any thread of the host can call in: each is set up once, and
+    // a child forked while another thread was setting one up (a `OnceLock`) would wait for it without end.
+    crate::logging::init();
+    hold_the_table_across_fork();
 }
 
 #[used]

@@ -8,6 +8,7 @@
 pub mod abi;
 pub mod environment;
 pub mod error;
+#[cfg(feature = "c-api")]
 pub mod ffi;
 #[doc(hidden)]
 pub mod fuzzing;

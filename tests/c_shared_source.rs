@@ -301,6 +301,10 @@ fn close_under_eight_threads_with_address_sanitizer_in_the_rust_code_too(s: &'st
 /// Runs the built harness `exe` 1,000 rounds against a crawling mirror; every thread ends, every call after a
 /// close fails, and no sanitizer says a word.
 fn stress(s: &'static Stack, sanitizer: &str, exe: &Path) {
+    // Eight threads of sanitized calls for 1,000 rounds keep both cores busy: one such run on the machine at a
+    // time, and none beside the other heavy tests (the password flood, the 2,000 idle connections), whose
+    // clients it would starve.
+    let _load = host_lock("load");
     let mut qsd = Qsd::start(s);
     mirror(&mut qsd, "dst", 1, json!({}));
     let out = output(

@@ -362,21 +362,32 @@ fn concurrent_requests_beyond_the_limit_are_answered_503_at_once() {
         args.extend(extra);
         let e = Exporter::start(&args);
         let started = Instant::now();
-        let slow: Vec<_> = (0..limit)
+        // One more request than the limit, all at once. The readings take seconds, so all are in flight
+        // together, whatever order they arrive in: exactly one is over the limit, and it is told so at once.
+        let all: Vec<_> = (0..=limit)
             .map(|_| {
                 let a = e.address.clone();
-                std::thread::spawn(move || get(&a, "/metrics", &[]).status)
+                std::thread::spawn(move || {
+                    let t = Instant::now();
+                    let r = get(&a, "/metrics", &[]);
+                    (r.status, t.elapsed(), r.body)
+                })
             })
             .collect();
-        // The readings take seconds, so these are all still being answered.
-        std::thread::sleep(Duration::from_millis(500));
-        let t = Instant::now();
-        let over = get(&e.address, "/metrics", &[]);
-        assert_eq!(over.status, 503, "{over:?}");
-        assert!(over.body.contains(&format!("({limit})")), "{over:?}");
-        assert!(t.elapsed() < Duration::from_secs(1), "503 took {:?}", t.elapsed());
-        let statuses: Vec<u16> = slow.into_iter().map(|t| t.join().unwrap()).collect();
-        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        let answers: Vec<(u16, Duration, String)> = all.into_iter().map(|t| t.join().unwrap()).collect();
+        let statuses: Vec<(u16, Duration)> = answers.iter().map(|(s, t, _)| (*s, *t)).collect();
+        let over: Vec<&(u16, Duration, String)> = answers.iter().filter(|(s, _, _)| *s == 503).collect();
+        assert_eq!(over.len(), 1, "limit {limit}: {statuses:?}");
+        assert!(over[0].2.contains(&format!("({limit})")), "{:?}", over[0]);
+        // At once: no reading is waited for (the others' take over 3 s, asserted below). Measured on
+        // a loaded machine (7-12 ms beside a CI run, 2026-12-07); 1 s is far over it.
+        eprintln!("limit {limit}: the 503 in {:?}", over[0].1);
+        assert!(over[0].1 < Duration::from_secs(1), "503 took {:?}", over[0].1);
+        assert_eq!(
+            answers.iter().filter(|(s, _, _)| *s == 200).count(),
+            limit,
+            "limit {limit}: {statuses:?}"
+        );
         assert!(
             started.elapsed() > Duration::from_secs(3),
             "the readings were not slow: the test proves nothing"

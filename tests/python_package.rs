@@ -180,6 +180,30 @@ fn neither_the_library_nor_the_tool_links_the_binding() {
     for file in ["libblockjobinfo.so", "blockjobinfo"] {
         assert_eq!(pyo3_symbols(&lib_dir().join(file)), 0, "{file} links PyO3");
     }
+    // The module exports Python's entry point and nothing else: no `bji_*`, no drop-in `virDomainGetBlockJobInfo`
+    // (which a program importing it with RTLD_GLOBAL before libvirt would silently get), and no load-time
+    // constructor of the C layer (the library's `c-api` feature, which the binding leaves off).
+    let nm = std::process::Command::new("nm")
+        .args(["-D", "--defined-only", "--format=posix"])
+        .arg(&module)
+        .output()
+        .unwrap();
+    assert!(nm.status.success(), "{}", shown(&nm));
+    let exported: Vec<String> = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert_eq!(exported, ["PyInit__native"], "the module's exports");
+    // Not stripped (PyO3's symbols are seen above), so the constructor would show by name.
+    let symbols = std::process::Command::new("nm")
+        .arg("-C")
+        .arg(&module)
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&symbols.stdout).contains("read_environment_at_load"),
+        "the C layer's load-time constructor is in the module"
+    );
     let needed = std::process::Command::new("readelf")
         .arg("-d")
         .arg(&module)
@@ -189,4 +213,62 @@ fn neither_the_library_nor_the_tool_links_the_binding() {
         !String::from_utf8_lossy(&needed.stdout).contains("libpython"),
         "the module links libpython"
     );
+}
+
+/// What a licence check reads: the wheel's metadata names the licence as an SPDX expression (PEP 639, metadata
+/// 2.4, no legacy `License:` field), ships both licence texts, and carries the workspace's one version; the
+/// sdist carries the licence texts too.
+#[test]
+fn the_wheel_and_the_sdist_carry_their_metadata_and_licences() {
+    let (wheel, _) = wheels();
+    let version = env!("CARGO_PKG_VERSION");
+    let dist_info = format!("blockjobinfo-{version}.dist-info");
+    let unzip = |member: &str| {
+        let out = std::process::Command::new("unzip")
+            .arg("-p")
+            .arg(&wheel)
+            .arg(member)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{member} in {}: {}", wheel.display(), shown(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let metadata = unzip(&format!("{dist_info}/METADATA"));
+    for want in [
+        "Metadata-Version: 2.4\n".to_string(),
+        format!("Version: {version}\n"),
+        "License-Expression: MIT OR Apache-2.0\n".to_string(),
+        "License-File: LICENSE-MIT\n".to_string(),
+        "License-File: LICENSE-APACHE\n".to_string(),
+        "Requires-Python: >=3.9\n".to_string(),
+    ] {
+        assert!(
+            metadata.contains(&want),
+            "{want:?} is not in the wheel's METADATA:\n{metadata}"
+        );
+    }
+    assert!(!metadata.contains("\nLicense: "), "a legacy License field:\n{metadata}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["LICENSE-MIT", "LICENSE-APACHE"] {
+        let shipped = unzip(&format!("{dist_info}/licenses/{file}"));
+        assert_eq!(
+            shipped,
+            std::fs::read_to_string(root.join(file)).unwrap(),
+            "{file} in the wheel"
+        );
+    }
+    let sdist = root.join(format!("target/wheels/blockjobinfo-{version}.tar.gz"));
+    let out = std::process::Command::new("tar")
+        .arg("-tzf")
+        .arg(&sdist)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}: {}", sdist.display(), shown(&out));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for file in ["LICENSE-MIT", "LICENSE-APACHE", "pyproject.toml"] {
+        assert!(
+            listed.lines().any(|l| l.ends_with(&format!("/{file}"))),
+            "{file} is not in the sdist:\n{listed}"
+        );
+    }
 }

@@ -1,6 +1,8 @@
 /* fork() while other threads use the library's table of sources (a bogus handle: each call is a lookup and an
- * error, nothing else): every child's first call must find the table usable and say "not an open source", never
- * that the table is locked by a thread that no longer exists. Prints the count of children that did not.
+ * error, nothing else), the first forks while those threads make their first calls: every child's first call
+ * must find the table usable and say "not an open source", never that the table is locked by a thread that no
+ * longer exists, and never wait without end (a child still in its call after 10 s is ended by SIGALRM, and
+ * counted). Prints the count of children that did not.
  *
  *   fork_table FORKS */
 #define _POSIX_C_SOURCE 200809L
@@ -40,6 +42,7 @@ int main(int argc, char **argv)
             return 2;
         if (pid == 0) {
             virDomainBlockJobInfo info;
+            alarm(10);
             int rc = bji_get_block_job_info((bji_source *)&cell, "vda", &info, 0);
             const char *e = bji_last_error();
             if (rc == -1 && e && strstr(e, "not an open source"))
@@ -48,8 +51,12 @@ int main(int argc, char **argv)
             _exit(1);
         }
         int status = 0;
-        if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            if (WIFSIGNALED(status))
+                fprintf(stderr, "child %d: ended by signal %d (14: stuck in its call for 10 s)\n", i,
+                        WTERMSIG(status));
             bad++;
+        }
     }
     atomic_store(&stop, 1);
     for (int i = 0; i < THREADS; i++)
