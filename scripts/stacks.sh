@@ -10,6 +10,7 @@
 #   stacks.sh versions          each stack's QEMU, libvirt and python-libvirt versions
 #   stacks.sh fresh NAME        fail, saying why, unless NAME's root is the one its recipe makes now
 #   stacks.sh report            the facts the suite recorded per stack, also written into the README
+#   stacks.sh ci-took SECONDS   how long `.ci/run` took, written into the README and docs/testing.md
 #   stacks.sh stop              stop every process the tests left running (test users', and any marked BJI_GATE)
 #   stacks.sh check             fail if any such process, or any mount inside the cache, is left
 #   stacks.sh clean             remove what the tests make for themselves, as on a machine they never ran on: the
@@ -407,8 +408,14 @@ versions) versions ;;
 fresh) fresh "${2:?usage: stacks.sh fresh NAME}" ;;
 report) report ;;
 soak-report) soak_report ;;
+ci-took)
+    took=${2:?usage: stacks.sh ci-took SECONDS}
+    line="\`bash .ci/run\` took $((took / 60)) min $((took % 60)) s, installs included, on $(date -u +%F) with $(nproc) cores"
+    fill README.md ci-took "$line"
+    fill docs/testing.md ci-took "$line"
+    ;;
 stop) stop ;;
 check) check ;;
 clean) clean ;;
-*) echo "usage: $0 names|prepare|prepare-start|prepare-wait|versions|fresh NAME|report|soak-report|stop|check|clean" >&2; exit 2 ;;
+*) echo "usage: $0 names|prepare|prepare-start|prepare-wait|versions|fresh NAME|report|soak-report|ci-took SECONDS|stop|check|clean" >&2; exit 2 ;;
 esac

@@ -2,7 +2,7 @@
 //! off, one that fails on something other than the rule's assertion, and one that fails with its rule on are each
 //! a red run naming the guard; a guard whose clean run passed in the gate's lane, from the same build, is not run
 //! again. Run apart from the real gate (BJI_LANES_OUT), with a stand-in `cargo` that plays each test as the case
-//! says, on the host's stack alone.
+//! says, on one stack.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -46,17 +46,17 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn host_stack() -> String {
+/// A stack of tests/stacks.conf, the first: the script only names it (its guards are played by the stand-in).
+fn a_stack() -> String {
     let conf = std::fs::read_to_string(root().join("tests/stacks.conf")).unwrap();
     conf.lines()
-        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|w| w[1] == "host")
-        .map(|w| w[0].to_string())
-        .expect("the host's stack in tests/stacks.conf")
+        .find(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .expect("a stack in tests/stacks.conf")
 }
 
-/// test-breaks.sh on the host's stack, in `dir`, with `env`: (exit status, what it printed, the stand-in's calls).
+/// test-breaks.sh on one stack, in `dir`, with `env`: (exit status, what it printed, the stand-in's calls).
 fn breaks(dir: &Path, env: &[(&str, &str)]) -> (Option<i32>, String, Vec<String>) {
     let cargo = dir.join("cargo");
     std::fs::write(&cargo, CARGO).unwrap();
@@ -70,7 +70,7 @@ fn breaks(dir: &Path, env: &[(&str, &str)]) -> (Option<i32>, String, Vec<String>
         .env("GUARDS", dir.join("guards"))
         .env("BJI_LANES_OUT", dir.join("out"))
         .env("CARGO_TARGET_DIR", dir.join("target"))
-        .env("BJI_STACKS", host_stack())
+        .env("BJI_STACKS", a_stack())
         .env_remove("BLOCKJOBINFO_TEST_BREAK")
         .envs(env.iter().copied())
         .output()
@@ -122,7 +122,7 @@ fn a_guard_that_does_not_bite_for_its_own_reason_is_red_and_named() {
         let (code, text, _) = breaks(dir.path(), &[("ODD_RULE", "series"), ("ODD_MODE", mode)]);
         assert_eq!(code, Some(1), "{mode}: {text}");
         assert!(
-            text.contains(&format!("BAD series: exporter_series_identity {}::", host_stack())) && text.contains(says),
+            text.contains(&format!("BAD series: exporter_series_identity {}::", a_stack())) && text.contains(says),
             "{mode}: {text}"
         );
         assert!(
@@ -135,7 +135,7 @@ fn a_guard_that_does_not_bite_for_its_own_reason_is_red_and_named() {
 #[test]
 fn a_clean_run_the_lane_passed_from_the_same_build_is_not_repeated() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = host_stack();
+    let stack = a_stack();
     let test = format!("{stack}::series_that_join_alike_keep_their_own_numbers");
     // The binary the lane ran, then its lane's log (newer) saying that test passed.
     let deps = dir.path().join("target/debug/deps");

@@ -362,9 +362,17 @@ fn correct_by_xml(
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    // BLOCKJOBINFO_LOG as C callers have it: the library's lines on stderr (reconnects, a wait's steps).
-    blockjobinfo::logging::init();
     let py = m.py();
+    // The library's variables (BLOCKJOBINFO_*) read once, as Python reads its own: not under `python -E` or
+    // `-I`. (Left to itself the library would ask /proc/self/auxv, which a chroot may not have, and then trust
+    // nothing.) Then BLOCKJOBINFO_LOG as C callers have it: the library's lines on stderr.
+    let ignore_environment: i64 = py
+        .import("sys")?
+        .getattr("flags")?
+        .getattr("ignore_environment")?
+        .extract()?;
+    blockjobinfo::environment::init(ignore_environment != 0);
+    blockjobinfo::logging::init();
     m.add_class::<PySource>()?;
     m.add_class::<CancelToken>()?;
     m.add_function(wrap_pyfunction!(translate, m)?)?;
