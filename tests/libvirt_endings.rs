@@ -269,17 +269,7 @@ fn every_ending_is_told_as_libvirt_tells_it(s: &'static Stack) {
 /// own), as libvirt's events for each disk say.
 fn two_copies_end_each_their_own_way(s: &'static Stack, together: bool) {
     let name = if together { "bjt-endboth" } else { "bjt-endtwo" };
-    let dom = Domain::create_with_disks(s, name, 4, &|dir| {
-        let o = virt::as_user(s, "qemu-img")
-            .args(["create", "-q", "-f", "raw", &format!("{dir}/second.raw"), "4M"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        format!(
-            "    <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
-             <source file='{dir}/second.raw'/><target dev='vdb' bus='virtio'/></disk>\n"
-        )
-    });
+    let dom = Domain::create_with_disks(s, name, 4, &|dir| virt::raw_disk(s, dir, "second.raw", "4M", "vdb"));
     let events = Events::start(&dom);
     let second = dom.path("second-copy.raw");
     dom.virsh_ok(

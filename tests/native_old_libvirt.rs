@@ -136,17 +136,7 @@ fn native_corrects_a_libvirt_that_does_not(s: &'static Stack) {
 /// libvirts before it did, which reads as "not started" to some and "done" to others. `native` through the
 /// stand-in must say 1/1, from the XML's ready mirror, as `qmp` does.
 fn native_reads_an_old_libvirts_0_0_by_the_mirrors_state(s: &'static Stack) {
-    let dom = Domain::create_with_disks(s, "bjt-old0", 1, &|dir| {
-        let o = virt::as_user(s, "qemu-img")
-            .args(["create", "-q", "-f", "raw", &format!("{dir}/empty.raw"), "0"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        format!(
-            "    <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
-             <source file='{dir}/empty.raw'/><target dev='vdb' bus='virtio'/></disk>\n"
-        )
-    });
+    let dom = Domain::create_with_disks(s, "bjt-old0", 1, &|dir| virt::raw_disk(s, dir, "empty.raw", "0", "vdb"));
     let standin = virt::build_old_libvirt(&dom);
     let copy = dom.path("empty-copy.raw");
     dom.virsh_ok(

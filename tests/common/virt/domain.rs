@@ -76,6 +76,17 @@ pub fn user_run(s: &Stack, program: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// A raw image `dir/file` of `size` (as qemu-img reads it), made by the test user, and its `<disk>` element as
+/// virtio disk `target`: an extra disk for `Domain::create_with_disks`.
+pub fn raw_disk(s: &Stack, dir: &str, file: &str, size: &str, target: &str) -> String {
+    let path = format!("{dir}/{file}");
+    user_run(s, "qemu-img", &["create", "-q", "-f", "raw", &path, size]).unwrap_or_else(|e| panic!("{e}"));
+    format!(
+        "    <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+         <source file='{path}'/><target dev='{target}' bus='virtio'/></disk>\n"
+    )
+}
+
 /// A qcow2 overlay `file` over `base`, owned by the test user.
 pub fn create_overlay(s: &Stack, base: &str, file: &str) -> Result<(), String> {
     user_run(
