@@ -9,23 +9,16 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::checks::raw_numbers;
-use common::exporter::eventually;
 use common::virt::{self, Domain, Preload};
 use common::{Recorder, Stack};
 
 /// A qmp source that cannot answer falls back to native, says so in the log, and still answers as libvirt.
 fn a_failing_qmp_source_falls_back_to_native_and_logs_it(s: &'static Stack) {
     let dom = Domain::create(s, "bjt-fallback", 1);
-    // A copy that stands still after its first 64 KiB (1 byte/s): the fallback has a job to answer for, so
+    // A copy that stands still after its first burst (1 byte/s): the fallback has a job to answer for, so
     // its answer is native's numbers, not an empty "no job" that any source or none would give.
     dom.start_copy(1, 64 * 1024);
-    eventually("the copy's first step", Duration::from_secs(60), || {
-        let raw = dom.job_raw(Preload::No);
-        raw.contains("cur=") && raw_numbers(&raw).1 > 0
-    });
-    let plain = dom.job_raw(Preload::No);
-    assert!(plain.contains("cur=65536"), "{}: {plain}", s.name);
+    let plain = dom.standing_copy();
     let blockjob_with = |template: &str| {
         let env = [
             format!("LD_PRELOAD={}", s.library()),
@@ -62,15 +55,10 @@ fn a_failing_qmp_source_falls_back_to_native_and_logs_it(s: &'static Stack) {
 /// asked anything, and the answer is native's. The real socket is believed.
 fn only_the_domains_own_qemu_is_believed(s: &'static Stack) {
     let dom = Domain::create(s, "bjt-peer", 1);
-    // A copy that stands still after its first 64 KiB (1 byte/s): every source has a job to answer for, and
+    // A copy that stands still after its first burst (1 byte/s): every source has a job to answer for, and
     // libvirt's numbers do not move between the calls compared.
     dom.start_copy(1, 64 * 1024);
-    eventually("the copy's first step", Duration::from_secs(60), || {
-        let raw = dom.job_raw(Preload::No);
-        raw.contains("cur=") && raw_numbers(&raw).1 > 0
-    });
-    let plain = dom.job_raw(Preload::No);
-    assert!(plain.contains("cur=65536"), "{}: {plain}", s.name);
+    let plain = dom.standing_copy();
     let impostor_dir = s.tempdir();
     std::fs::set_permissions(impostor_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let impostor = Recorder::start_at(

@@ -234,6 +234,31 @@ impl Domain {
         self.virsh_ok(Preload::No, &args);
     }
 
+    /// A copy started by `start_copy` at 1 byte/s, once it stands still: QEMU's first burst may move one
+    /// buffer or more (a fresh machine's QEMU 7.2 moved two), and from then on the rate limit holds it for
+    /// hours. Two readings in a row that agree, past 0 and short of the end, are returned as virsh printed them.
+    pub fn standing_copy(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = String::new();
+        loop {
+            let raw = self.job_raw(Preload::No);
+            let moved = raw.contains("cur=") && {
+                let (_, cur, end) = super::super::checks::raw_numbers(&raw);
+                cur > 0 && cur < end
+            };
+            if moved && raw == last {
+                return raw;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: the copy did not stand still: {raw:?}",
+                self.name
+            );
+            last = raw;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn virsh(&self, p: Preload, args: &[&str]) -> Output {
         virsh(self.stack, p, args)
     }
