@@ -54,14 +54,21 @@ fn a_stopped_qemu_costs_only_its_own_domain(s: &'static Stack) {
         let r = get(&e.address, "/metrics", &[]);
         let took = t.elapsed();
         assert_eq!(r.status, 200, "{}: round {round}", s.name);
-        assert!(took < Duration::from_secs(5), "{}: round {round} took {took:?}", s.name);
         let m = parse_metrics(&r.body);
+        // Not a clock proves the stopped domain costs only itself: a reading still under way when the scrape's
+        // 5 s are up is answered "took longer" with blockjobinfo_up 0 (metrics::serve), so up 1 says it gave up
+        // on that domain in time (by design at 80 % of them, 4 s). The time is a sanity bound at 5x those 4 s.
         assert_eq!(
             sample(&m, "blockjobinfo_up", &[]),
             Some(1.0),
             "{}: libvirt answered: {}",
             s.name,
             r.body
+        );
+        assert!(
+            took < Duration::from_secs(20),
+            "{}: round {round} took {took:?}",
+            s.name
         );
         assert_eq!(
             up(&r.body, &sick.name),

@@ -67,13 +67,14 @@ fn three_sick_sockets_cost_only_themselves(s: &'static Stack) {
         let r = get(&e.address, "/metrics", &[]);
         let took = t.elapsed();
         assert_eq!(r.status, 200, "{}: round {round}", s.name);
-        // The scrape gives up on the sick sockets within its 2 s (at 80 % of it, 1.6 s); a scrape that waited for
-        // them would take the 5 s a reading waits for a socket (list::PATIENCE) or more. The bound must sit
-        // between the two: 4 s, 2.5x the 1.6 s the scrape takes by design, as much as the 5 s allows. It is the
-        // scrape timeout's promise with room, not a speed target.
-        assert!(took < Duration::from_secs(4), "{}: round {round} took {took:?}", s.name);
         let m = parse_metrics(&r.body);
+        // What proves the sick sockets cost only themselves is not a clock: a reading still under way when the
+        // scrape's 2 s are up is answered "took longer" with blockjobinfo_up 0 (metrics::serve), so up 1 says
+        // the reading gave up on them in time (by design at 80 % of it, 1.6 s), where waiting for them would
+        // take the 5 s a reading waits for a socket (list::PATIENCE) or forever. The time is a sanity bound at
+        // 5x those 1.6 s.
         assert_eq!(sample(&m, "blockjobinfo_up", &[]), Some(1.0), "{}: {}", s.name, r.body);
+        assert!(took < Duration::from_secs(8), "{}: round {round} took {took:?}", s.name);
         for (_, path) in &healthy {
             assert_eq!(
                 socket_up(&r.body, path),
