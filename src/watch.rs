@@ -384,12 +384,41 @@ impl QmpSource {
     /// for ever) or until `sink` returns false. A lost connection is told (`Gap`) and made again, at most once
     /// a second, for as long as it takes; only a first connection that fails is an error.
     pub fn watch(&self, deadline: Option<Instant>, sink: &mut dyn FnMut(&JobEvent) -> bool) -> Result<()> {
+        self.watch_with(deadline, None, sink)
+    }
+
+    /// As [`QmpSource::watch`], also asking `interrupted` at least every `check_every` (between QEMU's events,
+    /// without a query): once it says so, the watch ends with [`Error::Interrupted`]. For a host language's
+    /// signals and cancellation (Python's Ctrl-C, an iterator closed).
+    pub fn watch_interruptible(
+        &self,
+        deadline: Option<Instant>,
+        check_every: Duration,
+        interrupted: &dyn Fn() -> bool,
+        sink: &mut dyn FnMut(&JobEvent) -> bool,
+    ) -> Result<()> {
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
+        self.watch_with(
+            deadline,
+            Some((interrupted, check_every.max(Duration::from_millis(1)))),
+            sink,
+        )
+    }
+
+    fn watch_with(
+        &self,
+        deadline: Option<Instant>,
+        stop: Option<(&dyn Fn() -> bool, Duration)>,
+        sink: &mut dyn FnMut(&JobEvent) -> bool,
+    ) -> Result<()> {
         let m = self.monitor()?;
         let a = Asker {
             m: &m,
             patience: Patience {
                 until: deadline,
-                interrupted: None,
+                interrupted: stop,
             },
         };
         let mut w = Watch {
@@ -402,7 +431,7 @@ impl QmpSource {
             sink,
             stopped: false,
         };
-        match watching(&m, &mut w, deadline) {
+        match watching(&m, &mut w, deadline, stop) {
             Err(e) if e.is_no_turn() => Ok(()),
             r => r,
         }
@@ -415,8 +444,14 @@ fn lost(e: &Error) -> bool {
     !matches!(e, Error::Interrupted | Error::Qmp { .. } | Error::InvalidArg(_)) && !e.is_no_turn()
 }
 
-fn watching(m: &Monitor, w: &mut Watch<'_, '_>, deadline: Option<Instant>) -> Result<()> {
+fn watching(
+    m: &Monitor,
+    w: &mut Watch<'_, '_>,
+    deadline: Option<Instant>,
+    stop: Option<(&dyn Fn() -> bool, Duration)>,
+) -> Result<()> {
     let over = || deadline.is_some_and(|d| Instant::now() >= d);
+    let asked = || stop.is_some_and(|(asked, _)| asked());
     let mut connected_once = false;
     let mut in_gap = false;
     let mut last_try: Option<Instant> = None;
@@ -428,7 +463,14 @@ fn watching(m: &Monitor, w: &mut Watch<'_, '_>, deadline: Option<Instant>) -> Re
         if let Some(t) = last_try {
             let next = t + RECONNECT_EVERY;
             let until = deadline.map_or(next, |d| d.min(next));
-            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            // In steps no longer than the interruptible watch's: a gap does not delay its stop.
+            while Instant::now() < until {
+                let step = stop.map_or(RECONNECT_EVERY, |(_, every)| every);
+                std::thread::sleep(until.saturating_duration_since(Instant::now()).min(step));
+                if asked() {
+                    return Err(Error::Interrupted);
+                }
+            }
             if over() {
                 break;
             }
@@ -456,17 +498,34 @@ fn watching(m: &Monitor, w: &mut Watch<'_, '_>, deadline: Option<Instant>) -> Re
             }
             let jobs = w.jobs.len();
             w.tell("", "", Happened::Watching { jobs }, None);
+            let mut next_listing = Instant::now() + reread;
+            let mut next_ask = Instant::now();
             while !w.stopped {
                 let now = Instant::now();
                 if deadline.is_some_and(|d| now >= d) {
                     return Ok(());
                 }
-                let wake = deadline.map_or(now + reread, |d| d.min(now + reread));
+                // Asked between events, however many come.
+                if let Some((asked, every)) = stop {
+                    if now >= next_ask {
+                        if asked() {
+                            return Err(Error::Interrupted);
+                        }
+                        next_ask = now + every;
+                    }
+                }
+                let mut wake = deadline.map_or(next_listing, |d| d.min(next_listing));
+                if stop.is_some() {
+                    wake = wake.min(next_ask);
+                }
                 match listener.next(wake)? {
                     Heard::Event(ev) => w.event(&listener, &ev)?,
                     Heard::Quiet if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(()),
+                    // Woken to ask, not yet to list.
+                    Heard::Quiet if Instant::now() < next_listing => {}
                     // Nothing for a while, or events lost: the list says how things stand.
                     Heard::Quiet | Heard::Missed => {
+                        next_listing = Instant::now() + reread;
                         let Some(l) = w.list()? else { return Ok(()) };
                         // Made again by a command meanwhile: the gap is told before what it hid.
                         if !listener.is_current() {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use blockjobinfo::{Outcome, QmpSource, Until};
 use common::exporter::eventually;
-use common::virt::{self, Domain, Preload, UserNbd};
+use common::virt::{self, Domain, FailingTarget, Preload};
 use common::*;
 
 /// libvirt's block job events for the domain, as `virsh event` prints them, one line each.
@@ -240,20 +240,7 @@ fn every_ending_is_told_as_libvirt_tells_it(s: &'static Stack) {
     // takes no blkdebug target, but it does take a network one (what a copy to another host's storage is).
     let failing = Domain::create(s, "bjt-endfail", 4);
     let target = FailingTarget::start(&failing);
-    let start: Vec<String> = [
-        "blockcopy",
-        failing.name.as_str(),
-        "vda",
-        "--xml",
-        target.xml.as_str(),
-        "--reuse-external",
-        "--transient-job",
-        "--bandwidth",
-        "1048576",
-        "--bytes",
-    ]
-    .map(str::to_string)
-    .to_vec();
+    let start = target.copy_args(&failing);
     let (ours, libvirts) = ending(&failing, &start, false, &[]);
     eprintln!(
         "{}: a copy whose target fails a write: bji_wait {ours:?}, libvirt {libvirts}",
@@ -364,38 +351,6 @@ fn a_copy_pivoted_on_ready_has_reached_ready(s: &'static Stack) {
     assert_eq!(waited.outcome, Outcome::Reached, "{}: {waited:?}", s.name);
     // Decided by an event: the wait began before the copy was ready.
     assert!(waited.event.is_some(), "{}: {waited:?}", s.name);
-}
-
-/// A raw image behind a `blkdebug` node whose writes at 6 MiB fail with EIO (past the first seconds of a 1 MiB/s
-/// copy, so that the wait sees the job run), exported over NBD by a daemon run as the test user; `xml` is its disk
-/// XML for `virsh blockcopy --xml`.
-struct FailingTarget {
-    _nbd: UserNbd,
-    xml: String,
-}
-
-impl FailingTarget {
-    fn start(dom: &Domain) -> FailingTarget {
-        let p = |f: &str| dom.path(f);
-        let o = dom
-            .as_user("qemu-img")
-            .args(["create", "-q", "-f", "raw", &p("bad.raw"), "16M"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "qemu-img: {}", String::from_utf8_lossy(&o.stderr));
-        let bad = format!(
-            "driver=blkdebug,node-name=bad,image.driver=file,image.filename={},\
-             inject-error.0.event=pwritev,inject-error.0.errno=5,inject-error.0.sector={}",
-            p("bad.raw"),
-            6 * MIB / 512
-        );
-        let nbd = UserNbd::start(dom.stack, &dom.dir, &bad, "bad", "bad");
-        std::fs::write(dom.host_path("bad.xml"), nbd.disk_xml("bad", None)).unwrap();
-        FailingTarget {
-            _nbd: nbd,
-            xml: p("bad.xml"),
-        }
-    }
 }
 
 on_each_stack!(

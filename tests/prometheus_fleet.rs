@@ -9,7 +9,8 @@
 //! Through Prometheus's HTTP API: the fleet's totals are the jobs started; each job's progress is what its host's
 //! QMP or virsh said at scrape time; the trickle fires BlockJobStalled and the steady copy never does; the pause
 //! fires BlockJobPaused (io-status ok), not BlockJobStalled; a domain whose QEMU is stopped fires
-//! BlockJobDomainNotAnswering for it alone; a stopped exporter fires BlockJobExporterDown; and
+//! BlockJobDomainNotAnswering for it alone; a backup that fails fires BlockJobFailed, with QEMU's error text; a
+//! stopped exporter fires BlockJobExporterDown; and
 //! no label of the exporter's clashes with Prometheus's own (`exported_job`).
 
 #[macro_use]
@@ -313,6 +314,37 @@ fn the_fleet_in_a_real_prometheus(s: &'static Stack) {
     assert!(
         ever.iter().all(|s| s["metric"]["device"] == "trickle"),
         "{}: BlockJobStalled for another job: {ever:?}",
+        s.name
+    );
+
+    // A backup that fails on host A (its target fails every write), kept concluded until it is dismissed, as
+    // libvirt starts every job: BlockJobFailed for it alone, with QEMU's error text.
+    steady.add_second_target();
+    steady.ctl.ok(
+        "blockdev-add",
+        json!({"driver": "blkdebug", "node-name": "bad", "image": "dst2",
+               "inject-error": [{"event": "pwritev", "errno": 5}]}),
+    );
+    steady.ctl.ok(
+        "blockdev-backup",
+        json!({"job-id": "doomed", "device": "base", "target": "bad", "sync": "full", "auto-dismiss": false}),
+    );
+    eventually(
+        "BlockJobFailed fires for the failed backup",
+        Duration::from_secs(60),
+        || {
+            prom.firing("BlockJobFailed").iter().any(|m| {
+                m["device"] == "doomed"
+                    && m["instance"] == ia.as_str()
+                    && m["error"].as_str().is_some_and(|e| e.contains("Input/output error"))
+            })
+        },
+    );
+    steady.ctl.ok("job-dismiss", json!({"id": "doomed"}));
+    let failed = prom.query("max_over_time(ALERTS{alertname=\"BlockJobFailed\"}[10m])");
+    assert!(
+        failed.iter().all(|s| s["metric"]["device"] == "doomed"),
+        "{}: BlockJobFailed for another job: {failed:?}",
         s.name
     );
 

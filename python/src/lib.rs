@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use blockjobinfo::libvirt::{native, xml};
+use blockjobinfo::watch::{Happened, JobEvent};
 use blockjobinfo::{
     virDomainBlockJobInfo, Error, JobReport, Limits, Outcome, Until, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES,
 };
@@ -137,6 +138,43 @@ fn report_tuple(r: &JobReport) -> ReportTuple {
             raw.paused,
             raw.io_status.clone(),
         ),
+    )
+}
+
+/// One line of a watch: (seq, event, device, type, outcome, error, QEMU's timestamp in seconds, jobs), worded
+/// as `blockjobinfo events` writes them.
+type EventTuple = (
+    u64,
+    &'static str,
+    String,
+    String,
+    Option<&'static str>,
+    Option<String>,
+    Option<f64>,
+    Option<usize>,
+);
+
+fn event_tuple(e: &JobEvent) -> EventTuple {
+    let (event, outcome, error, jobs) = match &e.happened {
+        Happened::Watching { jobs } => ("watching", None, None, Some(*jobs)),
+        Happened::Started => ("start", None, None, None),
+        Happened::Ready => ("ready", None, None, None),
+        Happened::Ended(Outcome::Failed(why)) => ("end", Some("failed"), Some(why.clone()), None),
+        Happened::Ended(Outcome::Cancelled) => ("end", Some("canceled"), None, None),
+        Happened::Ended(_) => ("end", Some("completed"), None, None),
+        Happened::Vanished => ("vanished", Some("unknown"), None, None),
+        Happened::Gap(why) => ("gap", None, Some(why.clone()), None),
+    };
+    let time = e.qemu_time.map(|(s, us)| s as f64 + us as f64 / 1e6);
+    (
+        e.seq,
+        event,
+        e.device.clone(),
+        e.job_type.clone(),
+        outcome,
+        error,
+        time,
+        jobs,
     )
 }
 
@@ -275,6 +313,64 @@ impl PySource {
             waited.last.as_ref().map(report_tuple),
             waited.event.map(|e| e.to_string()),
         ))
+    }
+
+    /// Tells `callback` every job's life on this monitor, one tuple per event, with the GIL released between
+    /// them: (seq, event, device, type, outcome, error, QEMU's timestamp in seconds, jobs). Ends when `callback`
+    /// returns False (or raises: raised here), at `timeout`, when `token` is cancelled, or on Ctrl-C (`main`).
+    #[pyo3(signature = (callback, timeout = None, token = None, main = false))]
+    fn watch(
+        &self,
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        timeout: Option<f64>,
+        token: Option<Py<CancelToken>>,
+        main: bool,
+    ) -> PyResult<()> {
+        let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
+        let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+        // What Python raised (the callback, or a signal): the watch stops and it is raised here.
+        // (A mutex only for `detach`'s Send bound: this thread alone takes it.)
+        let raised: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+        let raise = |e: PyErr| *raised.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        let watched = py.detach(|| {
+            let interrupted = || {
+                if raised.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+                    || token.as_ref().is_some_and(|t| t.get().0.load(Ordering::SeqCst))
+                {
+                    return true;
+                }
+                if !main {
+                    return false;
+                }
+                match Python::attach(|py| py.check_signals()) {
+                    Ok(()) => false,
+                    Err(e) => {
+                        raise(e);
+                        true
+                    }
+                }
+            };
+            let mut sink = |e: &JobEvent| {
+                Python::attach(|py| match callback.call1(py, (event_tuple(e),)) {
+                    // Only False stops it: None (no return) goes on.
+                    Ok(r) => !matches!(r.extract::<bool>(py), Ok(false)),
+                    Err(err) => {
+                        raise(err);
+                        false
+                    }
+                })
+            };
+            self.inner
+                .watch_interruptible(deadline, CHECK_EVERY, &interrupted, &mut sink)
+        });
+        if let Some(e) = raised.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        match watched {
+            Ok(()) | Err(Error::Interrupted) => Ok(()),
+            Err(e) => Err(to_py(e)),
+        }
     }
 
     /// Closes the connection; a wait blocked on it ends with SourceClosedError.

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import queue
 import threading
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 
 from . import _native
 from ._native import (
@@ -34,6 +35,7 @@ __all__ = [
     "AmbiguousJobError",
     "BlockJobInfo",
     "BlockJobInfoError",
+    "JobEvent",
     "JobType",
     "Outcome",
     "OutcomeKind",
@@ -130,6 +132,26 @@ class Outcome(NamedTuple):
         return self.kind is OutcomeKind.REACHED
 
 
+class JobEvent(NamedTuple):
+    """One event of a job's life on a monitor, as ``blockjobinfo events --qmp`` writes it.
+
+    ``event`` is ``"watching"`` (watching began, or began again after a gap: ``jobs`` were there, each told),
+    ``"start"`` (a job first seen), ``"ready"`` (its mirroring phase), ``"end"`` (``outcome``: ``"completed"``,
+    ``"failed"`` with QEMU's ``error``, or ``"canceled"``; a ready copy aborted without a pivot is ``"canceled"``,
+    as libvirt tells it), ``"vanished"`` (it left while nothing told how: ``outcome`` ``"unknown"``, never a
+    guess) or ``"gap"`` (the connection was lost: ``error`` says why; it is made again). ``seq`` counts from 1;
+    ``qemu_time`` is QEMU's timestamp (seconds since the epoch) where an event told it."""
+
+    seq: int
+    event: str
+    device: str
+    type: str
+    outcome: Optional[str]
+    error: Optional[str]
+    qemu_time: Optional[float]
+    jobs: Optional[int]
+
+
 def _timeout(timeout: Optional[float]) -> Optional[float]:
     """A number of seconds or None (a bool is neither); its value, and `until`, are checked by the native module."""
     if timeout is None:
@@ -218,6 +240,52 @@ class QmpSource:
         except asyncio.CancelledError:
             token.cancel()
             raise
+
+    def events(self, timeout: Optional[float] = None) -> Iterator[JobEvent]:
+        """Every job's life on this monitor as it happens (see ``JobEvent``), until ``timeout`` seconds (None: for
+        ever) or until the iterator is closed (``break`` out of a ``for``, or ``close()``), which ends the watch
+        within 20 ms. A lost connection is a ``"gap"``, made again, never the end; only a first connection that
+        fails raises. The watch runs on a thread of its own (the GIL released while it waits), so Ctrl-C reaches
+        the loop that iterates."""
+        timeout_ = _timeout(timeout)
+        token = _native.CancelToken()
+        # Bounded: a consumer that stops reading holds the watch, not memory.
+        lines: "queue.Queue[Any]" = queue.Queue(maxsize=1024)
+        done = object()
+
+        def put(item: Any) -> bool:
+            while not token.cancelled:
+                try:
+                    lines.put(item, timeout=0.02)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def run() -> None:
+            end: Any = done
+            try:
+                self._src.watch(lambda t: put(JobEvent(*t)), timeout_, token, False)
+            except BaseException as e:  # noqa: BLE001 - raised in the iterating thread
+                end = e
+            put(end)
+
+        watcher = threading.Thread(target=run, name="blockjobinfo-events", daemon=True)
+        watcher.start()
+        try:
+            while True:
+                try:
+                    item = lines.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            token.cancel()
+            watcher.join(timeout=1.0)
 
     def _wait(self, device: str, until: str, timeout: Optional[float], token: Any, main: bool) -> Outcome:
         kind, error, last, event = self._src.wait(device, until, timeout, token, main)

@@ -1,4 +1,4 @@
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 _Raw = Tuple[str, str, int, int, int, Optional[bool], Optional[str], Optional[str], Optional[bool], Optional[str]]
 _Report = Tuple[int, int, int, int, _Raw]
@@ -29,6 +29,13 @@ class QmpSource:
         token: Optional[CancelToken] = ...,
         main: bool = ...,
     ) -> Tuple[str, Optional[str], Optional[_Report], Optional[str]]: ...
+    def watch(
+        self,
+        callback: Callable[[Tuple[int, str, str, str, Optional[str], Optional[str], Optional[float], Optional[int]]], Optional[bool]],
+        timeout: Optional[float] = ...,
+        token: Optional[CancelToken] = ...,
+        main: bool = ...,
+    ) -> None: ...
     def close(self) -> None: ...
     def qemu_version(self) -> Tuple[int, int, int]: ...
 

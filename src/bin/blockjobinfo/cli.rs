@@ -261,6 +261,10 @@ pub enum Command {
         /// outstanding returns.
         #[arg(long, value_name = "SECONDS", default_value = "10", requires = "listen", value_parser = parse_seconds)]
         scrape_timeout: Duration,
+        /// With --listen: how long a disk's last ending (blockjobinfo_block_job_last_ended_timestamp_seconds)
+        /// is exported after the job ended.
+        #[arg(long, value_name = "SECONDS", default_value = "3600", requires = "listen", value_parser = parse_seconds)]
+        keep_endings: Duration,
     },
     /// Stream every block job's life, one JSON object per line, until stopped.
     ///

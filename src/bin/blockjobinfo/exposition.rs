@@ -13,13 +13,26 @@ use std::fmt::Write;
 struct Family {
     name: String,
     help: String,
+    kind: Kind,
     labels: Vec<String>,
     /// For each label in the caller's order, its place in `labels`.
     place: Vec<usize>,
     samples: BTreeMap<Vec<String>, f64>,
+    /// A histogram's, by the same keys.
+    histograms: BTreeMap<Vec<String>, Histogram>,
 }
 
-/// The families of one exposition. Only gauges: every number the exporter gives is a reading of now.
+/// A histogram's series: (upper bound, cumulative count) for each bucket but `+Inf`, the sum, the count.
+type Histogram = (Vec<(f64, u64)>, f64, u64);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Gauge,
+    Counter,
+    Histogram,
+}
+
+/// The families of one exposition: gauges (readings of now), and the endings' counters and histogram.
 #[derive(Default)]
 pub struct Exposition {
     families: Vec<Family>,
@@ -32,6 +45,20 @@ pub struct Gauge(usize);
 impl Exposition {
     /// A gauge `name` with `labels` (names Prometheus accepts: the callers' are fixed).
     pub fn gauge(&mut self, name: &str, help: &str, labels: &[&str]) -> Gauge {
+        self.family(name, help, labels, Kind::Gauge)
+    }
+
+    /// A counter (its name ends in `_total`), set as a gauge is, from counts kept by the caller.
+    pub fn counter(&mut self, name: &str, help: &str, labels: &[&str]) -> Gauge {
+        self.family(name, help, labels, Kind::Counter)
+    }
+
+    /// A histogram, set whole with [`Exposition::set_histogram`].
+    pub fn histogram(&mut self, name: &str, help: &str, labels: &[&str]) -> Gauge {
+        self.family(name, help, labels, Kind::Histogram)
+    }
+
+    fn family(&mut self, name: &str, help: &str, labels: &[&str], kind: Kind) -> Gauge {
         let mut sorted: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
         sorted.sort();
         let place = labels
@@ -44,6 +71,8 @@ impl Exposition {
             labels: sorted,
             place,
             samples: BTreeMap::new(),
+            histograms: BTreeMap::new(),
+            kind,
         });
         Gauge(self.families.len() - 1)
     }
@@ -67,31 +96,81 @@ impl Exposition {
         family.samples.insert(key, value);
     }
 
+    /// Sets a histogram's series for `values`: `buckets` holds (upper bound, cumulative count) in ascending
+    /// order, without `+Inf` (which is `count`).
+    pub fn set_histogram(&mut self, h: Gauge, values: &[&str], buckets: &[(f64, u64)], sum: f64, count: u64) {
+        let family = &mut self.families[h.0];
+        assert_eq!(values.len(), family.place.len(), "{}", family.name);
+        let mut key = vec![String::new(); values.len()];
+        for (v, &at) in values.iter().zip(&family.place) {
+            key[at] = v.to_string();
+        }
+        family.histograms.insert(key, (buckets.to_vec(), sum, count));
+    }
+
     /// The text: families by name, each sample once, a family without samples left out.
     pub fn render(&self) -> String {
-        let mut families: Vec<&Family> = self.families.iter().filter(|f| !f.samples.is_empty()).collect();
+        let mut families: Vec<&Family> = self
+            .families
+            .iter()
+            .filter(|f| !f.samples.is_empty() || !f.histograms.is_empty())
+            .collect();
         families.sort_by(|a, b| a.name.cmp(&b.name));
         let mut out = String::new();
         for f in families {
+            let kind = match f.kind {
+                Kind::Gauge => "gauge",
+                Kind::Counter => "counter",
+                Kind::Histogram => "histogram",
+            };
             let _ = writeln!(out, "# HELP {} {}", f.name, escape(&f.help, false));
-            let _ = writeln!(out, "# TYPE {} gauge", f.name);
+            let _ = writeln!(out, "# TYPE {} {kind}", f.name);
             for (values, v) in &f.samples {
-                out.push_str(&f.name);
-                if !values.is_empty() {
-                    out.push('{');
-                    for (i, (l, v)) in f.labels.iter().zip(values).enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        let _ = write!(out, "{l}=\"{}\"", escape(v, true));
-                    }
-                    out.push('}');
+                sample(&mut out, &f.name, &f.labels, values, None, *v);
+            }
+            for (values, (buckets, sum, count)) in &f.histograms {
+                let bucket = format!("{}_bucket", f.name);
+                for (le, n) in buckets {
+                    sample(&mut out, &bucket, &f.labels, values, Some(&number(*le)), *n as f64);
                 }
-                let _ = writeln!(out, " {}", number(*v));
+                sample(&mut out, &bucket, &f.labels, values, Some("+Inf"), *count as f64);
+                sample(&mut out, &format!("{}_sum", f.name), &f.labels, values, None, *sum);
+                sample(
+                    &mut out,
+                    &format!("{}_count", f.name),
+                    &f.labels,
+                    values,
+                    None,
+                    *count as f64,
+                );
             }
         }
         out
     }
+}
+
+/// One sample's line; `le` (a histogram's bucket) last among its labels, as Prometheus's own clients write it.
+fn sample(out: &mut String, name: &str, labels: &[String], values: &[String], le: Option<&str>, v: f64) {
+    out.push_str(name);
+    let mut pairs: Vec<(&str, &str)> = labels
+        .iter()
+        .map(String::as_str)
+        .zip(values.iter().map(String::as_str))
+        .collect();
+    if let Some(le) = le {
+        pairs.push(("le", le));
+    }
+    if !pairs.is_empty() {
+        out.push('{');
+        for (i, (l, v)) in pairs.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{l}=\"{}\"", escape(v, true));
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {}", number(v));
 }
 
 /// A HELP text or (`quoted`) a label value, escaped as the format requires: `\` and newline, and `"` in a value.
@@ -163,6 +242,22 @@ mod tests {
                 proptest::prop_assert!(lines.contains(&line.as_str()), "{} not in {}", line, text);
             }
         }
+    }
+
+    #[test]
+    fn counters_and_histograms_are_typed_and_bucketed() {
+        let mut e = Exposition::default();
+        let c = e.counter("c_total", "h", &["type", "outcome"]);
+        e.set(c, &["copy", "failed"], 2.0);
+        let h = e.histogram("d_seconds", "h", &["type"]);
+        e.set_histogram(h, &["copy"], &[(1.0, 1), (60.0, 3)], 70.5, 4);
+        assert_eq!(
+            e.render(),
+            "# HELP c_total h\n# TYPE c_total counter\nc_total{outcome=\"failed\",type=\"copy\"} 2\n\
+             # HELP d_seconds h\n# TYPE d_seconds histogram\nd_seconds_bucket{type=\"copy\",le=\"1\"} 1\n\
+             d_seconds_bucket{type=\"copy\",le=\"60\"} 3\nd_seconds_bucket{type=\"copy\",le=\"+Inf\"} 4\n\
+             d_seconds_sum{type=\"copy\"} 70.5\nd_seconds_count{type=\"copy\"} 4\n"
+        );
     }
 
     #[test]

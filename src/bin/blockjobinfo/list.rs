@@ -481,7 +481,8 @@ fn read_qmp(pattern: &str, sockets: &mut Sockets, patience: Duration) -> Result<
                 io_status: r.raw.io_status.clone(),
                 raw: json!({"qemu": {"type": r.raw.job_type, "offset": r.raw.offset, "len": r.raw.len,
                                      "speed": r.raw.speed, "ready": r.raw.ready, "status": r.raw.status,
-                                     "paused": r.raw.paused, "io-status": r.raw.io_status}}),
+                                     "paused": r.raw.paused, "io-status": r.raw.io_status,
+                                     "error": r.raw.error}}),
             })),
             Err(error) => snap.failures.push(Failure { host, error }),
         }

@@ -8,6 +8,7 @@ use blockjobinfo::Until;
 use clap::Parser;
 
 mod cli;
+mod endings;
 mod exposition;
 mod man;
 
@@ -86,11 +87,13 @@ fn main() -> ExitCode {
             max_requests,
             max_connections,
             scrape_timeout,
+            keep_endings,
         } => metrics::run(
             hosts,
             output.as_deref(),
             listen.as_ref().map(|address| metrics::Serving {
                 address: address.as_deref(),
+                keep_endings: *keep_endings,
                 web_config: web_config.as_deref(),
                 limits: http::Limits {
                     max_requests: *max_requests as usize,

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::cli::Hosts;
+use crate::endings::Endings;
 use crate::exposition::Exposition;
 use crate::http;
 use crate::list::{Reader, Snapshot};
@@ -18,9 +19,18 @@ use crate::print::type_value;
 /// get an older one, and a flood of scrapes costs libvirtd at most a few readings a second.
 const MIN_GAP: Duration = Duration::from_millis(250);
 
-/// The exposition for one reading, or for a failed one (`blockjobinfo_up 0`).
-pub fn render(read: &Result<Snapshot, String>, took: Duration) -> String {
+/// The exposition for one reading, or for a failed one (`blockjobinfo_up 0`); with the endings known, when
+/// served.
+pub fn render(read: &Result<Snapshot, String>, took: Duration, endings: Option<&mut Endings>) -> String {
     let mut e = Exposition::default();
+    if let Some(endings) = endings {
+        let (host, disk) = match read {
+            Ok(s) if s.kind == "socket" => ("socket", "device"),
+            Err(_) if endings.by_socket => ("socket", "device"),
+            _ => ("domain", "disk"),
+        };
+        endings.render(&mut e, host, disk, Instant::now());
+    }
     let up = e.gauge(
         "blockjobinfo_up",
         "Whether the last reading of the host worked: 1, or 0 when libvirt (or every QMP socket) could not be read.",
@@ -167,6 +177,8 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 pub struct Serving<'a> {
     /// `--listen`'s address; None: systemd's socket, else loopback.
     pub address: Option<&'a str>,
+    /// How long a disk's last ending is exported after it.
+    pub keep_endings: Duration,
     pub web_config: Option<&'a Path>,
     pub limits: http::Limits,
     pub scrape_timeout: Duration,
@@ -183,11 +195,11 @@ pub fn run(hosts: &Hosts, output: Option<&Path>, serving: Option<Serving>) -> Ex
                 return ExitCode::from(6);
             }
         };
-        return serve(server, Reader::new(hosts), serving);
+        return serve(server, hosts, serving);
     }
     let mut reader = Reader::new(hosts);
     let (snap, took) = read(&mut reader);
-    let text = render(&snap, took);
+    let text = render(&snap, took, None);
     let written = match output {
         Some(path) => write_atomically(path, &text).map_err(|e| format!("writing {}: {e}", path.display())),
         None => {
@@ -214,7 +226,8 @@ const LANDING: &str = "<!DOCTYPE html>
 
 /// Serves `/metrics` until killed. The web config is checked whole before the socket is opened; a mistake is one
 /// line and exit status 2, with nothing served.
-fn serve(server: http::Server, reader: Reader, serving: Serving) -> ExitCode {
+fn serve(server: http::Server, hosts: &Hosts, serving: Serving) -> ExitCode {
+    let reader = Reader::new(hosts);
     let web_config = serving.web_config.map(credential);
     let web = match &web_config {
         Some(path) => match http::webconfig::load(path) {
@@ -241,9 +254,16 @@ fn serve(server: http::Server, reader: Reader, serving: Serving) -> ExitCode {
     // Scrapes waiting for a reading, those that gave up included until a reading takes them: bounded, so that a
     // reading that never returns cannot make them pile up at the request rate.
     let (requests, readings) = std::sync::mpsc::sync_channel::<Waiting>(serving.limits.max_requests);
+    let mut endings = Endings::new(serving.keep_endings);
+    endings.by_socket = hosts.qmp_glob.is_some();
+    let heard = match &hosts.qmp_glob {
+        // QMP sockets may be a manager's only monitor: never held to listen; their readings are compared.
+        Some(_) => None,
+        None => Some(listen_to_libvirt(hosts.connect.clone())),
+    };
     std::thread::Builder::new()
         .name("reader".into())
-        .spawn(move || reading(reader, &readings))
+        .spawn(move || reading(reader, &readings, endings, heard))
         .expect("a thread");
     let requests = Mutex::new(requests);
     let scrape: http::Scrape = std::sync::Arc::new(move |timeout: Duration| {
@@ -265,6 +285,7 @@ fn serve(server: http::Server, reader: Reader, serving: Serving) -> ExitCode {
                         timeout.as_secs_f64()
                     )),
                     asked.elapsed(),
+                    None,
                 ),
             })
         })
@@ -298,17 +319,87 @@ const MIN_PATIENCE: Duration = Duration::from_secs(1);
 /// A scrape waiting for a reading: when it gives up, and where its answer goes.
 type Waiting = (Instant, tokio::sync::oneshot::Sender<String>);
 
+/// A job's life as libvirt's events and the stream's readings told it: (domain, disk, type, what, when).
+type Heard = (String, String, String, blockjobinfo::watch::Happened, Instant);
+
+/// How often the endings' stream reads the host: a job's duration is known from its first sight, to this.
+const ENDINGS_READING: Duration = Duration::from_secs(5);
+
+/// Listens to libvirt's block job events (and reads the host every `ENDINGS_READING`, for starts and for jobs
+/// that left unseen) on a thread and connection of its own, for as long as the service runs: libvirtd may be
+/// down at first, or restart; a gap is a gap, and jobs that left meanwhile are `unknown`.
+fn listen_to_libvirt(uri: Option<String>) -> std::sync::mpsc::Receiver<Heard> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("endings".into()).spawn(move || {
+        let mut sink = |domain: Option<&str>, e: &blockjobinfo::watch::JobEvent| {
+            use blockjobinfo::watch::Happened;
+            let Some(domain) = domain else {
+                // The service's journal says when endings can be counted, and when they could not.
+                match &e.happened {
+                    Happened::Watching { .. } => eprintln!("blockjobinfo: listening to libvirt's block job events"),
+                    Happened::Gap(why) => eprintln!(
+                        "blockjobinfo: libvirt's block job events lost ({why}): jobs that leave meanwhile are \
+                         counted as outcome \"unknown\""
+                    ),
+                    _ => {}
+                }
+                return true;
+            };
+            let heard = (
+                domain.to_string(),
+                e.device.clone(),
+                e.job_type.clone(),
+                e.happened.clone(),
+                Instant::now(),
+            );
+            // The reader went away: the service is ending.
+            tx.send(heard).is_ok()
+        };
+        // Kept trying, it ends only when the reader is gone; a failure to begin is said all the same.
+        let why = match crate::virt::stream(uri.as_deref(), None, ENDINGS_READING, true, &mut sink) {
+            Ok(()) => return,
+            Err(crate::virt::Failed::Libvirt(e)) => e.to_string(),
+            Err(crate::virt::Failed::Reading(e)) => e,
+        };
+        eprintln!("blockjobinfo: listening to libvirt's block job events ended: {why}");
+    });
+    if let Err(e) = spawned {
+        eprintln!("blockjobinfo: cannot listen to libvirt's block job events: {e}");
+    }
+    rx
+}
+
 /// The one thread that reads the host: one reading at a time, started after the scrapes it answers arrived (a
 /// scrape never gets an older reading), shared by every scrape waiting for it; at most one per `MIN_GAP`. Scrapes
 /// that gave up meanwhile are not read for.
-fn reading(mut reader: Reader, requests: &std::sync::mpsc::Receiver<Waiting>) {
+fn reading(
+    mut reader: Reader,
+    requests: &std::sync::mpsc::Receiver<Waiting>,
+    mut endings: Endings,
+    heard: Option<std::sync::mpsc::Receiver<Heard>>,
+) {
+    // What the events said, taken in as they come (at least once a second), so that nothing piles up between
+    // scrapes.
+    let take = |endings: &mut Endings| {
+        for (domain, disk, job_type, happened, at) in heard.iter().flat_map(|h| h.try_iter()) {
+            endings.heard(&domain, &disk, &job_type, &happened, at);
+        }
+    };
     let mut last: Option<Instant> = None;
     // What the last reading said was wrong: a failure is logged when it starts or changes, and so is recovery,
     // so that a service's journal says why blockjobinfo_up is 0 without a line per scrape.
     let mut failing: Option<String> = None;
     // The same for each domain or socket: why it is down, logged when that starts or changes, and its recovery.
     let mut down: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-    while let Ok(first) = requests.recv() {
+    loop {
+        let first = match requests.recv_timeout(Duration::from_secs(1)) {
+            Ok(first) => first,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                take(&mut endings);
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         if let Some(at) = last {
             std::thread::sleep(MIN_GAP.saturating_sub(at.elapsed()));
         }
@@ -360,7 +451,13 @@ fn reading(mut reader: Reader, requests: &std::sync::mpsc::Receiver<Waiting>) {
             }
             down = now;
         }
-        let text = render(&snap, took);
+        take(&mut endings);
+        if let Ok(snap) = &snap {
+            if snap.kind == "socket" {
+                endings.compare(snap, Instant::now());
+            }
+        }
+        let text = render(&snap, took, Some(&mut endings));
         for (_, w) in waiting {
             let _ = w.send(text.clone());
         }

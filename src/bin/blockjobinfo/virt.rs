@@ -306,9 +306,14 @@ struct Known {
     missing: u8,
 }
 
+/// Where `stream` tells what happened: the domain (None for `Watching` and `Gap`) and the event. False ends
+/// the stream (its reader went away).
+pub type Sink<'a> = &'a mut dyn FnMut(Option<&str>, &JobEvent) -> bool;
+
 /// `events -c`: every block job of every running domain, as libvirt's block job events and readings of the
 /// host tell them.
-struct Told {
+struct Told<'a> {
+    sink: Sink<'a>,
     seq: u64,
     jobs: std::collections::BTreeMap<(String, String), Known>,
     /// Jobs whose ending was told, with the number of the reading under way then: a reading begun before it may
@@ -322,12 +327,11 @@ struct Told {
     after_gap: bool,
 }
 
-impl Told {
+impl Told<'_> {
     fn tell(&mut self, domain: &str, disk: &str, job_type: i32, happened: Happened) {
         if !self.open {
             return;
         }
-        use std::io::Write;
         self.seq += 1;
         let e = JobEvent {
             seq: self.seq,
@@ -341,10 +345,7 @@ impl Told {
             qemu_time: None,
         };
         let domain = (!domain.is_empty()).then_some(domain);
-        let mut out = std::io::stdout();
-        self.open = writeln!(out, "{}", told_line(domain, &e))
-            .and_then(|_| out.flush())
-            .is_ok();
+        self.open = (self.sink)(domain, &e);
     }
 
     fn start(&mut self, key: &(String, String), job_type: i32, learned: u64) {
@@ -444,7 +445,41 @@ impl Told {
 const EVENTS_READING: Duration = Duration::from_secs(2);
 
 pub fn events(uri: Option<&str>, timeout: Option<Duration>) -> ExitCode {
+    use std::io::Write;
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let mut out = std::io::stdout();
+    let mut sink = |domain: Option<&str>, e: &JobEvent| {
+        writeln!(out, "{}", told_line(domain, e))
+            .and_then(|_| out.flush())
+            .is_ok()
+    };
+    match stream(uri, deadline, EVENTS_READING, false, &mut sink) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failed::Libvirt(e)) => fail(&e),
+        Err(Failed::Reading(e)) => {
+            eprintln!("blockjobinfo: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Why `stream` could not begin.
+pub enum Failed {
+    Libvirt(Error),
+    Reading(String),
+}
+
+/// Every block job of every running domain, told to `sink` until `deadline` or until it says no more: libvirt's
+/// block job events, and a reading of the host every `every` (libvirt has no event for a job's start, nor for
+/// one that vanished). A connection lost is a gap, and made again at most once a second; one that cannot be made
+/// at first fails, unless `keep_trying` (a service: libvirtd may come later), when that too is a gap.
+pub fn stream(
+    uri: Option<&str>,
+    deadline: Option<Instant>,
+    every: Duration,
+    keep_trying: bool,
+    sink: Sink,
+) -> Result<(), Failed> {
     let over = || deadline.is_some_and(|d| Instant::now() >= d);
     let hosts = Hosts {
         connect: uri.map(str::to_string),
@@ -454,6 +489,7 @@ pub fn events(uri: Option<&str>, timeout: Option<Duration>) -> ExitCode {
     };
     let mut reader = Reader::new(&hosts);
     let mut told = Told {
+        sink,
         seq: 0,
         jobs: Default::default(),
         ended: Default::default(),
@@ -461,7 +497,7 @@ pub fn events(uri: Option<&str>, timeout: Option<Duration>) -> ExitCode {
         open: true,
         after_gap: false,
     };
-    let mut connected_once = false;
+    let mut connected_once = keep_trying;
     let mut in_gap = false;
     let mut last_try: Option<Instant> = None;
     while told.open && !over() {
@@ -477,7 +513,7 @@ pub fn events(uri: Option<&str>, timeout: Option<Duration>) -> ExitCode {
         };
         let conn = match connect(uri) {
             Ok(c) => c,
-            Err(e) if !connected_once => return fail(&e),
+            Err(e) if !connected_once => return Err(Failed::Libvirt(e)),
             Err(e) => {
                 gap(&mut told, &mut in_gap, e.to_string());
                 continue;
@@ -488,7 +524,7 @@ pub fn events(uri: Option<&str>, timeout: Option<Duration>) -> ExitCode {
             let _ = tx.send(ev);
         }) {
             Ok(r) => r,
-            Err(e) if !connected_once => return fail(&e),
+            Err(e) if !connected_once => return Err(Failed::Libvirt(e)),
             Err(e) => {
                 gap(&mut told, &mut in_gap, e.to_string());
                 continue;
@@ -508,10 +544,7 @@ pub fn events(uri: Option<&str>, timeout: Option<Duration>) -> ExitCode {
         };
         match read(&mut told) {
             Ok(()) => {}
-            Err(e) if !connected_once => {
-                eprintln!("blockjobinfo: error: {e}");
-                return ExitCode::from(1);
-            }
+            Err(e) if !connected_once => return Err(Failed::Reading(e)),
             Err(e) => {
                 gap(&mut told, &mut in_gap, e);
                 continue;
@@ -521,7 +554,7 @@ pub fn events(uri: Option<&str>, timeout: Option<Duration>) -> ExitCode {
         in_gap = false;
         let jobs = told.jobs.len();
         told.tell("", "", 0, Happened::Watching { jobs });
-        let mut next_reading = Instant::now() + EVENTS_READING;
+        let mut next_reading = Instant::now() + every;
         while told.open && !over() {
             let mut until = next_reading;
             if let Some(d) = deadline {
@@ -531,7 +564,7 @@ pub fn events(uri: Option<&str>, timeout: Option<Duration>) -> ExitCode {
                 Ok(ev) => told.event(&ev),
                 Err(mpsc::RecvTimeoutError::Timeout) if over() => break,
                 Err(_) => {
-                    next_reading = Instant::now() + EVENTS_READING;
+                    next_reading = Instant::now() + every;
                     let lost = match conn.is_alive() {
                         false => Some("the connection to libvirt was lost".to_string()),
                         true => read(&mut told).err(),
@@ -551,5 +584,5 @@ pub fn events(uri: Option<&str>, timeout: Option<Duration>) -> ExitCode {
         drop(registration);
         drop(conn);
     }
-    ExitCode::SUCCESS
+    Ok(())
 }

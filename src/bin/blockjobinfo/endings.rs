@@ -1,0 +1,397 @@
+//! How jobs ended, for the exporter: counters by type and outcome, each disk's last ending (kept a while after
+//! the job is gone), and how long the jobs ran. Fed with the lives `events` tells (libvirt's block job events
+//! and readings, `virt::stream`), or, for QMP sockets (which may be a manager's only monitor, never held), by
+//! comparing one reading with the next (`Endings::compare`).
+//!
+//! An ending is `completed`, `failed` (with QEMU's error text where the source has it: a QMP listing of a
+//! concluded job; libvirt's event carries none), `canceled`, or `unknown`: the job left while nothing told how
+//! (events lost with a connection, a socket's job gone between two readings). Never a success by default.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use blockjobinfo::translate::RawJob;
+use blockjobinfo::verdict;
+use blockjobinfo::watch::Happened;
+use blockjobinfo::Outcome;
+
+use crate::exposition::Exposition;
+use crate::list::Snapshot;
+
+/// The longest error text kept as a label value (in characters): QEMU's are one line, a label is not a log.
+pub const ERROR_CHARS: usize = 200;
+
+/// Upper bounds of the duration histogram's buckets, in seconds: a second to a day.
+const BUCKETS: [f64; 10] = [
+    1.0,
+    5.0,
+    15.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    12.0 * 3600.0,
+    86400.0,
+];
+
+/// The outcome's label value.
+pub fn outcome_label(happened: &Happened) -> Option<(&'static str, String)> {
+    match happened {
+        Happened::Ended(Outcome::Failed(why)) => Some(("failed", why.clone())),
+        Happened::Ended(Outcome::Cancelled) => Some(("canceled", String::new())),
+        Happened::Ended(_) => Some(("completed", String::new())),
+        Happened::Vanished => Some(("unknown", String::new())),
+        _ => None,
+    }
+}
+
+struct Last {
+    job_type: String,
+    outcome: &'static str,
+    error: String,
+    ended: SystemTime,
+    ran: Option<Duration>,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Durations {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+/// What the exporter knows of endings.
+pub struct Endings {
+    /// Its hosts are QMP sockets (labels `socket`, `device`), not domains.
+    pub by_socket: bool,
+    keep: Duration,
+    totals: BTreeMap<(String, &'static str), u64>,
+    durations: BTreeMap<String, Durations>,
+    last: BTreeMap<(String, String), Last>,
+    /// Jobs running, by (domain or socket, disk or device): when first seen.
+    running: BTreeMap<(String, String), Instant>,
+    /// `compare`'s last reading of each socket's jobs: (device, type) and whether its ending was counted (a
+    /// concluded job stays listed until dismissed).
+    listed: BTreeMap<(String, String), (String, bool)>,
+}
+
+impl Endings {
+    /// Each disk's last ending is kept for `keep` after it.
+    pub fn new(keep: Duration) -> Endings {
+        Endings {
+            by_socket: false,
+            keep,
+            totals: BTreeMap::new(),
+            durations: BTreeMap::new(),
+            last: BTreeMap::new(),
+            running: BTreeMap::new(),
+            listed: BTreeMap::new(),
+        }
+    }
+
+    /// A job's life as `events` tells it; `job_type` is the type's label value.
+    pub fn heard(&mut self, host: &str, disk: &str, job_type: &str, happened: &Happened, now: Instant) {
+        let key = (host.to_string(), disk.to_string());
+        match happened {
+            Happened::Started => {
+                self.running.insert(key, now);
+            }
+            _ => {
+                if let Some((outcome, error)) = outcome_label(happened) {
+                    self.ended(key, job_type, outcome, error, now);
+                }
+            }
+        }
+    }
+
+    fn ended(&mut self, key: (String, String), job_type: &str, outcome: &'static str, error: String, now: Instant) {
+        *self.totals.entry((job_type.to_string(), outcome)).or_default() += 1;
+        // Only a job seen running has a duration (from when it was first seen): one first told by its ending has
+        // none, and is left out of the histogram rather than counted as 0 s.
+        let ran = self
+            .running
+            .remove(&key)
+            .map(|since| now.saturating_duration_since(since));
+        if let Some(ran) = ran {
+            let d = self.durations.entry(job_type.to_string()).or_default();
+            let s = ran.as_secs_f64();
+            for (n, le) in d.counts.iter_mut().zip(BUCKETS) {
+                if s <= le {
+                    *n += 1;
+                }
+            }
+            d.sum += s;
+            d.count += 1;
+        }
+        let error: String = if error.chars().count() > ERROR_CHARS {
+            error
+                .chars()
+                .take(ERROR_CHARS - 1)
+                .chain(std::iter::once('…'))
+                .collect()
+        } else {
+            error
+        };
+        self.last.insert(
+            key,
+            Last {
+                job_type: job_type.to_string(),
+                outcome,
+                error,
+                ended: SystemTime::now(),
+                ran,
+                at: now,
+            },
+        );
+    }
+
+    /// One reading of QMP sockets against the one before: a job that left between them ended unseen
+    /// (`unknown`), unless the reading before listed it concluded, when its ending was counted then; a job
+    /// listed concluded is counted once, with QEMU's error. A socket not read says nothing of its jobs.
+    pub fn compare(&mut self, snap: &Snapshot, now: Instant) {
+        let unread: BTreeSet<&str> = snap.failures.iter().map(|f| f.host.as_str()).collect();
+        let mut seen = BTreeSet::new();
+        for r in &snap.rows {
+            let key = (r.host.clone(), r.disk.clone());
+            seen.insert(key.clone());
+            let text = |k: &str| r.raw["qemu"][k].as_str().map(str::to_string);
+            let raw = RawJob {
+                status: text("status"),
+                error: text("error"),
+                ..RawJob::default()
+            };
+            let job_type = crate::print::type_value(r.job_type);
+            let told = self.listed.get(&key).is_some_and(|(_, told)| *told);
+            let ending = Some(&raw)
+                .filter(|j| verdict::finished(j))
+                .and_then(|j| verdict::judge(j, blockjobinfo::Until::Gone, false));
+            // First seen running: its duration counts from now; first seen concluded, it has none.
+            if !self.listed.contains_key(&key) && ending.is_none() {
+                self.running.insert(key.clone(), now);
+            }
+            let mut counted = told;
+            if let (Some(o), false) = (ending, told) {
+                if let Some((outcome, error)) = outcome_label(&Happened::Ended(o)) {
+                    self.ended(key.clone(), &job_type, outcome, error, now);
+                    counted = true;
+                }
+            }
+            self.listed.insert(key, (job_type, counted));
+        }
+        let gone: Vec<(String, String)> = self
+            .listed
+            .keys()
+            .filter(|k| !seen.contains(*k) && !unread.contains(k.0.as_str()))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some((job_type, counted)) = self.listed.remove(&key) {
+                if !counted {
+                    self.ended(key, &job_type, "unknown", String::new(), now);
+                }
+            }
+        }
+    }
+
+    /// Adds the endings' families to `e`, forgetting last endings older than the time they are kept.
+    pub fn render(&mut self, e: &mut Exposition, host: &str, disk: &str, now: Instant) {
+        let keep = self.keep;
+        self.last.retain(|_, l| now.saturating_duration_since(l.at) <= keep);
+        let totals = e.counter(
+            "blockjobinfo_block_jobs_ended_total",
+            "Block jobs ended since the exporter started, by type and outcome: completed, failed, canceled, or \
+             unknown (the job left while nothing told how: events lost with a connection, or a QMP socket's job \
+             gone between two readings).",
+            &["type", "outcome"],
+        );
+        for ((t, o), n) in &self.totals {
+            e.set(totals, &[t, o], *n as f64);
+        }
+        let last = e.gauge(
+            "blockjobinfo_block_job_last_ended_timestamp_seconds",
+            "When the disk's last block job ended (seconds since the epoch), with its type, outcome and QEMU's \
+             error text where the source gives one (QMP; libvirt's event carries none). Kept a while after the job \
+             is gone (--keep-endings).",
+            &[host, disk, "type", "outcome", "error"],
+        );
+        let ran = e.gauge(
+            "blockjobinfo_block_job_last_duration_seconds",
+            "How long the disk's last block job ran, from when the exporter first saw it.",
+            &[host, disk],
+        );
+        for ((h, d), l) in &self.last {
+            let at = l.ended.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            e.set(last, &[h, d, &l.job_type, l.outcome, &l.error], at.as_secs_f64());
+            if let Some(r) = l.ran {
+                e.set(ran, &[h, d], r.as_secs_f64());
+            }
+        }
+        let hist = e.histogram(
+            "blockjobinfo_block_job_duration_seconds",
+            "How long block jobs ran before they ended, from when the exporter first saw them (jobs first seen at \
+             their ending are not counted).",
+            &["type"],
+        );
+        for (t, d) in &self.durations {
+            let buckets: Vec<(f64, u64)> = BUCKETS.iter().copied().zip(d.counts).collect();
+            e.set_histogram(hist, &[t], &buckets, d.sum, d.count);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::list::{Failure, Row};
+
+    fn row(host: &str, device: &str, status: &str, error: Option<&str>) -> Row {
+        // As `list` reads a socket's job.
+        let raw = serde_json::json!({"qemu": {"type": "mirror", "offset": 5, "len": 10, "speed": 0,
+            "ready": false, "status": status, "paused": false, "io-status": "ok", "error": error}});
+        Row {
+            host: host.into(),
+            disk: device.into(),
+            job_type: 2,
+            cur: 5,
+            end: 10,
+            bandwidth: 0,
+            phase: "running",
+            paused: Some(false),
+            io_status: Some("ok".into()),
+            raw,
+        }
+    }
+
+    fn snap(rows: Vec<Row>, failures: &[&str]) -> Snapshot {
+        Snapshot {
+            kind: "socket",
+            looked_at: vec!["/s/a".into(), "/s/b".into()],
+            rows,
+            failures: failures
+                .iter()
+                .map(|h| Failure {
+                    host: h.to_string(),
+                    error: "not answering".into(),
+                })
+                .collect(),
+            at: Instant::now(),
+            calls: None,
+        }
+    }
+
+    fn text(e: &mut Endings, now: Instant) -> String {
+        let mut x = Exposition::default();
+        e.render(&mut x, "socket", "device", now);
+        x.render()
+    }
+
+    #[test]
+    fn readings_count_each_ending_once_and_a_silent_leaving_as_unknown() {
+        let t = Instant::now();
+        let mut e = Endings::new(Duration::from_secs(3600));
+        e.compare(
+            &snap(
+                vec![row("/s/a", "j1", "running", None), row("/s/b", "j2", "running", None)],
+                &[],
+            ),
+            t,
+        );
+        // j1 concluded with an error: counted now, with QEMU's text; j2's socket not read: nothing said of it.
+        let s = Duration::from_secs(30);
+        e.compare(
+            &snap(
+                vec![row("/s/a", "j1", "concluded", Some("No space left on device"))],
+                &["/s/b"],
+            ),
+            t + s,
+        );
+        // Still listed concluded: not counted twice. Then it is dismissed: counted already, not unknown.
+        e.compare(
+            &snap(
+                vec![row("/s/a", "j1", "concluded", Some("No space left on device"))],
+                &["/s/b"],
+            ),
+            t + s,
+        );
+        e.compare(&snap(vec![row("/s/b", "j2", "running", None)], &[]), t + s);
+        // j2 gone between two readings of its socket: unknown.
+        e.compare(&snap(vec![], &[]), t + 2 * s);
+        let out = text(&mut e, t + 2 * s);
+        assert!(
+            out.contains("blockjobinfo_block_jobs_ended_total{outcome=\"failed\",type=\"copy\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("blockjobinfo_block_jobs_ended_total{outcome=\"unknown\",type=\"copy\"} 1\n"),
+            "{out}"
+        );
+        assert!(!out.contains("outcome=\"completed\""), "{out}");
+        assert!(out.contains("error=\"No space left on device\""), "{out}");
+        assert!(
+            out.contains("blockjobinfo_block_job_duration_seconds_bucket{type=\"copy\",le=\"15\"} 0\n")
+                && out.contains("blockjobinfo_block_job_duration_seconds_bucket{type=\"copy\",le=\"60\"} 2\n")
+                && out.contains("blockjobinfo_block_job_duration_seconds_count{type=\"copy\"} 2\n"),
+            "{out}"
+        );
+        // A concluded job without an error is completed; one cancelled (QEMU's ECANCELED text) canceled.
+        e.compare(
+            &snap(
+                vec![
+                    row("/s/a", "j3", "concluded", None),
+                    row("/s/a", "j4", "concluded", Some(blockjobinfo::verdict::CANCELED)),
+                ],
+                &[],
+            ),
+            t + 2 * s,
+        );
+        let out = text(&mut e, t + 2 * s);
+        assert!(out.contains("{outcome=\"completed\",type=\"copy\"} 1\n"), "{out}");
+        assert!(out.contains("{outcome=\"canceled\",type=\"copy\"} 1\n"), "{out}");
+        // First seen at its ending: no duration.
+        assert!(
+            out.contains("blockjobinfo_block_job_duration_seconds_count{type=\"copy\"} 2\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn last_endings_are_kept_for_their_time_and_errors_bounded() {
+        let t = Instant::now();
+        let mut e = Endings::new(Duration::from_secs(60));
+        e.heard("dom", "vda", "copy", &Happened::Started, t);
+        let long = "x\"\n".repeat(300);
+        e.heard(
+            "dom",
+            "vda",
+            "copy",
+            &Happened::Ended(Outcome::Failed(long)),
+            t + Duration::from_secs(2),
+        );
+        e.heard("dom", "vdb", "pull", &Happened::Vanished, t + Duration::from_secs(2));
+        let out = text(&mut e, t + Duration::from_secs(60));
+        let line = out
+            .lines()
+            .find(|l| l.contains("last_ended") && l.contains("vda"))
+            .unwrap();
+        let error = line.split("error=\"").nth(1).unwrap().split("\",").next().unwrap();
+        // ERROR_CHARS characters: 199 of QEMU's ("x", quote, newline, ...: 67 x), then an ellipsis.
+        assert_eq!(error.matches('x').count(), (ERROR_CHARS - 1).div_ceil(3), "{line}");
+        assert!(error.ends_with('…'), "{line}");
+        assert!(
+            out.contains("blockjobinfo_block_job_last_duration_seconds{device=\"vda\",socket=\"dom\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("outcome=\"unknown\",socket=\"dom\",type=\"pull\""),
+            "{out}"
+        );
+        let out = text(&mut e, t + Duration::from_secs(63));
+        assert!(!out.contains("last_ended_timestamp"), "{out}");
+        assert!(
+            out.contains("{outcome=\"failed\",type=\"copy\"} 1\n"),
+            "the counters stay: {out}"
+        );
+    }
+}
