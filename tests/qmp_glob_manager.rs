@@ -1,5 +1,5 @@
 //! `metrics --listen --qmp-glob` never holds a socket that may be a VM manager's only monitor (Proxmox VE's
-//! `qm` waits for its `<vmid>.qmp`): served, with its endings counted, and scraped without pause, it opens each
+//! `qm` waits for its `<vmid>.qmp`): served and scraped without pause, it opens each
 //! socket for one reading only, so a manager that connects meanwhile is served within one reading, every time.
 //! Real qemu-storage-daemon, whose monitor serves one client at a time, on every stack.
 

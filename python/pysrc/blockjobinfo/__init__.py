@@ -138,7 +138,7 @@ class JobEvent(NamedTuple):
     ``event`` is ``"watching"`` (watching began, or began again after a gap: ``jobs`` were there, each told),
     ``"start"`` (a job first seen), ``"ready"`` (its mirroring phase), ``"end"`` (``outcome``: ``"completed"``,
     ``"failed"`` with QEMU's ``error``, or ``"canceled"``; a ready copy aborted without a pivot is ``"canceled"``,
-    as libvirt tells it), ``"vanished"`` (it left while nothing told how: ``outcome`` ``"unknown"``, never a
+    as libvirt tells it, when a guest device or an export uses its image; with none, QEMU's ``"completed"``), ``"vanished"`` (it left while nothing told how: ``outcome`` ``"unknown"``, never a
     guess) or ``"gap"`` (the connection was lost: ``error`` says why; it is made again). ``seq`` counts from 1;
     ``qemu_time`` is QEMU's timestamp (seconds since the epoch) where an event told it."""
 
@@ -243,8 +243,8 @@ class QmpSource:
 
     def events(self, timeout: Optional[float] = None) -> Iterator[JobEvent]:
         """Every job's life on this monitor as it happens (see ``JobEvent``), until ``timeout`` seconds (None: for
-        ever) or until the iterator is closed (``break`` out of a ``for``, or ``close()``), which ends the watch
-        within 20 ms. A lost connection is a ``"gap"``, made again, never the end; only a first connection that
+        ever) or until the iterator is closed (``break`` out of a ``for``, or ``close()``): the watch looks every
+        20 ms, and the close waits for it up to a second. A lost connection is a ``"gap"``, made again, never the end; only a first connection that
         fails raises. The watch runs on a thread of its own (the GIL released while it waits), so Ctrl-C reaches
         the loop that iterates."""
         timeout_ = _timeout(timeout)

@@ -5,7 +5,8 @@
 //!
 //! An ending is `completed`, `failed` (with QEMU's error text where the source has it: a QMP listing of a
 //! concluded job; libvirt's event carries none), `canceled`, or `unknown`: the job left while nothing told how
-//! (events lost with a connection, a socket's job gone between two readings). Never a success by default.
+//! (events lost with a connection, a socket's job gone between two readings), or a socket's copy or commit
+//! ended without an error (a pivot and an abort after ready look alike there). Never a success by default.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
@@ -40,9 +41,22 @@ pub fn outcome_label(happened: &Happened) -> Option<(&'static str, String)> {
     match happened {
         Happened::Ended(Outcome::Failed(why)) => Some(("failed", why.clone())),
         Happened::Ended(Outcome::Cancelled) => Some(("canceled", String::new())),
-        Happened::Ended(_) => Some(("completed", String::new())),
+        Happened::Ended(Outcome::Reached) => Some(("completed", String::new())),
+        // Not an ending a watch tells; were it ever one, never a success by default.
+        Happened::Ended(Outcome::GoneBeforeReady | Outcome::TimedOut) => Some(("unknown", String::new())),
         Happened::Vanished => Some(("unknown", String::new())),
         _ => None,
+    }
+}
+
+/// A QMP listing's ending as the exporter counts it. A copy or a commit that ended without an error was ready
+/// (a mirror can only complete once ready; an active commit too) and was then either pivoted or cancelled:
+/// QEMU lists both alike, and only the devices around the job at that moment tell them apart (libvirt knows
+/// which it asked for). A reading cannot tell, so it says `unknown`, never a success it cannot vouch for.
+fn qmp_outcome(raw: &RawJob, o: Outcome) -> (&'static str, String) {
+    match o {
+        Outcome::Reached if matches!(raw.job_type.as_str(), "mirror" | "commit") => ("unknown", String::new()),
+        o => outcome_label(&Happened::Ended(o)).unwrap_or(("unknown", String::new())),
     }
 }
 
@@ -66,6 +80,8 @@ struct Durations {
 pub struct Endings {
     /// Its hosts are QMP sockets (labels `socket`, `device`), not domains.
     pub by_socket: bool,
+    /// Under libvirt: whether its block job events are being heard (None: endings come from readings).
+    pub listening: Option<bool>,
     keep: Duration,
     totals: BTreeMap<(String, &'static str), u64>,
     durations: BTreeMap<String, Durations>,
@@ -75,6 +91,8 @@ pub struct Endings {
     /// `compare`'s last reading of each socket's jobs: (device, type) and whether its ending was counted (a
     /// concluded job stays listed until dismissed).
     listed: BTreeMap<(String, String), (String, bool)>,
+    /// Sockets `compare` has read at least once.
+    sockets: BTreeSet<String>,
 }
 
 impl Endings {
@@ -82,19 +100,33 @@ impl Endings {
     pub fn new(keep: Duration) -> Endings {
         Endings {
             by_socket: false,
+            listening: None,
             keep,
             totals: BTreeMap::new(),
             durations: BTreeMap::new(),
             last: BTreeMap::new(),
             running: BTreeMap::new(),
             listed: BTreeMap::new(),
+            sockets: BTreeSet::new(),
         }
     }
 
-    /// A job's life as `events` tells it; `job_type` is the type's label value.
-    pub fn heard(&mut self, host: &str, disk: &str, job_type: &str, happened: &Happened, now: Instant) {
+    /// A job's life as `events` tells it; `job_type` is the type's label value; `at_ending`: a `Started` told
+    /// only because the job's ending is (its duration is not known).
+    pub fn heard(
+        &mut self,
+        host: &str,
+        disk: &str,
+        job_type: &str,
+        happened: &Happened,
+        now: Instant,
+        at_ending: bool,
+    ) {
         let key = (host.to_string(), disk.to_string());
         match happened {
+            Happened::Started if at_ending => {
+                self.running.remove(&key);
+            }
             Happened::Started => {
                 self.running.insert(key, now);
             }
@@ -149,41 +181,56 @@ impl Endings {
 
     /// One reading of QMP sockets against the one before: a job that left between them ended unseen
     /// (`unknown`), unless the reading before listed it concluded, when its ending was counted then; a job
-    /// listed concluded is counted once, with QEMU's error. A socket not read says nothing of its jobs.
+    /// listed concluded is counted once, with QEMU's error. Only a socket this reading read can have lost a job.
+    /// A socket's first reading counts none of the endings it lists (the exporter may have restarted: they ended
+    /// before it looked, and were counted then if at all).
     pub fn compare(&mut self, snap: &Snapshot, now: Instant) {
         let unread: BTreeSet<&str> = snap.failures.iter().map(|f| f.host.as_str()).collect();
+        let read: BTreeSet<&str> = snap
+            .looked_at
+            .iter()
+            .map(String::as_str)
+            .filter(|h| !unread.contains(h))
+            .collect();
         let mut seen = BTreeSet::new();
         for r in &snap.rows {
             let key = (r.host.clone(), r.disk.clone());
             seen.insert(key.clone());
             let text = |k: &str| r.raw["qemu"][k].as_str().map(str::to_string);
             let raw = RawJob {
+                job_type: text("type").unwrap_or_default(),
                 status: text("status"),
                 error: text("error"),
                 ..RawJob::default()
             };
             let job_type = crate::print::type_value(r.job_type);
-            let told = self.listed.get(&key).is_some_and(|(_, told)| *told);
             let ending = Some(&raw)
                 .filter(|j| verdict::finished(j))
-                .and_then(|j| verdict::judge(j, blockjobinfo::Until::Gone, false));
-            // First seen running: its duration counts from now; first seen concluded, it has none.
-            if !self.listed.contains_key(&key) && ending.is_none() {
-                self.running.insert(key.clone(), now);
-            }
-            let mut counted = told;
-            if let (Some(o), false) = (ending, told) {
-                if let Some((outcome, error)) = outcome_label(&Happened::Ended(o)) {
-                    self.ended(key.clone(), &job_type, outcome, error, now);
-                    counted = true;
+                .and_then(|j| verdict::judge(j, blockjobinfo::Until::Gone, false))
+                .map(|o| qmp_outcome(&raw, o));
+            let counted = match (self.listed.get(&key).map(|(_, counted)| *counted), ending) {
+                // Still listed concluded: the ending counted already.
+                (Some(true), Some(_)) => true,
+                // Running again under an id whose last job was counted: a new job (the last one dismissed and
+                // its id used again, as QEMU's default id, the device's name, is).
+                (Some(true), None) | (None, None) => {
+                    self.running.insert(key.clone(), now);
+                    false
                 }
-            }
+                (Some(false), None) => false,
+                // Concluded on a socket's first reading: it ended before the exporter looked.
+                (None, Some(_)) if !self.sockets.contains(&r.host) => true,
+                (_, Some((outcome, error))) => {
+                    self.ended(key.clone(), &job_type, outcome, error, now);
+                    true
+                }
+            };
             self.listed.insert(key, (job_type, counted));
         }
         let gone: Vec<(String, String)> = self
             .listed
             .keys()
-            .filter(|k| !seen.contains(*k) && !unread.contains(k.0.as_str()))
+            .filter(|k| !seen.contains(*k) && read.contains(k.0.as_str()))
             .cloned()
             .collect();
         for key in gone {
@@ -193,19 +240,47 @@ impl Endings {
                 }
             }
         }
+        self.sockets.extend(read.into_iter().map(str::to_string));
+    }
+
+    /// The endings' families, forgetting last endings older than the time they are kept.
+    pub fn exposition(&mut self, now: Instant) -> String {
+        let mut e = Exposition::default();
+        let (host, disk) = match self.by_socket {
+            true => ("socket", "device"),
+            false => ("domain", "disk"),
+        };
+        self.render(&mut e, host, disk, now);
+        if let Some(yes) = self.listening {
+            let up = e.gauge(
+                "blockjobinfo_block_job_events_up",
+                "Whether libvirt's block job events are being heard: 1, or 0 (libvirtd down or restarting, or not \
+                 yet connected); meanwhile endings are not counted, and jobs that leave are counted unknown.",
+                &[],
+            );
+            e.set(up, &[], if yes { 1.0 } else { 0.0 });
+        }
+        e.render()
     }
 
     /// Adds the endings' families to `e`, forgetting last endings older than the time they are kept.
-    pub fn render(&mut self, e: &mut Exposition, host: &str, disk: &str, now: Instant) {
+    fn render(&mut self, e: &mut Exposition, host: &str, disk: &str, now: Instant) {
         let keep = self.keep;
         self.last.retain(|_, l| now.saturating_duration_since(l.at) <= keep);
         let totals = e.counter(
             "blockjobinfo_block_jobs_ended_total",
             "Block jobs ended since the exporter started, by type and outcome: completed, failed, canceled, or \
-             unknown (the job left while nothing told how: events lost with a connection, or a QMP socket's job \
-             gone between two readings).",
+             unknown (the job left while nothing told how: events lost with a connection, a QMP socket's job \
+             gone between two readings, or a QMP socket's copy or commit ended without an error, which a pivot \
+             and an abort after ready both do).",
             &["type", "outcome"],
         );
+        // Every type and outcome from 0, so that the first ending of each is an increase Prometheus sees.
+        for t in ["pull", "copy", "commit", "active_commit", "backup"] {
+            for o in ["completed", "failed", "canceled", "unknown"] {
+                e.set(totals, &[t, o], 0.0);
+            }
+        }
         for ((t, o), n) in &self.totals {
             e.set(totals, &[t, o], *n as f64);
         }
@@ -247,13 +322,17 @@ mod tests {
     use crate::list::{Failure, Row};
 
     fn row(host: &str, device: &str, status: &str, error: Option<&str>) -> Row {
+        typed_row(host, device, "mirror", status, error)
+    }
+
+    fn typed_row(host: &str, device: &str, qemu_type: &str, status: &str, error: Option<&str>) -> Row {
         // As `list` reads a socket's job.
-        let raw = serde_json::json!({"qemu": {"type": "mirror", "offset": 5, "len": 10, "speed": 0,
+        let raw = serde_json::json!({"qemu": {"type": qemu_type, "offset": 5, "len": 10, "speed": 0,
             "ready": false, "status": status, "paused": false, "io-status": "ok", "error": error}});
         Row {
             host: host.into(),
             disk: device.into(),
-            job_type: 2,
+            job_type: blockjobinfo::translate::job_type(qemu_type),
             cur: 5,
             end: 10,
             bandwidth: 0,
@@ -327,7 +406,9 @@ mod tests {
             out.contains("blockjobinfo_block_jobs_ended_total{outcome=\"unknown\",type=\"copy\"} 1\n"),
             "{out}"
         );
-        assert!(!out.contains("outcome=\"completed\""), "{out}");
+        // Every type and outcome from 0.
+        assert!(out.contains("{outcome=\"completed\",type=\"copy\"} 0\n"), "{out}");
+        assert!(out.contains("{outcome=\"canceled\",type=\"backup\"} 0\n"), "{out}");
         assert!(out.contains("error=\"No space left on device\""), "{out}");
         assert!(
             out.contains("blockjobinfo_block_job_duration_seconds_bucket{type=\"copy\",le=\"15\"} 0\n")
@@ -335,20 +416,24 @@ mod tests {
                 && out.contains("blockjobinfo_block_job_duration_seconds_count{type=\"copy\"} 2\n"),
             "{out}"
         );
-        // A concluded job without an error is completed; one cancelled (QEMU's ECANCELED text) canceled.
+        // A backup concluded without an error is completed; a copy so concluded was pivoted or cancelled after
+        // ready, which a listing cannot tell: unknown; one cancelled before ready (QEMU's ECANCELED) canceled.
         e.compare(
             &snap(
                 vec![
-                    row("/s/a", "j3", "concluded", None),
+                    typed_row("/s/a", "j3", "backup", "concluded", None),
                     row("/s/a", "j4", "concluded", Some(blockjobinfo::verdict::CANCELED)),
+                    row("/s/a", "j5", "concluded", None),
                 ],
                 &[],
             ),
             t + 2 * s,
         );
         let out = text(&mut e, t + 2 * s);
-        assert!(out.contains("{outcome=\"completed\",type=\"copy\"} 1\n"), "{out}");
+        assert!(out.contains("{outcome=\"completed\",type=\"backup\"} 1\n"), "{out}");
         assert!(out.contains("{outcome=\"canceled\",type=\"copy\"} 1\n"), "{out}");
+        assert!(out.contains("{outcome=\"unknown\",type=\"copy\"} 2\n"), "{out}");
+        assert!(out.contains("{outcome=\"completed\",type=\"copy\"} 0\n"), "{out}");
         // First seen at its ending: no duration.
         assert!(
             out.contains("blockjobinfo_block_job_duration_seconds_count{type=\"copy\"} 2\n"),
@@ -357,19 +442,63 @@ mod tests {
     }
 
     #[test]
+    fn a_reused_id_is_a_new_job_and_a_first_reading_counts_no_ending() {
+        let t = Instant::now();
+        let s = Duration::from_secs(30);
+        let mut e = Endings::new(Duration::from_secs(3600));
+        // The exporter's first reading of /s/a lists a failure of before its time, and a running job.
+        e.compare(
+            &snap(
+                vec![
+                    typed_row("/s/a", "old", "backup", "concluded", Some("boom")),
+                    typed_row("/s/a", "b", "backup", "running", None),
+                ],
+                &[],
+            ),
+            t,
+        );
+        // b fails; then, before the next reading, it is dismissed and a new b starts; then that one fails too.
+        e.compare(
+            &snap(vec![typed_row("/s/a", "b", "backup", "concluded", Some("EIO"))], &[]),
+            t + s,
+        );
+        e.compare(
+            &snap(vec![typed_row("/s/a", "b", "backup", "running", None)], &[]),
+            t + 2 * s,
+        );
+        e.compare(
+            &snap(vec![typed_row("/s/a", "b", "backup", "concluded", Some("EIO"))], &[]),
+            t + 3 * s,
+        );
+        let out = text(&mut e, t + 3 * s);
+        assert!(out.contains("{outcome=\"failed\",type=\"backup\"} 2\n"), "{out}");
+        assert!(!out.contains("boom"), "{out}");
+        // Each b seen running first: two durations of 30 s.
+        assert!(
+            out.contains("blockjobinfo_block_job_duration_seconds_sum{type=\"backup\"} 60\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn last_endings_are_kept_for_their_time_and_errors_bounded() {
         let t = Instant::now();
         let mut e = Endings::new(Duration::from_secs(60));
-        e.heard("dom", "vda", "copy", &Happened::Started, t);
+        e.heard("dom", "vda", "copy", &Happened::Started, t, false);
         let long = "x\"\n".repeat(300);
+        let two = t + Duration::from_secs(2);
         e.heard(
             "dom",
             "vda",
             "copy",
             &Happened::Ended(Outcome::Failed(long)),
-            t + Duration::from_secs(2),
+            two,
+            false,
         );
-        e.heard("dom", "vdb", "pull", &Happened::Vanished, t + Duration::from_secs(2));
+        e.heard("dom", "vdb", "pull", &Happened::Vanished, two, false);
+        // First seen at its ending: counted, without a duration.
+        e.heard("dom", "vdc", "copy", &Happened::Started, two, true);
+        e.heard("dom", "vdc", "copy", &Happened::Ended(Outcome::Cancelled), two, false);
         let out = text(&mut e, t + Duration::from_secs(60));
         let line = out
             .lines()
@@ -386,6 +515,14 @@ mod tests {
         assert!(
             out.contains("outcome=\"unknown\",socket=\"dom\",type=\"pull\""),
             "{out}"
+        );
+        assert!(
+            out.contains("blockjobinfo_block_job_duration_seconds_count{type=\"copy\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("device=\"vdc\",socket=\"dom\"} 0"),
+            "no duration for vdc: {out}"
         );
         let out = text(&mut e, t + Duration::from_secs(63));
         assert!(!out.contains("last_ended_timestamp"), "{out}");

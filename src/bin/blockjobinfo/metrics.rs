@@ -19,18 +19,16 @@ use crate::print::type_value;
 /// get an older one, and a flood of scrapes costs libvirtd at most a few readings a second.
 const MIN_GAP: Duration = Duration::from_millis(250);
 
-/// The exposition for one reading, or for a failed one (`blockjobinfo_up 0`); with the endings known, when
-/// served.
-pub fn render(read: &Result<Snapshot, String>, took: Duration, endings: Option<&mut Endings>) -> String {
+/// The exposition for one reading, or for a failed one (`blockjobinfo_up 0`); followed, when served, by the
+/// endings' families (`Endings::exposition`), which a scrape answered without a reading repeats as last written.
+pub fn render(read: &Result<Snapshot, String>, took: Duration, endings: Option<&str>) -> String {
+    let mut text = reading_text(read, took);
+    text.push_str(endings.unwrap_or_default());
+    text
+}
+
+fn reading_text(read: &Result<Snapshot, String>, took: Duration) -> String {
     let mut e = Exposition::default();
-    if let Some(endings) = endings {
-        let (host, disk) = match read {
-            Ok(s) if s.kind == "socket" => ("socket", "device"),
-            Err(_) if endings.by_socket => ("socket", "device"),
-            _ => ("domain", "disk"),
-        };
-        endings.render(&mut e, host, disk, Instant::now());
-    }
     let up = e.gauge(
         "blockjobinfo_up",
         "Whether the last reading of the host worked: 1, or 0 when libvirt (or every QMP socket) could not be read.",
@@ -256,6 +254,10 @@ fn serve(server: http::Server, hosts: &Hosts, serving: Serving) -> ExitCode {
     let (requests, readings) = std::sync::mpsc::sync_channel::<Waiting>(serving.limits.max_requests);
     let mut endings = Endings::new(serving.keep_endings);
     endings.by_socket = hosts.qmp_glob.is_some();
+    // The endings as last written, for a scrape answered without a reading: counters and a failure's alert do
+    // not vanish while the host is slow to read.
+    let last_endings = std::sync::Arc::new(Mutex::new(String::new()));
+    let written = last_endings.clone();
     let heard = match &hosts.qmp_glob {
         // QMP sockets may be a manager's only monitor: never held to listen; their readings are compared.
         Some(_) => None,
@@ -263,7 +265,7 @@ fn serve(server: http::Server, hosts: &Hosts, serving: Serving) -> ExitCode {
     };
     std::thread::Builder::new()
         .name("reader".into())
-        .spawn(move || reading(reader, &readings, endings, heard))
+        .spawn(move || reading(reader, &readings, endings, heard, &written))
         .expect("a thread");
     let requests = Mutex::new(requests);
     let scrape: http::Scrape = std::sync::Arc::new(move |timeout: Duration| {
@@ -272,6 +274,7 @@ fn serve(server: http::Server, hosts: &Hosts, serving: Serving) -> ExitCode {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .try_send((Instant::now() + timeout, answer));
+        let last_endings = last_endings.clone();
         Box::pin(async move {
             queued.ok()?;
             let asked = Instant::now();
@@ -279,14 +282,18 @@ fn serve(server: http::Server, hosts: &Hosts, serving: Serving) -> ExitCode {
                 Ok(Ok(text)) => text,
                 // The reading is stuck (a libvirtd that hangs, say): this scrape says so in time, and the reader
                 // answers the next scrape once it is free.
-                _ => render(
-                    &Err(format!(
-                        "reading the host took longer than {:.1} s",
-                        timeout.as_secs_f64()
-                    )),
-                    asked.elapsed(),
-                    None,
-                ),
+                _ => {
+                    // Never waits: the reader holds it only to replace the text.
+                    let endings = last_endings.try_lock().map(|t| t.clone()).ok();
+                    render(
+                        &Err(format!(
+                            "reading the host took longer than {:.1} s",
+                            timeout.as_secs_f64()
+                        )),
+                        asked.elapsed(),
+                        endings.as_deref(),
+                    )
+                }
             })
         })
     });
@@ -320,7 +327,12 @@ const MIN_PATIENCE: Duration = Duration::from_secs(1);
 type Waiting = (Instant, tokio::sync::oneshot::Sender<String>);
 
 /// A job's life as libvirt's events and the stream's readings told it: (domain, disk, type, what, when).
-type Heard = (String, String, String, blockjobinfo::watch::Happened, Instant);
+enum Heard {
+    /// (domain, disk, type, what, when, a `Started` at the job's ending).
+    Job(String, String, String, blockjobinfo::watch::Happened, Instant, bool),
+    /// Listening (true) or not (a gap, or not yet connected).
+    Listening(bool),
+}
 
 /// How often the endings' stream reads the host: a job's duration is known from its first sight, to this.
 const ENDINGS_READING: Duration = Duration::from_secs(5);
@@ -331,26 +343,33 @@ const ENDINGS_READING: Duration = Duration::from_secs(5);
 fn listen_to_libvirt(uri: Option<String>) -> std::sync::mpsc::Receiver<Heard> {
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new().name("endings".into()).spawn(move || {
-        let mut sink = |domain: Option<&str>, e: &blockjobinfo::watch::JobEvent| {
+        let mut sink = |domain: Option<&str>, e: &blockjobinfo::watch::JobEvent, at_ending: bool| {
             use blockjobinfo::watch::Happened;
             let Some(domain) = domain else {
                 // The service's journal says when endings can be counted, and when they could not.
                 match &e.happened {
-                    Happened::Watching { .. } => eprintln!("blockjobinfo: listening to libvirt's block job events"),
-                    Happened::Gap(why) => eprintln!(
-                        "blockjobinfo: libvirt's block job events lost ({why}): jobs that leave meanwhile are \
-                         counted as outcome \"unknown\""
-                    ),
+                    Happened::Watching { .. } => {
+                        eprintln!("blockjobinfo: listening to libvirt's block job events");
+                        let _ = tx.send(Heard::Listening(true));
+                    }
+                    Happened::Gap(why) => {
+                        let _ = tx.send(Heard::Listening(false));
+                        eprintln!(
+                            "blockjobinfo: libvirt's block job events lost ({why}): jobs that leave meanwhile are \
+                             counted as outcome \"unknown\""
+                        );
+                    }
                     _ => {}
                 }
                 return true;
             };
-            let heard = (
+            let heard = Heard::Job(
                 domain.to_string(),
                 e.device.clone(),
                 e.job_type.clone(),
                 e.happened.clone(),
                 Instant::now(),
+                at_ending,
             );
             // The reader went away: the service is ending.
             tx.send(heard).is_ok()
@@ -377,12 +396,21 @@ fn reading(
     requests: &std::sync::mpsc::Receiver<Waiting>,
     mut endings: Endings,
     heard: Option<std::sync::mpsc::Receiver<Heard>>,
+    written: &Mutex<String>,
 ) {
+    if heard.is_some() {
+        endings.listening = Some(false);
+    }
     // What the events said, taken in as they come (at least once a second), so that nothing piles up between
     // scrapes.
     let take = |endings: &mut Endings| {
-        for (domain, disk, job_type, happened, at) in heard.iter().flat_map(|h| h.try_iter()) {
-            endings.heard(&domain, &disk, &job_type, &happened, at);
+        for h in heard.iter().flat_map(|h| h.try_iter()) {
+            match h {
+                Heard::Job(domain, disk, job_type, happened, at, at_ending) => {
+                    endings.heard(&domain, &disk, &job_type, &happened, at, at_ending)
+                }
+                Heard::Listening(yes) => endings.listening = Some(yes),
+            }
         }
     };
     let mut last: Option<Instant> = None;
@@ -457,7 +485,9 @@ fn reading(
                 endings.compare(snap, Instant::now());
             }
         }
-        let text = render(&snap, took, Some(&mut endings));
+        let text = endings.exposition(Instant::now());
+        *written.lock().unwrap_or_else(|p| p.into_inner()) = text.clone();
+        let text = render(&snap, took, Some(&text));
         for (_, w) in waiting {
             let _ = w.send(text.clone());
         }

@@ -306,9 +306,10 @@ struct Known {
     missing: u8,
 }
 
-/// Where `stream` tells what happened: the domain (None for `Watching` and `Gap`) and the event. False ends
-/// the stream (its reader went away).
-pub type Sink<'a> = &'a mut dyn FnMut(Option<&str>, &JobEvent) -> bool;
+/// Where `stream` tells what happened: the domain (None for `Watching` and `Gap`), the event, and whether it is
+/// the `Started` of a job first seen at its ending (told at once before it: no duration can be known). False
+/// ends the stream (its reader went away).
+pub type Sink<'a> = &'a mut dyn FnMut(Option<&str>, &JobEvent, bool) -> bool;
 
 /// `events -c`: every block job of every running domain, as libvirt's block job events and readings of the
 /// host tell them.
@@ -323,8 +324,12 @@ struct Told<'a> {
     readings: u64,
     /// False once standard output is gone.
     open: bool,
-    /// The next reading is the first after a gap: a job it lacks ended unseen, and has vanished at once.
-    after_gap: bool,
+    /// Jobs told vanished, with the number of the reading that told it: an ending libvirt sends for one later
+    /// (after it reconnected to QEMU, libvirtd reports what ended while it was down, whenever it gets to it) is
+    /// the same ending, told already: it is not told twice.
+    vanished: std::collections::BTreeMap<(String, String), u64>,
+    /// The `Started` being told is of a job first seen at its ending.
+    at_ending: bool,
 }
 
 impl Told<'_> {
@@ -345,7 +350,7 @@ impl Told<'_> {
             qemu_time: None,
         };
         let domain = (!domain.is_empty()).then_some(domain);
-        self.open = (self.sink)(domain, &e);
+        self.open = (self.sink)(domain, &e, self.at_ending);
     }
 
     fn start(&mut self, key: &(String, String), job_type: i32, learned: u64) {
@@ -388,9 +393,15 @@ impl Told<'_> {
             FAILED => Outcome::Failed(String::new()),
             _ => return,
         };
+        // A job told vanished: this is its ending, come late (see `vanished`).
+        if !self.jobs.contains_key(&key) && self.vanished.remove(&key).is_some() {
+            return;
+        }
         // A job of the disk never seen (it started and ended between two readings): first seen now.
         if !self.jobs.contains_key(&key) {
+            self.at_ending = true;
             self.start(&key, ev.job_type, self.readings);
+            self.at_ending = false;
         }
         let job_type = self.jobs.remove(&key).map_or(ev.job_type, |k| k.job_type);
         self.ended.insert(key.clone(), self.readings);
@@ -426,18 +437,20 @@ impl Told<'_> {
         for (key, k) in self.jobs.iter_mut() {
             if k.learned < n && !listed(key) && !unread(key) {
                 k.missing += 1;
-                if k.missing >= 2 || self.after_gap {
+                if k.missing >= 2 {
                     gone.push((key.clone(), k.job_type));
                 }
             }
         }
         for (key, t) in gone {
             self.jobs.remove(&key);
+            self.vanished.insert(key.clone(), n);
             self.tell(&key.0, &key.1, t, Happened::Vanished);
         }
+        // Kept for three readings (an ending later than that is of no job still told).
+        self.vanished.retain(|_, told| *told + 3 >= n);
         // A reading begun after an ending shows the disk's next job: the ending no longer needs keeping.
         self.ended.retain(|_, told| *told >= n);
-        self.after_gap = false;
     }
 }
 
@@ -448,7 +461,7 @@ pub fn events(uri: Option<&str>, timeout: Option<Duration>) -> ExitCode {
     use std::io::Write;
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut out = std::io::stdout();
-    let mut sink = |domain: Option<&str>, e: &JobEvent| {
+    let mut sink = |domain: Option<&str>, e: &JobEvent, _: bool| {
         writeln!(out, "{}", told_line(domain, e))
             .and_then(|_| out.flush())
             .is_ok()
@@ -493,9 +506,10 @@ pub fn stream(
         seq: 0,
         jobs: Default::default(),
         ended: Default::default(),
+        vanished: Default::default(),
+        at_ending: false,
         readings: 0,
         open: true,
-        after_gap: false,
     };
     let mut connected_once = keep_trying;
     let mut in_gap = false;
@@ -575,7 +589,6 @@ pub fn stream(
                             told.event(&ev);
                         }
                         gap(&mut told, &mut in_gap, why);
-                        told.after_gap = true;
                         break;
                     }
                 }

@@ -1,6 +1,7 @@
 """Every job's life on a real qemu-storage-daemon from `QmpSource.events()`: start, ready and each ending (a ready
-copy cancelled, a backup that completes, a backup whose target fails, with QEMU's error text), in order, as
-`blockjobinfo events --qmp` tells them; an iterator closed ends its watch at once; a timeout ends it."""
+copy cancelled while an NBD export uses its image, a backup whose target fails, with QEMU's error text), in
+order, as `blockjobinfo events --qmp` tells them; an iterator closed ends its watch within the second it waits
+for it; a timeout ends it."""
 
 import threading
 import time
