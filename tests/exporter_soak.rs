@@ -290,8 +290,10 @@ fn scraped_under_churn_and_two_libvirtd_restarts_it_stays_valid_and_flat(s: &'st
 }
 
 /// Scrapes each of the eight clients makes in a quiet round (about 6 s), and what the RSS may move over two
-/// rounds: 8 pages, against at least 48 readings and 384 scrapes.
+/// rounds: 16 pages, against at least 48 readings and 384 scrapes (a leak of a kilobyte a scrape is 384 KiB).
+/// It was 8 pages; since the exporter also listens to libvirt's block job events, on a connection of its own
+/// that reads the host every 5 s beside the scrapes, a cold CI-like run saw 36 KiB once (deb13, 2026-12-07).
 const QUIET_SCRAPES: usize = 24;
-const QUIET_SLACK_KIB: u64 = 32;
+const QUIET_SLACK_KIB: u64 = 64;
 
 on_each_stack!(scraped_under_churn_and_two_libvirtd_restarts_it_stays_valid_and_flat);
