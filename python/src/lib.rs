@@ -178,6 +178,19 @@ fn event_tuple(e: &JobEvent) -> EventTuple {
     )
 }
 
+/// Whether a blocking call should stop: its token cancelled, or (on the main thread) a signal Python raised,
+/// returned as the error to raise. Python runs its signal handlers on the main thread alone, and only with the
+/// GIL, so only a call on the main thread takes it briefly to ask.
+fn stop_asked(token: Option<&Py<CancelToken>>, main: bool) -> PyResult<bool> {
+    if token.is_some_and(|t| t.get().0.load(Ordering::SeqCst)) {
+        return Ok(true);
+    }
+    if !main {
+        return Ok(false);
+    }
+    Python::attach(|py| py.check_signals()).map(|()| false)
+}
+
 /// A flag a thread raises to make a wait on another thread stop (asyncio's cancellation).
 #[pyclass(module = "blockjobinfo._native", frozen)]
 struct CancelToken(AtomicBool);
@@ -277,19 +290,11 @@ impl PySource {
         // the main thread takes it briefly to ask; a wait on another thread never takes it.
         let mut signal: Option<PyErr> = None;
         let waited = py.detach(|| {
-            let mut interrupted = || {
-                if token.as_ref().is_some_and(|t| t.get().0.load(Ordering::SeqCst)) {
-                    return true;
-                }
-                if !main {
-                    return false;
-                }
-                match Python::attach(|py| py.check_signals()) {
-                    Ok(()) => false,
-                    Err(e) => {
-                        signal = Some(e);
-                        true
-                    }
+            let mut interrupted = || match stop_asked(token.as_ref(), main) {
+                Ok(asked) => asked,
+                Err(e) => {
+                    signal = Some(e);
+                    true
                 }
             };
             self.inner
@@ -335,16 +340,11 @@ impl PySource {
         let raise = |e: PyErr| *raised.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
         let watched = py.detach(|| {
             let interrupted = || {
-                if raised.lock().unwrap_or_else(|p| p.into_inner()).is_some()
-                    || token.as_ref().is_some_and(|t| t.get().0.load(Ordering::SeqCst))
-                {
+                if raised.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                     return true;
                 }
-                if !main {
-                    return false;
-                }
-                match Python::attach(|py| py.check_signals()) {
-                    Ok(()) => false,
+                match stop_asked(token.as_ref(), main) {
+                    Ok(asked) => asked,
                     Err(e) => {
                         raise(e);
                         true
