@@ -169,7 +169,7 @@ macro_rules! export {
             }
             Err(panic) => {
                 let what = crate::error::panic_text(panic.as_ref());
-                set_last_error(&format!("internal error: panic in blockjobinfo: {what}"));
+                set_last_error(&format!("{}: {what}", crate::error::CAUGHT_PANIC));
                 $fail
             }
         }

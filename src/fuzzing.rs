@@ -52,3 +52,8 @@ pub fn translate_reply(data: &[u8]) -> (u32, Vec<u8>) {
     }
     (flags, text.iter().copied().filter(|b| *b != 0).collect())
 }
+
+/// Whether a last error is a panic caught at the C boundary rather than a refusal of the input.
+pub fn caught_panic(last_error: &str) -> bool {
+    last_error.starts_with(crate::error::CAUGHT_PANIC)
+}
