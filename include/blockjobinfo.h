@@ -76,6 +76,28 @@ typedef virDomainBlockJobInfo *virDomainBlockJobInfoPtr;
  */
 #define BJI_WAIT_TIMEOUT 4
 
+/**
+ * `bji_ending`'s `outcome`: QEMU completed the job (a pull, a backup, a plain commit; a copy or active commit
+ * only where a `bji_wait` for gone told its pivot).
+ */
+#define BJI_ENDING_COMPLETED 1
+
+/**
+ * `bji_ending`'s `outcome`: the job ended with an error; `error` has QEMU's text.
+ */
+#define BJI_ENDING_FAILED 2
+
+/**
+ * `bji_ending`'s `outcome`: the job was cancelled.
+ */
+#define BJI_ENDING_CANCELLED 3
+
+/**
+ * `bji_ending`'s `outcome`: how the job ended is not known (a ready copy's pivot or cancel, which QEMU tells
+ * alike; a job that left while its events were not heard). Never a success.
+ */
+#define BJI_ENDING_UNKNOWN 4
+
 
 
 /**
@@ -92,6 +114,42 @@ typedef virDomainBlockJobInfo *virDomainBlockJobInfoPtr;
  * - SIGPIPE: never raised by the library (it writes with MSG_NOSIGNAL); a dead monitor is -1.
  */
 typedef struct bji_source bji_source;
+
+/**
+ * A job's ending, as `bji_last_ending` gives it.
+ */
+typedef struct {
+  /**
+   * `BJI_ENDING_COMPLETED`, `BJI_ENDING_FAILED`, `BJI_ENDING_CANCELLED` or `BJI_ENDING_UNKNOWN`.
+   */
+  int outcome;
+  /**
+   * 1 when the job was ready (in its mirroring phase) when it ended, as far as QEMU told; else 0.
+   */
+  int was_ready;
+  /**
+   * When it ended, in microseconds since the epoch: QEMU's timestamp of the ending event when `qemu_time` is
+   * 1; else when the library found the ending in QEMU's list.
+   */
+  long long ended_us;
+  /**
+   * 1 when `ended_us` is QEMU's own timestamp.
+   */
+  int qemu_time;
+  /**
+   * How long the job ran, in microseconds, from QEMU's timestamps of its creation and its ending; -1 when
+   * its creation was not heard (it began before the source connected).
+   */
+  long long ran_us;
+  /**
+   * QEMU's job type (`mirror`, `commit`, `stream`, `backup`), NUL-terminated; "" where none was told.
+   */
+  char job_type[16];
+  /**
+   * QEMU's error text for `BJI_ENDING_FAILED`, NUL-terminated and cut to 1023 bytes; "" otherwise.
+   */
+  char error[1024];
+} bji_ending;
 
 #ifdef __cplusplus
 extern "C" {
@@ -167,6 +225,22 @@ int bji_wait(bji_source *src,
              unsigned int until,
              int timeout_ms,
              virDomainBlockJobInfo *info);
+
+/**
+ * `device`'s last ending, as this source heard it since it was opened: from QEMU's events, read whenever they
+ * come (not only during calls), so an ending between two calls is kept; for a job seen running whose ending was
+ * not heard (the connection was lost meanwhile), from QEMU's list now (one `query-block-jobs`). `device` is a
+ * job id, or a libvirt disk target (`vda`), which names libvirt's jobs of that disk (the latest ending of
+ * them). `flags` must be 0. Returns 1 with `*ending` filled, 0 when no ending of `device` is known (`*ending`
+ * zeroed), -1 on error.
+ *
+ * # Safety
+ * `src` NULL or an open source; `device` NULL or NUL-terminated; `ending` NULL or writable.
+ */
+int bji_last_ending(bji_source *src,
+                    const char *device,
+                    bji_ending *ending,
+                    unsigned int flags);
 
 /**
  * The message of the last failed call on this thread, or "" when it succeeded. Valid until the next

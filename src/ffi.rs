@@ -2,11 +2,12 @@
 //! No logic lives here.
 
 use std::cell::RefCell;
-use std::ffi::{c_char, c_int, c_uint, CStr, CString};
+use std::ffi::{c_char, c_int, c_longlong, c_uint, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use crate::abi::virDomainBlockJobInfo;
+use crate::ending::Ended;
 use crate::error::{Error, Result};
 use crate::libvirt::api::Libvirt;
 use crate::source::QmpSource;
@@ -49,6 +50,54 @@ pub const BJI_WAIT_CANCELLED: c_int = 2;
 pub const BJI_WAIT_GONE_BEFORE_READY: c_int = 3;
 /// `bji_wait` returns: the timeout passed first.
 pub const BJI_WAIT_TIMEOUT: c_int = 4;
+
+/// `bji_ending`'s `outcome`: QEMU completed the job (a pull, a backup, a plain commit; a copy or active commit
+/// only where a `bji_wait` for gone told its pivot).
+pub const BJI_ENDING_COMPLETED: c_int = 1;
+/// `bji_ending`'s `outcome`: the job ended with an error; `error` has QEMU's text.
+pub const BJI_ENDING_FAILED: c_int = 2;
+/// `bji_ending`'s `outcome`: the job was cancelled.
+pub const BJI_ENDING_CANCELLED: c_int = 3;
+/// `bji_ending`'s `outcome`: how the job ended is not known (a ready copy's pivot or cancel, which QEMU tells
+/// alike; a job that left while its events were not heard). Never a success.
+pub const BJI_ENDING_UNKNOWN: c_int = 4;
+
+/// A job's ending, as `bji_last_ending` gives it.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+pub struct bji_ending {
+    /// `BJI_ENDING_COMPLETED`, `BJI_ENDING_FAILED`, `BJI_ENDING_CANCELLED` or `BJI_ENDING_UNKNOWN`.
+    pub outcome: c_int,
+    /// 1 when the job was ready (in its mirroring phase) when it ended, as far as QEMU told; else 0.
+    pub was_ready: c_int,
+    /// When it ended, in microseconds since the epoch: QEMU's timestamp of the ending event when `qemu_time` is
+    /// 1; else when the library found the ending in QEMU's list.
+    pub ended_us: c_longlong,
+    /// 1 when `ended_us` is QEMU's own timestamp.
+    pub qemu_time: c_int,
+    /// How long the job ran, in microseconds, from QEMU's timestamps of its creation and its ending; -1 when
+    /// its creation was not heard (it began before the source connected).
+    pub ran_us: c_longlong,
+    /// QEMU's job type (`mirror`, `commit`, `stream`, `backup`), NUL-terminated; "" where none was told.
+    pub job_type: [c_char; 16],
+    /// QEMU's error text for `BJI_ENDING_FAILED`, NUL-terminated and cut to 1023 bytes; "" otherwise.
+    pub error: [c_char; 1024],
+}
+
+/// Copies `text` into a C string field, cut on a character's boundary to leave room for the NUL.
+fn fill(field: &mut [c_char], text: &str) {
+    let mut end = text.len().min(field.len().saturating_sub(1));
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let bytes = text[..end].bytes().take_while(|b| *b != 0);
+    let mut n = 0;
+    for (slot, b) in field.iter_mut().zip(bytes) {
+        *slot = b as c_char;
+        n += 1;
+    }
+    field[n..].fill(0);
+}
 
 /// The open sources, by handle. Held only to look up, insert or remove one.
 static SOURCES: Mutex<Table> = Mutex::new(BTreeMap::new());
@@ -422,6 +471,67 @@ pub unsafe extern "C" fn bji_wait(
         };
         set_last_error(&message);
         Ok(code)
+    })
+}
+
+/// `device`'s last ending, as this source heard it since it was opened: from QEMU's events, read whenever they
+/// come (not only during calls), so an ending between two calls is kept; for a job seen running whose ending was
+/// not heard (the connection was lost meanwhile), from QEMU's list now (one `query-block-jobs`). `device` is a
+/// job id, or a libvirt disk target (`vda`), which names libvirt's jobs of that disk (the latest ending of
+/// them). `flags` must be 0. Returns 1 with `*ending` filled, 0 when no ending of `device` is known (`*ending`
+/// zeroed), -1 on error.
+///
+/// # Safety
+/// `src` NULL or an open source; `device` NULL or NUL-terminated; `ending` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bji_last_ending(
+    src: *mut bji_source,
+    device: *const c_char,
+    ending: *mut bji_ending,
+    flags: c_uint,
+) -> c_int {
+    export!(-1, {
+        if ending.is_null() {
+            return Err(Error::InvalidArg("ending must not be NULL".into()));
+        }
+        let zero = bji_ending {
+            outcome: 0,
+            was_ready: 0,
+            ended_us: 0,
+            qemu_time: 0,
+            ran_us: 0,
+            job_type: [0; 16],
+            error: [0; 1024],
+        };
+        // SAFETY: non-NULL and writable by contract; written whole before it is borrowed.
+        let out = unsafe {
+            ending.write(zero);
+            &mut *ending
+        };
+        // SAFETY: forwarded contract.
+        let device = unsafe { c_str(device, "device") }?;
+        if flags != 0 {
+            return Err(Error::InvalidArg(format!(
+                "unsupported flags (0x{flags:x}) in function bji_last_ending"
+            )));
+        }
+        let Some(e) = enter(src)?.inner.last_ending(device)? else {
+            return Ok(0);
+        };
+        let (outcome, error) = match &e.ended {
+            Ended::Completed => (BJI_ENDING_COMPLETED, ""),
+            Ended::Failed(text) => (BJI_ENDING_FAILED, text.as_str()),
+            Ended::Cancelled => (BJI_ENDING_CANCELLED, ""),
+            Ended::Unknown => (BJI_ENDING_UNKNOWN, ""),
+        };
+        out.outcome = outcome;
+        out.was_ready = c_int::from(e.was_ready);
+        out.ended_us = e.at_us;
+        out.qemu_time = c_int::from(e.qemu_time);
+        out.ran_us = e.ran_us.unwrap_or(-1);
+        fill(&mut out.job_type, &e.job_type);
+        fill(&mut out.error, error);
+        Ok(1)
     })
 }
 

@@ -145,7 +145,7 @@ pub fn parse_reply_text(text: &str) -> Result<Vec<RawJob>> {
 
 /// libvirt's job ids for a disk: `<kind>-<target>-<node>` with blockdev (`copy-vda-libvirt-1-format`) and
 /// `drive-<alias>` before it.
-fn is_libvirt_job_of(job_id: &str, disk: &str) -> bool {
+pub(crate) fn is_libvirt_job_of(job_id: &str, disk: &str) -> bool {
     if let Some(alias) = job_id.strip_prefix("drive-") {
         if alias == disk {
             return true;

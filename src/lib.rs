@@ -6,6 +6,7 @@
 //! [`abi`] (libvirt's struct), with [`source`] tying a QEMU to the rules and [`ffi`] exposing it to C.
 
 pub mod abi;
+pub mod ending;
 pub mod environment;
 pub mod error;
 #[cfg(feature = "c-api")]
@@ -23,6 +24,7 @@ pub mod wait;
 pub mod watch;
 
 pub use abi::*;
+pub use ending::{Ended, Ending};
 pub use error::{Error, Result};
 pub use jobs::{parse_jobs, parse_reply_text, select};
 pub use qmp::{Address, Limits, Peer, QemuVersion};

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::abi::{virDomainBlockJobInfo, VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT};
+use crate::ending::{Ending, Endings};
 use crate::error::Error;
 use crate::error::Result;
 use crate::jobs;
@@ -39,6 +40,8 @@ pub struct QmpSource {
     first_seen: Mutex<HashMap<String, Instant>>,
     /// Set by `close`: every call in progress and every later one fails.
     closed: AtomicBool,
+    /// Every job's last ending, from the events each monitor of this source read.
+    endings: Arc<Mutex<Endings>>,
     /// Monitors made for single calls in a child whose `monitor` slot a parent thread held at fork(), so that
     /// `close` reaches their waits too.
     strays: Mutex<Vec<Weak<Monitor>>>,
@@ -81,8 +84,10 @@ impl QmpSource {
     /// knows a domain's QEMU from libvirt).
     pub fn lazy_from(address: &str, limits: Limits, peer: Option<Peer>) -> Result<QmpSource> {
         let address = Address::parse(address)?;
+        let endings = Arc::new(Mutex::new(Endings::default()));
         Ok(QmpSource {
-            monitor: Mutex::new(Monitor::shared(address.clone(), limits, peer.clone())),
+            monitor: Mutex::new(observed(&address, limits, &peer, &endings)),
+            endings,
             peer,
             monitor_pid: AtomicU32::new(std::process::id()),
             address,
@@ -107,7 +112,7 @@ impl QmpSource {
             lock_briefly(&self.monitor)
         };
         let Some(mut m) = guard else {
-            let own = Monitor::shared(self.address.clone(), self.limits, self.peer.clone());
+            let own = observed(&self.address, self.limits, &self.peer, &self.endings);
             // This lock too could be stuck from fork() (a parent itself in this path then): the monitor is then
             // one `close` cannot reach, and its call ends by its own timeout.
             if let Some(mut strays) = lock_briefly(&self.strays) {
@@ -123,7 +128,7 @@ impl QmpSource {
         };
         if m.pid() != pid {
             // Dropping the parent's closes this process's copies of its sockets, never shuts them down.
-            *m = Monitor::shared(self.address.clone(), self.limits, self.peer.clone());
+            *m = observed(&self.address, self.limits, &self.peer, &self.endings);
             self.monitor_pid.store(pid, Ordering::Release);
             // A close that came meanwhile saw the parent's monitor, and skipped it.
             if self.closed.load(Ordering::Acquire) {
@@ -239,6 +244,35 @@ impl QmpSource {
             .collect()
     }
 
+    /// `device`'s last ending heard since the source was opened (see `ending`), as of now: one
+    /// `query-block-jobs`, whose reply comes after every event QEMU sent before it, so an ending QEMU told
+    /// before the call is known; a job seen running whose ending was not heard is settled by that list.
+    /// `None` when no ending of `device` is known.
+    pub fn last_ending(&self, device: &str) -> Result<Option<Ending>> {
+        let monitor = self.monitor()?;
+        let jobs = query_jobs(&monitor)?;
+        let mut endings = lock_briefly(&self.endings).ok_or(Error::Timeout {
+            what: "the source's endings (held by a thread stuck since fork())",
+            ms: 100,
+        })?;
+        for id in endings.unsettled(device) {
+            endings.listed(&id, jobs.iter().find(|j| j.device == id), now_us());
+        }
+        Ok(endings.last(device))
+    }
+
+    /// Where the endings stand, for a wait that may tell one (`told`).
+    pub(crate) fn endings_mark(&self) -> Option<u64> {
+        lock_briefly(&self.endings).map(|e| e.mark())
+    }
+
+    /// A wait that began at `mark` told how `device` ended.
+    pub(crate) fn told(&self, device: &str, mark: Option<u64>, outcome: &crate::verdict::Outcome) {
+        if let (Some(mark), Some(mut e)) = (mark, lock_briefly(&self.endings)) {
+            e.told(device, mark, outcome);
+        }
+    }
+
     /// Records first sightings, forgets jobs that left, and says for how long each listed job has been seen.
     fn note_seen(&self, jobs: &[RawJob]) -> HashMap<String, Duration> {
         let now = Instant::now();
@@ -333,6 +367,28 @@ fn commits_are_active(mirror_tops: usize, commit_tops: usize, mirrors: usize, co
 }
 
 /// Every block job QEMU lists now, on `monitor`.
+/// A monitor whose every event is shown to `endings`.
+fn observed(address: &Address, limits: Limits, peer: &Option<Peer>, endings: &Arc<Mutex<Endings>>) -> Arc<Monitor> {
+    let m = Monitor::shared(address.clone(), limits, peer.clone());
+    let endings = Arc::downgrade(endings);
+    m.observe(Box::new(move |ev| {
+        // Never waited for long: a lock a parent thread held at fork() must not stop a child's reader. An event
+        // missed so leaves its job unsettled, and `last_ending` then reads QEMU's list.
+        if let Some(mut e) = endings.upgrade().as_deref().and_then(lock_briefly) {
+            e.event(ev, now_us());
+        }
+    }));
+    m
+}
+
+/// Now, in microseconds since the epoch.
+pub(crate) fn now_us() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+}
+
 pub(crate) fn query_jobs(monitor: &Monitor) -> Result<Vec<RawJob>> {
     let wire: jobs::WireJobs = monitor.execute("query-block-jobs")?;
     Ok(wire.0.into_iter().map(jobs::raw).collect())

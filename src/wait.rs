@@ -275,7 +275,9 @@ impl QmpSource {
     ) -> Result<Waited> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let monitor = self.monitor()?;
-        wait_on(&monitor, device, until, deadline, every, &mut progress, None)
+        let mark = self.endings_mark();
+        let waited = wait_on(&monitor, device, until, deadline, every, &mut progress, None);
+        self.tell(device, until, mark, waited)
     }
 
     /// As [`QmpSource::wait`], also asking `interrupted` at least every `check_every` (between QEMU's events,
@@ -300,7 +302,24 @@ impl QmpSource {
             every: check_every.max(Duration::from_millis(1)),
             interrupted,
         };
-        wait_on(&monitor, device, until, deadline, None, &mut |_| {}, Some(stop))
+        let mark = self.endings_mark();
+        let waited = wait_on(&monitor, device, until, deadline, None, &mut |_| {}, Some(stop));
+        self.tell(device, until, mark, waited)
+    }
+
+    /// A wait's verdict settles its job's ending where the events alone could not (a ready copy's pivot or
+    /// cancel: `ending`).
+    fn tell(&self, device: &str, until: Until, mark: Option<u64>, waited: Result<Waited>) -> Result<Waited> {
+        match &waited {
+            // Reaching ready is no ending.
+            Ok(w) if until == Until::Ready && w.outcome == Outcome::Reached => {}
+            Ok(w) => {
+                let id = w.last.as_ref().map_or(device, |r| r.raw.device.as_str());
+                self.told(id, mark, &w.outcome);
+            }
+            Err(_) => {}
+        }
+        waited
     }
 }
 

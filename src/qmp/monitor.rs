@@ -22,7 +22,7 @@
 //! Invariants, and the tests that hold them: docs in ARCHITECTURE.md ("The shared monitor").
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 use serde::de::IgnoredAny;
@@ -53,7 +53,12 @@ pub struct Monitor {
     me: Weak<Monitor>,
     state: Mutex<State>,
     changed: Condvar,
+    /// Shown every event as it is read, listeners or not (the source's endings, `ending`).
+    observer: OnceLock<Observer>,
 }
+
+/// What is shown every event: called with the monitor's lock held, so it only does bookkeeping of its own.
+pub type Observer = Box<dyn Fn(&Value) + Send + Sync>;
 
 struct State {
     closed: bool,
@@ -168,7 +173,13 @@ impl Monitor {
                 last_used: Instant::now(),
             }),
             changed: Condvar::new(),
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Shows `observer` every event read from now on (one observer; a second is refused).
+    pub fn observe(&self, observer: Observer) -> bool {
+        self.observer.set(observer).is_ok()
     }
 
     /// The process that made this monitor.
@@ -535,6 +546,9 @@ impl Monitor {
 
     /// Keeps an event for the listeners, if there are any.
     fn record(&self, st: &mut State, ev: Value) {
+        if let Some(observe) = self.observer.get() {
+            observe(&ev);
+        }
         if st.listeners == 0 {
             return;
         }

@@ -212,6 +212,19 @@ static void test_wait(bji_source *src)
     CHECK(bji_last_error()[0] == '\0');
     CHECK(info.type == VIR_DOMAIN_BLOCK_JOB_TYPE_COPY && info.end > 0 && info.cur == info.end);
 
+    /* The copy runs: no ending yet (0, the struct zeroed); bad arguments are refused. */
+    bji_ending ending;
+    memset(&ending, 0x5a, sizeof ending);
+    CHECK(bji_last_ending(src, "vda", &ending, 0) == 0);
+    CHECK(ending.outcome == 0 && ending.ran_us == 0 && ending.error[0] == '\0' && ending.job_type[0] == '\0');
+    CHECK(bji_last_ending(src, "vda", NULL, 0) == -1);
+    CHECK(ERROR_HAS("ending must not be NULL"));
+    CHECK(bji_last_ending(src, NULL, &ending, 0) == -1);
+    CHECK(ERROR_HAS("device must not be NULL"));
+    CHECK(bji_last_ending(src, "vda", &ending, 1) == -1);
+    CHECK(ERROR_HAS("unsupported flags (0x1) in function bji_last_ending"));
+    CHECK(bji_last_ending(NULL, "vda", &ending, 0) == -1);
+
     /* A ready mirror stays until someone ends it. */
     poison(&info);
     CHECK(bji_wait(src, "vda", BJI_WAIT_GONE, 200, &info) == BJI_WAIT_TIMEOUT);
