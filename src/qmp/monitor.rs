@@ -822,6 +822,20 @@ mod tests {
     }
 
     #[test]
+    fn the_observer_is_shown_every_event_listeners_or_not_and_is_one() {
+        let m = monitor();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        assert!(m.observe(Box::new(move |ev| s.lock().unwrap().push(ev["event"].clone()))));
+        assert!(!m.observe(Box::new(|_| {})));
+        log(&m, json!({"event": "A"}));
+        let l = m.listen();
+        log(&m, json!({"event": "B"}));
+        drop(l);
+        assert_eq!(*seen.lock().unwrap(), [json!("A"), json!("B")]);
+    }
+
+    #[test]
     fn nobody_listening_keeps_nothing_and_the_last_listener_clears_the_log() {
         let m = monitor();
         log(&m, json!({"event": "A"}));
