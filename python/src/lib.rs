@@ -178,6 +178,28 @@ fn event_tuple(e: &JobEvent) -> EventTuple {
     )
 }
 
+/// A job's last ending: (outcome, QEMU's error text, type, was ready, when it ended in seconds since the
+/// epoch, whether that is QEMU's time, how long it ran in seconds).
+type EndingTuple = (&'static str, Option<String>, String, bool, f64, bool, Option<f64>);
+
+fn ending_tuple(e: &blockjobinfo::Ending) -> EndingTuple {
+    let (outcome, error) = match &e.ended {
+        blockjobinfo::Ended::Completed => ("completed", None),
+        blockjobinfo::Ended::Failed(why) => ("failed", Some(why.clone())),
+        blockjobinfo::Ended::Cancelled => ("canceled", None),
+        blockjobinfo::Ended::Unknown => ("unknown", None),
+    };
+    (
+        outcome,
+        error,
+        e.job_type.clone(),
+        e.was_ready,
+        e.at_us as f64 / 1e6,
+        e.qemu_time,
+        e.ran_us.map(|us| us as f64 / 1e6),
+    )
+}
+
 /// Whether a blocking call should stop: its token cancelled, or (on the main thread) a signal Python raised,
 /// returned as the error to raise. Python runs its signal handlers on the main thread alone, and only with the
 /// GIL, so only a call on the main thread takes it briefly to ask.
@@ -250,6 +272,13 @@ impl PySource {
             .detach(|| self.inner.job_report(&device, flags(bandwidth_bytes)))
             .map_err(to_py)?;
         Ok(r.as_ref().map(report_tuple))
+    }
+
+    /// How the last job `device` names ended, as this source heard it; None when no ending is known.
+    fn last_ending(&self, py: Python<'_>, device: &Bound<'_, PyAny>) -> PyResult<Option<EndingTuple>> {
+        let device = device_name(device)?;
+        let e = py.detach(|| self.inner.last_ending(&device)).map_err(to_py)?;
+        Ok(e.as_ref().map(ending_tuple))
     }
 
     /// Every job QEMU lists, in its order.

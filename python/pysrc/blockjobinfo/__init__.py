@@ -35,6 +35,7 @@ __all__ = [
     "AmbiguousJobError",
     "BlockJobInfo",
     "BlockJobInfoError",
+    "Ending",
     "JobEvent",
     "JobType",
     "Outcome",
@@ -152,6 +153,25 @@ class JobEvent(NamedTuple):
     jobs: Optional[int]
 
 
+class Ending(NamedTuple):
+    """How a job ended, as the source heard it (``QmpSource.last_ending``).
+
+    ``outcome`` is ``"completed"``, ``"failed"`` (with QEMU's ``error`` text), ``"canceled"`` or ``"unknown"``:
+    never a success where QEMU's events cannot tell, as for a ready copy that ended without an error (a pivot and
+    a cancel after ready are alike to QEMU) unless a ``wait(..., "gone")`` on the same source told it, or a job
+    whose ending was not heard (the connection was lost). ``ended`` is when it ended (seconds since the epoch):
+    QEMU's time when ``qemu_time``, else when the library found it; ``ran`` is how long it ran in seconds, None
+    when its start was not heard."""
+
+    outcome: str
+    error: Optional[str]
+    type: str
+    was_ready: bool
+    ended: float
+    qemu_time: bool
+    ran: Optional[float]
+
+
 def _timeout(timeout: Optional[float]) -> Optional[float]:
     """A number of seconds or None (a bool is neither); its value, and `until`, are checked by the native module."""
     if timeout is None:
@@ -194,6 +214,13 @@ class QmpSource:
         """The job ``device`` names (QEMU's job id or its device), as libvirt answers; None when there is none."""
         t = self._src.info(device, bandwidth_bytes=bool(bandwidth_bytes))
         return None if t is None else _info(t)
+
+    def last_ending(self, device: str) -> Optional[Ending]:
+        """How the last job ``device`` names (a job id, or a libvirt disk target) ended, as this source heard it
+        from QEMU's events since it was opened (see ``Ending``); None when no ending is known. One query, so an
+        ending QEMU told before the call is known."""
+        t = self._src.last_ending(device)
+        return None if t is None else Ending(*t)
 
     def jobs(self, *, bandwidth_bytes: bool = False) -> List[BlockJobInfo]:
         """Every job QEMU lists, in its order."""

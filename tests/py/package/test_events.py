@@ -1,12 +1,12 @@
 """Every job's life on a real qemu-storage-daemon from `QmpSource.events()`: start, ready and each ending (a ready
 copy cancelled while an NBD export uses its image, a backup whose target fails, with QEMU's error text), in
 order, as `blockjobinfo events --qmp` tells them; an iterator closed ends its watch within the second it waits
-for it; a timeout ends it."""
+for it; a timeout ends it; `last_ending` keeps an ending that came between two calls, with QEMU's time and text."""
 
 import threading
 import time
 
-from blockjobinfo import JobEvent, QmpSource
+from blockjobinfo import Ending, JobEvent, QmpSource
 from conftest import MIB, stack_says
 
 
@@ -73,3 +73,20 @@ def test_a_timeout_ends_the_iteration(qsd):
         got = list(src.events(timeout=0.5))
         assert time.monotonic() - started >= 0.5
         assert [e.event for e in got] == ["watching"], got
+
+
+def test_last_ending_keeps_an_ending_between_two_calls(qsd):
+    qsd.ctl.ok("blockdev-add", driver="blkdebug", **{"node-name": "bad"}, image="dst",
+               **{"inject-error": [{"event": "pwritev", "errno": 5}]})
+    with QmpSource(qsd.lib) as src:
+        assert src.last_ending("b") is None
+        # No call while the backup runs and fails.
+        qsd.ctl.ok("blockdev-backup", **{"job-id": "b", "device": "top", "target": "bad", "sync": "full"})
+        ev = qsd.ctl.wait_event("BLOCK_JOB_COMPLETED")
+        e = src.last_ending("b")
+    assert isinstance(e, Ending), e
+    assert (e.outcome, e.type, e.qemu_time, e.was_ready) == ("failed", "backup", True, False), stack_says(str(e))
+    assert e.error == ev["data"]["error"] and "Input/output error" in e.error, (e, ev)
+    stamp = ev["timestamp"]["seconds"] + ev["timestamp"]["microseconds"] / 1e6
+    assert abs(e.ended - stamp) < 1e-5, (e, ev)
+    assert e.ran is not None and 0 <= e.ran < 60, e
