@@ -283,6 +283,20 @@ pub enum Command {
     Events {
         #[command(flatten)]
         source: Source,
+        /// QMP sockets, one per VM, as a glob (`/run/qemu-server/*.qmp`), read every --every seconds as `list`
+        /// reads them: no socket is held between readings (it may be a VM manager's only monitor), so what a
+        /// reading cannot see is said: a job gone between two readings `vanished` (outcome unknown), and a
+        /// copy or commit listed concluded without an error ends `unknown` (a pivot and a cancel after ready
+        /// are listed alike). Trusted sockets only, as for `list` (--qmp-user).
+        #[arg(long = "qmp-glob", value_name = "PATTERN", conflicts_with_all = ["qmp", "connect"])]
+        qmp_glob: Option<String>,
+        /// With --qmp-glob: a user QEMU runs as, whose sockets are trusted beside root's and this program's own
+        /// user's (repeatable; default libvirt-qemu and qemu, those that exist).
+        #[arg(long = "qmp-user", value_name = "USER", value_parser = user_id, requires = "qmp_glob")]
+        qmp_users: Vec<u32>,
+        /// With --qmp-glob: seconds between two readings (fractions allowed; at least 0.1).
+        #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = parse_every, requires = "qmp_glob")]
+        every: Duration,
         /// Stop after this many seconds (fractions allowed); default: until stopped.
         #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
         timeout: Option<Duration>,
@@ -290,6 +304,14 @@ pub enum Command {
     /// Writes blockjobinfo(1), the manual page, to standard output (for packaging).
     #[command(hide = true)]
     GenerateMan,
+}
+
+fn parse_every(s: &str) -> Result<Duration, String> {
+    let d = parse_seconds(s)?;
+    match d >= Duration::from_millis(100) {
+        true => Ok(d),
+        false => Err(format!("'{s}' is less than 0.1 seconds")),
+    }
 }
 
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {

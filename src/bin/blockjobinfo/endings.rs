@@ -53,7 +53,7 @@ pub fn outcome_label(happened: &Happened) -> Option<(&'static str, String)> {
 /// (a mirror can only complete once ready; an active commit too) and was then either pivoted or cancelled:
 /// QEMU lists both alike, and only the devices around the job at that moment tell them apart (libvirt knows
 /// which it asked for). A reading cannot tell, so it says `unknown`, never a success it cannot vouch for.
-fn qmp_outcome(raw: &RawJob, o: Outcome) -> (&'static str, String) {
+pub fn qmp_outcome(raw: &RawJob, o: Outcome) -> (&'static str, String) {
     match o {
         Outcome::Reached if matches!(raw.job_type.as_str(), "mirror" | "commit") => ("unknown", String::new()),
         o => outcome_label(&Happened::Ended(o)).unwrap_or(("unknown", String::new())),

@@ -10,6 +10,7 @@ use clap::Parser;
 mod cli;
 mod endings;
 mod exposition;
+mod glob_events;
 mod man;
 
 mod http;
@@ -69,9 +70,24 @@ fn main() -> ExitCode {
                 (_, None) => usage("with libvirt, name the DOMAIN and its DISK"),
             }
         }
-        Command::Events { source, timeout } => match &source.qmp {
-            Some(address) => qmp::events(address, *timeout),
-            None => virt::events(source.connect.as_deref(), *timeout),
+        Command::Events {
+            source,
+            qmp_glob,
+            qmp_users,
+            every,
+            timeout,
+        } => match (&source.qmp, qmp_glob) {
+            (Some(address), _) => qmp::events(address, *timeout),
+            (None, Some(pattern)) => {
+                let hosts = cli::Hosts {
+                    connect: None,
+                    qmp_glob: Some(pattern.clone()),
+                    qmp_users: qmp_users.clone(),
+                    max_sockets: 1024,
+                };
+                glob_events::run(&hosts, *every, *timeout)
+            }
+            (None, None) => virt::events(source.connect.as_deref(), *timeout),
         },
         Command::List {
             hosts,

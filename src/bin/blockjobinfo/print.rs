@@ -309,6 +309,39 @@ pub(crate) fn told_line(domain: Option<&str>, e: &JobEvent) -> String {
     serde_json::Value::Object(line).to_string()
 }
 
+/// One line of `events --qmp-glob`: what a comparison of readings told, of which socket's job.
+pub(crate) fn glob_line(seq: u64, t: &crate::glob_events::Told) -> String {
+    let mut line = serde_json::Map::new();
+    let mut put = |k: &str, v: serde_json::Value| {
+        line.insert(k.to_string(), v);
+    };
+    put("seq", seq.into());
+    if !t.socket.is_empty() {
+        put("socket", t.socket.clone().into());
+    }
+    put("event", t.event.into());
+    if !t.device.is_empty() {
+        put("device", t.device.clone().into());
+    }
+    if !t.job_type.is_empty() {
+        put("type", t.job_type.clone().into());
+    }
+    if let Some(o) = t.outcome {
+        put("outcome", o.into());
+    }
+    if let Some(e) = &t.error {
+        put("error", e.clone().into());
+    }
+    if let Some(n) = t.jobs {
+        put("jobs", n.into());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    put("time", serde_json::json!(now.as_secs_f64()));
+    serde_json::Value::Object(line).to_string()
+}
+
 /// libvirt's job type as a word (labels, `events`): `copy`, `pull`, `commit`, `active_commit`, `backup`,
 /// `unknown`.
 pub(crate) fn type_value(t: i32) -> String {
