@@ -506,7 +506,10 @@ mod tests {
         // An active commit: its READY event alone says it was ready, and its good end is then unknown.
         status(&mut e, "a", "created", 1);
         e.event(&ev("BLOCK_JOB_READY", json!({"device": "a", "type": "commit"}), 2), 0);
-        e.event(&ev("BLOCK_JOB_COMPLETED", json!({"device": "a", "type": "commit"}), 3), 0);
+        e.event(
+            &ev("BLOCK_JOB_COMPLETED", json!({"device": "a", "type": "commit"}), 3),
+            0,
+        );
         let got = e.last("a").unwrap();
         assert_eq!((got.ended, got.was_ready), (Ended::Unknown, true));
         // The READY event names the type of a job whose creation did not: a vanished job keeps it.
@@ -520,14 +523,23 @@ mod tests {
     fn an_ending_stamped_before_its_start_or_without_a_whole_stamp_has_no_time_of_qemus() {
         let mut e = Endings::default();
         status(&mut e, "j", "created", 10);
-        e.event(&ev("BLOCK_JOB_CANCELLED", json!({"device": "j", "type": "stream"}), 5), 0);
+        e.event(
+            &ev("BLOCK_JOB_CANCELLED", json!({"device": "j", "type": "stream"}), 5),
+            0,
+        );
         assert_eq!(e.last("j").unwrap().ran_us, None);
-        e.event(&json!({"event": "BLOCK_JOB_CANCELLED", "data": {"device": "k", "type": "stream"},
-            "timestamp": {"seconds": 5, "microseconds": -1}}), 77);
+        e.event(
+            &json!({"event": "BLOCK_JOB_CANCELLED", "data": {"device": "k", "type": "stream"},
+            "timestamp": {"seconds": 5, "microseconds": -1}}),
+            77,
+        );
         let got = e.last("k").unwrap();
         assert_eq!((got.at_us, got.qemu_time), (77, false));
-        e.event(&json!({"event": "BLOCK_JOB_CANCELLED", "data": {"device": "l", "type": "stream"},
-            "timestamp": {"seconds": -1, "microseconds": 5}}), 78);
+        e.event(
+            &json!({"event": "BLOCK_JOB_CANCELLED", "data": {"device": "l", "type": "stream"},
+            "timestamp": {"seconds": -1, "microseconds": 5}}),
+            78,
+        );
         assert_eq!(e.last("l").unwrap().at_us, 78);
     }
 
