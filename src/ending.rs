@@ -156,6 +156,10 @@ impl Endings {
             // Only after ready (QEMU 2.12.1 on: a cancel before ready is CANCELLED), and a pivot and a cancel
             // after ready are alike.
             self.running(id).ready = true;
+            // `make test-breaks` (`lastend`): QEMU's "completed" taken at its word for a ready copy.
+            if crate::environment::broken("lastend") {
+                return Ended::Completed;
+            }
             return Ended::Unknown;
         }
         let run = self.running.get(id);

@@ -234,7 +234,7 @@ fn a_ready_copys_end_is_unknown_unless_a_wait_told_it(s: &'static Stack) {
         assert_eq!(
             (e.ended, e.was_ready, e.qemu_time),
             (Ended::Unknown, true, true),
-            "{}: {end}",
+            "{}: {end}: a ready copy's end told without a wait",
             s.name
         );
     }
