@@ -16,14 +16,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::checks::{parse_metrics, sample};
-use common::exporter::{eventually, get, Exporter};
+use common::exporter::{counts, ended, eventually, get, nonzero, Exporter, LAST};
 use common::virt::{self, Domain, FailingTarget, Preload};
 use common::*;
 use serde_json::json;
-
-/// The counter's family, as Prometheus's parsers name it (without `_total`, which its samples carry).
-const ENDED: &str = "blockjobinfo_block_jobs_ended";
-const LAST: &str = "blockjobinfo_block_job_last_ended_timestamp_seconds";
 
 /// How many durations the histogram holds for `job_type`.
 fn durations(m: &std::collections::BTreeMap<String, serde_json::Value>, job_type: &str) -> Option<f64> {
@@ -32,38 +28,6 @@ fn durations(m: &std::collections::BTreeMap<String, serde_json::Value>, job_type
         (s[0] == "blockjobinfo_block_job_duration_seconds_count" && s[1]["type"] == job_type)
             .then(|| s[2].as_f64().unwrap())
     })
-}
-
-/// Every `blockjobinfo_block_jobs_ended_total` sample of a scrape: ((type, outcome), count), sorted.
-fn ended(body: &str) -> Vec<((String, String), f64)> {
-    let m = parse_metrics(body);
-    let mut all: Vec<_> = m
-        .get(ENDED)
-        .and_then(|f| f["samples"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .map(|s| {
-            let l = &s[1];
-            let text = |k: &str| l[k].as_str().unwrap().to_string();
-            ((text("type"), text("outcome")), s[2].as_f64().unwrap())
-        })
-        .collect();
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-    all
-}
-
-/// The counters that are not 0.
-fn nonzero(body: &str) -> Vec<((String, String), f64)> {
-    ended(body).into_iter().filter(|(_, n)| *n != 0.0).collect()
-}
-
-fn counts(pairs: &[(&str, &str, f64)]) -> Vec<((String, String), f64)> {
-    let mut v: Vec<_> = pairs
-        .iter()
-        .map(|(t, o, n)| ((t.to_string(), o.to_string()), *n))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 /// Scrapes until the counters are `want` (within `within`), then goes on scraping for `hold`: they must stay so

@@ -199,3 +199,39 @@ pub fn bcrypt(user: &str, password: &str) -> String {
     let line = String::from_utf8(out.stdout).unwrap();
     line.trim().split_once(':').unwrap().1.to_string()
 }
+
+/// The counter's family, as Prometheus's parsers name it (without `_total`, which its samples carry).
+pub const ENDED: &str = "blockjobinfo_block_jobs_ended";
+pub const LAST: &str = "blockjobinfo_block_job_last_ended_timestamp_seconds";
+
+/// Every `blockjobinfo_block_jobs_ended_total` sample of a scrape: ((type, outcome), count), sorted.
+pub fn ended(body: &str) -> Vec<((String, String), f64)> {
+    let m = super::checks::parse_metrics(body);
+    let mut all: Vec<_> = m
+        .get(ENDED)
+        .and_then(|f| f["samples"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            let l = &s[1];
+            let text = |k: &str| l[k].as_str().unwrap().to_string();
+            ((text("type"), text("outcome")), s[2].as_f64().unwrap())
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+/// The counters that are not 0.
+pub fn nonzero(body: &str) -> Vec<((String, String), f64)> {
+    ended(body).into_iter().filter(|(_, n)| *n != 0.0).collect()
+}
+
+pub fn counts(pairs: &[(&str, &str, f64)]) -> Vec<((String, String), f64)> {
+    let mut v: Vec<_> = pairs
+        .iter()
+        .map(|(t, o, n)| ((t.to_string(), o.to_string()), *n))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}

@@ -265,6 +265,11 @@ pub enum Command {
         /// is exported after the job ended.
         #[arg(long, value_name = "SECONDS", default_value = "3600", requires = "listen", value_parser = parse_seconds)]
         keep_endings: Duration,
+        /// With --listen: a file where the jobs running now are kept (written when they change), so that the
+        /// next exporter counts those that ended while none ran as outcome "unknown" (or with the outcome a
+        /// QMP socket still lists). A relative path is taken in systemd's state directory (StateDirectory=).
+        #[arg(long, value_name = "FILE", requires = "listen")]
+        state_file: Option<std::path::PathBuf>,
     },
     /// Stream every block job's life, one JSON object per line, until stopped.
     ///

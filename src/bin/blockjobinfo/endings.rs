@@ -93,6 +93,13 @@ pub struct Endings {
     listed: BTreeMap<(String, String), (String, bool)>,
     /// Sockets `compare` has read at least once.
     sockets: BTreeSet<String>,
+    /// Jobs known to run now, with their type: what `--state-file` keeps across a restart.
+    alive: BTreeMap<(String, String), String>,
+    /// `alive` as last written to the state file.
+    saved: Option<BTreeMap<(String, String), String>>,
+    /// Jobs the exporter before this one knew to run (its state file): each one's ending is counted (unknown
+    /// when nothing says how), once the first reading of its domain or socket has shown whether it still runs.
+    restored: BTreeMap<(String, String), String>,
 }
 
 impl Endings {
@@ -108,6 +115,63 @@ impl Endings {
             running: BTreeMap::new(),
             listed: BTreeMap::new(),
             sockets: BTreeSet::new(),
+            alive: BTreeMap::new(),
+            saved: None,
+            restored: BTreeMap::new(),
+        }
+    }
+
+    /// The jobs running now, as the state file keeps them, when they changed since the last time it was asked
+    /// (and `saved` says it was written).
+    pub fn state_to_save(&self) -> Option<String> {
+        if self.saved.as_ref() == Some(&self.alive) {
+            return None;
+        }
+        let jobs: Vec<serde_json::Value> = self
+            .alive
+            .iter()
+            .map(|((h, d), t)| serde_json::json!({"host": h, "disk": d, "type": t}))
+            .collect();
+        Some(serde_json::json!({"by_socket": self.by_socket, "running": jobs}).to_string() + "\n")
+    }
+
+    /// The state file was written with `alive` as it is now.
+    pub fn saved(&mut self) {
+        self.saved = Some(self.alive.clone());
+    }
+
+    /// What the exporter before this one knew to run (its state file's text): those jobs' endings are counted
+    /// once this exporter's first look shows they are gone. A file of the other mode (domains for sockets) or
+    /// one that does not parse restores nothing, and says why.
+    pub fn restore(&mut self, text: &str) -> Result<usize, String> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not the state's JSON: {e}"))?;
+        if v["by_socket"].as_bool() != Some(self.by_socket) {
+            return Err("it was written for the other kind of host (domains, or QMP sockets)".into());
+        }
+        let jobs = v["running"].as_array().ok_or("no list of running jobs")?;
+        let mut restored = BTreeMap::new();
+        for j in jobs {
+            let (Some(h), Some(d), Some(t)) = (j["host"].as_str(), j["disk"].as_str(), j["type"].as_str()) else {
+                return Err(format!("a job without host, disk and type: {j}"));
+            };
+            restored.insert((h.to_string(), d.to_string()), t.to_string());
+        }
+        self.restored = restored;
+        // Written as it was read: nothing to write until something changes.
+        self.alive = self.restored.clone();
+        self.saved = Some(self.alive.clone());
+        Ok(self.restored.len())
+    }
+
+    /// libvirt's stream began watching (every job it lists now has been told `Started`): a job the exporter
+    /// before this one knew to run and that is not among them ended while nobody looked.
+    pub fn watching(&mut self, now: Instant) {
+        let restored = std::mem::take(&mut self.restored);
+        for (key, job_type) in restored {
+            if !self.running.contains_key(&key) {
+                self.alive.remove(&key);
+                self.ended(key, &job_type, "unknown", String::new(), now);
+            }
         }
     }
 
@@ -128,10 +192,14 @@ impl Endings {
                 self.running.remove(&key);
             }
             Happened::Started => {
+                self.alive.insert(key.clone(), job_type.to_string());
                 self.running.insert(key, now);
             }
             _ => {
                 if let Some((outcome, error)) = outcome_label(happened) {
+                    // Its ending is told: the exporter before this one's word on it is settled too.
+                    self.restored.remove(&key);
+                    self.alive.remove(&key);
                     self.ended(key, job_type, outcome, error, now);
                 }
             }
@@ -218,14 +286,35 @@ impl Endings {
                     false
                 }
                 (Some(false), None) => false,
-                // Concluded on a socket's first reading: it ended before the exporter looked.
-                (None, Some(_)) if !self.sockets.contains(&r.host) => true,
+                // Concluded on a socket's first reading: it ended before the exporter looked (counted then,
+                // unless the exporter before this one knew it running: it ended while none looked).
+                (None, Some(_)) if !self.sockets.contains(&r.host) && !self.restored.contains_key(&key) => true,
                 (_, Some((outcome, error))) => {
                     self.ended(key.clone(), &job_type, outcome, error, now);
                     true
                 }
             };
+            self.restored.remove(&key);
+            match counted {
+                true => self.alive.remove(&key),
+                false => self.alive.insert(key.clone(), job_type.clone()),
+            };
             self.listed.insert(key, (job_type, counted));
+        }
+        // What the exporter before this one knew to run and a reading of its socket lacks (or its socket is gone
+        // from the glob: its VM went away): ended while none looked.
+        let looked: BTreeSet<&str> = snap.looked_at.iter().map(String::as_str).collect();
+        let lost: Vec<(String, String)> = self
+            .restored
+            .keys()
+            .filter(|k| !seen.contains(*k) && (read.contains(k.0.as_str()) || !looked.contains(k.0.as_str())))
+            .cloned()
+            .collect();
+        for key in lost {
+            if let Some(job_type) = self.restored.remove(&key) {
+                self.alive.remove(&key);
+                self.ended(key, &job_type, "unknown", String::new(), now);
+            }
         }
         let gone: Vec<(String, String)> = self
             .listed
@@ -235,6 +324,7 @@ impl Endings {
             .collect();
         for key in gone {
             if let Some((job_type, counted)) = self.listed.remove(&key) {
+                self.alive.remove(&key);
                 if !counted {
                     self.ended(key, &job_type, "unknown", String::new(), now);
                 }
@@ -364,6 +454,102 @@ mod tests {
         let mut x = Exposition::default();
         e.render(&mut x, "socket", "device", now);
         x.render()
+    }
+
+    fn totals(e: &Endings) -> Vec<(String, &'static str, u64)> {
+        e.totals.iter().map(|((t, o), n)| (t.clone(), *o, *n)).collect()
+    }
+
+    fn state(by_socket: bool, jobs: &[(&str, &str, &str)]) -> String {
+        let running: Vec<serde_json::Value> = jobs
+            .iter()
+            .map(|(h, d, t)| serde_json::json!({"host": h, "disk": d, "type": t}))
+            .collect();
+        serde_json::json!({"by_socket": by_socket, "running": running}).to_string()
+    }
+
+    #[test]
+    fn a_restarted_exporter_counts_the_sockets_jobs_that_ended_while_none_ran() {
+        let t = Instant::now();
+        let mut e = Endings::new(Duration::from_secs(3600));
+        e.by_socket = true;
+        let before = [
+            ("/s/a", "m", "copy"),
+            ("/s/a", "b", "backup"),
+            ("/s/a", "r", "pull"),
+            ("/s/b", "x", "pull"),
+            ("/s/gone", "y", "commit"),
+        ];
+        assert_eq!(e.restore(&state(true, &before)), Ok(5));
+        // Read as it was written: nothing to write yet.
+        assert_eq!(e.state_to_save(), None);
+        // /s/a read: m gone unseen, b concluded with its error (counted although this is the socket's first
+        // reading), r still running; /s/b not answering keeps x; /s/gone left the glob with its VM.
+        e.compare(
+            &snap(
+                vec![
+                    typed_row("/s/a", "b", "backup", "concluded", Some("No space left on device")),
+                    typed_row("/s/a", "r", "stream", "running", None),
+                ],
+                &["/s/b"],
+            ),
+            t,
+        );
+        assert_eq!(
+            totals(&e),
+            [
+                ("backup".into(), "failed", 1),
+                ("commit".into(), "unknown", 1),
+                ("copy".into(), "unknown", 1),
+            ]
+        );
+        assert!(text(&mut e, t).contains("error=\"No space left on device\""));
+        // What runs now is to be written: r, and x (its socket not read yet).
+        let saved = e.state_to_save().expect("changed");
+        assert!(saved.contains("\"r\"") && saved.contains("\"x\"") && !saved.contains("\"m\""), "{saved}");
+        e.saved();
+        assert_eq!(e.state_to_save(), None);
+        // /s/b answers: x is gone.
+        e.compare(&snap(vec![typed_row("/s/a", "r", "stream", "running", None)], &[]), t);
+        assert!(totals(&e).contains(&("pull".into(), "unknown", 1)), "{:?}", totals(&e));
+        // r ends as any job does.
+        e.compare(&snap(vec![typed_row("/s/a", "r", "stream", "concluded", None)], &[]), t);
+        assert!(totals(&e).contains(&("pull".into(), "completed", 1)), "{:?}", totals(&e));
+        assert!(!e.state_to_save().expect("changed").contains("\"r\""));
+    }
+
+    #[test]
+    fn a_restarted_exporter_counts_the_domains_jobs_that_ended_while_none_ran() {
+        let t = Instant::now();
+        let mut e = Endings::new(Duration::from_secs(3600));
+        let before = [("d1", "vda", "copy"), ("d2", "vdb", "pull"), ("d3", "vdc", "backup")];
+        assert_eq!(e.restore(&state(false, &before)), Ok(3));
+        // libvirt's stream tells what runs (d1), then an ending (d3: its event names it), then watches.
+        e.heard("d1", "vda", "copy", &Happened::Started, t, false);
+        e.heard("d3", "vdc", "backup", &Happened::Started, t, true);
+        e.heard("d3", "vdc", "backup", &Happened::Ended(Outcome::Cancelled), t, false);
+        e.watching(t);
+        assert_eq!(
+            totals(&e),
+            [("backup".into(), "canceled", 1), ("pull".into(), "unknown", 1)]
+        );
+        // Watching again later (after a gap) counts nothing more.
+        e.watching(t);
+        assert_eq!(totals(&e).len(), 2);
+        let saved = e.state_to_save().expect("changed");
+        assert!(saved.contains("\"d1\"") && !saved.contains("\"d2\"") && !saved.contains("\"d3\""), "{saved}");
+    }
+
+    #[test]
+    fn a_state_file_of_the_other_mode_or_not_json_restores_nothing() {
+        let mut e = Endings::new(Duration::from_secs(3600));
+        let err = e.restore(&state(true, &[("/s/a", "m", "copy")])).unwrap_err();
+        assert!(err.contains("other kind of host"), "{err}");
+        assert!(e.restore("{").unwrap_err().contains("not the state's JSON"));
+        let half = r#"{"by_socket": false, "running": [{"host": "d", "disk": "vda", "type": "copy"}, {"host": "d"}]}"#;
+        assert!(e.restore(half).is_err());
+        e.watching(Instant::now());
+        assert!(totals(&e).is_empty());
     }
 
     #[test]

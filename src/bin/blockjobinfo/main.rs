@@ -104,6 +104,7 @@ fn main() -> ExitCode {
             max_connections,
             scrape_timeout,
             keep_endings,
+            state_file,
         } => metrics::run(
             hosts,
             output.as_deref(),
@@ -117,6 +118,7 @@ fn main() -> ExitCode {
                     request_timeout: Duration::from_secs(10),
                 },
                 scrape_timeout: *scrape_timeout,
+                state_file: state_file.as_deref(),
             }),
         ),
         Command::GenerateMan => match man::render(&mut std::io::stdout().lock()) {

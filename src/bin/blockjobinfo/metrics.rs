@@ -180,6 +180,8 @@ pub struct Serving<'a> {
     pub web_config: Option<&'a Path>,
     pub limits: http::Limits,
     pub scrape_timeout: Duration,
+    /// Where the jobs running now are kept, for the next exporter to count those that end meanwhile.
+    pub state_file: Option<&'a Path>,
 }
 
 pub fn run(hosts: &Hosts, output: Option<&Path>, serving: Option<Serving>) -> ExitCode {
@@ -254,6 +256,21 @@ fn serve(server: http::Server, hosts: &Hosts, serving: Serving) -> ExitCode {
     let (requests, readings) = std::sync::mpsc::sync_channel::<Waiting>(serving.limits.max_requests);
     let mut endings = Endings::new(serving.keep_endings);
     endings.by_socket = hosts.qmp_glob.is_some();
+    let state_file = serving.state_file.map(state_path);
+    if let Some(path) = &state_file {
+        match std::fs::read_to_string(path) {
+            Ok(text) => match endings.restore(&text) {
+                Ok(n) => eprintln!(
+                    "blockjobinfo: {n} jobs were running when the last exporter stopped ({}): those that are gone \
+                     are counted as outcome \"unknown\"",
+                    path.display()
+                ),
+                Err(e) => eprintln!("blockjobinfo: ignoring the state file {}: {e}", path.display()),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("blockjobinfo: ignoring the state file {}: {e}", path.display()),
+        }
+    }
     // The endings as last written, for a scrape answered without a reading: counters and a failure's alert do
     // not vanish while the host is slow to read.
     let last_endings = std::sync::Arc::new(Mutex::new(String::new()));
@@ -265,7 +282,7 @@ fn serve(server: http::Server, hosts: &Hosts, serving: Serving) -> ExitCode {
     };
     std::thread::Builder::new()
         .name("reader".into())
-        .spawn(move || reading(reader, &readings, endings, heard, &written))
+        .spawn(move || reading(reader, &readings, endings, heard, &written, state_file.as_deref()))
         .expect("a thread");
     let requests = Mutex::new(requests);
     let scrape: http::Scrape = std::sync::Arc::new(move |timeout: Duration| {
@@ -313,6 +330,18 @@ fn serve(server: http::Server, hosts: &Hosts, serving: Serving) -> ExitCode {
 
 /// A relative `--web-config` of a service is one of its systemd credentials (`LoadCredential=`, copied by
 /// systemd where the service's dynamic user can read it, at `$CREDENTIALS_DIRECTORY`); elsewhere, as given.
+/// `--state-file`: a relative path is taken in systemd's state directory (`StateDirectory=`), where there is one.
+fn state_path(path: &Path) -> std::path::PathBuf {
+    match std::env::var_os("STATE_DIRECTORY") {
+        // systemd may name several, separated by colons: the first is the unit's own.
+        Some(dirs) if path.is_relative() => {
+            let dirs = dirs.to_string_lossy().into_owned();
+            Path::new(dirs.split(':').next().unwrap_or_default()).join(path)
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
 fn credential(path: &Path) -> std::path::PathBuf {
     match std::env::var_os("CREDENTIALS_DIRECTORY") {
         Some(dir) if path.is_relative() => Path::new(&dir).join(path),
@@ -397,10 +426,29 @@ fn reading(
     mut endings: Endings,
     heard: Option<std::sync::mpsc::Receiver<Heard>>,
     written: &Mutex<String>,
+    state_file: Option<&Path>,
 ) {
     if heard.is_some() {
         endings.listening = Some(false);
     }
+    // The jobs running now, written when they change; a failure is said once, until a write works again.
+    let mut state_failing = false;
+    let mut keep = |endings: &mut Endings| {
+        let (Some(path), Some(text)) = (state_file, endings.state_to_save()) else {
+            return;
+        };
+        match write_atomically(path, &text) {
+            Ok(()) => {
+                endings.saved();
+                state_failing = false;
+            }
+            Err(e) if !state_failing => {
+                eprintln!("blockjobinfo: writing the state file {}: {e}", path.display());
+                state_failing = true;
+            }
+            Err(_) => {}
+        }
+    };
     // What the events said, taken in as they come (at least once a second), so that nothing piles up between
     // scrapes.
     let take = |endings: &mut Endings| {
@@ -409,7 +457,12 @@ fn reading(
                 Heard::Job(domain, disk, job_type, happened, at, at_ending) => {
                     endings.heard(&domain, &disk, &job_type, &happened, at, at_ending)
                 }
-                Heard::Listening(yes) => endings.listening = Some(yes),
+                Heard::Listening(yes) => {
+                    endings.listening = Some(yes);
+                    if yes {
+                        endings.watching(Instant::now());
+                    }
+                }
             }
         }
     };
@@ -424,6 +477,7 @@ fn reading(
             Ok(first) => first,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 take(&mut endings);
+                keep(&mut endings);
                 continue;
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -485,6 +539,7 @@ fn reading(
                 endings.compare(snap, Instant::now());
             }
         }
+        keep(&mut endings);
         let text = endings.exposition(Instant::now());
         *written.lock().unwrap_or_else(|p| p.into_inner()) = text.clone();
         let text = render(&snap, took, Some(&text));
