@@ -138,7 +138,8 @@ typedef struct {
   int qemu_time;
   /**
    * How long the job ran, in microseconds, from QEMU's timestamps of its creation and its ending; -1 when
-   * its creation was not heard (it began before the source connected).
+   * either was not heard (it began before the source connected, events may have been missed meanwhile, or
+   * a listing found the ending).
    */
   long long ran_us;
   /**
@@ -231,8 +232,8 @@ int bji_wait(bji_source *src,
  * come (not only during calls), so an ending between two calls is kept; for a job seen running whose ending was
  * not heard (the connection was lost meanwhile), from QEMU's list now (one `query-block-jobs`). `device` is a
  * job id, or a libvirt disk target (`vda`), which names libvirt's jobs of that disk (the latest ending of
- * them). `flags` must be 0. Returns 1 with `*ending` filled, 0 when no ending of `device` is known (`*ending`
- * zeroed), -1 on error.
+ * them). `flags` must be 0. A non-NULL `ending` is zeroed first. Returns 1 with `*ending` filled, 0 when no
+ * ending of `device` is known, -1 on error.
  *
  * # Safety
  * `src` NULL or an open source; `device` NULL or NUL-terminated; `ending` NULL or writable.

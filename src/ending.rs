@@ -60,6 +60,12 @@ struct Running {
     started_us: Option<i64>,
     ready: bool,
     order: u64,
+    /// Events may have been missed since it was created (a new connection, or one not taken in): its ready,
+    /// its ending, even its id's next job, may be among them.
+    unsure: bool,
+    /// Known to be a block job (a block job event, or QEMU's list of block jobs, named it): other jobs
+    /// (`blockdev-create`, snapshots) change status too, and neither have such events nor are listed.
+    block: bool,
 }
 
 /// The endings of one source's jobs.
@@ -121,6 +127,8 @@ impl Endings {
             started_us: None,
             ready: false,
             order,
+            unsure: false,
+            block: false,
         })
     }
 
@@ -131,7 +139,7 @@ impl Endings {
             (t, _) => t.to_string(),
         };
         let was_ready = run.as_ref().is_some_and(|r| r.ready);
-        let ran_us = match (at, run.as_ref().and_then(|r| r.started_us)) {
+        let ran_us = match (at, run.as_ref().filter(|r| !r.unsure).and_then(|r| r.started_us)) {
             (Some(end), Some(start)) if end >= start => Some(end - start),
             _ => None,
         };
@@ -165,7 +173,7 @@ impl Endings {
         let run = self.running.get(id);
         match job_type {
             "commit" => match run {
-                Some(r) if r.started_us.is_some() && !r.ready => Ended::Completed,
+                Some(r) if r.started_us.is_some() && !r.ready && !r.unsure => Ended::Completed,
                 _ => Ended::Unknown,
             },
             _ => Ended::Completed,
@@ -191,11 +199,24 @@ impl Endings {
                         self.running.remove(id);
                         self.running(id).started_us = at;
                     }
-                    "ready" => self.running(id).ready = true,
-                    // Dismissed: its ending was told by BLOCK_JOB_COMPLETED or CANCELLED before it concluded. A
-                    // job of another kind (not a block job) is forgotten here.
+                    // Only copies and active commits are ever ready.
+                    "ready" => {
+                        let run = self.running(id);
+                        run.ready = true;
+                        run.block = true;
+                    }
+                    // Dismissed. A block job's ending was told by BLOCK_JOB_COMPLETED or CANCELLED before it
+                    // concluded; one still running here ended without (it never started, or the event went
+                    // unheard): unknown. A job of another kind is forgotten.
                     "null" => {
-                        self.running.remove(id);
+                        if let Some(run) = self.running.get(id) {
+                            match run.block || run.unsure || self.ended.contains_key(id) {
+                                true => self.end(id, Ended::Unknown, "", at, now_us),
+                                false => {
+                                    self.running.remove(id);
+                                }
+                            }
+                        }
                     }
                     _ => {}
                 }
@@ -206,8 +227,15 @@ impl Endings {
                 };
                 let run = self.running(id);
                 run.ready = true;
+                run.block = true;
                 if !job_type.is_empty() {
                     run.job_type = job_type.to_string();
+                }
+            }
+            // Paused or going on after an I/O error: no ending, but a block job.
+            "BLOCK_JOB_ERROR" => {
+                if let Some(id) = field("device") {
+                    self.running(id).block = true;
                 }
             }
             "BLOCK_JOB_COMPLETED" => {
@@ -245,17 +273,24 @@ impl Endings {
         ids
     }
 
-    /// The jobs `device` names that were seen running and whose ending was not heard: the caller reads QEMU's
-    /// list for them (`listed`).
-    pub fn unsettled(&self, device: &str) -> Vec<String> {
-        self.ids(device)
-            .into_iter()
-            .filter(|id| self.running.contains_key(id))
-            .collect()
+    /// Events may have been missed (a new connection, or an event not taken in): every job running now may
+    /// have changed unheard.
+    pub fn gap(&mut self) {
+        for r in self.running.values_mut() {
+            r.unsure = true;
+        }
+    }
+
+    /// The jobs `device` names that were seen running by `mark` and whose ending was not heard: the caller
+    /// reads QEMU's list (after `mark`) for them (`listed`).
+    pub fn unsettled(&self, device: &str, mark: u64) -> Vec<String> {
+        let known = |id: &String| self.running.get(id).is_some_and(|r| r.order <= mark);
+        self.ids(device).into_iter().filter(known).collect()
     }
 
     /// What QEMU's list (read after every event before it was taken in) says of a job whose ending was not
-    /// heard: still running, concluded (read with its error), or gone unseen.
+    /// heard: still running, concluded (read with its error), or gone unseen (a block job's ending unknown;
+    /// a job never known as a block job is forgotten: QEMU lists no other kind).
     pub fn listed(&mut self, id: &str, job: Option<&RawJob>, now_us: i64) {
         if !self.running.contains_key(id) {
             return;
@@ -270,13 +305,26 @@ impl Endings {
                 let job_type = j.job_type.clone();
                 self.end(id, ended, &job_type, None, now_us);
             }
-            Some(j) => {
-                let run = self.running(id);
+            Some(j) => self.seen_listed(std::slice::from_ref(j)),
+            // Not a block job's: never one to end here.
+            None if !self.running.get(id).is_some_and(|r| r.block) => {
+                self.running.remove(id);
+            }
+            None => self.end(id, Ended::Unknown, "", None, now_us),
+        }
+    }
+
+    /// QEMU's list of block jobs: each job in it is a block job, ready if it says so (an event missed is read
+    /// here), whenever its creation was heard.
+    pub fn seen_listed(&mut self, jobs: &[RawJob]) {
+        for j in jobs {
+            if let Some(run) = self.running.get_mut(&j.device) {
+                run.block = true;
+                run.ready |= verdict::is_ready(j);
                 if run.job_type.is_empty() {
                     run.job_type = j.job_type.clone();
                 }
             }
-            None => self.end(id, Ended::Unknown, "", None, now_us),
         }
     }
 
@@ -342,7 +390,7 @@ mod tests {
         assert!(got.qemu_time);
         assert_eq!(got.ran_us, Some(7_000_000));
         assert!(!got.was_ready);
-        assert!(e.unsettled("j").is_empty());
+        assert!(e.unsettled("j", u64::MAX).is_empty());
     }
 
     #[test]
@@ -433,9 +481,9 @@ mod tests {
     fn a_job_whose_ending_was_not_heard_is_settled_by_the_list() {
         let mut e = Endings::default();
         status(&mut e, "g", "created", 1);
-        assert_eq!(e.unsettled("g"), ["g"]);
+        assert_eq!(e.unsettled("g", u64::MAX), ["g"]);
         e.listed("g", Some(&raw("g", "stream", "running", None)), 50);
-        assert!(!e.unsettled("g").is_empty() && e.last("g").is_none());
+        assert!(!e.unsettled("g", u64::MAX).is_empty() && e.last("g").is_none());
         e.listed("g", None, 50);
         let got = e.last("g").unwrap();
         assert_eq!(
@@ -478,7 +526,7 @@ mod tests {
         // Dismissed jobs and other kinds of job are forgotten.
         status(&mut e, "create0", "created", 1);
         status(&mut e, "create0", "null", 2);
-        assert!(e.unsettled("create0").is_empty());
+        assert!(e.unsettled("create0", u64::MAX).is_empty());
     }
 
     #[test]
@@ -493,7 +541,7 @@ mod tests {
             0,
         );
         status(&mut e, "pull-vda-libvirt-3-format", "created", 4);
-        assert_eq!(e.unsettled("vda"), ["pull-vda-libvirt-3-format"]);
+        assert_eq!(e.unsettled("vda", u64::MAX), ["pull-vda-libvirt-3-format"]);
         assert_eq!(e.last("vda").unwrap().ended, Ended::Cancelled);
         let failed = json!({"device": "pull-vda-libvirt-3-format", "type": "stream", "error": "Input/output error"});
         e.event(&ev("BLOCK_JOB_COMPLETED", failed, 5), 0);
@@ -548,6 +596,72 @@ mod tests {
     }
 
     #[test]
+    fn after_a_gap_a_commits_good_end_and_its_run_time_are_not_known() {
+        let mut e = Endings::default();
+        status(&mut e, "c", "created", 1);
+        // Its READY may have been among what was missed.
+        e.gap();
+        e.event(
+            &ev("BLOCK_JOB_COMPLETED", json!({"device": "c", "type": "commit"}), 9),
+            0,
+        );
+        let got = e.last("c").unwrap();
+        assert_eq!((got.ended, got.ran_us), (Ended::Unknown, None));
+        // A job created after the gap is heard whole.
+        status(&mut e, "d", "created", 10);
+        e.event(
+            &ev("BLOCK_JOB_COMPLETED", json!({"device": "d", "type": "commit"}), 12),
+            0,
+        );
+        let got = e.last("d").unwrap();
+        assert_eq!((got.ended, got.ran_us), (Ended::Completed, Some(2_000_000)));
+    }
+
+    #[test]
+    fn a_job_of_another_kind_is_forgotten_and_a_block_jobs_silent_end_is_unknown() {
+        let mut e = Endings::default();
+        // blockdev-create's job: never listed among block jobs, never a block job event.
+        status(&mut e, "create0", "created", 1);
+        e.listed("create0", None, 5);
+        assert!(e.last("create0").is_none() && e.unsettled("create0", u64::MAX).is_empty());
+        // A block job dismissed with no ending event (it never started): unknown, not its id's last ending.
+        e.event(
+            &ev("BLOCK_JOB_CANCELLED", json!({"device": "j", "type": "stream"}), 1),
+            0,
+        );
+        status(&mut e, "j", "created", 2);
+        status(&mut e, "j", "concluded", 2);
+        status(&mut e, "j", "null", 3);
+        let got = e.last("j").unwrap();
+        assert_eq!((got.ended, got.at_us), (Ended::Unknown, 3_000_005));
+        // One the list showed once is a block job: gone unseen, unknown.
+        status(&mut e, "k", "created", 1);
+        e.listed("k", Some(&raw("k", "mirror", "running", None)), 5);
+        e.listed("k", None, 6);
+        assert_eq!(e.last("k").unwrap().ended, Ended::Unknown);
+    }
+
+    #[test]
+    fn only_jobs_known_by_the_mark_are_settled_and_the_list_tells_a_missed_ready() {
+        let mut e = Endings::default();
+        status(&mut e, "old", "created", 1);
+        let mark = e.mark();
+        status(&mut e, "new", "created", 2);
+        assert_eq!(e.unsettled("old", mark), ["old"]);
+        assert!(e.unsettled("new", mark).is_empty());
+        // A commit whose READY went unheard: the list says ready, and its good end is then unknown.
+        let mut ready = raw("old", "commit", "ready", None);
+        ready.ready = Some(true);
+        e.listed("old", Some(&ready), 5);
+        e.event(
+            &ev("BLOCK_JOB_COMPLETED", json!({"device": "old", "type": "commit"}), 9),
+            0,
+        );
+        let got = e.last("old").unwrap();
+        assert_eq!((got.ended, got.was_ready), (Ended::Unknown, true));
+    }
+
+    #[test]
     fn what_is_kept_is_bounded() {
         let mut e = Endings::default();
         for i in 0..MAX_KEPT + 10 {
@@ -563,7 +677,9 @@ mod tests {
         }
         assert!(e.running.len() <= MAX_KEPT && e.ended.len() <= MAX_KEPT);
         assert!(e.last("e0").is_none() && e.last(&format!("e{}", MAX_KEPT + 9)).is_some());
-        assert!(e.unsettled("r0").is_empty() && !e.unsettled(&format!("r{}", MAX_KEPT + 9)).is_empty());
+        assert!(
+            e.unsettled("r0", u64::MAX).is_empty() && !e.unsettled(&format!("r{}", MAX_KEPT + 9), u64::MAX).is_empty()
+        );
     }
 
     #[test]

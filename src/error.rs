@@ -83,11 +83,11 @@ impl Error {
 /// What a command that found no turn on a shared monitor timed out waiting for.
 pub(crate) const NO_TURN: &str = "the monitor (another command was in flight all that time)";
 
-/// What a caught panic said (its `&str` or `String` payload), for an error message.
 /// How the last error of a panic caught at the C boundary begins (tests/c/panic.c and the fuzz targets look
 /// for it; a refusal may quote input that says "panic", so the word alone proves nothing).
 pub const CAUGHT_PANIC: &str = "internal error: panic in blockjobinfo";
 
+/// What a caught panic said (its `&str` or `String` payload), for an error message.
 pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -76,13 +76,24 @@ pub struct bji_ending {
     /// 1 when `ended_us` is QEMU's own timestamp.
     pub qemu_time: c_int,
     /// How long the job ran, in microseconds, from QEMU's timestamps of its creation and its ending; -1 when
-    /// its creation was not heard (it began before the source connected).
+    /// either was not heard (it began before the source connected, events may have been missed meanwhile, or
+    /// a listing found the ending).
     pub ran_us: c_longlong,
     /// QEMU's job type (`mirror`, `commit`, `stream`, `backup`), NUL-terminated; "" where none was told.
     pub job_type: [c_char; 16],
     /// QEMU's error text for `BJI_ENDING_FAILED`, NUL-terminated and cut to 1023 bytes; "" otherwise.
     pub error: [c_char; 1024],
 }
+
+// The layout C sees on LP64 (tests/c/abi_layout.c checks the same from the header).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(
+    std::mem::size_of::<bji_ending>() == 1072
+        && std::mem::offset_of!(bji_ending, ended_us) == 8
+        && std::mem::offset_of!(bji_ending, ran_us) == 24
+        && std::mem::offset_of!(bji_ending, job_type) == 32
+        && std::mem::offset_of!(bji_ending, error) == 48
+);
 
 /// Copies `text` into a C string field, cut on a character's boundary to leave room for the NUL.
 fn fill(field: &mut [c_char], text: &str) {
@@ -478,8 +489,8 @@ pub unsafe extern "C" fn bji_wait(
 /// come (not only during calls), so an ending between two calls is kept; for a job seen running whose ending was
 /// not heard (the connection was lost meanwhile), from QEMU's list now (one `query-block-jobs`). `device` is a
 /// job id, or a libvirt disk target (`vda`), which names libvirt's jobs of that disk (the latest ending of
-/// them). `flags` must be 0. Returns 1 with `*ending` filled, 0 when no ending of `device` is known (`*ending`
-/// zeroed), -1 on error.
+/// them). `flags` must be 0. A non-NULL `ending` is zeroed first. Returns 1 with `*ending` filled, 0 when no
+/// ending of `device` is known, -1 on error.
 ///
 /// # Safety
 /// `src` NULL or an open source; `device` NULL or NUL-terminated; `ending` NULL or writable.

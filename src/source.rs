@@ -11,7 +11,7 @@ use crate::ending::{Ending, Endings};
 use crate::error::Error;
 use crate::error::Result;
 use crate::jobs;
-use crate::qmp::{Address, Limits, Monitor, Peer, QemuVersion};
+use crate::qmp::{Address, Limits, Monitor, Observed, Peer, QemuVersion};
 use crate::translate::{self, NoReadyPolicy, Observation, RawJob};
 
 /// A job as QEMU reported it and as libvirt would report it, from one reply.
@@ -32,22 +32,24 @@ pub struct QmpSource {
     peer: Option<Peer>,
     /// Grace timer in ms; `NO_GRACE` when off.
     grace_ms: AtomicU64,
-    /// The monitor of the process that made it (see `monitor`).
-    monitor: Mutex<Arc<Monitor>>,
+    /// The monitor of the process that made it (see `monitor`), and the endings it heard (a forked child's are
+    /// its own too: a lock the parent's threads held at fork() never comes free there).
+    monitor: Mutex<Slot>,
     /// The process whose monitor `monitor` holds.
     monitor_pid: AtomicU32,
     /// When each listed job id was first seen, for the grace timer.
     first_seen: Mutex<HashMap<String, Instant>>,
     /// Set by `close`: every call in progress and every later one fails.
     closed: AtomicBool,
-    /// Every job's last ending, from the events each monitor of this source read.
-    endings: Arc<Mutex<Endings>>,
     /// Monitors made for single calls in a child whose `monitor` slot a parent thread held at fork(), so that
     /// `close` reaches their waits too.
     strays: Mutex<Vec<Weak<Monitor>>>,
 }
 
 const NO_GRACE: u64 = u64::MAX;
+
+/// A monitor and the endings its observer keeps.
+type Slot = (Arc<Monitor>, Arc<Mutex<Endings>>);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Held only for a moment, never across I/O; nothing half-written survives a panic.
@@ -84,10 +86,8 @@ impl QmpSource {
     /// knows a domain's QEMU from libvirt).
     pub fn lazy_from(address: &str, limits: Limits, peer: Option<Peer>) -> Result<QmpSource> {
         let address = Address::parse(address)?;
-        let endings = Arc::new(Mutex::new(Endings::default()));
         Ok(QmpSource {
-            monitor: Mutex::new(observed(&address, limits, &peer, &endings)),
-            endings,
+            monitor: Mutex::new(observed(&address, limits, &peer)),
             peer,
             monitor_pid: AtomicU32::new(std::process::id()),
             address,
@@ -102,6 +102,11 @@ impl QmpSource {
     /// This process's monitor. In a forked child the parent's is replaced, untouched, by a new one; if a
     /// parent thread held the lock at fork(), the call gets a monitor of its own.
     pub(crate) fn monitor(&self) -> Result<Arc<Monitor>> {
+        self.slot().map(|(m, _)| m)
+    }
+
+    /// This process's monitor, with the endings it heard.
+    fn slot(&self) -> Result<Slot> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Interrupted);
         }
@@ -112,27 +117,27 @@ impl QmpSource {
             lock_briefly(&self.monitor)
         };
         let Some(mut m) = guard else {
-            let own = observed(&self.address, self.limits, &self.peer, &self.endings);
+            let own = observed(&self.address, self.limits, &self.peer);
             // This lock too could be stuck from fork() (a parent itself in this path then): the monitor is then
             // one `close` cannot reach, and its call ends by its own timeout.
             if let Some(mut strays) = lock_briefly(&self.strays) {
                 strays.retain(|w| w.strong_count() > 0);
-                strays.push(Arc::downgrade(&own));
+                strays.push(Arc::downgrade(&own.0));
             }
             // A close that came meanwhile did not see it.
             if self.closed.load(Ordering::Acquire) {
-                own.close();
+                own.0.close();
                 return Err(Error::Interrupted);
             }
             return Ok(own);
         };
-        if m.pid() != pid {
+        if m.0.pid() != pid {
             // Dropping the parent's closes this process's copies of its sockets, never shuts them down.
-            *m = observed(&self.address, self.limits, &self.peer, &self.endings);
+            *m = observed(&self.address, self.limits, &self.peer);
             self.monitor_pid.store(pid, Ordering::Release);
             // A close that came meanwhile saw the parent's monitor, and skipped it.
             if self.closed.load(Ordering::Acquire) {
-                m.close();
+                m.0.close();
                 return Err(Error::Interrupted);
             }
         }
@@ -143,7 +148,7 @@ impl QmpSource {
     /// a long-lived process must not keep it from others. Returns whether a connection is still held.
     pub fn close_if_idle(&self, idle: Duration) -> bool {
         match self.monitor_pid.load(Ordering::Acquire) == std::process::id() {
-            true => lock(&self.monitor).close_if_idle(idle),
+            true => lock(&self.monitor).0.close_if_idle(idle),
             false => false,
         }
     }
@@ -246,16 +251,20 @@ impl QmpSource {
 
     /// `device`'s last ending heard since the source was opened (see `ending`), as of now: one
     /// `query-block-jobs`, whose reply comes after every event QEMU sent before it, so an ending QEMU told
-    /// before the call is known; a job seen running whose ending was not heard is settled by that list.
-    /// `None` when no ending of `device` is known.
+    /// before the call is known; a job seen running before the query whose ending was not heard is settled by
+    /// that list. `None` when no ending of `device` is known.
     pub fn last_ending(&self, device: &str) -> Result<Option<Ending>> {
-        let monitor = self.monitor()?;
-        let jobs = query_jobs(&monitor)?;
-        let mut endings = lock_briefly(&self.endings).ok_or(Error::Timeout {
-            what: "the source's endings (held by a thread stuck since fork())",
+        let (monitor, endings) = self.slot()?;
+        let busy = || Error::Timeout {
+            what: "the source's endings",
             ms: 100,
-        })?;
-        for id in endings.unsettled(device) {
+        };
+        // Only jobs known before the query can be settled by it: one created after it is not in its list.
+        let mark = lock_briefly(&endings).ok_or_else(busy)?.mark();
+        let jobs = query_jobs(&monitor)?;
+        let mut endings = lock_briefly(&endings).ok_or_else(busy)?;
+        endings.seen_listed(&jobs);
+        for id in endings.unsettled(device, mark) {
             endings.listed(&id, jobs.iter().find(|j| j.device == id), now_us());
         }
         Ok(endings.last(device))
@@ -263,12 +272,17 @@ impl QmpSource {
 
     /// Where the endings stand, for a wait that may tell one (`told`).
     pub(crate) fn endings_mark(&self) -> Option<u64> {
-        lock_briefly(&self.endings).map(|e| e.mark())
+        let (_, endings) = self.slot().ok()?;
+        let mark = lock_briefly(&endings).map(|e| e.mark());
+        mark
     }
 
     /// A wait that began at `mark` told how `device` ended.
     pub(crate) fn told(&self, device: &str, mark: Option<u64>, outcome: &crate::verdict::Outcome) {
-        if let (Some(mark), Some(mut e)) = (mark, lock_briefly(&self.endings)) {
+        let Ok((_, endings)) = self.slot() else { return };
+        let Some(mark) = mark else { return };
+        let held = lock_briefly(&endings);
+        if let Some(mut e) = held {
             e.told(device, mark, outcome);
         }
     }
@@ -300,8 +314,8 @@ impl QmpSource {
             false => lock_briefly(&self.monitor),
         };
         if let Some(m) = guard {
-            if m.pid() == pid {
-                m.close();
+            if m.0.pid() == pid {
+                m.0.close();
             }
         }
         if let Some(strays) = lock_briefly(&self.strays) {
@@ -367,18 +381,28 @@ fn commits_are_active(mirror_tops: usize, commit_tops: usize, mirrors: usize, co
 }
 
 /// Every block job QEMU lists now, on `monitor`.
-/// A monitor whose every event is shown to `endings`.
-fn observed(address: &Address, limits: Limits, peer: &Option<Peer>, endings: &Arc<Mutex<Endings>>) -> Arc<Monitor> {
+/// A monitor whose every event and connection is shown to endings of its own.
+fn observed(address: &Address, limits: Limits, peer: &Option<Peer>) -> Slot {
     let m = Monitor::shared(address.clone(), limits, peer.clone());
-    let endings = Arc::downgrade(endings);
-    m.observe(Box::new(move |ev| {
-        // Never waited for long: a lock a parent thread held at fork() must not stop a child's reader. An event
-        // missed so leaves its job unsettled, and `last_ending` then reads QEMU's list.
-        if let Some(mut e) = endings.upgrade().as_deref().and_then(lock_briefly) {
-            e.event(ev, now_us());
+    let endings = Arc::new(Mutex::new(Endings::default()));
+    let kept = Arc::downgrade(&endings);
+    // An event that could not be taken in (the endings busy past 100 ms) is a gap, told at the next one.
+    let missed = AtomicBool::new(false);
+    m.observe(Box::new(move |o| {
+        let Some(kept) = kept.upgrade() else { return };
+        let Some(mut e) = lock_briefly(&kept) else {
+            missed.store(true, Ordering::Relaxed);
+            return;
+        };
+        if missed.swap(false, Ordering::Relaxed) {
+            e.gap();
+        }
+        match o {
+            Observed::Event(ev) => e.event(ev, now_us()),
+            Observed::Connected => e.gap(),
         }
     }));
-    m
+    (m, endings)
 }
 
 /// Now, in microseconds since the epoch.
@@ -449,7 +473,7 @@ mod tests {
         src.monitor_pid
             .store(std::process::id().wrapping_add(1), Ordering::Release);
         let stray = src.monitor().unwrap();
-        assert!(!Arc::ptr_eq(&stray, &slot), "a monitor of its own");
+        assert!(!Arc::ptr_eq(&stray, &slot.0), "a monitor of its own");
         let mut listener = stray.listen();
         src.close();
         let heard = listener.next(Instant::now() + Duration::from_secs(5));

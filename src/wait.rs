@@ -25,6 +25,9 @@ pub struct Waited {
     pub outcome: Outcome,
     pub last: Option<JobReport>,
     pub event: Option<Value>,
+    /// A ready job that ended well was told a pivot or a cancel by its devices, not taken at QEMU's word
+    /// ("completed" for both).
+    pub devices_told: bool,
 }
 
 /// Without progress reports, the state is still re-read this often, in case an event was missed: a QEMU older
@@ -191,18 +194,19 @@ pub(crate) fn own_users(list: &[Value], id: &str) -> BTreeMap<String, String> {
 /// plain commit leaves its device on the same image, and is no cancel): completed (a pivot) if they
 /// show another image now, cancelled after ready (as libvirt tells an abort) if they show the one they showed
 /// while it ran. A user that left tells nothing; with none left, QEMU's own word (completed) stands.
-fn settle_own(a: &Asker<'_>, outcome: Outcome, own: &BTreeMap<String, String>) -> Result<Outcome> {
+fn settle_own(a: &Asker<'_>, outcome: Outcome, own: &BTreeMap<String, String>) -> Result<(Outcome, bool)> {
     if outcome != Outcome::Reached {
-        return Ok(outcome);
+        return Ok((outcome, false));
     }
     let after = devices(a)?;
     let stayed: Vec<bool> = own
         .iter()
         .filter_map(|(name, file)| after.get(name).map(|now| now == file))
         .collect();
-    Ok(match stayed.is_empty() || !stayed.iter().all(|s| *s) {
-        true => Outcome::Reached,
-        false => Outcome::Cancelled,
+    Ok(match (stayed.is_empty(), stayed.iter().all(|s| *s)) {
+        (true, _) => (Outcome::Reached, false),
+        (false, false) => (Outcome::Reached, true),
+        (false, true) => (Outcome::Cancelled, true),
     })
 }
 
@@ -211,9 +215,9 @@ fn settle_own(a: &Asker<'_>, outcome: Outcome, own: &BTreeMap<String, String>) -
 /// told (no user of its own, or none left): QEMU's own word. `before` holds the users that were under a filter
 /// while the job ran and that no other job's end has taken out; those still under one belong to jobs that run
 /// on, and the job's own are the rest.
-fn settle(a: &Asker<'_>, outcome: Outcome, before: &BTreeMap<String, String>) -> Result<Outcome> {
+fn settle(a: &Asker<'_>, outcome: Outcome, before: &BTreeMap<String, String>) -> Result<(Outcome, bool)> {
     if outcome != Outcome::Reached || before.is_empty() {
-        return Ok(outcome);
+        return Ok((outcome, false));
     }
     let running = job_devices(a)?;
     let after = devices(a)?;
@@ -224,11 +228,11 @@ fn settle(a: &Asker<'_>, outcome: Outcome, before: &BTreeMap<String, String>) ->
         .filter_map(|(name, file)| after.get(name).map(|now| (name, file, now)))
         .collect();
     if own.is_empty() {
-        return Ok(outcome);
+        return Ok((outcome, false));
     }
     Ok(match own.iter().all(|(_, file, now)| file == now) {
-        true => Outcome::Cancelled,
-        false => Outcome::Reached,
+        true => (Outcome::Cancelled, true),
+        false => (Outcome::Reached, true),
     })
 }
 
@@ -239,6 +243,15 @@ pub(crate) fn pivot_or_cancel(
     own: &BTreeMap<String, String>,
     before: &BTreeMap<String, String>,
 ) -> Result<Outcome> {
+    pivot_or_cancel_told(a, own, before).map(|(o, _)| o)
+}
+
+/// As `pivot_or_cancel`, and whether devices told it (false: none could, and QEMU's word stands).
+fn pivot_or_cancel_told(
+    a: &Asker<'_>,
+    own: &BTreeMap<String, String>,
+    before: &BTreeMap<String, String>,
+) -> Result<(Outcome, bool)> {
     match own.is_empty() {
         true => settle(a, Outcome::Reached, before),
         false => settle_own(a, Outcome::Reached, own),
@@ -313,6 +326,9 @@ impl QmpSource {
         match &waited {
             // Reaching ready is no ending.
             Ok(w) if until == Until::Ready && w.outcome == Outcome::Reached => {}
+            // A good end QEMU's word alone told (the job gone or concluded before the wait saw it run, or no
+            // device to tell a pivot by): no more than the events said.
+            Ok(w) if w.outcome == Outcome::Reached && !w.devices_told => {}
             Ok(w) => {
                 let id = w.last.as_ref().map_or(device, |r| r.raw.device.as_str());
                 self.told(id, mark, &w.outcome);
@@ -353,6 +369,7 @@ fn wait_on(
             outcome: Outcome::TimedOut,
             last: None,
             event: None,
+            devices_told: false,
         }),
         r => r,
     }
@@ -367,7 +384,14 @@ fn waiting(
     progress: &mut dyn FnMut(&JobReport),
     mut stop: Option<Stop<'_>>,
 ) -> Result<Waited> {
-    let done = |outcome, last, event| Ok(Waited { outcome, last, event });
+    let done = |outcome, last, event| {
+        Ok(Waited {
+            outcome,
+            last,
+            event,
+            devices_told: false,
+        })
+    };
     // An interruptible wait is asked while its commands queue too (never with the monitor's lock held).
     let check_every = stop.as_ref().map(|s| s.every);
     let asked = std::cell::RefCell::new(stop.as_mut().map(|s| &mut *s.interrupted));
@@ -550,7 +574,15 @@ fn waiting(
         match next {
             Next::Done(outcome) => return done(outcome, Some(last), event),
             Next::ReadyByEvent => return done(Outcome::Reached, Some(last), event),
-            Next::Settle => return done(pivot_or_cancel(a, &own, &before)?, Some(last), event),
+            Next::Settle => {
+                let (outcome, devices_told) = pivot_or_cancel_told(a, &own, &before)?;
+                return Ok(Waited {
+                    outcome,
+                    last: Some(last),
+                    event,
+                    devices_told,
+                });
+            }
             Next::Unknown => {
                 return Err(Error::Protocol(format!(
                     "events were lost (the connection to QEMU, or too many at once) while block job '{id}' \

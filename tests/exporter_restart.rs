@@ -31,7 +31,14 @@ fn endings_while_no_exporter_ran_are_counted_after_it_restarts(s: &'static Stack
     let state_dir = tempfile::tempdir().unwrap();
     let state = state_dir.path().join("endings.json");
     let state_arg = state.display().to_string();
-    let args = ["--qmp-glob", &glob, "--listen", "127.0.0.1:0", "--state-file", &state_arg];
+    let args = [
+        "--qmp-glob",
+        &glob,
+        "--listen",
+        "127.0.0.1:0",
+        "--state-file",
+        &state_arg,
+    ];
 
     // Both crawl while the first exporter sees them.
     qsd.ctl.ok(
@@ -45,7 +52,11 @@ fn endings_while_no_exporter_ran_are_counted_after_it_restarts(s: &'static Stack
     );
     let first = Exporter::start(&args);
     let body = get(&first.address, "/metrics", &[]).body;
-    assert!(body.contains("device=\"m\"") && body.contains("device=\"b\""), "{}: {body}", s.name);
+    assert!(
+        body.contains("device=\"m\"") && body.contains("device=\"b\""),
+        "{}: {body}",
+        s.name
+    );
     eventually("the state file names both jobs", Duration::from_secs(30), || {
         std::fs::read_to_string(&state).is_ok_and(|t| t.contains("\"m\"") && t.contains("\"b\""))
     });
@@ -113,6 +124,7 @@ fn a_state_file_that_is_not_one_is_said_and_ignored() {
     let mut said = vec![];
     eventually("the state file said to be ignored", Duration::from_secs(10), || {
         said.extend(e.stderr.try_iter());
-        said.iter().any(|l| l.contains("ignoring the state file") && l.contains("not the state's JSON"))
+        said.iter()
+            .any(|l| l.contains("ignoring the state file") && l.contains("not the state's JSON"))
     });
 }

@@ -13,7 +13,7 @@ pub use address::Address;
 pub use connection::{Connection, Limits, Peer, QemuVersion};
 pub use framing::MessageBuffer;
 pub(crate) use monitor::lock_briefly;
-pub use monitor::{Heard, Listener, Monitor, Observer, Patience};
+pub use monitor::{Heard, Listener, Monitor, Observed, Observer, Patience};
 pub use stream::Interrupter;
 
 /// libvirt refuses monitor replies over 10 MiB; so do we.

@@ -53,12 +53,22 @@ pub struct Monitor {
     me: Weak<Monitor>,
     state: Mutex<State>,
     changed: Condvar,
-    /// Shown every event as it is read, listeners or not (the source's endings, `ending`).
+    /// Shown every event as it is read, listeners or not, and every new connection (the source's endings,
+    /// `ending`).
     observer: OnceLock<Observer>,
 }
 
-/// What is shown every event: called with the monitor's lock held, so it only does bookkeeping of its own.
-pub type Observer = Box<dyn Fn(&Value) + Send + Sync>;
+/// What an observer is shown.
+pub enum Observed<'a> {
+    /// An event QEMU sent.
+    Event(&'a Value),
+    /// A new connection: what QEMU sent while there was none went unheard.
+    Connected,
+}
+
+/// What is shown every event and connection: called with the monitor's lock held, so it only does bookkeeping
+/// of its own, never waiting long.
+pub type Observer = Box<dyn Fn(Observed<'_>) + Send + Sync>;
 
 struct State {
     closed: bool,
@@ -177,7 +187,8 @@ impl Monitor {
         })
     }
 
-    /// Shows `observer` every event read from now on (one observer; a second is refused).
+    /// Shows `observer` every event read and every connection made from now on (one observer; a second is
+    /// refused).
     pub fn observe(&self, observer: Observer) -> bool {
         self.observer.set(observer).is_ok()
     }
@@ -463,6 +474,9 @@ impl Monitor {
                 });
                 st.generation += 1;
                 st.last_used = Instant::now();
+                if let Some(observe) = self.observer.get() {
+                    observe(Observed::Connected);
+                }
                 Ok(st)
             }
         }
@@ -547,7 +561,7 @@ impl Monitor {
     /// Keeps an event for the listeners, if there are any.
     fn record(&self, st: &mut State, ev: Value) {
         if let Some(observe) = self.observer.get() {
-            observe(&ev);
+            observe(Observed::Event(&ev));
         }
         if st.listeners == 0 {
             return;
@@ -826,7 +840,11 @@ mod tests {
         let m = monitor();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        assert!(m.observe(Box::new(move |ev| s.lock().unwrap().push(ev["event"].clone()))));
+        assert!(m.observe(Box::new(move |o| {
+            if let Observed::Event(ev) = o {
+                s.lock().unwrap().push(ev["event"].clone())
+            }
+        })));
         assert!(!m.observe(Box::new(|_| {})));
         log(&m, json!({"event": "A"}));
         let l = m.listen();

@@ -33,6 +33,10 @@ _Static_assert(VIR_DOMAIN_BLOCK_JOB_TYPE_UNKNOWN == 0 && VIR_DOMAIN_BLOCK_JOB_TY
 _Static_assert(VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES == 1, "flag");
 #ifdef __LP64__
 _Static_assert(sizeof(I) == 32 && offsetof(I, cur) == 16 && offsetof(I, end) == 24, "LP64 layout");
+/* bji_ending, as the Rust side asserts it (src/ffi.rs). */
+_Static_assert(sizeof(bji_ending) == 1072 && offsetof(bji_ending, ended_us) == 8 && offsetof(bji_ending, ran_us) == 24 &&
+                   offsetof(bji_ending, job_type) == 32 && offsetof(bji_ending, error) == 48,
+               "bji_ending LP64 layout");
 #elif defined(__i386__)
 _Static_assert(sizeof(I) == 24 && offsetof(I, cur) == 8 && offsetof(I, end) == 16, "i686 layout");
 #endif

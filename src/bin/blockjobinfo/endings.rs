@@ -301,13 +301,15 @@ impl Endings {
             };
             self.listed.insert(key, (job_type, counted));
         }
-        // What the exporter before this one knew to run and a reading of its socket lacks (or its socket is gone
-        // from the glob: its VM went away): ended while none looked.
+        // What the exporter before this one knew to run and a reading of its socket lacks (or its socket is gone:
+        // its VM went away): ended while none looked.
         let looked: BTreeSet<&str> = snap.looked_at.iter().map(String::as_str).collect();
         let lost: Vec<(String, String)> = self
             .restored
             .keys()
             .filter(|k| !seen.contains(*k) && (read.contains(k.0.as_str()) || !looked.contains(k.0.as_str())))
+            // A socket that is there but was not read (refused this time) keeps its jobs.
+            .filter(|k| looked.contains(k.0.as_str()) || !std::path::Path::new(&k.0).exists())
             .cloned()
             .collect();
         for key in lost {
@@ -506,7 +508,10 @@ mod tests {
         assert!(text(&mut e, t).contains("error=\"No space left on device\""));
         // What runs now is to be written: r, and x (its socket not read yet).
         let saved = e.state_to_save().expect("changed");
-        assert!(saved.contains("\"r\"") && saved.contains("\"x\"") && !saved.contains("\"m\""), "{saved}");
+        assert!(
+            saved.contains("\"r\"") && saved.contains("\"x\"") && !saved.contains("\"m\""),
+            "{saved}"
+        );
         e.saved();
         assert_eq!(e.state_to_save(), None);
         // /s/b answers: x is gone.
@@ -514,7 +519,11 @@ mod tests {
         assert!(totals(&e).contains(&("pull".into(), "unknown", 1)), "{:?}", totals(&e));
         // r ends as any job does.
         e.compare(&snap(vec![typed_row("/s/a", "r", "stream", "concluded", None)], &[]), t);
-        assert!(totals(&e).contains(&("pull".into(), "completed", 1)), "{:?}", totals(&e));
+        assert!(
+            totals(&e).contains(&("pull".into(), "completed", 1)),
+            "{:?}",
+            totals(&e)
+        );
         assert!(!e.state_to_save().expect("changed").contains("\"r\""));
     }
 
@@ -537,7 +546,10 @@ mod tests {
         e.watching(t);
         assert_eq!(totals(&e).len(), 2);
         let saved = e.state_to_save().expect("changed");
-        assert!(saved.contains("\"d1\"") && !saved.contains("\"d2\"") && !saved.contains("\"d3\""), "{saved}");
+        assert!(
+            saved.contains("\"d1\"") && !saved.contains("\"d2\"") && !saved.contains("\"d3\""),
+            "{saved}"
+        );
     }
 
     #[test]

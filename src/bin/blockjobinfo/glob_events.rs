@@ -31,6 +31,8 @@ pub struct Told {
 struct Known {
     job_type: String,
     ready: bool,
+    /// QEMU's `offset`, which only grows while a job runs.
+    offset: u64,
     /// Listed concluded and told: it stays listed until dismissed.
     ended: bool,
 }
@@ -103,26 +105,37 @@ impl Readings {
             };
             let ready = r.phase == "mirroring";
             let finished = verdict::finished(&raw);
+            let offset = r.raw["qemu"]["offset"].as_u64().unwrap_or(0);
             let new = match self.known.get(&key) {
                 None => true,
-                // Its id used again after it ended and was dismissed: a new job.
-                Some(k) => k.ended && !finished,
+                // Its id used again after it ended and was dismissed: a new job. So is one of another type, one
+                // no longer ready that has not ended, or one whose progress went back: the job before it left
+                // between two readings, unseen (a VM restarted on the same socket, an id used again at once).
+                Some(k) => {
+                    let replaced = k.job_type != raw.job_type || (k.ready && !ready && !finished) || offset < k.offset;
+                    if replaced && !k.ended {
+                        out.push(Told {
+                            outcome: Some("unknown"),
+                            ..Readings::told(&r.host, &r.disk, &k.job_type, "vanished")
+                        });
+                    }
+                    replaced || (k.ended && !finished)
+                }
             };
             if new {
                 out.push(Readings::told(&r.host, &r.disk, &raw.job_type, "start"));
+                self.known.insert(
+                    key.clone(),
+                    Known {
+                        job_type: raw.job_type.clone(),
+                        ready: false,
+                        offset,
+                        ended: false,
+                    },
+                );
             }
-            let k = self.known.entry(key.clone()).or_insert(Known {
-                job_type: raw.job_type.clone(),
-                ready: false,
-                ended: false,
-            });
-            if new {
-                *k = Known {
-                    job_type: raw.job_type.clone(),
-                    ready: false,
-                    ended: false,
-                };
-            }
+            let k = self.known.get_mut(&key).expect("known now");
+            k.offset = k.offset.max(offset);
             if ready && !k.ready {
                 k.ready = true;
                 out.push(Readings::told(&r.host, &r.disk, &raw.job_type, "ready"));
@@ -139,12 +152,14 @@ impl Readings {
                 });
             }
         }
-        // A job gone from a socket read now, or with its socket gone from the glob (its VM went away), left
-        // while no reading saw how. A socket that failed to read keeps its jobs until it is read again.
+        // A job gone from a socket read now, or with its socket gone (its VM went away), left while no reading
+        // saw how. A socket that failed to read, or that is there but was not read (refused this time), keeps
+        // its jobs until it is read again.
         let gone: Vec<(String, String)> = self
             .known
             .keys()
             .filter(|k| !seen.contains(*k) && (read.contains(k.0.as_str()) || !looked.contains(k.0.as_str())))
+            .filter(|k| looked.contains(k.0.as_str()) || !std::path::Path::new(&k.0).exists())
             .cloned()
             .collect();
         for key in gone {
@@ -221,6 +236,11 @@ mod tests {
             io_status: Some("ok".into()),
             raw: json!({"qemu": {"type": job_type, "status": status, "error": error}}),
         }
+    }
+
+    fn at(mut r: Row, offset: u64) -> Row {
+        r.raw["qemu"]["offset"] = json!(offset);
+        r
     }
 
     fn snap(looked: &[&str], rows: Vec<Row>, failures: &[(&str, &str)]) -> Snapshot {
@@ -342,6 +362,71 @@ mod tests {
         assert_eq!(said(&back), ["vanished am unknown"]);
         let again = r.compare(&snap(&["a", "b"], vec![], &[("a", "busy")]));
         assert_eq!(said(&again), ["gap a (busy)"]);
+    }
+
+    #[test]
+    fn a_job_replaced_between_two_readings_vanished_and_its_successor_starts() {
+        let mut r = Readings::new();
+        r.compare(&snap(
+            &["a"],
+            vec![at(row("a", "j", "mirror", "ready", true, None), 90)],
+            &[],
+        ));
+        // Another type under the same id.
+        let t = r.compare(&snap(
+            &["a"],
+            vec![at(row("a", "j", "stream", "running", false, None), 95)],
+            &[],
+        ));
+        assert_eq!(said(&t), ["vanished aj unknown", "start aj"]);
+        // Progress that went back.
+        let t = r.compare(&snap(
+            &["a"],
+            vec![at(row("a", "j", "stream", "running", false, None), 10)],
+            &[],
+        ));
+        assert_eq!(said(&t), ["vanished aj unknown", "start aj"]);
+        // A ready copy no longer ready, and not ended.
+        r.compare(&snap(
+            &["a"],
+            vec![at(row("a", "c", "mirror", "ready", true, None), 50)],
+            &[],
+        ));
+        let t = r.compare(&snap(
+            &["a"],
+            vec![at(row("a", "c", "mirror", "running", false, None), 60)],
+            &[],
+        ));
+        assert_eq!(said(&t), ["vanished ac unknown", "start ac"]);
+        // Progress that grows is the same job.
+        assert!(r
+            .compare(&snap(
+                &["a"],
+                vec![at(row("a", "c", "mirror", "running", false, None), 70)],
+                &[]
+            ))
+            .is_empty());
+    }
+
+    #[test]
+    fn a_socket_there_but_not_read_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let there = dir.path().join("100.qmp").display().to_string();
+        std::fs::write(&there, "").unwrap();
+        let mut r = Readings::new();
+        r.compare(&snap(
+            &[there.as_str()],
+            vec![row(&there, "m", "mirror", "running", false, None)],
+            &[],
+        ));
+        // Refused this time (neither read nor failed): nothing said, the job kept.
+        assert!(r.compare(&snap(&[], vec![], &[])).is_empty());
+        let back = r.compare(&snap(
+            &[there.as_str()],
+            vec![row(&there, "m", "mirror", "running", false, None)],
+            &[],
+        ));
+        assert!(back.is_empty(), "{back:?}");
     }
 
     #[test]
