@@ -642,6 +642,33 @@ mod tests {
     }
 
     #[test]
+    fn a_block_job_dismissed_without_an_ending_is_unknown_however_it_was_known() {
+        let mut e = Endings::default();
+        // Known as a block job by its READY event, by an I/O error event, or unsure after a gap.
+        status(&mut e, "r", "created", 1);
+        e.event(&ev("BLOCK_JOB_READY", json!({"device": "r", "type": "mirror"}), 2), 0);
+        status(&mut e, "r", "null", 3);
+        status(&mut e, "i", "created", 1);
+        e.event(
+            &ev(
+                "BLOCK_JOB_ERROR",
+                json!({"device": "i", "operation": "write", "action": "stop"}),
+                2,
+            ),
+            0,
+        );
+        status(&mut e, "g", "created", 1);
+        e.gap();
+        status(&mut e, "g", "null", 3);
+        for id in ["r", "g"] {
+            assert_eq!(e.last(id).map(|l| l.ended), Some(Ended::Unknown), "{id}");
+        }
+        // The error event made it a block job: gone from the list unseen, its ending is unknown.
+        e.listed("i", None, 9);
+        assert_eq!(e.last("i").map(|l| l.ended), Some(Ended::Unknown));
+    }
+
+    #[test]
     fn only_jobs_known_by_the_mark_are_settled_and_the_list_tells_a_missed_ready() {
         let mut e = Endings::default();
         status(&mut e, "old", "created", 1);

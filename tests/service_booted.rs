@@ -178,7 +178,8 @@ fn the_service_under_a_booted_systemd(s: &'static Stack) {
     // The jobs running now, kept in the service's state directory (`--state-file endings.json`) for its next
     // start; systemd's own directory for a dynamic user.
     eventually("the state file names the copy", Duration::from_secs(30), || {
-        b.sh("cat /var/lib/blockjobinfo-exporter/endings.json 2>/dev/null || true").contains("bjs-svc")
+        b.sh("cat /var/lib/blockjobinfo-exporter/endings.json 2>/dev/null || true")
+            .contains("bjs-svc")
     });
 
     // A web config with a mistake: exit status 2, its one line in the journal, and no restart every 5 s.
