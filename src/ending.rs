@@ -195,7 +195,12 @@ impl Endings {
                 };
                 match status {
                     // A new job (an id used again is a new job: its earlier ending stays until this one ends).
+                    // A new job. Its id still running means the job before it ended unheard (QEMU frees an id
+                    // only then): unknown, if it was a block job (or may have been).
                     "created" => {
+                        if self.running.get(id).is_some_and(|r| r.block || r.unsure) {
+                            self.end(id, Ended::Unknown, "", None, now_us);
+                        }
                         self.running.remove(id);
                         self.running(id).started_us = at;
                     }
@@ -307,7 +312,9 @@ impl Endings {
             }
             Some(j) => self.seen_listed(std::slice::from_ref(j)),
             // Not a block job's: never one to end here.
-            None if !self.running.get(id).is_some_and(|r| r.block) => {
+            // Not a block job's (never named by a block job event or QEMU's list, nor seen across a gap, where
+            // either may have gone unheard): never one to end here.
+            None if !self.running.get(id).is_some_and(|r| r.block || r.unsure) => {
                 self.running.remove(id);
             }
             None => self.end(id, Ended::Unknown, "", None, now_us),
@@ -686,6 +693,37 @@ mod tests {
         );
         let got = e.last("old").unwrap();
         assert_eq!((got.ended, got.was_ready), (Ended::Unknown, true));
+    }
+
+    #[test]
+    fn a_job_unheard_across_a_gap_and_an_id_taken_again_end_the_job_before_as_unknown() {
+        let mut e = Endings::default();
+        e.event(
+            &ev(
+                "BLOCK_JOB_COMPLETED",
+                json!({"device": "s", "type": "stream", "error": "EIO"}),
+                1,
+            ),
+            0,
+        );
+        // A pull created, then a reconnect: gone from the list, its ending is unknown, not the failure before.
+        status(&mut e, "s", "created", 2);
+        e.gap();
+        e.listed("s", None, 5);
+        assert_eq!(e.last("s").map(|l| l.ended), Some(Ended::Unknown));
+        // A block job's id created again while it ran: the one before ended unheard.
+        status(&mut e, "b", "created", 1);
+        e.listed("b", Some(&raw("b", "backup", "running", None)), 2);
+        status(&mut e, "b", "created", 3);
+        assert_eq!(
+            e.last("b").map(|l| (l.ended, l.job_type)),
+            Some((Ended::Unknown, "backup".into()))
+        );
+        assert_eq!(e.unsettled("b", u64::MAX), ["b"]);
+        // Not so for an id of another kind of job.
+        status(&mut e, "c", "created", 1);
+        status(&mut e, "c", "created", 2);
+        assert!(e.last("c").is_none());
     }
 
     #[test]

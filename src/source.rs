@@ -48,8 +48,9 @@ pub struct QmpSource {
 
 const NO_GRACE: u64 = u64::MAX;
 
-/// A monitor and the endings its observer keeps.
-type Slot = (Arc<Monitor>, Arc<Mutex<Endings>>);
+/// A monitor, the endings its observer keeps, and whether an event could not be taken in since they were
+/// last looked at (a gap, told to them at the next look).
+type Slot = (Arc<Monitor>, Arc<Mutex<Endings>>, Arc<AtomicBool>);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Held only for a moment, never across I/O; nothing half-written survives a panic.
@@ -102,7 +103,7 @@ impl QmpSource {
     /// This process's monitor. In a forked child the parent's is replaced, untouched, by a new one; if a
     /// parent thread held the lock at fork(), the call gets a monitor of its own.
     pub(crate) fn monitor(&self) -> Result<Arc<Monitor>> {
-        self.slot().map(|(m, _)| m)
+        self.slot().map(|(m, _, _)| m)
     }
 
     /// This process's monitor, with the endings it heard.
@@ -254,7 +255,7 @@ impl QmpSource {
     /// before the call is known; a job seen running before the query whose ending was not heard is settled by
     /// that list. `None` when no ending of `device` is known.
     pub fn last_ending(&self, device: &str) -> Result<Option<Ending>> {
-        let (monitor, endings) = self.slot()?;
+        let (monitor, endings, missed) = self.slot()?;
         let busy = || Error::Timeout {
             what: "the source's endings",
             ms: 100,
@@ -263,6 +264,9 @@ impl QmpSource {
         let mark = lock_briefly(&endings).ok_or_else(busy)?.mark();
         let jobs = query_jobs(&monitor)?;
         let mut endings = lock_briefly(&endings).ok_or_else(busy)?;
+        if missed.swap(false, Ordering::Relaxed) {
+            endings.gap();
+        }
         endings.seen_listed(&jobs);
         for id in endings.unsettled(device, mark) {
             endings.listed(&id, jobs.iter().find(|j| j.device == id), now_us());
@@ -272,14 +276,14 @@ impl QmpSource {
 
     /// Where the endings stand, for a wait that may tell one (`told`).
     pub(crate) fn endings_mark(&self) -> Option<u64> {
-        let (_, endings) = self.slot().ok()?;
+        let (_, endings, _) = self.slot().ok()?;
         let mark = lock_briefly(&endings).map(|e| e.mark());
         mark
     }
 
     /// A wait that began at `mark` told how `device` ended.
     pub(crate) fn told(&self, device: &str, mark: Option<u64>, outcome: &crate::verdict::Outcome) {
-        let Ok((_, endings)) = self.slot() else { return };
+        let Ok((_, endings, _)) = self.slot() else { return };
         let Some(mark) = mark else { return };
         let held = lock_briefly(&endings);
         if let Some(mut e) = held {
@@ -386,9 +390,11 @@ fn observed(address: &Address, limits: Limits, peer: &Option<Peer>) -> Slot {
     let m = Monitor::shared(address.clone(), limits, peer.clone());
     let endings = Arc::new(Mutex::new(Endings::default()));
     let kept = Arc::downgrade(&endings);
-    // An event that could not be taken in (the endings busy past 100 ms) is a gap, told at the next one.
-    let missed = AtomicBool::new(false);
+    // An event that could not be taken in (the endings busy past 100 ms) is a gap, told at the next look.
+    let missed = Arc::new(AtomicBool::new(false));
+    let flag = missed.clone();
     m.observe(Box::new(move |o| {
+        let missed = &flag;
         let Some(kept) = kept.upgrade() else { return };
         let Some(mut e) = lock_briefly(&kept) else {
             missed.store(true, Ordering::Relaxed);
@@ -402,7 +408,7 @@ fn observed(address: &Address, limits: Limits, peer: &Option<Peer>) -> Slot {
             Observed::Connected => e.gap(),
         }
     }));
-    (m, endings)
+    (m, endings, missed)
 }
 
 /// Now, in microseconds since the epoch.
