@@ -17,8 +17,8 @@ const URI: &str = "qemu:///session";
 
 fn a_libvirtd_restart_is_a_gap_and_the_stream_goes_on(s: &'static Stack) {
     let dom = Domain::create(s, "bjt-evrestart", 4);
-    // Crawling (4 MiB at 64 KiB/s) until the test lets it go after the restart.
-    dom.start_copy(64 * 1024, 64 * 1024);
+    // Crawling (4 MiB at 16 KiB/s: over 4 minutes) until the test lets it go after the restart.
+    dom.start_copy(16 * 1024, 16 * 1024);
     let mut stream = Watched::spawn("events -c", &mut tool(s, &["events", "-c", URI, "--timeout", "300"]));
     let minute = Duration::from_secs(60);
     let state = || format!("libvirtd {:?}", virt::daemon_pid(s));

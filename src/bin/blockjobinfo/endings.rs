@@ -90,7 +90,7 @@ pub struct Endings {
     running: BTreeMap<(String, String), Instant>,
     /// `compare`'s last reading of each socket's jobs: (device, type) and whether its ending was counted (a
     /// concluded job stays listed until dismissed).
-    listed: BTreeMap<(String, String), (String, bool)>,
+    listed: BTreeMap<(String, String), (String, bool, u64)>,
     /// Sockets `compare` has read at least once.
     sockets: BTreeSet<String>,
     /// Jobs known to run now, with their type: what `--state-file` keeps across a restart.
@@ -163,16 +163,14 @@ impl Endings {
         Ok(self.restored.len())
     }
 
-    /// libvirt's stream began watching (every job it lists now has been told `Started`): a job the exporter
-    /// before this one knew to run and that is not among them ended while nobody looked.
-    pub fn watching(&mut self, now: Instant) {
-        let restored = std::mem::take(&mut self.restored);
-        for (key, job_type) in restored {
-            if !self.running.contains_key(&key) {
-                self.alive.remove(&key);
-                self.ended(key, &job_type, "unknown", String::new(), now);
-            }
-        }
+    /// The jobs the exporter before this one knew to run: (host, disk, type). Under libvirt, its stream takes
+    /// them as seen before its first reading, and tells each one's ending, or its vanishing once two readings
+    /// of its domain lack it (`virt::stream`).
+    pub fn restored(&self) -> Vec<(String, String, String)> {
+        self.restored
+            .iter()
+            .map(|((h, d), t)| (h.clone(), d.clone(), t.clone()))
+            .collect()
     }
 
     /// A job's life as `events` tells it; `job_type` is the type's label value; `at_ending`: a `Started` told
@@ -272,11 +270,21 @@ impl Endings {
                 ..RawJob::default()
             };
             let job_type = crate::print::type_value(r.job_type);
+            // Another job under the same id, of another type or with its progress gone back: the one before
+            // left between two readings, unseen (a VM restarted on its socket, an id used again at once).
+            let offset = r.raw["qemu"]["offset"].as_u64().unwrap_or(0);
+            if let Some((t, false, before)) = self.listed.get(&key).cloned() {
+                if t != job_type || offset < before {
+                    self.listed.remove(&key);
+                    self.alive.remove(&key);
+                    self.ended(key.clone(), &t, "unknown", String::new(), now);
+                }
+            }
             let ending = Some(&raw)
                 .filter(|j| verdict::finished(j))
                 .and_then(|j| verdict::judge(j, blockjobinfo::Until::Gone, false))
                 .map(|o| qmp_outcome(&raw, o));
-            let counted = match (self.listed.get(&key).map(|(_, counted)| *counted), ending) {
+            let counted = match (self.listed.get(&key).map(|(_, counted, _)| *counted), ending) {
                 // Still listed concluded: the ending counted already.
                 (Some(true), Some(_)) => true,
                 // Running again under an id whose last job was counted: a new job (the last one dismissed and
@@ -299,7 +307,8 @@ impl Endings {
                 true => self.alive.remove(&key),
                 false => self.alive.insert(key.clone(), job_type.clone()),
             };
-            self.listed.insert(key, (job_type, counted));
+            let offset = self.listed.get(&key).map_or(offset, |(_, _, o)| offset.max(*o));
+            self.listed.insert(key, (job_type, counted, offset));
         }
         // What the exporter before this one knew to run and a reading of its socket lacks (or its socket is gone:
         // its VM went away): ended while none looked.
@@ -318,14 +327,16 @@ impl Endings {
                 self.ended(key, &job_type, "unknown", String::new(), now);
             }
         }
+        // A job its socket's reading lacks, or whose socket is gone (its VM went away), left unseen.
+        let vanished = |h: &str| !looked.contains(h) && !std::path::Path::new(h).exists();
         let gone: Vec<(String, String)> = self
             .listed
             .keys()
-            .filter(|k| !seen.contains(*k) && read.contains(k.0.as_str()))
+            .filter(|k| !seen.contains(*k) && (read.contains(k.0.as_str()) || vanished(&k.0)))
             .cloned()
             .collect();
         for key in gone {
-            if let Some((job_type, counted)) = self.listed.remove(&key) {
+            if let Some((job_type, counted, _)) = self.listed.remove(&key) {
                 self.alive.remove(&key);
                 if !counted {
                     self.ended(key, &job_type, "unknown", String::new(), now);
@@ -333,6 +344,7 @@ impl Endings {
             }
         }
         self.sockets.extend(read.into_iter().map(str::to_string));
+        self.sockets.retain(|s| !vanished(s));
     }
 
     /// The endings' families, forgetting last endings older than the time they are kept.
@@ -533,23 +545,53 @@ mod tests {
         let mut e = Endings::new(Duration::from_secs(3600));
         let before = [("d1", "vda", "copy"), ("d2", "vdb", "pull"), ("d3", "vdc", "backup")];
         assert_eq!(e.restore(&state(false, &before)), Ok(3));
-        // libvirt's stream tells what runs (d1), then an ending (d3: its event names it), then watches.
-        e.heard("d1", "vda", "copy", &Happened::Started, t, false);
-        e.heard("d3", "vdc", "backup", &Happened::Started, t, true);
+        // Handed to libvirt's stream, which knows them from before its first reading.
+        let mut known = e.restored();
+        known.sort();
+        assert_eq!(known[1], ("d2".into(), "vdb".into(), "pull".into()));
+        // It tells an ending (d3: its event names it) and a job two readings lacked (d2); d1 runs on.
         e.heard("d3", "vdc", "backup", &Happened::Ended(Outcome::Cancelled), t, false);
-        e.watching(t);
+        e.heard("d2", "vdb", "pull", &Happened::Vanished, t, false);
         assert_eq!(
             totals(&e),
             [("backup".into(), "canceled", 1), ("pull".into(), "unknown", 1)]
         );
-        // Watching again later (after a gap) counts nothing more.
-        e.watching(t);
-        assert_eq!(totals(&e).len(), 2);
         let saved = e.state_to_save().expect("changed");
         assert!(
             saved.contains("\"d1\"") && !saved.contains("\"d2\"") && !saved.contains("\"d3\""),
             "{saved}"
         );
+    }
+
+    #[test]
+    fn a_job_replaced_between_readings_or_gone_with_its_socket_is_unknown() {
+        let t = Instant::now();
+        let mut e = Endings::new(Duration::from_secs(3600));
+        e.by_socket = true;
+        let at = |mut r: Row, offset: u64| {
+            r.raw["qemu"]["offset"] = serde_json::json!(offset);
+            r
+        };
+        let a = |rows: Vec<Row>| snap(rows, &[]);
+        e.compare(&a(vec![at(typed_row("/s/a", "j", "mirror", "running", None), 50)]), t);
+        // Its progress went back: another job under the id.
+        e.compare(&a(vec![at(typed_row("/s/a", "j", "mirror", "running", None), 10)]), t);
+        assert_eq!(totals(&e), [("copy".into(), "unknown", 1)]);
+        // Another type under the id.
+        e.compare(&a(vec![at(typed_row("/s/a", "j", "stream", "running", None), 20)]), t);
+        assert_eq!(totals(&e), [("copy".into(), "unknown", 2)]);
+        // Progress that grows is the same job.
+        e.compare(&a(vec![at(typed_row("/s/a", "j", "stream", "running", None), 30)]), t);
+        assert_eq!(totals(&e), [("copy".into(), "unknown", 2)]);
+        // Its socket gone (the VM went away): unknown; the socket forgotten.
+        let mut gone = snap(vec![], &[]);
+        gone.looked_at = vec!["/s/b".into()];
+        e.compare(&gone, t);
+        assert_eq!(
+            totals(&e),
+            [("copy".into(), "unknown", 2), ("pull".into(), "unknown", 1)]
+        );
+        assert!(!e.sockets.contains("/s/a"));
     }
 
     #[test]
@@ -560,8 +602,7 @@ mod tests {
         assert!(e.restore("{").unwrap_err().contains("not the state's JSON"));
         let half = r#"{"by_socket": false, "running": [{"host": "d", "disk": "vda", "type": "copy"}, {"host": "d"}]}"#;
         assert!(e.restore(half).is_err());
-        e.watching(Instant::now());
-        assert!(totals(&e).is_empty());
+        assert!(e.restored().is_empty() && totals(&e).is_empty());
     }
 
     #[test]

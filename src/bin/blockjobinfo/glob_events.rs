@@ -112,7 +112,10 @@ impl Readings {
                 // no longer ready that has not ended, or one whose progress went back: the job before it left
                 // between two readings, unseen (a VM restarted on the same socket, an id used again at once).
                 Some(k) => {
-                    let replaced = k.job_type != raw.job_type || (k.ready && !ready && !finished) || offset < k.offset;
+                    // A ready copy on its way out (waiting, pending, aborting: QEMU says not ready there) is the
+                    // same job.
+                    let left_ready = k.ready && !ready && !finished && r.phase != "completing";
+                    let replaced = k.job_type != raw.job_type || left_ready || offset < k.offset;
                     if replaced && !k.ended {
                         out.push(Told {
                             outcome: Some("unknown"),
@@ -406,6 +409,15 @@ mod tests {
                 &[]
             ))
             .is_empty());
+        // A ready copy on its way out (QEMU says not ready while it is pending) is the same job.
+        r.compare(&snap(
+            &["a"],
+            vec![at(row("a", "p", "mirror", "ready", true, None), 50)],
+            &[],
+        ));
+        let mut pending = at(row("a", "p", "mirror", "pending", false, None), 50);
+        pending.phase = "completing";
+        assert!(r.compare(&snap(&["a"], vec![pending], &[])).is_empty());
     }
 
     #[test]

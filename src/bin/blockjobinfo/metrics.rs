@@ -256,21 +256,26 @@ fn serve(server: http::Server, hosts: &Hosts, serving: Serving) -> ExitCode {
     let (requests, readings) = std::sync::mpsc::sync_channel::<Waiting>(serving.limits.max_requests);
     let mut endings = Endings::new(serving.keep_endings);
     endings.by_socket = hosts.qmp_glob.is_some();
-    let state_file = serving.state_file.map(state_path);
-    if let Some(path) = &state_file {
-        match std::fs::read_to_string(path) {
-            Ok(text) => match endings.restore(&text) {
-                Ok(n) => eprintln!(
-                    "blockjobinfo: {n} jobs were running when the last exporter stopped ({}): those that are gone \
-                     are counted as outcome \"unknown\"",
+    let mut state_file = serving.state_file.map(state_path);
+    if let Some(path) = state_file.clone() {
+        match read_state(&path).and_then(|text| text.map(|t| endings.restore(&t)).transpose()) {
+            Ok(None) => {}
+            Ok(Some(n)) => eprintln!(
+                "blockjobinfo: {n} jobs were running when the last exporter stopped ({}): those that are gone \
+                 are counted as outcome \"unknown\"",
+                path.display()
+            ),
+            // Not this exporter's file (a wrong path, another mode's): neither read nor overwritten.
+            Err(e) => {
+                eprintln!(
+                    "blockjobinfo: ignoring the state file {} (and not writing it): {e}",
                     path.display()
-                ),
-                Err(e) => eprintln!("blockjobinfo: ignoring the state file {}: {e}", path.display()),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => eprintln!("blockjobinfo: ignoring the state file {}: {e}", path.display()),
+                );
+                state_file = None;
+            }
         }
     }
+    let known = endings.restored();
     // The endings as last written, for a scrape answered without a reading: counters and a failure's alert do
     // not vanish while the host is slow to read.
     let last_endings = std::sync::Arc::new(Mutex::new(String::new()));
@@ -278,7 +283,7 @@ fn serve(server: http::Server, hosts: &Hosts, serving: Serving) -> ExitCode {
     let heard = match &hosts.qmp_glob {
         // QMP sockets may be a manager's only monitor: never held to listen; their readings are compared.
         Some(_) => None,
-        None => Some(listen_to_libvirt(hosts.connect.clone())),
+        None => Some(listen_to_libvirt(hosts.connect.clone(), known)),
     };
     std::thread::Builder::new()
         .name("reader".into())
@@ -330,6 +335,29 @@ fn serve(server: http::Server, hosts: &Hosts, serving: Serving) -> ExitCode {
 
 /// A relative `--web-config` of a service is one of its systemd credentials (`LoadCredential=`, copied by
 /// systemd where the service's dynamic user can read it, at `$CREDENTIALS_DIRECTORY`); elsewhere, as given.
+/// The state file's text, None when there is none yet. Only a regular file (not a link, a FIFO or a device),
+/// and at most 16 MiB, is read.
+fn read_state(path: &Path) -> Result<Option<String>, String> {
+    use std::io::Read;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    if !meta.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
+    const MAX: u64 = 16 << 20;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX + 1).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX {
+        return Err("larger than 16 MiB".into());
+    }
+    Ok(Some(text))
+}
+
 /// `--state-file`: a relative path is taken in systemd's state directory (`StateDirectory=`), where there is one.
 fn state_path(path: &Path) -> std::path::PathBuf {
     match std::env::var_os("STATE_DIRECTORY") {
@@ -369,7 +397,7 @@ const ENDINGS_READING: Duration = Duration::from_secs(5);
 /// Listens to libvirt's block job events (and reads the host every `ENDINGS_READING`, for starts and for jobs
 /// that left unseen) on a thread and connection of its own, for as long as the service runs: libvirtd may be
 /// down at first, or restart; a gap is a gap, and jobs that left meanwhile are `unknown`.
-fn listen_to_libvirt(uri: Option<String>) -> std::sync::mpsc::Receiver<Heard> {
+fn listen_to_libvirt(uri: Option<String>, known: Vec<(String, String, String)>) -> std::sync::mpsc::Receiver<Heard> {
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new().name("endings".into()).spawn(move || {
         let mut sink = |domain: Option<&str>, e: &blockjobinfo::watch::JobEvent, at_ending: bool| {
@@ -404,7 +432,7 @@ fn listen_to_libvirt(uri: Option<String>) -> std::sync::mpsc::Receiver<Heard> {
             tx.send(heard).is_ok()
         };
         // Kept trying, it ends only when the reader is gone; a failure to begin is said all the same.
-        let why = match crate::virt::stream(uri.as_deref(), None, ENDINGS_READING, true, &mut sink) {
+        let why = match crate::virt::stream(uri.as_deref(), None, ENDINGS_READING, true, &known, &mut sink) {
             Ok(()) => return,
             Err(crate::virt::Failed::Libvirt(e)) => e.to_string(),
             Err(crate::virt::Failed::Reading(e)) => e,
@@ -457,12 +485,7 @@ fn reading(
                 Heard::Job(domain, disk, job_type, happened, at, at_ending) => {
                     endings.heard(&domain, &disk, &job_type, &happened, at, at_ending)
                 }
-                Heard::Listening(yes) => {
-                    endings.listening = Some(yes);
-                    if yes {
-                        endings.watching(Instant::now());
-                    }
-                }
+                Heard::Listening(yes) => endings.listening = Some(yes),
             }
         }
     };

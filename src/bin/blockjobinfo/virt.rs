@@ -454,6 +454,11 @@ impl Told<'_> {
     }
 }
 
+/// libvirt's job type from its word (`type_value`'s inverse; 0 for one it does not know).
+fn type_number(word: &str) -> i32 {
+    (1..=5).find(|t| type_value(*t) == word).unwrap_or(0)
+}
+
 /// How often `events -c` reads the host (libvirt has no event for a job's start, nor for one that vanished).
 const EVENTS_READING: Duration = Duration::from_secs(2);
 
@@ -466,7 +471,7 @@ pub fn events(uri: Option<&str>, timeout: Option<Duration>) -> ExitCode {
             .and_then(|_| out.flush())
             .is_ok()
     };
-    match stream(uri, deadline, EVENTS_READING, false, &mut sink) {
+    match stream(uri, deadline, EVENTS_READING, false, &[], &mut sink) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failed::Libvirt(e)) => fail(&e),
         Err(Failed::Reading(e)) => {
@@ -486,11 +491,16 @@ pub enum Failed {
 /// block job events, and a reading of the host every `every` (libvirt has no event for a job's start, nor for
 /// one that vanished). A connection lost is a gap, and made again at most once a second; one that cannot be made
 /// at first fails, unless `keep_trying` (a service: libvirtd may come later), when that too is a gap.
+///
+/// `known`: jobs (domain, disk, type's word) known to run before the stream began (the exporter before this
+/// one's), taken as seen before its first reading: each is told only by its ending, or `Vanished` once two
+/// readings of its domain lack it.
 pub fn stream(
     uri: Option<&str>,
     deadline: Option<Instant>,
     every: Duration,
     keep_trying: bool,
+    known: &[(String, String, String)],
     sink: Sink,
 ) -> Result<(), Failed> {
     let over = || deadline.is_some_and(|d| Instant::now() >= d);
@@ -504,7 +514,18 @@ pub fn stream(
     let mut told = Told {
         sink,
         seq: 0,
-        jobs: Default::default(),
+        jobs: known
+            .iter()
+            .map(|(domain, disk, t)| {
+                let k = Known {
+                    job_type: type_number(t),
+                    ready: false,
+                    learned: 0,
+                    missing: 0,
+                };
+                ((domain.clone(), disk.clone()), k)
+            })
+            .collect(),
         ended: Default::default(),
         vanished: Default::default(),
         at_ending: false,
