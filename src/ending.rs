@@ -670,7 +670,17 @@ mod tests {
         for id in ["r", "g"] {
             assert_eq!(e.last(id).map(|l| l.ended), Some(Ended::Unknown), "{id}");
         }
-        // The error event made it a block job: gone from the list unseen, its ending is unknown.
+        // The error event made it a block job: gone from the list unseen, its ending is unknown (no gap since).
+        let mut e = Endings::default();
+        status(&mut e, "i", "created", 1);
+        e.event(
+            &ev(
+                "BLOCK_JOB_ERROR",
+                json!({"device": "i", "operation": "write", "action": "stop"}),
+                2,
+            ),
+            0,
+        );
         e.listed("i", None, 9);
         assert_eq!(e.last("i").map(|l| l.ended), Some(Ended::Unknown));
     }
