@@ -16,7 +16,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::checks::{parse_metrics, sample};
-use common::exporter::{counts, ended, eventually, get, nonzero, Exporter, LAST};
+use common::exporter::{counts, ended, eventually, failing_daemon_on_a_glob, get, nonzero, Exporter, LAST};
 use common::virt::{self, Domain, FailingTarget, Preload};
 use common::*;
 use serde_json::json;
@@ -132,20 +132,7 @@ fn libvirts_endings_are_counted_exactly(s: &'static Stack) {
 }
 
 fn qmp_endings_are_read_from_the_listings(s: &'static Stack) {
-    let mut qsd = Qsd::start(s);
-    qsd.add_second_target();
-    // Writes at 4 MiB and beyond fail with EIO.
-    qsd.ctl.ok(
-        "blockdev-add",
-        json!({"driver": "blkdebug", "node-name": "bad", "image": "dst2",
-               "inject-error": [{"event": "pwritev", "errno": 5, "sector": 8192}]}),
-    );
-    let dir = s.tempdir();
-    let link = dir.path().join("vm.qmp");
-    // The daemon's socket itself (a link to it would be refused: tests/qmp_glob_trust.rs).
-    std::fs::hard_link(qsd.lib_socket(), &link).unwrap();
-    let socket = link.display().to_string();
-    let glob = format!("{}/*.qmp", dir.path().display());
+    let (mut qsd, _dir, socket, glob) = failing_daemon_on_a_glob(s);
     // Last endings kept 30 s: long enough for the checks below, short enough to see them go.
     let e = Exporter::start(&["--qmp-glob", &glob, "--listen", "127.0.0.1:0", "--keep-endings", "30"]);
     let scrape = || get(&e.address, "/metrics", &[]).body;

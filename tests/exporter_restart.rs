@@ -10,26 +10,13 @@ mod common;
 use std::time::Duration;
 
 use common::checks::{parse_metrics, sample};
-use common::exporter::{counts, eventually, get, nonzero, Exporter, LAST};
+use common::exporter::{counts, eventually, failing_daemon_on_a_glob, get, nonzero, Exporter, LAST};
 use common::virt::{self, Domain, Preload};
 use common::*;
 use serde_json::json;
 
 fn endings_while_no_exporter_ran_are_counted_after_it_restarts(s: &'static Stack) {
-    let mut qsd = Qsd::start(s);
-    qsd.add_second_target();
-    // Writes at 4 MiB and beyond fail with EIO.
-    qsd.ctl.ok(
-        "blockdev-add",
-        json!({"driver": "blkdebug", "node-name": "bad", "image": "dst2",
-               "inject-error": [{"event": "pwritev", "errno": 5, "sector": 8192}]}),
-    );
-    let dir = s.tempdir();
-    let link = dir.path().join("vm.qmp");
-    // The daemon's socket itself (a link to it would be refused: tests/qmp_glob_trust.rs).
-    std::fs::hard_link(qsd.lib_socket(), &link).unwrap();
-    let socket = link.display().to_string();
-    let glob = format!("{}/*.qmp", dir.path().display());
+    let (mut qsd, _dir, socket, glob) = failing_daemon_on_a_glob(s);
     let state_dir = tempfile::tempdir().unwrap();
     let state = state_dir.path().join("endings.json");
     let state_arg = state.display().to_string();

@@ -235,3 +235,22 @@ pub fn counts(pairs: &[(&str, &str, f64)]) -> Vec<((String, String), f64)> {
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
+
+/// A daemon with a second target and a node `bad` over it whose writes at 4 MiB and beyond fail with EIO, its
+/// socket in a directory of its own as a manager's directory holds it (the daemon's socket itself: a link to it
+/// would be refused, tests/qmp_glob_trust.rs): the daemon, the directory, the socket's path and a glob for it.
+pub fn failing_daemon_on_a_glob(s: &'static super::Stack) -> (super::Qsd, tempfile::TempDir, String, String) {
+    let mut qsd = super::Qsd::start(s);
+    qsd.add_second_target();
+    qsd.ctl.ok(
+        "blockdev-add",
+        serde_json::json!({"driver": "blkdebug", "node-name": "bad", "image": "dst2",
+               "inject-error": [{"event": "pwritev", "errno": 5, "sector": 8192}]}),
+    );
+    let dir = s.tempdir();
+    let link = dir.path().join("vm.qmp");
+    std::fs::hard_link(qsd.lib_socket(), &link).unwrap();
+    let socket = link.display().to_string();
+    let glob = format!("{}/*.qmp", dir.path().display());
+    (qsd, dir, socket, glob)
+}

@@ -262,17 +262,11 @@ impl Endings {
         for r in &snap.rows {
             let key = (r.host.clone(), r.disk.clone());
             seen.insert(key.clone());
-            let text = |k: &str| r.raw["qemu"][k].as_str().map(str::to_string);
-            let raw = RawJob {
-                job_type: text("type").unwrap_or_default(),
-                status: text("status"),
-                error: text("error"),
-                ..RawJob::default()
-            };
+            let raw = r.qemu_job();
             let job_type = crate::print::type_value(r.job_type);
             // Another job under the same id, of another type or with its progress gone back: the one before
             // left between two readings, unseen (a VM restarted on its socket, an id used again at once).
-            let offset = r.raw["qemu"]["offset"].as_u64().unwrap_or(0);
+            let offset = raw.offset;
             if let Some((t, false, before)) = self.listed.get(&key).cloned() {
                 if t != job_type || offset < before {
                     self.listed.remove(&key);
@@ -312,13 +306,10 @@ impl Endings {
         }
         // What the exporter before this one knew to run and a reading of its socket lacks (or its socket is gone:
         // its VM went away): ended while none looked.
-        let looked: BTreeSet<&str> = snap.looked_at.iter().map(String::as_str).collect();
         let lost: Vec<(String, String)> = self
             .restored
             .keys()
-            .filter(|k| !seen.contains(*k) && (read.contains(k.0.as_str()) || !looked.contains(k.0.as_str())))
-            // A socket that is there but was not read (refused this time) keeps its jobs.
-            .filter(|k| looked.contains(k.0.as_str()) || !std::path::Path::new(&k.0).exists())
+            .filter(|k| !seen.contains(*k) && snap.tells_of(&k.0))
             .cloned()
             .collect();
         for key in lost {
@@ -328,11 +319,10 @@ impl Endings {
             }
         }
         // A job its socket's reading lacks, or whose socket is gone (its VM went away), left unseen.
-        let vanished = |h: &str| !looked.contains(h) && !std::path::Path::new(h).exists();
         let gone: Vec<(String, String)> = self
             .listed
             .keys()
-            .filter(|k| !seen.contains(*k) && (read.contains(k.0.as_str()) || vanished(&k.0)))
+            .filter(|k| !seen.contains(*k) && snap.tells_of(&k.0))
             .cloned()
             .collect();
         for key in gone {
@@ -344,7 +334,7 @@ impl Endings {
             }
         }
         self.sockets.extend(read.into_iter().map(str::to_string));
-        self.sockets.retain(|s| !vanished(s));
+        self.sockets.retain(|s| !snap.is_gone(s));
     }
 
     /// The endings' families, forgetting last endings older than the time they are kept.

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use blockjobinfo::translate::RawJob;
 use blockjobinfo::verdict;
 
 use crate::cli::Hosts;
@@ -95,17 +94,10 @@ impl Readings {
         for r in &snap.rows {
             let key = (r.host.clone(), r.disk.clone());
             seen.insert(key.clone());
-            let text = |k: &str| r.raw["qemu"][k].as_str().map(str::to_string);
-            let raw = RawJob {
-                device: r.disk.clone(),
-                job_type: text("type").unwrap_or_default(),
-                status: text("status"),
-                error: text("error"),
-                ..RawJob::default()
-            };
+            let raw = r.qemu_job();
             let ready = r.phase == "mirroring";
             let finished = verdict::finished(&raw);
-            let offset = r.raw["qemu"]["offset"].as_u64().unwrap_or(0);
+            let offset = raw.offset;
             let new = match self.known.get(&key) {
                 None => true,
                 // Its id used again after it ended and was dismissed: a new job. So is one of another type, one
@@ -161,8 +153,7 @@ impl Readings {
         let gone: Vec<(String, String)> = self
             .known
             .keys()
-            .filter(|k| !seen.contains(*k) && (read.contains(k.0.as_str()) || !looked.contains(k.0.as_str())))
-            .filter(|k| looked.contains(k.0.as_str()) || !std::path::Path::new(&k.0).exists())
+            .filter(|k| !seen.contains(*k) && snap.tells_of(&k.0))
             .cloned()
             .collect();
         for key in gone {

@@ -45,6 +45,22 @@ pub struct Row {
     pub raw: Value,
 }
 
+impl Row {
+    /// QEMU's job as the row carries it (QMP sockets: `raw.qemu`), for the endings read from listings.
+    pub fn qemu_job(&self) -> RawJob {
+        let q = &self.raw["qemu"];
+        let text = |k: &str| q[k].as_str().map(str::to_string);
+        RawJob {
+            device: self.disk.clone(),
+            job_type: text("type").unwrap_or_default(),
+            status: text("status"),
+            error: text("error"),
+            offset: q["offset"].as_u64().unwrap_or(0),
+            ..RawJob::default()
+        }
+    }
+}
+
 /// A domain or socket whose jobs could not be read.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -64,6 +80,20 @@ pub struct Snapshot {
     pub at: Instant,
     /// The calls the reading made to libvirt (None for QMP sockets).
     pub calls: Option<Calls>,
+}
+
+impl Snapshot {
+    /// Whether `host` (a socket) is gone: not looked at, and no longer there (its VM went away).
+    pub fn is_gone(&self, host: &str) -> bool {
+        !self.looked_at.iter().any(|h| h == host) && !std::path::Path::new(host).exists()
+    }
+
+    /// Whether this reading says what runs on `host`: it was read, or it is gone. One that failed, or that is
+    /// there but was not read (refused this time), says nothing of its jobs.
+    pub fn tells_of(&self, host: &str) -> bool {
+        let read = self.looked_at.iter().any(|h| h == host) && !self.failures.iter().any(|f| f.host == host);
+        read || self.is_gone(host)
+    }
 }
 
 /// libvirt's phases, from the XML's mirror state (`ready='yes'`, then `pivot` or `abort` while libvirt ends it).
