@@ -98,6 +98,41 @@ typedef virDomainBlockJobInfo *virDomainBlockJobInfoPtr;
  */
 #define BJI_ENDING_UNKNOWN 4
 
+/**
+ * `bji_progress`'s `state`: too few readings yet for a rate, or not sized by QEMU.
+ */
+#define BJI_STATE_MEASURING 0
+
+/**
+ * `bji_progress`'s `state`: the remaining work shrinks; `eta_ms` says when it ends (or becomes ready).
+ */
+#define BJI_STATE_CONVERGING 1
+
+/**
+ * `bji_progress`'s `state`: held at its speed limit while the guest dirties as fast: raising the speed helps.
+ */
+#define BJI_STATE_THROTTLED 2
+
+/**
+ * `bji_progress`'s `state`: unthrottled and losing to the guest's writes: `copy-mode=write-blocking` helps.
+ */
+#define BJI_STATE_DIVERGING 3
+
+/**
+ * `bji_progress`'s `state`: the cursor has not moved for the set time (`bji_set_progress_window`).
+ */
+#define BJI_STATE_STALLED 4
+
+/**
+ * `bji_progress`'s `state`: paused.
+ */
+#define BJI_STATE_PAUSED 5
+
+/**
+ * `bji_progress`'s `state`: ready (mirroring phase).
+ */
+#define BJI_STATE_READY 6
+
 
 
 /**
@@ -151,6 +186,54 @@ typedef struct {
    */
   char error[1024];
 } bji_ending;
+
+/**
+ * Where a job stands, from the readings `bji_get_progress` took of it on one source.
+ */
+typedef struct {
+  /**
+   * `BJI_STATE_*`.
+   */
+  int state;
+  /**
+   * QEMU 8.2+'s `actively-synced` (a write-blocking mirror whose target is in step): 1 or 0; -1 when QEMU
+   * does not say.
+   */
+  int actively_synced;
+  /**
+   * Bytes/s the cursor moved over the window; -1 while measuring.
+   */
+  long long copy_rate;
+  /**
+   * Bytes/s QEMU's `len` grew over the window (the guest writing behind the copy); -1 while measuring.
+   */
+  long long dirty_rate;
+  /**
+   * Bytes/s the remaining work shrank (negative: it grew); 0 while measuring (`copy_rate` is then -1).
+   */
+  long long net_rate;
+  /**
+   * Milliseconds to the end (to ready, for a mirror) at the net rate, while converging; 0 when ready; -1
+   * otherwise.
+   */
+  long long eta_ms;
+  /**
+   * QEMU's numbers of the reading: `offset`, `len` and `speed` (bytes/s, 0 unlimited).
+   */
+  unsigned long long offset;
+  unsigned long long len;
+  unsigned long long speed;
+  /**
+   * How long the cursor has not moved, in ms, as far as the readings tell.
+   */
+  long long still_ms;
+  /**
+   * How long the remaining work has not gone below its lowest, in ms: no net progress.
+   */
+  long long no_net_progress_ms;
+} bji_progress;
+
+
 
 #ifdef __cplusplus
 extern "C" {
@@ -242,6 +325,34 @@ int bji_last_ending(bji_source *src,
                     const char *device,
                     bji_ending *ending,
                     unsigned int flags);
+
+/**
+ * Reads `device`'s job (one `query-block-jobs`) and says where it stands from the readings this source's calls
+ * took of it: copy and dirty rates, an ETA from the net rate, and a state (`BJI_STATE_*`). The first call for a
+ * job can only say `BJI_STATE_MEASURING` (or ready, paused): call it again, a second or more apart, for rates;
+ * they span the last 10 s of readings (`bji_set_progress_window`). `device` is a job id or a libvirt disk
+ * target. `flags` must be 0. A non-NULL `progress` is zeroed first. Returns 1 with `*progress` filled, 0 when
+ * there is no such job, -1 on error. It only reads: it never changes a job's speed or mode.
+ *
+ * # Safety
+ * `src` NULL or an open source; `device` NULL or NUL-terminated; `progress` NULL or writable.
+ */
+int bji_get_progress(bji_source *src,
+                     const char *device,
+                     bji_progress *progress,
+                     unsigned int flags);
+
+/**
+ * How `bji_get_progress` measures: rates span at least `window_ms` of readings when there are that many
+ * (default 10,000), and a job whose cursor has not moved for `stall_after_ms` is `BJI_STATE_STALLED` (default
+ * 60,000). Readings taken so far are dropped. Returns 0, or -1 on error (a NULL source, a negative time).
+ *
+ * # Safety
+ * `src` is NULL or an open source.
+ */
+int bji_set_progress_window(bji_source *src,
+                            int window_ms,
+                            int stall_after_ms);
 
 /**
  * The message of the last failed call on this thread, or "" when it succeeded. Valid until the next

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mutation testing of the pure layers (the rules, parsing, the XML, framing, the wait's verdict on a listed
-# job, a source's endings, the shared monitor's bookkeeping) and of the exporter's text format, with the fast tests, which need no
+# job, a source's endings, a job's rates and state, the shared monitor's bookkeeping) and of the exporter's text format, with the fast tests, which need no
 # QEMU: every mutant must be caught, or listed in mutants/equivalent.txt with why it changes nothing.
 #
 #   mutants.sh run         (make mutants) runs cargo-mutants twice (the library with its unit tests; the tool's
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 mode=${1:?usage: mutants.sh run|if-changed}
 list=mutants/equivalent.txt
 mutated=(src/translate.rs src/jobs.rs src/libvirt/native.rs src/libvirt/xml.rs src/qmp/framing.rs src/verdict.rs
-    src/qmp/monitor.rs src/ending.rs)
+    src/qmp/monitor.rs src/ending.rs src/convergence.rs)
 filters=()
 for f in "${mutated[@]}"; do filters+=(-f "$f"); done
 # All of them but the verdict machine, which the property test (an integration test) drives: its verdict on a
@@ -21,7 +21,7 @@ for f in "${mutated[@]}"; do filters+=(-f "$f"); done
 # tests cover; and of the monitor, the bookkeeping its unit tests drive (the event log, listeners, marks, a lost
 # or remade connection's error, against a quiet peer of their own), not its I/O, which the fake-peer and
 # real-QEMU integration tests drive.
-filters+=(--re '^src/(translate|jobs|libvirt/native|libvirt/xml|qmp/framing|ending)\.rs:|^src/verdict\.rs:.*\b(judge|mirror_ended_ready|is_ready)\b|^src/qmp/monitor\.rs:.*\b(record|listen|next_within|next_before|dropped_error)\b')
+filters+=(--re '^src/(translate|jobs|libvirt/native|libvirt/xml|qmp/framing|ending|convergence)\.rs:|^src/verdict\.rs:.*\b(judge|mirror_ended_ready|is_ready)\b|^src/qmp/monitor\.rs:.*\b(record|listen|next_within|next_before|dropped_error)\b')
 # The tool's: the exposition (series by their exact labels, escaping, numbers), with the tool's unit tests.
 tool=src/bin/blockjobinfo/exposition.rs
 # Pinned: another version may name or count mutants otherwise.

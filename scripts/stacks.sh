@@ -168,6 +168,9 @@ prepare_one() {
 
 prepare() {
     local name suite user index pids=() rc=0 p
+    # The writing guest of the convergence tests, beside the roots.
+    scripts/guest.sh prepare &
+    pids+=($!)
     while read -r name suite user index; do
         [ "$suite" = host ] && continue
         if [ "$(id -u)" != 0 ]; then

@@ -2,7 +2,7 @@
 //! No logic lives here.
 
 use std::cell::RefCell;
-use std::ffi::{c_char, c_int, c_longlong, c_uint, CStr, CString};
+use std::ffi::{c_char, c_int, c_longlong, c_uint, c_ulonglong, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
@@ -93,6 +93,57 @@ const _: () = assert!(
         && std::mem::offset_of!(bji_ending, ran_us) == 24
         && std::mem::offset_of!(bji_ending, job_type) == 32
         && std::mem::offset_of!(bji_ending, error) == 48
+);
+
+/// `bji_progress`'s `state`: too few readings yet for a rate, or not sized by QEMU.
+pub const BJI_STATE_MEASURING: c_int = 0;
+/// `bji_progress`'s `state`: the remaining work shrinks; `eta_ms` says when it ends (or becomes ready).
+pub const BJI_STATE_CONVERGING: c_int = 1;
+/// `bji_progress`'s `state`: held at its speed limit while the guest dirties as fast: raising the speed helps.
+pub const BJI_STATE_THROTTLED: c_int = 2;
+/// `bji_progress`'s `state`: unthrottled and losing to the guest's writes: `copy-mode=write-blocking` helps.
+pub const BJI_STATE_DIVERGING: c_int = 3;
+/// `bji_progress`'s `state`: the cursor has not moved for the set time (`bji_set_progress_window`).
+pub const BJI_STATE_STALLED: c_int = 4;
+/// `bji_progress`'s `state`: paused.
+pub const BJI_STATE_PAUSED: c_int = 5;
+/// `bji_progress`'s `state`: ready (mirroring phase).
+pub const BJI_STATE_READY: c_int = 6;
+
+/// Where a job stands, from the readings `bji_get_progress` took of it on one source.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+pub struct bji_progress {
+    /// `BJI_STATE_*`.
+    pub state: c_int,
+    /// QEMU 8.2+'s `actively-synced` (a write-blocking mirror whose target is in step): 1 or 0; -1 when QEMU
+    /// does not say.
+    pub actively_synced: c_int,
+    /// Bytes/s the cursor moved over the window; -1 while measuring.
+    pub copy_rate: c_longlong,
+    /// Bytes/s QEMU's `len` grew over the window (the guest writing behind the copy); -1 while measuring.
+    pub dirty_rate: c_longlong,
+    /// Bytes/s the remaining work shrank (negative: it grew); 0 while measuring (`copy_rate` is then -1).
+    pub net_rate: c_longlong,
+    /// Milliseconds to the end (to ready, for a mirror) at the net rate, while converging; 0 when ready; -1
+    /// otherwise.
+    pub eta_ms: c_longlong,
+    /// QEMU's numbers of the reading: `offset`, `len` and `speed` (bytes/s, 0 unlimited).
+    pub offset: c_ulonglong,
+    pub len: c_ulonglong,
+    pub speed: c_ulonglong,
+    /// How long the cursor has not moved, in ms, as far as the readings tell.
+    pub still_ms: c_longlong,
+    /// How long the remaining work has not gone below its lowest, in ms: no net progress.
+    pub no_net_progress_ms: c_longlong,
+}
+
+// The layout C sees on LP64 and i686 alike (tests/c/abi_layout.c checks the same from the header).
+const _: () = assert!(
+    std::mem::size_of::<bji_progress>() == 80
+        && std::mem::offset_of!(bji_progress, copy_rate) == 8
+        && std::mem::offset_of!(bji_progress, offset) == 40
+        && std::mem::offset_of!(bji_progress, no_net_progress_ms) == 72
 );
 
 /// Copies `text` into a C string field, cut on a character's boundary to leave room for the NUL.
@@ -543,6 +594,85 @@ pub unsafe extern "C" fn bji_last_ending(
         fill(&mut out.job_type, &e.job_type);
         fill(&mut out.error, error);
         Ok(1)
+    })
+}
+
+/// Reads `device`'s job (one `query-block-jobs`) and says where it stands from the readings this source's calls
+/// took of it: copy and dirty rates, an ETA from the net rate, and a state (`BJI_STATE_*`). The first call for a
+/// job can only say `BJI_STATE_MEASURING` (or ready, paused): call it again, a second or more apart, for rates;
+/// they span the last 10 s of readings (`bji_set_progress_window`). `device` is a job id or a libvirt disk
+/// target. `flags` must be 0. A non-NULL `progress` is zeroed first. Returns 1 with `*progress` filled, 0 when
+/// there is no such job, -1 on error. It only reads: it never changes a job's speed or mode.
+///
+/// # Safety
+/// `src` NULL or an open source; `device` NULL or NUL-terminated; `progress` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bji_get_progress(
+    src: *mut bji_source,
+    device: *const c_char,
+    progress: *mut bji_progress,
+    flags: c_uint,
+) -> c_int {
+    export!(-1, {
+        if progress.is_null() {
+            return Err(Error::InvalidArg("progress must not be NULL".into()));
+        }
+        // SAFETY: non-NULL and writable by contract; written whole (all zero is a valid `bji_progress`: integers
+        // only) before it is borrowed.
+        let out = unsafe {
+            progress.write(std::mem::zeroed());
+            &mut *progress
+        };
+        // SAFETY: forwarded contract.
+        let device = unsafe { c_str(device, "device") }?;
+        if flags != 0 {
+            return Err(Error::InvalidArg(format!(
+                "unsupported flags (0x{flags:x}) in function bji_get_progress"
+            )));
+        }
+        let Some((_, p)) = enter(src)?.inner.progress(device)? else {
+            return Ok(0);
+        };
+        let ms = |d: Duration| c_longlong::try_from(d.as_millis()).unwrap_or(c_longlong::MAX);
+        let rate = |v: Option<f64>| v.map_or(-1, |v| v.max(0.0).round() as c_longlong);
+        out.state = p.state.code();
+        out.actively_synced = p.actively_synced.map_or(-1, c_int::from);
+        out.copy_rate = rate(p.copy_rate);
+        out.dirty_rate = rate(p.dirty_rate);
+        out.net_rate = p.net_rate.map_or(0, |v| v.round() as c_longlong);
+        out.eta_ms = p.eta.map_or(-1, ms);
+        out.offset = p.offset;
+        out.len = p.len;
+        out.speed = p.speed;
+        out.still_ms = ms(p.since_cursor_moved);
+        out.no_net_progress_ms = ms(p.since_net_progress);
+        Ok(1)
+    })
+}
+
+/// How `bji_get_progress` measures: rates span at least `window_ms` of readings when there are that many
+/// (default 10,000), and a job whose cursor has not moved for `stall_after_ms` is `BJI_STATE_STALLED` (default
+/// 60,000). Readings taken so far are dropped. Returns 0, or -1 on error (a NULL source, a negative time).
+///
+/// # Safety
+/// `src` is NULL or an open source.
+#[no_mangle]
+pub unsafe extern "C" fn bji_set_progress_window(
+    src: *mut bji_source,
+    window_ms: c_int,
+    stall_after_ms: c_int,
+) -> c_int {
+    export!(-1, {
+        let (Ok(window), Ok(stall)) = (u64::try_from(window_ms), u64::try_from(stall_after_ms)) else {
+            return Err(Error::InvalidArg(format!(
+                "window_ms ({window_ms}) and stall_after_ms ({stall_after_ms}) must not be negative"
+            )));
+        };
+        enter(src)?.inner.set_progress_settings(crate::convergence::Settings {
+            window: Duration::from_millis(window),
+            stall_after: Duration::from_millis(stall),
+        })?;
+        Ok(0)
     })
 }
 

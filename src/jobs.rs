@@ -28,6 +28,8 @@ pub(crate) struct WireJob {
     paused: Option<bool>,
     #[serde(default, rename = "io-status")]
     io_status: Option<String>,
+    #[serde(default, rename = "actively-synced")]
+    actively_synced: Option<bool>,
 }
 
 /// Parses the value of a `query-block-jobs` `return`.
@@ -74,6 +76,7 @@ pub(crate) fn raw(w: WireJob) -> RawJob {
         error: w.error,
         paused: w.paused,
         io_status: w.io_status,
+        actively_synced: w.actively_synced,
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`abi`] (libvirt's struct), with [`source`] tying a QEMU to the rules and [`ffi`] exposing it to C.
 
 pub mod abi;
+pub mod convergence;
 pub mod ending;
 pub mod environment;
 pub mod error;

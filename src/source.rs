@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::abi::{virDomainBlockJobInfo, VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT};
+use crate::convergence::{Progress, Reading, Settings, Tracker};
 use crate::ending::{Ending, Endings};
 use crate::error::Error;
 use crate::error::Result;
@@ -44,6 +45,15 @@ pub struct QmpSource {
     /// Monitors made for single calls in a child whose `monitor` slot a parent thread held at fork(), so that
     /// `close` reaches their waits too.
     strays: Mutex<Vec<Weak<Monitor>>>,
+    /// Each listed job's readings taken by `progress`, and how they are judged (`convergence`).
+    trackers: Mutex<Trackers>,
+}
+
+/// The readings `progress` took, per job id, on the source's own clock.
+struct Trackers {
+    settings: Settings,
+    born: Instant,
+    jobs: HashMap<String, Tracker>,
 }
 
 const NO_GRACE: u64 = u64::MAX;
@@ -97,6 +107,11 @@ impl QmpSource {
             first_seen: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             strays: Mutex::new(Vec::new()),
+            trackers: Mutex::new(Trackers {
+                settings: Settings::default(),
+                born: Instant::now(),
+                jobs: HashMap::new(),
+            }),
         })
     }
 
@@ -248,6 +263,51 @@ impl QmpSource {
                 Ok(JobReport { raw: raw.clone(), info })
             })
             .collect()
+    }
+
+    /// How the window for rates and the time to call a job stalled are set for `progress` (default: 10 s and
+    /// 60 s). Readings already taken are judged by the new settings from the next call on.
+    pub fn set_progress_settings(&self, settings: Settings) -> Result<()> {
+        let mut t = lock_briefly(&self.trackers).ok_or(Error::Timeout {
+            what: "the source's job readings",
+            ms: 100,
+        })?;
+        t.settings = settings;
+        t.jobs.clear();
+        Ok(())
+    }
+
+    /// `device`'s job as of now, and where it stands from the readings this source's `progress` calls took of
+    /// it: copy and dirty rates, an ETA from the net rate, and a state (`convergence`). One `query-block-jobs`;
+    /// the first call for a job can say only `Measuring` (or `Ready`, `Paused`): call it again, a second or
+    /// more apart, for rates. `None` when there is no such job.
+    pub fn progress(&self, device: &str) -> Result<Option<(JobReport, Progress)>> {
+        let reports = self.reports(None, 0)?;
+        let chosen = {
+            let raws: Vec<RawJob> = reports.iter().map(|r| r.raw.clone()).collect();
+            jobs::select(&raws, device)?.map(|j| j.device.clone())
+        };
+        let mut found = None;
+        let busy = || Error::Timeout {
+            what: "the source's job readings",
+            ms: 100,
+        };
+        let mut t = lock_briefly(&self.trackers).ok_or_else(busy)?;
+        let at_us = u64::try_from(t.born.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let settings = t.settings;
+        // Jobs that left are forgotten: an id used again is a new job.
+        t.jobs.retain(|id, _| reports.iter().any(|r| &r.raw.device == id));
+        for r in reports {
+            let tracker = t
+                .jobs
+                .entry(r.raw.device.clone())
+                .or_insert_with(|| Tracker::new(settings));
+            let p = tracker.add(Reading::of(&r.raw, at_us));
+            if chosen.as_deref() == Some(r.raw.device.as_str()) {
+                found = Some((r, p));
+            }
+        }
+        Ok(found)
     }
 
     /// `device`'s last ending heard since the source was opened (see `ending`), as of now: one

@@ -31,6 +31,8 @@ pub struct RawJob {
     pub paused: Option<bool>,
     /// QEMU's `io-status`: `ok`, `failed` or `nospace` (kept as text: newer QEMU may add values).
     pub io_status: Option<String>,
+    /// QEMU 8.2+: whether a mirror in `write-blocking` mode has its target in sync.
+    pub actively_synced: Option<bool>,
 }
 
 /// What the caller knows about the job it asks for.

@@ -115,6 +115,7 @@ fn listing(job: &Job, sent: &[Value]) -> RawJob {
         error,
         paused: Some(false),
         io_status: Some("ok".into()),
+        actively_synced: None,
     }
 }
 

@@ -200,6 +200,38 @@ fn ending_tuple(e: &blockjobinfo::Ending) -> EndingTuple {
     )
 }
 
+/// Where a job stands (`convergence::Progress`): (state, copy rate, dirty rate, net rate, ETA in seconds,
+/// offset, len, speed, seconds the cursor has been still, seconds without net progress, actively synced).
+type ProgressTuple = (
+    &'static str,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    u64,
+    u64,
+    u64,
+    f64,
+    f64,
+    Option<bool>,
+);
+
+fn progress_tuple(p: &blockjobinfo::convergence::Progress) -> ProgressTuple {
+    (
+        p.state.as_str(),
+        p.copy_rate,
+        p.dirty_rate,
+        p.net_rate,
+        p.eta.map(|d| d.as_secs_f64()),
+        p.offset,
+        p.len,
+        p.speed,
+        p.since_cursor_moved.as_secs_f64(),
+        p.since_net_progress.as_secs_f64(),
+        p.actively_synced,
+    )
+}
+
 /// Whether a blocking call should stop: its token cancelled, or (on the main thread) a signal Python raised,
 /// returned as the error to raise. Python runs its signal handlers on the main thread alone, and only with the
 /// GIL, so only a call on the main thread takes it briefly to ask.
@@ -279,6 +311,22 @@ impl PySource {
         let device = device_name(device)?;
         let e = py.detach(|| self.inner.last_ending(&device)).map_err(to_py)?;
         Ok(e.as_ref().map(ending_tuple))
+    }
+
+    /// Reads the job once; where it stands from this source's readings of it. None when there is no such job.
+    fn progress(&self, py: Python<'_>, device: &Bound<'_, PyAny>) -> PyResult<Option<ProgressTuple>> {
+        let device = device_name(device)?;
+        let p = py.detach(|| self.inner.progress(&device)).map_err(to_py)?;
+        Ok(p.as_ref().map(|(_, p)| progress_tuple(p)))
+    }
+
+    /// How `progress` measures: the window rates span, and the time a still cursor takes to be stalled.
+    fn set_progress_window(&self, window: f64, stall_after: f64) -> PyResult<()> {
+        let settings = blockjobinfo::convergence::Settings {
+            window: seconds("window", window)?,
+            stall_after: seconds("stall_after", stall_after)?,
+        };
+        self.inner.set_progress_settings(settings).map_err(to_py)
     }
 
     /// Every job QEMU lists, in its order.

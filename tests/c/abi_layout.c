@@ -37,6 +37,15 @@ _Static_assert(sizeof(I) == 32 && offsetof(I, cur) == 16 && offsetof(I, end) == 
 _Static_assert(sizeof(bji_ending) == 1072 && offsetof(bji_ending, ended_us) == 8 && offsetof(bji_ending, ran_us) == 24 &&
                    offsetof(bji_ending, job_type) == 32 && offsetof(bji_ending, error) == 48,
                "bji_ending LP64 layout");
+#endif
+/* bji_progress, as the Rust side asserts it (src/ffi.rs): the same on LP64 and i686. */
+_Static_assert(sizeof(bji_progress) == 80 && offsetof(bji_progress, copy_rate) == 8 &&
+                   offsetof(bji_progress, offset) == 40 && offsetof(bji_progress, no_net_progress_ms) == 72,
+               "bji_progress layout");
+_Static_assert(BJI_STATE_MEASURING == 0 && BJI_STATE_CONVERGING == 1 && BJI_STATE_THROTTLED == 2 &&
+                   BJI_STATE_DIVERGING == 3 && BJI_STATE_STALLED == 4 && BJI_STATE_PAUSED == 5 && BJI_STATE_READY == 6,
+               "states");
+#ifdef __LP64__
 #elif defined(__i386__)
 _Static_assert(sizeof(I) == 24 && offsetof(I, cur) == 8 && offsetof(I, end) == 16, "i686 layout");
 #endif

@@ -223,6 +223,22 @@ static void test_wait(bji_source *src)
     CHECK(ERROR_HAS("device must not be NULL"));
     CHECK(bji_last_ending(src, "vda", &ending, 1) == -1);
     CHECK(ERROR_HAS("unsupported flags (0x1) in function bji_last_ending"));
+
+    /* Its progress: ready, from one reading (no rate yet); bad arguments are refused. */
+    bji_progress progress;
+    memset(&progress, 0x5a, sizeof progress);
+    CHECK(bji_get_progress(src, "vda", &progress, 0) == 1);
+    CHECK(progress.state == BJI_STATE_READY && progress.copy_rate == -1 && progress.eta_ms == 0);
+    CHECK(progress.len > 0 && progress.actively_synced >= -1 && progress.actively_synced <= 1);
+    CHECK(bji_get_progress(src, "no-such-job", &progress, 0) == 0 && progress.len == 0);
+    CHECK(bji_get_progress(src, "vda", NULL, 0) == -1);
+    CHECK(ERROR_HAS("progress must not be NULL"));
+    CHECK(bji_get_progress(src, "vda", &progress, 2) == -1);
+    CHECK(ERROR_HAS("unsupported flags (0x2) in function bji_get_progress"));
+    CHECK(bji_set_progress_window(src, -1, 5000) == -1);
+    CHECK(ERROR_HAS("must not be negative"));
+    CHECK(bji_set_progress_window(NULL, 1000, 5000) == -1);
+    CHECK(bji_set_progress_window(src, 1000, 5000) == 0);
     CHECK(bji_last_ending(NULL, "vda", &ending, 0) == -1);
 
     /* A ready mirror stays until someone ends it. */

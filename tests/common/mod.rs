@@ -17,6 +17,7 @@ pub mod cbuild;
 pub mod checks;
 pub mod exporter;
 pub mod fake;
+pub mod guest;
 pub mod pyvenv;
 pub mod scenes;
 #[macro_use]

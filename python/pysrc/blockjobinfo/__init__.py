@@ -40,6 +40,7 @@ __all__ = [
     "JobType",
     "Outcome",
     "OutcomeKind",
+    "Progress",
     "QemuError",
     "QmpConnectionError",
     "QmpProtocolError",
@@ -172,6 +173,32 @@ class Ending(NamedTuple):
     ran: Optional[float]
 
 
+class Progress(NamedTuple):
+    """Where a job stands, from the readings a source's ``progress`` calls took of it (``QmpSource.progress``).
+
+    ``state`` is ``"measuring"`` (too few readings yet), ``"converging"`` (the remaining work shrinks: ``eta``
+    holds), ``"throttled"`` (held at its speed while the guest dirties as fast: raise the speed),
+    ``"diverging"`` (unthrottled and losing: ``copy-mode=write-blocking`` helps, QEMU 8.2+), ``"stalled"`` (the
+    cursor still for the set time), ``"paused"`` or ``"ready"``. ``copy_rate`` is how fast the cursor moves and
+    ``dirty_rate`` how fast QEMU's ``len`` grows (the guest writing behind the copy), in bytes per second over
+    the window, None while measuring; ``net_rate`` how fast the remaining work shrinks; ``eta`` the seconds to
+    the end (to ready, for a mirror) while converging, 0 when ready, else None. ``still`` and ``no_net_progress``
+    are seconds: how long the cursor has not moved, and how long the remaining work has not gone below its
+    lowest. ``actively_synced`` is QEMU 8.2+'s word on a write-blocking mirror, None where QEMU does not say."""
+
+    state: str
+    copy_rate: Optional[float]
+    dirty_rate: Optional[float]
+    net_rate: Optional[float]
+    eta: Optional[float]
+    offset: int
+    len: int
+    speed: int
+    still: float
+    no_net_progress: float
+    actively_synced: Optional[bool]
+
+
 def _timeout(timeout: Optional[float]) -> Optional[float]:
     """A number of seconds or None (a bool is neither); its value, and `until`, are checked by the native module."""
     if timeout is None:
@@ -221,6 +248,21 @@ class QmpSource:
         ending QEMU told before the call is known."""
         t = self._src.last_ending(device)
         return None if t is None else Ending(*t)
+
+    def progress(self, device: str) -> Optional[Progress]:
+        """Reads the job ``device`` names once and says where it stands from this source's readings of it (see
+        ``Progress``); None when there is no such job. The first call for a job can only say ``"measuring"`` (or
+        ready, paused): call it again, a second or more apart. It only reads: it never changes a job."""
+        t = self._src.progress(device)
+        return None if t is None else Progress(*t)
+
+    def set_progress_window(self, window: float = 10.0, stall_after: float = 60.0) -> None:
+        """How ``progress`` measures: rates span ``window`` seconds of readings (when there are that many), and a
+        cursor still for ``stall_after`` seconds is ``"stalled"``. Drops the readings taken so far."""
+        for name, v in (("window", window), ("stall_after", stall_after)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"{name} must be a number of seconds, not {type(v).__name__}")
+        self._src.set_progress_window(float(window), float(stall_after))
 
     def jobs(self, *, bandwidth_bytes: bool = False) -> List[BlockJobInfo]:
         """Every job QEMU lists, in its order."""

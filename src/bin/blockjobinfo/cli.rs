@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 /// The exit statuses, for `--help` and the manual page alike.
-pub const EXIT_STATUS: [(u8, &str); 8] = [
+pub const EXIT_STATUS: [(u8, &str); 9] = [
     (0, "success (wait: the job reached the state waited for)"),
     (1, "the job failed (QEMU's error is printed)"),
     (2, "usage error"),
@@ -23,6 +23,11 @@ pub const EXIT_STATUS: [(u8, &str); 8] = [
         7,
         "libvirt has no such domain, or the domain no such disk (libvirt's error is printed; a disk is named as \
          libvirt names it: a target such as vda, or a disk's source path)",
+    ),
+    (
+        8,
+        "wait --stall-timeout: the job made no net progress for that long (its remaining work never went below its \
+         lowest)",
     ),
 ];
 
@@ -164,6 +169,12 @@ pub enum Command {
         /// Bandwidth in bytes/s instead of MiB/s (VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES).
         #[arg(long)]
         bytes: bool,
+        /// Read the jobs twice, SECONDS apart (at least 0.5), and show what the second reading says with each
+        /// job's copy rate, dirty rate (how fast `end` grows: the guest writing behind the copy), ETA and state
+        /// (converging, throttled, diverging, stalled, paused, ready, or measuring when it moved too little to
+        /// tell): `Copy rate:` lines, `rate=`/`dirty=`/`eta=`/`state=` in --raw, `progress` in --json.
+        #[arg(long, value_name = "SECONDS", value_parser = parse_over)]
+        over: Option<Duration>,
     },
     /// Wait until a job is ready (mirroring phase) or gone, woken by events.
     ///
@@ -191,6 +202,12 @@ pub enum Command {
         /// Give up after this many seconds (fractions allowed); default: wait forever.
         #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
         timeout: Option<Duration>,
+        /// Give up, with exit status 8, once the job has made no net progress for this many seconds: its
+        /// remaining work (`len - offset`) has not gone below its lowest, whether the copy is stopped or loses
+        /// to a guest that dirties as fast as it copies. A ready job is never stalled. The job is read every
+        /// tenth of it (0.1 s to 1 s).
+        #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+        stall_timeout: Option<Duration>,
         /// Show progress while waiting.
         #[arg(long, short)]
         verbose: bool,
@@ -217,6 +234,9 @@ pub enum Command {
         /// With --watch: stop after this many refreshes.
         #[arg(long, value_name = "N", requires = "watch")]
         count: Option<u64>,
+        /// With --watch: a job whose cursor has not moved for this many seconds is shown `stalled`.
+        #[arg(long, value_name = "SECONDS", default_value = "60", requires = "watch", value_parser = parse_seconds)]
+        stall_after: Duration,
     },
     /// Block jobs as Prometheus metrics (text exposition format).
     ///
@@ -309,6 +329,14 @@ pub enum Command {
     /// Writes blockjobinfo(1), the manual page, to standard output (for packaging).
     #[command(hide = true)]
     GenerateMan,
+}
+
+fn parse_over(s: &str) -> Result<Duration, String> {
+    let d = parse_seconds(s)?;
+    match d >= blockjobinfo::convergence::MIN_SPAN {
+        true => Ok(d),
+        false => Err(format!("'{s}' is less than 0.5 seconds: too short to measure a rate")),
+    }
 }
 
 fn parse_every(s: &str) -> Result<Duration, String> {

@@ -7,6 +7,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
+use blockjobinfo::convergence::{Progress, Reading, Settings, Tracker};
 use blockjobinfo::libvirt::api::Connection;
 use blockjobinfo::libvirt::host::{Calls, HostReader};
 use blockjobinfo::libvirt::xml::Mirror;
@@ -15,6 +16,7 @@ use blockjobinfo::{Limits, Peer, QmpSource, RawJob, VIR_DOMAIN_BLOCK_JOB_INFO_BA
 use serde_json::{json, Value};
 
 use crate::cli::Hosts;
+use crate::print::{duration, progress_json, size};
 use crate::virt;
 
 /// A QMP socket in a glob is one VM's monitor: one that does not answer quickly is reported, not waited for.
@@ -512,7 +514,7 @@ fn read_qmp(pattern: &str, sockets: &mut Sockets, patience: Duration) -> Result<
                 raw: json!({"qemu": {"type": r.raw.job_type, "offset": r.raw.offset, "len": r.raw.len,
                                      "speed": r.raw.speed, "ready": r.raw.ready, "status": r.raw.status,
                                      "paused": r.raw.paused, "io-status": r.raw.io_status,
-                                     "error": r.raw.error}}),
+                                     "error": r.raw.error, "actively-synced": r.raw.actively_synced}}),
             })),
             Err(error) => snap.failures.push(Failure { host, error }),
         }
@@ -520,69 +522,91 @@ fn read_qmp(pattern: &str, sockets: &mut Sockets, patience: Duration) -> Result<
     Ok(snap)
 }
 
-/// Rates from successive snapshots: a job's average progress in bytes per second since it was first seen (an
-/// average, since jobs move in bursts: a throttled mirror copies a buffer, then sleeps).
-#[derive(Default)]
+/// Where each job stands from successive snapshots (`blockjobinfo::convergence`): copy and dirty rates, an ETA
+/// from the net rate, and a state. A first sight is `measuring`.
 pub struct Rates {
-    first: HashMap<(String, String), (u64, u64, Instant)>,
+    settings: Settings,
+    born: Instant,
+    trackers: HashMap<(String, String), Tracker>,
+}
+
+impl Default for Rates {
+    fn default() -> Self {
+        Rates::new(Settings::default())
+    }
 }
 
 impl Rates {
-    /// Each row's observed rate (None on a first sight; a job that moved backwards or changed size is seen anew).
-    pub fn update(&mut self, snap: &Snapshot) -> Vec<Option<f64>> {
-        let mut first = HashMap::new();
-        let rates = snap
+    pub fn new(settings: Settings) -> Rates {
+        Rates {
+            settings,
+            born: Instant::now(),
+            trackers: HashMap::new(),
+        }
+    }
+
+    /// Each row's progress; jobs no longer listed are forgotten.
+    pub fn update(&mut self, snap: &Snapshot) -> Vec<Option<Progress>> {
+        let at_us = u64::try_from(snap.at.saturating_duration_since(self.born).as_micros()).unwrap_or(u64::MAX);
+        let mut kept = HashMap::new();
+        let progress = snap
             .rows
             .iter()
             .map(|r| {
                 let key = (r.host.clone(), r.disk.clone());
-                let seen = self
-                    .first
-                    .get(&key)
-                    .copied()
-                    .filter(|(cur, end, _)| *end == r.end && r.cur >= *cur);
-                let (cur, end, at) = seen.unwrap_or((r.cur, r.end, snap.at));
-                first.insert(key, (cur, end, at));
-                let dt = snap.at.saturating_duration_since(at).as_secs_f64();
-                (dt > 0.0).then(|| (r.cur - cur) as f64 / dt)
+                let mut t = self
+                    .trackers
+                    .remove(&key)
+                    .unwrap_or_else(|| Tracker::new(self.settings));
+                let p = t.add(r.reading(at_us));
+                kept.insert(key, t);
+                Some(p)
             })
             .collect();
-        self.first = first;
-        rates
+        self.trackers = kept;
+        progress
     }
 }
 
-fn size(bytes: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
+impl Row {
+    /// The job's numbers for the convergence rules: QEMU's own where the row has them, libvirt's otherwise.
+    // `c_ulong` is u64 here and u32 on 32-bit targets: the conversion is not useless everywhere.
+    #[allow(clippy::useless_conversion)]
+    fn reading(&self, at_us: u64) -> Reading {
+        let q = &self.raw["qemu"];
+        if q.is_object() {
+            return Reading::of(&self.qemu_job_numbers(), at_us);
+        }
+        Reading {
+            at_us,
+            offset: self.cur,
+            len: self.end,
+            speed: u64::from(self.bandwidth),
+            ready: self.phase == "mirroring",
+            paused: self.paused == Some(true),
+            actively_synced: None,
+        }
     }
-    if unit == 0 {
-        format!("{v:.0} {}", UNITS[0])
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
+
+    fn qemu_job_numbers(&self) -> RawJob {
+        let q = &self.raw["qemu"];
+        RawJob {
+            len: q["len"].as_u64().unwrap_or(0),
+            speed: q["speed"].as_u64().unwrap_or(0),
+            ready: q["ready"].as_bool(),
+            paused: q["paused"].as_bool(),
+            actively_synced: q["actively-synced"].as_bool(),
+            ..self.qemu_job()
+        }
     }
 }
 
-fn duration(secs: f64) -> String {
-    let s = secs.round() as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
-fn eta(r: &Row, rate: Option<f64>) -> Option<f64> {
-    let rate = rate.filter(|v| *v > 0.0)?;
-    (r.phase == "running").then(|| (r.end.saturating_sub(r.cur)) as f64 / rate)
+fn rate(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{}/s", size(v.max(0.0))))
 }
 
 /// The table, with a header; failures on their own lines; a clear line when there is no job.
-pub fn table(snap: &Snapshot, rates: &[Option<f64>], describe: &str) -> String {
+pub fn table(snap: &Snapshot, rates: &[Option<Progress>], describe: &str) -> String {
     let mut out = String::new();
     if snap.rows.is_empty() {
         let what = if snap.kind == "domain" {
@@ -602,14 +626,16 @@ pub fn table(snap: &Snapshot, rates: &[Option<f64>], describe: &str) -> String {
             "CUR/END".into(),
             "BANDWIDTH".into(),
             "RATE".into(),
+            "DIRTY".into(),
             "ETA".into(),
             "PHASE".into(),
+            "STATE".into(),
         ];
-        let lines: Vec<[String; 9]> = snap
+        let lines: Vec<[String; 11]> = snap
             .rows
             .iter()
             .zip(rates)
-            .map(|(r, rate)| {
+            .map(|(r, p)| {
                 [
                     r.host.clone(),
                     r.disk.clone(),
@@ -621,9 +647,11 @@ pub fn table(snap: &Snapshot, rates: &[Option<f64>], describe: &str) -> String {
                     } else {
                         format!("{}/s", size(r.bandwidth as f64))
                     },
-                    rate.map_or("-".into(), |v| format!("{}/s", size(v))),
-                    eta(r, *rate).map_or("-".into(), duration),
+                    rate(p.and_then(|p| p.copy_rate)),
+                    rate(p.and_then(|p| p.dirty_rate)),
+                    p.and_then(|p| p.eta).map_or("-".into(), |d| duration(d.as_secs_f64())),
                     r.phase.to_string(),
+                    p.map_or("-", |p| p.state.as_str()).to_string(),
                 ]
             })
             .collect();
@@ -646,15 +674,17 @@ pub fn table(snap: &Snapshot, rates: &[Option<f64>], describe: &str) -> String {
 }
 
 /// One JSON object per job (and per failure), a line each.
-pub fn json_lines(snap: &Snapshot, rates: &[Option<f64>]) -> String {
+pub fn json_lines(snap: &Snapshot, rates: &[Option<Progress>]) -> String {
     let mut out = String::new();
-    for (r, rate) in snap.rows.iter().zip(rates) {
+    for (r, p) in snap.rows.iter().zip(rates) {
         let mut v = json!({
             snap.kind: r.host, "disk": r.disk, "type": r.job_type, "type_label": type_label(r.job_type),
             "cur": r.cur, "end": r.end, "progress_percent": percent(r.cur, r.end),
-            "bandwidth_bytes_per_second": r.bandwidth, "rate_bytes_per_second": rate,
-            "eta_seconds": eta(r, *rate), "phase": r.phase,
+            "bandwidth_bytes_per_second": r.bandwidth, "phase": r.phase,
         });
+        if let (Value::Object(m), Some(p)) = (&mut v, p) {
+            m.extend(progress_json(p).as_object().cloned().unwrap_or_default());
+        }
         if let (Value::Object(m), Value::Object(raw)) = (&mut v, &r.raw) {
             m.extend(raw.clone());
         }
@@ -676,9 +706,12 @@ fn clock() -> String {
     format!("{:02}:{:02}:{:02} UTC", (s / 3600) % 24, (s / 60) % 60, s % 60)
 }
 
-pub fn run(hosts: &Hosts, json: bool, watch: Option<Duration>, count: Option<u64>) -> ExitCode {
+pub fn run(hosts: &Hosts, json: bool, watch: Option<Duration>, count: Option<u64>, stall_after: Duration) -> ExitCode {
     let mut reader = Reader::new(hosts);
-    let mut rates = Rates::default();
+    let mut rates = Rates::new(Settings {
+        stall_after,
+        ..Settings::default()
+    });
     let Some(every) = watch else {
         return match reader.read() {
             Ok(snap) => {

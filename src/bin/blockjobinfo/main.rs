@@ -18,6 +18,7 @@ mod list;
 mod metrics;
 mod print;
 mod qmp;
+mod stall;
 mod virt;
 
 use cli::{Cli, Command, Source};
@@ -35,18 +36,33 @@ fn main() -> ExitCode {
             raw,
             json,
             bytes,
+            over,
         } => match source {
             Source { qmp: Some(address), .. } => {
                 if disk.is_some() {
                     return usage("with --qmp, name the job alone (a QMP job id or a disk): no DISK");
                 }
-                qmp::info(address, target.as_deref(), *raw, *json, *bytes)
+                qmp::info(
+                    address,
+                    target.as_deref(),
+                    print::Form {
+                        raw: *raw,
+                        json: *json,
+                        bytes: *bytes,
+                    },
+                    *over,
+                )
             }
             Source { connect, .. } => {
                 let Some(domain) = target else {
                     return usage("with libvirt, name the DOMAIN (and optionally its DISK)");
                 };
-                virt::info(connect.as_deref(), domain, disk.as_deref(), *raw, *json, *bytes)
+                let form = print::Form {
+                    raw: *raw,
+                    json: *json,
+                    bytes: *bytes,
+                };
+                virt::info(connect.as_deref(), domain, disk.as_deref(), form, *over)
             }
         },
         Command::Wait {
@@ -56,16 +72,21 @@ fn main() -> ExitCode {
             ready,
             gone: _,
             timeout,
+            stall_timeout,
             verbose,
         } => {
             let until = if *ready { Until::Ready } else { Until::Gone };
+            let limits = print::Limits {
+                timeout: *timeout,
+                stall: *stall_timeout,
+            };
             match (source, disk) {
-                (Source { qmp: Some(address), .. }, None) => qmp::wait(address, target, until, *timeout, *verbose),
+                (Source { qmp: Some(address), .. }, None) => qmp::wait(address, target, until, limits, *verbose),
                 (Source { qmp: Some(_), .. }, Some(_)) => {
                     usage("with --qmp, name the job alone (a QMP job id or a disk): no DISK")
                 }
                 (Source { connect, .. }, Some(disk)) => {
-                    virt::wait(connect.as_deref(), target, disk, until, *timeout, *verbose)
+                    virt::wait(connect.as_deref(), target, disk, until, limits, *verbose)
                 }
                 (_, None) => usage("with libvirt, name the DOMAIN and its DISK"),
             }
@@ -94,7 +115,8 @@ fn main() -> ExitCode {
             json,
             watch,
             count,
-        } => list::run(hosts, *json, *watch, *count),
+            stall_after,
+        } => list::run(hosts, *json, *watch, *count, *stall_after),
         Command::Metrics {
             hosts,
             output,

@@ -12,7 +12,7 @@ use crate::cli::Hosts;
 use crate::endings::Endings;
 use crate::exposition::Exposition;
 use crate::http;
-use crate::list::{Reader, Snapshot};
+use crate::list::{Rates, Reader, Snapshot};
 use crate::print::type_value;
 
 /// The least time between two readings of the host: scrapes that come faster wait for the next reading, never
@@ -21,13 +21,21 @@ const MIN_GAP: Duration = Duration::from_millis(250);
 
 /// The exposition for one reading, or for a failed one (`blockjobinfo_up 0`); followed, when served, by the
 /// endings' families (`Endings::exposition`), which a scrape answered without a reading repeats as last written.
-pub fn render(read: &Result<Snapshot, String>, took: Duration, endings: Option<&str>) -> String {
-    let mut text = reading_text(read, took);
+///
+/// `rates` are the readings so far (a served exporter keeps them from scrape to scrape); a single reading has
+/// none, and its jobs' rates are not written.
+pub fn render(
+    read: &Result<Snapshot, String>,
+    took: Duration,
+    endings: Option<&str>,
+    rates: Option<&mut Rates>,
+) -> String {
+    let mut text = reading_text(read, took, rates);
     text.push_str(endings.unwrap_or_default());
     text
 }
 
-fn reading_text(read: &Result<Snapshot, String>, took: Duration) -> String {
+fn reading_text(read: &Result<Snapshot, String>, took: Duration, rates: Option<&mut Rates>) -> String {
     let mut e = Exposition::default();
     let up = e.gauge(
         "blockjobinfo_up",
@@ -103,6 +111,55 @@ fn reading_text(read: &Result<Snapshot, String>, took: Duration) -> String {
          sockets only.",
         &[host, disk, "io_status"],
     );
+    let sampled = e.gauge(
+        "blockjobinfo_block_job_sample_timestamp_seconds",
+        "When the reading these numbers come from was taken (seconds since the epoch): rates computed from cursor \
+         and end over time should use it, not the scrape's time.",
+        &[host, disk],
+    );
+    let copy_rate = e.gauge(
+        "blockjobinfo_block_job_copy_rate_bytes_per_second",
+        "How fast the cursor moved, by the exporter's readings over the last 10 s or more (least squares): the \
+         copy's own pace. Only once a job has been read twice, half a second apart or more.",
+        &[host, disk],
+    );
+    let dirty_rate = e.gauge(
+        "blockjobinfo_block_job_dirty_rate_bytes_per_second",
+        "How fast the end grew over the same readings: the guest writing behind the copy. A copy converges only \
+         while it copies faster than this.",
+        &[host, disk],
+    );
+    let state = e.gauge(
+        "blockjobinfo_block_job_state",
+        "Where the job stands, one series per state, 1 for the job's own: measuring (too few readings), \
+         converging, throttled (held at its bandwidth limit while the guest dirties as fast: raise it), \
+         diverging (unthrottled and losing: write-blocking mode helps, QEMU 8.2+), stalled (the cursor still \
+         for 60 s), paused, ready.",
+        &[host, disk, "state"],
+    );
+    let mut fresh = Rates::default();
+    let progress = rates.unwrap_or(&mut fresh).update(snap);
+    // The reading's wall-clock time: `at` is when it was taken, on the monotonic clock.
+    let at = std::time::SystemTime::now()
+        .checked_sub(snap.at.elapsed())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64());
+    for (r, p) in snap.rows.iter().zip(&progress) {
+        let l = [r.host.as_str(), r.disk.as_str()];
+        e.set(sampled, &l, at);
+        let Some(p) = p else { continue };
+        if let (Some(c), Some(d)) = (p.copy_rate, p.dirty_rate) {
+            e.set(copy_rate, &l, c.max(0.0));
+            e.set(dirty_rate, &l, d);
+        }
+        for s in blockjobinfo::convergence::State::ALL {
+            e.set(
+                state,
+                &[&r.host, &r.disk, s.as_str()],
+                if s == p.state { 1.0 } else { 0.0 },
+            );
+        }
+    }
     if let Some(calls) = snap.calls {
         let c = e.gauge(
             "blockjobinfo_scrape_libvirt_calls",
@@ -199,7 +256,7 @@ pub fn run(hosts: &Hosts, output: Option<&Path>, serving: Option<Serving>) -> Ex
     }
     let mut reader = Reader::new(hosts);
     let (snap, took) = read(&mut reader);
-    let text = render(&snap, took, None);
+    let text = render(&snap, took, None, None);
     let written = match output {
         Some(path) => write_atomically(path, &text).map_err(|e| format!("writing {}: {e}", path.display())),
         None => {
@@ -314,6 +371,7 @@ fn serve(server: http::Server, hosts: &Hosts, serving: Serving) -> ExitCode {
                         )),
                         asked.elapsed(),
                         endings.as_deref(),
+                        None,
                     )
                 }
             })
@@ -459,6 +517,8 @@ fn reading(
     if heard.is_some() {
         endings.listening = Some(false);
     }
+    // Each job's readings from scrape to scrape, for its rates and state.
+    let mut rates = Rates::default();
     // The jobs running now, written when they change; a failure is said once, until a write works again.
     let mut state_failing = false;
     let mut keep = |endings: &mut Endings| {
@@ -565,7 +625,7 @@ fn reading(
         keep(&mut endings);
         let text = endings.exposition(Instant::now());
         *written.lock().unwrap_or_else(|p| p.into_inner()) = text.clone();
-        let text = render(&snap, took, Some(&text));
+        let text = render(&snap, took, Some(&text), Some(&mut rates));
         for (_, w) in waiting {
             let _ = w.send(text.clone());
         }

@@ -5,10 +5,66 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use blockjobinfo::convergence::Progress as ConvergenceProgress;
 use blockjobinfo::translate::{percent, type_label};
 use blockjobinfo::watch::{Happened, JobEvent};
 use blockjobinfo::{virDomainBlockJobInfo, Error, JobReport, Outcome, Until};
 use serde::Serialize;
+use serde_json::{json, Value};
+
+/// A size in binary units (`16.0 MiB`).
+pub(crate) fn size(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{v:.0} {}", UNITS[0])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// A duration as `45s`, `3m05s`, `2h10m`.
+pub(crate) fn duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// A job's rates, ETA and state as JSON fields (`list --json`, `info --json`).
+pub(crate) fn progress_json(p: &ConvergenceProgress) -> Value {
+    json!({
+        "rate_bytes_per_second": p.copy_rate, "dirty_bytes_per_second": p.dirty_rate,
+        "net_bytes_per_second": p.net_rate, "eta_seconds": p.eta.map(|d| d.as_secs_f64()),
+        "state": p.state.as_str(), "remedy": p.state.remedy(),
+        "no_net_progress_seconds": p.since_net_progress.as_secs_f64(),
+        "actively_synced": p.actively_synced,
+    })
+}
+
+/// A job's rates, ETA and state in words, for `info --over`'s human form.
+pub(crate) fn progress_text(p: &ConvergenceProgress) -> String {
+    let rate = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{}/s", size(v.max(0.0))));
+    let mut line = format!(
+        "    Copy rate: {}    Dirty rate: {}    ETA: {}    State: {}",
+        rate(p.copy_rate),
+        rate(p.dirty_rate),
+        p.eta.map_or("-".into(), |d| duration(d.as_secs_f64())),
+        p.state.as_str()
+    );
+    if !p.state.remedy().is_empty() {
+        line.push_str(&format!(" ({})", p.state.remedy()));
+    }
+    line.push('\n');
+    line
+}
 
 /// One line of `--json`. Field order is fixed: scripts may compare output.
 #[derive(Serialize)]
@@ -127,6 +183,8 @@ pub(crate) struct Shown<'a> {
     pub(crate) name: &'a str,
     pub(crate) info: &'a virDomainBlockJobInfo,
     pub(crate) json: String,
+    /// With `--over`: its rates, ETA and state from two readings.
+    pub(crate) progress: Option<ConvergenceProgress>,
 }
 
 /// `info`'s output, the same in QMP and libvirt modes: with `named` (the one job asked for) no name per job,
@@ -141,18 +199,37 @@ pub(crate) fn print_info(shown: &[Shown], named: Option<&str>, nothing: &str, ke
     }
     for j in shown {
         if form.json {
-            out.push_str(&j.json);
+            match (&j.progress, serde_json::from_str::<Value>(&j.json)) {
+                (Some(p), Ok(Value::Object(mut m))) => {
+                    m.insert("progress".into(), progress_json(p));
+                    out.push_str(&Value::Object(m).to_string());
+                }
+                _ => out.push_str(&j.json),
+            }
             out.push('\n');
         } else if form.raw {
             if named.is_none() {
                 out.push_str(&format!(" {key}={}\n", j.name));
             }
             out.push_str(&raw_lines(j.info));
+            if let Some(p) = &j.progress {
+                let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}", v.max(0.0)));
+                out.push_str(&format!(
+                    " rate={}\n dirty={}\n eta={}\n state={}\n",
+                    num(p.copy_rate),
+                    num(p.dirty_rate),
+                    num(p.eta.map(|d| d.as_secs_f64())),
+                    p.state.as_str()
+                ));
+            }
         } else {
             if named.is_none() {
                 out.push_str(&format!("{}: ", j.name));
             }
             out.push_str(&human_form(j.info, form.bytes));
+            if let Some(p) = &j.progress {
+                out.push_str(&progress_text(p));
+            }
         }
     }
     // A closed pipe (`| head`) is not an error worth a message.
@@ -210,6 +287,28 @@ impl Progress {
             bar.abandon();
         }
     }
+}
+
+/// What a wait gives up on: its whole time, and a stall (`--stall-timeout`).
+#[derive(Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) stall: Option<Duration>,
+}
+
+/// A wait given up on a stalled job (`--stall-timeout`): a line saying where it stood, and exit status 8.
+pub(crate) fn stalled(label: &str, device: &str, p: &blockjobinfo::convergence::Progress) -> ExitCode {
+    eprintln!(
+        "blockjobinfo: {label} '{device}' made no net progress for {:.1} s ({} of {} bytes left; {})",
+        p.since_net_progress.as_secs_f64(),
+        p.len.saturating_sub(p.offset),
+        p.len,
+        match p.state.remedy() {
+            "" => p.state.as_str().to_string(),
+            remedy => format!("{}: {remedy}", p.state.as_str()),
+        }
+    );
+    ExitCode::from(8)
 }
 
 /// How a wait ended, as a line and an exit status: the same for QMP and libvirt.

@@ -1,11 +1,15 @@
 //! `info` and `wait` over QMP (`--qmp`): a QEMU monitor read directly.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
+use blockjobinfo::convergence::{Progress as ConvergenceProgress, Reading};
 use blockjobinfo::{Error, QmpSource, Until, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES};
 
-use crate::print::{event_line, fail, json_line, outcome, print_info, Form, Progress, Shown};
+use crate::print::{event_line, fail, json_line, outcome, print_info, stalled, Form, Limits, Progress, Shown};
+use crate::stall::Stall;
 
 fn open(address: &str) -> Result<QmpSource, ExitCode> {
     QmpSource::open(address).map_err(|e| match e {
@@ -17,45 +21,80 @@ fn open(address: &str) -> Result<QmpSource, ExitCode> {
     })
 }
 
-pub(crate) fn info(address: &str, device: Option<&str>, raw: bool, json: bool, bytes: bool) -> ExitCode {
+pub(crate) fn info(address: &str, device: Option<&str>, form: Form, over: Option<Duration>) -> ExitCode {
     let src = match open(address) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let flags = if bytes {
+    let flags = if form.bytes {
         VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES
     } else {
         0
     };
-    let reports = match device {
+    let read = || match device {
         Some(d) => src.job_report(d, flags).map(|r| r.into_iter().collect::<Vec<_>>()),
         None => src.all_reports(flags),
     };
-    let reports = match reports {
+    // With --over: a first reading of every job (one `progress` reads them all), then the answer's reading.
+    let mut progress = std::collections::HashMap::new();
+    if let Some(over) = over {
+        let first = match read() {
+            Ok(r) => r,
+            Err(e) => return fail(&e),
+        };
+        if let Some(r) = first.first() {
+            if let Err(e) = src.progress(&r.raw.device) {
+                return fail(&e);
+            }
+        }
+        std::thread::sleep(over);
+    }
+    let reports = match read() {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
+    if over.is_some() {
+        for r in &reports {
+            match src.progress(&r.raw.device) {
+                Ok(Some((_, p))) => {
+                    progress.insert(r.raw.device.clone(), p);
+                }
+                Ok(None) => {}
+                Err(e) => return fail(&e),
+            }
+        }
+    }
     let shown: Vec<Shown> = reports
         .iter()
         .map(|r| Shown {
             name: &r.raw.device,
             info: &r.info,
             json: json_line(r),
+            progress: progress.get(&r.raw.device).copied(),
         })
         .collect();
-    let form = Form { raw, json, bytes };
     print_info(&shown, device, "No current block jobs", "device", form)
 }
 
-pub(crate) fn wait(address: &str, device: &str, until: Until, timeout: Option<Duration>, verbose: bool) -> ExitCode {
+pub(crate) fn wait(address: &str, device: &str, until: Until, limits: Limits, verbose: bool) -> ExitCode {
     let src = match open(address) {
         Ok(s) => s,
         Err(code) => return code,
     };
+    let timeout = limits.timeout;
     let mut progress = Progress::new(verbose);
-    let every = verbose.then_some(Duration::from_millis(500));
-    let waited = src.wait_with_progress(device, until, timeout, every, |r| progress.show(&r.raw.device, &r.info));
+    let (waited, stall) = match limits.stall {
+        None => {
+            let every = verbose.then_some(Duration::from_millis(500));
+            let w = src.wait_with_progress(device, until, timeout, every, |r| progress.show(&r.raw.device, &r.info));
+            (w, None)
+        }
+        Some(after) => wait_or_stall(&src, device, until, timeout, after, &mut progress),
+    };
     progress.finish();
+    if let Some((label, p)) = stall {
+        return stalled(label, device, &p);
+    }
     let waited = match waited {
         Ok(w) => w,
         Err(e) => return fail(&e),
@@ -65,6 +104,48 @@ pub(crate) fn wait(address: &str, device: &str, until: Until, timeout: Option<Du
         .as_ref()
         .map_or("Block job", |r| blockjobinfo::translate::type_label(r.info.type_));
     outcome(&waited.outcome, label, device, until, timeout, verbose)
+}
+
+/// The wait, beside a reader that takes the job's numbers every `Stall::every` on the same source (a wait
+/// holds nothing between its queries) and stops the wait once the job has stalled.
+fn wait_or_stall(
+    src: &QmpSource,
+    device: &str,
+    until: Until,
+    timeout: Option<Duration>,
+    after: Duration,
+    progress: &mut Progress,
+) -> (
+    blockjobinfo::Result<blockjobinfo::Waited>,
+    Option<(&'static str, ConvergenceProgress)>,
+) {
+    let stopped = AtomicBool::new(false);
+    let (done, ended) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let flag = &stopped;
+        let reader = scope.spawn(move || {
+            let mut stall = Stall::new(after);
+            loop {
+                if let Ok(Some(r)) = src.job_report(device, 0) {
+                    progress.show(&r.raw.device, &r.info);
+                    if let Some(p) = stall.feed(Reading::of(&r.raw, 0)) {
+                        flag.store(true, Ordering::Release);
+                        return Some((blockjobinfo::translate::type_label(r.info.type_), p));
+                    }
+                }
+                // Woken at once when the wait ends (the sender is dropped).
+                if !matches!(ended.recv_timeout(stall.every()), Err(mpsc::RecvTimeoutError::Timeout)) {
+                    return None;
+                }
+            }
+        });
+        let waited = src.wait_interruptible(device, until, timeout, Duration::from_millis(20), &mut || {
+            stopped.load(Ordering::Acquire)
+        });
+        drop(done);
+        let stall = reader.join().unwrap_or(None);
+        (waited, stall)
+    })
 }
 
 pub(crate) fn events(address: &str, timeout: Option<Duration>) -> ExitCode {

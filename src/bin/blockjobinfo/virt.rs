@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use blockjobinfo::convergence::{Reading, Settings, Tracker};
 use blockjobinfo::libvirt::api::{BlockJobEvent, Connection, Libvirt, OwnedDomain};
 use blockjobinfo::libvirt::host::{self, DiskJob};
 use blockjobinfo::libvirt::xml;
@@ -15,7 +16,10 @@ use serde::Serialize;
 
 use crate::cli::Hosts;
 use crate::list::{Reader, Snapshot};
-use crate::print::{fail, outcome, print_info, told_line, type_value, Form, JsonAnswer, Progress, Shown};
+use crate::print::{
+    fail, outcome, print_info, stalled, told_line, type_value, Form, JsonAnswer, Limits, Progress, Shown,
+};
+use crate::stall::Stall;
 
 /// Without an event, the state is read again this often, in case one was missed.
 const SAFETY_POLL: Duration = Duration::from_secs(2);
@@ -119,27 +123,67 @@ fn json_line(domain: &str, j: &DiskJob) -> String {
 }
 
 /// `info -c URI DOMAIN [DISK]`.
-pub fn info(uri: Option<&str>, domain: &str, disk: Option<&str>, raw: bool, json: bool, bytes: bool) -> ExitCode {
-    let flags = if bytes {
+pub fn info(uri: Option<&str>, domain: &str, disk: Option<&str>, form: Form, over: Option<Duration>) -> ExitCode {
+    let flags = if form.bytes {
         VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES
     } else {
         0
     };
-    let (uri_owned, domain_owned, disk_owned) = (uri.map(str::to_string), domain.to_string(), disk.map(str::to_string));
-    let jobs = within(Some(Instant::now() + INFO_PATIENCE), move || {
-        let conn = connect(uri_owned.as_deref())?;
-        let dom = conn.lookup(&domain_owned)?;
-        host::domain_jobs(&dom.domain(), flags, disk_owned.as_deref())
-    });
-    let jobs = match jobs {
-        Some(Ok(j)) => j,
-        Some(Err(e)) => return fail(&e),
-        None => {
-            return fail(&Error::Libvirt(format!(
+    let read = || {
+        let (uri_owned, domain_owned, disk_owned) =
+            (uri.map(str::to_string), domain.to_string(), disk.map(str::to_string));
+        let jobs = within(Some(Instant::now() + INFO_PATIENCE), move || {
+            let conn = connect(uri_owned.as_deref())?;
+            let dom = conn.lookup(&domain_owned)?;
+            host::domain_jobs(&dom.domain(), flags, disk_owned.as_deref())
+        });
+        match jobs {
+            Some(j) => j,
+            None => Err(Error::Libvirt(format!(
                 "not answering: no answer within {} s (the domain's QEMU does not answer its monitor?)",
                 INFO_PATIENCE.as_secs()
-            )))
+            ))),
         }
+    };
+    // With --over: each disk's job read twice, `over` apart, and judged by `convergence`.
+    let born = Instant::now();
+    let mut trackers: std::collections::HashMap<String, Tracker> = std::collections::HashMap::new();
+    let mut feed = |jobs: &[DiskJob]| {
+        let at_us = u64::try_from(born.elapsed().as_micros()).unwrap_or(u64::MAX);
+        jobs.iter()
+            .map(|j| {
+                let t = trackers
+                    .entry(j.disk.clone())
+                    .or_insert_with(|| Tracker::new(Settings::default()));
+                let p = t.add(Reading {
+                    at_us,
+                    offset: j.info.cur,
+                    len: j.info.end,
+                    speed: 0,
+                    ready: j.mirror.as_ref().is_some_and(xml::Mirror::is_ready),
+                    paused: false,
+                    actively_synced: None,
+                });
+                (j.disk.clone(), p)
+            })
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    if let Some(over) = over {
+        match read() {
+            Ok(first) => {
+                feed(&first);
+            }
+            Err(e) => return fail(&e),
+        }
+        std::thread::sleep(over);
+    }
+    let jobs = match read() {
+        Ok(j) => j,
+        Err(e) => return fail(&e),
+    };
+    let progress = match over {
+        Some(_) => feed(&jobs),
+        None => Default::default(),
     };
     let shown: Vec<Shown> = jobs
         .iter()
@@ -147,22 +191,18 @@ pub fn info(uri: Option<&str>, domain: &str, disk: Option<&str>, raw: bool, json
             name: &j.disk,
             info: &j.info,
             json: json_line(domain, j),
+            progress: progress.get(&j.disk).copied(),
         })
         .collect();
     let nothing = format!("No current block jobs on {domain}");
-    print_info(&shown, disk, &nothing, "disk", Form { raw, json, bytes })
+    print_info(&shown, disk, &nothing, "disk", form)
 }
 
 /// `wait -c URI DOMAIN DISK --ready|--gone`: woken by libvirt's block job events; the state read first (after
 /// subscribing, so no event falls between) and again every `SAFETY_POLL` without one.
-pub fn wait(
-    uri: Option<&str>,
-    domain: &str,
-    disk: &str,
-    until: Until,
-    timeout: Option<Duration>,
-    verbose: bool,
-) -> ExitCode {
+pub fn wait(uri: Option<&str>, domain: &str, disk: &str, until: Until, limits: Limits, verbose: bool) -> ExitCode {
+    let timeout = limits.timeout;
+    let mut stall = limits.stall.map(Stall::new);
     let deadline = timeout.map(|t| Instant::now() + t);
     let conn = match connect(uri) {
         Ok(c) => c,
@@ -235,8 +275,19 @@ pub fn wait(
             Some(j) => {
                 label = type_label(j.info.type_);
                 progress.show(&j.disk, &j.info);
-                if until == Until::Ready && j.mirror.as_ref().is_some_and(xml::Mirror::is_ready) {
+                let ready = j.mirror.as_ref().is_some_and(xml::Mirror::is_ready);
+                if until == Until::Ready && ready {
                     return end(Outcome::Reached, label, &progress);
+                }
+                let reading = Reading {
+                    offset: j.info.cur,
+                    len: j.info.end,
+                    ready,
+                    ..Reading::default()
+                };
+                if let Some(p) = stall.as_mut().and_then(|s| s.feed(reading)) {
+                    progress.finish();
+                    return stalled(label, disk, &p);
                 }
             }
             None => {
@@ -259,6 +310,9 @@ pub fn wait(
         } else {
             SAFETY_POLL
         };
+        if let Some(s) = &stall {
+            pause = pause.min(s.every());
+        }
         if let Some(d) = deadline {
             let left = d.saturating_duration_since(Instant::now());
             if left.is_zero() {
