@@ -133,6 +133,12 @@ typedef virDomainBlockJobInfo *virDomainBlockJobInfoPtr;
  */
 #define BJI_STATE_READY 6
 
+/**
+ * `bji_progress`'s `state`: its work done or given up, QEMU finishing it (waiting for the rest of its
+ * transaction, pending, aborting, concluded).
+ */
+#define BJI_STATE_FINISHING 7
+
 
 
 /**
@@ -331,8 +337,9 @@ int bji_last_ending(bji_source *src,
  * took of it: copy and dirty rates, an ETA from the net rate, and a state (`BJI_STATE_*`). The first call for a
  * job can only say `BJI_STATE_MEASURING` (or ready, paused): call it again, a second or more apart, for rates;
  * they span the last 10 s of readings (`bji_set_progress_window`). `device` is a job id or a libvirt disk
- * target. `flags` must be 0. A non-NULL `progress` is zeroed first. Returns 1 with `*progress` filled, 0 when
- * there is no such job, -1 on error. It only reads: it never changes a job's speed or mode.
+ * target. `flags` must be 0. A non-NULL `progress` is blanked first (0, and -1 in every field where -1 means
+ * unknown). Returns 1 with `*progress` filled, 0 when there is no such job, -1 on error. It only reads: it never
+ * changes a job's speed or mode.
  *
  * # Safety
  * `src` NULL or an open source; `device` NULL or NUL-terminated; `progress` NULL or writable.
@@ -345,7 +352,8 @@ int bji_get_progress(bji_source *src,
 /**
  * How `bji_get_progress` measures: rates span at least `window_ms` of readings when there are that many
  * (default 10,000), and a job whose cursor has not moved for `stall_after_ms` is `BJI_STATE_STALLED` (default
- * 60,000). Readings taken so far are dropped. Returns 0, or -1 on error (a NULL source, a negative time).
+ * 60,000). Readings taken so far are dropped. Returns 0, or -1 on error (a NULL source, a negative time, a
+ * `stall_after_ms` of 0).
  *
  * # Safety
  * `src` is NULL or an open source.

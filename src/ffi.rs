@@ -109,6 +109,9 @@ pub const BJI_STATE_STALLED: c_int = 4;
 pub const BJI_STATE_PAUSED: c_int = 5;
 /// `bji_progress`'s `state`: ready (mirroring phase).
 pub const BJI_STATE_READY: c_int = 6;
+/// `bji_progress`'s `state`: its work done or given up, QEMU finishing it (waiting for the rest of its
+/// transaction, pending, aborting, concluded).
+pub const BJI_STATE_FINISHING: c_int = 7;
 
 /// Where a job stands, from the readings `bji_get_progress` took of it on one source.
 #[repr(C)]
@@ -601,8 +604,9 @@ pub unsafe extern "C" fn bji_last_ending(
 /// took of it: copy and dirty rates, an ETA from the net rate, and a state (`BJI_STATE_*`). The first call for a
 /// job can only say `BJI_STATE_MEASURING` (or ready, paused): call it again, a second or more apart, for rates;
 /// they span the last 10 s of readings (`bji_set_progress_window`). `device` is a job id or a libvirt disk
-/// target. `flags` must be 0. A non-NULL `progress` is zeroed first. Returns 1 with `*progress` filled, 0 when
-/// there is no such job, -1 on error. It only reads: it never changes a job's speed or mode.
+/// target. `flags` must be 0. A non-NULL `progress` is blanked first (0, and -1 in every field where -1 means
+/// unknown). Returns 1 with `*progress` filled, 0 when there is no such job, -1 on error. It only reads: it never
+/// changes a job's speed or mode.
 ///
 /// # Safety
 /// `src` NULL or an open source; `device` NULL or NUL-terminated; `progress` NULL or writable.
@@ -617,10 +621,22 @@ pub unsafe extern "C" fn bji_get_progress(
         if progress.is_null() {
             return Err(Error::InvalidArg("progress must not be NULL".into()));
         }
-        // SAFETY: non-NULL and writable by contract; written whole (all zero is a valid `bji_progress`: integers
-        // only) before it is borrowed.
+        let blank = bji_progress {
+            state: 0,
+            actively_synced: -1,
+            copy_rate: -1,
+            dirty_rate: -1,
+            net_rate: 0,
+            eta_ms: -1,
+            offset: 0,
+            len: 0,
+            speed: 0,
+            still_ms: 0,
+            no_net_progress_ms: 0,
+        };
+        // SAFETY: non-NULL and writable by contract; written whole before it is borrowed.
         let out = unsafe {
-            progress.write(std::mem::zeroed());
+            progress.write(blank);
             &mut *progress
         };
         // SAFETY: forwarded contract.
@@ -652,7 +668,8 @@ pub unsafe extern "C" fn bji_get_progress(
 
 /// How `bji_get_progress` measures: rates span at least `window_ms` of readings when there are that many
 /// (default 10,000), and a job whose cursor has not moved for `stall_after_ms` is `BJI_STATE_STALLED` (default
-/// 60,000). Readings taken so far are dropped. Returns 0, or -1 on error (a NULL source, a negative time).
+/// 60,000). Readings taken so far are dropped. Returns 0, or -1 on error (a NULL source, a negative time, a
+/// `stall_after_ms` of 0).
 ///
 /// # Safety
 /// `src` is NULL or an open source.

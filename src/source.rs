@@ -268,6 +268,11 @@ impl QmpSource {
     /// How the window for rates and the time to call a job stalled are set for `progress` (default: 10 s and
     /// 60 s). Readings already taken are judged by the new settings from the next call on.
     pub fn set_progress_settings(&self, settings: Settings) -> Result<()> {
+        if settings.stall_after.is_zero() {
+            return Err(Error::InvalidArg(
+                "the time after which a still job is stalled must be more than 0".into(),
+            ));
+        }
         let mut t = lock_briefly(&self.trackers).ok_or(Error::Timeout {
             what: "the source's job readings",
             ms: 100,
@@ -283,6 +288,9 @@ impl QmpSource {
     /// more apart, for rates. `None` when there is no such job.
     pub fn progress(&self, device: &str) -> Result<Option<(JobReport, Progress)>> {
         let reports = self.reports(None, 0)?;
+        // When QEMU answered, not when the lock below came free: another thread's older reading may be taken in
+        // after this one, and is then ignored, never taken for a cursor gone back.
+        let answered = Instant::now();
         let chosen = {
             let raws: Vec<RawJob> = reports.iter().map(|r| r.raw.clone()).collect();
             jobs::select(&raws, device)?.map(|j| j.device.clone())
@@ -293,7 +301,7 @@ impl QmpSource {
             ms: 100,
         };
         let mut t = lock_briefly(&self.trackers).ok_or_else(busy)?;
-        let at_us = u64::try_from(t.born.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let at_us = u64::try_from(answered.saturating_duration_since(t.born).as_micros()).unwrap_or(u64::MAX);
         let settings = t.settings;
         // Jobs that left are forgotten: an id used again is a new job.
         t.jobs.retain(|id, _| reports.iter().any(|r| &r.raw.device == id));

@@ -118,6 +118,11 @@ fn usage_and_connection_errors() {
         vec!["wait", "--qmp", "/x", "m", "--ready", "--timeout", "soon"],
         vec!["info", "--qmp", "/x", "--raw", "--json"],
         vec!["info", "--qmp", "tcp:nohost"],
+        // A stall timeout or stall time of nothing, and a reading too short for a rate.
+        vec!["wait", "--qmp", "/x", "m", "--ready", "--stall-timeout", "0"],
+        vec!["list", "--watch", "1", "--stall-after", "0"],
+        vec!["list", "--stall-after", "5"],
+        vec!["info", "--qmp", "/x", "--over", "0.1"],
     ] {
         let out = tool(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
@@ -307,7 +312,10 @@ fn list_and_metrics_over_a_qmp_glob_report_busy_and_dead_sockets_on_their_lines(
         job.contains("copy-vda-libvirt-1-format") && job.contains("Block Copy"),
         "{job}"
     );
-    assert!(job.contains("100 %") && job.trim_end().ends_with("mirroring"), "{job}");
+    assert!(
+        job.contains("100 %") && job.trim_end().ends_with("mirroring  ready"),
+        "{job}"
+    );
     assert!(line("ctl.sock").contains(": error: timed out"), "busy: {listing}");
     assert!(line("dead.sock").contains(": error: cannot connect"), "dead: {listing}");
 

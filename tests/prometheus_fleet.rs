@@ -16,24 +16,14 @@
 #[macro_use]
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::checks::raw_numbers;
-use common::exporter::{bcrypt, curl, eventually, tls_material, Exporter};
+use common::exporter::{bcrypt, eventually, tls_material, Exporter};
+use common::prometheus::Prometheus;
 use common::virt::{Domain, Preload, Stopped};
 use common::*;
 use serde_json::{json, Value};
-
-/// A free port on loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A qemu-storage-daemon with one copy, job id `id`, started with `args` after `setup` commands.
 fn daemon(s: &'static Stack, id: &str, setup: &[(&str, Value)], args: Value) -> Qsd {
@@ -53,87 +43,6 @@ fn offset(qsd: &mut Qsd, id: &str) -> u64 {
     jobs.iter().find(|j| j["device"] == id).unwrap()["offset"]
         .as_u64()
         .unwrap()
-}
-
-/// A Prometheus server on loopback, stopped with the test.
-struct Prometheus {
-    _child: Reaper,
-    url: String,
-}
-
-impl Prometheus {
-    fn start(dir: &Path, scrape_configs: &str) -> Prometheus {
-        // The shipped rules, with only their `for:` durations shortened.
-        let rules = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/prometheus/blockjobinfo.rules.yml"
-        ))
-        .unwrap();
-        let shortened: String = rules
-            .lines()
-            .map(|l| match l.split_once("for: ") {
-                Some((indent, _)) if indent.trim().is_empty() => format!("{indent}for: 5s"),
-                _ => l.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        assert_ne!(shortened, rules.trim_end(), "the rules have `for:` durations");
-        std::fs::write(dir.join("rules.yml"), shortened).unwrap();
-        std::fs::write(
-            dir.join("prometheus.yml"),
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n\
-                 rule_files:\n  - {}\nscrape_configs:\n{scrape_configs}",
-                dir.join("rules.yml").display()
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let mut c = Command::new("prometheus");
-        c.arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = Reaper(
-            die_with_parent(&mut c)
-                .spawn()
-                .expect("prometheus (make deps installs it)"),
-        );
-        let url = format!("http://127.0.0.1:{port}");
-        eventually("Prometheus is ready", Duration::from_secs(30), || {
-            curl(&[], &format!("{url}/-/ready")).0 == 200
-        });
-        Prometheus { _child: child, url }
-    }
-
-    /// An instant query's result vector.
-    fn query(&self, promql: &str) -> Vec<Value> {
-        let out = Command::new("curl")
-            .args(["-sSG", &format!("{}/api/v1/query", self.url), "--data-urlencode"])
-            .arg(format!("query={promql}"))
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{promql}: {e}: {out:?}"));
-        assert_eq!(v["status"], "success", "{promql}: {v}");
-        v["data"]["result"].as_array().unwrap().clone()
-    }
-
-    /// The one sample of `promql`, if there is one.
-    fn value(&self, promql: &str) -> Option<f64> {
-        let r = self.query(promql);
-        assert!(r.len() <= 1, "{promql}: {r:?}");
-        r.first().map(|s| s["value"][1].as_str().unwrap().parse().unwrap())
-    }
-
-    /// The firing alerts named `name`, by their labels.
-    fn firing(&self, name: &str) -> Vec<Value> {
-        self.query(&format!("ALERTS{{alertname=\"{name}\", alertstate=\"firing\"}}"))
-            .into_iter()
-            .map(|s| s["metric"].clone())
-            .collect()
-    }
 }
 
 fn the_fleet_in_a_real_prometheus(s: &'static Stack) {

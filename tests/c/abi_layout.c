@@ -43,7 +43,8 @@ _Static_assert(sizeof(bji_progress) == 80 && offsetof(bji_progress, copy_rate) =
                    offsetof(bji_progress, offset) == 40 && offsetof(bji_progress, no_net_progress_ms) == 72,
                "bji_progress layout");
 _Static_assert(BJI_STATE_MEASURING == 0 && BJI_STATE_CONVERGING == 1 && BJI_STATE_THROTTLED == 2 &&
-                   BJI_STATE_DIVERGING == 3 && BJI_STATE_STALLED == 4 && BJI_STATE_PAUSED == 5 && BJI_STATE_READY == 6,
+                   BJI_STATE_DIVERGING == 3 && BJI_STATE_STALLED == 4 && BJI_STATE_PAUSED == 5 && BJI_STATE_READY == 6 &&
+                   BJI_STATE_FINISHING == 7,
                "states");
 #ifdef __LP64__
 #elif defined(__i386__)

@@ -231,12 +231,16 @@ static void test_wait(bji_source *src)
     CHECK(progress.state == BJI_STATE_READY && progress.copy_rate == -1 && progress.eta_ms == 0);
     CHECK(progress.len > 0 && progress.actively_synced >= -1 && progress.actively_synced <= 1);
     CHECK(bji_get_progress(src, "no-such-job", &progress, 0) == 0 && progress.len == 0);
+    /* Blanked: -1 where -1 means unknown. */
+    CHECK(progress.eta_ms == -1 && progress.copy_rate == -1 && progress.actively_synced == -1);
     CHECK(bji_get_progress(src, "vda", NULL, 0) == -1);
     CHECK(ERROR_HAS("progress must not be NULL"));
     CHECK(bji_get_progress(src, "vda", &progress, 2) == -1);
     CHECK(ERROR_HAS("unsupported flags (0x2) in function bji_get_progress"));
     CHECK(bji_set_progress_window(src, -1, 5000) == -1);
     CHECK(ERROR_HAS("must not be negative"));
+    CHECK(bji_set_progress_window(src, 1000, 0) == -1);
+    CHECK(ERROR_HAS("must be more than 0"));
     CHECK(bji_set_progress_window(NULL, 1000, 5000) == -1);
     CHECK(bji_set_progress_window(src, 1000, 5000) == 0);
     CHECK(bji_last_ending(NULL, "vda", &ending, 0) == -1);

@@ -11,6 +11,9 @@ use serde_json::json;
 
 use super::{die_with_parent, Control, Stack, MIB};
 
+/// The guest's QMP monitors, each `NAME.sock` in its directory.
+const MONITORS: [&str; 4] = ["ctl", "lib", "tool", "wait"];
+
 /// How a guest is booted and what it writes.
 #[derive(Debug, Clone, Copy)]
 pub struct Writes {
@@ -117,21 +120,6 @@ impl Guest {
                 "none",
                 "-no-reboot",
             ])
-            .args([
-                "-chardev",
-                &format!("socket,id=ctl,path={},server=on,wait=off", p("ctl.sock")),
-            ])
-            .args(["-mon", "chardev=ctl,mode=control"])
-            .args([
-                "-chardev",
-                &format!("socket,id=lib,path={},server=on,wait=off", p("lib.sock")),
-            ])
-            .args(["-mon", "chardev=lib,mode=control"])
-            .args([
-                "-chardev",
-                &format!("socket,id=tool,path={},server=on,wait=off", p("tool.sock")),
-            ])
-            .args(["-mon", "chardev=tool,mode=control"])
             .args(["-serial", &format!("file:{}", p("serial.log"))])
             .args(["-kernel", &p("vmlinuz"), "-initrd", &p("initrd.gz")])
             .args([
@@ -150,12 +138,18 @@ impl Guest {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        // The test's, the library's, the tool's, and one more for a tool's wait beside it: a monitor serves one
+        // client at a time.
+        for m in MONITORS {
+            cmd.args([
+                "-chardev",
+                &format!("socket,id={m},path={},server=on,wait=off", p(&format!("{m}.sock"))),
+            ])
+            .args(["-mon", &format!("chardev={m},mode=control")]);
+        }
         self.child = Some(die_with_parent(&mut cmd).spawn().expect("qemu-system-x86_64"));
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !["ctl.sock", "lib.sock", "tool.sock"]
-            .iter()
-            .all(|n| self.path(n).exists())
-        {
+        while !MONITORS.iter().all(|m| self.path(&format!("{m}.sock")).exists()) {
             assert!(Instant::now() < deadline, "{}: QEMU did not create its sockets", s.name);
             thread::sleep(Duration::from_millis(10));
         }
@@ -177,6 +171,11 @@ impl Guest {
     /// A monitor for the tool (a monitor serves one client at a time), on the host.
     pub fn tool_socket(&self) -> String {
         self.path("tool.sock").to_str().unwrap().to_string()
+    }
+
+    /// Another, for a tool's wait beside it.
+    pub fn wait_socket(&self) -> String {
+        self.path("wait.sock").to_str().unwrap().to_string()
     }
 
     /// The in-stack path of `name` in the guest's directory (what QEMU is given).

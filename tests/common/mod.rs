@@ -18,6 +18,7 @@ pub mod checks;
 pub mod exporter;
 pub mod fake;
 pub mod guest;
+pub mod prometheus;
 pub mod pyvenv;
 pub mod scenes;
 #[macro_use]

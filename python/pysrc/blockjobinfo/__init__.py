@@ -179,7 +179,8 @@ class Progress(NamedTuple):
     ``state`` is ``"measuring"`` (too few readings yet), ``"converging"`` (the remaining work shrinks: ``eta``
     holds), ``"throttled"`` (held at its speed while the guest dirties as fast: raise the speed),
     ``"diverging"`` (unthrottled and losing: ``copy-mode=write-blocking`` helps, QEMU 8.2+), ``"stalled"`` (the
-    cursor still for the set time), ``"paused"`` or ``"ready"``. ``copy_rate`` is how fast the cursor moves and
+    cursor still for the set time), ``"paused"``, ``"ready"`` or ``"finishing"`` (done or given up, QEMU
+    finishing it). ``copy_rate`` is how fast the cursor moves and
     ``dirty_rate`` how fast QEMU's ``len`` grows (the guest writing behind the copy), in bytes per second over
     the window, None while measuring; ``net_rate`` how fast the remaining work shrinks; ``eta`` the seconds to
     the end (to ready, for a mirror) while converging, 0 when ready, else None. ``still`` and ``no_net_progress``

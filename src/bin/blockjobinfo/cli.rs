@@ -169,7 +169,7 @@ pub enum Command {
         /// Bandwidth in bytes/s instead of MiB/s (VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES).
         #[arg(long)]
         bytes: bool,
-        /// Read the jobs twice, SECONDS apart (at least 0.5), and show what the second reading says with each
+        /// Read the jobs over SECONDS (at least 0.5; four times a second), and show what the last reading says with each
         /// job's copy rate, dirty rate (how fast `end` grows: the guest writing behind the copy), ETA and state
         /// (converging, throttled, diverging, stalled, paused, ready, or measuring when it moved too little to
         /// tell): `Copy rate:` lines, `rate=`/`dirty=`/`eta=`/`state=` in --raw, `progress` in --json.
@@ -206,7 +206,7 @@ pub enum Command {
         /// remaining work (`len - offset`) has not gone below its lowest, whether the copy is stopped or loses
         /// to a guest that dirties as fast as it copies. A ready job is never stalled. The job is read every
         /// tenth of it (0.1 s to 1 s).
-        #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+        #[arg(long, value_name = "SECONDS", value_parser = parse_positive)]
         stall_timeout: Option<Duration>,
         /// Show progress while waiting.
         #[arg(long, short)]
@@ -235,7 +235,7 @@ pub enum Command {
         #[arg(long, value_name = "N", requires = "watch")]
         count: Option<u64>,
         /// With --watch: a job whose cursor has not moved for this many seconds is shown `stalled`.
-        #[arg(long, value_name = "SECONDS", default_value = "60", requires = "watch", value_parser = parse_seconds)]
+        #[arg(long, value_name = "SECONDS", default_value = "60", requires = "watch", value_parser = parse_positive)]
         stall_after: Duration,
     },
     /// Block jobs as Prometheus metrics (text exposition format).
@@ -329,6 +329,14 @@ pub enum Command {
     /// Writes blockjobinfo(1), the manual page, to standard output (for packaging).
     #[command(hide = true)]
     GenerateMan,
+}
+
+fn parse_positive(s: &str) -> Result<Duration, String> {
+    let d = parse_seconds(s)?;
+    match d.is_zero() {
+        false => Ok(d),
+        true => Err(format!("'{s}' is not more than 0 seconds")),
+    }
 }
 
 fn parse_over(s: &str) -> Result<Duration, String> {

@@ -545,7 +545,8 @@ impl Rates {
         }
     }
 
-    /// Each row's progress; jobs no longer listed are forgotten.
+    /// Each row's progress; jobs no longer listed are forgotten, but those of a domain or socket that could not
+    /// be read this time (a monitor slowed by a hung target is the stall case itself).
     pub fn update(&mut self, snap: &Snapshot) -> Vec<Option<Progress>> {
         let at_us = u64::try_from(snap.at.saturating_duration_since(self.born).as_micros()).unwrap_or(u64::MAX);
         let mut kept = HashMap::new();
@@ -563,6 +564,8 @@ impl Rates {
                 Some(p)
             })
             .collect();
+        let unread = |host: &str| snap.failures.iter().any(|f| f.host == host);
+        kept.extend(self.trackers.drain().filter(|((host, _), _)| unread(host)));
         self.trackers = kept;
         progress
     }
@@ -577,15 +580,15 @@ impl Row {
         if q.is_object() {
             return Reading::of(&self.qemu_job_numbers(), at_us);
         }
-        Reading {
+        let mut r = Reading::of_libvirt(
+            self.cur,
+            self.end,
+            u64::from(self.bandwidth),
+            self.phase == "mirroring",
             at_us,
-            offset: self.cur,
-            len: self.end,
-            speed: u64::from(self.bandwidth),
-            ready: self.phase == "mirroring",
-            paused: self.paused == Some(true),
-            actively_synced: None,
-        }
+        );
+        r.finishing = matches!(self.phase, "pivoting" | "aborting" | "completing");
+        r
     }
 
     fn qemu_job_numbers(&self) -> RawJob {
@@ -772,5 +775,58 @@ pub fn run(hosts: &Hosts, json: bool, watch: Option<Duration>, count: Option<u64
             return ExitCode::SUCCESS;
         }
         std::thread::sleep(every.saturating_sub(started.elapsed()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(at: Instant, rows: &[(&str, u64)], failed: &[&str]) -> Snapshot {
+        Snapshot {
+            kind: "socket",
+            looked_at: vec![],
+            rows: rows
+                .iter()
+                .map(|(host, cur)| Row {
+                    host: host.to_string(),
+                    disk: "copy0".into(),
+                    job_type: 2,
+                    cur: *cur,
+                    end: 1 << 30,
+                    bandwidth: 0,
+                    phase: "running",
+                    paused: None,
+                    io_status: None,
+                    raw: json!({"libvirt": {}}),
+                })
+                .collect(),
+            failures: failed
+                .iter()
+                .map(|h| Failure {
+                    host: h.to_string(),
+                    error: "not answering".into(),
+                })
+                .collect(),
+            at,
+            calls: None,
+        }
+    }
+
+    #[test]
+    fn a_host_not_read_once_keeps_its_jobs_readings_and_one_gone_loses_them() {
+        let mut rates = Rates::default();
+        let t0 = Instant::now();
+        rates.update(&snap(t0, &[("a", 0), ("b", 0)], &[]));
+        // `a` not answering, `b` gone.
+        rates.update(&snap(t0 + Duration::from_secs(1), &[], &["a"]));
+        let p = rates.update(&snap(
+            t0 + Duration::from_secs(2),
+            &[("a", 2 << 20), ("b", 2 << 20)],
+            &[],
+        ));
+        let rate = p[0].unwrap().copy_rate.unwrap();
+        assert!((rate / (1 << 20) as f64 - 1.0).abs() < 0.01, "{rate}");
+        assert_eq!(p[1].unwrap().copy_rate, None);
     }
 }

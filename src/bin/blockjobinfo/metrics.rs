@@ -134,9 +134,12 @@ fn reading_text(read: &Result<Snapshot, String>, took: Duration, rates: Option<&
         "Where the job stands, one series per state, 1 for the job's own: measuring (too few readings), \
          converging, throttled (held at its bandwidth limit while the guest dirties as fast: raise it), \
          diverging (unthrottled and losing: write-blocking mode helps, QEMU 8.2+), stalled (the cursor still \
-         for 60 s), paused, ready.",
+         for 60 s), paused, ready, finishing (done or given up, being finished). Served only.",
         &[host, disk, "state"],
     );
+    // A single reading (`metrics` to standard output or --output) has no rates: its states would all say
+    // `measuring`, so they are served only.
+    let served = rates.is_some();
     let mut fresh = Rates::default();
     let progress = rates.unwrap_or(&mut fresh).update(snap);
     // The reading's wall-clock time: `at` is when it was taken, on the monotonic clock.
@@ -151,6 +154,9 @@ fn reading_text(read: &Result<Snapshot, String>, took: Duration, rates: Option<&
         if let (Some(c), Some(d)) = (p.copy_rate, p.dirty_rate) {
             e.set(copy_rate, &l, c.max(0.0));
             e.set(dirty_rate, &l, d);
+        }
+        if !served {
+            continue;
         }
         for s in blockjobinfo::convergence::State::ALL {
             e.set(

@@ -21,6 +21,9 @@ fn open(address: &str) -> Result<QmpSource, ExitCode> {
     })
 }
 
+/// How often `info --over` reads the jobs.
+pub(crate) const OVER_EVERY: Duration = Duration::from_millis(250);
+
 pub(crate) fn info(address: &str, device: Option<&str>, form: Form, over: Option<Duration>) -> ExitCode {
     let src = match open(address) {
         Ok(s) => s,
@@ -35,7 +38,8 @@ pub(crate) fn info(address: &str, device: Option<&str>, form: Form, over: Option
         Some(d) => src.job_report(d, flags).map(|r| r.into_iter().collect::<Vec<_>>()),
         None => src.all_reports(flags),
     };
-    // With --over: a first reading of every job (one `progress` reads them all), then the answer's reading.
+    // With --over: every job read over that time (one `progress` reads them all), a few times a second, so
+    // that rates are a slope over several readings; then the answer's reading.
     let mut progress = std::collections::HashMap::new();
     if let Some(over) = over {
         let first = match read() {
@@ -43,11 +47,18 @@ pub(crate) fn info(address: &str, device: Option<&str>, form: Form, over: Option
             Err(e) => return fail(&e),
         };
         if let Some(r) = first.first() {
-            if let Err(e) = src.progress(&r.raw.device) {
-                return fail(&e);
+            let until = std::time::Instant::now() + over;
+            loop {
+                if let Err(e) = src.progress(&r.raw.device) {
+                    return fail(&e);
+                }
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                std::thread::sleep(left.min(OVER_EVERY));
             }
         }
-        std::thread::sleep(over);
     }
     let reports = match read() {
         Ok(r) => r,
@@ -92,7 +103,9 @@ pub(crate) fn wait(address: &str, device: &str, until: Until, limits: Limits, ve
         Some(after) => wait_or_stall(&src, device, until, timeout, after, &mut progress),
     };
     progress.finish();
-    if let Some((label, p)) = stall {
+    // Only a wait the stall ended tells the stall: one that ended by itself (the job ready, gone, failed) says
+    // so, even if the reader found a stall as it ended.
+    if let (Err(Error::Interrupted), Some((label, p))) = (&waited, stall) {
         return stalled(label, device, &p);
     }
     let waited = match waited {
@@ -120,8 +133,9 @@ fn wait_or_stall(
     Option<(&'static str, ConvergenceProgress)>,
 ) {
     let stopped = AtomicBool::new(false);
-    let (done, ended) = mpsc::channel::<()>();
     std::thread::scope(|scope| {
+        // Made in the scope: a wait that panicked drops it as it unwinds, which ends the reader the scope joins.
+        let (done, ended) = mpsc::channel::<()>();
         let flag = &stopped;
         let reader = scope.spawn(move || {
             let mut stall = Stall::new(after);

@@ -74,6 +74,27 @@ fn target_of(dom: &OwnedDomain, name: &str) -> Result<String, Error> {
 }
 
 /// `disk`'s job now, if it has one.
+/// A disk's job as the convergence rules read it: libvirt's numbers taken back to QEMU's (`of_libvirt`), its
+/// bandwidth in bytes/s (`bytes`: asked for in bytes, else MiB/s), ready by the XML's `<mirror ready='yes'>`,
+/// finishing while libvirt pivots or aborts it.
+// `c_ulong` is u64 here and u32 on 32-bit targets: the conversion is not useless everywhere.
+#[allow(clippy::useless_conversion)]
+fn reading(j: &DiskJob, bytes: bool, at_us: u64) -> Reading {
+    let bandwidth = u64::from(j.info.bandwidth);
+    let speed = if bytes {
+        bandwidth
+    } else {
+        bandwidth.saturating_mul(1 << 20)
+    };
+    let ready = j.mirror.as_ref().is_some_and(xml::Mirror::is_ready);
+    let mut r = Reading::of_libvirt(j.info.cur, j.info.end, speed, ready, at_us);
+    r.finishing = j
+        .mirror
+        .as_ref()
+        .is_some_and(|m| matches!(m.ready.as_deref(), Some("pivot" | "abort")));
+    r
+}
+
 fn current(dom: &OwnedDomain, target: &str) -> Result<Option<DiskJob>, Error> {
     Ok(host::domain_jobs(&dom.domain(), 0, Some(target))?.pop())
 }
@@ -155,27 +176,27 @@ pub fn info(uri: Option<&str>, domain: &str, disk: Option<&str>, form: Form, ove
                 let t = trackers
                     .entry(j.disk.clone())
                     .or_insert_with(|| Tracker::new(Settings::default()));
-                let p = t.add(Reading {
-                    at_us,
-                    offset: j.info.cur,
-                    len: j.info.end,
-                    speed: 0,
-                    ready: j.mirror.as_ref().is_some_and(xml::Mirror::is_ready),
-                    paused: false,
-                    actively_synced: None,
-                });
+                let p = t.add(reading(j, form.bytes, at_us));
                 (j.disk.clone(), p)
             })
             .collect::<std::collections::HashMap<_, _>>()
     };
     if let Some(over) = over {
-        match read() {
-            Ok(first) => {
-                feed(&first);
+        // Read a few times a second over that time, so that rates are a slope over several readings.
+        let until = Instant::now() + over;
+        loop {
+            match read() {
+                Ok(jobs) => {
+                    feed(&jobs);
+                }
+                Err(e) => return fail(&e),
             }
-            Err(e) => return fail(&e),
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(crate::qmp::OVER_EVERY));
         }
-        std::thread::sleep(over);
     }
     let jobs = match read() {
         Ok(j) => j,
@@ -279,13 +300,7 @@ pub fn wait(uri: Option<&str>, domain: &str, disk: &str, until: Until, limits: L
                 if until == Until::Ready && ready {
                     return end(Outcome::Reached, label, &progress);
                 }
-                let reading = Reading {
-                    offset: j.info.cur,
-                    len: j.info.end,
-                    ready,
-                    ..Reading::default()
-                };
-                if let Some(p) = stall.as_mut().and_then(|s| s.feed(reading)) {
+                if let Some(p) = stall.as_mut().and_then(|s| s.feed(reading(j, false, 0))) {
                     progress.finish();
                     return stalled(label, disk, &p);
                 }
