@@ -96,9 +96,9 @@ pub const MIN_SPAN: Duration = Duration::from_millis(500);
 pub const CONVERGING_SHARE: f64 = 0.05;
 
 /// A job not converging counts as held at its speed (`Throttled`) when it copies at least this share of it. A
-/// mirror held at its limit while its guest writes copies below it (seen: 85 % under TCG, the copy waiting on
-/// chunks the guest is writing), so not the whole of it.
-pub const AT_SPEED_SHARE: f64 = 0.7;
+/// mirror held at its limit while its guest writes copies well below it (seen: 75 % to 85 % of it under TCG,
+/// the copy waiting on chunks the guest is writing); one at less than half its limit is held by something else.
+pub const AT_SPEED_SHARE: f64 = 0.5;
 
 /// What a job is doing, and so what would help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -221,6 +221,8 @@ impl Tracker {
         match self.samples.back() {
             Some(last) if r.at_us < last.at_us => return self.progress().unwrap_or_else(|| self.judge(r)),
             Some(last) if r.offset < last.offset => self.restart(),
+            // Sized at last: the readings of 0/0 say nothing of its rates.
+            Some(last) if last.len == 0 && r.len > 0 => self.samples.clear(),
             _ => {}
         }
         // Sizing counts as a move: a job that scanned its source for minutes at 0/0 has not stood still.
@@ -707,6 +709,19 @@ mod tests {
                 assert!((0.5..=1.6).contains(&copy), "{s}: {copy}");
             }
         }
+    }
+
+    #[test]
+    fn the_readings_before_its_sizing_are_not_the_base_of_its_rates() {
+        // 0/0 for a moment, then a copy that moves once and stands still: rates over the sized readings.
+        let mut t = Tracker::new(Settings::default());
+        t.add(reading(0.0, 0, 0, 0));
+        t.add(reading(0.1, MIB, 64 * MIB, 0));
+        let mut p = None;
+        for s in 1..=8u64 {
+            p = Some(t.add(reading(s as f64, 4 * MIB, 64 * MIB, 0)));
+        }
+        assert!(p.unwrap().copy_rate.is_some(), "{p:?}");
     }
 
     #[test]
