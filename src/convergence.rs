@@ -225,11 +225,9 @@ impl Tracker {
             Some(last) if last.len == 0 && r.len > 0 => self.samples.clear(),
             _ => {}
         }
-        // Sizing counts as a move: a job that scanned its source for minutes at 0/0 has not stood still.
-        let moved = self
-            .samples
-            .back()
-            .is_none_or(|last| r.offset != last.offset || (last.len == 0 && r.len > 0));
+        // A first reading counts as a move, its sizing included (the readings of 0/0 were dropped above): a job
+        // that scanned its source for minutes at 0/0 has not stood still.
+        let moved = self.samples.back().is_none_or(|last| r.offset != last.offset);
         if moved {
             self.cursor_moved_at = r.at_us;
         }
@@ -262,15 +260,28 @@ impl Tracker {
 
     /// Where the readings rates are taken over begin: the newest one at least the window old after which the
     /// cursor moved at least twice, else the oldest kept.
+    /// A cursor that has stood still longer than its longest step so far is stuck, not stepping: its rate is
+    /// the window's alone, which falls to 0 as a hung target's would.
     fn window_start(&self) -> usize {
         let window = dur_us(self.settings.window);
         let Some(last) = self.samples.back() else { return 0 };
+        // The longest time between two moves, and when the last one was.
+        let (mut longest, mut moved) = (0, None::<u64>);
+        for (a, b) in self.samples.iter().zip(self.samples.iter().skip(1)) {
+            if b.offset != a.offset {
+                if let Some(m) = moved {
+                    longest = longest.max(b.at_us - m);
+                }
+                moved = Some(b.at_us);
+            }
+        }
+        let stepping = moved.is_some_and(|m| last.at_us - m <= longest);
         let mut moves = 0;
         for i in (0..self.samples.len().saturating_sub(1)).rev() {
             if self.samples[i + 1].offset != self.samples[i].offset {
                 moves += 1;
             }
-            if moves >= 2 && last.at_us - self.samples[i].at_us >= window {
+            if (moves >= 2 || !stepping) && last.at_us - self.samples[i].at_us >= window {
                 return i;
             }
         }
@@ -281,7 +292,8 @@ impl Tracker {
         let window = self.samples.range(self.window_start()..);
         let base = window.clone().next().copied().unwrap_or(r);
         let span = r.at_us.saturating_sub(base.at_us);
-        let rates = (span >= dur_us(MIN_SPAN) && r.len > 0 && base.len > 0).then(|| {
+        // Every reading kept is sized when this one is: those of 0/0 before its sizing were dropped.
+        let rates = (span >= dur_us(MIN_SPAN) && r.len > 0).then(|| {
             // Least squares over the window, not its two ends: a mirror's cursor leaps by its whole buffer as it
             // starts (16 MiB by default), which two ends would take for speed.
             let copy = slope(window.clone(), |x| x.offset as f64);
@@ -305,7 +317,7 @@ impl Tracker {
             State::Measuring
         } else if since_cursor_moved >= self.settings.stall_after {
             State::Stalled
-        } else if r.len > 0 && r.remaining() == 0 {
+        } else if r.remaining() == 0 {
             // Caught up (`offset == len`, QEMU not yet saying ready): nothing is left to lose to.
             State::Converging
         } else {
@@ -545,12 +557,16 @@ mod tests {
         #[test]
         fn any_readings_give_a_coherent_answer(
             readings in proptest::collection::vec((0u64..1 << 40, 0u64..1 << 40, 0u64..1 << 40, 0u64..1 << 30,
-                                                   proptest::bool::ANY, proptest::bool::ANY), 1..60),
+                                                   proptest::bool::ANY, proptest::bool::ANY, proptest::bool::ANY),
+                                                  1..60),
         ) {
             let mut t = Tracker::new(Settings::default());
-            for (at_us, offset, len, speed, ready, paused) in readings {
-                let p = t.add(Reading { at_us, offset, len, speed, ready, paused, finishing: false, actively_synced: None });
-                if len == 0 && !ready && !paused {
+            for (at_us, offset, len, speed, ready, paused, finishing) in readings {
+                let p = t.add(Reading { at_us, offset, len, speed, ready, paused, finishing, actively_synced: None });
+                if finishing && !ready && !paused && p.at_us == at_us {
+                    proptest::prop_assert_eq!(p.state, State::Finishing);
+                }
+                if len == 0 && !ready && !paused && !finishing {
                     proptest::prop_assert_eq!(p.state, State::Measuring);
                 }
                 proptest::prop_assert_eq!(p.eta.is_some(), matches!(p.state, State::Converging | State::Ready));
@@ -725,6 +741,21 @@ mod tests {
     }
 
     #[test]
+    fn a_cursor_stuck_longer_than_it_ever_stepped_has_the_windows_rate_not_its_past() {
+        // 10 MiB/s for 100 s, read every second, then a target that stops accepting writes.
+        let mut t = Tracker::new(Settings::default());
+        for s in 0..=100u64 {
+            t.add(reading(s as f64, s * 10 * MIB, 4096 * MIB, 0));
+        }
+        let mut p = None;
+        for s in 101..=112u64 {
+            p = Some(t.add(reading(s as f64, 1000 * MIB, 4096 * MIB, 0)));
+        }
+        let p = p.unwrap();
+        assert_eq!((p.copy_rate, p.state, p.eta), (Some(0.0), State::Diverging, None));
+    }
+
+    #[test]
     fn no_rate_spans_a_reading_qemu_had_not_sized() {
         let mut t = Tracker::new(Settings::default());
         t.add(reading(0.0, 0, 0, 0));
@@ -777,6 +808,7 @@ mod tests {
     #[test]
     fn codes_and_names_are_distinct() {
         let mut names: Vec<_> = State::ALL.iter().map(|s| s.as_str()).collect();
+        names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), 8);
         for (i, s) in State::ALL.iter().enumerate() {

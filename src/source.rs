@@ -54,6 +54,8 @@ struct Trackers {
     settings: Settings,
     born: Instant,
     jobs: HashMap<String, Tracker>,
+    /// The newest reading's time: an older one (another thread's, slower) forgets no job.
+    newest_us: u64,
 }
 
 const NO_GRACE: u64 = u64::MAX;
@@ -111,6 +113,7 @@ impl QmpSource {
                 settings: Settings::default(),
                 born: Instant::now(),
                 jobs: HashMap::new(),
+                newest_us: 0,
             }),
         })
     }
@@ -303,8 +306,11 @@ impl QmpSource {
         let mut t = lock_briefly(&self.trackers).ok_or_else(busy)?;
         let at_us = u64::try_from(answered.saturating_duration_since(t.born).as_micros()).unwrap_or(u64::MAX);
         let settings = t.settings;
-        // Jobs that left are forgotten: an id used again is a new job.
-        t.jobs.retain(|id, _| reports.iter().any(|r| &r.raw.device == id));
+        // Jobs that left are forgotten (an id used again is a new job), by the newest reading only.
+        if at_us >= t.newest_us {
+            t.newest_us = at_us;
+            t.jobs.retain(|id, _| reports.iter().any(|r| &r.raw.device == id));
+        }
         for r in reports {
             let tracker = t
                 .jobs

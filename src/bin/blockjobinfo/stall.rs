@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use blockjobinfo::convergence::{Progress, Reading, Settings, State, Tracker};
+use blockjobinfo::convergence::{Progress, Reading, Settings, Tracker};
 
 pub(crate) struct Stall {
     after: Duration,
@@ -37,10 +37,11 @@ impl Stall {
         self.feed_at(r)
     }
 
-    /// `feed` with the reading's own time.
+    /// `feed` with the reading's own time. A ready job is exempt even while paused (QEMU's `standby`, or a
+    /// moment's drain): it waits for its pivot.
     fn feed_at(&mut self, r: Reading) -> Option<Progress> {
+        let exempt = r.ready || r.finishing || r.len == 0;
         let p = self.tracker.add(r);
-        let exempt = matches!(p.state, State::Ready | State::Finishing) || p.len == 0;
         (!exempt && p.since_net_progress >= self.after).then_some(p)
     }
 }
@@ -92,6 +93,14 @@ mod tests {
             let mut r = at(s, MIB, 64 * MIB);
             r.finishing = true;
             assert!(st.feed_at(r).is_none(), "finishing {s}");
+        }
+        // Ready and paused (standby, or drained for a moment): still waiting for its pivot.
+        let mut st = Stall::new(Duration::from_secs(5));
+        for s in 0..60 {
+            let mut r = at(s, 64 * MIB, 64 * MIB + s * MIB);
+            r.ready = true;
+            r.paused = s % 2 == 0;
+            assert!(st.feed_at(r).is_none(), "standby {s}");
         }
         // A still job that is none of these is.
         let mut st = Stall::new(Duration::from_secs(5));
