@@ -353,17 +353,15 @@ impl Tracker {
     }
 }
 
-/// The least-squares slope of `y` over the readings' times, per second.
+/// The least-squares slope of `y` over the readings' times, per second: the times centred on their mean, which
+/// makes the sum of `dt * y` the slope's numerator whatever `y`'s own level.
 fn slope<'a>(samples: impl Iterator<Item = &'a Reading> + Clone, y: impl Fn(&Reading) -> f64) -> f64 {
-    let t0 = samples.clone().next().map_or(0, |s| s.at_us);
     let n = samples.clone().count() as f64;
-    let t = |s: &Reading| (s.at_us - t0) as f64 / 1e6;
-    let (mt, my) = samples
-        .clone()
-        .fold((0.0, 0.0), |(a, b), s| (a + t(s) / n, b + y(s) / n));
+    let t = |s: &Reading| s.at_us as f64 / 1e6;
+    let mt = samples.clone().map(t).sum::<f64>() / n;
     let (num, den) = samples.fold((0.0, 0.0), |(a, b), s| {
         let dt = t(s) - mt;
-        (a + dt * (y(s) - my), b + dt * dt)
+        (a + dt * y(s), b + dt * dt)
     });
     if den > 0.0 {
         num / den
