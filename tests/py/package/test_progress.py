@@ -28,8 +28,9 @@ def test_progress_measures_a_copy_from_successive_readings(qsd):
         time.sleep(0.6)
         second = src.progress("m")
         assert second.copy_rate is not None and second.copy_rate >= 0, stack_says(str(second))
-        # Nothing writes to the daemon's image: len never grows.
-        assert second.dirty_rate == 0.0, stack_says(str(second))
+        # Nothing writes to the daemon's image: len never grows (a least-squares slope of a flat line, to the
+        # float's rounding).
+        assert second.dirty_rate < 1.0, stack_says(str(second))
         assert second.state in ("converging", "ready"), stack_says(str(second))
         assert second.eta is not None and second.eta >= 0
         qsd.ctl.wait_event("BLOCK_JOB_READY")
