@@ -50,6 +50,7 @@ series	exporter_series_identity	@::series_that_join_alike_keep_their_own_numbers
 lastend	qsd_last_ending	@::a_ready_copys_end_is_unknown_unless_a_wait_told_it	a ready copy's end told without a wait
 standby	standby	@::a_paused_ready_job_is_ready_everywhere	a wait for ready on a paused ready job was not reached
 memory	c_shared_source	@::close_under_eight_threads_with_address_sanitizer_in_the_rust_code_too	AddressSanitizer: heap-buffer-overflow
+memory	c_shared_source	@::a_forked_child_closes_at_once_under_address_sanitizer_in_the_rust_code_too	AddressSanitizer: heap-buffer-overflow
 EOF
 }
 

@@ -79,7 +79,7 @@ fn layout_matches_libvirts_header_on_i686() {
         cmd.args(STRICT).args(["-m32", defs, "-I"]).arg(root().join("include"));
         cmd.arg(root().join("tests/c/abi_layout.c")).arg("-o").arg(&exe);
         let o = output(&mut cmd);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{}", common::shown(&o));
         let out = output(&mut Command::new(&exe));
         let c = parse_layout(&String::from_utf8(out.stdout).unwrap());
         let want: Vec<(String, usize)> = [
@@ -110,7 +110,7 @@ fn header_coexists_with_libvirts_in_either_order() {
             .arg(root().join("include"))
             .arg(root().join("include/blockjobinfo.h")),
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", common::shown(&o));
 }
 
 /// Starts a daemon with a throttled mirror under libvirt's job id for disk vda. Its `speed` (2 MiB/s, which the
@@ -137,13 +137,13 @@ fn daemon_with_copy_job(s: &'static Stack) -> Qsd {
 
 /// Runs test_api (`run(socket, go_file)`) on a new `daemon_with_copy_job`, and lifts the target's throttle once
 /// the program has created its go file: its checks of a job not ready yet are then done, and its wait for ready
-/// may end.
-fn run_test_api(s: &'static Stack, run: impl FnOnce(&str, &Path) -> Output + Send) -> Output {
+/// may end. Returns the program's output and QEMU's block jobs as it ended (for a failure's message).
+fn run_test_api(s: &'static Stack, run: impl FnOnce(&str, &Path) -> Output + Send) -> (Output, String) {
     let mut qsd = daemon_with_copy_job(s);
     let go = qsd.dir.path().join("go");
     let socket = qsd.lib_socket();
     let done = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|scope| {
+    let out = std::thread::scope(|scope| {
         let ctl = &mut qsd.ctl;
         let (go, done) = (&go, &done);
         scope.spawn(move || {
@@ -161,18 +161,26 @@ fn run_test_api(s: &'static Stack, run: impl FnOnce(&str, &Path) -> Output + Sen
         let out = run(&socket, go);
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         out
-    })
+    });
+    let jobs = format!("\n--- QEMU's jobs as it ended\n{:?}", qsd.ctl.jobs());
+    (out, jobs)
+}
+
+/// QEMU's block jobs at this moment, for a failure's message.
+fn jobs_now(qsd: &mut Qsd) -> String {
+    format!("\n--- QEMU's jobs now\n{:?}", qsd.ctl.jobs())
 }
 
 fn c_test_program_passes_against_real_qemu(s: &'static Stack) {
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("test_api");
     cc(Some(&exe), &["tests/c/test_api.c"], &[]).unwrap();
-    let out = run_test_api(s, |sock, go| output(Command::new(&exe).arg(sock).arg(go)));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    let (out, jobs) = run_test_api(s, |sock, go| output(Command::new(&exe).arg(sock).arg(go)));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(" passed, 0 failed"),
+        "{}{jobs}",
+        common::shown(&out)
+    );
 }
 
 fn examples_print_like_virsh(s: &'static Stack) {
@@ -181,34 +189,59 @@ fn examples_print_like_virsh(s: &'static Stack) {
     let translate = dir.path().join("translate");
     cc(Some(&blockjob), &["c-examples/blockjob.c"], &[]).unwrap();
     cc(Some(&translate), &["c-examples/translate.c"], &[]).unwrap();
-    let qsd = daemon_with_copy_job(s);
+    let mut qsd = daemon_with_copy_job(s);
 
     let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vda", "--raw"]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 4, "{text}");
-    assert_eq!(lines[0], " type=Block Copy");
-    assert_eq!(lines[1], " bandwidth=2");
+    assert!(
+        out.status.success() && lines.len() == 4,
+        "{}{}",
+        common::shown(&out),
+        jobs_now(&mut qsd)
+    );
+    assert_eq!(lines[0], " type=Block Copy", "{text}{}", jobs_now(&mut qsd));
+    assert_eq!(lines[1], " bandwidth=2", "{text}{}", jobs_now(&mut qsd));
     let num = |l: &str, k: &str| l.strip_prefix(k).unwrap().parse::<u64>().unwrap();
     let (cur, end) = (num(lines[2], " cur="), num(lines[3], " end="));
-    assert!(cur < end && end == IMAGE, "{text}");
+    assert!(cur < end && end == IMAGE, "{text}{}", jobs_now(&mut qsd));
 
     let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vda", "--raw", "--bytes"]));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(" bandwidth=2097152\n"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(" bandwidth=2097152\n"),
+        "{}{}",
+        common::shown(&out),
+        jobs_now(&mut qsd)
+    );
 
     let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vda"]));
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.starts_with("Block Copy: ["), "{text}");
-    assert!(text.contains("%]\n    Bandwidth limit: 2 MiB/s\n"), "{text}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with("Block Copy: [") && text.contains("%]\n    Bandwidth limit: 2 MiB/s\n"),
+        "{}{}",
+        common::shown(&out),
+        jobs_now(&mut qsd)
+    );
 
     let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vdb"]));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "No current block job for vdb\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "No current block job for vdb\n",
+        "{}{}",
+        common::shown(&out),
+        jobs_now(&mut qsd)
+    );
 
     let out = output(Command::new(&blockjob).args(["/nonexistent.sock", "vda"]));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: cannot connect to QMP at unix:/nonexistent.sock"));
-    assert_eq!(output(Command::new(&blockjob).arg("x")).status.code(), Some(2));
+    assert!(
+        out.status.code() == Some(1)
+            && String::from_utf8_lossy(&out.stderr)
+                .starts_with("error: cannot connect to QMP at unix:/nonexistent.sock"),
+        "{}",
+        common::shown(&out)
+    );
+    let out = output(Command::new(&blockjob).arg("x"));
+    assert_eq!(out.status.code(), Some(2), "{}", common::shown(&out));
 
     let mut child = Command::new(&translate)
         .arg("vda")
@@ -224,7 +257,9 @@ fn examples_print_like_virsh(s: &'static Stack) {
     let out = child.wait_with_output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "type=2 bandwidth=0 cur=9 end=10\n"
+        "type=2 bandwidth=0 cur=9 end=10\n",
+        "{}",
+        common::shown(&out)
     );
 }
 
@@ -277,25 +312,31 @@ fn c_test_program_and_examples_are_clean_under_valgrind(s: &'static Stack) {
     cc(Some(&test_api), &["tests/c/test_api.c"], &["-g"]).unwrap();
     cc(Some(&blockjob), &["c-examples/blockjob.c"], &["-g"]).unwrap();
     cc(Some(&translate), &["c-examples/translate.c"], &["-g"]).unwrap();
-    let out = run_test_api(s, |sock, go| {
+    let (out, jobs) = run_test_api(s, |sock, go| {
         under_valgrind(&test_api, &[sock, go.to_str().unwrap()], None)
     });
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(" passed, 0 failed"));
-    let qsd = daemon_with_copy_job(s);
-    let out = under_valgrind(&blockjob, &[qsd.lib_socket().as_str(), "vda", "--raw"], None);
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with(" type=Block Copy\n"));
-    assert_eq!(
-        under_valgrind(&blockjob, &["/nonexistent.sock", "vda"], None)
-            .status
-            .code(),
-        Some(1)
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(" passed, 0 failed"),
+        "{}{jobs}",
+        common::shown(&out)
     );
+    let mut qsd = daemon_with_copy_job(s);
+    let out = under_valgrind(&blockjob, &[qsd.lib_socket().as_str(), "vda", "--raw"], None);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(" type=Block Copy\n"),
+        "{}{}",
+        common::shown(&out),
+        jobs_now(&mut qsd)
+    );
+    let out = under_valgrind(&blockjob, &["/nonexistent.sock", "vda"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", common::shown(&out));
     let reply = br#"{"return": [{"type": "mirror", "device": "copy-vda-libvirt-1-format", "len": 10, "offset": 10, "speed": 0, "ready": false}]}"#;
     let out = under_valgrind(&translate, &["vda"], Some(reply));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "type=2 bandwidth=0 cur=9 end=10\n"
+        "type=2 bandwidth=0 cur=9 end=10\n",
+        "{}",
+        common::shown(&out)
     );
 }
 
@@ -309,7 +350,7 @@ fn c_test_program_passes_with_address_and_undefined_behaviour_sanitizers(s: &'st
         "-fno-sanitize-recover=all",
     ];
     cc(Some(&exe), &["tests/c/test_api.c"], &sanitize).unwrap();
-    let out = run_test_api(s, |sock, go| {
+    let (out, jobs) = run_test_api(s, |sock, go| {
         output(
             Command::new(&exe)
                 .arg(sock)
@@ -319,13 +360,9 @@ fn c_test_program_passes_with_address_and_undefined_behaviour_sanitizers(s: &'st
     });
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success(),
-        "{}\n{stderr}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(
-        !stderr.contains("runtime error") && !stderr.contains("AddressSanitizer"),
-        "{stderr}"
+        out.status.success() && !stderr.contains("runtime error") && !stderr.contains("AddressSanitizer"),
+        "{}{jobs}",
+        common::shown(&out)
     );
 }
 

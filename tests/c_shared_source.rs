@@ -1,8 +1,9 @@
 //! One source shared from C, as management programs share a VM's monitor: a wait never blocks another thread's
 //! call; the ways a job ends are told as libvirt tells them (a cancel before ready with auto-dismiss off and on,
 //! an I/O error on the target that QEMU stops the job on); a forked child closes at once and leaves the parent's
-//! wait alone; a monitor that died between calls is -1, not SIGPIPE; and `bji_close` against eight threads of
-//! calls and waits, 1,000 rounds, under AddressSanitizer and ThreadSanitizer. Real qemu-storage-daemon on every
+//! wait alone (also with the Rust code under AddressSanitizer); a monitor that died between calls is -1, not
+//! SIGPIPE; and `bji_close` against eight threads of calls and waits, 1,000 rounds, under AddressSanitizer and
+//! ThreadSanitizer. Real qemu-storage-daemon on every
 //! stack; tests/c/shared_source.c and tests/c/close_stress.c are the C side.
 
 #[macro_use]
@@ -44,6 +45,11 @@ fn field(out: &str, prefix: &str, key: &str) -> String {
     }
 }
 
+/// QEMU's block jobs at this moment, for a failure's message.
+fn jobs_now(qsd: &mut Qsd) -> String {
+    format!("\n--- QEMU's jobs now\n{:?}", qsd.ctl.jobs())
+}
+
 /// A mirror `job0` of `top` onto `target` at `speed` bytes/s, sized.
 fn mirror(qsd: &mut Qsd, target: &str, speed: u64, extra: serde_json::Value) {
     let mut args = json!({"job-id": "job0", "device": "top", "target": target, "sync": "full",
@@ -61,10 +67,15 @@ fn a_wait_never_blocks_another_threads_call(s: &'static Stack) {
     mirror(&mut qsd, "dst", MIB, json!({"auto-dismiss": false}));
     let out = output(Command::new(&exe).args([qsd.lib_socket().as_str(), "wait-and-info", "job0"]));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}\n{}", common::shown(&out));
     // The call answered while the wait was still waiting: it did not wait for the wait.
-    assert_eq!(field(&text, "info", "rc"), "1", "{text}");
-    assert_eq!(field(&text, "info", "wait_done_when_info_returned"), "0", "{text}");
+    assert_eq!(field(&text, "info", "rc"), "1", "{text}{}", jobs_now(&mut qsd));
+    assert_eq!(
+        field(&text, "info", "wait_done_when_info_returned"),
+        "0",
+        "{text}{}",
+        jobs_now(&mut qsd)
+    );
     // And at once: a call queued behind the wait would take the wait's whole length (about 8 s, a 1 MiB/s mirror
     // of 8 MiB); measured 1-3 ms here.
     let info_ms: f64 = field(&text, "info", "info_ms").parse().unwrap();
@@ -79,8 +90,13 @@ fn a_wait_never_blocks_another_threads_call(s: &'static Stack) {
     );
     assert!(cur < end, "{}: the mirror was still copying: {text}", s.name);
     // And the wait ended as it should, with the job ready.
-    assert_eq!(field(&text, "wait", "rc"), "0", "{text}");
-    assert_eq!(field(&text, "wait", "cur"), field(&text, "wait", "end"), "{text}");
+    assert_eq!(field(&text, "wait", "rc"), "0", "{text}{}", jobs_now(&mut qsd));
+    assert_eq!(
+        field(&text, "wait", "cur"),
+        field(&text, "wait", "end"),
+        "{text}{}",
+        jobs_now(&mut qsd)
+    );
     eprintln!("{}: {}", s.name, text.lines().next().unwrap());
 }
 
@@ -198,15 +214,36 @@ fn an_io_error_on_the_target_fails_the_wait_when_qemu_says_so(s: &'static Stack)
 
 fn a_forked_child_closes_at_once_and_the_parents_wait_goes_on(s: &'static Stack) {
     let dir = tempfile::tempdir().unwrap();
-    let exe = build(dir.path(), "shared_source", &[]);
+    forked_child(s, &build(dir.path(), "shared_source", &[]));
+}
+
+/// The same, linked with the library nightly Rust instrumented for AddressSanitizer: the child's close and the
+/// parent's wait go through checked Rust code, in a process whose allocator was forked beside a waiting thread.
+fn a_forked_child_closes_at_once_under_address_sanitizer_in_the_rust_code_too(s: &'static Stack) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("shared_source_rust_asan");
+    cbuild::cc_with_rust_asan(&exe, "tests/c/shared_source.c");
+    forked_child(s, &exe);
+}
+
+fn forked_child(s: &'static Stack, exe: &Path) {
     let mut qsd = Qsd::start(s);
     mirror(&mut qsd, "dst", MIB, json!({"auto-dismiss": false}));
     // Through a recording proxy: the parent must never have needed a second connection (a wait that connects
     // again would hide a child that shut the parent's socket down).
     let rec = Recorder::start(qsd.dir.path(), &qsd.lib_socket());
-    let out = output(Command::new(&exe).args([rec.path.as_str(), "fork-close", "job0"]));
+    let out = output(
+        Command::new(exe)
+            .args([rec.path.as_str(), "fork-close", "job0"])
+            .env("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=0"),
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{}: {}", s.name, shown(&out));
+    assert!(
+        out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("Sanitizer"),
+        "{}: {}",
+        s.name,
+        shown(&out)
+    );
     let greetings = rec.commands().iter().filter(|c| *c == "qmp_capabilities").count();
     assert_eq!(
         greetings,
@@ -216,8 +253,12 @@ fn a_forked_child_closes_at_once_and_the_parents_wait_goes_on(s: &'static Stack)
         rec.commands()
     );
     // The child's call made a connection of its own, which the monitor does not serve while the parent holds it.
-    assert_eq!(field(&text, "child call", "rc"), "-1", "{text}");
-    assert!(field(&text, "child call", "error").contains("timed out"), "{text}");
+    assert_eq!(field(&text, "child call", "rc"), "-1", "{text}{}", jobs_now(&mut qsd));
+    assert!(
+        field(&text, "child call", "error").contains("timed out"),
+        "{text}{}",
+        jobs_now(&mut qsd)
+    );
     // Its close returned at once (measured 0 ms; a close that waited for calls in flight would take up to its 6 s
     // bound, and the alarm at 5 s would kill it), and it exited normally.
     let close_ms: f64 = field(&text, "child close_ms", "close_ms").parse().unwrap();
@@ -226,10 +267,20 @@ fn a_forked_child_closes_at_once_and_the_parents_wait_goes_on(s: &'static Stack)
         "{}: the child's close took {close_ms} ms: {text}",
         s.name
     );
-    assert_eq!(field(&text, "child exited", "signalled"), "0", "{text}");
-    assert_eq!(field(&text, "child exited", "status"), "0", "{text}");
+    assert_eq!(
+        field(&text, "child exited", "signalled"),
+        "0",
+        "{text}{}",
+        jobs_now(&mut qsd)
+    );
+    assert_eq!(
+        field(&text, "child exited", "status"),
+        "0",
+        "{text}{}",
+        jobs_now(&mut qsd)
+    );
     // The parent's wait, on the socket the child never touched, ended as it should.
-    assert_eq!(field(&text, "parent wait", "rc"), "0", "{text}");
+    assert_eq!(field(&text, "parent wait", "rc"), "0", "{text}{}", jobs_now(&mut qsd));
     assert_eq!(
         field(&text, "parent wait", "cur"),
         field(&text, "parent wait", "end"),
@@ -365,6 +416,7 @@ on_each_stack!(
     a_cancel_before_ready_is_cancelled_with_auto_dismiss_off_and_on,
     an_io_error_on_the_target_fails_the_wait_when_qemu_says_so,
     a_forked_child_closes_at_once_and_the_parents_wait_goes_on,
+    a_forked_child_closes_at_once_under_address_sanitizer_in_the_rust_code_too,
     a_monitor_that_died_between_calls_is_an_error_not_sigpipe,
     close_under_eight_threads_with_address_sanitizer,
     close_under_eight_threads_with_address_sanitizer_in_the_rust_code_too,

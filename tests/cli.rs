@@ -31,18 +31,22 @@ fn ready_mirror(s: &'static Stack) -> Qsd {
 }
 
 fn info_output_byte_for_byte_on_a_ready_mirror(s: &'static Stack) {
-    let qsd = ready_mirror(s);
+    let mut qsd = ready_mirror(s);
     let sock = qsd.lib_socket();
     let out = tool(&["info", "--qmp", &sock, "vda", "--raw"]);
-    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(0), "{}", shown_and_jobs(&out, &mut qsd.ctl));
     assert_eq!(
         text(&out.stdout),
-        " type=Block Copy\n bandwidth=2\n cur=8388608\n end=8388608\n"
+        " type=Block Copy\n bandwidth=2\n cur=8388608\n end=8388608\n",
+        "{}",
+        shown_and_jobs(&out, &mut qsd.ctl)
     );
     let out = tool(&["info", "--qmp", &sock, "vda", "--raw", "--bytes"]);
     assert_eq!(
         text(&out.stdout),
-        " type=Block Copy\n bandwidth=2097152\n cur=8388608\n end=8388608\n"
+        " type=Block Copy\n bandwidth=2097152\n cur=8388608\n end=8388608\n",
+        "{}",
+        shown_and_jobs(&out, &mut qsd.ctl)
     );
     let out = tool(&["info", "--qmp", &format!("unix:{sock}"), "vda", "--json"]);
     assert_eq!(
@@ -52,19 +56,30 @@ fn info_output_byte_for_byte_on_a_ready_mirror(s: &'static Stack) {
             r#""speed":2097152,"ready":true,"status":"ready"},"libvirt":{"type":2,"type_label":"Block Copy","#,
             r#""bandwidth":2,"cur":8388608,"end":8388608,"done_or_mirroring":true}}"#,
             "\n"
-        )
+        ),
+        "{}",
+        shown_and_jobs(&out, &mut qsd.ctl)
     );
     let out = tool(&["info", "--qmp", &sock, "vda"]);
-    assert_eq!(text(&out.stdout), "Block Copy: [100 %]    Bandwidth limit: 2 MiB/s\n");
+    assert_eq!(
+        text(&out.stdout),
+        "Block Copy: [100 %]    Bandwidth limit: 2 MiB/s\n",
+        "{}",
+        shown_and_jobs(&out, &mut qsd.ctl)
+    );
     let out = tool(&["info", "--qmp", &sock]);
     assert_eq!(
         text(&out.stdout),
-        "copy-vda-libvirt-1-format: Block Copy: [100 %]    Bandwidth limit: 2 MiB/s\n"
+        "copy-vda-libvirt-1-format: Block Copy: [100 %]    Bandwidth limit: 2 MiB/s\n",
+        "{}",
+        shown_and_jobs(&out, &mut qsd.ctl)
     );
     let out = tool(&["info", "--qmp", &sock, "--raw"]);
     assert_eq!(
         text(&out.stdout),
-        " device=copy-vda-libvirt-1-format\n type=Block Copy\n bandwidth=2\n cur=8388608\n end=8388608\n"
+        " device=copy-vda-libvirt-1-format\n type=Block Copy\n bandwidth=2\n cur=8388608\n end=8388608\n",
+        "{}",
+        shown_and_jobs(&out, &mut qsd.ctl)
     );
     let out = tool(&["info", "--qmp", &sock, "vdz"]);
     assert_eq!(
@@ -98,13 +113,17 @@ fn info_output_on_a_paused_running_job_matches_qemus_numbers(s: &'static Stack) 
     let out = tool(&["info", "--qmp", &qsd.lib_socket(), "m", "--raw"]);
     assert_eq!(
         text(&out.stdout),
-        format!(" type=Block Copy\n bandwidth=1\n cur={offset}\n end={len}\n")
+        format!(" type=Block Copy\n bandwidth=1\n cur={offset}\n end={len}\n"),
+        "{}",
+        shown_and_jobs(&out, &mut qsd.ctl)
     );
     let out = tool(&["info", "--qmp", &qsd.lib_socket(), "m"]);
     let pct = (100.0 - (len - offset) as f64 * 100.0 / len as f64) as u32;
     assert_eq!(
         text(&out.stdout),
-        format!("Block Copy: [{pct:3} %]    Bandwidth limit: 1 MiB/s\n")
+        format!("Block Copy: [{pct:3} %]    Bandwidth limit: 1 MiB/s\n"),
+        "{}",
+        shown_and_jobs(&out, &mut qsd.ctl)
     );
 }
 
@@ -125,10 +144,10 @@ fn usage_and_connection_errors() {
         vec!["info", "--qmp", "/x", "--over", "0.1"],
     ] {
         let out = tool(&args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", shown(&out));
     }
     let out = tool(&["info", "--qmp", "/nonexistent/qmp.sock"]);
-    assert_eq!(out.status.code(), Some(6));
+    assert_eq!(out.status.code(), Some(6), "{}", shown(&out));
     let err = text(&out.stderr);
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(
@@ -136,7 +155,7 @@ fn usage_and_connection_errors() {
         "{err}"
     );
     let out = tool(&["wait", "--qmp", "/nonexistent/qmp.sock", "m", "--gone"]);
-    assert_eq!(out.status.code(), Some(6));
+    assert_eq!(out.status.code(), Some(6), "{}", shown(&out));
 }
 
 fn wait_exit_codes(s: &'static Stack) {
@@ -148,11 +167,20 @@ fn wait_exit_codes(s: &'static Stack) {
         json!({"job-id": "s", "device": "top", "speed": 4 * MIB}),
     );
     let out = tool(&["wait", "--qmp", &sock, "s", "--gone", "--timeout", "60"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "", "quiet without --verbose");
+    assert_eq!(out.status.code(), Some(0), "{}", shown_and_jobs(&out, &mut qsd.ctl));
+    assert_eq!(
+        text(&out.stdout),
+        "",
+        "quiet without --verbose: {}",
+        shown_and_jobs(&out, &mut qsd.ctl)
+    );
     let out = tool(&["wait", "--qmp", &sock, "s", "--ready"]);
-    assert_eq!(out.status.code(), Some(4));
-    assert!(text(&out.stderr).contains("never ready"));
+    assert_eq!(out.status.code(), Some(4), "{}", shown_and_jobs(&out, &mut qsd.ctl));
+    assert!(
+        text(&out.stderr).contains("never ready"),
+        "{}",
+        shown_and_jobs(&out, &mut qsd.ctl)
+    );
 
     // Timeout (5): a slow mirror.
     qsd.ctl.ok(
@@ -161,7 +189,7 @@ fn wait_exit_codes(s: &'static Stack) {
     );
     let t = Instant::now();
     let out = tool(&["wait", "--qmp", &sock, "m", "--ready", "--timeout", "0.3"]);
-    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(out.status.code(), Some(5), "{}", shown_and_jobs(&out, &mut qsd.ctl));
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(
         text(&out.stderr),
@@ -172,8 +200,18 @@ fn wait_exit_codes(s: &'static Stack) {
     let out = waited_while(&sock, "m", || {
         qsd.ctl.ok("block-job-cancel", json!({"device": "m"}));
     });
-    assert_eq!(out.status.code(), Some(3), "{out}");
-    assert_eq!(said(&out), "blockjobinfo: Block Copy 'm' was cancelled\n", "{out}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{out}\n--- QEMU's jobs now\n{:?}",
+        qsd.ctl.jobs()
+    );
+    assert_eq!(
+        said(&out),
+        "blockjobinfo: Block Copy 'm' was cancelled\n",
+        "{out}\n--- QEMU's jobs now\n{:?}",
+        qsd.ctl.jobs()
+    );
 
     // Failed (1): the target runs out of space once the rate limit is lifted.
     qsd.ctl.wait_gone("m", Duration::from_secs(30));
@@ -188,11 +226,17 @@ fn wait_exit_codes(s: &'static Stack) {
     let out = waited_while(&sock, "f", || {
         qsd.ctl.ok("block-job-set-speed", json!({"device": "f", "speed": 0}));
     });
-    assert_eq!(out.status.code(), Some(1), "{out}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{out}\n--- QEMU's jobs now\n{:?}",
+        qsd.ctl.jobs()
+    );
     assert_eq!(
         said(&out),
         "blockjobinfo: Block Copy 'f' failed: No space left on device\n",
-        "{out}"
+        "{out}\n--- QEMU's jobs now\n{:?}",
+        qsd.ctl.jobs()
     );
 }
 
@@ -248,8 +292,13 @@ fn verbose_progress_on_a_pipe_is_virsh_lines(s: &'static Stack) {
     let args = verbose_wait(&qsd);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = tool(&args);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "Now in mirroring phase\n");
+    assert_eq!(out.status.code(), Some(0), "{}", shown_and_jobs(&out, &mut qsd.ctl));
+    assert_eq!(
+        text(&out.stdout),
+        "Now in mirroring phase\n",
+        "{}",
+        shown_and_jobs(&out, &mut qsd.ctl)
+    );
     let lines: Vec<String> = text(&out.stderr).lines().map(str::to_string).collect();
     assert!(lines.len() >= 3, "{lines:?}");
     let pcts: Vec<u32> = lines
@@ -292,12 +341,12 @@ fn verbose_progress_on_a_terminal_is_a_bar(s: &'static Stack) {
 /// `list` and `metrics` over `--qmp-glob`: the daemon's free monitor shows its job, the control monitor (held
 /// by the test: busy) and a socket nobody listens on (dead) are reported on their lines, not fatal.
 fn list_and_metrics_over_a_qmp_glob_report_busy_and_dead_sockets_on_their_lines(s: &'static Stack) {
-    let qsd = ready_mirror(s);
+    let mut qsd = ready_mirror(s);
     // A socket file whose listener is gone: connections are refused.
     drop(std::os::unix::net::UnixListener::bind(qsd.path("dead.sock")).unwrap());
     let pattern = qsd.path("*.sock");
     let out = tool(&["list", "--qmp-glob", &pattern]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", shown_and_jobs(&out, &mut qsd.ctl));
     let listing = text(&out.stdout);
     let line = |name: &str| {
         listing
@@ -331,7 +380,7 @@ fn list_and_metrics_over_a_qmp_glob_report_busy_and_dead_sockets_on_their_lines(
     assert_eq!(rows.iter().filter(|r| r.get("error").is_some()).count(), 2, "{rows:?}");
 
     let out = tool(&["metrics", "--qmp-glob", &pattern]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", shown_and_jobs(&out, &mut qsd.ctl));
     let metrics = text(&out.stdout);
     let lib = qsd.path("lib.sock");
     for want in [
@@ -353,7 +402,9 @@ fn list_and_metrics_over_a_qmp_glob_report_busy_and_dead_sockets_on_their_lines(
     let none = tool(&["list", "--qmp-glob", &qsd.path("*.nothing")]);
     assert_eq!(
         text(&none.stdout),
-        format!("No block jobs on 0 QMP sockets (matching {})\n", qsd.path("*.nothing"))
+        format!("No block jobs on 0 QMP sockets (matching {})\n", qsd.path("*.nothing")),
+        "{}",
+        shown_and_jobs(&none, &mut qsd.ctl)
     );
 }
 

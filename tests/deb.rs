@@ -198,7 +198,7 @@ fn install_use_and_remove_the_packages(s: &'static Stack) {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}", common::shown(&out));
     let ours = String::from_utf8(out.stdout).unwrap();
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("blockjobinfo["),

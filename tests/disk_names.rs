@@ -50,7 +50,7 @@ fn names_resolve_as_libvirt_resolves_them(s: &'static Stack) {
             .args(["create", "-q", "-f", "raw", &format!("{dir}/shared.raw"), "1M"])
             .output()
             .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{}", common::shown(&o));
         let export = format!("driver=file,node-name=f,filename={dir}/shared.raw,locking=off");
         let net = nbd
             .get_or_init(|| UserNbd::start(s, dir, &export, "f", "vdq"))

@@ -25,11 +25,7 @@ fn nova_live_snapshot_aborts_only_when_ready_and_the_copy_is_equal(s: &'static S
         ]);
         let out = c.output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{source}: {text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{source}: {text}\n{}", common::shown(&out));
         let rounds_done: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(rounds_done.len(), rounds.parse::<usize>().unwrap(), "{text}");
         for r in &rounds_done {
@@ -50,7 +46,7 @@ fn errors_json(p: Preload, running: &Domain, inactive: &Domain) -> Value {
     c.args(["/usr/bin/python3", &running.stack.file("tests/py/errors.py")]);
     c.args([running.name.as_str(), inactive.name.as_str()]);
     let out = c.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}", common::shown(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

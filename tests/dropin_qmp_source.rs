@@ -29,7 +29,13 @@ fn a_failing_qmp_source_falls_back_to_native_and_logs_it(s: &'static Stack) {
         virt::virsh_with_env(s, &env, &["blockjob", &dom.name, "vda", "--raw"])
     };
     let out = blockjob_with("/nonexistent/{name}.qmp");
-    assert!(out.status.success(), "{}: {}", s.name, common::shown(&out));
+    assert!(
+        out.status.success(),
+        "{}: {}{}",
+        s.name,
+        common::shown(&out),
+        dom.jobs_now()
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), plain);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -40,8 +46,20 @@ fn a_failing_qmp_source_falls_back_to_native_and_logs_it(s: &'static Stack) {
 
     // A template that does not name the domain is refused, not used for every domain.
     let out = blockjob_with(&dom.real_qmp_socket());
-    assert!(out.status.success(), "{}: {}", s.name, common::shown(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), plain, "{}", common::shown(&out));
+    assert!(
+        out.status.success(),
+        "{}: {}{}",
+        s.name,
+        common::shown(&out),
+        dom.jobs_now()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        plain,
+        "{}{}",
+        common::shown(&out),
+        dom.jobs_now()
+    );
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(
         log.contains("must contain {name} or {uuid}") && log.contains("falling back to native"),
@@ -73,7 +91,7 @@ fn only_the_domains_own_qemu_is_believed(s: &'static Stack) {
             "BLOCKJOBINFO_LOG=debug".into(),
         ];
         let out = virt::virsh_with_env(s, &env, &["blockjob", &dom.name, "vda", "--raw"]);
-        assert!(out.status.success(), "{}", common::shown(&out));
+        assert!(out.status.success(), "{}{}", common::shown(&out), dom.jobs_now());
         (
             String::from_utf8_lossy(&out.stdout).to_string(),
             String::from_utf8_lossy(&out.stderr).to_string(),
@@ -151,8 +169,19 @@ fn the_qmp_connection_is_released_when_idle(s: &'static Stack) {
     drop(src);
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"\n").unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}: {}", s.name, common::shown(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("closing the QMP connection, idle for"));
+    assert!(
+        out.status.success(),
+        "{}: {}{}",
+        s.name,
+        common::shown(&out),
+        dom.jobs_now()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("closing the QMP connection, idle for"),
+        "{}: {}",
+        s.name,
+        common::shown(&out)
+    );
 }
 
 on_each_stack!(

@@ -46,7 +46,7 @@ fn series_that_join_alike_keep_their_own_numbers(s: &'static Stack) {
         "{}: metrics: {:?}\n{text}\n{}",
         s.name,
         out.status,
-        String::from_utf8_lossy(&out.stderr)
+        common::shown(&out)
     );
     let metric = "blockjobinfo_block_job_bandwidth_limit_bytes_per_second";
     for (socket, device, limit) in [

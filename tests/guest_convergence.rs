@@ -64,9 +64,27 @@ fn until(
     panic!("{}: not {what} within {timeout:?}; last: {last:?}", s.name);
 }
 
+/// A guest writing as `writes` says, its target `dst` added, and the library's source on its monitor with rates
+/// over `window` (the library's default when None).
+fn copying(s: &'static Stack, writes: Writes, window: Option<Duration>) -> (Guest, QmpSource) {
+    let mut g = Guest::boot(s, writes);
+    g.add_target("dst");
+    let src = QmpSource::open(&g.lib_socket()).unwrap();
+    if let Some(window) = window {
+        src.set_progress_settings(Settings {
+            window,
+            ..Settings::default()
+        })
+        .unwrap();
+    }
+    (g, src)
+}
+
 fn a_copy_ahead_of_a_writing_guest_converges_when_its_eta_said_and_pivots_to_its_last_writes(s: &'static Stack) {
     // 2 MiB/s dirtied over 64 MiB of a 256 MiB disk, copied at 16 MiB/s.
-    let mut g = Guest::boot(
+    // Rates over the last 5 s: by half way the mirror's leap as it starts (its whole 16 MiB buffer at once)
+    // has left the window, as it would have long before half way on a disk of real size.
+    let (mut g, src) = copying(
         s,
         Writes {
             disk_mib: 256,
@@ -74,16 +92,8 @@ fn a_copy_ahead_of_a_writing_guest_converges_when_its_eta_said_and_pivots_to_its
             from_mib: 0,
             size_mib: 64,
         },
+        Some(Duration::from_secs(5)),
     );
-    g.add_target("dst");
-    let src = QmpSource::open(&g.lib_socket()).unwrap();
-    // Rates over the last 5 s: by half way the mirror's leap as it starts (its whole 16 MiB buffer at once)
-    // has left the window, as it would have long before half way on a disk of real size.
-    src.set_progress_settings(Settings {
-        window: Duration::from_secs(5),
-        ..Settings::default()
-    })
-    .unwrap();
     mirror(&mut g, 16 * MIB, json!({}));
     let started = Instant::now();
     // A wait with a stall timeout far below the copy's time, on a monitor of its own: a copy that converges
@@ -219,7 +229,7 @@ fn a_copy_held_below_its_guests_dirty_rate_is_throttled_until_its_speed_is_raise
     // 4 MiB/s dirtied over the whole 64 MiB disk, copied at 2 MiB/s: as its first pass ends (32 s) the copy
     // loses. (On a 32 MiB disk the copy settles at about 1.1 MiB/s, waiting on the guest's chunks: too near the
     // line between throttled and diverging to test either.)
-    let mut g = Guest::boot(
+    let (mut g, src) = copying(
         s,
         Writes {
             disk_mib: 64,
@@ -227,14 +237,8 @@ fn a_copy_held_below_its_guests_dirty_rate_is_throttled_until_its_speed_is_raise
             from_mib: 0,
             size_mib: 64,
         },
+        Some(Duration::from_secs(5)),
     );
-    g.add_target("dst");
-    let src = QmpSource::open(&g.lib_socket()).unwrap();
-    src.set_progress_settings(Settings {
-        window: Duration::from_secs(5),
-        ..Settings::default()
-    })
-    .unwrap();
     mirror(&mut g, 2 * MIB, json!({}));
     let started = Instant::now();
     let (_, p) = until(
@@ -458,7 +462,7 @@ fn a_copy_whose_target_stops_accepting_writes_is_stalled_and_wait_gives_up_on_it
 }
 
 fn a_write_blocking_mirror_is_told_actively_synced_where_qemu_says_it(s: &'static Stack) {
-    let mut g = Guest::boot(
+    let (mut g, src) = copying(
         s,
         Writes {
             disk_mib: 64,
@@ -466,9 +470,8 @@ fn a_write_blocking_mirror_is_told_actively_synced_where_qemu_says_it(s: &'stati
             from_mib: 0,
             size_mib: 16,
         },
+        None,
     );
-    g.add_target("dst");
-    let src = QmpSource::open(&g.lib_socket()).unwrap();
     // Held at 16 MiB/s, so that it is read before it is ready (a background copy's speed limit holds it).
     mirror(&mut g, 16 * MIB, json!({"copy-mode": "write-blocking"}));
     let mut before = vec![];

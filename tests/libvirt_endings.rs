@@ -340,7 +340,7 @@ fn a_copy_pivoted_on_ready_has_reached_ready(s: &'static Stack) {
         pivoted.status.success(),
         "{}: virsh blockcopy --wait --pivot: {}",
         s.name,
-        String::from_utf8_lossy(&pivoted.stderr)
+        common::shown(&pivoted)
     );
     let words = events.words_of("vda");
     eprintln!(

@@ -49,7 +49,7 @@ fn finish(child: Child, dom: &Domain, out: &str) -> (usize, BTreeSet<String>) {
         o.status.success(),
         "the poller died: {:?}\n{}",
         o.status,
-        String::from_utf8_lossy(&o.stderr)
+        common::shown(&o)
     );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(dom.host_path(out)).unwrap()).unwrap();
     assert!(v["longest"].as_f64().unwrap() < 10.0, "a call hung: {v}");

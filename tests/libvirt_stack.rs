@@ -398,7 +398,7 @@ fn versions_of_the_stack(s: &'static Stack) {
         .args(["-c", "import libvirt; print(libvirt.getVersion())"])
         .output()
         .unwrap();
-    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    assert!(py.status.success(), "{}", common::shown(&py));
     let n: u64 = String::from_utf8_lossy(&py.stdout).trim().parse().unwrap();
     assert_eq!(
         format!("{}.{}.{}", n / 1_000_000, n / 1000 % 1000, n % 1000),

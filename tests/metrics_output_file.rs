@@ -32,8 +32,9 @@ fn the_file_beside_the_output_is_created_anew_never_through_a_link() {
         .expect("strace (make deps installs it)");
     assert!(
         status.status.success(),
-        "{}: {}{}",
+        "{:?}\nstdout: {}\nstderr: {}\nstrace: {}",
         status.status,
+        String::from_utf8_lossy(&status.stdout),
         String::from_utf8_lossy(&status.stderr),
         std::fs::read_to_string(&log).unwrap_or_default()
     );

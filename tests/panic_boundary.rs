@@ -56,12 +56,7 @@ fn a_panic_in_the_drop_in_is_libvirts_answer(s: &'static Stack) {
             env.push("BLOCKJOBINFO_TEST_PANIC=interposer".into());
         }
         let out = common::virt::virsh_with_env(s, &env, &["blockjob", &dom.name, "vda", "--raw"]);
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            s.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}: {}", s.name, common::shown(&out));
         let log = String::from_utf8_lossy(&out.stderr).to_string();
         (String::from_utf8_lossy(&out.stdout).to_string(), log)
     };

@@ -77,12 +77,7 @@ fn the_libvirt_helper_agrees_with_libvirt_on_a_copy(s: &'static Stack) {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{}: {text}{}",
-        s.name,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}: {text}{}", s.name, common::shown(&out));
     let (mut running, mut window, mut ready) = (0, 0, 0);
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();

@@ -210,7 +210,7 @@ fn only_trusted_sockets_are_read(s: &'static Stack) {
         String::from_utf8_lossy(&out.stderr).contains("vm2.qmp\": not read: more than 1 sockets match"),
         "{}: {}",
         s.name,
-        String::from_utf8_lossy(&out.stderr)
+        shown(&out)
     );
 
     // --qmp-user trusts another user's sockets: nobody's is then read (and, never accepting, does not answer).
@@ -226,7 +226,7 @@ fn only_trusted_sockets_are_read(s: &'static Stack) {
             read,
             "{}: {users:?}: {}",
             s.name,
-            String::from_utf8_lossy(&out.stderr)
+            shown(&out)
         );
     }
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 fn exports_exactly_the_api_each_with_its_version() {
     let so = common::lib_dir().join("libblockjobinfo.so");
     let out = Command::new("objdump").arg("-T").arg(&so).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}", common::shown(&out));
     // "0000000000079f50 g    DF .text  0000000000000413  BLOCKJOBINFO_0.1 bji_open_qmp"
     let exported: BTreeSet<(String, String)> = String::from_utf8(out.stdout)
         .unwrap()

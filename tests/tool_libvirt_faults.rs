@@ -38,7 +38,7 @@ fn a_restarted_libvirtd_under_watch_and_domains_destroyed_while_read_are_lines_n
     virt::revive(s, pid);
     let done = watch.finish();
     let (out, err) = (&done.stdout, &done.stderr);
-    assert!(done.status.success(), "{done}");
+    assert!(done.status.success(), "{done}{}", dom.jobs_now());
     assert!(!err.contains("panicked"), "{err}");
     let screens: Vec<&str> = out.split("blockjobinfo list: ").skip(1).collect();
     assert_eq!(screens.len(), 40, "every refresh drew a screen:\n{out}");

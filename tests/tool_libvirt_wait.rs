@@ -32,6 +32,12 @@ fn wall_us() -> i64 {
 /// A copy onto a new overlay `file`, held at 1 byte/s with a 64 KiB buffer (its first burst moves 64 KiB of the
 /// 2 MiB to copy, so it cannot be ready until let go), and `wait -c --ready` started on it: returned once it
 /// says it waits (subscribed to libvirt's events, the job read, not ready).
+/// QEMU's block jobs now, on the test's own monitor of the domain (held all along, so the domain's second monitor
+/// is not free for `Domain::jobs_now`), for a failure's message.
+fn jobs_now(qemu: &mut Control) -> String {
+    format!("\n--- QEMU's jobs now\n{:?}", qemu.jobs())
+}
+
 fn held_copy_waited_for(s: &Stack, dom: &Domain, file: &str, qemu: &mut Control) -> Watched {
     let mut args = dom.copy_args(file, 1);
     args.extend(["--buf-size".to_string(), "65536".to_string()]);
@@ -82,7 +88,7 @@ fn wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone(s: &'static Stack
         -late,
         qemu.jobs()
     );
-    assert!(!done.stderr.contains("panicked"), "{done}");
+    assert!(!done.stderr.contains("panicked"), "{done}{}", jobs_now(&mut qemu));
     eprintln!("{}: wait -c returned {late} us after JOB_STATUS_CHANGE (ready)", s.name);
 
     // Cancelled while waited for: exit 3, as in QMP mode.
@@ -91,8 +97,8 @@ fn wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone(s: &'static Stack
     let waiter = held_copy_waited_for(s, &dom, "c.qcow2", &mut qemu);
     dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--abort"]);
     let done = waiter.finish();
-    assert_eq!(done.status.code(), Some(3), "{done}");
-    assert!(done.stderr.contains("was cancelled"), "{done}");
+    assert_eq!(done.status.code(), Some(3), "{done}{}", jobs_now(&mut qemu));
+    assert!(done.stderr.contains("was cancelled"), "{done}{}", jobs_now(&mut qemu));
     dom.wait_no_job(Duration::from_secs(60));
 
     // Gone: a pull runs to its end; --gone returns 0 once libvirt says it completed.
@@ -113,8 +119,13 @@ fn wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone(s: &'static Stack
     )
     .output()
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Block Pull complete"));
+    assert!(out.status.success(), "{}{}", common::shown(&out), jobs_now(&mut qemu));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Block Pull complete"),
+        "{}{}",
+        common::shown(&out),
+        jobs_now(&mut qemu)
+    );
     // Gone: info -c says so, as the QMP mode does.
     assert_eq!(
         ok(
@@ -129,7 +140,13 @@ fn wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone(s: &'static Stack
     let out = tool(s, &["wait", "-c", URI, &dom.name, "vda", "--ready"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}{}",
+        common::shown(&out),
+        jobs_now(&mut qemu)
+    );
 }
 
 /// A tmpfs of 1 MiB mounted where the domain's QEMU sees it (in the session libvirtd's mount namespace, which on
@@ -166,7 +183,7 @@ impl Full {
             .arg(&at)
             .output()
             .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{}", common::shown(&o));
         Full { pid, at }
     }
 }
@@ -199,8 +216,12 @@ fn wait_c_reports_a_job_that_fails(s: &'static Stack) {
     });
     dom.virsh_ok(Preload::No, &["blockjob", &dom.name, "vda", "--bandwidth", "0"]);
     let done = waiter.finish();
-    assert_eq!(done.status.code(), Some(1), "{done}");
-    assert!(done.stderr.contains("Block Copy 'vda' failed"), "{done}");
+    assert_eq!(done.status.code(), Some(1), "{done}{}", dom.jobs_now());
+    assert!(
+        done.stderr.contains("Block Copy 'vda' failed"),
+        "{done}{}",
+        dom.jobs_now()
+    );
     drop(full);
 }
 

@@ -122,22 +122,51 @@ pub fn asan_library() -> PathBuf {
     lib
 }
 
+/// AddressSanitizer's runtime from the nightly toolchain that instrumented the library (LLVM's compiler-rt, the
+/// one rustc itself links into a sanitized binary). GCC 12's libasan is older: its allocator is not fork-safe
+/// beside threads that allocate (a child of tests/c/fork_table.c was seen stuck in
+/// `SizeClassAllocator64::GetFromAllocator`); LLVM's locks its allocator around `fork` (LLVM 18 and later).
+fn nightly_asan_runtime() -> PathBuf {
+    let out = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .unwrap_or_else(|e| panic!("rustc +nightly --print sysroot: {e}"));
+    assert!(
+        out.status.success(),
+        "rustc +nightly --print sysroot: {}",
+        crate::common::shown(&out)
+    );
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let rt = sysroot.join("lib/rustlib/x86_64-unknown-linux-gnu/lib/librustc-nightly_rt.asan.a");
+    assert!(rt.exists(), "{} is missing from the nightly toolchain", rt.display());
+    rt
+}
+
 /// Compiles the C program `source` into `exe` with AddressSanitizer, linked with the library nightly Rust
-/// instrumented for it: the Rust code's own loads and stores are checked too, not only the C side's.
+/// instrumented for it and with that toolchain's own runtime: the Rust code's loads and stores are checked too,
+/// not only the C side's. GCC instruments the C (its checks are the runtime's ABI, version 8 on both); the link
+/// is done without `-fsanitize`, so GCC's libasan is not linked beside LLVM's.
 pub fn cc_with_rust_asan(exe: &Path, source: &str) {
-    let out = Command::new("cc")
+    let object = exe.with_extension("o");
+    let compile = Command::new("cc")
         .args(STRICT)
-        .args(["-g", "-fno-omit-frame-pointer", "-fsanitize=address", "-I"])
+        .args(["-g", "-fno-omit-frame-pointer", "-fsanitize=address", "-c", "-I"])
         .arg(root().join("include"))
         .arg(root().join(source))
+        .arg("-o")
+        .arg(&object)
+        .output()
+        .unwrap();
+    assert!(compile.status.success(), "{source}: {}", crate::common::shown(&compile));
+    let link = Command::new("cc")
+        .arg(&object)
         .arg(asan_library())
-        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg("-Wl,--whole-archive")
+        .arg(nightly_asan_runtime())
+        .arg("-Wl,--no-whole-archive")
+        .args(["-lpthread", "-ldl", "-lm", "-lrt", "-o"])
         .arg(exe)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{source}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(link.status.success(), "{source}: {}", crate::common::shown(&link));
 }

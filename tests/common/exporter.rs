@@ -187,7 +187,7 @@ chmod 0644 *
         .current_dir(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}", crate::common::shown(&out));
 }
 
 /// A bcrypt hash of `password`, as operators make them (`htpasswd -nbBC 10`).

@@ -35,11 +35,7 @@ pub const IMAGE: u64 = 8 * MIB;
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?}: {}", shown(&out));
 }
 
 /// base <- mid <- top, each with data of its own, plus an empty `dst` of the same size, made by the stack's own
@@ -184,6 +180,41 @@ pub fn shown(o: &std::process::Output) -> String {
     )
 }
 
+/// `shown`, and QEMU's block jobs at that moment, read on the test's own monitor: a failure says what the
+/// process saw and what QEMU then had.
+pub fn shown_and_jobs(o: &std::process::Output, ctl: &mut Control) -> String {
+    format!("{}\n--- QEMU's jobs now\n{:?}", shown(o), ctl.jobs())
+}
+
+/// QEMU's block jobs as the monitor at `path` lists them now, or why they could not be read: for a failure's
+/// message, so it never panics (the monitor may be held, or its QEMU gone) and gives up after 2 s.
+pub fn qemu_jobs_at(path: &str) -> String {
+    let query = || -> Result<String, Box<dyn std::error::Error>> {
+        let s = UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut w = s.try_clone()?;
+        // A monitor may be pretty-printed: read whole JSON values, not lines.
+        let mut values = serde_json::Deserializer::from_reader(s).into_iter::<Value>();
+        values.next().ok_or("no greeting")??;
+        w.write_all(b"{\"execute\":\"qmp_capabilities\"}{\"execute\":\"query-block-jobs\"}")?;
+        for v in values {
+            let v = v?;
+            if let Some(jobs) = v.get("return").filter(|r| r.is_array()) {
+                return Ok(jobs.to_string());
+            }
+            if v.get("error").is_some() {
+                return Ok(v.to_string());
+            }
+        }
+        Ok("(the monitor closed)".to_string())
+    };
+    query().unwrap_or_else(|e| match e.to_string() {
+        // The read timed out: QEMU serves one client per monitor.
+        t if t.contains("os error 11") => format!("(no answer on {path} within 2 s: held by another client?)"),
+        t => format!("(not read from {path}: {t})"),
+    })
+}
+
 /// A child's whole output, once it exits (the guard still kills it if the test fails first).
 pub fn output_of(r: &mut Reaper) -> std::process::Output {
     let mut stdout = Vec::new();
@@ -291,7 +322,7 @@ impl Qsd {
             .args(["create", "-q", "-f", "qcow2", &dst2, &IMAGE.to_string()])
             .output()
             .unwrap();
-        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        assert!(made.status.success(), "{}", shown(&made));
         self.ctl.ok(
             "blockdev-add",
             json!({"driver": "qcow2", "node-name": "dst2", "file": {"driver": "file", "filename": dst2}}),

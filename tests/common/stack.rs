@@ -131,11 +131,7 @@ impl Stack {
                     c.args(["-G", g]);
                 }
                 let out = c.arg(&user).output().unwrap();
-                assert!(
-                    out.status.success(),
-                    "useradd {user}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                assert!(out.status.success(), "useradd {user}: {}", crate::common::shown(&out));
             }
         }
     }

@@ -364,7 +364,7 @@ impl SysDomain {
             "{}: virsh create {}: {}\nQEMU's log: {}\ndaemons' log (end): {}",
             s.name,
             d.name,
-            String::from_utf8_lossy(&created.stderr),
+            crate::common::shown(&created),
             sys.sh(&format!("cat /var/log/libvirt/qemu/{}.log || true", d.name)),
             sys.log().lines().rev().take(30).collect::<Vec<_>>().join("\n")
         );

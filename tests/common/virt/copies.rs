@@ -79,7 +79,7 @@ impl FailingTarget {
             .args(["create", "-q", "-f", "raw", &p("bad.raw"), "16M"])
             .output()
             .unwrap();
-        assert!(o.status.success(), "qemu-img: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "qemu-img: {}", crate::common::shown(&o));
         let bad = format!(
             "driver=blkdebug,node-name=bad,image.driver=file,image.filename={},\
              inject-error.0.event=pwritev,inject-error.0.errno=5,inject-error.0.sector={}",

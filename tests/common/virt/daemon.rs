@@ -14,11 +14,7 @@ pub fn qmp_template() -> String {
 
 pub fn root_run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?}: {}", crate::common::shown(&out));
     out
 }
 
@@ -104,12 +100,7 @@ pub fn start_session_daemon(s: &Stack) {
         .args(["-p", "-m", "700", &format!("{RUNTIME}/libvirt")])
         .output()
         .unwrap();
-    assert!(
-        made.status.success(),
-        "{}: {}",
-        s.name,
-        String::from_utf8_lossy(&made.stderr)
-    );
+    assert!(made.status.success(), "{}: {}", s.name, crate::common::shown(&made));
     for daemon in ["virtlogd", "libvirtd"] {
         if session_daemon_pid(s, daemon).is_some() {
             continue;
@@ -122,7 +113,7 @@ pub fn start_session_daemon(s: &Stack) {
             "{}: {daemon} --daemon as {}: {}",
             s.name,
             s.user,
-            String::from_utf8_lossy(&out.stderr)
+            crate::common::shown(&out)
         );
     }
     let deadline = Instant::now() + Duration::from_secs(60);

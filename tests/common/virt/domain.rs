@@ -278,6 +278,18 @@ impl Domain {
         std::fs::read_to_string(self.stack.host(&path)).unwrap_or_default()
     }
 
+    /// QEMU's block jobs now, read on the domain's second monitor, and libvirt's view of vda (`blockjob --raw`):
+    /// for a failure's message (never panics; no `qemu-monitor-command`, which would taint the domain).
+    pub fn jobs_now(&self) -> String {
+        let libvirt = self.virsh(Preload::No, &["blockjob", &self.name, "vda", "--raw"]);
+        format!(
+            "\n--- QEMU's jobs now\n{}\n--- libvirt's vda now\n{}{}",
+            crate::common::qemu_jobs_at(&self.real_qmp_socket()),
+            String::from_utf8_lossy(&libvirt.stdout),
+            String::from_utf8_lossy(&libvirt.stderr)
+        )
+    }
+
     pub fn job_raw(&self, p: Preload) -> String {
         self.virsh_ok(p, &["blockjob", &self.name, "vda", "--raw"])
     }
@@ -332,7 +344,7 @@ pub fn build_linkfirst(dom: &Domain) -> String {
         .args(["-Wl,--no-as-needed", "-lblockjobinfo", "-lvirt"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}", crate::common::shown(&out));
     let needed = Command::new("readelf").arg("-d").arg(&exe).output().unwrap();
     let needed = String::from_utf8_lossy(&needed.stdout);
     let ours = needed.find("libblockjobinfo.so.0").expect("links blockjobinfo");
@@ -399,7 +411,7 @@ impl UserNbd {
             o.status.success(),
             "{}: qemu-storage-daemon: {}",
             s.name,
-            String::from_utf8_lossy(&o.stderr)
+            crate::common::shown(&o)
         );
         UserNbd {
             pid_file: s.host(&pid_file),
@@ -472,7 +484,7 @@ pub fn build_old_libvirt(dom: &Domain) -> String {
         .arg("-ldl")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}", crate::common::shown(&out));
     std::fs::set_permissions(&so, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     dom.stack.inside(&so)
 }

@@ -70,7 +70,7 @@ pub fn virsh_ok(s: &Stack, p: Preload, args: &[&str]) -> String {
         o.status.success(),
         "{}: virsh {args:?} ({p:?}): {}",
         s.name,
-        String::from_utf8_lossy(&o.stderr)
+        crate::common::shown(&o)
     );
     String::from_utf8(o.stdout).unwrap()
 }
