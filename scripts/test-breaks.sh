@@ -12,7 +12,7 @@
 #   catch     the catch at the C boundary (a panic forced with BLOCKJOBINFO_TEST_PANIC)
 #   ending    QEMU's ready event decides a wait for ready (the later listing of a concluded job does not)
 #   own       a job's own devices tell its pivot (not another job's)
-#   series    the exporter's series keyed by their exact label values (not by the values joined)
+#   series    the exporter's series keyed by their exact label values (not by the FNV-1a hash of the values joined)
 #   lastend   a ready copy's good end is unknown to bji_last_ending unless a wait told it (not QEMU's word)
 #   standby   a ready job paused (`standby`) is ready to a wait, `list` and `metrics`
 #   memory    (not a rule: a heap overflow made in the Rust code) AddressSanitizer sees the Rust code's accesses
@@ -47,6 +47,7 @@ ending	wait_endings	an_active_commit_completed_the_moment_it_is_ready_has_reache
 own	wait_endings	two_copies_ending_back_to_back_each_get_their_own_verdict	took another job's ending
 own	libvirt_endings	@::every_ending_is_told_as_libvirt_tells_it	vda, 300 ms apart: Reached
 series	exporter_series_identity	@::series_that_join_alike_keep_their_own_numbers	has no series of its own
+series	exporter_series_identity	@::domains_whose_labels_hash_alike_keep_their_own_numbers	has no series of its own
 lastend	qsd_last_ending	@::a_ready_copys_end_is_unknown_unless_a_wait_told_it	a ready copy's end told without a wait
 standby	standby	@::a_paused_ready_job_is_ready_everywhere	a wait for ready on a paused ready job was not reached
 memory	c_shared_source	@::close_under_eight_threads_with_address_sanitizer_in_the_rust_code_too	AddressSanitizer: heap-buffer-overflow

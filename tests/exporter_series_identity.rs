@@ -5,6 +5,13 @@
 //! whose name holds `"`, `\` and a newline: `metrics --qmp-glob` must give all four socket/job series their own
 //! values, escaped as the text format requires, and Prometheus's own parser (`promtool check metrics`) must
 //! read the whole exposition.
+//!
+//! Under libvirt (`metrics -c`) the crate keyed a series by the FNV-1a 64 hash of its domain and disk joined:
+//! four domains, a crawling copy each at a bandwidth of its own, give two pairs it merged. One joins alike
+//! (`…x` with `vda`, `…` with `xvda`); the other is a crafted FNV pair, two names of the same length whose hashes
+//! are equal though they differ (found by a distinguished-point search, scripts/fnv-collide.rs, in half a
+//! minute on two cores; a suffix keeps the equality, so the test's process id may follow). Each job must keep
+//! its own series and value.
 
 #[macro_use]
 mod common;
@@ -94,4 +101,112 @@ fn series_that_join_alike_keep_their_own_numbers(s: &'static Stack) {
     );
 }
 
-on_each_stack!(series_that_join_alike_keep_their_own_numbers);
+/// FNV-1a 64, as the `fnv` crate (under `prometheus` 0.13) hashed a child's label values.
+fn fnv1a64(parts: &[&str]) -> u64 {
+    parts
+        .iter()
+        .flat_map(|p| p.bytes())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+/// Two domain names whose FNV-1a 64 hashes are equal (scripts/fnv-collide.rs `bjt-`).
+const CRAFTED: [&str; 2] = ["bjt-c389c4cf94ed893e", "bjt-f69d67d713b96655"];
+
+fn domains_whose_labels_hash_alike_keep_their_own_numbers(s: &'static Stack) {
+    use common::checks::ok;
+    use common::virt::{self, tool, Domain, Preload};
+    // The crafted pair, each with its copy of vda, at 4 and 8 KiB/s: minutes from their end.
+    let crafted: Vec<Domain> = CRAFTED
+        .iter()
+        .zip([4096, 8192])
+        .map(|(name, speed)| {
+            let d = Domain::create(s, name, 4);
+            d.start_copy(speed, 64 * 1024);
+            d
+        })
+        .collect();
+    // Joined alike: `bjt-jn<pid>x` + `vdb` and `bjt-jn<pid>` + `xvdb` (a disk named as Xen names them, on virtio:
+    // libvirt takes any target its disk-name parser reads; not `xvda`, which is vda's index and alias). Each
+    // is a 1 MiB raw disk beside vda, copied whole into a new raw file.
+    let with_copied_disk = |name: &str, target: &str, speed: u64| {
+        let dom = Domain::create_with_disks(s, name, 1, &|dir| {
+            let o = virt::as_user(s, "qemu-img")
+                .args(["create", "-q", "-f", "raw", &format!("{dir}/{target}.raw"), "1M"])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", common::shown(&o));
+            format!(
+                "    <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+                 <source file='{dir}/{target}.raw'/><target dev='{target}' bus='virtio'/></disk>\n"
+            )
+        });
+        let dest = dom.path(&format!("{target}-copy.raw"));
+        let speed = speed.to_string();
+        let args = [
+            "blockcopy",
+            &dom.name,
+            target,
+            &dest,
+            "--format",
+            "raw",
+            "--transient-job",
+            "--bandwidth",
+            &speed,
+            "--bytes",
+        ];
+        dom.virsh_ok(Preload::No, &args);
+        dom
+    };
+    let x = with_copied_disk("bjt-jn{pid}x", "vdb", 12288);
+    let plain = with_copied_disk("bjt-jn{pid}", "xvdb", 16384);
+    let pairs: Vec<(&Domain, &str, u64)> = vec![
+        (&crafted[0], "vda", 4096),
+        (&crafted[1], "vda", 8192),
+        (&x, "vdb", 12288),
+        (&plain, "xvdb", 16384),
+    ];
+    // What the crate would have merged: equal hashes of the values joined (domain, then disk), names unequal.
+    for (a, b) in [(0, 1), (2, 3)] {
+        let (da, db) = (pairs[a], pairs[b]);
+        assert_ne!((da.0.name.as_str(), da.1), (db.0.name.as_str(), db.1));
+        assert_eq!(
+            fnv1a64(&[&da.0.name, da.1]),
+            fnv1a64(&[&db.0.name, db.1]),
+            "{}: {} {} and {} {} are not a pair the crate merged",
+            s.name,
+            da.0.name,
+            da.1,
+            db.0.name,
+            db.1
+        );
+    }
+    let text = ok(
+        tool(s, &["metrics", "-c", "qemu:///session"]).output().unwrap(),
+        "metrics",
+    );
+    let metric = "blockjobinfo_block_job_bandwidth_limit_bytes_per_second";
+    // Every one looked for, so that a failure names each pair that lost a series.
+    let missing: Vec<String> = pairs
+        .iter()
+        .filter(|(dom, disk, speed)| {
+            !text.contains(&format!(
+                "{metric}{{disk=\"{disk}\",domain=\"{}\"}} {speed}\n",
+                dom.name
+            ))
+        })
+        .map(|(dom, disk, _)| format!("{} {disk}", dom.name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{}: {missing:?} has no series of its own:\n{text}{}",
+        s.name,
+        pairs.iter().map(|(dom, ..)| dom.jobs_now()).collect::<String>()
+    );
+}
+
+on_each_stack!(
+    series_that_join_alike_keep_their_own_numbers,
+    domains_whose_labels_hash_alike_keep_their_own_numbers,
+);

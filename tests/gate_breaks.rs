@@ -118,11 +118,12 @@ fn a_guard_that_does_not_bite_for_its_own_reason_is_red_and_named() {
         ("other", "failed with its rule off, but not on the rule's assertion"),
         ("cleanfail", "fails with its rule on, so its failure proves nothing"),
     ] {
+        // A rule of one guard (`lastend`): that guard is the one named, and the one that did not bite.
         let dir = tempfile::tempdir().unwrap();
-        let (code, text, _) = breaks(dir.path(), &[("ODD_RULE", "series"), ("ODD_MODE", mode)]);
+        let (code, text, _) = breaks(dir.path(), &[("ODD_RULE", "lastend"), ("ODD_MODE", mode)]);
         assert_eq!(code, Some(1), "{mode}: {text}");
         assert!(
-            text.contains(&format!("BAD series: exporter_series_identity {}::", a_stack())) && text.contains(says),
+            text.contains(&format!("BAD lastend: qsd_last_ending {}::", a_stack())) && text.contains(says),
             "{mode}: {text}"
         );
         assert!(

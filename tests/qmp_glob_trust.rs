@@ -221,13 +221,7 @@ fn only_trusted_sockets_are_read(s: &'static Stack) {
         let out = run_tool(&args);
         let m = parse_metrics(&String::from_utf8_lossy(&out.stdout));
         let up = sample(&m, "blockjobinfo_socket_up", &[("socket", &others)]);
-        assert_eq!(
-            up.is_some(),
-            read,
-            "{}: {users:?}: {}",
-            s.name,
-            shown(&out)
-        );
+        assert_eq!(up.is_some(), read, "{}: {users:?}: {}", s.name, shown(&out));
     }
 }
 

@@ -137,7 +137,13 @@ impl Domain {
         extra: &dyn Fn(&str) -> String,
     ) -> Result<Domain, String> {
         setup(s);
-        let name = format!("{name}-{}", std::process::id());
+        // The process's id makes the name its own: appended, or where the name says `{pid}` (for names that
+        // must end as the test chooses).
+        let pid = std::process::id().to_string();
+        let name = match name.contains("{pid}") {
+            true => name.replace("{pid}", &pid),
+            false => format!("{name}-{pid}"),
+        };
         let dir = format!("/tmp/bjtest-{name}");
         let host_dir = s.host(&dir);
         let _ = std::fs::remove_dir_all(&host_dir);
