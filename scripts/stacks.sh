@@ -8,7 +8,8 @@
 #   stacks.sh prepare-start     the same in the background (`make test` starts it before it builds)
 #   stacks.sh prepare-wait      wait for prepare-start, print what it said, and fail as it failed
 #   stacks.sh versions          each stack's QEMU, libvirt and python-libvirt versions
-#   stacks.sh fresh NAME        fail, saying why, unless NAME's root is the one its recipe makes now
+#   stacks.sh fresh NAME        fail, saying why, unless NAME's root is the one its recipe makes now (a host
+#                               stack: unless this machine is the Debian release it is named for)
 #   stacks.sh report            the facts the suite recorded per stack, also written into the README
 #   stacks.sh ci-took SECONDS   how long `.ci/run` took, written into the README and docs/testing.md
 #   stacks.sh stop              stop every process the tests left running (test users', and any marked BJI_GATE)
@@ -81,6 +82,17 @@ users_of() {
 # What a root is made from: a root made from another recipe is stale.
 recipe_of() { echo "v3 $1 $PACKAGES users $(users_of "$2")"; }
 
+# Whether this machine is the release a host stack is named for (debNN: Debian NN): a host upgraded under the
+# stack's name would test other versions of QEMU and libvirt under it. The cause in one line and 1 if not.
+host_is() {
+    local ID="" VERSION_ID="" PRETTY_NAME=""
+    # shellcheck disable=SC1090 # os-release is shell assignments, as its specification says
+    . "${BJI_OS_RELEASE:-/etc/os-release}" 2>/dev/null
+    [ "$ID" = debian ] && [ "deb$VERSION_ID" = "$1" ] && return 0
+    echo "$1: the host is ${PRETTY_NAME:-unknown}, not the Debian ${1#deb} its stack is named for"
+    return 1
+}
+
 # Whether a stack's root is the one its recipe makes now: nothing printed and 0 if so (and for the host's
 # packages), else the cause in one line and 1. A rebuild that failed leaves the old root in place, with a `failed`
 # file: that root is stale, whatever it holds.
@@ -88,7 +100,7 @@ fresh() {
     local name suite user index root
     read -r name suite user index < <(all_stacks | awk -v n="$1" '$1 == n') || true
     [ -n "${name:-}" ] || { echo "$1: no such stack in $CONF"; return 1; }
-    [ "$suite" = host ] && return 0
+    [ "$suite" = host ] && { host_is "$name"; return; }
     root=$(root_of "$name")
     if [ -f "$CACHE/$name/failed" ]; then
         echo "$name: its root is stale or missing: $(cat "$CACHE/$name/failed")"
@@ -413,7 +425,7 @@ report) report ;;
 soak-report) soak_report ;;
 ci-took)
     took=${2:?usage: stacks.sh ci-took SECONDS}
-    line="\`bash .ci/run\` took $((took / 60)) min $((took % 60)) s, installs included, on $(date -u +%F) with $(nproc) cores"
+    line="\`bash .ci/run\` took $((took / 60)) min $((took % 60)) s (what the machine lacked installed first), on $(date -u +%F) with $(nproc) cores"
     fill README.md ci-took "$line"
     fill docs/testing.md ci-took "$line"
     ;;

@@ -166,11 +166,6 @@ fn run_test_api(s: &'static Stack, run: impl FnOnce(&str, &Path) -> Output + Sen
     (out, jobs)
 }
 
-/// QEMU's block jobs at this moment, for a failure's message.
-fn jobs_now(qsd: &mut Qsd) -> String {
-    format!("\n--- QEMU's jobs now\n{:?}", qsd.ctl.jobs())
-}
-
 fn c_test_program_passes_against_real_qemu(s: &'static Stack) {
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("test_api");
@@ -198,20 +193,20 @@ fn examples_print_like_virsh(s: &'static Stack) {
         out.status.success() && lines.len() == 4,
         "{}{}",
         common::shown(&out),
-        jobs_now(&mut qsd)
+        jobs_now(&mut qsd.ctl)
     );
-    assert_eq!(lines[0], " type=Block Copy", "{text}{}", jobs_now(&mut qsd));
-    assert_eq!(lines[1], " bandwidth=2", "{text}{}", jobs_now(&mut qsd));
+    assert_eq!(lines[0], " type=Block Copy", "{text}{}", jobs_now(&mut qsd.ctl));
+    assert_eq!(lines[1], " bandwidth=2", "{text}{}", jobs_now(&mut qsd.ctl));
     let num = |l: &str, k: &str| l.strip_prefix(k).unwrap().parse::<u64>().unwrap();
     let (cur, end) = (num(lines[2], " cur="), num(lines[3], " end="));
-    assert!(cur < end && end == IMAGE, "{text}{}", jobs_now(&mut qsd));
+    assert!(cur < end && end == IMAGE, "{text}{}", jobs_now(&mut qsd.ctl));
 
     let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vda", "--raw", "--bytes"]));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(" bandwidth=2097152\n"),
         "{}{}",
         common::shown(&out),
-        jobs_now(&mut qsd)
+        jobs_now(&mut qsd.ctl)
     );
 
     let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vda"]));
@@ -220,7 +215,7 @@ fn examples_print_like_virsh(s: &'static Stack) {
         text.starts_with("Block Copy: [") && text.contains("%]\n    Bandwidth limit: 2 MiB/s\n"),
         "{}{}",
         common::shown(&out),
-        jobs_now(&mut qsd)
+        jobs_now(&mut qsd.ctl)
     );
 
     let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vdb"]));
@@ -229,7 +224,7 @@ fn examples_print_like_virsh(s: &'static Stack) {
         "No current block job for vdb\n",
         "{}{}",
         common::shown(&out),
-        jobs_now(&mut qsd)
+        jobs_now(&mut qsd.ctl)
     );
 
     let out = output(Command::new(&blockjob).args(["/nonexistent.sock", "vda"]));
@@ -326,7 +321,7 @@ fn c_test_program_and_examples_are_clean_under_valgrind(s: &'static Stack) {
         String::from_utf8_lossy(&out.stdout).starts_with(" type=Block Copy\n"),
         "{}{}",
         common::shown(&out),
-        jobs_now(&mut qsd)
+        jobs_now(&mut qsd.ctl)
     );
     let out = under_valgrind(&blockjob, &["/nonexistent.sock", "vda"], None);
     assert_eq!(out.status.code(), Some(1), "{}", common::shown(&out));

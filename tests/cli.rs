@@ -84,10 +84,17 @@ fn info_output_byte_for_byte_on_a_ready_mirror(s: &'static Stack) {
     let out = tool(&["info", "--qmp", &sock, "vdz"]);
     assert_eq!(
         (out.status.code(), text(&out.stdout)),
-        (Some(0), "No current block job for vdz\n".to_string())
+        (Some(0), "No current block job for vdz\n".to_string()),
+        "{}",
+        shown_and_jobs(&out, &mut qsd.ctl)
     );
     let out = tool(&["info", "--qmp", &sock, "vdz", "--json"]);
-    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), String::new()));
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), String::new()),
+        "{}",
+        shown_and_jobs(&out, &mut qsd.ctl)
+    );
 }
 
 fn info_output_on_a_paused_running_job_matches_qemus_numbers(s: &'static Stack) {
@@ -200,17 +207,12 @@ fn wait_exit_codes(s: &'static Stack) {
     let out = waited_while(&sock, "m", || {
         qsd.ctl.ok("block-job-cancel", json!({"device": "m"}));
     });
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{out}\n--- QEMU's jobs now\n{:?}",
-        qsd.ctl.jobs()
-    );
+    assert_eq!(out.status.code(), Some(3), "{out}{}", jobs_now(&mut qsd.ctl));
     assert_eq!(
         said(&out),
         "blockjobinfo: Block Copy 'm' was cancelled\n",
-        "{out}\n--- QEMU's jobs now\n{:?}",
-        qsd.ctl.jobs()
+        "{out}{}",
+        jobs_now(&mut qsd.ctl)
     );
 
     // Failed (1): the target runs out of space once the rate limit is lifted.
@@ -226,17 +228,12 @@ fn wait_exit_codes(s: &'static Stack) {
     let out = waited_while(&sock, "f", || {
         qsd.ctl.ok("block-job-set-speed", json!({"device": "f", "speed": 0}));
     });
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{out}\n--- QEMU's jobs now\n{:?}",
-        qsd.ctl.jobs()
-    );
+    assert_eq!(out.status.code(), Some(1), "{out}{}", jobs_now(&mut qsd.ctl));
     assert_eq!(
         said(&out),
         "blockjobinfo: Block Copy 'f' failed: No space left on device\n",
-        "{out}\n--- QEMU's jobs now\n{:?}",
-        qsd.ctl.jobs()
+        "{out}{}",
+        jobs_now(&mut qsd.ctl)
     );
 }
 

@@ -199,11 +199,12 @@ fn install_use_and_remove_the_packages(s: &'static Stack) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", common::shown(&out));
-    let ours = String::from_utf8(out.stdout).unwrap();
+    let ours = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("blockjobinfo["),
-        "{}: virsh was not interposed by the installed library",
-        s.name
+        "{}: virsh was not interposed by the installed library: {}",
+        s.name,
+        common::shown(&out)
     );
     let theirs = dom.job_raw(Preload::No);
     let field = |text: &str, key: &str| {

@@ -34,10 +34,16 @@ fn tool(dom: &Domain, args: &[&str]) -> Output {
 /// The tool's answer for a name virsh refused: exit 7 and libvirt's own words.
 fn assert_refused(what: &str, o: &Output, libvirts: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(7), "{what}: exit 7 ({libvirts}): {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "{what}: exit 7 ({libvirts}): {}",
+        common::shown(o)
+    );
     assert!(
         err.contains(libvirts),
-        "{what}: libvirt's message '{libvirts}' in: {err}"
+        "{what}: libvirt's message '{libvirts}' in: {}",
+        common::shown(o)
     );
 }
 

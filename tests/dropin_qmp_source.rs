@@ -36,13 +36,27 @@ fn a_failing_qmp_source_falls_back_to_native_and_logs_it(s: &'static Stack) {
         common::shown(&out),
         dom.jobs_now()
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), plain);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        plain,
+        "{}: {}{}",
+        s.name,
+        common::shown(&out),
+        dom.jobs_now()
+    );
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(
         log.contains("warning: Qmp source failed for disk vda") && log.contains("falling back to native"),
-        "{log}"
+        "{}: {}",
+        s.name,
+        common::shown(&out)
     );
-    assert!(log.contains("/nonexistent/"), "the log names the socket: {log}");
+    assert!(
+        log.contains("/nonexistent/"),
+        "{}: the log names the socket: {}",
+        s.name,
+        common::shown(&out)
+    );
 
     // A template that does not name the domain is refused, not used for every domain.
     let out = blockjob_with(&dom.real_qmp_socket());

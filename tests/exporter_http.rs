@@ -239,6 +239,39 @@ fn refused(dir: &Path, yaml: &str) -> String {
     err[prefix.len()..].trim_end().to_string()
 }
 
+/// A cost above 14 is allowed but said: each check of such a password takes seconds or more (15: about 2 s).
+#[test]
+fn a_bcrypt_cost_above_14_is_served_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("web.yml");
+    std::fs::write(
+        &config,
+        format!("basic_auth_users:\n  prometheus: \"$2y$15${HASH_TAIL}\"\n"),
+    )
+    .unwrap();
+    let mut exporter = common::watched::Watched::spawn(
+        "metrics --listen",
+        Command::new(env!("CARGO_BIN_EXE_blockjobinfo"))
+            .args([
+                "metrics",
+                "--qmp-glob",
+                "/nonexistent/*",
+                "--listen",
+                "127.0.0.1:0",
+                "--web-config",
+            ])
+            .arg(&config),
+    );
+    exporter.wait_line(
+        "basic_auth_users.prometheus: bcrypt cost 15 makes each check take about 2 s",
+        Duration::from_secs(30),
+        String::new,
+    );
+}
+
+/// A bcrypt hash's salt and digest (`htpasswd -nbBC 4 u p`), for hashes of any cost written by hand.
+const HASH_TAIL: &str = "0pWbtuMz.YyK1b1ny2eTDuW33Xop7D.plh9.RtaQPo3qV4W5O1Tl.";
+
 #[test]
 fn a_malformed_web_config_is_one_line_exit_2_and_nothing_served() {
     let dir = tempfile::tempdir().unwrap();
@@ -301,6 +334,15 @@ fn a_malformed_web_config_is_one_line_exit_2_and_nothing_served() {
             "http_server_config:\n  headers:\n    Content-Security-Policy: \"default-src 'self'\\u0007\"\n".into(),
             "http_server_config.headers.Content-Security-Policy: not a value an HTTP header can carry",
         ),
+        // bcrypt's costs, as exporter-toolkit bounds them: below 4 no check would run, above 31 none exists.
+        (
+            format!("basic_auth_users:\n  prometheus: \"$2y$03${HASH_TAIL}\"\n"),
+            "basic_auth_users.prometheus: bcrypt cost 3 is outside 4 to 31",
+        ),
+        (
+            format!("basic_auth_users:\n  prometheus: \"$2y$32${HASH_TAIL}\"\n"),
+            "basic_auth_users.prometheus: bcrypt cost 32 is outside 4 to 31",
+        ),
     ];
     for (yaml, want) in cases {
         let line = refused(dir.path(), &yaml);
@@ -330,10 +372,12 @@ fn a_malformed_web_config_is_one_line_exit_2_and_nothing_served() {
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "blockjobinfo: error: web config /nonexistent.yml: cannot read it: No such file or directory (os error 2)\n"
+        "blockjobinfo: error: web config /nonexistent.yml: cannot read it: No such file or directory (os error 2)\n",
+        "{}",
+        shown(&out)
     );
 }
 

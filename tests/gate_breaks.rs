@@ -1,6 +1,6 @@
 //! `make test-breaks` (scripts/test-breaks.sh) bites only for the right reason: a guard that passes with its rule
-//! off, one that fails on something other than the rule's assertion, and one that fails with its rule on are each
-//! a red run naming the guard; a guard whose clean run passed in the gate's lane, from the same build, is not run
+//! off, one that fails on something other than the rule's assertion, one that fails with its rule on, one that
+//! prints its pattern while passing, and one that hangs past its bound are each a red run naming the guard; a guard whose clean run passed in the gate's lane, from the same build, is not run
 //! again. Run apart from the real gate (BJI_LANES_OUT), with a stand-in `cargo` that plays each test as the case
 //! says, on one stack.
 
@@ -11,7 +11,8 @@ use std::process::Command;
 /// The stand-in cargo: `test --no-run` builds nothing; `test -q --test BIN -- --exact TEST` logs its call and
 /// passes, or, with BLOCKJOBINFO_TEST_BREAK set, fails printing the guard's own pattern (taken from the script's
 /// list). The rule named in ODD_RULE misbehaves as ODD_MODE says: `pass` (passes with its rule off), `other`
-/// (fails on something else), `cleanfail` (fails with its rule on).
+/// (fails on something else), `cleanfail` (fails with its rule on), `saysit` (prints its pattern while passing
+/// with its rule on), `hang` (never ends with its rule off).
 const CARGO: &str = r#"#!/bin/sh
 case "$*" in *--no-run*) exit 0 ;; esac
 for a in "$@"; do test="$a"; done
@@ -20,6 +21,8 @@ name=${test##*::}
 if [ -z "${BLOCKJOBINFO_TEST_BREAK:-}" ]; then
     for r in $(awk -F'\t' -v n="$name" '{ t = $3; sub(/^.*::/, "", t) } t == n { print $1 }' "$GUARDS"); do
         [ "$r" = "${ODD_RULE:-}" ] && [ "${ODD_MODE:-}" = cleanfail ] && { echo "assertion failed: setup"; exit 101; }
+        [ "$r" = "${ODD_RULE:-}" ] && [ "${ODD_MODE:-}" = saysit ] &&
+            awk -F'\t' -v r="$r" -v n="$name" '{ t = $3; sub(/^.*::/, "", t) } $1 == r && t == n { print $4 }' "$GUARDS"
     done
     echo "test result: ok. 1 passed"
     exit 0
@@ -29,6 +32,7 @@ if [ "$rule" = "${ODD_RULE:-}" ]; then
     case $ODD_MODE in
     pass) echo "test result: ok. 1 passed"; exit 0 ;;
     other) echo "error: could not compile blockjobinfo"; exit 101 ;;
+    hang) exec sleep 600 ;;
     esac
 fi
 awk -F'\t' -v r="$rule" -v n="$name" '{ t = $3; sub(/^.*::/, "", t) } $1 == r && t == n { print "panicked: " $4 }' "$GUARDS"
@@ -117,10 +121,15 @@ fn a_guard_that_does_not_bite_for_its_own_reason_is_red_and_named() {
         ("pass", "passes with its rule off: it guards nothing"),
         ("other", "failed with its rule off, but not on the rule's assertion"),
         ("cleanfail", "fails with its rule on, so its failure proves nothing"),
+        ("saysit", "with its rule on, so the pattern proves nothing"),
+        ("hang", "timed out with its rule off, which is not a bite"),
     ] {
         // A rule of one guard (`lastend`): that guard is the one named, and the one that did not bite.
         let dir = tempfile::tempdir().unwrap();
-        let (code, text, _) = breaks(dir.path(), &[("ODD_RULE", "lastend"), ("ODD_MODE", mode)]);
+        let (code, text, _) = breaks(
+            dir.path(),
+            &[("ODD_RULE", "lastend"), ("ODD_MODE", mode), ("BJI_GUARD_TIMEOUT", "2")],
+        );
         assert_eq!(code, Some(1), "{mode}: {text}");
         assert!(
             text.contains(&format!("BAD lastend: qsd_last_ending {}::", a_stack())) && text.contains(says),

@@ -216,3 +216,34 @@ fn every_stack_test_runs_on_every_stack() {
     }
     assert!(checked > 50, "{checked} stack tests: the scan found too few");
 }
+
+/// A host stack is the release it is named for: on a machine upgraded under it (here, an os-release saying
+/// Debian 13 under `deb12`), `stacks.sh fresh` fails its lane with the cause, where it would have tested QEMU and
+/// libvirt of another release under the old name.
+#[test]
+fn a_host_stack_on_another_release_is_not_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("stacks.conf");
+    std::fs::write(&conf, "deb12 host bjx\n").unwrap();
+    let fresh = |release: &str| {
+        let path = dir.path().join("os-release");
+        std::fs::write(&path, release).unwrap();
+        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stacks.sh"))
+            .args(["fresh", "deb12"])
+            .env("BJI_STACKS_CONF", &conf)
+            .env("BJI_STACK_CACHE", dir.path())
+            .env("BJI_OS_RELEASE", &path)
+            .output()
+            .unwrap()
+    };
+    let out = fresh("ID=debian\nVERSION_ID=\"12\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n");
+    assert!(out.status.success(), "{}", common::shown(&out));
+    let out = fresh("ID=debian\nVERSION_ID=\"13\"\nPRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"\n");
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .contains("deb12: the host is Debian GNU/Linux 13 (trixie), not the Debian 12 its stack is named for"),
+        "{}",
+        common::shown(&out)
+    );
+}

@@ -32,12 +32,6 @@ fn wall_us() -> i64 {
 /// A copy onto a new overlay `file`, held at 1 byte/s with a 64 KiB buffer (its first burst moves 64 KiB of the
 /// 2 MiB to copy, so it cannot be ready until let go), and `wait -c --ready` started on it: returned once it
 /// says it waits (subscribed to libvirt's events, the job read, not ready).
-/// QEMU's block jobs now, on the test's own monitor of the domain (held all along, so the domain's second monitor
-/// is not free for `Domain::jobs_now`), for a failure's message.
-fn jobs_now(qemu: &mut Control) -> String {
-    format!("\n--- QEMU's jobs now\n{:?}", qemu.jobs())
-}
-
 fn held_copy_waited_for(s: &Stack, dom: &Domain, file: &str, qemu: &mut Control) -> Watched {
     let mut args = dom.copy_args(file, 1);
     args.extend(["--buf-size".to_string(), "65536".to_string()]);
@@ -49,9 +43,7 @@ fn held_copy_waited_for(s: &Stack, dom: &Domain, file: &str, qemu: &mut Control)
             // No safety re-read: only libvirt's event can end this wait before its time-out.
             .env("BLOCKJOBINFO_TEST_NO_SAFETY_POLL", "1"),
     );
-    waiter.wait_line("wait: waiting for disk vda", Duration::from_secs(60), || {
-        format!("QEMU's jobs: {:?}", qemu.jobs())
-    });
+    waiter.wait_line("wait: waiting for disk vda", Duration::from_secs(60), || jobs_now(qemu));
     waiter
 }
 
@@ -76,17 +68,13 @@ fn wait_c_wakes_on_libvirts_events_and_reports_cancel_and_gone(s: &'static Stack
         Duration::from_secs(120),
     );
     let (done, returned) = exited.join().unwrap();
-    assert!(
-        done.status.success(),
-        "wait --ready: {done}; QEMU's jobs: {:?}",
-        qemu.jobs()
-    );
+    assert!(done.status.success(), "wait --ready: {done}{}", jobs_now(&mut qemu));
     let late = returned - event_us(&ready);
     assert!(
         late > 0,
-        "wait -c returned {} us before QEMU's JOB_STATUS_CHANGE to ready: {done}; QEMU's jobs: {:?}",
+        "wait -c returned {} us before QEMU's JOB_STATUS_CHANGE to ready: {done}{}",
         -late,
-        qemu.jobs()
+        jobs_now(&mut qemu)
     );
     assert!(!done.stderr.contains("panicked"), "{done}{}", jobs_now(&mut qemu));
     eprintln!("{}: wait -c returned {late} us after JOB_STATUS_CHANGE (ready)", s.name);

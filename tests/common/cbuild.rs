@@ -137,6 +137,18 @@ fn nightly_asan_runtime() -> PathBuf {
         crate::common::shown(&out)
     );
     let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    // Fork-safe from LLVM 18 on: an older nightly would bring back the hang this runtime is here to avoid.
+    let version = Command::new("rustc").args(["+nightly", "-vV"]).output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    let llvm: u32 = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("rustc +nightly -vV names no LLVM version: {version}"));
+    assert!(
+        llvm >= 18,
+        "the nightly toolchain's LLVM is {llvm}: its ASan runtime is not fork-safe before 18"
+    );
     let rt = sysroot.join("lib/rustlib/x86_64-unknown-linux-gnu/lib/librustc-nightly_rt.asan.a");
     assert!(rt.exists(), "{} is missing from the nightly toolchain", rt.display());
     rt

@@ -22,24 +22,6 @@ struct Family {
     histograms: BTreeMap<Vec<String>, Histogram>,
 }
 
-/// `make test-breaks` (`series`): the sample `values` would have been taken for, as the `prometheus` crate took
-/// it: the first whose values, joined in the caller's order, have the same FNV-1a 64 hash (values that join
-/// alike, and any crafted pair). Never mutated: it runs only under the test-only switch, which no unit test sets.
-#[cfg_attr(any(), mutants::skip)]
-fn taken_as_the_crate_took_it(family: &Family, values: &[&str]) -> Option<Vec<String>> {
-    let fnv = |parts: &mut dyn Iterator<Item = &str>| {
-        parts.flat_map(str::bytes).fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
-    };
-    let ours = fnv(&mut values.iter().copied());
-    family
-        .samples
-        .keys()
-        .find(|k| fnv(&mut family.place.iter().map(|&at| k[at].as_str())) == ours)
-        .cloned()
-}
-
 /// A histogram's series: (upper bound, cumulative count) for each bucket but `+Inf`, the sum, the count.
 type Histogram = (Vec<(f64, u64)>, f64, u64);
 
@@ -105,7 +87,9 @@ impl Exposition {
             key[at] = v.to_string();
         }
         if blockjobinfo::environment::broken("series") {
-            if let Some(first) = taken_as_the_crate_took_it(family, values) {
+            if let Some(first) =
+                crate::series_break::taken_as_the_crate_took_it(family.samples.keys(), &family.place, values)
+            {
                 key = first;
             }
         }

@@ -18,6 +18,7 @@ mod list;
 mod metrics;
 mod print;
 mod qmp;
+mod series_break;
 mod stall;
 mod virt;
 

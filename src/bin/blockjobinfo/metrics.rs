@@ -294,7 +294,12 @@ fn serve(server: http::Server, hosts: &Hosts, serving: Serving) -> ExitCode {
     let web_config = serving.web_config.map(credential);
     let web = match &web_config {
         Some(path) => match http::webconfig::load(path) {
-            Ok(w) => w,
+            Ok(w) => {
+                for warning in &w.warnings {
+                    eprintln!("blockjobinfo: warning: web config {}: {warning}", path.display());
+                }
+                w
+            }
             Err(e) => {
                 eprintln!("blockjobinfo: error: {e}");
                 return ExitCode::from(2);

@@ -22,22 +22,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The cost most of the users' hashes have (10, bcrypt's usual, if none can be read): an unknown user is checked
-/// against a hash of that cost, so that the time of an answer does not tell a known user from an unknown one.
-fn usual_cost(users: &BTreeMap<String, String>) -> u32 {
-    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
-    for hash in users.values() {
-        if let Ok(parts) = hash.parse::<bcrypt::HashParts>() {
-            *counts.entry(parts.get_cost()).or_default() += 1;
-        }
-    }
-    counts.into_iter().max_by_key(|(_, n)| *n).map_or(10, |(cost, _)| cost)
+/// A hash in bcrypt's format, of `cost`, that matches no password: a real hash at cost 4 (about a millisecond)
+/// relabelled with `cost`, so checking a password against it runs bcrypt at `cost` (its digest, made at 4, is
+/// never the one cost `cost` gives: 184 bits would have to agree). Made at load for every cost configured,
+/// however high: no hash of cost 31 (35 hours) is ever computed, and no checker waits for one to be made.
+fn decoy(cost: u32) -> String {
+    let salt: [u8; 16] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ (cost as u8));
+    let cheap = bcrypt::hash_with_salt("blockjobinfo decoy", 4, salt)
+        .expect("bcrypt at cost 4 of a constant")
+        .format_for_version(bcrypt::Version::TwoB);
+    format!("$2b${cost:02}{}", &cheap[6..])
 }
 
 pub struct Auth {
     users: BTreeMap<String, String>,
-    /// A hash that matches no password, at the users' usual cost: made on first need.
-    decoy: std::sync::OnceLock<String>,
+    /// For each user in turn, a decoy of that user's cost: an unknown user is checked against the one its name
+    /// picks (a keyed hash of the name, the same each time), so unknown names cost what known ones do, and in
+    /// the same proportions.
+    decoys: Vec<String>,
+    /// The key of that pick, random for each process: which cost a name gets cannot be worked out beforehand.
+    pick: std::collections::hash_map::RandomState,
     /// SHA-256 of (user, hash, password) that were allowed: no password is kept. Apart from the denied ones, so
     /// that guesses never push a right password out.
     allowed: Mutex<HashSet<[u8; 32]>>,
@@ -46,15 +50,27 @@ pub struct Auth {
 }
 
 impl Auth {
+    /// `users`' hashes must parse, with a cost of 4 to 31 (the web config's checks).
     pub fn new(users: BTreeMap<String, String>) -> Option<Arc<Auth>> {
         (!users.is_empty()).then(|| {
+            let decoys = users
+                .values()
+                .map(|hash| decoy(hash.parse::<bcrypt::HashParts>().map_or(10, |p| p.get_cost())))
+                .collect();
             Arc::new(Auth {
                 users,
-                decoy: std::sync::OnceLock::new(),
+                decoys,
+                pick: std::collections::hash_map::RandomState::new(),
                 allowed: Mutex::new(HashSet::new()),
                 denied: Mutex::new(HashSet::new()),
             })
         })
+    }
+
+    /// The decoy an unknown `user` is checked against.
+    fn decoy_for(&self, user: &str) -> &str {
+        use std::hash::BuildHasher;
+        &self.decoys[(self.pick.hash_one(user) % self.decoys.len() as u64) as usize]
     }
 
     /// The verdict if it is already known (no bcrypt needed); None when `check` must run.
@@ -78,12 +94,8 @@ impl Auth {
         let (user, password) = header.and_then(credentials).expect("cached() handled a missing header");
         let key = self.key(&user, &password);
         let hash = self.users.get(&user);
-        let decoy = || {
-            self.decoy.get_or_init(|| {
-                bcrypt::hash("blockjobinfo decoy", usual_cost(&self.users)).expect("bcrypt of a constant")
-            })
-        };
-        let matched = bcrypt::verify(&password, hash.map_or_else(|| decoy().as_str(), String::as_str)).unwrap_or(false);
+        let against = hash.map_or_else(|| self.decoy_for(&user), String::as_str);
+        let matched = bcrypt::verify(&password, against).unwrap_or(false);
         let ok = hash.is_some() && matched;
         let mut known = lock(if ok { &self.allowed } else { &self.denied });
         if known.len() >= REMEMBERED {
@@ -149,16 +161,39 @@ mod tests {
 
     #[test]
     fn an_unknown_user_costs_what_a_known_one_does() {
+        // Mixed costs, three of 4 for one of 5: unknown names are checked at 4 about three times in four, as the
+        // known users are, and the median cost is the known users' median.
         let users = BTreeMap::from([
-            ("a".to_string(), bcrypt::hash("x", 5).unwrap()),
-            ("b".to_string(), bcrypt::hash("y", 5).unwrap()),
+            ("a".to_string(), bcrypt::hash("x", 4).unwrap()),
+            ("b".to_string(), bcrypt::hash("y", 4).unwrap()),
             ("c".to_string(), bcrypt::hash("z", 4).unwrap()),
+            ("d".to_string(), bcrypt::hash("w", 5).unwrap()),
         ]);
-        assert_eq!(usual_cost(&users), 5);
         let auth = Auth::new(users).unwrap();
+        let costs: Vec<u32> = (0..4000)
+            .map(|i| {
+                let decoy: bcrypt::HashParts = auth.decoy_for(&format!("nobody{i}")).parse().unwrap();
+                decoy.get_cost()
+            })
+            .collect();
+        let at_4 = costs.iter().filter(|c| **c == 4).count();
+        assert!((2700..=3300).contains(&at_4), "{at_4} of 4000 unknown names at cost 4");
+        assert_eq!(costs.iter().filter(|c| **c == 5).count(), 4000 - at_4);
+        // A name gets the same decoy every time (a real user's cost does not change between tries).
+        assert_eq!(auth.decoy_for("nobody"), auth.decoy_for("nobody"));
         assert_eq!(auth.check(Some(&header("nobody", "x"))), Verdict::Denied);
-        let decoy: bcrypt::HashParts = auth.decoy.get().unwrap().parse().unwrap();
-        assert_eq!(decoy.get_cost(), 5, "the decoy has the users' cost");
+    }
+
+    #[test]
+    fn a_decoy_of_any_cost_is_made_at_once_and_matches_nothing() {
+        // Up to 31: a decoy computed at its own cost would take 35 hours here, and the test would not end.
+        for cost in 4..=31 {
+            let parts: bcrypt::HashParts = decoy(cost).parse().unwrap();
+            assert_eq!(parts.get_cost(), cost);
+        }
+        for password in ["blockjobinfo decoy", "", "x"] {
+            assert!(!bcrypt::verify(password, &decoy(5)).unwrap(), "{password:?}");
+        }
     }
 
     #[test]

@@ -210,6 +210,9 @@ async fn watch_web_config(
                 files = web.files.clone();
                 *shared.web.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Web::new(&web));
                 eprintln!("blockjobinfo: web config {} read again ({why})", path.display());
+                for warning in &web.warnings {
+                    eprintln!("blockjobinfo: warning: web config {}: {warning}", path.display());
+                }
             }
             Ok(Err(e)) => {
                 seen = before;

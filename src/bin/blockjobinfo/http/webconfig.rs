@@ -26,6 +26,8 @@ pub struct WebConfig {
     /// changes while serving).
     pub files: Vec<PathBuf>,
     pub strength: Strength,
+    /// What is allowed but unwise (a bcrypt cost above 14), said once each time the config is read.
+    pub warnings: Vec<String>,
 }
 
 /// How much a config protects: a config read again while serving may not lower any of it (a file caught
@@ -97,6 +99,7 @@ impl WebConfig {
             rate_limit: None,
             files: vec![],
             strength: Strength::default(),
+            warnings: vec![],
         }
     }
 }
@@ -249,14 +252,31 @@ fn one_line(s: &str) -> String {
 }
 
 fn check(file: File, dir: &Path) -> Result<WebConfig, Bad> {
+    let mut warnings = vec![];
     for (user, hash) in &file.basic_auth_users {
         let key = format!("basic_auth_users.{user}");
-        hash.parse::<bcrypt::HashParts>().map_err(|_| {
+        let parts = hash.parse::<bcrypt::HashParts>().map_err(|_| {
             bad(
                 &key,
                 "not a bcrypt hash (make one with `htpasswd -nbBC 10 USER PASSWORD`)",
             )
         })?;
+        // exporter-toolkit's bounds (and bcrypt's): below 4 no check would run (every password refused at
+        // once), above 31 there is no such cost.
+        let cost = parts.get_cost();
+        if !(MIN_COST..=MAX_COST).contains(&cost) {
+            return Err(bad(
+                &key,
+                format!("bcrypt cost {cost} is outside {MIN_COST} to {MAX_COST}"),
+            ));
+        }
+        if cost > WARN_COST {
+            warnings.push(format!(
+                "{key}: bcrypt cost {cost} makes each check take about {} (10 takes tens of milliseconds): a \
+                 scrape may time out while its password is checked",
+                rough_duration(cost)
+            ));
+        }
     }
     let mut headers = vec![];
     if let Some(http) = &file.http_server_config {
@@ -304,7 +324,25 @@ fn check(file: File, dir: &Path) -> Result<WebConfig, Bad> {
         rate_limit,
         files: vec![],
         strength,
+        warnings,
     })
+}
+
+/// bcrypt costs the web config accepts, and the cost above which it warns.
+pub const MIN_COST: u32 = 4;
+pub const MAX_COST: u32 = 31;
+const WARN_COST: u32 = 14;
+
+/// About how long one check at `cost` takes (cost 10: 50 ms here; each step doubles it).
+fn rough_duration(cost: u32) -> String {
+    let ms = 50u64 << cost.saturating_sub(10).min(40);
+    if ms < 60_000 {
+        format!("{} s", (ms + 500) / 1000)
+    } else if ms < 3_600_000 {
+        format!("{} minutes", ms / 60_000)
+    } else {
+        format!("{} hours", ms / 3_600_000)
+    }
 }
 
 /// exporter-toolkit's headers and values: only these may be set.
