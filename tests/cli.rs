@@ -197,6 +197,9 @@ fn wait_exit_codes(s: &'static Stack) {
     let t = Instant::now();
     let out = tool(&["wait", "--qmp", &sock, "m", "--ready", "--timeout", "0.3"]);
     assert_eq!(out.status.code(), Some(5), "{}", shown_and_jobs(&out, &mut qsd.ctl));
+    // Measured 316-320 ms (2026-12-07, the three stacks, beside a mutants run); 5 s is 15x that, and a wait that
+    // ignored its timeout would run until the copy is ready (8 MiB at 64 KiB/s: two minutes).
+    eprintln!("{}: measured: wait --timeout 0.3 ended in {:?}", s.name, t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(
         text(&out.stderr),

@@ -133,16 +133,23 @@ fn tls_and_basic_auth_as_curl_sees_them(s: &'static Stack) {
     // Wrong guesses (each a bcrypt; beyond half of --max-requests waiting for one, 503 at once) slow no scrape that
     // has the right password: it is answered while the guesses still queue, not after them
     // (tests/exporter_auth_flood.rs floods it with 1,500).
+    let (told, heard) = std::sync::mpsc::channel();
     let flood: Vec<_> = (0..40)
         .map(|i| {
-            let (url, ca) = (url.clone(), ca.to_string());
+            let (url, ca, told) = (url.clone(), ca.to_string(), told.clone());
             std::thread::spawn(move || {
                 let code = curl(&["--cacert", &ca, "-u", &format!("prometheus:guess {i}")], &url).0;
+                let _ = told.send(());
                 (code, Instant::now())
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Sent once the server is checking guesses (its first answer is out), not after a guessed delay: the other
+    // guesses, sent at the same moment, are then queued at the server, and an answer after the scrape's means
+    // the scrape did not wait behind them.
+    heard
+        .recv_timeout(Duration::from_secs(60))
+        .expect("no guess answered within 60 s");
     let (code, body) = curl(&["--cacert", ca, "-u", "prometheus:right horse"], &url);
     let answered = Instant::now();
     assert_eq!(code, 200, "{body}");
@@ -491,7 +498,18 @@ fn bounds_hold_with_2000_idle_connections(s: &'static Stack) {
     let (idle_threads, _) = e.threads_and_rss();
 
     let idle = half_requests(&e.address, 2000);
-    std::thread::sleep(Duration::from_millis(500));
+    // Until the server holds them all (an open descriptor each), not a guessed delay: the bounds below are then
+    // read with 2,000 connections in it, not fewer.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held = || std::fs::read_dir(format!("/proc/{}/fd", e.pid())).map_or(0, |d| d.count());
+    while held() < 2000 {
+        assert!(
+            Instant::now() < deadline,
+            "the server holds {} descriptors, not 2,000",
+            held()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let t = Instant::now();
     let r = get(&e.address, "/metrics", &[]);
     let took = t.elapsed();

@@ -151,8 +151,9 @@ fn a_state_file_that_is_not_one_is_said_and_ignored() {
         said.iter()
             .any(|l| l.contains("ignoring the state file") && l.contains("not the state's JSON"))
     });
-    // Not this exporter's file: never overwritten (a second past the first write the state would get).
-    std::thread::sleep(Duration::from_millis(1500));
+    // Not this exporter's file: never overwritten. Nothing is said when a write does not happen, so this waits
+    // five of the writer's 1 s periods (a state it owns is written within one: `a_restart_keeps_...` above).
+    std::thread::sleep(Duration::from_secs(5));
     let _ = get(&e.address, "/metrics", &[]);
     assert_eq!(std::fs::read_to_string(&state).unwrap(), "not json");
     drop(e);

@@ -63,12 +63,15 @@ fn slow_qemu(job_type: &'static str, until: Until, ends_after: Duration) -> Fake
 }
 
 /// 40 threads asking for the job list in a loop on `src` until `stop`; returns (answered, no turn) once joined.
-fn crowd(src: &Arc<QmpSource>, stop: &Arc<AtomicBool>) -> impl FnOnce() -> (usize, usize) {
+/// `entered` counts the callers that have made their first call (each then waits in the queue or is served).
+fn crowd(src: &Arc<QmpSource>, stop: &Arc<AtomicBool>, entered: &Arc<AtomicUsize>) -> impl FnOnce() -> (usize, usize) {
     let (answered, no_turn) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let callers: Vec<_> = (0..40)
         .map(|_| {
             let (src, stop, answered, no_turn) = (src.clone(), stop.clone(), answered.clone(), no_turn.clone());
+            let entered = entered.clone();
             std::thread::spawn(move || {
+                entered.fetch_add(1, Ordering::SeqCst);
                 while !stop.load(Ordering::SeqCst) {
                     match src.query_jobs() {
                         Ok(_) => answered.fetch_add(1, Ordering::SeqCst),
@@ -101,7 +104,7 @@ fn forty_callers_and_a_wait_on_a_slow_qemu() {
         let fake = slow_qemu("mirror", until, Duration::from_secs(4));
         let src = Arc::new(QmpSource::open_with(&fake.path, limits()).unwrap());
         let stop = Arc::new(AtomicBool::new(false));
-        let counts = crowd(&src, &stop);
+        let counts = crowd(&src, &stop, &Arc::new(AtomicUsize::new(0)));
         let waited = src.wait("m", until, Some(Duration::from_secs(60)));
         stop.store(true, Ordering::SeqCst);
         let (answered, no_turn) = counts();
@@ -131,9 +134,16 @@ fn an_interruptible_wait_stops_while_it_queues() {
     let fake = slow_qemu("mirror", Until::Ready, Duration::from_secs(3600));
     let src = Arc::new(QmpSource::open_with(&fake.path, limits()).unwrap());
     let stop = Arc::new(AtomicBool::new(false));
-    let counts = crowd(&src, &stop);
-    // The crowd fills the queue before the wait asks.
-    std::thread::sleep(Duration::from_secs(1));
+    let entered = Arc::new(AtomicUsize::new(0));
+    let counts = crowd(&src, &stop, &entered);
+    // The crowd fills the queue before the wait asks: every caller has called (one reply at a time, 300 ms
+    // each: 39 of them then queue), and the peer has its first command.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while entered.load(Ordering::SeqCst) < 40 || !fake.commands.lock().unwrap().iter().any(|c| c == "query-block-jobs")
+    {
+        assert!(Instant::now() < deadline, "the crowd never called");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let asked_at = Instant::now();
     let told = Instant::now() + Duration::from_millis(500);
     let waited = src.wait_interruptible(

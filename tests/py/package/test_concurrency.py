@@ -102,7 +102,12 @@ def test_many_async_waits_leave_the_default_executor_free(qsd):
             qsd.mirror(4 * MIB)
             loop = asyncio.get_running_loop()
             waits = [asyncio.create_task(src.wait_async("m", "ready", timeout=60)) for _ in range(12)]
-            await asyncio.sleep(0.2)
+            # All twelve waiting (their threads started), not a guessed delay: the executor is then asked while
+            # every wait holds what it holds.
+            deadline = time.monotonic() + 30
+            while waiting_threads() != 12:
+                assert time.monotonic() < deadline, stack_says(f"{waiting_threads()} waiting threads")
+                await asyncio.sleep(0.01)
             started = time.monotonic()
             assert await loop.run_in_executor(None, lambda: 42) == 42
             # Twelve waits that held its workers would keep it for the copy's seconds; a free one answers in
