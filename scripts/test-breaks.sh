@@ -76,8 +76,9 @@ one() {
     if passed_in_lane "$lane" "$bin" "$test"; then
         echo "passed in the gate's lane $lane, from this build" >"$base.clean.log"
     else
+        # --show-output: a passing test's own output is kept, so that the pattern check below sees it.
         timeout -k 30 "${BJI_GUARD_TIMEOUT:-1200}" ${CARGO:-cargo} test -q --test "$bin" -- --exact "$test" \
-            >"$base.clean.log" 2>&1
+            --show-output >"$base.clean.log" 2>&1
         rc=$?
         if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
             echo "BAD $rule: $bin $test timed out with its rule on (log: $base.clean.log)"

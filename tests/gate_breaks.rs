@@ -12,17 +12,22 @@ use std::process::Command;
 /// passes, or, with BLOCKJOBINFO_TEST_BREAK set, fails printing the guard's own pattern (taken from the script's
 /// list). The rule named in ODD_RULE misbehaves as ODD_MODE says: `pass` (passes with its rule off), `other`
 /// (fails on something else), `cleanfail` (fails with its rule on), `saysit` (prints its pattern while passing
-/// with its rule on), `hang` (never ends with its rule off).
+/// with its rule on, which libtest shows only with `--show-output`), `hang` (never ends with its rule off),
+/// `cleanhang` (never ends with its rule on).
 const CARGO: &str = r#"#!/bin/sh
 case "$*" in *--no-run*) exit 0 ;; esac
-for a in "$@"; do test="$a"; done
+prev=""; for a in "$@"; do [ "$prev" = --exact ] && test="$a"; prev=$a; done
 echo "${BLOCKJOBINFO_TEST_BREAK:-clean} $test" >>"$CALLS"
 name=${test##*::}
 if [ -z "${BLOCKJOBINFO_TEST_BREAK:-}" ]; then
     for r in $(awk -F'\t' -v n="$name" '{ t = $3; sub(/^.*::/, "", t) } t == n { print $1 }' "$GUARDS"); do
         [ "$r" = "${ODD_RULE:-}" ] && [ "${ODD_MODE:-}" = cleanfail ] && { echo "assertion failed: setup"; exit 101; }
-        [ "$r" = "${ODD_RULE:-}" ] && [ "${ODD_MODE:-}" = saysit ] &&
-            awk -F'\t' -v r="$r" -v n="$name" '{ t = $3; sub(/^.*::/, "", t) } $1 == r && t == n { print $4 }' "$GUARDS"
+        [ "$r" = "${ODD_RULE:-}" ] && [ "${ODD_MODE:-}" = cleanhang ] && exec sleep 600
+        # As libtest: a passing test's own output is shown only when asked.
+        case "$*" in *--show-output*)
+            [ "$r" = "${ODD_RULE:-}" ] && [ "${ODD_MODE:-}" = saysit ] &&
+                awk -F'\t' -v r="$r" -v n="$name" '{ t = $3; sub(/^.*::/, "", t) } $1 == r && t == n { print $4 }' "$GUARDS"
+        esac
     done
     echo "test result: ok. 1 passed"
     exit 0
@@ -123,6 +128,7 @@ fn a_guard_that_does_not_bite_for_its_own_reason_is_red_and_named() {
         ("cleanfail", "fails with its rule on, so its failure proves nothing"),
         ("saysit", "with its rule on, so the pattern proves nothing"),
         ("hang", "timed out with its rule off, which is not a bite"),
+        ("cleanhang", "timed out with its rule on"),
     ] {
         // A rule of one guard (`lastend`): that guard is the one named, and the one that did not bite.
         let dir = tempfile::tempdir().unwrap();

@@ -136,8 +136,8 @@ fn an_interruptible_wait_stops_while_it_queues() {
     let stop = Arc::new(AtomicBool::new(false));
     let entered = Arc::new(AtomicUsize::new(0));
     let counts = crowd(&src, &stop, &entered);
-    // The crowd fills the queue before the wait asks: every caller has called (one reply at a time, 300 ms
-    // each: 39 of them then queue), and the peer has its first command.
+    // The crowd fills the queue before the wait asks: every caller's thread runs its loop (its first call made
+    // or about to be), and the peer has its first command, which holds the monitor 300 ms: the others queue.
     let deadline = Instant::now() + Duration::from_secs(30);
     while entered.load(Ordering::SeqCst) < 40 || !fake.commands.lock().unwrap().iter().any(|c| c == "query-block-jobs")
     {

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::{die_with_parent, Control, Stack, MIB};
 
 /// The guest's QMP monitors, each `NAME.sock` in its directory.
-const MONITORS: [&str; 4] = ["ctl", "lib", "tool", "wait"];
+const MONITORS: [&str; 5] = ["ctl", "lib", "tool", "wait", "report"];
 
 /// How a guest is booted and what it writes.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +37,8 @@ pub struct Guest {
     /// At most GUESTS writing guests on the machine at once: their rates are the tests' subject, and more
     /// guests under TCG than cores would take the cores their copies need.
     _slot: super::HostLock,
+    /// Its report monitor, read if the test fails.
+    _watching: super::report::Watching,
 }
 
 /// How many writing guests may run at once on the machine (one per core of this 2-core machine: a guest
@@ -98,6 +100,7 @@ impl Guest {
             &format!("{inside}/disk.raw"),
         ]));
         println!("{}: guest accelerator: {accel}", s.name);
+        let report = dir.path().join("report.sock").to_str().unwrap().to_string();
         let mut g = Guest {
             stack: s,
             dir,
@@ -106,6 +109,7 @@ impl Guest {
             accel,
             writes,
             _slot: slot,
+            _watching: super::report::watch_jobs(&format!("{}'s guest", s.name), &report),
         };
         g.spawn();
         g
@@ -158,8 +162,8 @@ impl Guest {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        // The test's, the library's, the tool's, and one more for a tool's wait beside it: a monitor serves one
-        // client at a time.
+        // The test's, the library's, the tool's, one more for a tool's wait beside it (a monitor serves one
+        // client at a time), and one read only if the test fails (report.rs).
         for m in MONITORS {
             cmd.args([
                 "-chardev",

@@ -19,6 +19,8 @@ pub struct Qsd {
     pub ctl: Control,
     extra: usize,
     slow: bool,
+    /// Its report monitor (`report.mon`, no test client's), read if the test fails.
+    watching: Option<super::report::Watching>,
 }
 
 /// The size of the `slow` node: 8 L2 tables of metadata, which its throttle lets QEMU read in about 2 s.
@@ -75,8 +77,11 @@ impl Qsd {
             ctl: Control::dummy(),
             extra,
             slow,
+            watching: None,
         };
         qsd.spawn();
+        let report = qsd.path("report.mon");
+        qsd.watching = Some(super::report::watch_jobs(&format!("{}'s daemon", s.name), &report));
         qsd
     }
 
@@ -136,7 +141,7 @@ impl Qsd {
         let host = |n: &str| self.dir.path().join(n);
         let inside = self.stack.inside(self.dir.path());
         let p = |n: &str| format!("{inside}/{n}");
-        for s in ["ctl.sock", "lib.sock"] {
+        for s in ["ctl.sock", "lib.sock", "report.mon"] {
             let _ = std::fs::remove_file(host(s));
         }
         let mut args: Vec<String> = vec![
@@ -148,6 +153,12 @@ impl Qsd {
             format!("socket,id=lib,path={},server=on,wait=off", p("lib.sock")),
             "--monitor".into(),
             "chardev=lib,pretty=on".into(),
+            // Read only when the test fails (report.rs): never held by a test's client. Not `*.sock`, which
+            // tests glob for the daemon's other monitors.
+            "--chardev".into(),
+            format!("socket,id=report,path={},server=on,wait=off", p("report.mon")),
+            "--monitor".into(),
+            "chardev=report".into(),
         ];
         for i in 0..self.extra {
             let sock = format!("lib-{i}.sock");

@@ -78,3 +78,60 @@ fn query_jobs(path: &str) -> Result<String, Box<dyn std::error::Error>> {
     }
     Ok("(the monitor closed)".to_string())
 }
+
+/// A QEMU monitor whose jobs are printed if the thread that registered it panics (any assertion, any test):
+/// unregistered when dropped.
+pub struct Watching(u64);
+
+struct Watched {
+    id: u64,
+    thread: std::thread::ThreadId,
+    label: String,
+    path: String,
+}
+
+static WATCHED: std::sync::Mutex<Vec<Watched>> = std::sync::Mutex::new(Vec::new());
+static HOOK: std::sync::Once = std::sync::Once::new();
+
+/// Registers `path`, a monitor no test client holds (a daemon's own report monitor, a domain's second one),
+/// under `label`: when this thread panics, the panic's message is followed by QEMU's jobs read there, so every
+/// failure says what QEMU had at that moment, whatever the assertion printed itself.
+pub fn watch_jobs(label: &str, path: &str) -> Watching {
+    HOOK.call_once(|| {
+        let before = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            before(info);
+            let me = std::thread::current().id();
+            // try_lock: a panic while the list itself is locked must not wait on itself.
+            let mine: Vec<(String, String)> = match WATCHED.try_lock() {
+                Ok(w) => w
+                    .iter()
+                    .filter(|w| w.thread == me)
+                    .map(|w| (w.label.clone(), w.path.clone()))
+                    .collect(),
+                Err(_) => vec![],
+            };
+            for (label, path) in mine {
+                eprintln!("--- QEMU's jobs as the test failed ({label})\n{}", qemu_jobs_at(&path));
+            }
+        }));
+    });
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    WATCHED.lock().unwrap_or_else(|p| p.into_inner()).push(Watched {
+        id,
+        thread: std::thread::current().id(),
+        label: label.to_string(),
+        path: path.to_string(),
+    });
+    Watching(id)
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        WATCHED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|w| w.id != self.0);
+    }
+}

@@ -172,7 +172,11 @@ pub fn revive(s: &Stack, killed: u32) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    eprintln!("{}: measured: the killed libvirtd {killed} was gone after {:?}", s.name, started.elapsed());
+    eprintln!(
+        "{}: measured: the killed libvirtd {killed} was gone after {:?}",
+        s.name,
+        started.elapsed()
+    );
     start_session_daemon(s);
 }
 

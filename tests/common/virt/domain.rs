@@ -61,6 +61,8 @@ pub struct Domain {
     pub name: String,
     /// In-stack directory of its images and files.
     pub dir: String,
+    /// Its second monitor, read if the test fails (report.rs; "held" if the library under test holds it).
+    watching: Option<crate::common::report::Watching>,
 }
 
 /// `program args` as the test user; its error (with the stack's name) if it fails.
@@ -149,7 +151,12 @@ impl Domain {
         let _ = std::fs::remove_dir_all(&host_dir);
         std::fs::create_dir_all(&host_dir).unwrap();
         root_run(s.root_command("chown").args([s.user, &dir]));
-        let d = Domain { stack: s, name, dir };
+        let mut d = Domain {
+            stack: s,
+            name,
+            dir,
+            watching: None,
+        };
         let p = |f: &str| d.path(f);
         user_run(s, "qemu-img", &["create", "-q", "-f", "qcow2", &p("base.qcow2"), "16M"])?;
         user_run(s, "qemu-io", &["-c", "write -P 0x11 0 4M", &p("base.qcow2")])?;
@@ -185,6 +192,10 @@ impl Domain {
         let _ = std::fs::remove_file(d.qmp_socket());
         // Relative, so that it resolves the same inside the stack and from the host.
         std::os::unix::fs::symlink(format!("../bjtest-{}/real.qmp", d.name), d.qmp_socket()).unwrap();
+        d.watching = Some(crate::common::report::watch_jobs(
+            &format!("{}'s domain {}", s.name, d.name),
+            &d.real_qmp_socket(),
+        ));
         Ok(d)
     }
 
@@ -284,16 +295,26 @@ impl Domain {
         std::fs::read_to_string(self.stack.host(&path)).unwrap_or_default()
     }
 
-    /// QEMU's block jobs now, read on the domain's second monitor, and libvirt's view of vda (`blockjob --raw`):
-    /// for a failure's message (never panics; no `qemu-monitor-command`, which would taint the domain).
+    /// QEMU's block jobs now (every disk's), read on the domain's second monitor, and libvirt's view of vda
+    /// (`blockjob --raw`): for a failure's message, so it never panics and gives up after a few seconds (no
+    /// `qemu-monitor-command`, which would taint the domain; virsh never starts a daemon, `LIBVIRT_AUTOSTART=0`).
     pub fn jobs_now(&self) -> String {
-        let libvirt = self.virsh(Preload::No, &["blockjob", &self.name, "vda", "--raw"]);
-        format!(
-            "\n--- QEMU's jobs now\n{}\n--- libvirt's vda now\n{}{}",
-            crate::common::qemu_jobs_at(&self.real_qmp_socket()),
-            String::from_utf8_lossy(&libvirt.stdout),
-            String::from_utf8_lossy(&libvirt.stderr)
-        )
+        let qemu = crate::common::qemu_jobs_at(&self.real_qmp_socket());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stack, name) = (self.stack, self.name.clone());
+        // Left to end by itself if libvirtd hangs: the test is failing already.
+        std::thread::spawn(move || {
+            let _ = tx.send(virsh(stack, Preload::No, &["blockjob", &name, "vda", "--raw"]));
+        });
+        let libvirt = match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(_) => "(virsh gave no answer within 5 s)".to_string(),
+        };
+        format!("\n--- QEMU's jobs now\n{qemu}\n--- libvirt's vda now\n{libvirt}")
     }
 
     pub fn job_raw(&self, p: Preload) -> String {
