@@ -184,47 +184,39 @@ fn examples_print_like_virsh(s: &'static Stack) {
     let translate = dir.path().join("translate");
     cc(Some(&blockjob), &["c-examples/blockjob.c"], &[]).unwrap();
     cc(Some(&translate), &["c-examples/translate.c"], &[]).unwrap();
-    let mut qsd = daemon_with_copy_job(s);
+    let qsd = daemon_with_copy_job(s);
 
     let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vda", "--raw"]));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let lines: Vec<&str> = text.lines().collect();
-    assert!(
-        out.status.success() && lines.len() == 4,
-        "{}{}",
-        common::shown(&out),
-        jobs_now(&mut qsd.ctl)
-    );
-    assert_eq!(lines[0], " type=Block Copy", "{text}{}", jobs_now(&mut qsd.ctl));
-    assert_eq!(lines[1], " bandwidth=2", "{text}{}", jobs_now(&mut qsd.ctl));
+    assert!(out.status.success() && lines.len() == 4, "{}", common::shown(&out));
+    assert_eq!(lines[0], " type=Block Copy", "{text}");
+    assert_eq!(lines[1], " bandwidth=2", "{text}");
     let num = |l: &str, k: &str| l.strip_prefix(k).unwrap().parse::<u64>().unwrap();
     let (cur, end) = (num(lines[2], " cur="), num(lines[3], " end="));
-    assert!(cur < end && end == IMAGE, "{text}{}", jobs_now(&mut qsd.ctl));
+    assert!(cur < end && end == IMAGE, "{text}");
 
     let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vda", "--raw", "--bytes"]));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(" bandwidth=2097152\n"),
-        "{}{}",
-        common::shown(&out),
-        jobs_now(&mut qsd.ctl)
+        "{}",
+        common::shown(&out)
     );
 
     let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vda"]));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         text.starts_with("Block Copy: [") && text.contains("%]\n    Bandwidth limit: 2 MiB/s\n"),
-        "{}{}",
-        common::shown(&out),
-        jobs_now(&mut qsd.ctl)
+        "{}",
+        common::shown(&out)
     );
 
     let out = output(Command::new(&blockjob).args([qsd.lib_socket().as_str(), "vdb"]));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "No current block job for vdb\n",
-        "{}{}",
-        common::shown(&out),
-        jobs_now(&mut qsd.ctl)
+        "{}",
+        common::shown(&out)
     );
 
     let out = output(Command::new(&blockjob).args(["/nonexistent.sock", "vda"]));
@@ -315,13 +307,12 @@ fn c_test_program_and_examples_are_clean_under_valgrind(s: &'static Stack) {
         "{}{jobs}",
         common::shown(&out)
     );
-    let mut qsd = daemon_with_copy_job(s);
+    let qsd = daemon_with_copy_job(s);
     let out = under_valgrind(&blockjob, &[qsd.lib_socket().as_str(), "vda", "--raw"], None);
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with(" type=Block Copy\n"),
-        "{}{}",
-        common::shown(&out),
-        jobs_now(&mut qsd.ctl)
+        "{}",
+        common::shown(&out)
     );
     let out = under_valgrind(&blockjob, &["/nonexistent.sock", "vda"], None);
     assert_eq!(out.status.code(), Some(1), "{}", common::shown(&out));

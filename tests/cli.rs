@@ -31,22 +31,22 @@ fn ready_mirror(s: &'static Stack) -> Qsd {
 }
 
 fn info_output_byte_for_byte_on_a_ready_mirror(s: &'static Stack) {
-    let mut qsd = ready_mirror(s);
+    let qsd = ready_mirror(s);
     let sock = qsd.lib_socket();
     let out = tool(&["info", "--qmp", &sock, "vda", "--raw"]);
-    assert_eq!(out.status.code(), Some(0), "{}", shown_and_jobs(&out, &mut qsd.ctl));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     assert_eq!(
         text(&out.stdout),
         " type=Block Copy\n bandwidth=2\n cur=8388608\n end=8388608\n",
         "{}",
-        shown_and_jobs(&out, &mut qsd.ctl)
+        shown(&out)
     );
     let out = tool(&["info", "--qmp", &sock, "vda", "--raw", "--bytes"]);
     assert_eq!(
         text(&out.stdout),
         " type=Block Copy\n bandwidth=2097152\n cur=8388608\n end=8388608\n",
         "{}",
-        shown_and_jobs(&out, &mut qsd.ctl)
+        shown(&out)
     );
     let out = tool(&["info", "--qmp", &format!("unix:{sock}"), "vda", "--json"]);
     assert_eq!(
@@ -58,42 +58,42 @@ fn info_output_byte_for_byte_on_a_ready_mirror(s: &'static Stack) {
             "\n"
         ),
         "{}",
-        shown_and_jobs(&out, &mut qsd.ctl)
+        shown(&out)
     );
     let out = tool(&["info", "--qmp", &sock, "vda"]);
     assert_eq!(
         text(&out.stdout),
         "Block Copy: [100 %]    Bandwidth limit: 2 MiB/s\n",
         "{}",
-        shown_and_jobs(&out, &mut qsd.ctl)
+        shown(&out)
     );
     let out = tool(&["info", "--qmp", &sock]);
     assert_eq!(
         text(&out.stdout),
         "copy-vda-libvirt-1-format: Block Copy: [100 %]    Bandwidth limit: 2 MiB/s\n",
         "{}",
-        shown_and_jobs(&out, &mut qsd.ctl)
+        shown(&out)
     );
     let out = tool(&["info", "--qmp", &sock, "--raw"]);
     assert_eq!(
         text(&out.stdout),
         " device=copy-vda-libvirt-1-format\n type=Block Copy\n bandwidth=2\n cur=8388608\n end=8388608\n",
         "{}",
-        shown_and_jobs(&out, &mut qsd.ctl)
+        shown(&out)
     );
     let out = tool(&["info", "--qmp", &sock, "vdz"]);
     assert_eq!(
         (out.status.code(), text(&out.stdout)),
         (Some(0), "No current block job for vdz\n".to_string()),
         "{}",
-        shown_and_jobs(&out, &mut qsd.ctl)
+        shown(&out)
     );
     let out = tool(&["info", "--qmp", &sock, "vdz", "--json"]);
     assert_eq!(
         (out.status.code(), text(&out.stdout)),
         (Some(0), String::new()),
         "{}",
-        shown_and_jobs(&out, &mut qsd.ctl)
+        shown(&out)
     );
 }
 
@@ -122,7 +122,7 @@ fn info_output_on_a_paused_running_job_matches_qemus_numbers(s: &'static Stack) 
         text(&out.stdout),
         format!(" type=Block Copy\n bandwidth=1\n cur={offset}\n end={len}\n"),
         "{}",
-        shown_and_jobs(&out, &mut qsd.ctl)
+        shown(&out)
     );
     let out = tool(&["info", "--qmp", &qsd.lib_socket(), "m"]);
     let pct = (100.0 - (len - offset) as f64 * 100.0 / len as f64) as u32;
@@ -130,7 +130,7 @@ fn info_output_on_a_paused_running_job_matches_qemus_numbers(s: &'static Stack) 
         text(&out.stdout),
         format!("Block Copy: [{pct:3} %]    Bandwidth limit: 1 MiB/s\n"),
         "{}",
-        shown_and_jobs(&out, &mut qsd.ctl)
+        shown(&out)
     );
 }
 
@@ -174,20 +174,11 @@ fn wait_exit_codes(s: &'static Stack) {
         json!({"job-id": "s", "device": "top", "speed": 4 * MIB}),
     );
     let out = tool(&["wait", "--qmp", &sock, "s", "--gone", "--timeout", "60"]);
-    assert_eq!(out.status.code(), Some(0), "{}", shown_and_jobs(&out, &mut qsd.ctl));
-    assert_eq!(
-        text(&out.stdout),
-        "",
-        "quiet without --verbose: {}",
-        shown_and_jobs(&out, &mut qsd.ctl)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert_eq!(text(&out.stdout), "", "quiet without --verbose: {}", shown(&out));
     let out = tool(&["wait", "--qmp", &sock, "s", "--ready"]);
-    assert_eq!(out.status.code(), Some(4), "{}", shown_and_jobs(&out, &mut qsd.ctl));
-    assert!(
-        text(&out.stderr).contains("never ready"),
-        "{}",
-        shown_and_jobs(&out, &mut qsd.ctl)
-    );
+    assert_eq!(out.status.code(), Some(4), "{}", shown(&out));
+    assert!(text(&out.stderr).contains("never ready"), "{}", shown(&out));
 
     // Timeout (5): a slow mirror.
     qsd.ctl.ok(
@@ -196,7 +187,7 @@ fn wait_exit_codes(s: &'static Stack) {
     );
     let t = Instant::now();
     let out = tool(&["wait", "--qmp", &sock, "m", "--ready", "--timeout", "0.3"]);
-    assert_eq!(out.status.code(), Some(5), "{}", shown_and_jobs(&out, &mut qsd.ctl));
+    assert_eq!(out.status.code(), Some(5), "{}", shown(&out));
     // Measured 316-320 ms (2026-12-07, the three stacks, beside a mutants run); 5 s is 15x that, and a wait that
     // ignored its timeout would run until the copy is ready (8 MiB at 64 KiB/s: two minutes).
     eprintln!("{}: measured: wait --timeout 0.3 ended in {:?}", s.name, t.elapsed());
@@ -210,13 +201,8 @@ fn wait_exit_codes(s: &'static Stack) {
     let out = waited_while(&sock, "m", || {
         qsd.ctl.ok("block-job-cancel", json!({"device": "m"}));
     });
-    assert_eq!(out.status.code(), Some(3), "{out}{}", jobs_now(&mut qsd.ctl));
-    assert_eq!(
-        said(&out),
-        "blockjobinfo: Block Copy 'm' was cancelled\n",
-        "{out}{}",
-        jobs_now(&mut qsd.ctl)
-    );
+    assert_eq!(out.status.code(), Some(3), "{out}");
+    assert_eq!(said(&out), "blockjobinfo: Block Copy 'm' was cancelled\n", "{out}");
 
     // Failed (1): the target runs out of space once the rate limit is lifted.
     qsd.ctl.wait_gone("m", Duration::from_secs(30));
@@ -231,12 +217,11 @@ fn wait_exit_codes(s: &'static Stack) {
     let out = waited_while(&sock, "f", || {
         qsd.ctl.ok("block-job-set-speed", json!({"device": "f", "speed": 0}));
     });
-    assert_eq!(out.status.code(), Some(1), "{out}{}", jobs_now(&mut qsd.ctl));
+    assert_eq!(out.status.code(), Some(1), "{out}");
     assert_eq!(
         said(&out),
         "blockjobinfo: Block Copy 'f' failed: No space left on device\n",
-        "{out}{}",
-        jobs_now(&mut qsd.ctl)
+        "{out}",
     );
 }
 
@@ -292,13 +277,8 @@ fn verbose_progress_on_a_pipe_is_virsh_lines(s: &'static Stack) {
     let args = verbose_wait(&qsd);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = tool(&args);
-    assert_eq!(out.status.code(), Some(0), "{}", shown_and_jobs(&out, &mut qsd.ctl));
-    assert_eq!(
-        text(&out.stdout),
-        "Now in mirroring phase\n",
-        "{}",
-        shown_and_jobs(&out, &mut qsd.ctl)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert_eq!(text(&out.stdout), "Now in mirroring phase\n", "{}", shown(&out));
     let lines: Vec<String> = text(&out.stderr).lines().map(str::to_string).collect();
     assert!(lines.len() >= 3, "{lines:?}");
     let pcts: Vec<u32> = lines
@@ -341,12 +321,12 @@ fn verbose_progress_on_a_terminal_is_a_bar(s: &'static Stack) {
 /// `list` and `metrics` over `--qmp-glob`: the daemon's free monitor shows its job, the control monitor (held
 /// by the test: busy) and a socket nobody listens on (dead) are reported on their lines, not fatal.
 fn list_and_metrics_over_a_qmp_glob_report_busy_and_dead_sockets_on_their_lines(s: &'static Stack) {
-    let mut qsd = ready_mirror(s);
+    let qsd = ready_mirror(s);
     // A socket file whose listener is gone: connections are refused.
     drop(std::os::unix::net::UnixListener::bind(qsd.path("dead.sock")).unwrap());
     let pattern = qsd.path("*.sock");
     let out = tool(&["list", "--qmp-glob", &pattern]);
-    assert_eq!(out.status.code(), Some(0), "{}", shown_and_jobs(&out, &mut qsd.ctl));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     let listing = text(&out.stdout);
     let line = |name: &str| {
         listing
@@ -380,7 +360,7 @@ fn list_and_metrics_over_a_qmp_glob_report_busy_and_dead_sockets_on_their_lines(
     assert_eq!(rows.iter().filter(|r| r.get("error").is_some()).count(), 2, "{rows:?}");
 
     let out = tool(&["metrics", "--qmp-glob", &pattern]);
-    assert_eq!(out.status.code(), Some(0), "{}", shown_and_jobs(&out, &mut qsd.ctl));
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     let metrics = text(&out.stdout);
     let lib = qsd.path("lib.sock");
     for want in [
@@ -404,7 +384,7 @@ fn list_and_metrics_over_a_qmp_glob_report_busy_and_dead_sockets_on_their_lines(
         text(&none.stdout),
         format!("No block jobs on 0 QMP sockets (matching {})\n", qsd.path("*.nothing")),
         "{}",
-        shown_and_jobs(&none, &mut qsd.ctl)
+        shown(&none)
     );
 }
 

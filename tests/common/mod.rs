@@ -32,7 +32,7 @@ pub use qsd::{Control, Qsd, SLOW_IMAGE};
 #[allow(unused_imports)]
 pub use recorder::Recorder;
 #[allow(unused_imports)]
-pub use report::{jobs_now, qemu_jobs_at, shown, shown_and_jobs};
+pub use report::{jobs_now, qemu_jobs_at, shown};
 pub use stack::Stack;
 
 pub const MIB: u64 = 1024 * 1024;

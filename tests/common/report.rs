@@ -17,12 +17,6 @@ pub fn shown(o: &std::process::Output) -> String {
     )
 }
 
-/// `shown`, and QEMU's block jobs at that moment, read on the test's own monitor: a failure says what the
-/// process saw and what QEMU then had.
-pub fn shown_and_jobs(o: &std::process::Output, ctl: &mut Control) -> String {
-    format!("{}{}", shown(o), jobs_now(ctl))
-}
-
 /// QEMU's block jobs now, read on the test's own monitor, or why not: built before the assertion's panic, so
 /// a monitor that fails (QEMU dead, or silent past the connection's 30 s) is caught here and said, never a
 /// second panic in place of the first's message.
