@@ -12,7 +12,7 @@ TARGET := $(or $(CARGO_TARGET_DIR),target)
 # Where `make test` stages an install to test it.
 STAGE := $(CURDIR)/target/stage
 
-FUZZ_SECONDS ?= 10
+FUZZ_SECONDS ?= 5
 # The Python package's build tools (maturin, mypy, from PyPI), apart from the system's Python.
 PYVENV := $(TARGET)/pyvenv
 # `make wheel` builds a release wheel; `make test` a debug one (built on the debug tree it already has, in
@@ -53,13 +53,19 @@ test: deps stacks build lint asan
 	BJI_STAGE=$(STAGE) CARGO="$(CARGO)" scripts/gate.sh
 	scripts/mutants.sh if-changed
 
-# The Python package: an abi3 wheel (CPython 3.9 and later) and its sdist in target/wheels, built with maturin;
+# The Python package: an abi3 wheel (CPython 3.11 and later) and its sdist in target/wheels, built with maturin;
 # pip's and pytest's wheels in target/wheelhouse, for the stacks' venvs (tests/python_package.rs).
+# Linked by zig (ziglang, from PyPI) against glibc 2.28: a manylinux_2_28 wheel (RHEL 8 and its clones), which
+# auditwheel, abi3audit and twine then check (tests/python_package.rs). Against the system's libgcc_s, not
+# zig's own unwinder: glibc's pthread_exit unwinds with libgcc_s, and a Rust frame read by another unwinder
+# crashes the thread PyO3 would park at Python's exit (tests/py/package/test_exit.py).
 wheel:
-	test -x $(PYVENV)/bin/maturin || { /usr/bin/python3 -m venv $(PYVENV) && \
-		$(PYVENV)/bin/pip install -q 'maturin>=1.10,<2' 'mypy>=1' 'pytest>=7'; }
+	test -x $(PYVENV)/bin/abi3audit || { { test -d $(PYVENV) || /usr/bin/python3 -m venv $(PYVENV); } && \
+		$(PYVENV)/bin/pip install -q 'maturin>=1.10,<2' 'mypy>=1' 'pytest>=7' ziglang twine abi3audit auditwheel; }
 	rm -f $(TARGET)/wheels/blockjobinfo-*
-	$(PYVENV)/bin/maturin build -q $(WHEEL_PROFILE) -m python/Cargo.toml -o $(TARGET)/wheels --interpreter /usr/bin/python3
+	PATH=$(abspath $(PYVENV))/bin:$$PATH $(PYVENV)/bin/maturin build -q $(WHEEL_PROFILE) --zig \
+		--compatibility manylinux_2_28 -m python/Cargo.toml -o $(TARGET)/wheels --interpreter /usr/bin/python3 \
+		-- -C link-arg=$$(gcc -print-file-name=libgcc_s.so.1)
 	$(PYVENV)/bin/maturin sdist -m python/Cargo.toml -o $(TARGET)/wheels
 	$(PYVENV)/bin/pip download -q -d $(TARGET)/wheelhouse pip pytest qemu.qmp
 

@@ -14,7 +14,7 @@ use common::*;
 
 fn the_wheel_installs_and_its_tests_pass_on_the_stacks_python(s: &'static Stack) {
     let dir = s.tempdir();
-    let python = venv(s, dir.path(), false, &["pytest"]);
+    let python = venv(s, dir.path(), false, &["pytest", "qemu.qmp"]);
     let tests = dir.path().join("tests");
     std::fs::create_dir(&tests).unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/package");
@@ -70,6 +70,14 @@ fn the_libvirt_helper_agrees_with_libvirt_on_a_copy(s: &'static Stack) {
         &script,
     )
     .unwrap();
+    // No job yet: python-libvirt's {} and the helper's, alike.
+    let out = virt::as_user(s, &python)
+        .args([&s.inside(&script), dom.name.as_str(), "vda", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}: {}", s.name, common::shown(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, serde_json::json!({"libvirt": {}, "ours": {}}), "{}: no job", s.name);
     // 512 KiB/s in 2 MiB steps: each step and the window after the last one last 4 s.
     dom.start_copy(512 * 1024, 2 * 1024 * 1024);
     let out = virt::as_user(s, &python)
@@ -82,6 +90,7 @@ fn the_libvirt_helper_agrees_with_libvirt_on_a_copy(s: &'static Stack) {
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let ours = &v["ours"];
+        assert_eq!(v["plain"], true, "{}: not plain ints: {line}", s.name);
         let (cur, end) = (ours["cur"].as_u64().unwrap(), ours["end"].as_u64().unwrap());
         if cur == end && end > 0 {
             assert_eq!(
@@ -107,9 +116,8 @@ fn the_libvirt_helper_agrees_with_libvirt_on_a_copy(s: &'static Stack) {
             window += 1;
             continue;
         }
-        for k in ["type", "bandwidth", "cur", "end"] {
-            assert_eq!(ours[k], v["before"][k], "{}: {k}: {line}", s.name);
-        }
+        // python-libvirt's dict exactly (`as_libvirt_dict`): its keys, its values.
+        assert_eq!(ours, &v["before"], "{}: {line}", s.name);
         match (cur, end) {
             _ if cur == end => ready += 1,
             _ if cur + 1 == end => window += 1,
@@ -129,26 +137,55 @@ on_each_stack!(
     the_libvirt_helper_agrees_with_libvirt_on_a_copy,
 );
 
-/// The package is typed (`py.typed`, stubs for the native module): the package itself and a typed program using
-/// it are clean under `mypy --strict` (mypy from `make wheel`'s tools).
+/// The package as the wheel ships it is typed (`py.typed`, stubs for the native module): its files, unpacked
+/// from the wheel, and a typed program using them are clean under `mypy --strict` (mypy from `make wheel`'s
+/// tools), so a file left out of the wheel, or a stub that does not match, fails here.
 #[test]
 fn the_package_is_clean_under_mypy_strict() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mypy = root.join("target/pyvenv/bin/mypy");
     assert!(mypy.is_file(), "{}: `make wheel` installs it", mypy.display());
+    let (wheel, _) = wheels();
+    let unpacked = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("unzip")
+        .arg("-q")
+        .arg(&wheel)
+        .arg("-d")
+        .arg(unpacked.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "unzip: {}", shown(&out));
+    let shipped: Vec<String> = std::fs::read_dir(unpacked.path().join("blockjobinfo"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".py") || n.ends_with(".pyi") || n == "py.typed")
+        .collect();
+    for want in ["py.typed", "_native.pyi", "__init__.py", "_errors.py"] {
+        assert!(
+            shipped.iter().any(|n| n == want),
+            "{want} is not in the wheel: {shipped:?}"
+        );
+    }
     let cache = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(&mypy)
         .args(["--strict", "--cache-dir"])
         .arg(cache.path())
         .arg("blockjobinfo")
         .arg(root.join("tests/py/typed_usage.py"))
-        .env("MYPYPATH", root.join("python/pysrc"))
-        .current_dir(root.join("python/pysrc"))
+        .env("MYPYPATH", unpacked.path())
+        .current_dir(unpacked.path())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "mypy --strict: {text}");
-    assert!(text.contains("Success: no issues found in 4 source files"), "{text}");
+    let modules = shipped
+        .iter()
+        .filter(|n| n.ends_with(".py") || n.ends_with(".pyi"))
+        .count();
+    assert!(
+        text.contains(&format!("Success: no issues found in {} source files", modules + 1)),
+        "{text}"
+    );
 }
 
 /// The Python binding stays out of the C library and the tool: no PyO3 symbol in either, where the wheel's
@@ -204,9 +241,17 @@ fn neither_the_library_nor_the_tool_links_the_binding() {
         .arg(&module)
         .output()
         .unwrap();
+    let needed = String::from_utf8_lossy(&needed.stdout);
+    assert!(!needed.contains("libpython"), "the module links libpython");
+    // Unwinding is the system's (libgcc_s, as glibc's pthread_exit uses), not an unwinder of the module's own
+    // (zig's libunwind), which crashed a thread parked at Python's exit.
     assert!(
-        !String::from_utf8_lossy(&needed.stdout).contains("libpython"),
-        "the module links libpython"
+        needed.contains("[libgcc_s.so.1]"),
+        "the module does not link libgcc_s: {needed}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&symbols.stdout).contains("__unw_"),
+        "the module carries an unwinder of its own (libunwind's __unw_*)"
     );
 }
 
@@ -235,7 +280,7 @@ fn the_wheel_and_the_sdist_carry_their_metadata_and_licences() {
         "License-Expression: MIT OR Apache-2.0\n".to_string(),
         "License-File: LICENSE-MIT\n".to_string(),
         "License-File: LICENSE-APACHE\n".to_string(),
-        "Requires-Python: >=3.9\n".to_string(),
+        "Requires-Python: >=3.11\n".to_string(),
     ] {
         assert!(
             metadata.contains(&want),
@@ -266,4 +311,54 @@ fn the_wheel_and_the_sdist_carry_their_metadata_and_licences() {
             "{file} is not in the sdist:\n{listed}"
         );
     }
+}
+
+/// The wheel is one PyPI and pip take on old distributions: its platform tag is manylinux_2_28 (glibc 2.28:
+/// RHEL 8, Debian 11, Ubuntu 20.04), and auditwheel reads the same from the module's own symbol versions;
+/// abi3audit finds nothing beyond the stable ABI of 3.11; `twine check --strict` passes the wheel and the sdist
+/// (their readme rendered, their metadata whole).
+#[test]
+fn the_wheel_is_one_a_publisher_can_upload() {
+    let (wheel, _) = wheels();
+    let name = wheel.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.ends_with("-cp311-abi3-manylinux_2_28_x86_64.whl"), "{name}");
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyvenv/bin");
+    let run_tool = |tool: &str, args: &[&std::ffi::OsStr]| -> String {
+        let out = std::process::Command::new(tools.join(tool))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool}: {e}: `make wheel` installs it"));
+        assert!(out.status.success(), "{tool}: {}", shown(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // auditwheel wraps its lines: read as words.
+    let said = run_tool("auditwheel", &["show".as_ref(), wheel.as_os_str()]);
+    let words = said.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("is consistent with the following platform tag: \"manylinux_2_28_x86_64\""),
+        "auditwheel: {said}"
+    );
+    let report = run_tool(
+        "abi3audit",
+        &["--strict".as_ref(), "--report".as_ref(), wheel.as_os_str()],
+    );
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap_or_else(|e| panic!("{e}: {report}"));
+    let module = &v["specs"]
+        .as_object()
+        .and_then(|specs| specs.values().next())
+        .unwrap_or_else(|| panic!("no wheel in {report}"))["wheel"][0]["result"];
+    assert_eq!(module["is_abi3"], true, "{report}");
+    assert_eq!(module["baseline"], "3.11", "{report}");
+    assert_eq!(module["non_abi3_symbols"], serde_json::json!([]), "{report}");
+    let sdist = wheel.with_file_name(format!("blockjobinfo-{}.tar.gz", env!("CARGO_PKG_VERSION")));
+    let checked = run_tool(
+        "twine",
+        &[
+            "check".as_ref(),
+            "--strict".as_ref(),
+            wheel.as_os_str(),
+            sdist.as_os_str(),
+        ],
+    );
+    assert_eq!(checked.matches("PASSED").count(), 2, "twine: {checked}");
 }

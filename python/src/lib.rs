@@ -13,68 +13,57 @@ use blockjobinfo::watch::{Happened, JobEvent};
 use blockjobinfo::{
     virDomainBlockJobInfo, Error, JobReport, Limits, Outcome, Until, VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES,
 };
-use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
-
-create_exception!(_native, BlockJobInfoError, PyException, "Every error of blockjobinfo.");
-create_exception!(
-    _native,
-    QmpConnectionError,
-    BlockJobInfoError,
-    "QEMU cannot be reached, or the connection broke, or the peer is refused."
-);
-create_exception!(
-    _native,
-    QmpTimeoutError,
-    BlockJobInfoError,
-    "QEMU did not answer in time."
-);
-create_exception!(
-    _native,
-    QmpProtocolError,
-    BlockJobInfoError,
-    "What came from QEMU is not QMP as expected (malformed, too large, too many jobs)."
-);
-create_exception!(
-    _native,
-    QemuError,
-    BlockJobInfoError,
-    "QEMU answered a query with an error."
-);
-create_exception!(
-    _native,
-    AmbiguousJobError,
-    BlockJobInfoError,
-    "The device names more than one block job."
-);
-create_exception!(
-    _native,
-    SourceClosedError,
-    BlockJobInfoError,
-    "The source was closed, or the wait interrupted."
-);
+use pyo3::types::{PyDict, PyString, PyTuple};
 
 /// How often a wait looks up from QEMU's events to see whether Python wants it to stop (Ctrl-C, a cancelled
 /// task): well within the 100 ms a user expects.
 const CHECK_EVERY: Duration = Duration::from_millis(20);
 
-/// The library's error as the Python exception of its kind, with the library's message.
+/// The library's error as the package's exception of its kind (`blockjobinfo._errors`: under Python's own
+/// `ConnectionError`, `TimeoutError`, `LookupError`), with the library's message and what a caller acts on: the
+/// system's errno, QEMU's error class and desc, the jobs an ambiguous name matched.
 fn to_py(e: Error) -> PyErr {
-    let text = e.to_string();
-    match e {
-        Error::InvalidArg(_) => PyValueError::new_err(text),
-        Error::Connect { .. } | Error::Io { .. } | Error::Eof(_) | Error::Peer { .. } => {
-            QmpConnectionError::new_err(text)
+    Python::attach(|py| {
+        let text = e.to_string();
+        let made = |class: &str, args: Vec<Py<PyAny>>| -> PyErr {
+            let made = py
+                .import("blockjobinfo._errors")
+                .and_then(|m| m.getattr(class))
+                .and_then(|c| c.call1(PyTuple::new(py, args)?));
+            match made {
+                Ok(v) => PyErr::from_value(v),
+                Err(e) => e,
+            }
+        };
+        let s = |v: &str| PyString::new(py, v).into_any().unbind();
+        let errno = |source: &std::io::Error| match source.raw_os_error() {
+            Some(n) => n
+                .into_pyobject(py)
+                .map(|n| n.into_any().unbind())
+                .unwrap_or_else(|_| py.None()),
+            None => py.None(),
+        };
+        match &e {
+            Error::InvalidArg(_) => PyValueError::new_err(text),
+            Error::Connect { source, .. } | Error::Io { source, .. } => {
+                made("QmpConnectionError", vec![s(&text), errno(source)])
+            }
+            Error::Eof(_) | Error::Peer { .. } => made("QmpConnectionError", vec![s(&text), py.None()]),
+            Error::Timeout { .. } => made("QmpTimeoutError", vec![s(&text)]),
+            Error::Protocol(_) | Error::TooLarge(_) => made("QmpProtocolError", vec![s(&text)]),
+            Error::Qmp { class, desc } => made("QemuError", vec![s(&text), s(class), s(desc)]),
+            Error::Ambiguous { device, first, second } => {
+                let candidates = PyTuple::new(py, [first.as_str(), second.as_str()])
+                    .map(|t| t.into_any().unbind())
+                    .unwrap_or_else(|_| py.None());
+                made("AmbiguousJobError", vec![s(&text), s(device), candidates])
+            }
+            Error::Interrupted => made("SourceClosedError", vec![s(&text)]),
+            _ => made("BlockJobInfoError", vec![s(&text)]),
         }
-        Error::Timeout { .. } => QmpTimeoutError::new_err(text),
-        Error::Protocol(_) | Error::TooLarge(_) => QmpProtocolError::new_err(text),
-        Error::Qmp { .. } => QemuError::new_err(text),
-        Error::Ambiguous { .. } => AmbiguousJobError::new_err(text),
-        Error::Interrupted => SourceClosedError::new_err(text),
-        _ => BlockJobInfoError::new_err(text),
-    }
+    })
 }
 
 fn flags(bandwidth_bytes: bool) -> u32 {
@@ -321,12 +310,12 @@ impl PySource {
     }
 
     /// How `progress` measures: the window rates span, and the time a still cursor takes to be stalled.
-    fn set_progress_window(&self, window: f64, stall_after: f64) -> PyResult<()> {
+    fn set_progress_window(&self, py: Python<'_>, window: f64, stall_after: f64) -> PyResult<()> {
         let settings = blockjobinfo::convergence::Settings {
             window: seconds("window", window)?,
             stall_after: seconds("stall_after", stall_after)?,
         };
-        self.inner.set_progress_settings(settings).map_err(to_py)
+        py.detach(|| self.inner.set_progress_settings(settings)).map_err(to_py)
     }
 
     /// Every job QEMU lists, in its order.
@@ -451,8 +440,10 @@ impl PySource {
     }
 
     /// Closes the connection; a wait blocked on it ends with SourceClosedError.
-    fn close(&self) {
-        self.inner.close();
+    fn close(&self, py: Python<'_>) {
+        // Without the GIL: a library thread that logs (to Python's logging) while the close waits for it must
+        // be able to take it.
+        py.detach(|| self.inner.close());
     }
 
     /// QEMU's version from its greeting: (major, minor, micro).
@@ -533,6 +524,127 @@ fn correct_by_xml(
     Ok((c.type_, u64::from(c.bandwidth), c.cur, c.end))
 }
 
+/// pyo3-log's handle on its cache of Python's logger levels.
+static LOG_RESET: std::sync::OnceLock<pyo3_log::ResetHandle> = std::sync::OnceLock::new();
+
+/// The library's `log` records into Python's `logging`, never from the thread that logs: a library thread may
+/// log while it holds a monitor's lock, and Python code run there (a handler, a collection that runs
+/// `QmpSource.__del__`) could wait on that very lock, or the thread could re-enter a finalizing interpreter.
+/// Records go through a bounded queue to one forwarding thread, which alone takes the GIL; once the
+/// interpreter exits (`stop_logging`), or with the queue full, they are dropped.
+struct Forwarded(std::sync::Arc<pyo3_log::Logger>);
+
+/// A record owned, to cross to the forwarding thread.
+struct OwnedRecord {
+    level: log::Level,
+    target: String,
+    message: String,
+    module_path: Option<String>,
+    file: Option<String>,
+    line: Option<u32>,
+}
+
+/// Records queued at most: a burst beyond it is dropped, never waited for.
+const LOG_QUEUE: usize = 1024;
+
+static LOG_STOPPED: AtomicBool = AtomicBool::new(false);
+/// Records queued and records handed to Python (or dropped there), for `flush_logging`.
+static LOG_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static LOG_DONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The forwarding thread's queue and the process that made it (a forked child makes its own).
+static LOG_QUEUE_TO: std::sync::Mutex<Option<(u32, std::sync::mpsc::SyncSender<OwnedRecord>)>> =
+    std::sync::Mutex::new(None);
+
+impl log::Log for Forwarded {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        // Decided by Python's levels on the forwarding thread: never asked here, where the GIL must not be.
+        !LOG_STOPPED.load(Ordering::Relaxed)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if LOG_STOPPED.load(Ordering::Relaxed) {
+            return;
+        }
+        let owned = OwnedRecord {
+            level: record.level(),
+            target: record.target().to_string(),
+            message: record.args().to_string(),
+            module_path: record.module_path().map(str::to_string),
+            file: record.file().map(str::to_string),
+            line: record.line(),
+        };
+        // Never waits: contended (a fork caught it held) or full, the record is dropped.
+        let Ok(mut slot) = LOG_QUEUE_TO.try_lock() else { return };
+        let pid = std::process::id();
+        if slot.as_ref().is_none_or(|(made_by, _)| *made_by != pid) {
+            let (to, from) = std::sync::mpsc::sync_channel::<OwnedRecord>(LOG_QUEUE);
+            let logger = std::sync::Arc::clone(&self.0);
+            let spawned = std::thread::Builder::new()
+                .name("blockjobinfo-log".into())
+                .spawn(move || {
+                    for r in from {
+                        if !LOG_STOPPED.load(Ordering::Relaxed) {
+                            logger.log(
+                                &log::Record::builder()
+                                    .level(r.level)
+                                    .target(&r.target)
+                                    .args(format_args!("{}", r.message))
+                                    .module_path(r.module_path.as_deref())
+                                    .file(r.file.as_deref())
+                                    .line(r.line)
+                                    .build(),
+                            );
+                        }
+                        LOG_DONE.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            if spawned.is_err() {
+                return;
+            }
+            *slot = Some((pid, to));
+        }
+        if let Some((_, to)) = slot.as_ref() {
+            LOG_SENT.fetch_add(1, Ordering::SeqCst);
+            if to.try_send(owned).is_err() {
+                LOG_DONE.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Waits (with the GIL released, at most `timeout` seconds) until every record queued so far reached Python's
+/// `logging`; True if they all did.
+#[pyfunction]
+fn flush_logging(py: Python<'_>, timeout: f64) -> PyResult<bool> {
+    let by = std::time::Instant::now() + seconds("timeout", timeout)?;
+    let sent = LOG_SENT.load(Ordering::SeqCst);
+    Ok(py.detach(|| loop {
+        if LOG_DONE.load(Ordering::SeqCst) >= sent {
+            return true;
+        }
+        if std::time::Instant::now() >= by {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }))
+}
+
+/// The interpreter is exiting: records are dropped from now on, so that no thread re-enters it.
+#[pyfunction]
+fn stop_logging() {
+    LOG_STOPPED.store(true, Ordering::SeqCst);
+}
+
+/// Reads the levels of Python's loggers again (after `logging.getLogger("blockjobinfo").setLevel(...)`).
+#[pyfunction]
+fn reset_logging() {
+    if let Some(h) = LOG_RESET.get() {
+        h.reset();
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -545,21 +657,23 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .getattr("ignore_environment")?
         .extract()?;
     blockjobinfo::environment::init(ignore_environment != 0);
+    // BLOCKJOBINFO_LOG as C callers have it (the library's lines on stderr); else the library's records go to
+    // Python's `logging`, under `blockjobinfo` (`blockjobinfo.wait`, `blockjobinfo.qmp.monitor`, ...), each
+    // logger's level read once and cached (`reset_logging` reads them again).
     blockjobinfo::logging::init();
+    let logger = pyo3_log::Logger::new(py, pyo3_log::Caching::LoggersAndLevels)?;
+    let reset = logger.reset_handle();
+    if log::set_boxed_logger(Box::new(Forwarded(std::sync::Arc::new(logger)))).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
+        let _ = LOG_RESET.set(reset);
+    }
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(reset_logging, m)?)?;
+    m.add_function(wrap_pyfunction!(flush_logging, m)?)?;
+    m.add_function(wrap_pyfunction!(stop_logging, m)?)?;
     m.add_class::<PySource>()?;
     m.add_class::<CancelToken>()?;
     m.add_function(wrap_pyfunction!(translate, m)?)?;
     m.add_function(wrap_pyfunction!(correct_by_xml, m)?)?;
-    for (name, e) in [
-        ("BlockJobInfoError", py.get_type::<BlockJobInfoError>()),
-        ("QmpConnectionError", py.get_type::<QmpConnectionError>()),
-        ("QmpTimeoutError", py.get_type::<QmpTimeoutError>()),
-        ("QmpProtocolError", py.get_type::<QmpProtocolError>()),
-        ("QemuError", py.get_type::<QemuError>()),
-        ("AmbiguousJobError", py.get_type::<AmbiguousJobError>()),
-        ("SourceClosedError", py.get_type::<SourceClosedError>()),
-    ] {
-        m.add(name, e)?;
-    }
     Ok(())
 }

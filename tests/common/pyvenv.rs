@@ -19,7 +19,7 @@ pub fn wheels() -> (PathBuf, Vec<PathBuf>) {
         .into_iter()
         .filter(|p| {
             let name = p.file_name().unwrap().to_str().unwrap();
-            name.starts_with(&format!("blockjobinfo-{}-cp39-abi3-", env!("CARGO_PKG_VERSION")))
+            name.starts_with(&format!("blockjobinfo-{}-cp311-abi3-", env!("CARGO_PKG_VERSION")))
         })
         .collect();
     assert_eq!(

@@ -2,7 +2,8 @@
 
     libvirt_helper.py DOMAIN DISK SECONDS
 
-Each sample: libvirt's answer, the helper's, libvirt's again, then whether the domain XML's <mirror> says ready;
+SECONDS 0: one line, python-libvirt's answer beside the helper's as python-libvirt's dict (a disk with no job:
+both {}). Else each sample: libvirt's answer, the helper's, libvirt's again, then whether the domain XML's <mirror> says ready;
 one JSON line each, until a few samples were ready (exit 0) or SECONDS passed (exit 1).
 """
 import json
@@ -28,6 +29,11 @@ def mirror_ready():
     return None
 
 
+if seconds == 0:
+    print(json.dumps({"libvirt": dom.blockJobInfo(disk, 0),
+                      "ours": blockjobinfo.as_libvirt_dict(blockjobinfo.libvirt_info(dom, disk))}))
+    sys.exit(0)
+
 deadline = time.time() + seconds
 ready = 0
 while time.time() < deadline:
@@ -36,8 +42,9 @@ while time.time() < deadline:
     after = dom.blockJobInfo(disk, 0)
     xml_ready = mirror_ready()
     line = {"before": before, "after": after, "xml_ready": xml_ready,
-            "ours": None if ours is None else {"type": int(ours.type), "bandwidth": ours.bandwidth,
-                                               "cur": ours.cur, "end": ours.end}}
+            "ours": blockjobinfo.as_libvirt_dict(ours),
+            # JSON cannot tell an IntEnum from an int: python-libvirt's values are plain ints.
+            "plain": all(type(v) is int for v in blockjobinfo.as_libvirt_dict(ours).values())}
     print(json.dumps(line), flush=True)
     if xml_ready:
         ready += 1

@@ -1,7 +1,8 @@
 """What a typed program writes against the package: mypy --strict must accept it (tests/python_package.rs)."""
 
 import asyncio
-from typing import Optional
+import os
+from typing import Dict, Optional
 import blockjobinfo
 from blockjobinfo import QmpSource, BlockJobInfo, Outcome, OutcomeKind
 
@@ -20,3 +21,20 @@ try:
     blockjobinfo.translate("[]", "m")
 except blockjobinfo.BlockJobInfoError as e:
     print(e)
+
+def h(path: "os.PathLike[str]") -> Dict[str, int]:
+    with QmpSource(path) as src, QmpSource(("localhost", 4444)) as other:
+        until: blockjobinfo.Until = "gone"
+        src.wait("m", until)
+        assert not other.closed
+        return blockjobinfo.as_libvirt_dict(src.info("m"))
+
+try:
+    blockjobinfo.translate(b"[]", "m")
+except blockjobinfo.QemuError as e:
+    print(e.error_class, e.desc)
+except blockjobinfo.AmbiguousJobError as e:
+    print(e.candidates[0])
+except blockjobinfo.QmpConnectionError as e:
+    print(e.errno)
+print(blockjobinfo.__version__)

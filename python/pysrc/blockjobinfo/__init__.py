@@ -8,14 +8,19 @@ connection and the waits are the Rust library's; this package maps them to Pytho
 from __future__ import annotations
 
 import asyncio
+import atexit
+import dataclasses
 import enum
 import json
+import os
 import queue
 import threading
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Dict, Iterator, List, Literal, Optional, Set, Tuple, Union
 
 from . import _native
-from ._native import (
+from ._errors import (
     AmbiguousJobError,
     BlockJobInfoError,
     QemuError,
@@ -25,13 +30,20 @@ from ._native import (
     SourceClosedError,
 )
 
-# The exceptions are the native module's; they are known, and pickled, by this package's name.
-for _e in (AmbiguousJobError, BlockJobInfoError, QemuError, QmpConnectionError, QmpProtocolError, QmpTimeoutError,
-           SourceClosedError):
-    _e.__module__ = __name__
-del _e
+__version__: str = _native.__version__
+
+
+def reset_logging() -> None:
+    """The library's records go to ``logging`` under ``blockjobinfo`` (``blockjobinfo.wait``, ...), each
+    logger's level read once and cached; after changing a level, call this to have it read again.
+    (``BLOCKJOBINFO_LOG`` set in the environment sends them to stderr instead, as for C callers.)"""
+    _native.reset_logging()
+
+Until = Literal["ready", "gone"]
 
 __all__ = [
+    "__version__",
+    "as_libvirt_dict",
     "AmbiguousJobError",
     "BlockJobInfo",
     "BlockJobInfoError",
@@ -49,7 +61,9 @@ __all__ = [
     "RawJob",
     "SourceClosedError",
     "libvirt_info",
+    "reset_logging",
     "translate",
+    "Until",
 ]
 
 
@@ -64,7 +78,8 @@ class JobType(enum.IntEnum):
     BACKUP = 5
 
 
-class RawJob(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class RawJob:
     """The job as QEMU's ``query-block-jobs`` listed it."""
 
     type: str
@@ -79,17 +94,24 @@ class RawJob(NamedTuple):
     io_status: Optional[str]
 
 
-class BlockJobInfo(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class BlockJobInfo:
     """libvirt's ``virDomainBlockJobInfo``: ``type``, ``bandwidth`` (MiB/s, or bytes/s when asked), ``cur``, ``end``.
 
-    ``raw`` is what QEMU said, when the answer came from QEMU (None from ``translate`` and ``libvirt_info``).
+    ``raw`` is what QEMU said, when the answer came from QEMU (None from ``translate`` and ``libvirt_info``); it
+    takes no part in equality, so the same answer from ``info`` and from ``translate`` compares equal.
     """
 
     type: int
     bandwidth: int
     cur: int
     end: int
-    raw: Optional[RawJob] = None
+    raw: Optional[RawJob] = dataclasses.field(default=None, compare=False)
+
+    def as_libvirt_dict(self) -> Dict[str, int]:
+        """The answer exactly as python-libvirt's ``virDomain.blockJobInfo()`` gives it: a dict of ``type``,
+        ``bandwidth``, ``cur`` and ``end``, plain ints."""
+        return {"type": int(self.type), "bandwidth": int(self.bandwidth), "cur": int(self.cur), "end": int(self.end)}
 
     @property
     def done(self) -> bool:
@@ -104,6 +126,12 @@ def _answer(type_: int, bandwidth: int, cur: int, end: int, raw: Optional[RawJob
     except ValueError:
         pass
     return BlockJobInfo(type_, bandwidth, cur, end, raw)
+
+
+def as_libvirt_dict(info: Optional[BlockJobInfo]) -> Dict[str, int]:
+    """python-libvirt's ``blockJobInfo()`` dict for an answer of this package, ``{}`` for None (no job), as
+    python-libvirt says it."""
+    return {} if info is None else info.as_libvirt_dict()
 
 
 def _info(t: Any) -> BlockJobInfo:
@@ -121,7 +149,8 @@ class OutcomeKind(enum.Enum):
     TIMED_OUT = "timed_out"
 
 
-class Outcome(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Outcome:
     """The end of a wait: how (``kind``), QEMU's error text when it ``FAILED``, the job's last known state and the
     QEMU event that decided it (with QEMU's ``timestamp``), if one did."""
 
@@ -134,7 +163,8 @@ class Outcome(NamedTuple):
         return self.kind is OutcomeKind.REACHED
 
 
-class JobEvent(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class JobEvent:
     """One event of a job's life on a monitor, as ``blockjobinfo events --qmp`` writes it.
 
     ``event`` is ``"watching"`` (watching began, or began again after a gap: ``jobs`` were there, each told),
@@ -154,7 +184,8 @@ class JobEvent(NamedTuple):
     jobs: Optional[int]
 
 
-class Ending(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Ending:
     """How a job ended, as the source heard it (``QmpSource.last_ending``).
 
     ``outcome`` is ``"completed"``, ``"failed"`` (with QEMU's ``error`` text), ``"canceled"`` or ``"unknown"``:
@@ -173,7 +204,8 @@ class Ending(NamedTuple):
     ran: Optional[float]
 
 
-class Progress(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Progress:
     """Where a job stands, from the readings a source's ``progress`` calls took of it (``QmpSource.progress``).
 
     ``state`` is ``"measuring"`` (too few readings yet), ``"converging"`` (the remaining work shrinks: ``eta``
@@ -209,20 +241,128 @@ def _timeout(timeout: Optional[float]) -> Optional[float]:
     return float(timeout)
 
 
+# Every blocking native call in flight, by its token: at exit they are cancelled (waits and watches; a query
+# cannot be, and runs to its reply or its timeout) and waited for (`_at_exit`), so that none of them is inside
+# the library when the interpreter finalizes.
+_in_flight: Set[Any] = set()
+_in_flight_changed = threading.Condition()
+_exiting = False
+# How long the exit waits for them: a cancelled wait leaves within 20 ms; a query in flight within its reply
+# (bounded by the source's timeout). One still inside after this is parked by PyO3 if it returns during
+# finalization, never stopped inside the library.
+_EXIT_JOIN_SECONDS = 5.0
+
+
+class _Query:
+    """The token of a call that cannot be cancelled: registered for the exit to wait for, nothing more."""
+
+    cancelled = False
+
+    def cancel(self) -> None:
+        pass
+
+
+class _Flight:
+    """A blocking native call registered for the exit: ``with _Flight(token):`` around it."""
+
+    def __init__(self, token: Any) -> None:
+        self.token = token
+
+    def __enter__(self) -> Any:
+        with _in_flight_changed:
+            if _exiting:
+                raise SourceClosedError("the interpreter is exiting")
+            _in_flight.add(self.token)
+        return self.token
+
+    def __exit__(self, *exc: object) -> None:
+        with _in_flight_changed:
+            _in_flight.discard(self.token)
+            _in_flight_changed.notify_all()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of its parent's threads: nothing of theirs is in flight in it."""
+    global _in_flight, _in_flight_changed
+    _in_flight = set()
+    _in_flight_changed = threading.Condition()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@atexit.register
+def _at_exit() -> None:
+    """At exit (after Python joined the non-daemon threads, so it concerns daemon threads and the waits of
+    ``wait_async`` and ``events``): the library's last log records are handed to ``logging`` and no more are
+    sent, every wait and watch still running is cancelled, and every blocking call is waited for until it has
+    left the library."""
+    global _exiting
+    _native.flush_logging(0.5)
+    _native.stop_logging()
+    with _in_flight_changed:
+        _exiting = True
+        for token in list(_in_flight):
+            token.cancel()
+        _in_flight_changed.wait_for(lambda: not _in_flight, timeout=_EXIT_JOIN_SECONDS)
+
+
+def _address(address: Any) -> str:
+    """The monitor's address as the library takes it: a str as given (``PATH``, ``unix:PATH``,
+    ``tcp:HOST:PORT``), an ``os.PathLike`` as a socket path, a ``(host, port)`` tuple as TCP."""
+    if isinstance(address, str):
+        return address
+    if isinstance(address, os.PathLike):
+        path = os.fspath(address)
+        path = path if isinstance(path, str) else os.fsdecode(path)
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"the socket path must be UTF-8: {path!r}") from None
+        return "unix:" + path
+    if isinstance(address, tuple):
+        if len(address) != 2 or not isinstance(address[0], str) or not address[0] \
+                or isinstance(address[1], bool) or not isinstance(address[1], int) or not 0 < address[1] < 65536:
+            raise ValueError(f"a TCP address is a (host, port) tuple with a port from 1 to 65535, not {address!r}")
+        host, port = address
+        # An IPv6 address in brackets, as the library reads HOST:PORT (given bracketed or not).
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"tcp:{host}:{port}"
+    raise TypeError("address must be a str (a socket path, unix:PATH or tcp:HOST:PORT), an os.PathLike or a "
+                    f"(host, port) tuple, not {type(address).__name__}")
+
+
 class QmpSource:
     """Block jobs of one QEMU process (or qemu-storage-daemon), read over its QMP monitor.
 
-    ``address`` is the monitor's socket path, ``unix:PATH`` or ``tcp:HOST:PORT``. It connects at once, within
-    ``timeout`` seconds, which also bounds each reply. Any number of threads may share one source; a wait holds
-    nothing between its queries, so other threads' calls go on. The library only reads: it sends QEMU nothing but
-    ``qmp_capabilities`` and ``query-*`` commands.
+    ``address`` is the monitor's socket path (a str or an ``os.PathLike``), ``unix:PATH``, ``tcp:HOST:PORT`` or a
+    ``(host, port)`` tuple. It connects at once, within ``timeout`` seconds, which also bounds each reply. Any
+    number of threads may share one source; a wait holds nothing between its queries, so other threads' calls go
+    on. The library only reads: it sends QEMU nothing but ``qmp_capabilities`` and ``query-*`` commands.
+
+    Parameters:
+        address: where QEMU's monitor listens.
+        timeout: seconds for the connection and for each reply (more than 0).
+
+    Raises:
+        QmpConnectionError: QEMU cannot be reached (``errno`` says why) or is not QMP.
+        QmpTimeoutError: it did not greet in time.
+        TypeError, ValueError: a bad address or timeout.
     """
 
-    def __init__(self, address: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, address: Union[str, "os.PathLike[str]", Tuple[str, int]], *, timeout: float = 10.0) -> None:
+        self._closed = True
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
-        self._src = _native.QmpSource(address, timeout=float(timeout))
-        self.address = address
+        target = _address(address)
+        with _Flight(_Query()):
+            self._src = _native.QmpSource(target, timeout=float(timeout))
+        self._closed = False
+        self.address = target
+
+    def __repr__(self) -> str:
+        return f"<blockjobinfo.QmpSource {self.address!r}{' closed' if self._closed else ''}>"
 
     def __enter__(self) -> "QmpSource":
         return self
@@ -230,31 +370,46 @@ class QmpSource:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(f"{self!r} was never closed", ResourceWarning, source=self, stacklevel=2)
+            self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closed
+
     def close(self) -> None:
-        """Closes the connection; a wait blocked on it raises SourceClosedError."""
+        """Closes the connection; a wait blocked on it raises SourceClosedError. Closing twice does nothing."""
+        self._closed = True
         self._src.close()
 
     def qemu_version(self) -> "tuple[int, int, int]":
         """QEMU's (major, minor, micro), from its greeting."""
-        return self._src.qemu_version()
+        with _Flight(_Query()):
+            return self._src.qemu_version()
 
     def info(self, device: str, *, bandwidth_bytes: bool = False) -> Optional[BlockJobInfo]:
         """The job ``device`` names (QEMU's job id or its device), as libvirt answers; None when there is none."""
-        t = self._src.info(device, bandwidth_bytes=bool(bandwidth_bytes))
+        with _Flight(_Query()):
+            t = self._src.info(device, bandwidth_bytes=bool(bandwidth_bytes))
         return None if t is None else _info(t)
 
     def last_ending(self, device: str) -> Optional[Ending]:
         """How the last job ``device`` names (a job id, or a libvirt disk target) ended, as this source heard it
         from QEMU's events since it was opened (see ``Ending``); None when no ending is known. One query, so an
         ending QEMU told before the call is known."""
-        t = self._src.last_ending(device)
+        with _Flight(_Query()):
+            t = self._src.last_ending(device)
         return None if t is None else Ending(*t)
 
     def progress(self, device: str) -> Optional[Progress]:
         """Reads the job ``device`` names once and says where it stands from this source's readings of it (see
         ``Progress``); None when there is no such job. The first call for a job can only say ``"measuring"`` (or
         ready, paused): call it again, a second or more apart. It only reads: it never changes a job."""
-        t = self._src.progress(device)
+        with _Flight(_Query()):
+            t = self._src.progress(device)
         return None if t is None else Progress(*t)
 
     def set_progress_window(self, window: float = 10.0, stall_after: float = 60.0) -> None:
@@ -267,16 +422,18 @@ class QmpSource:
 
     def jobs(self, *, bandwidth_bytes: bool = False) -> List[BlockJobInfo]:
         """Every job QEMU lists, in its order."""
-        return [_info(t) for t in self._src.jobs(bandwidth_bytes=bool(bandwidth_bytes))]
+        with _Flight(_Query()):
+            all_ = self._src.jobs(bandwidth_bytes=bool(bandwidth_bytes))
+        return [_info(t) for t in all_]
 
-    def wait(self, device: str, until: str = "ready", timeout: Optional[float] = None) -> Outcome:
+    def wait(self, device: str, until: Until = "ready", timeout: Optional[float] = None) -> Outcome:
         """Waits until the job is ready (``"ready"``: a mirror in its mirroring phase) or has left QEMU's list
         (``"gone"``), woken by QEMU's events. ``timeout`` (seconds; None waits for ever) passing first is the
         outcome ``TIMED_OUT``, not an exception. The GIL is released meanwhile; Ctrl-C interrupts it."""
         main = threading.current_thread() is threading.main_thread()
-        return self._wait(device, until, _timeout(timeout), None, main)
+        return self._wait(device, until, _timeout(timeout), _native.CancelToken(), main)
 
-    async def wait_async(self, device: str, until: str = "ready", timeout: Optional[float] = None) -> Outcome:
+    async def wait_async(self, device: str, until: Until = "ready", timeout: Optional[float] = None) -> Outcome:
         """``wait`` for asyncio: runs on a thread of its own and never blocks the loop (nor the loop's default
         executor). Cancelling the task raises CancelledError at once and ends the wait within 20 ms."""
         timeout_ = _timeout(timeout)
@@ -335,7 +492,8 @@ class QmpSource:
         def run() -> None:
             end: Any = done
             try:
-                self._src.watch(lambda t: put(JobEvent(*t)), timeout_, token, False)
+                with _Flight(token):
+                    self._src.watch(lambda t: put(JobEvent(*t)), timeout_, token, False)
             except BaseException as e:  # noqa: BLE001 - raised in the iterating thread
                 end = e
             put(end)
@@ -358,8 +516,11 @@ class QmpSource:
             watcher.join(timeout=1.0)
 
     def _wait(self, device: str, until: str, timeout: Optional[float], token: Any, main: bool) -> Outcome:
-        kind, error, last, event = self._src.wait(device, until, timeout, token, main)
-        if token is not None and token.cancelled:
+        with _Flight(token):
+            kind, error, last, event = self._src.wait(device, until, timeout, token, main)
+        if token.cancelled:
+            if _exiting:
+                raise SourceClosedError("the interpreter is exiting")
             raise asyncio.CancelledError()
         return Outcome(
             OutcomeKind(kind),
@@ -369,10 +530,31 @@ class QmpSource:
         )
 
 
+def _plain(o: Any) -> Any:
+    """What ``json`` cannot write itself, as plain JSON values: any Mapping (qemu.qmp's ``Message``) as a dict,
+    any other Sequence as a list."""
+    if isinstance(o, Mapping):
+        return dict(o)
+    if isinstance(o, Sequence) and not isinstance(o, (str, bytes, bytearray)):
+        return list(o)
+    raise TypeError(f"a reply holds only JSON values, not {type(o).__name__}")
+
+
+def _reply_text(reply: Any) -> str:
+    if isinstance(reply, str):
+        return reply
+    if isinstance(reply, (bytes, bytearray, memoryview)):
+        return bytes(reply).decode("utf-8")
+    if isinstance(reply, (Mapping, Sequence)):
+        return json.dumps(reply, default=_plain)
+    raise TypeError("reply must be a str or bytes (the reply's JSON text), a Mapping (the reply, or qemu.qmp's "
+                    f"Message) or a Sequence (its return list), not {type(reply).__name__}")
+
+
 def translate(reply: Any, device: str, *, bandwidth_bytes: bool = False) -> Optional[BlockJobInfo]:
     """The rules applied to a ``query-block-jobs`` reply (its JSON text, the whole reply as a dict, or its
     ``return`` list): the job ``device`` names, as libvirt answers; None when there is none."""
-    t = _native.translate(reply, device, bandwidth_bytes=bool(bandwidth_bytes))
+    t = _native.translate(_reply_text(reply), device, bandwidth_bytes=bool(bandwidth_bytes))
     if t is None:
         return None
     return _answer(*t)

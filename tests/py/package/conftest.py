@@ -116,6 +116,8 @@ class Qsd:
             time.sleep(0.002)
 
     def stop(self) -> None:
+        self.ctl.reader.close()
+        self.ctl.sock.close()
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
