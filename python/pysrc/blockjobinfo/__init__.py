@@ -17,7 +17,7 @@ import queue
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Dict, Iterator, List, Literal, Optional, Set, Tuple, Union
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Literal, Optional, Set, Tuple, TypeVar, Union
 
 from . import _native
 from ._errors import (
@@ -40,6 +40,7 @@ def reset_logging() -> None:
     _native.reset_logging()
 
 Until = Literal["ready", "gone"]
+T = TypeVar("T")
 
 __all__ = [
     "__version__",
@@ -307,6 +308,42 @@ def _at_exit() -> None:
         _in_flight_changed.wait_for(lambda: not _in_flight, timeout=_EXIT_JOIN_SECONDS)
 
 
+async def _off_loop(call: Callable[[], T], cancel: Optional[Callable[[], None]] = None) -> T:
+    """``call()`` on a daemon thread of its own (never the loop's default executor, which a few hundred waits
+    would starve), awaited: the loop goes on meanwhile. A task cancelled meanwhile raises CancelledError at once
+    and calls ``cancel`` (a wait's token); the call's result, if it comes, is dropped."""
+    loop = asyncio.get_running_loop()
+    future: "asyncio.Future[T]" = loop.create_future()
+
+    def settle(result: Any, error: Optional[BaseException]) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        result: Any = None
+        error: Optional[BaseException] = None
+        try:
+            result = call()
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+            error = e
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop is closed: nobody awaits it any more
+
+    threading.Thread(target=run, name="blockjobinfo-call", daemon=True).start()
+    try:
+        return await future
+    except asyncio.CancelledError:
+        if cancel is not None:
+            cancel()
+        raise
+
+
 def _address(address: Any) -> str:
     """The monitor's address as the library takes it: a str as given (``PATH``, ``unix:PATH``,
     ``tcp:HOST:PORT``), an ``os.PathLike`` as a socket path, a ``(host, port)`` tuple as TCP."""
@@ -438,35 +475,47 @@ class QmpSource:
         executor). Cancelling the task raises CancelledError at once and ends the wait within 20 ms."""
         timeout_ = _timeout(timeout)
         token = _native.CancelToken()
-        loop = asyncio.get_running_loop()
-        future: "asyncio.Future[Outcome]" = loop.create_future()
+        return await _off_loop(lambda: self._wait(device, until, timeout_, token, False), token.cancel)
 
-        def settle(result: Any, error: Optional[BaseException]) -> None:
-            if future.done():
+    async def info_async(self, device: str, *, bandwidth_bytes: bool = False) -> Optional[BlockJobInfo]:
+        """``info`` for asyncio, on a thread of its own: the loop goes on while QEMU answers (a hung QEMU holds
+        the call up to the source's timeout, never the loop)."""
+        return await _off_loop(lambda: self.info(device, bandwidth_bytes=bandwidth_bytes))
+
+    async def jobs_async(self, *, bandwidth_bytes: bool = False) -> List[BlockJobInfo]:
+        """``jobs`` for asyncio, on a thread of its own."""
+        return await _off_loop(lambda: self.jobs(bandwidth_bytes=bandwidth_bytes))
+
+    async def progress_async(self, device: str) -> Optional[Progress]:
+        """``progress`` for asyncio, on a thread of its own."""
+        return await _off_loop(lambda: self.progress(device))
+
+    async def watch_progress(self, device: str, every: float = 1.0) -> AsyncIterator[Progress]:
+        """``async for p in src.watch_progress(device)``: where the job stands (``Progress``), read every
+        ``every`` seconds without blocking the loop, until the job has left QEMU's list (then ``last_ending``
+        says how it ended), or the iteration is left."""
+        every_ = _timeout(every)
+        if every_ is None or every_ <= 0:
+            raise ValueError("every must be more than 0 seconds")
+        while True:
+            p = await self.progress_async(device)
+            if p is None:
                 return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+            yield p
+            await asyncio.sleep(every_)
 
-        def run() -> None:
-            result: Any = None
-            error: Optional[BaseException] = None
-            try:
-                result = self._wait(device, until, timeout_, token, False)
-            except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
-                error = e
-            try:
-                loop.call_soon_threadsafe(settle, result, error)
-            except RuntimeError:
-                pass  # the loop is closed: nobody awaits it any more
+    @classmethod
+    async def connect(cls, address: Union[str, "os.PathLike[str]", Tuple[str, int]], *,
+                      timeout: float = 10.0) -> "QmpSource":
+        """``QmpSource(address, timeout=...)`` for asyncio: connects on a thread of its own, so the loop goes on
+        while QEMU greets (or not, up to ``timeout``)."""
+        return await _off_loop(lambda: cls(address, timeout=timeout))
 
-        threading.Thread(target=run, name="blockjobinfo-wait", daemon=True).start()
-        try:
-            return await future
-        except asyncio.CancelledError:
-            token.cancel()
-            raise
+    async def __aenter__(self) -> "QmpSource":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await _off_loop(self.close)
 
     def events(self, timeout: Optional[float] = None) -> Iterator[JobEvent]:
         """Every job's life on this monitor as it happens (see ``JobEvent``), until ``timeout`` seconds (None: for

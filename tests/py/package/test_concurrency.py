@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -9,6 +10,9 @@ import textwrap
 import threading
 import time
 
+import pytest
+
+import blockjobinfo
 from blockjobinfo import OutcomeKind, QmpSource
 from conftest import MIB, stack_says
 
@@ -90,7 +94,7 @@ def test_wait_async_leaves_the_loop_running(qsd):
 
 
 def waiting_threads():
-    return sum(t.name == "blockjobinfo-wait" for t in threading.enumerate())
+    return sum(t.name == "blockjobinfo-call" for t in threading.enumerate())
 
 
 def test_many_async_waits_leave_the_default_executor_free(qsd):
@@ -155,3 +159,50 @@ def test_ctrl_c_interrupts_a_wait(qsd):
     # The wait looks for Ctrl-C every 20 ms; one that did not would run to its 60 s. 1 s is more than 5x the
     # time taken on a loaded machine here.
     assert took < 1.0, stack_says(f"Ctrl-C took {took:.3f} s")
+
+
+def test_asyncio_connects_reads_and_follows_a_job_without_blocking_the_loop(qsd):
+    """``async with await QmpSource.connect(...)``, ``info_async``, ``jobs_async`` and ``async for`` over a
+    job's progress until it has left QEMU's list (cancelled on the test's own connection); and a connect to a
+    peer that never greets holds its task for its timeout while the loop goes on (a blocked loop ticks 0 times;
+    about 40 measured)."""
+    import socket
+    import tempfile
+
+    async def main():
+        async with await blockjobinfo.QmpSource.connect(pathlib.Path(qsd.lib)) as src:
+            assert await src.info_async("m") is None
+            qsd.mirror(64 * 1024)
+            assert [j.raw.device for j in await src.jobs_async()] == ["m"]
+            seen = []
+            async for p in src.watch_progress("m", every=0.05):
+                seen.append(p)
+                if len(seen) == 3:
+                    qsd.ctl.ok("block-job-cancel", device="m")
+            assert len(seen) >= 3 and seen[0].state == "measuring", stack_says(str(seen))
+            ending = src.last_ending("m")
+            assert ending is not None and ending.outcome == "canceled", stack_says(str(ending))
+        assert src.closed
+        with tempfile.TemporaryDirectory() as d:
+            path = f"{d}/mute.sock"
+            server = socket.socket(socket.AF_UNIX)
+            server.bind(path)
+            server.listen(1)
+            ticks = 0
+
+            async def tick():
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            ticker = asyncio.ensure_future(tick())
+            try:
+                with pytest.raises(TimeoutError):
+                    await blockjobinfo.QmpSource.connect(path, timeout=0.5)
+            finally:
+                ticker.cancel()
+                server.close()
+            assert ticks >= 5, stack_says(f"the loop ticked {ticks} times during the connect")
+
+    asyncio.run(main())

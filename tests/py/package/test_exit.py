@@ -267,3 +267,28 @@ print("alive" if heard.wait(20) else "no record of the drop", flush=True)
         finally:
             peer.close()
     assert proc.returncode == 0 and out == "alive\n", stack_says(f"exit {proc.returncode}: {out} {err[-2000:]}")
+
+
+def test_a_forked_child_inherits_no_call_in_flight(qsd):
+    """A child forked while the parent waits has none of the parent's threads: nothing of theirs is in flight in
+    it, so its exit waits for nothing (it waited the whole 5 s before)."""
+    qsd.mirror(1024)
+    program = """
+import os, sys, threading, time
+import blockjobinfo
+src = blockjobinfo.QmpSource(sys.argv[1])
+threading.Thread(target=lambda: src.wait("m", "ready"), daemon=True).start()
+while not blockjobinfo._in_flight:
+    time.sleep(0.001)
+pid = os.fork()
+if pid == 0:
+    print("child in flight:", len(blockjobinfo._in_flight), flush=True)
+    sys.exit(0)
+_, status = os.waitpid(pid, 0)
+print("parent in flight:", len(blockjobinfo._in_flight), "child status:", status, flush=True)
+src.close()
+"""
+    done = run_program(program, qsd.lib)
+    assert done.returncode == 0, stack_says(done.stderr[-2000:])
+    assert done.stdout.splitlines() == ["child in flight: 0", "parent in flight: 1 child status: 0"], \
+        stack_says(done.stdout + done.stderr[-2000:])
