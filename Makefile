@@ -61,7 +61,7 @@ test: deps stacks build lint asan
 # crashes the thread PyO3 would park at Python's exit (tests/py/package/test_exit.py).
 wheel:
 	test -x $(PYVENV)/bin/abi3audit || { { test -d $(PYVENV) || /usr/bin/python3 -m venv $(PYVENV); } && \
-		$(PYVENV)/bin/pip install -q 'maturin>=1.10,<2' 'mypy>=1' 'pytest>=7' ziglang twine abi3audit auditwheel; }
+		$(PYVENV)/bin/pip install -q 'maturin>=1.10,<2' 'mypy>=1' 'pytest>=7' 'ziglang>=0.17,<0.18' twine abi3audit auditwheel; }
 	rm -f $(TARGET)/wheels/blockjobinfo-*
 	PATH=$(abspath $(PYVENV))/bin:$$PATH $(PYVENV)/bin/maturin build -q $(WHEEL_PROFILE) --zig \
 		--compatibility manylinux_2_28 -m python/Cargo.toml -o $(TARGET)/wheels --interpreter /usr/bin/python3 \

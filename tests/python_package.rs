@@ -253,6 +253,16 @@ fn neither_the_library_nor_the_tool_links_the_binding() {
         !String::from_utf8_lossy(&symbols.stdout).contains("__unw_"),
         "the module carries an unwinder of its own (libunwind's __unw_*)"
     );
+    let undefined = std::process::Command::new("nm")
+        .args(["-D", "--undefined-only"])
+        .arg(&module)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&undefined.stdout).contains("_Unwind_RaiseException@GCC_3.0"),
+        "unwinding is not libgcc_s's: {}",
+        String::from_utf8_lossy(&undefined.stdout)
+    );
 }
 
 /// What a licence check reads: the wheel's metadata names the licence as an SPDX expression (PEP 639, metadata

@@ -548,6 +548,8 @@ struct OwnedRecord {
 const LOG_QUEUE: usize = 1024;
 
 static LOG_STOPPED: AtomicBool = AtomicBool::new(false);
+/// The process whose forwarding thread the queue feeds.
+static LOG_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 /// Records queued and records handed to Python (or dropped there), for `flush_logging`.
 static LOG_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static LOG_DONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -556,13 +558,14 @@ static LOG_QUEUE_TO: std::sync::Mutex<Option<(u32, std::sync::mpsc::SyncSender<O
     std::sync::Mutex::new(None);
 
 impl log::Log for Forwarded {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        // Decided by Python's levels on the forwarding thread: never asked here, where the GIL must not be.
-        !LOG_STOPPED.load(Ordering::Relaxed)
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        // pyo3-log's answer from its cache of Python's levels (lock-free, no GIL); a logger it has not cached
+        // yet is asked on the forwarding thread.
+        !LOG_STOPPED.load(Ordering::Relaxed) && self.0.enabled(metadata)
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        if LOG_STOPPED.load(Ordering::Relaxed) {
+        if !self.enabled(record.metadata()) {
             return;
         }
         let owned = OwnedRecord {
@@ -573,9 +576,18 @@ impl log::Log for Forwarded {
             file: record.file().map(str::to_string),
             line: record.line(),
         };
-        // Never waits: contended (a fork caught it held) or full, the record is dropped.
-        let Ok(mut slot) = LOG_QUEUE_TO.try_lock() else { return };
         let pid = std::process::id();
+        // The queue's lock is held only to hand a record over (never waited on by anyone for long). In a forked
+        // child, which may have inherited it held by a thread it does not have, it is only tried.
+        let mut slot = if LOG_PID.load(Ordering::SeqCst) == pid {
+            LOG_QUEUE_TO.lock().unwrap_or_else(|p| p.into_inner())
+        } else {
+            match LOG_QUEUE_TO.try_lock() {
+                Ok(slot) => slot,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            }
+        };
         if slot.as_ref().is_none_or(|(made_by, _)| *made_by != pid) {
             let (to, from) = std::sync::mpsc::sync_channel::<OwnedRecord>(LOG_QUEUE);
             let logger = std::sync::Arc::clone(&self.0);
@@ -601,7 +613,11 @@ impl log::Log for Forwarded {
             if spawned.is_err() {
                 return;
             }
+            // A new queue (first use, or a forked child's own): nothing of a parent's counts in it.
+            LOG_SENT.store(0, Ordering::SeqCst);
+            LOG_DONE.store(0, Ordering::SeqCst);
             *slot = Some((pid, to));
+            LOG_PID.store(pid, Ordering::SeqCst);
         }
         if let Some((_, to)) = slot.as_ref() {
             LOG_SENT.fetch_add(1, Ordering::SeqCst);
@@ -629,6 +645,14 @@ fn flush_logging(py: Python<'_>, timeout: f64) -> PyResult<bool> {
         }
         std::thread::sleep(Duration::from_millis(1));
     }))
+}
+
+/// In a forked child (`os.register_at_fork`): the parent's queue and its forwarding thread are not here, and
+/// nothing queued there counts here; the child's first record makes its own.
+#[pyfunction]
+fn forked() {
+    LOG_SENT.store(0, Ordering::SeqCst);
+    LOG_DONE.store(0, Ordering::SeqCst);
 }
 
 /// The interpreter is exiting: records are dropped from now on, so that no thread re-enters it.
@@ -671,6 +695,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reset_logging, m)?)?;
     m.add_function(wrap_pyfunction!(flush_logging, m)?)?;
     m.add_function(wrap_pyfunction!(stop_logging, m)?)?;
+    m.add_function(wrap_pyfunction!(forked, m)?)?;
     m.add_class::<PySource>()?;
     m.add_class::<CancelToken>()?;
     m.add_function(wrap_pyfunction!(translate, m)?)?;

@@ -19,8 +19,27 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Literal, Optional, Set, Tuple, TypeVar, Union
 
-from . import _native
-from ._errors import (
+
+def _in_main_interpreter() -> bool:
+    """Whether this is the process's main interpreter (CPython's private modules say; without them, it is)."""
+    import importlib
+
+    for name in ("_interpreters", "_xxsubinterpreters"):
+        try:
+            interpreters: Any = importlib.import_module(name)
+        except ImportError:
+            continue
+        return bool(interpreters.get_current() == interpreters.get_main())
+    return True
+
+
+# One interpreter per process: the module's state (its logging, its exit handler, its sources) is the process's,
+# and a sub-interpreter's exit would stop the main one's logging, or hang the process's exit.
+if not _in_main_interpreter():
+    raise ImportError("blockjobinfo cannot be imported in a sub-interpreter: import it in the main interpreter")
+
+from . import _native  # noqa: E402 - after the check above
+from ._errors import (  # noqa: E402
     AmbiguousJobError,
     BlockJobInfoError,
     QemuError,
@@ -31,6 +50,14 @@ from ._errors import (
 )
 
 __version__: str = _native.__version__
+
+
+def flush_logging(timeout: float = 1.0) -> bool:
+    """The library's records reach ``logging`` from a thread of the module's own, a little after they were
+    made (their ``threadName`` is that thread's): waits up to ``timeout`` seconds until every record made so
+    far was handed over, and says whether they all were (for a test, or before reading a log)."""
+    t = _timeout(timeout)
+    return bool(_native.flush_logging(1.0 if t is None else t))
 
 
 def reset_logging() -> None:
@@ -62,6 +89,7 @@ __all__ = [
     "RawJob",
     "SourceClosedError",
     "libvirt_info",
+    "flush_logging",
     "reset_logging",
     "translate",
     "Until",
@@ -287,6 +315,7 @@ def _after_fork_in_child() -> None:
     global _in_flight, _in_flight_changed
     _in_flight = set()
     _in_flight_changed = threading.Condition()
+    _native.forked()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -308,15 +337,19 @@ def _at_exit() -> None:
         _in_flight_changed.wait_for(lambda: not _in_flight, timeout=_EXIT_JOIN_SECONDS)
 
 
-async def _off_loop(call: Callable[[], T], cancel: Optional[Callable[[], None]] = None) -> T:
+async def _off_loop(call: Callable[[], T], cancel: Optional[Callable[[], None]] = None,
+                    orphan: Optional[Callable[[T], None]] = None) -> T:
     """``call()`` on a daemon thread of its own (never the loop's default executor, which a few hundred waits
     would starve), awaited: the loop goes on meanwhile. A task cancelled meanwhile raises CancelledError at once
-    and calls ``cancel`` (a wait's token); the call's result, if it comes, is dropped."""
+    and calls ``cancel`` (a wait's token); the call's result, if it comes, is handed to ``orphan`` (a connect's
+    source is closed) on a thread of its own, or dropped."""
     loop = asyncio.get_running_loop()
     future: "asyncio.Future[T]" = loop.create_future()
 
     def settle(result: Any, error: Optional[BaseException]) -> None:
         if future.done():
+            if orphan is not None and error is None:
+                threading.Thread(target=orphan, args=(result,), name="blockjobinfo-call", daemon=True).start()
             return
         if error is not None:
             future.set_exception(error)
@@ -492,8 +525,10 @@ class QmpSource:
 
     async def watch_progress(self, device: str, every: float = 1.0) -> AsyncIterator[Progress]:
         """``async for p in src.watch_progress(device)``: where the job stands (``Progress``), read every
-        ``every`` seconds without blocking the loop, until the job has left QEMU's list (then ``last_ending``
-        says how it ended), or the iteration is left."""
+        ``every`` seconds without blocking the loop, until no job ``device`` names is listed (then
+        ``last_ending`` says how it ended), or the iteration is left. It follows the name: a name that lists no
+        job yields nothing, a job that QEMU keeps listed once concluded (auto-dismiss off) is followed until it
+        is dismissed, and a job started under the same name between two readings is followed on."""
         every_ = _timeout(every)
         if every_ is None or every_ <= 0:
             raise ValueError("every must be more than 0 seconds")
@@ -509,7 +544,7 @@ class QmpSource:
                       timeout: float = 10.0) -> "QmpSource":
         """``QmpSource(address, timeout=...)`` for asyncio: connects on a thread of its own, so the loop goes on
         while QEMU greets (or not, up to ``timeout``)."""
-        return await _off_loop(lambda: cls(address, timeout=timeout))
+        return await _off_loop(lambda: cls(address, timeout=timeout), orphan=lambda src: src.close())
 
     async def __aenter__(self) -> "QmpSource":
         return self

@@ -161,3 +161,60 @@ def job(offset: int, length: int, ready: Optional[bool], **extra: Any) -> Dict[s
         j["ready"] = ready
     j.update(extra)
     return j
+
+
+class Peer:
+    """A QMP peer for the races real QEMU cannot be made to hit on cue: it greets as QEMU 8.2 does, answers
+    ``query-block-jobs`` after ``delay`` seconds, and drops every client when told (``drop``)."""
+
+    def __init__(self, directory: str, delay: float = 0.0) -> None:
+        self.path = os.path.join(directory, "peer.sock")
+        self.delay = delay
+        self.clients: list = []
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(self.path)
+        self.server.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.server.accept()
+            except OSError:
+                return
+            self.clients.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c: socket.socket) -> None:
+        f = c.makefile("rwb")
+        try:
+            f.write(b'{"QMP": {"version": {"qemu": {"major": 8, "minor": 2, "micro": 0}, "package": ""}, '
+                    b'"capabilities": []}}\r\n')
+            f.flush()
+            for line in f:
+                m = json.loads(line)
+                r: dict = {"return": {}}
+                if m.get("execute") == "query-block-jobs":
+                    time.sleep(self.delay)
+                    r = {"return": [{"type": "mirror", "device": "m", "len": 100, "offset": 1, "speed": 0,
+                                     "busy": True, "paused": False, "io-status": "ok", "ready": False,
+                                     "status": "running", "auto-finalize": True, "auto-dismiss": True}]}
+                elif m.get("execute") != "qmp_capabilities":
+                    r = {"return": []}
+                if "id" in m:
+                    r["id"] = m["id"]
+                f.write(json.dumps(r).encode() + b"\r\n")
+                f.flush()
+        except (OSError, ValueError):
+            pass
+
+    def drop(self) -> None:
+        for c in self.clients:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.drop()
+        self.server.close()

@@ -19,7 +19,7 @@ import pytest
 
 import blockjobinfo
 from blockjobinfo import BlockJobInfo, QmpSource, as_libvirt_dict, translate
-from conftest import MIB, job, stack_says
+from conftest import MIB, Peer, job, stack_says
 
 
 def test_results_are_frozen_and_an_answer_equals_itself_however_it_came(qsd):
@@ -236,3 +236,78 @@ def test_python_dash_m_lists_the_jobs_as_libvirt_answers(qsd):
     assert missing.returncode == 1 and "no block job 'nosuchjob'" in missing.stderr, missing
     broken = run("/nonexistent/qmp.sock", "--timeout", "1")
     assert broken.returncode == 2 and "cannot connect" in broken.stderr, broken
+
+
+def test_a_sub_interpreter_is_refused_and_the_main_one_goes_on():
+    """The module's state is the process's (its logging, its exit handler): importing it in a sub-interpreter
+    is an ImportError, and the process then imports and exits as usual (a sub-interpreter's import once hung
+    the exit, and stopped the main interpreter's logging)."""
+    program = """
+import sys
+try:
+    import _interpreters as interpreters
+except ImportError:
+    import _xxsubinterpreters as interpreters
+i = interpreters.create()
+interpreters.run_string(i, '''
+try:
+    import blockjobinfo
+    said = "imported"
+except ImportError as e:
+    said = "ImportError: " + str(e)
+with open(PATH, "w") as f:
+    f.write(said)
+'''.replace("PATH", repr(sys.argv[1])))
+interpreters.destroy(i)
+import blockjobinfo
+print(blockjobinfo.__version__)
+"""
+    with tempfile.TemporaryDirectory() as d:
+        said_file = os.path.join(d, "said")
+        done = subprocess.run([sys.executable, "-c", program, said_file], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, stack_says(done.stderr[-2000:])
+        said = open(said_file).read()
+    assert said.startswith("ImportError: ") and "interpreter" in said, stack_says(said)
+    assert done.stdout.strip() == blockjobinfo.__version__
+
+
+def test_records_of_threads_logging_at_once_all_arrive():
+    """Four threads, each with a source of its own, make 100 records each at once (a wait for a job that is not
+    there says so at INFO): all 400 reach ``logging`` (a queue handed over under contention once dropped about
+    a fifth of them, and the flush still said all were there). A scripted peer, which serves four clients at
+    once where QEMU's monitor serves one."""
+    program = f"""
+import logging, threading
+import blockjobinfo
+said = []
+class Count(logging.Handler):
+    def emit(self, record):
+        if "no block job" in record.getMessage():
+            said.append(record.getMessage())
+logger = logging.getLogger("blockjobinfo")
+logger.addHandler(Count())
+logger.setLevel(logging.INFO)
+
+def run(i):
+    with blockjobinfo.QmpSource(PATH, timeout=30) as src:
+        for n in range(100):
+            src.wait(f"nosuchjob-{{i}}-{{n}}", "ready", timeout=5)
+
+threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(blockjobinfo.flush_logging(30.0), len(said), len(set(said)))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "BLOCKJOBINFO_LOG"}
+    with tempfile.TemporaryDirectory() as d:
+        peer = Peer(d)
+        try:
+            done = subprocess.run([sys.executable, "-c", program.replace("PATH", repr(peer.path))],
+                                  capture_output=True, text=True, env=env, timeout=120)
+        finally:
+            peer.close()
+    assert done.returncode == 0, stack_says(done.stderr[-2000:])
+    assert done.stdout.split() == ["True", "400", "400"], stack_says(done.stdout)

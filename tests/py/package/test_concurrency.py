@@ -206,3 +206,57 @@ def test_asyncio_connects_reads_and_follows_a_job_without_blocking_the_loop(qsd)
             assert ticks >= 5, stack_says(f"the loop ticked {ticks} times during the connect")
 
     asyncio.run(main())
+
+
+def test_a_cancelled_connect_closes_the_source_it_made():
+    """A connect whose task is cancelled while QEMU has not greeted yet goes on on its thread; once the peer
+    greets, the source it made is closed there (the peer sees its connection end), not left to the collector,
+    which would warn that it was never closed. The peer is scripted: it greets when the test says."""
+    import gc
+    import json
+    import socket
+    import tempfile
+    import warnings
+
+    accepted, greet, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def peer(server):
+        c, _ = server.accept()
+        accepted.set()
+        greet.wait(30)
+        f = c.makefile("rwb")
+        f.write(b'{"QMP": {"version": {"qemu": {"major": 8, "minor": 2, "micro": 0}, "package": ""}, '
+                b'"capabilities": []}}\r\n')
+        f.flush()
+        for line in f:
+            m = json.loads(line)
+            f.write(json.dumps({"return": {}, **({"id": m["id"]} if "id" in m else {})}).encode() + b"\r\n")
+            f.flush()
+        ended.set()  # the client closed its end
+
+    async def main(path):
+        task = asyncio.ensure_future(blockjobinfo.QmpSource.connect(path, timeout=30))
+        while not accepted.is_set():
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        greet.set()
+        deadline = time.monotonic() + 10
+        while waiting_threads():
+            assert time.monotonic() < deadline, stack_says("the connect's thread goes on")
+            await asyncio.sleep(0.01)
+
+    with tempfile.TemporaryDirectory() as d:
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(f"{d}/slow.sock")
+        server.listen(1)
+        t = threading.Thread(target=peer, args=(server,), daemon=True)
+        t.start()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            asyncio.run(main(f"{d}/slow.sock"))
+            gc.collect()
+        server.close()
+    assert ended.wait(10), stack_says("the abandoned source was never closed")
+    assert not [w for w in caught if "never closed" in str(w.message)], [str(w.message) for w in caught]

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 
-from conftest import stack_says
+from conftest import Peer, stack_says
 
 RUNS = 100
 
@@ -80,63 +80,6 @@ def test_exit_with_waits_in_flight_is_clean_every_time(qsd):
     assert [j["status"] for j in qsd.ctl.jobs()] == ["running"]
 
 
-class Peer:
-    """A QMP peer for the races real QEMU cannot be made to hit on cue: it greets as QEMU 8.2 does, answers
-    ``query-block-jobs`` after ``delay`` seconds, and drops every client when told (``drop``)."""
-
-    def __init__(self, directory: str, delay: float = 0.0) -> None:
-        self.path = os.path.join(directory, "peer.sock")
-        self.delay = delay
-        self.clients: list = []
-        self.server = socket.socket(socket.AF_UNIX)
-        self.server.bind(self.path)
-        self.server.listen(16)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                c, _ = self.server.accept()
-            except OSError:
-                return
-            self.clients.append(c)
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c: socket.socket) -> None:
-        f = c.makefile("rwb")
-        try:
-            f.write(b'{"QMP": {"version": {"qemu": {"major": 8, "minor": 2, "micro": 0}, "package": ""}, '
-                    b'"capabilities": []}}\r\n')
-            f.flush()
-            for line in f:
-                m = json.loads(line)
-                r: dict = {"return": {}}
-                if m.get("execute") == "query-block-jobs":
-                    time.sleep(self.delay)
-                    r = {"return": [{"type": "mirror", "device": "m", "len": 100, "offset": 1, "speed": 0,
-                                     "busy": True, "paused": False, "io-status": "ok", "ready": False,
-                                     "status": "running", "auto-finalize": True, "auto-dismiss": True}]}
-                elif m.get("execute") != "qmp_capabilities":
-                    r = {"return": []}
-                if "id" in m:
-                    r["id"] = m["id"]
-                f.write(json.dumps(r).encode() + b"\r\n")
-                f.flush()
-        except (OSError, ValueError):
-            pass
-
-    def drop(self) -> None:
-        for c in self.clients:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.drop()
-        self.server.close()
-
-
 # The interpreter is held in finalization (a finalizer that takes its time, as a flush may) while the library
 # returns into it.
 SLOW_FINALIZER = """
@@ -193,6 +136,7 @@ builtins.keep = src  # outlives the main module's teardown
     with tempfile.TemporaryDirectory() as d:
         peer = Peer(d)
         flag = os.path.join(d, "finalizing")
+        proc = None
         try:
             proc = subprocess.Popen([sys.executable, "-c", program, peer.path], stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, env={**os.environ, "FINALIZING_FLAG": flag})
@@ -202,8 +146,16 @@ builtins.keep = src  # outlives the main module's teardown
                 assert time.monotonic() < deadline and proc.poll() is None, "the program never got to finalize"
                 time.sleep(0.01)
             peer.drop()
-            out, err = proc.communicate(timeout=30)
+            try:
+                out, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+                raise AssertionError(stack_says(f"hung at exit: {err[-2000:]}"))
         finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
             peer.close()
     assert proc.returncode == 0, stack_says(f"exit {proc.returncode}: {err[-2000:]}")
 
@@ -250,6 +202,7 @@ print("alive" if heard.wait(20) else "no record of the drop", flush=True)
     with tempfile.TemporaryDirectory() as d:
         peer = Peer(d)
         flag = os.path.join(d, "ready")
+        proc = None
         try:
             proc = subprocess.Popen([sys.executable, "-c", program, peer.path, flag], stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
@@ -265,24 +218,31 @@ print("alive" if heard.wait(20) else "no record of the drop", flush=True)
                 out, err = proc.communicate()
                 raise AssertionError(stack_says(f"hung: {out} {err[-2000:]}"))
         finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
             peer.close()
     assert proc.returncode == 0 and out == "alive\n", stack_says(f"exit {proc.returncode}: {out} {err[-2000:]}")
 
 
 def test_a_forked_child_inherits_no_call_in_flight(qsd):
     """A child forked while the parent waits has none of the parent's threads: nothing of theirs is in flight in
-    it, so its exit waits for nothing (it waited the whole 5 s before)."""
+    it, and none of the parent's log records is owed in it, so its exit waits for nothing (it waited the whole
+    5 s, then 0.5 s for records that could never come)."""
     qsd.mirror(1024)
     program = """
-import os, sys, threading, time
+import logging, os, sys, threading, time
 import blockjobinfo
+logging.getLogger("blockjobinfo").setLevel(logging.DEBUG)
+logging.getLogger("blockjobinfo").addHandler(logging.NullHandler())
 src = blockjobinfo.QmpSource(sys.argv[1])
 threading.Thread(target=lambda: src.wait("m", "ready"), daemon=True).start()
 while not blockjobinfo._in_flight:
     time.sleep(0.001)
 pid = os.fork()
 if pid == 0:
-    print("child in flight:", len(blockjobinfo._in_flight), flush=True)
+    print("child in flight:", len(blockjobinfo._in_flight), "records owed:",
+          not blockjobinfo.flush_logging(0), flush=True)
     sys.exit(0)
 _, status = os.waitpid(pid, 0)
 print("parent in flight:", len(blockjobinfo._in_flight), "child status:", status, flush=True)
@@ -290,5 +250,5 @@ src.close()
 """
     done = run_program(program, qsd.lib)
     assert done.returncode == 0, stack_says(done.stderr[-2000:])
-    assert done.stdout.splitlines() == ["child in flight: 0", "parent in flight: 1 child status: 0"], \
+    assert done.stdout.splitlines() == ["child in flight: 0 records owed: False", "parent in flight: 1 child status: 0"], \
         stack_says(done.stdout + done.stderr[-2000:])
