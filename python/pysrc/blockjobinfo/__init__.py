@@ -131,7 +131,8 @@ class BlockJobInfo:
     takes no part in equality, so the same answer from ``info`` and from ``translate`` compares equal.
     """
 
-    type: int
+    # A JobType where libvirt has a name for the job's type, else libvirt's number (a JobType is an int too).
+    type: Union[JobType, int]
     bandwidth: int
     cur: int
     end: int
@@ -150,11 +151,12 @@ class BlockJobInfo:
 
 def _answer(type_: int, bandwidth: int, cur: int, end: int, raw: Optional[RawJob] = None) -> BlockJobInfo:
     """libvirt's numbers as a BlockJobInfo, the type a JobType where libvirt has a name for it."""
+    named: Union[JobType, int] = type_
     try:
-        type_ = JobType(type_)
+        named = JobType(type_)
     except ValueError:
         pass
-    return BlockJobInfo(type_, bandwidth, cur, end, raw)
+    return BlockJobInfo(named, bandwidth, cur, end, raw)
 
 
 def as_libvirt_dict(info: Optional[BlockJobInfo]) -> Dict[str, int]:
@@ -461,7 +463,21 @@ class QmpSource:
             return self._src.qemu_version()
 
     def info(self, device: str, *, bandwidth_bytes: bool = False) -> Optional[BlockJobInfo]:
-        """The job ``device`` names (QEMU's job id or its device), as libvirt answers; None when there is none."""
+        """The job ``device`` names (QEMU's job id or its device), as libvirt answers.
+
+        Parameters:
+            device: QEMU's job id, its device, or a libvirt disk target or alias.
+            bandwidth_bytes: the bandwidth in bytes/s (libvirt's VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES)
+                rather than MiB/s rounded up.
+
+        Returns:
+            A ``BlockJobInfo`` (``done`` never before QEMU says a mirror is ready), or None when there is no
+            such job.
+
+        Raises:
+            AmbiguousJobError: the name matches two jobs at the same level.
+            QmpConnectionError, QmpTimeoutError, QmpProtocolError, QemuError: QEMU could not be asked.
+        """
         with _Flight(_Query()):
             t = self._src.info(device, bandwidth_bytes=bool(bandwidth_bytes))
         return None if t is None else _info(t)
@@ -491,15 +507,33 @@ class QmpSource:
         self._src.set_progress_window(float(window), float(stall_after))
 
     def jobs(self, *, bandwidth_bytes: bool = False) -> List[BlockJobInfo]:
-        """Every job QEMU lists, in its order."""
+        """Every job QEMU lists, in its order, as libvirt answers (see ``info``).
+
+        Raises:
+            QmpConnectionError, QmpTimeoutError, QmpProtocolError, QemuError: QEMU could not be asked.
+        """
         with _Flight(_Query()):
             all_ = self._src.jobs(bandwidth_bytes=bool(bandwidth_bytes))
         return [_info(t) for t in all_]
 
     def wait(self, device: str, until: Until = "ready", timeout: Optional[float] = None) -> Outcome:
         """Waits until the job is ready (``"ready"``: a mirror in its mirroring phase) or has left QEMU's list
-        (``"gone"``), woken by QEMU's events. ``timeout`` (seconds; None waits for ever) passing first is the
-        outcome ``TIMED_OUT``, not an exception. The GIL is released meanwhile; Ctrl-C interrupts it."""
+        (``"gone"``), woken by QEMU's events. The GIL is released meanwhile; Ctrl-C interrupts it.
+
+        Parameters:
+            device: the job, named as for ``info``.
+            until: ``"ready"`` or ``"gone"``.
+            timeout: seconds; None waits for ever. Passing first is the outcome ``TIMED_OUT``.
+
+        Returns:
+            An ``Outcome``: ``REACHED``, ``FAILED`` (QEMU's text in ``error``), ``CANCELLED``,
+            ``GONE_BEFORE_READY`` or ``TIMED_OUT``, with the job's last state and the deciding event.
+
+        Raises:
+            SourceClosedError: the source was closed meanwhile, or the interpreter is exiting.
+            KeyboardInterrupt: Ctrl-C, on the main thread.
+            QmpConnectionError, QmpTimeoutError, QmpProtocolError, QemuError: QEMU could not be asked.
+        """
         main = threading.current_thread() is threading.main_thread()
         return self._wait(device, until, _timeout(timeout), _native.CancelToken(), main)
 
@@ -636,8 +670,23 @@ def _reply_text(reply: Any) -> str:
 
 
 def translate(reply: Any, device: str, *, bandwidth_bytes: bool = False) -> Optional[BlockJobInfo]:
-    """The rules applied to a ``query-block-jobs`` reply (its JSON text, the whole reply as a dict, or its
-    ``return`` list): the job ``device`` names, as libvirt answers; None when there is none."""
+    """The rules applied to a ``query-block-jobs`` reply you already have.
+
+    Parameters:
+        reply: its JSON text (``str`` or ``bytes``), the whole reply (any Mapping: a dict, qemu.qmp's
+            ``Message``) or its ``return`` list (any Sequence).
+        device: the job, named as for ``QmpSource.info``.
+        bandwidth_bytes: the bandwidth in bytes/s rather than MiB/s.
+
+    Returns:
+        A ``BlockJobInfo`` (without ``raw``), or None when no job is named so.
+
+    Raises:
+        ValueError: text that is not JSON (or not UTF-8).
+        TypeError: a reply of another kind, or values JSON has no word for.
+        QemuError: the reply is QEMU's error.
+        AmbiguousJobError, QmpProtocolError: an ambiguous name, a reply that is not a job list.
+    """
     t = _native.translate(_reply_text(reply), device, bandwidth_bytes=bool(bandwidth_bytes))
     if t is None:
         return None

@@ -3,6 +3,7 @@ in Python): `top` (8 MiB of data) and `dst` (empty, the same size), monitors ctl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -147,6 +148,35 @@ def wait_in_thread(src: Any, device: str, until: str) -> "tuple[threading.Thread
     t = threading.Thread(target=run)
     t.start()
     return t, got
+
+
+@contextlib.contextmanager
+def wait_listening(job: str) -> Iterator[threading.Event]:
+    """An event set once the library says, through Python's logging, that a wait for ``job`` listens to QEMU's
+    events (its DEBUG record "wait: waiting for job"): what a test waits for before ending the job under the
+    wait, instead of sleeping."""
+    import logging
+
+    import blockjobinfo
+
+    listening = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith(f"wait: waiting for job '{job}'"):
+                listening.set()
+
+    logger = logging.getLogger("blockjobinfo.wait")
+    handler, level = Seen(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    blockjobinfo.reset_logging()
+    try:
+        yield listening
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        blockjobinfo.reset_logging()
 
 
 def stack_says(what: str) -> str:

@@ -6,14 +6,13 @@ import resource
 import socket
 import tempfile
 import threading
-import time
 import tracemalloc
 
 import pytest
 
 import blockjobinfo
 from blockjobinfo import QmpSource, translate
-from conftest import job, wait_in_thread
+from conftest import job, wait_in_thread, wait_listening
 
 
 def test_bad_arguments(qsd):
@@ -106,8 +105,9 @@ def test_memory_is_flat_over_100000_calls(qsd):
 def test_a_closed_source_ends_a_wait(qsd):
     src = QmpSource(qsd.lib)
     qsd.mirror(64 * 1024)
-    t, ended = wait_in_thread(src, "m", "ready")
-    time.sleep(0.3)
+    with wait_listening("m") as listening:
+        t, ended = wait_in_thread(src, "m", "ready")
+        assert listening.wait(30), "the wait never listened"
     src.close()
     t.join(10)
     assert ended and isinstance(ended[0], blockjobinfo.SourceClosedError) and "closed" in str(ended[0]), ended
