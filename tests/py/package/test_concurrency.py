@@ -14,7 +14,7 @@ import pytest
 
 import blockjobinfo
 from blockjobinfo import OutcomeKind, QmpSource
-from conftest import MIB, stack_says
+from conftest import IMAGE, MIB, stack_says
 
 
 def test_eight_threads_share_one_source_while_one_waits(qsd):
@@ -179,7 +179,11 @@ def test_asyncio_connects_reads_and_follows_a_job_without_blocking_the_loop(qsd)
                 seen.append(p)
                 if len(seen) == 3:
                     qsd.ctl.ok("block-job-cancel", device="m")
-            assert len(seen) >= 3 and seen[0].state == "measuring", stack_says(str(seen))
+            # 8 MiB copied in its first burst, 64 KiB/s after: never ready here, and read as QEMU lists it
+            # (measuring, or converging with nothing left when the burst took it all; finishing once cancelled).
+            assert len(seen) >= 3 and {p.state for p in seen} <= {"measuring", "converging", "finishing"}, \
+                stack_says(str(seen))
+            assert all(p.len == IMAGE and p.speed == 64 * 1024 for p in seen), stack_says(str(seen))
             ending = src.last_ending("m")
             assert ending is not None and ending.outcome == "canceled", stack_says(str(ending))
         assert src.closed
