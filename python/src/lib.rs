@@ -588,36 +588,8 @@ impl log::Log for Forwarded {
                 Err(std::sync::TryLockError::WouldBlock) => return,
             }
         };
-        if slot.as_ref().is_none_or(|(made_by, _)| *made_by != pid) {
-            let (to, from) = std::sync::mpsc::sync_channel::<OwnedRecord>(LOG_QUEUE);
-            let logger = std::sync::Arc::clone(&self.0);
-            let spawned = std::thread::Builder::new()
-                .name("blockjobinfo-log".into())
-                .spawn(move || {
-                    for r in from {
-                        if !LOG_STOPPED.load(Ordering::Relaxed) {
-                            logger.log(
-                                &log::Record::builder()
-                                    .level(r.level)
-                                    .target(&r.target)
-                                    .args(format_args!("{}", r.message))
-                                    .module_path(r.module_path.as_deref())
-                                    .file(r.file.as_deref())
-                                    .line(r.line)
-                                    .build(),
-                            );
-                        }
-                        LOG_DONE.fetch_add(1, Ordering::SeqCst);
-                    }
-                });
-            if spawned.is_err() {
-                return;
-            }
-            // A new queue (first use, or a forked child's own): nothing of a parent's counts in it.
-            LOG_SENT.store(0, Ordering::SeqCst);
-            LOG_DONE.store(0, Ordering::SeqCst);
-            *slot = Some((pid, to));
-            LOG_PID.store(pid, Ordering::SeqCst);
+        if slot.as_ref().is_none_or(|(made_by, _)| *made_by != pid) && !start_forwarding(&mut slot, &self.0) {
+            return;
         }
         if let Some((_, to)) = slot.as_ref() {
             LOG_SENT.fetch_add(1, Ordering::SeqCst);
@@ -629,6 +601,50 @@ impl log::Log for Forwarded {
 
     fn flush(&self) {}
 }
+
+/// The forwarding thread of this process and its queue, put in `slot`; false if no thread could be made. Made
+/// at import (and in a forked child, at the fork), before any library thread logs: the threads' first records
+/// never race to make it.
+fn start_forwarding(
+    slot: &mut Option<(u32, std::sync::mpsc::SyncSender<OwnedRecord>)>,
+    logger: &std::sync::Arc<pyo3_log::Logger>,
+) -> bool {
+    let pid = std::process::id();
+    let (to, from) = std::sync::mpsc::sync_channel::<OwnedRecord>(LOG_QUEUE);
+    let logger = std::sync::Arc::clone(logger);
+    let spawned = std::thread::Builder::new()
+        .name("blockjobinfo-log".into())
+        .spawn(move || {
+            for r in from {
+                if !LOG_STOPPED.load(Ordering::Relaxed) {
+                    log::Log::log(
+                        &*logger,
+                        &log::Record::builder()
+                            .level(r.level)
+                            .target(&r.target)
+                            .args(format_args!("{}", r.message))
+                            .module_path(r.module_path.as_deref())
+                            .file(r.file.as_deref())
+                            .line(r.line)
+                            .build(),
+                    );
+                }
+                LOG_DONE.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    if spawned.is_err() {
+        return false;
+    }
+    // A new queue (first use, or a forked child's own): nothing of a parent's counts in it.
+    LOG_SENT.store(0, Ordering::SeqCst);
+    LOG_DONE.store(0, Ordering::SeqCst);
+    *slot = Some((pid, to));
+    LOG_PID.store(pid, Ordering::SeqCst);
+    true
+}
+
+/// The logger records are forwarded to, once installed.
+static LOG_LOGGER: std::sync::OnceLock<std::sync::Arc<pyo3_log::Logger>> = std::sync::OnceLock::new();
 
 /// Waits (with the GIL released, at most `timeout` seconds) until every record queued so far reached Python's
 /// `logging`; True if they all did.
@@ -653,6 +669,11 @@ fn flush_logging(py: Python<'_>, timeout: f64) -> PyResult<bool> {
 fn forked() {
     LOG_SENT.store(0, Ordering::SeqCst);
     LOG_DONE.store(0, Ordering::SeqCst);
+    // The child's one thread is here: its forwarder is made now, unless a parent's thread held the queue's lock
+    // at the fork (then the child's first record tries again).
+    if let (Some(logger), Ok(mut slot)) = (LOG_LOGGER.get(), LOG_QUEUE_TO.try_lock()) {
+        start_forwarding(&mut slot, logger);
+    }
 }
 
 /// The interpreter is exiting: records are dropped from now on, so that no thread re-enters it.
@@ -685,9 +706,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Python's `logging`, under `blockjobinfo` (`blockjobinfo.wait`, `blockjobinfo.qmp.monitor`, ...), each
     // logger's level read once and cached (`reset_logging` reads them again).
     blockjobinfo::logging::init();
-    let logger = pyo3_log::Logger::new(py, pyo3_log::Caching::LoggersAndLevels)?;
+    let logger = std::sync::Arc::new(pyo3_log::Logger::new(py, pyo3_log::Caching::LoggersAndLevels)?);
     let reset = logger.reset_handle();
-    if log::set_boxed_logger(Box::new(Forwarded(std::sync::Arc::new(logger)))).is_ok() {
+    if log::set_boxed_logger(Box::new(Forwarded(std::sync::Arc::clone(&logger)))).is_ok() {
+        let mut slot = LOG_QUEUE_TO.lock().unwrap_or_else(|p| p.into_inner());
+        start_forwarding(&mut slot, &logger);
+        drop(slot);
+        let _ = LOG_LOGGER.set(logger);
         log::set_max_level(log::LevelFilter::Debug);
         let _ = LOG_RESET.set(reset);
     }

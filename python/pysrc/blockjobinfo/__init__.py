@@ -466,7 +466,8 @@ class QmpSource:
         """The job ``device`` names (QEMU's job id or its device), as libvirt answers.
 
         Parameters:
-            device: QEMU's job id, its device, or a libvirt disk target or alias.
+            device: QEMU's job id (its ``device`` field in ``query-block-jobs``), or a libvirt disk target or
+                alias (libvirt's job ids name them).
             bandwidth_bytes: the bandwidth in bytes/s (libvirt's VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES)
                 rather than MiB/s rounded up.
 
@@ -532,6 +533,8 @@ class QmpSource:
         Raises:
             SourceClosedError: the source was closed meanwhile, or the interpreter is exiting.
             KeyboardInterrupt: Ctrl-C, on the main thread.
+            AmbiguousJobError: the name matches two jobs at the same level.
+            TypeError, ValueError: a bad ``device``, ``until`` or ``timeout``.
             QmpConnectionError, QmpTimeoutError, QmpProtocolError, QemuError: QEMU could not be asked.
         """
         main = threading.current_thread() is threading.main_thread()

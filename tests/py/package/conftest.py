@@ -134,6 +134,15 @@ def qsd() -> Iterator[Qsd]:
             q.stop()
 
 
+def listened(listening: threading.Event, t: threading.Thread) -> bool:
+    """Whether the wait on ``t`` said it listens, within 30 s; False at once if the thread ended first."""
+    deadline = time.monotonic() + 30
+    while not listening.wait(0.01):
+        if not t.is_alive() or time.monotonic() > deadline:
+            return listening.is_set()
+    return True
+
+
 def wait_in_thread(src: Any, device: str, until: str) -> "tuple[threading.Thread, List[Any]]":
     """`src.wait(device, until, timeout=60)` started on a thread of its own: the thread, and a list that gets the
     wait's outcome, or the exception it raised."""
@@ -152,13 +161,17 @@ def wait_in_thread(src: Any, device: str, until: str) -> "tuple[threading.Thread
 
 @contextlib.contextmanager
 def wait_listening(job: str) -> Iterator[threading.Event]:
-    """An event set once the library says, through Python's logging, that a wait for ``job`` listens to QEMU's
-    events (its DEBUG record "wait: waiting for job"): what a test waits for before ending the job under the
-    wait, instead of sleeping."""
+    """An event set once the library says, through Python's logging, that a wait for the job whose QEMU job id
+    is ``job`` listens to QEMU's events (its DEBUG record "wait: waiting for job"): what a test waits for before
+    ending the job under the wait, instead of sleeping."""
     import logging
+    import sys
 
     import blockjobinfo
 
+    # With BLOCKJOBINFO_LOG set, the library writes its records to stderr, not to logging: said at once.
+    if os.environ.get("BLOCKJOBINFO_LOG") and not sys.flags.ignore_environment:
+        raise RuntimeError("wait_listening reads the library's records through logging: unset BLOCKJOBINFO_LOG")
     listening = threading.Event()
 
     class Seen(logging.Handler):

@@ -12,7 +12,7 @@ import pytest
 
 import blockjobinfo
 from blockjobinfo import QmpSource, translate
-from conftest import job, wait_in_thread, wait_listening
+from conftest import job, listened, wait_in_thread, wait_listening
 
 
 def test_bad_arguments(qsd):
@@ -107,7 +107,7 @@ def test_a_closed_source_ends_a_wait(qsd):
     qsd.mirror(64 * 1024)
     with wait_listening("m") as listening:
         t, ended = wait_in_thread(src, "m", "ready")
-        assert listening.wait(30), "the wait never listened"
+        assert listened(listening, t), f"the wait never listened: {ended}"
     src.close()
     t.join(10)
     assert ended and isinstance(ended[0], blockjobinfo.SourceClosedError) and "closed" in str(ended[0]), ended

@@ -7,7 +7,7 @@ import pytest
 
 import blockjobinfo
 from blockjobinfo import JobType, OutcomeKind, QmpSource
-from conftest import IMAGE, MIB, stack_says, wait_in_thread, wait_listening
+from conftest import IMAGE, MIB, listened, stack_says, wait_in_thread, wait_listening
 
 
 def test_a_throttled_mirror_is_never_done_before_ready(qsd):
@@ -115,7 +115,7 @@ def test_qemu_that_dies_during_a_wait_is_an_exception(qsd):
         qsd.mirror(64 * 1024)
         with wait_listening("m") as listening:
             t, raised = wait_in_thread(src, "m", "ready")
-            assert listening.wait(30), stack_says("the wait never listened")
+            assert listened(listening, t), stack_says(f"the wait never listened: {raised}")
         qsd.stop()
         t.join(30)
         assert raised and isinstance(raised[0], blockjobinfo.BlockJobInfoError), stack_says(
