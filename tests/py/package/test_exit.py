@@ -94,6 +94,32 @@ Slow()
 """
 
 
+def drop_when_flagged(peer, flag, args, env=None):
+    """Runs ``python -c *args``; once it made ``flag`` (a file), the peer drops every client. Its exit status,
+    stdout and stderr; a program that never gets there, or hangs after, fails the test (and is killed)."""
+    proc = None
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + 30
+        while not os.path.exists(flag):
+            assert time.monotonic() < deadline and proc.poll() is None, f"the program never made {flag}"
+            time.sleep(0.01)
+        peer.drop()
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(stack_says(f"hung: {out} {err[-2000:]}"))
+        return proc.returncode, out, err
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        peer.close()
+
+
 def run_program(program: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", program, *args], capture_output=True, text=True, timeout=60)
 
@@ -136,28 +162,9 @@ builtins.keep = src  # outlives the main module's teardown
     with tempfile.TemporaryDirectory() as d:
         peer = Peer(d)
         flag = os.path.join(d, "finalizing")
-        proc = None
-        try:
-            proc = subprocess.Popen([sys.executable, "-c", program, peer.path], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env={**os.environ, "FINALIZING_FLAG": flag})
-            deadline = time.monotonic() + 30
-            # Python is in its 2 s finalizer: the peer drops the connection then.
-            while not os.path.exists(flag):
-                assert time.monotonic() < deadline and proc.poll() is None, "the program never got to finalize"
-                time.sleep(0.01)
-            peer.drop()
-            try:
-                out, err = proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
-                raise AssertionError(stack_says(f"hung at exit: {err[-2000:]}"))
-        finally:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            peer.close()
-    assert proc.returncode == 0, stack_says(f"exit {proc.returncode}: {err[-2000:]}")
+        # Python is in its 2 s finalizer when the peer drops the connection.
+        code, out, err = drop_when_flagged(peer, flag, [program, peer.path], {"FINALIZING_FLAG": flag})
+    assert code == 0, stack_says(f"exit {code}: {err[-2000:]}")
 
 
 def test_a_handler_that_collects_garbage_does_not_deadlock_the_library():
@@ -202,27 +209,8 @@ print("alive" if heard.wait(20) else "no record of the drop", flush=True)
     with tempfile.TemporaryDirectory() as d:
         peer = Peer(d)
         flag = os.path.join(d, "ready")
-        proc = None
-        try:
-            proc = subprocess.Popen([sys.executable, "-c", program, peer.path, flag], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-            deadline = time.monotonic() + 30
-            while not os.path.exists(flag):
-                assert time.monotonic() < deadline and proc.poll() is None, "the program never got ready"
-                time.sleep(0.01)
-            peer.drop()
-            try:
-                out, err = proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
-                raise AssertionError(stack_says(f"hung: {out} {err[-2000:]}"))
-        finally:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            peer.close()
-    assert proc.returncode == 0 and out == "alive\n", stack_says(f"exit {proc.returncode}: {out} {err[-2000:]}")
+        code, out, err = drop_when_flagged(peer, flag, [program, peer.path, flag])
+    assert code == 0 and out == "alive\n", stack_says(f"exit {code}: {out} {err[-2000:]}")
 
 
 def test_a_forked_child_inherits_no_call_in_flight(qsd):
